@@ -136,6 +136,23 @@ class MappedFile {
 
 namespace detail {
 
+// A file written under a temporary name beside its final path and renamed into place by
+// commit(), so that no reader ever sees a partial file under the final name. Destroying it
+// uncommitted (say, after an exception) removes the temporary file.
+class OutputFile {
+ public:
+  explicit OutputFile(const std::string& path);
+  ~OutputFile();
+  OutputFile(const OutputFile&) = delete;
+  OutputFile& operator=(const OutputFile&) = delete;
+  void write(const void* data, uint64_t n);  // Error naming the path on failure
+  void commit();                             // sync, close, rename, sync the directory
+
+ private:
+  std::string path_, temp_path_;
+  int fd_ = -1;
+};
+
 inline bool is_power_of_two(uint64_t v) {
   return v != 0 && (v & (v - 1)) == 0;
 }
@@ -546,9 +563,13 @@ inline LogFn& log_handler() {
   return fn;
 }
 
-[[noreturn]] void fail(const std::string& message) { throw Error(message); }
+[[noreturn]] void fail(const std::string& message) {
+  throw Error(message);
+}
 
-void AlignedFree::operator()(void* p) const { std::free(p); }
+void AlignedFree::operator()(void* p) const {
+  std::free(p);
+}
 
 void* aligned_zalloc(size_t bytes) {
   const size_t rounded = (checked_add(bytes, 63, "buffer size") / 64) * 64;
@@ -560,7 +581,9 @@ void* aligned_zalloc(size_t bytes) {
 
 }  // namespace detail
 
-void set_log_handler(LogFn fn) { detail::log_handler() = std::move(fn); }
+void set_log_handler(LogFn fn) {
+  detail::log_handler() = std::move(fn);
+}
 
 void log(LogLevel level, std::string_view message) {
   if (detail::log_handler()) {
@@ -602,8 +625,8 @@ uint16_t f32_to_fp16(float f) {
   const uint32_t abs = x & 0x7fffffffu;
   if (abs > 0x7f800000u) return uint16_t(sign | 0x7e00u | ((abs >> 13) & 0x3ffu));  // NaN
   if (abs >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds to infinity or is inf
-  if (abs < 0x38800000u) {  // result is subnormal or zero
-    if (abs < 0x33000000u) return uint16_t(sign);  // below half the smallest subnormal
+  if (abs < 0x38800000u) {                                  // result is subnormal or zero
+    if (abs < 0x33000000u) return uint16_t(sign);           // below half the smallest subnormal
     const uint32_t e = abs >> 23;
     const uint32_t m = (abs & 0x7fffffu) | 0x800000u;
     const uint32_t shift = 126 - e;  // 14..24
@@ -629,6 +652,8 @@ uint16_t f32_to_bf16(float f) {
 
 // ---- file_impl.h ----
 #include <algorithm>
+#include <atomic>
+#include <random>
 #include <cerrno>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -726,18 +751,73 @@ void Cursor::fail_at(const std::string& message) const {
 }
 
 }  // namespace detail
+namespace detail {
+
+OutputFile::OutputFile(const std::string& path) : path_(path) {
+  static std::atomic<uint64_t> counter{0};
+  std::random_device rd;
+  for (int attempt = 0; attempt < 100 && fd_ < 0; ++attempt) {
+    temp_path_ = path + ".tmp." + std::to_string(::getpid()) + "." +
+                 std::to_string(counter.fetch_add(1)) + "." + std::to_string(rd());
+    fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd_ < 0 && errno != EEXIST) fail_errno("create a temporary file for", path, errno);
+  }
+  if (fd_ < 0) fail("cannot create a temporary file for '" + path + "': every name tried exists");
+}
+
+OutputFile::~OutputFile() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(temp_path_.c_str());
+  }
+}
+
+void OutputFile::write(const void* data, uint64_t n) {
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd_, p, size_t(std::min<uint64_t>(n, uint64_t(1) << 30)));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      fail_errno("write", path_, errno);
+    }
+    p += w;
+    n -= uint64_t(w);
+  }
+}
+
+void OutputFile::commit() {
+  if (::fsync(fd_) != 0) fail_errno("sync", path_, errno);
+  const int closed = ::close(fd_);
+  fd_ = -1;
+  if (closed != 0 || ::rename(temp_path_.c_str(), path_.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(temp_path_.c_str());
+    fail_errno(closed != 0 ? "write" : "rename the temporary file to", path_, err);
+  }
+  // Make the rename itself durable; a file system that cannot sync a directory loses nothing
+  // that was promised.
+  const size_t slash = path_.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path_.substr(0, slash);
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);
+    ::close(dir_fd);
+  }
+}
+
+}  // namespace detail
 }  // namespace sllm
 
 // ---- gguf_impl.h ----
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
 #include <fcntl.h>
 #include <limits>
-#include <random>
 #include <type_traits>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -1484,33 +1564,6 @@ class GgufEncoder {
   }
 };
 
-// Writes all n bytes, or fails naming path.
-inline void gguf_write_all(int fd, const uint8_t* p, uint64_t n, const std::string& path) {
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, size_t(std::min<uint64_t>(n, uint64_t(1) << 30)));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      fail_errno("write", path, errno);
-    }
-    p += w;
-    n -= uint64_t(w);
-  }
-}
-
-// Creates a new file beside path with a name no other writer uses, and returns its fd.
-inline int gguf_create_temp(const std::string& path, std::string& temp_path) {
-  static std::atomic<uint64_t> counter{0};
-  std::random_device rd;
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    temp_path = path + ".tmp." + std::to_string(::getpid()) + "." +
-                std::to_string(counter.fetch_add(1)) + "." + std::to_string(rd());
-    const int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd >= 0) return fd;
-    if (errno != EEXIST) fail_errno("create a temporary file for", path, errno);
-  }
-  fail("cannot create a temporary file for '" + path + "': every name tried exists");
-}
-
 }  // namespace detail
 
 GgufWriter::GgufWriter(uint32_t alignment) : alignment_(alignment) {
@@ -1629,49 +1682,23 @@ void GgufWriter::write(const std::string& path) const {
     head.bytes.resize(size_t(detail::align_up(head.bytes.size(), alignment_)), '\0');
   }
 
-  std::string temp_path;
-  int fd = detail::gguf_create_temp(path, temp_path);
-  try {
-    detail::gguf_write_all(fd, reinterpret_cast<const uint8_t*>(head.bytes.data()),
-                           head.bytes.size(), path);
-    const std::vector<uint8_t> zeros(alignment_, 0);
-    std::vector<uint8_t> buffer;
-    // Each tensor is followed by zeros up to the alignment, the last one too (as llama.cpp
-    // and gguf-py write them).
-    for (const Pending& t : tensors_) {
-      const uint8_t* src = static_cast<const uint8_t*>(t.data);
-      if (t.fill) {
-        buffer.assign(size_t(t.info.n_bytes), 0);
-        t.fill(buffer.data());
-        src = buffer.data();
-      }
-      detail::gguf_write_all(fd, src, t.info.n_bytes, path);
-      detail::gguf_write_all(fd, zeros.data(),
-                             detail::align_up(t.info.n_bytes, alignment_) - t.info.n_bytes, path);
+  detail::OutputFile out(path);
+  out.write(head.bytes.data(), head.bytes.size());
+  const std::vector<uint8_t> zeros(alignment_, 0);
+  std::vector<uint8_t> buffer;
+  // Each tensor is followed by zeros up to the alignment, the last one too (as llama.cpp and
+  // gguf-py write them).
+  for (const Pending& t : tensors_) {
+    const void* src = t.data;
+    if (t.fill) {
+      buffer.assign(size_t(t.info.n_bytes), 0);
+      t.fill(buffer.data());
+      src = buffer.data();
     }
-    if (::fsync(fd) != 0) detail::fail_errno("sync", path, errno);
-    const int closed = ::close(fd);
-    fd = -1;
-    if (closed != 0) detail::fail_errno("write", path, errno);
-    if (::rename(temp_path.c_str(), path.c_str()) != 0) {
-      detail::fail_errno("rename the temporary file to", path, errno);
-    }
-  } catch (...) {
-    if (fd >= 0) ::close(fd);
-    ::unlink(temp_path.c_str());
-    throw;
+    out.write(src, t.info.n_bytes);
+    out.write(zeros.data(), detail::align_up(t.info.n_bytes, alignment_) - t.info.n_bytes);
   }
-  // Make the rename itself durable; a file system that cannot sync a directory loses nothing
-  // that was promised.
-  const size_t slash = path.rfind('/');
-  const std::string dir = slash == std::string::npos ? "."
-                          : slash == 0               ? "/"
-                                                     : path.substr(0, slash);
-  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd >= 0) {
-    ::fsync(dir_fd);
-    ::close(dir_fd);
-  }
+  out.commit();
 }
 
 }  // namespace sllm
@@ -1682,9 +1709,15 @@ namespace detail {
 
 HWY_EXPORT(DotF32);
 
-std::vector<int64_t> simd_targets() { return hwy::SupportedAndGeneratedTargets(); }
-const char* simd_target_name(int64_t target) { return hwy::TargetName(target); }
-void force_simd_target(int64_t target) { hwy::SetSupportedTargetsForTest(target); }
+std::vector<int64_t> simd_targets() {
+  return hwy::SupportedAndGeneratedTargets();
+}
+const char* simd_target_name(int64_t target) {
+  return hwy::TargetName(target);
+}
+void force_simd_target(int64_t target) {
+  hwy::SetSupportedTargetsForTest(target);
+}
 
 float dot_f32(const float* a, const float* b, size_t n) {
   return HWY_DYNAMIC_DISPATCH(DotF32)(a, b, n);
@@ -1734,7 +1767,9 @@ uint64_t Rng::next() {
   return result;
 }
 
-float Rng::uniform() { return float(next() >> 40) * (1.0f / 16777216.0f); }
+float Rng::uniform() {
+  return float(next() >> 40) * (1.0f / 16777216.0f);
+}
 
 Sampler::Sampler(const SamplerOptions& options)
     : options_(options),

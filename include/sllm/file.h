@@ -29,6 +29,23 @@ class MappedFile {
 
 namespace detail {
 
+// A file written under a temporary name beside its final path and renamed into place by
+// commit(), so that no reader ever sees a partial file under the final name. Destroying it
+// uncommitted (say, after an exception) removes the temporary file.
+class OutputFile {
+ public:
+  explicit OutputFile(const std::string& path);
+  ~OutputFile();
+  OutputFile(const OutputFile&) = delete;
+  OutputFile& operator=(const OutputFile&) = delete;
+  void write(const void* data, uint64_t n);  // Error naming the path on failure
+  void commit();                             // sync, close, rename, sync the directory
+
+ private:
+  std::string path_, temp_path_;
+  int fd_ = -1;
+};
+
 inline bool is_power_of_two(uint64_t v) {
   return v != 0 && (v & (v - 1)) == 0;
 }

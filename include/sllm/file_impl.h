@@ -1,4 +1,6 @@
 #include <algorithm>
+#include <atomic>
+#include <random>
 #include <cerrno>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -93,6 +95,63 @@ const uint8_t* Cursor::take(uint64_t n, const char* what) {
 
 void Cursor::fail_at(const std::string& message) const {
   detail::fail_at(origin_, pos_, message);
+}
+
+}  // namespace detail
+namespace detail {
+
+OutputFile::OutputFile(const std::string& path) : path_(path) {
+  static std::atomic<uint64_t> counter{0};
+  std::random_device rd;
+  for (int attempt = 0; attempt < 100 && fd_ < 0; ++attempt) {
+    temp_path_ = path + ".tmp." + std::to_string(::getpid()) + "." +
+                 std::to_string(counter.fetch_add(1)) + "." + std::to_string(rd());
+    fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd_ < 0 && errno != EEXIST) fail_errno("create a temporary file for", path, errno);
+  }
+  if (fd_ < 0) fail("cannot create a temporary file for '" + path + "': every name tried exists");
+}
+
+OutputFile::~OutputFile() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(temp_path_.c_str());
+  }
+}
+
+void OutputFile::write(const void* data, uint64_t n) {
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd_, p, size_t(std::min<uint64_t>(n, uint64_t(1) << 30)));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      fail_errno("write", path_, errno);
+    }
+    p += w;
+    n -= uint64_t(w);
+  }
+}
+
+void OutputFile::commit() {
+  if (::fsync(fd_) != 0) fail_errno("sync", path_, errno);
+  const int closed = ::close(fd_);
+  fd_ = -1;
+  if (closed != 0 || ::rename(temp_path_.c_str(), path_.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(temp_path_.c_str());
+    fail_errno(closed != 0 ? "write" : "rename the temporary file to", path_, err);
+  }
+  // Make the rename itself durable; a file system that cannot sync a directory loses nothing
+  // that was promised.
+  const size_t slash = path_.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path_.substr(0, slash);
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);
+    ::close(dir_fd);
+  }
 }
 
 }  // namespace detail

@@ -1,12 +1,10 @@
 #include <algorithm>
-#include <atomic>
 #include <cerrno>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
 #include <fcntl.h>
 #include <limits>
-#include <random>
 #include <type_traits>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -753,33 +751,6 @@ class GgufEncoder {
   }
 };
 
-// Writes all n bytes, or fails naming path.
-inline void gguf_write_all(int fd, const uint8_t* p, uint64_t n, const std::string& path) {
-  while (n > 0) {
-    const ssize_t w = ::write(fd, p, size_t(std::min<uint64_t>(n, uint64_t(1) << 30)));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      fail_errno("write", path, errno);
-    }
-    p += w;
-    n -= uint64_t(w);
-  }
-}
-
-// Creates a new file beside path with a name no other writer uses, and returns its fd.
-inline int gguf_create_temp(const std::string& path, std::string& temp_path) {
-  static std::atomic<uint64_t> counter{0};
-  std::random_device rd;
-  for (int attempt = 0; attempt < 100; ++attempt) {
-    temp_path = path + ".tmp." + std::to_string(::getpid()) + "." +
-                std::to_string(counter.fetch_add(1)) + "." + std::to_string(rd());
-    const int fd = ::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd >= 0) return fd;
-    if (errno != EEXIST) fail_errno("create a temporary file for", path, errno);
-  }
-  fail("cannot create a temporary file for '" + path + "': every name tried exists");
-}
-
 }  // namespace detail
 
 GgufWriter::GgufWriter(uint32_t alignment) : alignment_(alignment) {
@@ -898,49 +869,23 @@ void GgufWriter::write(const std::string& path) const {
     head.bytes.resize(size_t(detail::align_up(head.bytes.size(), alignment_)), '\0');
   }
 
-  std::string temp_path;
-  int fd = detail::gguf_create_temp(path, temp_path);
-  try {
-    detail::gguf_write_all(fd, reinterpret_cast<const uint8_t*>(head.bytes.data()),
-                           head.bytes.size(), path);
-    const std::vector<uint8_t> zeros(alignment_, 0);
-    std::vector<uint8_t> buffer;
-    // Each tensor is followed by zeros up to the alignment, the last one too (as llama.cpp
-    // and gguf-py write them).
-    for (const Pending& t : tensors_) {
-      const uint8_t* src = static_cast<const uint8_t*>(t.data);
-      if (t.fill) {
-        buffer.assign(size_t(t.info.n_bytes), 0);
-        t.fill(buffer.data());
-        src = buffer.data();
-      }
-      detail::gguf_write_all(fd, src, t.info.n_bytes, path);
-      detail::gguf_write_all(fd, zeros.data(),
-                             detail::align_up(t.info.n_bytes, alignment_) - t.info.n_bytes, path);
+  detail::OutputFile out(path);
+  out.write(head.bytes.data(), head.bytes.size());
+  const std::vector<uint8_t> zeros(alignment_, 0);
+  std::vector<uint8_t> buffer;
+  // Each tensor is followed by zeros up to the alignment, the last one too (as llama.cpp and
+  // gguf-py write them).
+  for (const Pending& t : tensors_) {
+    const void* src = t.data;
+    if (t.fill) {
+      buffer.assign(size_t(t.info.n_bytes), 0);
+      t.fill(buffer.data());
+      src = buffer.data();
     }
-    if (::fsync(fd) != 0) detail::fail_errno("sync", path, errno);
-    const int closed = ::close(fd);
-    fd = -1;
-    if (closed != 0) detail::fail_errno("write", path, errno);
-    if (::rename(temp_path.c_str(), path.c_str()) != 0) {
-      detail::fail_errno("rename the temporary file to", path, errno);
-    }
-  } catch (...) {
-    if (fd >= 0) ::close(fd);
-    ::unlink(temp_path.c_str());
-    throw;
+    out.write(src, t.info.n_bytes);
+    out.write(zeros.data(), detail::align_up(t.info.n_bytes, alignment_) - t.info.n_bytes);
   }
-  // Make the rename itself durable; a file system that cannot sync a directory loses nothing
-  // that was promised.
-  const size_t slash = path.rfind('/');
-  const std::string dir = slash == std::string::npos ? "."
-                          : slash == 0               ? "/"
-                                                     : path.substr(0, slash);
-  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd >= 0) {
-    ::fsync(dir_fd);
-    ::close(dir_fd);
-  }
+  out.commit();
 }
 
 }  // namespace sllm
