@@ -170,8 +170,21 @@ namespace sllm {
 
 // Tensor element types, with ggml's numbering (the value stored in GGUF files).
 enum class TensorType : uint32_t {
-  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
-  Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15, BF16 = 30,
+  F32 = 0,
+  F16 = 1,
+  Q4_0 = 2,
+  Q4_1 = 3,
+  Q5_0 = 6,
+  Q5_1 = 7,
+  Q8_0 = 8,
+  Q8_1 = 9,
+  Q2_K = 10,
+  Q3_K = 11,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
+  Q8_K = 15,
+  BF16 = 30,
 };
 
 struct TensorTypeInfo {
@@ -187,8 +200,19 @@ uint64_t tensor_row_bytes(TensorType type, uint64_t n);
 
 // Metadata value types, as numbered in GGUF.
 enum class GgufType : uint32_t {
-  UINT8 = 0, INT8 = 1, UINT16 = 2, INT16 = 3, UINT32 = 4, INT32 = 5, FLOAT32 = 6, BOOL = 7,
-  STRING = 8, ARRAY = 9, UINT64 = 10, INT64 = 11, FLOAT64 = 12,
+  UINT8 = 0,
+  INT8 = 1,
+  UINT16 = 2,
+  INT16 = 3,
+  UINT32 = 4,
+  INT32 = 5,
+  FLOAT32 = 6,
+  BOOL = 7,
+  STRING = 8,
+  ARRAY = 9,
+  UINT64 = 10,
+  INT64 = 11,
+  FLOAT64 = 12,
 };
 const char* gguf_type_name(GgufType type);
 
@@ -789,7 +813,8 @@ class Tokenizer {
 
   // Token ids of text. add_special adds BOS/EOS as the vocabulary asks (add_bos, add_eos).
   // parse_special matches control tokens (e.g. "<|im_start|>") written in the text; user-defined
-  // tokens are always matched.
+  // tokens are always matched. Text the vocabulary cannot represent (no piece, no byte token)
+  // becomes the unknown token in SentencePiece and is dropped in byte-level BPE.
   std::vector<int32_t> encode(std::string_view text, bool add_special, bool parse_special) const;
   // The bytes a token stands for: byte tokens and the byte-level mapping decoded, "▁" as a
   // space; control tokens give their text. Error when id is out of range.
@@ -807,6 +832,8 @@ class Tokenizer {
   int32_t find_piece(std::string_view piece) const { return index_.find(piece, pieces_); }
   int32_t bos() const { return bos_; }  // -1 when the vocabulary has none
   int32_t eos() const { return eos_; }
+  int32_t unk() const { return unk_; }
+  int32_t pad() const { return pad_; }
   // End of generation: EOS, EOT, EOM, and tokens such as <|im_end|>, <|eot_id|>, <|end|> and
   // <|endoftext|>. False for ids out of range.
   bool is_eog(int32_t id) const;
@@ -838,7 +865,7 @@ class Tokenizer {
   std::vector<detail::SplitPattern> splits_;
   std::vector<int32_t> eog_;    // sorted
   bool ignore_merges_ = false;  // a word that is a token is taken whole (Llama 3)
-  int32_t bos_ = -1, eos_ = -1, unk_ = -1;
+  int32_t bos_ = -1, eos_ = -1, unk_ = -1, pad_ = -1;
   bool add_bos_ = false, add_eos_ = false, add_space_prefix_ = false;
 };
 
@@ -988,9 +1015,13 @@ inline LogFn& log_handler() {
   return fn;
 }
 
-[[noreturn]] void fail(const std::string& message) { throw Error(message); }
+[[noreturn]] void fail(const std::string& message) {
+  throw Error(message);
+}
 
-void AlignedFree::operator()(void* p) const { std::free(p); }
+void AlignedFree::operator()(void* p) const {
+  std::free(p);
+}
 
 void* aligned_zalloc(size_t bytes) {
   const size_t rounded = (checked_add(bytes, 63, "buffer size") / 64) * 64;
@@ -1002,7 +1033,9 @@ void* aligned_zalloc(size_t bytes) {
 
 }  // namespace detail
 
-void set_log_handler(LogFn fn) { detail::log_handler() = std::move(fn); }
+void set_log_handler(LogFn fn) {
+  detail::log_handler() = std::move(fn);
+}
 
 void log(LogLevel level, std::string_view message) {
   if (detail::log_handler()) {
@@ -1044,8 +1077,8 @@ uint16_t f32_to_fp16(float f) {
   const uint32_t abs = x & 0x7fffffffu;
   if (abs > 0x7f800000u) return uint16_t(sign | 0x7e00u | ((abs >> 13) & 0x3ffu));  // NaN
   if (abs >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds to infinity or is inf
-  if (abs < 0x38800000u) {  // result is subnormal or zero
-    if (abs < 0x33000000u) return uint16_t(sign);  // below half the smallest subnormal
+  if (abs < 0x38800000u) {                                  // result is subnormal or zero
+    if (abs < 0x33000000u) return uint16_t(sign);           // below half the smallest subnormal
     const uint32_t e = abs >> 23;
     const uint32_t m = (abs & 0x7fffffu) | 0x800000u;
     const uint32_t shift = 126 - e;  // 14..24
@@ -1075,9 +1108,15 @@ namespace detail {
 
 HWY_EXPORT(DotF32);
 
-std::vector<int64_t> simd_targets() { return hwy::SupportedAndGeneratedTargets(); }
-const char* simd_target_name(int64_t target) { return hwy::TargetName(target); }
-void force_simd_target(int64_t target) { hwy::SetSupportedTargetsForTest(target); }
+std::vector<int64_t> simd_targets() {
+  return hwy::SupportedAndGeneratedTargets();
+}
+const char* simd_target_name(int64_t target) {
+  return hwy::TargetName(target);
+}
+void force_simd_target(int64_t target) {
+  hwy::SetSupportedTargetsForTest(target);
+}
 
 float dot_f32(const float* a, const float* b, size_t n) {
   return HWY_DYNAMIC_DISPATCH(DotF32)(a, b, n);
@@ -1088,6 +1127,7 @@ float dot_f32(const float* a, const float* b, size_t n) {
 
 // ---- tokenizer_impl.h ----
 #include <algorithm>
+#include <cmath>
 #include <queue>
 
 namespace sllm {
@@ -1353,10 +1393,10 @@ class PatternMatcher {
     // " ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+": a code point outside \s is in exactly one of the
     // three classes; an optional ' ' before it joins the run.
     const size_t s = cp_[i] == ' ' && i + 1 < end_ && !space(i + 1) ? i + 1 : i;
-    if (has(s, kUnicodeLetter))
-      return s - i + run(s, [&](size_t k) { return has(k, kUnicodeLetter); });
-    if (has(s, kUnicodeNumber))
-      return s - i + run(s, [&](size_t k) { return has(k, kUnicodeNumber); });
+    const auto letter = [&](size_t k) { return has(k, kUnicodeLetter); };
+    const auto number = [&](size_t k) { return has(k, kUnicodeNumber); };
+    if (letter(s)) return s - i + run(s, letter);
+    if (number(s)) return s - i + run(s, number);
     if (other(s)) return s - i + run(s, [&](size_t k) { return other(k); });
     return spaces(i);
   }
@@ -1466,8 +1506,7 @@ bool is_eog_text(const std::string& s) {
       "<end_of_turn>",
       "<|end_of_text|>",
       "<EOT>",
-      "<\xEF\xBD\x9C"
-      "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>",  // DeepSeek
+      "<｜end▁of▁sentence｜>",  // DeepSeek (fullwidth bars, ▁ for spaces)
   };
   for (const char* t : kTexts) {
     if (s == t) return true;
@@ -1510,7 +1549,8 @@ struct BpePairOrder {  // lowest rank first, then leftmost
   }
 };
 
-// Text, spm_token_text and byte_level_token_text: what a normal token stands for.
+// What a normal token stands for: SentencePiece writes a space as "▁"; byte-level BPE writes
+// each byte as a character of its alphabet.
 std::string spm_token_text(const std::string& piece) {
   std::string out;
   for (size_t i = 0; i < piece.size();) {
@@ -1640,6 +1680,9 @@ Tokenizer::Tokenizer(Vocabulary vocab) {
     fail("the vocabulary has " + std::to_string(n) + " tokens but " +
          std::to_string(vocab.scores.size()) + " scores");
   }
+  for (size_t id = 0; id < vocab.scores.size(); ++id) {
+    if (std::isnan(vocab.scores[id])) fail("the score of token " + std::to_string(id) + " is NaN");
+  }
   if (!vocab.types.empty() && vocab.types.size() != n) {
     fail("the vocabulary has " + std::to_string(n) + " tokens but " +
          std::to_string(vocab.types.size()) + " token types");
@@ -1666,6 +1709,7 @@ Tokenizer::Tokenizer(Vocabulary vocab) {
   bos_ = vocab.bos;
   eos_ = vocab.eos;
   unk_ = vocab.unk;
+  pad_ = vocab.pad;
   add_bos_ = vocab.add_bos;
   add_eos_ = vocab.add_eos;
   add_space_prefix_ = !byte_level_ && vocab.add_space_prefix;
@@ -1895,15 +1939,12 @@ void Tokenizer::emit_bytes(std::string_view bytes, std::vector<int32_t>& out) co
   for (char c : bytes) all = all && byte_tokens_[uint8_t(c)] >= 0;
   if (all) {
     for (char c : bytes) out.push_back(byte_tokens_[uint8_t(c)]);
-    return;
+  } else if (!byte_level_ && unk_ >= 0) {
+    out.push_back(unk_);
   }
-  if (unk_ < 0) {
-    std::string hex;
-    for (char c : bytes) detail::append_hex(uint8_t(c), hex);
-    detail::fail("cannot encode the bytes 0x" + hex +
-                 ": the vocabulary has no token for them and no unknown token");
-  }
-  out.push_back(unk_);
+  // Otherwise the bytes are dropped, as Hugging Face and llama.cpp do: byte-level vocabularies
+  // often lack the bytes that never occur in UTF-8 (C0, C1, F5..FF), and their "unknown" id is
+  // often just <|endoftext|>.
 }
 
 void Tokenizer::encode_spm(std::string_view text, bool space_prefix,
@@ -2109,7 +2150,9 @@ uint64_t Rng::next() {
   return result;
 }
 
-float Rng::uniform() { return float(next() >> 40) * (1.0f / 16777216.0f); }
+float Rng::uniform() {
+  return float(next() >> 40) * (1.0f / 16777216.0f);
+}
 
 Sampler::Sampler(const SamplerOptions& options)
     : options_(options),

@@ -3,6 +3,7 @@
 // results follow from the algorithm's definition, and the Unicode tables against the Unicode
 // Character Database.
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -288,7 +289,11 @@ TEST_CASE("stories260K: llama2.c's prompt encoding and greedy text") {
   CHECK(tok.n_vocab() == 512);
   CHECK(tok.bos() == 1);
   CHECK(tok.eos() == 2);
+  CHECK(tok.unk() == 0);
+  CHECK(tok.pad() == -1);  // stored as 0xFFFFFFFF: none
   CHECK(tok.add_bos());
+  CHECK(tok.add_space_prefix());
+  CHECK_FALSE(tok.is_byte_level());
   CHECK(tok.is_eog(2));
   CHECK_FALSE(tok.is_eog(1));
 
@@ -357,6 +362,18 @@ TEST_CASE("SentencePiece: merges by score, byte fallback, leading space, special
   CHECK_THROWS_AS(tok.decode({a, 100000}), sllm::Error);
 }
 
+TEST_CASE("SentencePiece: without byte tokens, unknown characters become <unk>") {
+  Vocabulary v;
+  v.tokens = {"<unk>", "<s>", "</s>", "\xE2\x96\x81", "a"};
+  v.types = {TokenType::Unknown, TokenType::Control, TokenType::Control, TokenType::Normal,
+             TokenType::Normal};
+  v.unk = 0;
+  v.add_space_prefix = true;
+  const Tokenizer tok(v);
+  CHECK(tok.encode("a\xC3\xA9" "a", false, false) == std::vector<int32_t>{3, 4, 0, 4});
+  CHECK(tok.decode({3, 4, 0, 4}) == "aa");  // <unk> is not rendered
+}
+
 TEST_CASE("SentencePiece: user-defined tokens are matched whole even without parse_special") {
   Vocabulary v = spm_vocabulary({{"a", -1}, {"<tag>", 0}, {"<tag>x", 0}});
   v.types.back() = TokenType::UserDefined;
@@ -402,8 +419,8 @@ TEST_CASE("byte-level BPE: merges by rank, byte alphabet, Llama 3 whole words") 
   CHECK(tok.is_eog(9));
   CHECK(tok.decode({0, 9}) == "a");
   CHECK(tok.decode({3, 4}) == " ab");  // no leading space is dropped in byte-level BPE
-  // A byte without a token and no unknown token cannot be encoded.
-  CHECK_THROWS_AS(tok.encode("x", false, false), sllm::Error);
+  // A byte without a token is dropped.
+  CHECK(tok.encode("xa", false, false) == std::vector<int32_t>{0});
 
   // With these merges "abc" is "ab" + "c", but Llama 3 takes a word that is itself a token
   // whole.
@@ -485,6 +502,10 @@ TEST_CASE("Tokenizer: bad vocabularies are errors") {
     v.scores.pop_back();
     CHECK_THROWS_AS(Tokenizer{v}, sllm::Error);
   }
+  SUBCASE("NaN score") {
+    v.scores[5] = std::nanf("");
+    CHECK_THROWS_WITH_AS(Tokenizer{v}, doctest::Contains("NaN"), sllm::Error);
+  }
   SUBCASE("special id out of range") {
     v.eos = int32_t(v.tokens.size());
     CHECK_THROWS_WITH_AS(Tokenizer{v}, doctest::Contains("EOS token id"), sllm::Error);
@@ -510,6 +531,61 @@ TEST_CASE("Tokenizer: GGUF files without a usable tokenizer are errors") {
   if (path.empty()) return;
   CHECK_THROWS_WITH_AS(Tokenizer::from_gguf(sllm::Gguf::open(path)),
                        doctest::Contains("tokenizer.ggml.model 'bert'"), sllm::Error);
+}
+
+TEST_CASE("Tokenizer: random texts, invalid UTF-8 included, decode to themselves") {
+  // Pieces that exercise the pre-tokenizers' branches, whole or cut into bytes.
+  const std::vector<std::string> parts = {
+      "a",    "Zq",   " ",   "  ",          "\n",           "\r\n", "\t", "'s",
+      "'LL",  "7",    "123", "\xC3\xA9",    "\xE4\xB8\xAD", "!?",   "$",  "\xF0\x9F\xA6\x99",
+      "\xFF", "\xC3", "<s>", "\xE3\x80\x80"};
+  uint64_t state = 12345;
+  const auto next = [&] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return uint32_t(state >> 33);
+  };
+  std::vector<std::string> texts;
+  for (int i = 0; i < 300; ++i) {
+    std::string t;
+    for (uint32_t n = next() % 24; n > 0; --n) t += parts[next() % parts.size()];
+    if (next() % 4 == 0 && !t.empty()) t.erase(next() % t.size(), 1);  // cut a character
+    texts.push_back(t);
+  }
+  // Only gpt-2 and llama-spm have a token for each of the 256 bytes. The others lack the bytes
+  // that never occur in UTF-8 (C0, C1, F5..FF): encoding drops them, and in DeepSeek's
+  // vocabularies their byte-level characters ('À', 'ÿ', ...) are user-defined tokens that stand
+  // for those characters. Texts with such bytes come back only through the first two.
+  const auto has_non_utf8_byte = [](const std::string& t) {
+    for (char c : t) {
+      const uint8_t b = uint8_t(c);
+      if (b == 0xC0 || b == 0xC1 || b >= 0xF5) return true;
+    }
+    return false;
+  };
+  for (const std::string name :
+       {"llama-spm", "gpt-2", "deepseek-coder", "deepseek-llm", "falcon", "mpt", "starcoder"}) {
+    const std::string path = sllm_test::fixture("vocab/ggml-vocab-" + name + ".gguf");
+    if (path.empty()) return;
+    const Tokenizer tok = Tokenizer::from_gguf(sllm::Gguf::open(path));
+    const bool all_bytes = name == "gpt-2" || name == "llama-spm";
+    size_t checked = 0, round_trips = 0;
+    for (const std::string& t : texts) {
+      if (!all_bytes && has_non_utf8_byte(t)) continue;
+      ++checked;
+      const std::string back = tok.decode(tok.encode(t, true, false));
+      if (back == t) {
+        ++round_trips;
+      } else {
+        MESSAGE(name << ": '" << t << "' decodes to '" << back << "'");
+      }
+    }
+    CHECK(checked >= texts.size() / 2);
+    CHECK_MESSAGE(round_trips == checked, name);
+    if (name == "mpt")
+      CHECK(tok.decode(tok.encode("a\xFF"
+                                  "b",
+                                  false, false)) == "ab");
+  }
 }
 
 TEST_CASE("Tokenizer: encoding 100 KB of text") {

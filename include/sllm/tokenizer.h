@@ -105,7 +105,8 @@ class Tokenizer {
 
   // Token ids of text. add_special adds BOS/EOS as the vocabulary asks (add_bos, add_eos).
   // parse_special matches control tokens (e.g. "<|im_start|>") written in the text; user-defined
-  // tokens are always matched.
+  // tokens are always matched. Text the vocabulary cannot represent (no piece, no byte token)
+  // becomes the unknown token in SentencePiece and is dropped in byte-level BPE.
   std::vector<int32_t> encode(std::string_view text, bool add_special, bool parse_special) const;
   // The bytes a token stands for: byte tokens and the byte-level mapping decoded, "▁" as a
   // space; control tokens give their text. Error when id is out of range.
@@ -123,6 +124,8 @@ class Tokenizer {
   int32_t find_piece(std::string_view piece) const { return index_.find(piece, pieces_); }
   int32_t bos() const { return bos_; }  // -1 when the vocabulary has none
   int32_t eos() const { return eos_; }
+  int32_t unk() const { return unk_; }
+  int32_t pad() const { return pad_; }
   // End of generation: EOS, EOT, EOM, and tokens such as <|im_end|>, <|eot_id|>, <|end|> and
   // <|endoftext|>. False for ids out of range.
   bool is_eog(int32_t id) const;
@@ -154,7 +157,7 @@ class Tokenizer {
   std::vector<detail::SplitPattern> splits_;
   std::vector<int32_t> eog_;    // sorted
   bool ignore_merges_ = false;  // a word that is a token is taken whole (Llama 3)
-  int32_t bos_ = -1, eos_ = -1, unk_ = -1;
+  int32_t bos_ = -1, eos_ = -1, unk_ = -1, pad_ = -1;
   bool add_bos_ = false, add_eos_ = false, add_space_prefix_ = false;
 };
 

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cmath>
 #include <queue>
 
 namespace sllm {
@@ -264,10 +265,10 @@ class PatternMatcher {
     // " ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+": a code point outside \s is in exactly one of the
     // three classes; an optional ' ' before it joins the run.
     const size_t s = cp_[i] == ' ' && i + 1 < end_ && !space(i + 1) ? i + 1 : i;
-    if (has(s, kUnicodeLetter))
-      return s - i + run(s, [&](size_t k) { return has(k, kUnicodeLetter); });
-    if (has(s, kUnicodeNumber))
-      return s - i + run(s, [&](size_t k) { return has(k, kUnicodeNumber); });
+    const auto letter = [&](size_t k) { return has(k, kUnicodeLetter); };
+    const auto number = [&](size_t k) { return has(k, kUnicodeNumber); };
+    if (letter(s)) return s - i + run(s, letter);
+    if (number(s)) return s - i + run(s, number);
     if (other(s)) return s - i + run(s, [&](size_t k) { return other(k); });
     return spaces(i);
   }
@@ -377,8 +378,7 @@ bool is_eog_text(const std::string& s) {
       "<end_of_turn>",
       "<|end_of_text|>",
       "<EOT>",
-      "<\xEF\xBD\x9C"
-      "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>",  // DeepSeek
+      "<｜end▁of▁sentence｜>",  // DeepSeek (fullwidth bars, ▁ for spaces)
   };
   for (const char* t : kTexts) {
     if (s == t) return true;
@@ -421,7 +421,8 @@ struct BpePairOrder {  // lowest rank first, then leftmost
   }
 };
 
-// Text, spm_token_text and byte_level_token_text: what a normal token stands for.
+// What a normal token stands for: SentencePiece writes a space as "▁"; byte-level BPE writes
+// each byte as a character of its alphabet.
 std::string spm_token_text(const std::string& piece) {
   std::string out;
   for (size_t i = 0; i < piece.size();) {
@@ -551,6 +552,9 @@ Tokenizer::Tokenizer(Vocabulary vocab) {
     fail("the vocabulary has " + std::to_string(n) + " tokens but " +
          std::to_string(vocab.scores.size()) + " scores");
   }
+  for (size_t id = 0; id < vocab.scores.size(); ++id) {
+    if (std::isnan(vocab.scores[id])) fail("the score of token " + std::to_string(id) + " is NaN");
+  }
   if (!vocab.types.empty() && vocab.types.size() != n) {
     fail("the vocabulary has " + std::to_string(n) + " tokens but " +
          std::to_string(vocab.types.size()) + " token types");
@@ -577,6 +581,7 @@ Tokenizer::Tokenizer(Vocabulary vocab) {
   bos_ = vocab.bos;
   eos_ = vocab.eos;
   unk_ = vocab.unk;
+  pad_ = vocab.pad;
   add_bos_ = vocab.add_bos;
   add_eos_ = vocab.add_eos;
   add_space_prefix_ = !byte_level_ && vocab.add_space_prefix;
@@ -806,15 +811,12 @@ void Tokenizer::emit_bytes(std::string_view bytes, std::vector<int32_t>& out) co
   for (char c : bytes) all = all && byte_tokens_[uint8_t(c)] >= 0;
   if (all) {
     for (char c : bytes) out.push_back(byte_tokens_[uint8_t(c)]);
-    return;
+  } else if (!byte_level_ && unk_ >= 0) {
+    out.push_back(unk_);
   }
-  if (unk_ < 0) {
-    std::string hex;
-    for (char c : bytes) detail::append_hex(uint8_t(c), hex);
-    detail::fail("cannot encode the bytes 0x" + hex +
-                 ": the vocabulary has no token for them and no unknown token");
-  }
-  out.push_back(unk_);
+  // Otherwise the bytes are dropped, as Hugging Face and llama.cpp do: byte-level vocabularies
+  // often lack the bytes that never occur in UTF-8 (C0, C1, F5..FF), and their "unknown" id is
+  // often just <|endoftext|>.
 }
 
 void Tokenizer::encode_spm(std::string_view text, bool space_prefix,
