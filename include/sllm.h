@@ -2995,6 +2995,11 @@ std::vector<Tokenizer::Fragment> Tokenizer::split_specials(std::string_view text
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special,
                                        bool parse_special) const {
+  // Positions are 32-bit; SentencePiece adds 3 bytes for the leading space.
+  if (text.size() > size_t(INT32_MAX) - 3) {
+    detail::fail("cannot tokenize a text of " + std::to_string(text.size()) +
+                 " bytes: the limit is 2 GiB");
+  }
   std::vector<int32_t> out;
   if (add_special && add_bos_) out.push_back(bos_);
   // SentencePiece's leading space goes before text at the start and after a special token.

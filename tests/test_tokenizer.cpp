@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -127,13 +128,16 @@ Vocabulary vocabulary_from_tokenizer_json(const std::string& path, const std::st
   return v;
 }
 
-void check_json_vocab(const std::string& name, const std::string& json, const std::string& pre) {
+// The tokenizer, or none when the fixtures are absent.
+std::optional<Tokenizer> check_json_vocab(const std::string& name, const std::string& json,
+                                          const std::string& pre) {
   const std::string json_path = sllm_test::fixture("tokenizers/" + json + "/tokenizer.json");
   const std::string inp_path = sllm_test::fixture("vocab/ggml-vocab-" + name + ".gguf.inp");
   const std::string out_path = sllm_test::fixture("vocab/ggml-vocab-" + name + ".gguf.out");
-  if (json_path.empty() || inp_path.empty() || out_path.empty()) return;
+  if (json_path.empty() || inp_path.empty() || out_path.empty()) return std::nullopt;
   const Tokenizer tok(vocabulary_from_tokenizer_json(json_path, pre));
   check_vectors(name, tok, read_vectors(inp_path, out_path));
+  return tok;
 }
 
 // A small SentencePiece vocabulary: <unk> <s> </s>, the 256 byte tokens, then pieces.
@@ -278,7 +282,25 @@ TEST_CASE("vocab test vectors: byte-level BPE from GGUF") {
 
 TEST_CASE("vocab test vectors: llama-bpe and qwen2 from tokenizer.json") {
   check_json_vocab("llama-bpe", "llama3.2", "llama-bpe");
-  check_json_vocab("qwen2", "qwen3", "qwen2");
+  const std::optional<Tokenizer> found = check_json_vocab("qwen2", "qwen3", "qwen2");
+  if (!found) return;
+  const Tokenizer& qwen = *found;
+  // Chat markers are control tokens: matched whole only when parsing specials.
+  const int32_t im_start = qwen.find_piece("<|im_start|>"), im_end = qwen.find_piece("<|im_end|>");
+  REQUIRE(im_start >= 0);
+  REQUIRE(im_end >= 0);
+  std::vector<int32_t> expected = {im_start};
+  for (int32_t id : qwen.encode("user\nHi", false, false)) expected.push_back(id);
+  expected.push_back(im_end);
+  CHECK(qwen.encode("<|im_start|>user\nHi<|im_end|>", false, true) == expected);
+  const std::vector<int32_t> literal = qwen.encode("<|im_end|>", false, false);
+  CHECK(literal.size() > 1);
+  CHECK(qwen.decode(literal) == "<|im_end|>");
+  CHECK(qwen.is_eog(im_end));
+  CHECK(qwen.is_eog(qwen.find_piece("<|endoftext|>")));
+  CHECK_FALSE(qwen.is_eog(im_start));
+  CHECK(qwen.decode(expected) == "user\nHi");
+  CHECK(qwen.decode(expected, true) == "<|im_start|>user\nHi<|im_end|>");
 }
 
 TEST_CASE("stories260K: llama2.c's prompt encoding and greedy text") {
