@@ -99,7 +99,10 @@ class Tokenizer {
   // Reads tokenizer.ggml.model, .pre, .tokens, .scores, .token_type, .merges, the special token
   // ids (.bos_token_id, .eos_token_id, .eot_token_id, .eom_token_id, .unknown_token_id,
   // .padding_token_id) and .add_bos_token, .add_eos_token, .add_space_prefix. Error names the
-  // key when one is missing, malformed or unsupported.
+  // key when one is missing, malformed or unsupported. Absent keys take llama.cpp's defaults:
+  // SentencePiece has BOS 1, EOS 2, unknown 0, adds BOS and the leading space; byte-level BPE
+  // adds BOS only for Llama 3, and a missing .pre means "default" (GPT-2's split). Special ids
+  // past the vocabulary (0xFFFFFFFF is common) mean "none".
   static Tokenizer from_gguf(const Gguf& gguf);
   explicit Tokenizer(Vocabulary vocab);
 
@@ -111,7 +114,7 @@ class Tokenizer {
   // The bytes a token stands for: byte tokens and the byte-level mapping decoded, "▁" as a
   // space; control tokens give their text. Error when id is out of range.
   std::string token_text(int32_t id) const;
-  // Decodes ids as one text (see Detokenizer); control tokens are left out unless
+  // Decodes ids as one text (see Detokenizer); control and unknown tokens are left out unless
   // render_special.
   std::string decode(const std::vector<int32_t>& ids, bool render_special = false) const;
 
@@ -168,7 +171,8 @@ class Detokenizer {
  public:
   // at_start: the stream begins a text, so SentencePiece's leading space is dropped from the
   // first piece (as it is after every BOS). Pass false to continue a text, e.g. the tokens
-  // generated after a prompt. render_special: write control tokens' text (e.g. "</s>").
+  // generated after a prompt. render_special: write control and unknown tokens' text (e.g.
+  // "</s>"). The tokenizer must outlive the Detokenizer.
   explicit Detokenizer(const Tokenizer& tokenizer, bool at_start = true,
                        bool render_special = false);
   std::string push(int32_t id);
