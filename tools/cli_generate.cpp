@@ -112,8 +112,7 @@ int cmd_generate(int argc, char** argv) {
     if (args.option("-m", "--model", model_path) || args.option("-p", "--prompt", prompt) ||
         args.option("-n", "--n-predict", opt.max_tokens) ||
         args.option(nullptr, "--temp", opt.temperature) ||
-        args.option(nullptr, "--top-k", opt.top_k) ||
-        args.option(nullptr, "--top-p", opt.top_p) ||
+        args.option(nullptr, "--top-k", opt.top_k) || args.option(nullptr, "--top-p", opt.top_p) ||
         args.option(nullptr, "--min-p", opt.min_p) ||
         args.option(nullptr, "--repeat-penalty", opt.repeat_penalty) ||
         args.option(nullptr, "--repeat-last-n", opt.penalty_last_n) ||
@@ -213,8 +212,8 @@ int cmd_logits(int argc, char** argv) {
   detail::OutputFile out(out_path);
   out.write(logits.data(), logits.size() * sizeof(float));
   out.commit();
-  std::fprintf(stderr, "sllm: wrote %zu x %zu logits to %s\n", ids.size(),
-               model.config().n_vocab, out_path.c_str());
+  std::fprintf(stderr, "sllm: wrote %zu x %zu logits to %s\n", ids.size(), model.config().n_vocab,
+               out_path.c_str());
   return 0;
 }
 
