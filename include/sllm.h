@@ -343,6 +343,9 @@ class GgufWriter {
 // Kernels layer: SIMD code written once with Highway and dispatched at run time to the best
 // target the CPU supports. Each kernel has a scalar reference (namespace sllm::ref) that the
 // tests compare it with on every target.
+#include <algorithm>
+#include <cmath>
+
 namespace sllm {
 namespace detail {
 
@@ -352,16 +355,72 @@ const char* simd_target_name(int64_t target);
 // Restricts run-time dispatch to one target, for tests; 0 restores the best one.
 void force_simd_target(int64_t target);
 
+// A weight matrix read in place (usually from the memory map): `rows` rows of `cols` elements
+// of type F32, F16 or BF16, row r starting at data + r * row_bytes.
+struct MatrixView {
+  TensorType type = TensorType::F32;
+  const uint8_t* data = nullptr;
+  size_t rows = 0;
+  size_t cols = 0;
+  size_t row_bytes = 0;
+};
+
+// Keys or values of one KV head of one layer, kept in fixed-size blocks of tokens (the paged
+// KV cache): token j's row of head_dim elements (F32 or F16) starts at
+// blocks[j / block_tokens] + offset + (j % block_tokens) * token_stride.
+struct PagedRows {
+  const uint8_t* const* blocks = nullptr;
+  size_t block_tokens = 0;
+  size_t offset = 0;
+  size_t token_stride = 0;
+  TensorType type = TensorType::F32;
+  const uint8_t* row(size_t j) const {
+    return blocks[j / block_tokens] + offset + (j % block_tokens) * token_stride;
+  }
+};
+
 float dot_f32(const float* a, const float* b, size_t n);
+
+// y[t * y_stride + r] = sum_c w[r][c] * x[t * x_stride + c] for the n activation rows t and
+// every weight row r: decode is n = 1, prefill n = batch. Parallel over weight rows with
+// n_threads OpenMP threads.
+void matmul(const MatrixView& w, const float* x, size_t n, size_t x_stride, float* y,
+            size_t y_stride, int n_threads);
+// dst[i] = src[i] widened to f32 (src of type F32, F16 or BF16), e.g. an embedding row.
+void row_to_f32(TensorType type, const uint8_t* src, size_t n, float* dst);
+// out = x / sqrt(mean(x^2) + eps) * weight (out may alias x).
+void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out);
+// Rotary embedding in place of the first rope_dim elements of each of n_heads heads, in the
+// pair order of GGUF llama weights: pairs (2i, 2i+1). cos and sin are rope_table()'s rows.
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, const float* cos,
+          const float* sin);
+// Rotation angles of position pos: theta_i = pos * base^(-2i/rope_dim), written as
+// cos[2i] = cos[2i+1] = cos theta_i, sin[2i] = -sin theta_i, sin[2i+1] = sin theta_i.
+void rope_table(size_t pos, size_t rope_dim, float base, float* cos, float* sin);
+// x = softmax(x), in place.
+void softmax(float* x, size_t n);
+// out = silu(gate) * up, silu(g) = g / (1 + exp(-g)) (out may alias gate or up).
+void swiglu(const float* gate, const float* up, size_t n, float* out);
+// One query head over the first n_ctx cached tokens: out = softmax(scale * K q) V.
+// scores is scratch for n_ctx floats.
+void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
+               size_t n_ctx, float scale, float* scores, float* out);
 
 }  // namespace detail
 
+// Scalar references of the kernels: plain loops, double accumulators, for the tests.
 namespace ref {
-inline float dot_f32(const float* a, const float* b, size_t n) {
-  double sum = 0;
-  for (size_t i = 0; i < n; ++i) sum += double(a[i]) * b[i];
-  return float(sum);
-}
+float dot_f32(const float* a, const float* b, size_t n);
+float element_to_f32(TensorType type, const uint8_t* row, size_t i);
+void matmul(const detail::MatrixView& w, const float* x, size_t n, size_t x_stride, float* y,
+            size_t y_stride);
+void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out);
+// Rotates with angles computed here from pos and base (independent of detail::rope_table).
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base);
+void softmax(float* x, size_t n);
+void swiglu(const float* gate, const float* up, size_t n, float* out);
+void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
+               const detail::PagedRows& values, size_t n_ctx, float scale, float* out);
 }  // namespace ref
 }  // namespace sllm
 
@@ -383,6 +442,7 @@ inline float dot_f32(const float* a, const float* b, size_t n) {
 #include <hwy/foreach_target.h>
 #endif  // SLLM_HWY_SETUP_
 #include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>  // Exp, per target like the code below
 
 #if defined(SLLM_SIMD_TOGGLE_) == defined(HWY_TARGET_TOGGLE)
 #ifdef SLLM_SIMD_TOGGLE_
@@ -396,6 +456,37 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 // ---- kernels_simd.h ----
+// Weights and KV entries of any float type, read as f32: vectors by promotion (BF16 by a shift),
+// single elements through the base layer's conversions.
+template <class D>
+HWY_INLINE hn::Vec<D> LoadAsF32(D d, const float* HWY_RESTRICT p) {
+  return hn::LoadU(d, p);
+}
+template <class D>
+HWY_INLINE hn::Vec<D> LoadAsF32(D d, const hwy::float16_t* HWY_RESTRICT p) {
+  const hn::Rebind<hwy::float16_t, D> dh;
+  return hn::PromoteTo(d, hn::LoadU(dh, p));
+}
+template <class D>
+HWY_INLINE hn::Vec<D> LoadAsF32(D d, const hwy::bfloat16_t* HWY_RESTRICT p) {
+  const hn::Rebind<hwy::bfloat16_t, D> dh;
+  return hn::PromoteTo(d, hn::LoadU(dh, p));
+}
+HWY_INLINE float ElementAsF32(float v) {
+  return v;
+}
+HWY_INLINE float ElementAsF32(hwy::float16_t v) {
+  return fp16_to_f32(v.bits);
+}
+HWY_INLINE float ElementAsF32(hwy::bfloat16_t v) {
+  return bf16_to_f32(v.bits);
+}
+
+template <class D>
+HWY_INLINE float ReduceSumF32(D d, hn::Vec<D> v) {
+  return hn::GetLane(hn::SumOfLanes(d, v));
+}
+
 float DotF32(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, size_t n) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
@@ -409,6 +500,324 @@ float DotF32(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, size_t n)
   float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(sum0, sum1)));
   for (; i < n; ++i) sum += a[i] * b[i];
   return sum;
+}
+
+// sum_i w[i] * x[i] for a row w of any float type.
+template <typename W>
+HWY_INLINE float DotRow(const W* HWY_RESTRICT w, const float* HWY_RESTRICT x, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  auto sum0 = hn::Zero(d), sum1 = hn::Zero(d);
+  size_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    sum0 = hn::MulAdd(LoadAsF32(d, w + i), hn::LoadU(d, x + i), sum0);
+    sum1 = hn::MulAdd(LoadAsF32(d, w + i + N), hn::LoadU(d, x + i + N), sum1);
+  }
+  for (; i + N <= n; i += N) sum0 = hn::MulAdd(LoadAsF32(d, w + i), hn::LoadU(d, x + i), sum0);
+  float sum = ReduceSumF32(d, hn::Add(sum0, sum1));
+  for (; i < n; ++i) sum += ElementAsF32(w[i]) * x[i];
+  return sum;
+}
+
+// out[i] += a * v[i] for a row v of any float type.
+template <typename W>
+HWY_INLINE void AddScaledRow(float a, const W* HWY_RESTRICT v, float* HWY_RESTRICT out, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const auto va = hn::Set(d, a);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    hn::StoreU(hn::MulAdd(va, LoadAsF32(d, v + i), hn::LoadU(d, out + i)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] += a * ElementAsF32(v[i]);
+}
+
+// Register tile of the matmul: 4 weight rows times kCols activation rows. Each weight vector is
+// loaded (and widened) once and multiplied with every activation row of the tile, so prefill
+// reads a weight row once per kCols tokens. out[c * 4 + r] = dot(w_r, x_c). Callers with fewer
+// than 4 rows repeat a row pointer and ignore the extra results. Named accumulators rather than
+// an array, because arrays of vectors are not allowed on scalable targets (SVE, RVV).
+template <size_t kCols, typename W>
+HWY_INLINE void MatMulTile(const W* HWY_RESTRICT w0, const W* HWY_RESTRICT w1,
+                           const W* HWY_RESTRICT w2, const W* HWY_RESTRICT w3, size_t k,
+                           const float* HWY_RESTRICT x, size_t x_stride, float* HWY_RESTRICT out) {
+  static_assert(kCols >= 1 && kCols <= 4, "tile width");
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const float* x0 = x;
+  const float* x1 = kCols > 1 ? x + x_stride : x;
+  const float* x2 = kCols > 2 ? x + 2 * x_stride : x;
+  const float* x3 = kCols > 3 ? x + 3 * x_stride : x;
+  auto a00 = hn::Zero(d), a10 = a00, a20 = a00, a30 = a00;
+  auto a01 = a00, a11 = a00, a21 = a00, a31 = a00;
+  auto a02 = a00, a12 = a00, a22 = a00, a32 = a00;
+  auto a03 = a00, a13 = a00, a23 = a00, a33 = a00;
+  size_t i = 0;
+  for (; i + N <= k; i += N) {
+    const auto v0 = LoadAsF32(d, w0 + i), v1 = LoadAsF32(d, w1 + i);
+    const auto v2 = LoadAsF32(d, w2 + i), v3 = LoadAsF32(d, w3 + i);
+    const auto xv0 = hn::LoadU(d, x0 + i);
+    a00 = hn::MulAdd(v0, xv0, a00);
+    a10 = hn::MulAdd(v1, xv0, a10);
+    a20 = hn::MulAdd(v2, xv0, a20);
+    a30 = hn::MulAdd(v3, xv0, a30);
+    if constexpr (kCols > 1) {
+      const auto xv1 = hn::LoadU(d, x1 + i);
+      a01 = hn::MulAdd(v0, xv1, a01);
+      a11 = hn::MulAdd(v1, xv1, a11);
+      a21 = hn::MulAdd(v2, xv1, a21);
+      a31 = hn::MulAdd(v3, xv1, a31);
+    }
+    if constexpr (kCols > 2) {
+      const auto xv2 = hn::LoadU(d, x2 + i);
+      a02 = hn::MulAdd(v0, xv2, a02);
+      a12 = hn::MulAdd(v1, xv2, a12);
+      a22 = hn::MulAdd(v2, xv2, a22);
+      a32 = hn::MulAdd(v3, xv2, a32);
+    }
+    if constexpr (kCols > 3) {
+      const auto xv3 = hn::LoadU(d, x3 + i);
+      a03 = hn::MulAdd(v0, xv3, a03);
+      a13 = hn::MulAdd(v1, xv3, a13);
+      a23 = hn::MulAdd(v2, xv3, a23);
+      a33 = hn::MulAdd(v3, xv3, a33);
+    }
+  }
+  out[0] = ReduceSumF32(d, a00);
+  out[1] = ReduceSumF32(d, a10);
+  out[2] = ReduceSumF32(d, a20);
+  out[3] = ReduceSumF32(d, a30);
+  if constexpr (kCols > 1) {
+    out[4] = ReduceSumF32(d, a01);
+    out[5] = ReduceSumF32(d, a11);
+    out[6] = ReduceSumF32(d, a21);
+    out[7] = ReduceSumF32(d, a31);
+  }
+  if constexpr (kCols > 2) {
+    out[8] = ReduceSumF32(d, a02);
+    out[9] = ReduceSumF32(d, a12);
+    out[10] = ReduceSumF32(d, a22);
+    out[11] = ReduceSumF32(d, a32);
+  }
+  if constexpr (kCols > 3) {
+    out[12] = ReduceSumF32(d, a03);
+    out[13] = ReduceSumF32(d, a13);
+    out[14] = ReduceSumF32(d, a23);
+    out[15] = ReduceSumF32(d, a33);
+  }
+  if (i == k) return;
+  const W* const rows[4] = {w0, w1, w2, w3};
+  const float* const cols[4] = {x0, x1, x2, x3};
+  for (size_t c = 0; c < kCols; ++c) {
+    for (size_t r = 0; r < 4; ++r) {
+      float tail = 0;
+      for (size_t j = i; j < k; ++j) tail += ElementAsF32(rows[r][j]) * cols[c][j];
+      out[c * 4 + r] += tail;
+    }
+  }
+}
+
+// Activation rows per register tile: 4 x 4 accumulators need the 32 vector registers of
+// AVX-512 (and NEON/SVE); x86 targets with 16 registers use 4 x 2.
+#if HWY_ARCH_X86 && HWY_TARGET > HWY_AVX3
+constexpr size_t kMatMulCols = 2;
+#else
+constexpr size_t kMatMulCols = 4;
+#endif
+
+template <size_t kCols, typename W>
+HWY_INLINE void MatMulTileStore(const W* const* rows, size_t n_rows, size_t k, const float* x,
+                                size_t x_stride, float* y, size_t y_stride) {
+  float out[16];
+  MatMulTile<kCols>(rows[0], rows[1], rows[2], rows[3], k, x, x_stride, out);
+  for (size_t c = 0; c < kCols; ++c) {
+    for (size_t r = 0; r < n_rows; ++r) y[c * y_stride + r] = out[c * 4 + r];
+  }
+}
+
+template <typename W>
+void MatMulRowsOfType(const detail::MatrixView& w, size_t row_begin, size_t row_end, const float* x,
+                      size_t n, size_t x_stride, float* y, size_t y_stride) {
+  const size_t k = w.cols;
+  for (size_t r = row_begin; r < row_end; r += 4) {
+    const size_t n_rows = HWY_MIN(size_t{4}, row_end - r);
+    const W* rows[4];
+    for (size_t i = 0; i < 4; ++i) {
+      rows[i] = reinterpret_cast<const W*>(w.data + (r + HWY_MIN(i, n_rows - 1)) * w.row_bytes);
+    }
+    size_t t = 0;
+    for (; t + kMatMulCols <= n; t += kMatMulCols) {
+      MatMulTileStore<kMatMulCols>(rows, n_rows, k, x + t * x_stride, x_stride,
+                                   y + t * y_stride + r, y_stride);
+    }
+    const float* xt = x + t * x_stride;
+    float* yt = y + t * y_stride + r;
+    switch (n - t) {
+      case 3:
+        MatMulTileStore<3>(rows, n_rows, k, xt, x_stride, yt, y_stride);
+        break;
+      case 2:
+        MatMulTileStore<2>(rows, n_rows, k, xt, x_stride, yt, y_stride);
+        break;
+      case 1:
+        MatMulTileStore<1>(rows, n_rows, k, xt, x_stride, yt, y_stride);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+// Weight rows [row_begin, row_end) of the matmul (one thread's share).
+void MatMulRows(const detail::MatrixView& w, size_t row_begin, size_t row_end, const float* x,
+                size_t n, size_t x_stride, float* y, size_t y_stride) {
+  switch (w.type) {
+    case TensorType::F16:
+      return MatMulRowsOfType<hwy::float16_t>(w, row_begin, row_end, x, n, x_stride, y, y_stride);
+    case TensorType::BF16:
+      return MatMulRowsOfType<hwy::bfloat16_t>(w, row_begin, row_end, x, n, x_stride, y, y_stride);
+    default:
+      return MatMulRowsOfType<float>(w, row_begin, row_end, x, n, x_stride, y, y_stride);
+  }
+}
+
+template <typename W>
+HWY_INLINE void RowToF32OfType(const W* HWY_RESTRICT src, size_t n, float* HWY_RESTRICT dst) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(LoadAsF32(d, src + i), d, dst + i);
+  for (; i < n; ++i) dst[i] = ElementAsF32(src[i]);
+}
+
+void RowToF32(TensorType type, const uint8_t* src, size_t n, float* dst) {
+  switch (type) {
+    case TensorType::F16:
+      return RowToF32OfType(reinterpret_cast<const hwy::float16_t*>(src), n, dst);
+    case TensorType::BF16:
+      return RowToF32OfType(reinterpret_cast<const hwy::bfloat16_t*>(src), n, dst);
+    default:
+      return RowToF32OfType(reinterpret_cast<const float*>(src), n, dst);
+  }
+}
+
+void RmsNorm(const float* HWY_RESTRICT x, const float* HWY_RESTRICT weight, size_t n, float eps,
+             float* out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  auto sum = hn::Zero(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto v = hn::LoadU(d, x + i);
+    sum = hn::MulAdd(v, v, sum);
+  }
+  float sum_sq = ReduceSumF32(d, sum);
+  for (; i < n; ++i) sum_sq += x[i] * x[i];
+  const float scale = 1.0f / std::sqrt(sum_sq / float(n) + eps);
+  const auto vscale = hn::Set(d, scale);
+  i = 0;
+  for (; i + N <= n; i += N) {
+    const auto v = hn::Mul(hn::LoadU(d, x + i), vscale);
+    hn::StoreU(hn::Mul(v, hn::LoadU(d, weight + i)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] = x[i] * scale * weight[i];
+}
+
+void Rope(float* HWY_RESTRICT x, size_t n_heads, size_t head_dim, size_t rope_dim,
+          const float* HWY_RESTRICT cos, const float* HWY_RESTRICT sin) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  // Vectors hold whole pairs when N is even; Reverse2 swaps the two lanes of each pair, so
+  // x * cos + swapped * sin rotates every pair (sin carries the sign of each lane).
+  const size_t vector_end = N % 2 == 0 ? rope_dim / N * N : 0;
+  for (size_t h = 0; h < n_heads; ++h) {
+    float* p = x + h * head_dim;
+    size_t i = 0;
+    for (; i < vector_end; i += N) {
+      const auto v = hn::LoadU(d, p + i);
+      const auto swapped = hn::Reverse2(d, v);
+      const auto r = hn::MulAdd(v, hn::LoadU(d, cos + i), hn::Mul(swapped, hn::LoadU(d, sin + i)));
+      hn::StoreU(r, d, p + i);
+    }
+    for (; i < rope_dim; i += 2) {
+      const float x0 = p[i], x1 = p[i + 1];
+      p[i] = x0 * cos[i] + x1 * sin[i];
+      p[i + 1] = x1 * cos[i + 1] + x0 * sin[i + 1];
+    }
+  }
+}
+
+void Softmax(float* HWY_RESTRICT x, size_t n) {
+  if (n == 0) return;
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  float max = x[0];
+  if (n >= N) {
+    auto vmax = hn::LoadU(d, x);
+    for (i = N; i + N <= n; i += N) vmax = hn::Max(vmax, hn::LoadU(d, x + i));
+    max = hn::GetLane(hn::MaxOfLanes(d, vmax));
+  }
+  for (; i < n; ++i) max = HWY_MAX(max, x[i]);
+  const auto vmax = hn::Set(d, max);
+  auto vsum = hn::Zero(d);
+  i = 0;
+  for (; i + N <= n; i += N) {
+    const auto e = hn::Exp(d, hn::Sub(hn::LoadU(d, x + i), vmax));
+    vsum = hn::Add(vsum, e);
+    hn::StoreU(e, d, x + i);
+  }
+  float sum = ReduceSumF32(d, vsum);
+  for (; i < n; ++i) {
+    x[i] = std::exp(x[i] - max);
+    sum += x[i];
+  }
+  const float inv = 1.0f / sum;
+  const auto vinv = hn::Set(d, inv);
+  i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(hn::Mul(hn::LoadU(d, x + i), vinv), d, x + i);
+  for (; i < n; ++i) x[i] *= inv;
+}
+
+void SwiGlu(const float* gate, const float* up, size_t n, float* out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  // exp(-g) overflows to inf for g < -88, where silu(g) is 0 to float precision; clamping the
+  // argument keeps the vector exp in its valid range.
+  const auto max_arg = hn::Set(d, 88.0f);
+  const auto one = hn::Set(d, 1.0f);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto g = hn::LoadU(d, gate + i);
+    const auto e = hn::Exp(d, hn::Min(hn::Neg(g), max_arg));
+    const auto silu = hn::Div(g, hn::Add(one, e));
+    hn::StoreU(hn::Mul(silu, hn::LoadU(d, up + i)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+template <typename KV>
+void AttentionOfType(const float* HWY_RESTRICT q, size_t head_dim, const detail::PagedRows& keys,
+                     const detail::PagedRows& values, size_t n_ctx, float scale,
+                     float* HWY_RESTRICT scores, float* HWY_RESTRICT out) {
+  for (size_t j = 0; j < n_ctx; ++j) {
+    scores[j] = scale * DotRow(reinterpret_cast<const KV*>(keys.row(j)), q, head_dim);
+  }
+  Softmax(scores, n_ctx);
+  for (size_t i = 0; i < head_dim; ++i) out[i] = 0.0f;
+  for (size_t j = 0; j < n_ctx; ++j) {
+    AddScaledRow(scores[j], reinterpret_cast<const KV*>(values.row(j)), out, head_dim);
+  }
+}
+
+void Attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
+               const detail::PagedRows& values, size_t n_ctx, float scale, float* scores,
+               float* out) {
+  if (keys.type == TensorType::F16) {
+    AttentionOfType<hwy::float16_t>(q, head_dim, keys, values, n_ctx, scale, scores, out);
+  } else {
+    AttentionOfType<float>(q, head_dim, keys, values, n_ctx, scale, scores, out);
+  }
 }
 
 }  // namespace HWY_NAMESPACE
@@ -512,20 +921,186 @@ uint16_t f32_to_bf16(float f) {
 }  // namespace sllm
 
 // ---- kernels_impl.h ----
+#include <omp.h>
+
 namespace sllm {
 namespace detail {
 
 HWY_EXPORT(DotF32);
+HWY_EXPORT(MatMulRows);
+HWY_EXPORT(RowToF32);
+HWY_EXPORT(RmsNorm);
+HWY_EXPORT(Rope);
+HWY_EXPORT(Softmax);
+HWY_EXPORT(SwiGlu);
+HWY_EXPORT(Attention);
 
-std::vector<int64_t> simd_targets() { return hwy::SupportedAndGeneratedTargets(); }
-const char* simd_target_name(int64_t target) { return hwy::TargetName(target); }
-void force_simd_target(int64_t target) { hwy::SetSupportedTargetsForTest(target); }
+std::vector<int64_t> simd_targets() {
+  return hwy::SupportedAndGeneratedTargets();
+}
+const char* simd_target_name(int64_t target) {
+  return hwy::TargetName(target);
+}
+void force_simd_target(int64_t target) {
+  hwy::SetSupportedTargetsForTest(target);
+}
 
 float dot_f32(const float* a, const float* b, size_t n) {
   return HWY_DYNAMIC_DISPATCH(DotF32)(a, b, n);
 }
 
+void matmul(const MatrixView& w, const float* x, size_t n, size_t x_stride, float* y,
+            size_t y_stride, int n_threads) {
+  // Below this many multiply-adds, starting the threads costs more than it saves.
+  constexpr size_t kMinParallelWork = size_t{1} << 15;
+  const size_t n_tiles = (w.rows + 3) / 4;  // the kernel's tiles are 4 weight rows high
+  const bool parallel = n_threads > 1 && w.rows * w.cols * n >= kMinParallelWork;
+#pragma omp parallel num_threads(n_threads) if (parallel)
+  {
+    const size_t n_parts = size_t(omp_get_num_threads());
+    const size_t part = size_t(omp_get_thread_num());
+    const size_t begin = n_tiles * part / n_parts * 4;
+    const size_t end = std::min(w.rows, n_tiles * (part + 1) / n_parts * 4);
+    if (begin < end) HWY_DYNAMIC_DISPATCH(MatMulRows)(w, begin, end, x, n, x_stride, y, y_stride);
+  }
+}
+
+void row_to_f32(TensorType type, const uint8_t* src, size_t n, float* dst) {
+  HWY_DYNAMIC_DISPATCH(RowToF32)(type, src, n, dst);
+}
+
+void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out) {
+  HWY_DYNAMIC_DISPATCH(RmsNorm)(x, weight, n, eps, out);
+}
+
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, const float* cos,
+          const float* sin) {
+  HWY_DYNAMIC_DISPATCH(Rope)(x, n_heads, head_dim, rope_dim, cos, sin);
+}
+
+void rope_table(size_t pos, size_t rope_dim, float base, float* cos, float* sin) {
+  for (size_t i = 0; i < rope_dim / 2; ++i) {
+    const double theta = double(pos) * std::pow(double(base), -2.0 * double(i) / double(rope_dim));
+    const float c = float(std::cos(theta)), s = float(std::sin(theta));
+    cos[2 * i] = c;
+    cos[2 * i + 1] = c;
+    sin[2 * i] = -s;
+    sin[2 * i + 1] = s;
+  }
+}
+
+void softmax(float* x, size_t n) {
+  HWY_DYNAMIC_DISPATCH(Softmax)(x, n);
+}
+
+void swiglu(const float* gate, const float* up, size_t n, float* out) {
+  HWY_DYNAMIC_DISPATCH(SwiGlu)(gate, up, n, out);
+}
+
+void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
+               size_t n_ctx, float scale, float* scores, float* out) {
+  HWY_DYNAMIC_DISPATCH(Attention)(q, head_dim, keys, values, n_ctx, scale, scores, out);
+}
+
 }  // namespace detail
+
+namespace ref {
+
+float dot_f32(const float* a, const float* b, size_t n) {
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += double(a[i]) * b[i];
+  return float(sum);
+}
+
+float element_to_f32(TensorType type, const uint8_t* row, size_t i) {
+  uint16_t h;
+  switch (type) {
+    case TensorType::F16:
+      std::memcpy(&h, row + 2 * i, 2);
+      return fp16_to_f32(h);
+    case TensorType::BF16:
+      std::memcpy(&h, row + 2 * i, 2);
+      return bf16_to_f32(h);
+    default: {
+      float f;
+      std::memcpy(&f, row + 4 * i, 4);
+      return f;
+    }
+  }
+}
+
+void matmul(const detail::MatrixView& w, const float* x, size_t n, size_t x_stride, float* y,
+            size_t y_stride) {
+  for (size_t t = 0; t < n; ++t) {
+    for (size_t r = 0; r < w.rows; ++r) {
+      double sum = 0;
+      for (size_t c = 0; c < w.cols; ++c) {
+        sum += double(element_to_f32(w.type, w.data + r * w.row_bytes, c)) * x[t * x_stride + c];
+      }
+      y[t * y_stride + r] = float(sum);
+    }
+  }
+}
+
+void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out) {
+  double sum_sq = 0;
+  for (size_t i = 0; i < n; ++i) sum_sq += double(x[i]) * x[i];
+  const double scale = 1.0 / std::sqrt(sum_sq / double(n) + eps);
+  for (size_t i = 0; i < n; ++i) out[i] = float(x[i] * scale * weight[i]);
+}
+
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base) {
+  for (size_t h = 0; h < n_heads; ++h) {
+    for (size_t i = 0; i < rope_dim; i += 2) {
+      const double theta = double(pos) / std::pow(double(base), double(i) / double(rope_dim));
+      float* p = x + h * head_dim + i;
+      const double x0 = p[0], x1 = p[1];
+      p[0] = float(x0 * std::cos(theta) - x1 * std::sin(theta));
+      p[1] = float(x0 * std::sin(theta) + x1 * std::cos(theta));
+    }
+  }
+}
+
+void softmax(float* x, size_t n) {
+  if (n == 0) return;
+  double max = x[0];
+  for (size_t i = 1; i < n; ++i) max = std::max(max, double(x[i]));
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += std::exp(x[i] - max);
+  for (size_t i = 0; i < n; ++i) x[i] = float(std::exp(x[i] - max) / sum);
+}
+
+void swiglu(const float* gate, const float* up, size_t n, float* out) {
+  for (size_t i = 0; i < n; ++i) {
+    const double g = gate[i];
+    out[i] = float(g / (1.0 + std::exp(-g)) * up[i]);
+  }
+}
+
+void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
+               const detail::PagedRows& values, size_t n_ctx, float scale, float* out) {
+  std::vector<double> p(n_ctx);
+  double max = -INFINITY;
+  for (size_t j = 0; j < n_ctx; ++j) {
+    double dot = 0;
+    for (size_t i = 0; i < head_dim; ++i) {
+      dot += double(q[i]) * element_to_f32(keys.type, keys.row(j), i);
+    }
+    p[j] = scale * dot;
+    max = std::max(max, p[j]);
+  }
+  double sum = 0;
+  for (double& v : p) sum += (v = std::exp(v - max));
+  for (size_t i = 0; i < head_dim; ++i) {
+    double acc = 0;
+    for (size_t j = 0; j < n_ctx; ++j) {
+      acc += p[j] * element_to_f32(values.type, values.row(j), i);
+    }
+    out[i] = float(acc / sum);
+  }
+}
+
+}  // namespace ref
 }  // namespace sllm
 
 #endif  // HWY_ONCE
