@@ -170,8 +170,21 @@ namespace sllm {
 
 // Tensor element types, with ggml's numbering (the value stored in GGUF files).
 enum class TensorType : uint32_t {
-  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
-  Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15, BF16 = 30,
+  F32 = 0,
+  F16 = 1,
+  Q4_0 = 2,
+  Q4_1 = 3,
+  Q5_0 = 6,
+  Q5_1 = 7,
+  Q8_0 = 8,
+  Q8_1 = 9,
+  Q2_K = 10,
+  Q3_K = 11,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
+  Q8_K = 15,
+  BF16 = 30,
 };
 
 struct TensorTypeInfo {
@@ -187,8 +200,19 @@ uint64_t tensor_row_bytes(TensorType type, uint64_t n);
 
 // Metadata value types, as numbered in GGUF.
 enum class GgufType : uint32_t {
-  UINT8 = 0, INT8 = 1, UINT16 = 2, INT16 = 3, UINT32 = 4, INT32 = 5, FLOAT32 = 6, BOOL = 7,
-  STRING = 8, ARRAY = 9, UINT64 = 10, INT64 = 11, FLOAT64 = 12,
+  UINT8 = 0,
+  INT8 = 1,
+  UINT16 = 2,
+  INT16 = 3,
+  UINT32 = 4,
+  INT32 = 5,
+  FLOAT32 = 6,
+  BOOL = 7,
+  STRING = 8,
+  ARRAY = 9,
+  UINT64 = 10,
+  INT64 = 11,
+  FLOAT64 = 12,
 };
 const char* gguf_type_name(GgufType type);
 
@@ -394,9 +418,11 @@ void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* ou
 // pair order of GGUF llama weights: pairs (2i, 2i+1). cos and sin are rope_table()'s rows.
 void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, const float* cos,
           const float* sin);
-// Rotation angles of position pos: theta_i = pos * base^(-2i/rope_dim), written as
+// Rotation angles of position pos: theta_i = pos * base^(-2i/rope_dim) / freq_factors[i]
+// (freq_factors: Llama 3.1's rope_freqs, or null for none), written as
 // cos[2i] = cos[2i+1] = cos theta_i, sin[2i] = -sin theta_i, sin[2i+1] = sin theta_i.
-void rope_table(size_t pos, size_t rope_dim, float base, float* cos, float* sin);
+void rope_table(size_t pos, size_t rope_dim, float base, const float* freq_factors, float* cos,
+                float* sin);
 // x = softmax(x), in place.
 void softmax(float* x, size_t n);
 // out = silu(gate) * up, silu(g) = g / (1 + exp(-g)) (out may alias gate or up).
@@ -416,12 +442,202 @@ void matmul(const detail::MatrixView& w, const float* x, size_t n, size_t x_stri
             size_t y_stride);
 void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out);
 // Rotates with angles computed here from pos and base (independent of detail::rope_table).
-void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base);
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base,
+          const float* freq_factors);
 void softmax(float* x, size_t n);
 void swiglu(const float* gate, const float* up, size_t n, float* out);
 void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
                const detail::PagedRows& values, size_t n_ctx, float scale, float* out);
 }  // namespace ref
+}  // namespace sllm
+
+// ---- kv.h ----
+// KV layer: the paged KV cache. One pool of fixed-size blocks, sized at start; each block holds
+// the keys and values of block_tokens consecutive tokens for every layer. A sequence is a table
+// of blocks. Running out of blocks or past the context is an Error, never a silent wrap.
+namespace sllm {
+
+// What one token stores per layer: n_kv_heads heads of key_dim key and value_dim value
+// elements.
+struct KvShape {
+  size_t n_layers = 0;
+  size_t n_kv_heads = 0;
+  size_t key_dim = 0;
+  size_t value_dim = 0;
+  bool operator==(const KvShape& o) const {
+    return n_layers == o.n_layers && n_kv_heads == o.n_kv_heads && key_dim == o.key_dim &&
+           value_dim == o.value_dim;
+  }
+  bool operator!=(const KvShape& o) const { return !(*this == o); }
+};
+
+// The blocks of one model's KV cache, allocated once. Entries are F32 or F16 (type).
+// Layout of a block, per layer: block_tokens key rows, then block_tokens value rows; a key row
+// is the n_kv_heads * key_dim elements of one token.
+class KvPool {
+ public:
+  static constexpr size_t kDefaultBlockTokens = 16;
+  KvPool(const KvShape& shape, size_t n_blocks, size_t block_tokens = kDefaultBlockTokens,
+         TensorType type = TensorType::F32);
+  // A pool holding exactly one sequence of up to n_tokens tokens.
+  static KvPool for_tokens(const KvShape& shape, size_t n_tokens,
+                           size_t block_tokens = kDefaultBlockTokens,
+                           TensorType type = TensorType::F32);
+
+  const KvShape& shape() const { return shape_; }
+  TensorType type() const { return type_; }
+  size_t block_tokens() const { return block_tokens_; }
+  size_t n_blocks() const { return n_blocks_; }
+  size_t free_blocks() const { return free_.size(); }
+  size_t block_bytes() const { return block_bytes_; }
+
+  // Takes n free blocks (Error naming the numbers when fewer are free; then nothing is taken).
+  std::vector<uint32_t> allocate(size_t n);
+  void release(uint32_t block);
+  uint8_t* block_data(uint32_t block) { return data_.data() + size_t{block} * block_bytes_; }
+
+  // Byte offsets inside a block of layer's first key and value rows, and between tokens.
+  size_t key_offset(size_t layer) const { return layer * layer_bytes_; }
+  size_t value_offset(size_t layer) const { return layer * layer_bytes_ + key_bytes_; }
+  size_t key_stride() const { return key_row_bytes_; }
+  size_t value_stride() const { return value_row_bytes_; }
+
+ private:
+  KvShape shape_;
+  TensorType type_;
+  size_t block_tokens_;
+  size_t n_blocks_;
+  size_t key_row_bytes_ = 0, value_row_bytes_ = 0;
+  size_t key_bytes_ = 0, layer_bytes_ = 0, block_bytes_ = 0;
+  detail::AlignedBuffer<uint8_t> data_;
+  std::vector<uint32_t> free_;  // a stack; the lowest ids are handed out first
+};
+
+// The cached tokens of one sequence: a block table into a pool (which must outlive it).
+// Holds at most max_tokens tokens (the context length).
+class KvSequence {
+ public:
+  KvSequence(KvPool& pool, size_t max_tokens);
+  ~KvSequence();
+  KvSequence(KvSequence&& other) noexcept;
+  KvSequence& operator=(KvSequence&& other) noexcept;
+  KvSequence(const KvSequence&) = delete;
+  KvSequence& operator=(const KvSequence&) = delete;
+
+  KvPool& pool() const { return *pool_; }
+  size_t size() const { return size_; }  // tokens stored
+  size_t max_tokens() const { return max_tokens_; }
+  const std::vector<uint32_t>& blocks() const { return blocks_; }
+
+  // Makes room for n more tokens after size(). Error on context overflow or when the pool has
+  // too few free blocks; then the sequence is unchanged.
+  void reserve(size_t n);
+  // Marks n tokens after size() as written (they must have been reserved).
+  void commit(size_t n);
+  // Keeps the first n tokens and returns the blocks no longer needed to the pool.
+  void truncate(size_t n);
+  void clear() { truncate(0); }
+
+  // Stores the key and value rows (all KV heads, f32, converted to the pool's type) of token
+  // pos of a layer; pos must be reserved.
+  void write(size_t layer, size_t pos, const float* key, const float* value);
+  // Paged views of one KV head's keys / values of a layer, for the attention kernel.
+  detail::PagedRows keys(size_t layer, size_t kv_head) const;
+  detail::PagedRows values(size_t layer, size_t kv_head) const;
+
+ private:
+  void release_all();
+  uint8_t* row(size_t pos, size_t offset, size_t stride);
+  KvPool* pool_;
+  size_t max_tokens_;
+  size_t size_ = 0;
+  std::vector<uint32_t> blocks_;
+  std::vector<const uint8_t*> block_data_;  // blocks_' addresses, for PagedRows
+};
+
+}  // namespace sllm
+
+// ---- model.h ----
+// Model layer: architecture config from GGUF metadata, weight views into the map, and the
+// forward pass (batched prefill and one-token decode share one code path).
+namespace sllm {
+
+// Hyperparameters of a llama-family transformer, read from GGUF metadata.
+struct ModelConfig {
+  std::string architecture;   // general.architecture
+  size_t n_embd = 0;          // embedding_length
+  size_t n_layers = 0;        // block_count
+  size_t n_heads = 0;         // attention.head_count
+  size_t n_kv_heads = 0;      // attention.head_count_kv (default: n_heads)
+  size_t key_dim = 0;         // attention.key_length (default: n_embd / n_heads)
+  size_t value_dim = 0;       // attention.value_length (default: n_embd / n_heads)
+  size_t n_ff = 0;            // feed_forward_length
+  size_t n_vocab = 0;         // tokenizer.ggml.tokens, else token_embd.weight rows
+  size_t context_length = 0;  // context_length (training context)
+  size_t rope_dim = 0;        // rope.dimension_count (default: key_dim)
+  float rope_base = 10000.f;  // rope.freq_base
+  float rms_eps = 1e-5f;      // attention.layer_norm_rms_epsilon
+
+  // Error names the missing or inconsistent key, or the unsupported architecture.
+  static ModelConfig from_gguf(const Gguf& gguf);
+  KvShape kv_shape() const { return KvShape{n_layers, n_kv_heads, key_dim, value_dim}; }
+};
+
+struct TransformerOptions {
+  int n_threads = 0;  // 0: OpenMP's default (OMP_NUM_THREADS, else the cores)
+};
+
+// Which positions of a forward batch get logits.
+enum class LogitsFor { kNone, kLast, kAll };
+
+// The activations of one forward pass, kept between calls so that decoding allocates nothing.
+// Grows to the largest batch and context seen. One per concurrently running sequence.
+class ForwardScratch {
+ public:
+  ForwardScratch() = default;
+
+ private:
+  friend class Transformer;
+  size_t n_tokens_ = 0, n_ctx_ = 0, n_threads_ = 0;
+  detail::AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
+  detail::AlignedBuffer<float> rope_cos_, rope_sin_, scores_;
+};
+
+// A llama-family transformer whose weights are views into an open GGUF (which must outlive it).
+class Transformer {
+ public:
+  static Transformer load(const Gguf& gguf, const TransformerOptions& options = {});
+
+  const ModelConfig& config() const { return config_; }
+  KvShape kv_shape() const { return config_.kv_shape(); }
+  int n_threads() const { return n_threads_; }
+
+  // Evaluates tokens[0..n) at the positions after those already in seq, appends their keys and
+  // values to seq, and writes logits: n_vocab floats for the last position (kLast) or
+  // n * n_vocab, row per position (kAll). Error, with seq unchanged, for a token id outside the
+  // vocabulary, a KV pool of another shape, context overflow or an exhausted pool.
+  void forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& scratch,
+               float* logits, LogitsFor which = LogitsFor::kLast) const;
+
+ private:
+  struct Layer {
+    const float* attn_norm = nullptr;
+    const float* ffn_norm = nullptr;
+    detail::MatrixView wq, wk, wv, wo, gate, up, down;
+  };
+  void prepare(ForwardScratch& s, size_t n, size_t n_ctx) const;
+  void attention_block(const Layer& layer, size_t l, size_t n, size_t pos0, KvSequence& seq,
+                       ForwardScratch& s) const;
+  void ffn_block(const Layer& layer, size_t n, ForwardScratch& s) const;
+
+  ModelConfig config_;
+  int n_threads_ = 1;
+  detail::MatrixView token_embd_, output_;
+  const float* output_norm_ = nullptr;
+  const float* rope_freqs_ = nullptr;  // Llama 3.1 rope frequency factors, when present
+  std::vector<Layer> layers_;
+};
+
 }  // namespace sllm
 
 #endif  // SLLM_H_
@@ -839,9 +1055,13 @@ inline LogFn& log_handler() {
   return fn;
 }
 
-[[noreturn]] void fail(const std::string& message) { throw Error(message); }
+[[noreturn]] void fail(const std::string& message) {
+  throw Error(message);
+}
 
-void AlignedFree::operator()(void* p) const { std::free(p); }
+void AlignedFree::operator()(void* p) const {
+  std::free(p);
+}
 
 void* aligned_zalloc(size_t bytes) {
   const size_t rounded = (checked_add(bytes, 63, "buffer size") / 64) * 64;
@@ -853,7 +1073,9 @@ void* aligned_zalloc(size_t bytes) {
 
 }  // namespace detail
 
-void set_log_handler(LogFn fn) { detail::log_handler() = std::move(fn); }
+void set_log_handler(LogFn fn) {
+  detail::log_handler() = std::move(fn);
+}
 
 void log(LogLevel level, std::string_view message) {
   if (detail::log_handler()) {
@@ -895,8 +1117,8 @@ uint16_t f32_to_fp16(float f) {
   const uint32_t abs = x & 0x7fffffffu;
   if (abs > 0x7f800000u) return uint16_t(sign | 0x7e00u | ((abs >> 13) & 0x3ffu));  // NaN
   if (abs >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds to infinity or is inf
-  if (abs < 0x38800000u) {  // result is subnormal or zero
-    if (abs < 0x33000000u) return uint16_t(sign);  // below half the smallest subnormal
+  if (abs < 0x38800000u) {                                  // result is subnormal or zero
+    if (abs < 0x33000000u) return uint16_t(sign);           // below half the smallest subnormal
     const uint32_t e = abs >> 23;
     const uint32_t m = (abs & 0x7fffffu) | 0x800000u;
     const uint32_t shift = 126 - e;  // 14..24
@@ -978,9 +1200,11 @@ void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, const floa
   HWY_DYNAMIC_DISPATCH(Rope)(x, n_heads, head_dim, rope_dim, cos, sin);
 }
 
-void rope_table(size_t pos, size_t rope_dim, float base, float* cos, float* sin) {
+void rope_table(size_t pos, size_t rope_dim, float base, const float* freq_factors, float* cos,
+                float* sin) {
   for (size_t i = 0; i < rope_dim / 2; ++i) {
-    const double theta = double(pos) * std::pow(double(base), -2.0 * double(i) / double(rope_dim));
+    double theta = double(pos) * std::pow(double(base), -2.0 * double(i) / double(rope_dim));
+    if (freq_factors != nullptr) theta /= freq_factors[i];
     const float c = float(std::cos(theta)), s = float(std::sin(theta));
     cos[2 * i] = c;
     cos[2 * i + 1] = c;
@@ -1049,10 +1273,13 @@ void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* ou
   for (size_t i = 0; i < n; ++i) out[i] = float(x[i] * scale * weight[i]);
 }
 
-void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base) {
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base,
+          const float* freq_factors) {
   for (size_t h = 0; h < n_heads; ++h) {
     for (size_t i = 0; i < rope_dim; i += 2) {
-      const double theta = double(pos) / std::pow(double(base), double(i) / double(rope_dim));
+      const double factor = freq_factors != nullptr ? freq_factors[i / 2] : 1.0;
+      const double theta =
+          double(pos) / std::pow(double(base), double(i) / double(rope_dim)) / factor;
       float* p = x + h * head_dim + i;
       const double x0 = p[0], x1 = p[1];
       p[0] = float(x0 * std::cos(theta) - x1 * std::sin(theta));
@@ -1101,6 +1328,466 @@ void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
 }
 
 }  // namespace ref
+}  // namespace sllm
+
+// ---- kv_impl.h ----
+namespace sllm {
+
+KvPool::KvPool(const KvShape& shape, size_t n_blocks, size_t block_tokens, TensorType type)
+    : shape_(shape), type_(type), block_tokens_(block_tokens), n_blocks_(n_blocks) {
+  if (type != TensorType::F32 && type != TensorType::F16) {
+    detail::fail(std::string("KV cache entries must be F32 or F16, not ") + tensor_type_name(type));
+  }
+  if (shape.n_layers == 0 || shape.n_kv_heads == 0 || shape.key_dim == 0 || shape.value_dim == 0 ||
+      block_tokens == 0 || n_blocks == 0) {
+    detail::fail("KV cache pool needs at least one layer, head, block and token per block");
+  }
+  if (n_blocks > UINT32_MAX) detail::fail("KV cache pool of more than 2^32 blocks");
+  const size_t elem = type == TensorType::F32 ? 4 : 2;
+  using detail::checked_add;
+  using detail::checked_mul;
+  key_row_bytes_ =
+      checked_mul(checked_mul(shape.n_kv_heads, shape.key_dim, "KV row"), elem, "KV row");
+  value_row_bytes_ =
+      checked_mul(checked_mul(shape.n_kv_heads, shape.value_dim, "KV row"), elem, "KV row");
+  key_bytes_ = checked_mul(block_tokens, key_row_bytes_, "KV block");
+  layer_bytes_ =
+      checked_add(key_bytes_, checked_mul(block_tokens, value_row_bytes_, "KV block"), "KV block");
+  block_bytes_ = checked_mul(layer_bytes_, shape.n_layers, "KV block");
+  data_.resize(checked_mul(block_bytes_, n_blocks, "KV cache pool"));
+  free_.resize(n_blocks);
+  for (size_t i = 0; i < n_blocks; ++i) free_[i] = uint32_t(n_blocks - 1 - i);
+}
+
+KvPool KvPool::for_tokens(const KvShape& shape, size_t n_tokens, size_t block_tokens,
+                          TensorType type) {
+  const size_t n_blocks = block_tokens == 0 ? 0 : (n_tokens + block_tokens - 1) / block_tokens;
+  return KvPool(shape, n_blocks, block_tokens, type);
+}
+
+std::vector<uint32_t> KvPool::allocate(size_t n) {
+  if (n > free_.size()) {
+    detail::fail("KV cache pool exhausted: " + std::to_string(n) + " more blocks of " +
+                 std::to_string(block_tokens_) + " tokens needed, " + std::to_string(free_.size()) +
+                 " of " + std::to_string(n_blocks_) + " free");
+  }
+  std::vector<uint32_t> blocks(free_.end() - ptrdiff_t(n), free_.end());
+  std::reverse(blocks.begin(), blocks.end());
+  free_.resize(free_.size() - n);
+  return blocks;
+}
+
+void KvPool::release(uint32_t block) {
+  free_.push_back(block);
+}
+
+KvSequence::KvSequence(KvPool& pool, size_t max_tokens) : pool_(&pool), max_tokens_(max_tokens) {}
+
+KvSequence::~KvSequence() {
+  release_all();
+}
+
+KvSequence::KvSequence(KvSequence&& other) noexcept
+    : pool_(other.pool_),
+      max_tokens_(other.max_tokens_),
+      size_(other.size_),
+      blocks_(std::move(other.blocks_)),
+      block_data_(std::move(other.block_data_)) {
+  other.size_ = 0;
+  other.blocks_.clear();
+  other.block_data_.clear();
+}
+
+KvSequence& KvSequence::operator=(KvSequence&& other) noexcept {
+  if (this != &other) {
+    release_all();
+    pool_ = other.pool_;
+    max_tokens_ = other.max_tokens_;
+    size_ = other.size_;
+    blocks_ = std::move(other.blocks_);
+    block_data_ = std::move(other.block_data_);
+    other.size_ = 0;
+    other.blocks_.clear();
+    other.block_data_.clear();
+  }
+  return *this;
+}
+
+void KvSequence::release_all() {
+  for (uint32_t b : blocks_) pool_->release(b);
+  blocks_.clear();
+  block_data_.clear();
+  size_ = 0;
+}
+
+void KvSequence::reserve(size_t n) {
+  if (n > max_tokens_ || size_ > max_tokens_ - n) {
+    detail::fail("context overflow: the sequence holds " + std::to_string(size_) + " tokens and " +
+                 std::to_string(n) + " more would exceed the context length of " +
+                 std::to_string(max_tokens_));
+  }
+  const size_t bt = pool_->block_tokens();
+  const size_t needed = (size_ + n + bt - 1) / bt;
+  if (needed <= blocks_.size()) return;
+  for (uint32_t b : pool_->allocate(needed - blocks_.size())) {
+    blocks_.push_back(b);
+    block_data_.push_back(pool_->block_data(b));
+  }
+}
+
+void KvSequence::commit(size_t n) {
+  if (size_ + n > blocks_.size() * pool_->block_tokens()) {
+    detail::fail("KV sequence: committing " + std::to_string(n) + " tokens that were not reserved");
+  }
+  size_ += n;
+}
+
+void KvSequence::truncate(size_t n) {
+  if (n >= size_) return;
+  const size_t bt = pool_->block_tokens();
+  const size_t keep = (n + bt - 1) / bt;
+  for (size_t i = keep; i < blocks_.size(); ++i) pool_->release(blocks_[i]);
+  blocks_.resize(keep);
+  block_data_.resize(keep);
+  size_ = n;
+}
+
+uint8_t* KvSequence::row(size_t pos, size_t offset, size_t stride) {
+  const size_t bt = pool_->block_tokens();
+  return pool_->block_data(blocks_[pos / bt]) + offset + (pos % bt) * stride;
+}
+
+void KvSequence::write(size_t layer, size_t pos, const float* key, const float* value) {
+  if (layer >= pool_->shape().n_layers || pos >= blocks_.size() * pool_->block_tokens()) {
+    detail::fail("KV sequence: writing layer " + std::to_string(layer) + " position " +
+                 std::to_string(pos) + ", which was not reserved");
+  }
+  const KvShape& shape = pool_->shape();
+  const bool f16 = pool_->type() == TensorType::F16;
+  const auto store = [f16](uint8_t* dst, const float* src, size_t n) {
+    if (!f16) {
+      std::memcpy(dst, src, n * sizeof(float));
+      return;
+    }
+    for (size_t i = 0; i < n; ++i) {
+      const uint16_t h = f32_to_fp16(src[i]);
+      std::memcpy(dst + 2 * i, &h, 2);
+    }
+  };
+  store(row(pos, pool_->key_offset(layer), pool_->key_stride()), key,
+        shape.n_kv_heads * shape.key_dim);
+  store(row(pos, pool_->value_offset(layer), pool_->value_stride()), value,
+        shape.n_kv_heads * shape.value_dim);
+}
+
+detail::PagedRows KvSequence::keys(size_t layer, size_t kv_head) const {
+  const size_t head_bytes = pool_->key_stride() / pool_->shape().n_kv_heads;
+  return detail::PagedRows{block_data_.data(), pool_->block_tokens(),
+                           pool_->key_offset(layer) + kv_head * head_bytes, pool_->key_stride(),
+                           pool_->type()};
+}
+
+detail::PagedRows KvSequence::values(size_t layer, size_t kv_head) const {
+  const size_t head_bytes = pool_->value_stride() / pool_->shape().n_kv_heads;
+  return detail::PagedRows{block_data_.data(), pool_->block_tokens(),
+                           pool_->value_offset(layer) + kv_head * head_bytes, pool_->value_stride(),
+                           pool_->type()};
+}
+
+}  // namespace sllm
+
+// ---- model_impl.h ----
+namespace sllm {
+namespace detail {
+
+inline std::string shape_of(size_t cols, size_t rows) {
+  return "[" + std::to_string(cols) + ", " + std::to_string(rows) + "]";
+}
+
+inline const TensorInfo& required_tensor(const Gguf& gguf, const std::string& name) {
+  const TensorInfo* t = gguf.find_tensor(name);
+  if (t == nullptr) {
+    fail("tensor " + name + " is missing from " + gguf.path() +
+         " (the llama architecture needs it)");
+  }
+  return *t;
+}
+
+// A 2-D weight of cols x rows (ggml order: ne[0] = cols) read in place.
+inline MatrixView weight_matrix(const Gguf& gguf, const TensorInfo& t, size_t cols, size_t rows) {
+  if (t.type != TensorType::F32 && t.type != TensorType::F16 && t.type != TensorType::BF16) {
+    fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
+         ", which this build cannot run yet (supported: F32, F16, BF16)");
+  }
+  if (t.n_dims != 2 || t.ne[0] != cols || t.ne[1] != rows) {
+    fail("tensor " + t.name + " in " + gguf.path() + " has shape " + t.shape_string() +
+         ", but the model's metadata implies " + shape_of(cols, rows));
+  }
+  const size_t elem = t.type == TensorType::F32 ? 4 : 2;
+  if (reinterpret_cast<uintptr_t>(t.data) % elem != 0) {
+    fail("tensor " + t.name + " in " + gguf.path() + " is not aligned to its element size");
+  }
+  return MatrixView{t.type, t.data, rows, cols, cols * elem};
+}
+
+inline MatrixView weight_matrix(const Gguf& gguf, const std::string& name, size_t cols,
+                                size_t rows) {
+  return weight_matrix(gguf, required_tensor(gguf, name), cols, rows);
+}
+
+// A 1-D F32 weight of n elements (norm weights, rope frequency factors).
+inline const float* weight_vector(const Gguf& gguf, const TensorInfo& t, size_t n) {
+  if (t.type != TensorType::F32) {
+    fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
+         ", but sllm reads this vector only as F32");
+  }
+  if (t.ne[0] != n || t.n_elements() != n) {
+    fail("tensor " + t.name + " in " + gguf.path() + " has shape " + t.shape_string() +
+         ", but the model's metadata implies [" + std::to_string(n) + "]");
+  }
+  if (reinterpret_cast<uintptr_t>(t.data) % 4 != 0) {
+    fail("tensor " + t.name + " in " + gguf.path() + " is not aligned to its element size");
+  }
+  return reinterpret_cast<const float*>(t.data);
+}
+
+inline const float* weight_vector(const Gguf& gguf, const std::string& name, size_t n) {
+  return weight_vector(gguf, required_tensor(gguf, name), n);
+}
+
+template <typename T>
+void grow(AlignedBuffer<T>& buffer, size_t n) {
+  if (buffer.size() < n) buffer.resize(n);
+}
+
+}  // namespace detail
+
+ModelConfig ModelConfig::from_gguf(const Gguf& gguf) {
+  ModelConfig c;
+  c.architecture = gguf.get<std::string>("general.architecture");
+  if (c.architecture != "llama") {
+    detail::fail("unsupported architecture '" + c.architecture + "' (general.architecture in " +
+                 gguf.path() + "); this build runs: llama");
+  }
+  const std::string a = c.architecture + ".";
+  const auto positive = [&](const std::string& key, size_t value) {
+    if (value == 0) detail::fail("metadata " + key + " in " + gguf.path() + " is 0");
+    return value;
+  };
+  const auto count = [&](const std::string& key) {
+    return positive(key, size_t(gguf.get<uint32_t>(key)));
+  };
+  const auto count_or = [&](const std::string& key, size_t fallback) {
+    return positive(key, gguf.has(key) ? size_t(gguf.get<uint32_t>(key)) : fallback);
+  };
+  c.n_embd = count(a + "embedding_length");
+  c.n_layers = count(a + "block_count");
+  c.n_heads = count(a + "attention.head_count");
+  c.n_kv_heads = count_or(a + "attention.head_count_kv", c.n_heads);
+  c.n_ff = count(a + "feed_forward_length");
+  c.context_length = count(a + "context_length");
+  if (c.n_heads % c.n_kv_heads != 0) {
+    detail::fail("metadata " + a + "attention.head_count (" + std::to_string(c.n_heads) +
+                 ") is not a multiple of " + a + "attention.head_count_kv (" +
+                 std::to_string(c.n_kv_heads) + ") in " + gguf.path());
+  }
+  const bool explicit_dims =
+      gguf.has(a + "attention.key_length") && gguf.has(a + "attention.value_length");
+  if (!explicit_dims && c.n_embd % c.n_heads != 0) {
+    detail::fail("metadata " + a + "embedding_length (" + std::to_string(c.n_embd) +
+                 ") is not a multiple of " + a + "attention.head_count (" +
+                 std::to_string(c.n_heads) + ") in " + gguf.path());
+  }
+  c.key_dim = count_or(a + "attention.key_length", c.n_embd / c.n_heads);
+  c.value_dim = count_or(a + "attention.value_length", c.n_embd / c.n_heads);
+  c.rope_dim = count_or(a + "rope.dimension_count", c.key_dim);
+  if (c.rope_dim % 2 != 0 || c.rope_dim > c.key_dim) {
+    detail::fail("metadata " + a + "rope.dimension_count (" + std::to_string(c.rope_dim) +
+                 ") must be even and at most the key size " + std::to_string(c.key_dim) + " in " +
+                 gguf.path());
+  }
+  c.rope_base = gguf.get_or<float>(a + "rope.freq_base", 10000.f);
+  c.rms_eps = gguf.get_or<float>(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+  if (!(c.rope_base > 0) || !(c.rms_eps > 0) || !std::isfinite(c.rope_base) ||
+      !std::isfinite(c.rms_eps)) {
+    detail::fail("metadata " + a + "rope.freq_base and " + a +
+                 "attention.layer_norm_rms_epsilon must be positive numbers in " + gguf.path());
+  }
+  const std::string scaling = gguf.get_or<std::string>(a + "rope.scaling.type", "none");
+  if (scaling != "none") {
+    detail::fail("metadata " + a + "rope.scaling.type is '" + scaling + "' in " + gguf.path() +
+                 "; this build supports only unscaled rope");
+  }
+  if (const GgufValue* tokens = gguf.find("tokenizer.ggml.tokens")) {
+    c.n_vocab = positive("tokenizer.ggml.tokens", tokens->as_array().size());
+  } else {
+    c.n_vocab = detail::required_tensor(gguf, "token_embd.weight").ne[1];
+  }
+  if (c.n_vocab > size_t(INT32_MAX)) {
+    detail::fail("vocabulary of " + std::to_string(c.n_vocab) + " tokens in " + gguf.path() +
+                 " does not fit 32-bit token ids");
+  }
+  return c;
+}
+
+Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& options) {
+  Transformer t;
+  t.config_ = ModelConfig::from_gguf(gguf);
+  const ModelConfig& c = t.config_;
+  t.n_threads_ = options.n_threads > 0 ? options.n_threads : omp_get_max_threads();
+  using detail::checked_mul;
+  const size_t q_dim = checked_mul(c.n_heads, c.key_dim, "query size");
+  const size_t k_dim = checked_mul(c.n_kv_heads, c.key_dim, "key size");
+  const size_t v_dim = checked_mul(c.n_kv_heads, c.value_dim, "value size");
+  const size_t att_dim = checked_mul(c.n_heads, c.value_dim, "attention output size");
+  t.token_embd_ = detail::weight_matrix(gguf, "token_embd.weight", c.n_embd, c.n_vocab);
+  t.output_norm_ = detail::weight_vector(gguf, "output_norm.weight", c.n_embd);
+  const TensorInfo* output = gguf.find_tensor("output.weight");
+  t.output_ = output ? detail::weight_matrix(gguf, *output, c.n_embd, c.n_vocab) : t.token_embd_;
+  if (const TensorInfo* freqs = gguf.find_tensor("rope_freqs.weight")) {
+    t.rope_freqs_ = detail::weight_vector(gguf, *freqs, c.rope_dim / 2);
+  }
+  t.layers_.resize(c.n_layers);
+  for (size_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    Layer& layer = t.layers_[l];
+    layer.attn_norm = detail::weight_vector(gguf, p + "attn_norm.weight", c.n_embd);
+    layer.wq = detail::weight_matrix(gguf, p + "attn_q.weight", c.n_embd, q_dim);
+    layer.wk = detail::weight_matrix(gguf, p + "attn_k.weight", c.n_embd, k_dim);
+    layer.wv = detail::weight_matrix(gguf, p + "attn_v.weight", c.n_embd, v_dim);
+    layer.wo = detail::weight_matrix(gguf, p + "attn_output.weight", att_dim, c.n_embd);
+    layer.ffn_norm = detail::weight_vector(gguf, p + "ffn_norm.weight", c.n_embd);
+    layer.gate = detail::weight_matrix(gguf, p + "ffn_gate.weight", c.n_embd, c.n_ff);
+    layer.up = detail::weight_matrix(gguf, p + "ffn_up.weight", c.n_embd, c.n_ff);
+    layer.down = detail::weight_matrix(gguf, p + "ffn_down.weight", c.n_ff, c.n_embd);
+  }
+  return t;
+}
+
+void Transformer::prepare(ForwardScratch& s, size_t n, size_t n_ctx) const {
+  const ModelConfig& c = config_;
+  if (n <= s.n_tokens_ && n_ctx <= s.n_ctx_ && size_t(n_threads_) <= s.n_threads_) return;
+  s.n_tokens_ = std::max(s.n_tokens_, n);
+  s.n_ctx_ = std::max(s.n_ctx_, n_ctx);
+  s.n_threads_ = std::max(s.n_threads_, size_t(n_threads_));
+  using detail::checked_mul;
+  const auto rows = [&](size_t width) { return checked_mul(s.n_tokens_, width, "scratch size"); };
+  detail::grow(s.x_, rows(c.n_embd));
+  detail::grow(s.xb_, rows(c.n_embd));
+  detail::grow(s.q_, rows(c.n_heads * c.key_dim));
+  detail::grow(s.k_, rows(c.n_kv_heads * c.key_dim));
+  detail::grow(s.v_, rows(c.n_kv_heads * c.value_dim));
+  detail::grow(s.att_, rows(c.n_heads * c.value_dim));
+  detail::grow(s.gate_, rows(c.n_ff));
+  detail::grow(s.up_, rows(c.n_ff));
+  detail::grow(s.rope_cos_, rows(c.rope_dim));
+  detail::grow(s.rope_sin_, rows(c.rope_dim));
+  detail::grow(s.scores_, checked_mul(s.n_threads_, s.n_ctx_, "scratch size"));
+}
+
+void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& s,
+                          float* logits, LogitsFor which) const {
+  const ModelConfig& c = config_;
+  for (size_t i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || size_t(tokens[i]) >= c.n_vocab) {
+      detail::fail("token id " + std::to_string(tokens[i]) + " at batch position " +
+                   std::to_string(i) + " is outside the vocabulary of " +
+                   std::to_string(c.n_vocab) + " tokens");
+    }
+  }
+  if (seq.pool().shape() != kv_shape()) {
+    detail::fail("the KV cache pool was made for another model shape than this transformer's");
+  }
+  if (n == 0) return;
+  const size_t pos0 = seq.size();
+  // Reserving first checks the context length, so that a huge n fails there rather than in
+  // allocating scratch. Reserved blocks do not change the sequence's size.
+  seq.reserve(n);
+  prepare(s, n, pos0 + n);
+
+  const int nt = n_threads_;
+  const size_t d = c.n_embd;
+#pragma omp parallel for num_threads(nt) if (n > 1)
+  for (size_t t = 0; t < n; ++t) {
+    detail::row_to_f32(token_embd_.type,
+                       token_embd_.data + size_t(tokens[t]) * token_embd_.row_bytes, d,
+                       s.x_.data() + t * d);
+    detail::rope_table(pos0 + t, c.rope_dim, c.rope_base, rope_freqs_,
+                       s.rope_cos_.data() + t * c.rope_dim, s.rope_sin_.data() + t * c.rope_dim);
+  }
+  for (size_t l = 0; l < c.n_layers; ++l) {
+    attention_block(layers_[l], l, n, pos0, seq, s);
+    ffn_block(layers_[l], n, s);
+  }
+  seq.commit(n);
+
+  if (which == LogitsFor::kNone) return;
+  const size_t first = which == LogitsFor::kAll ? 0 : n - 1;
+  const size_t rows = n - first;
+  for (size_t t = first; t < n; ++t) {
+    detail::rmsnorm(s.x_.data() + t * d, output_norm_, d, c.rms_eps, s.xb_.data() + t * d);
+  }
+  detail::matmul(output_, s.xb_.data() + first * d, rows, d, logits, c.n_vocab, nt);
+}
+
+void Transformer::attention_block(const Layer& layer, size_t l, size_t n, size_t pos0,
+                                  KvSequence& seq, ForwardScratch& s) const {
+  const ModelConfig& c = config_;
+  const int nt = n_threads_;
+  const size_t d = c.n_embd;
+  const size_t q_dim = c.n_heads * c.key_dim, k_dim = c.n_kv_heads * c.key_dim;
+  const size_t v_dim = c.n_kv_heads * c.value_dim, att_dim = c.n_heads * c.value_dim;
+  float* x = s.x_.data();
+  float* xb = s.xb_.data();
+  for (size_t t = 0; t < n; ++t) {
+    detail::rmsnorm(x + t * d, layer.attn_norm, d, c.rms_eps, xb + t * d);
+  }
+  detail::matmul(layer.wq, xb, n, d, s.q_.data(), q_dim, nt);
+  detail::matmul(layer.wk, xb, n, d, s.k_.data(), k_dim, nt);
+  detail::matmul(layer.wv, xb, n, d, s.v_.data(), v_dim, nt);
+  for (size_t t = 0; t < n; ++t) {
+    const float* cos = s.rope_cos_.data() + t * c.rope_dim;
+    const float* sin = s.rope_sin_.data() + t * c.rope_dim;
+    detail::rope(s.q_.data() + t * q_dim, c.n_heads, c.key_dim, c.rope_dim, cos, sin);
+    detail::rope(s.k_.data() + t * k_dim, c.n_kv_heads, c.key_dim, c.rope_dim, cos, sin);
+    seq.write(l, pos0 + t, s.k_.data() + t * k_dim, s.v_.data() + t * v_dim);
+  }
+  // Token t of the batch attends to the cache up to its own position (causal mask), with each
+  // group of n_heads / n_kv_heads query heads sharing one KV head.
+  const size_t group = c.n_heads / c.n_kv_heads;
+  const float scale = 1.0f / std::sqrt(float(c.key_dim));
+  const size_t n_tasks = n * c.n_heads;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (n_tasks > 1)
+  for (size_t task = 0; task < n_tasks; ++task) {
+    const size_t t = task / c.n_heads, h = task % c.n_heads;
+    float* scores = s.scores_.data() + size_t(omp_get_thread_num()) * s.n_ctx_;
+    detail::attention(s.q_.data() + t * q_dim + h * c.key_dim, c.key_dim, seq.keys(l, h / group),
+                      seq.values(l, h / group), pos0 + t + 1, scale, scores,
+                      s.att_.data() + t * att_dim + h * c.value_dim);
+  }
+  detail::matmul(layer.wo, s.att_.data(), n, att_dim, xb, d, nt);
+  for (size_t i = 0; i < n * d; ++i) x[i] += xb[i];
+}
+
+void Transformer::ffn_block(const Layer& layer, size_t n, ForwardScratch& s) const {
+  const ModelConfig& c = config_;
+  const int nt = n_threads_;
+  const size_t d = c.n_embd, f = c.n_ff;
+  float* x = s.x_.data();
+  float* xb = s.xb_.data();
+  for (size_t t = 0; t < n; ++t) {
+    detail::rmsnorm(x + t * d, layer.ffn_norm, d, c.rms_eps, xb + t * d);
+  }
+  detail::matmul(layer.gate, xb, n, d, s.gate_.data(), f, nt);
+  detail::matmul(layer.up, xb, n, d, s.up_.data(), f, nt);
+#pragma omp parallel for num_threads(nt) if (n > 1)
+  for (size_t t = 0; t < n; ++t) {
+    detail::swiglu(s.gate_.data() + t * f, s.up_.data() + t * f, f, s.gate_.data() + t * f);
+  }
+  detail::matmul(layer.down, s.gate_.data(), n, f, xb, d, nt);
+  for (size_t i = 0; i < n * d; ++i) x[i] += xb[i];
+}
+
 }  // namespace sllm
 
 #endif  // HWY_ONCE

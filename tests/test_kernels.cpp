@@ -158,17 +158,24 @@ TEST_CASE("rope rotates interleaved pairs as the scalar reference does") {
   sllm_test::for_each_simd_target([&] {
     for (Shape s : {Shape{1, 2, 2}, Shape{8, 8, 8}, Shape{3, 18, 18}, Shape{2, 64, 64},
                     Shape{4, 128, 128}, Shape{2, 64, 32}, Shape{3, 20, 6}}) {
-      for (size_t pos : {0, 1, 7, 500, 4095}) {
-        CAPTURE(s.head_dim);
-        CAPTURE(s.rope_dim);
-        CAPTURE(pos);
-        const auto x = random_floats(rng, s.n_heads * s.head_dim);
-        auto want = x, got = x;
-        sllm::ref::rope(want.data(), s.n_heads, s.head_dim, s.rope_dim, pos, 10000.f);
-        std::vector<float> cos(s.rope_dim), sin(s.rope_dim);
-        sllm::detail::rope_table(pos, s.rope_dim, 10000.f, cos.data(), sin.data());
-        sllm::detail::rope(got.data(), s.n_heads, s.head_dim, s.rope_dim, cos.data(), sin.data());
-        for (size_t i = 0; i < x.size(); ++i) CHECK(std::fabs(got[i] - want[i]) <= 1e-6f);
+      // Without and with Llama 3.1-style frequency factors (1, 4.5 and 8 in turn).
+      std::vector<float> factors(s.rope_dim / 2);
+      for (size_t i = 0; i < factors.size(); ++i) factors[i] = 1.f + 7.f * float(i % 3) / 2.f;
+      for (const float* ff : {static_cast<const float*>(nullptr), factors.data()}) {
+        for (size_t pos : {0, 1, 7, 500, 4095}) {
+          CAPTURE(s.head_dim);
+          CAPTURE(s.rope_dim);
+          CAPTURE(pos);
+          const bool with_factors = ff != nullptr;
+          CAPTURE(with_factors);
+          const auto x = random_floats(rng, s.n_heads * s.head_dim);
+          auto want = x, got = x;
+          sllm::ref::rope(want.data(), s.n_heads, s.head_dim, s.rope_dim, pos, 10000.f, ff);
+          std::vector<float> cos(s.rope_dim), sin(s.rope_dim);
+          sllm::detail::rope_table(pos, s.rope_dim, 10000.f, ff, cos.data(), sin.data());
+          sllm::detail::rope(got.data(), s.n_heads, s.head_dim, s.rope_dim, cos.data(), sin.data());
+          for (size_t i = 0; i < x.size(); ++i) CHECK(std::fabs(got[i] - want[i]) <= 1e-6f);
+        }
       }
     }
   });

@@ -52,9 +52,11 @@ void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* ou
 // pair order of GGUF llama weights: pairs (2i, 2i+1). cos and sin are rope_table()'s rows.
 void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, const float* cos,
           const float* sin);
-// Rotation angles of position pos: theta_i = pos * base^(-2i/rope_dim), written as
+// Rotation angles of position pos: theta_i = pos * base^(-2i/rope_dim) / freq_factors[i]
+// (freq_factors: Llama 3.1's rope_freqs, or null for none), written as
 // cos[2i] = cos[2i+1] = cos theta_i, sin[2i] = -sin theta_i, sin[2i+1] = sin theta_i.
-void rope_table(size_t pos, size_t rope_dim, float base, float* cos, float* sin);
+void rope_table(size_t pos, size_t rope_dim, float base, const float* freq_factors, float* cos,
+                float* sin);
 // x = softmax(x), in place.
 void softmax(float* x, size_t n);
 // out = silu(gate) * up, silu(g) = g / (1 + exp(-g)) (out may alias gate or up).
@@ -74,7 +76,8 @@ void matmul(const detail::MatrixView& w, const float* x, size_t n, size_t x_stri
             size_t y_stride);
 void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out);
 // Rotates with angles computed here from pos and base (independent of detail::rope_table).
-void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base);
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base,
+          const float* freq_factors);
 void softmax(float* x, size_t n);
 void swiglu(const float* gate, const float* up, size_t n, float* out);
 void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,

@@ -55,9 +55,11 @@ void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, const floa
   HWY_DYNAMIC_DISPATCH(Rope)(x, n_heads, head_dim, rope_dim, cos, sin);
 }
 
-void rope_table(size_t pos, size_t rope_dim, float base, float* cos, float* sin) {
+void rope_table(size_t pos, size_t rope_dim, float base, const float* freq_factors, float* cos,
+                float* sin) {
   for (size_t i = 0; i < rope_dim / 2; ++i) {
-    const double theta = double(pos) * std::pow(double(base), -2.0 * double(i) / double(rope_dim));
+    double theta = double(pos) * std::pow(double(base), -2.0 * double(i) / double(rope_dim));
+    if (freq_factors != nullptr) theta /= freq_factors[i];
     const float c = float(std::cos(theta)), s = float(std::sin(theta));
     cos[2 * i] = c;
     cos[2 * i + 1] = c;
@@ -126,10 +128,13 @@ void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* ou
   for (size_t i = 0; i < n; ++i) out[i] = float(x[i] * scale * weight[i]);
 }
 
-void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base) {
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base,
+          const float* freq_factors) {
   for (size_t h = 0; h < n_heads; ++h) {
     for (size_t i = 0; i < rope_dim; i += 2) {
-      const double theta = double(pos) / std::pow(double(base), double(i) / double(rope_dim));
+      const double factor = freq_factors != nullptr ? freq_factors[i / 2] : 1.0;
+      const double theta =
+          double(pos) / std::pow(double(base), double(i) / double(rope_dim)) / factor;
       float* p = x + h * head_dim + i;
       const double x0 = p[0], x1 = p[1];
       p[0] = float(x0 * std::cos(theta) - x1 * std::sin(theta));
