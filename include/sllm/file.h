@@ -1,6 +1,9 @@
 // File layer: a read-only memory map and a cursor that never reads past it.
 namespace sllm {
 
+// Files are read and written by copying little-endian bytes into native integers.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "sllm supports little-endian hosts");
+
 // A whole file mapped read-only (POSIX mmap). Move-only; unmaps on destruction.
 class MappedFile {
  public:
@@ -26,6 +29,11 @@ class MappedFile {
 
 namespace detail {
 
+// Error "cannot ACTION 'PATH': strerror(err)".
+[[noreturn]] void fail_errno(const char* action, const std::string& path, int err);
+// Error "ORIGIN: offset N: MESSAGE", the form of every complaint about a file's contents.
+[[noreturn]] void fail_at(const std::string& origin, uint64_t offset, const std::string& message);
+
 // Reads little-endian values from a byte range; every read is bounds-checked and a short
 // read is an Error that says what was being read and at which offset.
 class Cursor {
@@ -42,6 +50,8 @@ class Cursor {
     std::memcpy(&v, take(sizeof(T), what), sizeof(T));
     return v;
   }
+  const std::string& origin() const { return origin_; }
+  // Error at the current offset.
   [[noreturn]] void fail_at(const std::string& message) const;
 
  private:

@@ -51,6 +51,9 @@ enum class GgufType : uint32_t {
   FLOAT64 = 12,
 };
 const char* gguf_type_name(GgufType type);
+namespace detail {
+bool gguf_type_is_integer(GgufType type);  // the eight integer types (not BOOL)
+}  // namespace detail
 
 // One metadata value: a scalar, a string, or an array of scalars or strings (or arrays).
 class GgufValue {
@@ -192,6 +195,7 @@ class GgufWriter {
     const void* data = nullptr;
     std::function<void(uint8_t*)> fill;
   };
+  void add_pending(Pending p);
   uint32_t alignment_;
   std::vector<std::pair<std::string, GgufValue>> kv_;
   std::vector<Pending> tensors_;
