@@ -161,7 +161,8 @@ TEST_CASE("rope rotates interleaved pairs as the scalar reference does") {
       // Without and with Llama 3.1-style frequency factors (1, 4.5 and 8 in turn).
       std::vector<float> factors(s.rope_dim / 2);
       for (size_t i = 0; i < factors.size(); ++i) factors[i] = 1.f + 7.f * float(i % 3) / 2.f;
-      for (const float* ff : {static_cast<const float*>(nullptr), factors.data()}) {
+      const float* const variants[] = {nullptr, factors.data()};
+      for (const float* ff : variants) {
         for (size_t pos : {0, 1, 7, 500, 4095}) {
           CAPTURE(s.head_dim);
           CAPTURE(s.rope_dim);

@@ -13,9 +13,10 @@ bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
 }
 
-// A value that names its layer, token, kind (key/value) and element, exact in F16 too.
+// A value that names its layer, token (< 20), kind (key/value) and element (< 10): an integer
+// below 2048 over 64, so F16 holds it exactly.
 float tag(size_t layer, size_t pos, bool value, size_t i) {
-  return float(layer * 1000 + pos * 10 + i) * (value ? -1.f : 1.f) / 64.f;
+  return float(layer * 200 + pos * 10 + i) * (value ? -1.f : 1.f) / 64.f;
 }
 
 void write_token(KvSequence& seq, const KvShape& shape, size_t layer, size_t pos) {

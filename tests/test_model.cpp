@@ -251,11 +251,12 @@ TEST_CASE("a_llama (GQA, untied output) logits equal llama.cpp's (F32 KV)") {
 }
 
 TEST_CASE("F16 KV cache stays within llama.cpp's F16-KV noise of its references") {
-  for (const auto& c : {std::make_pair("stories260K.once_upon", "stories260K.gguf"),
-                        std::make_pair("stories260K.lily_tom", "stories260K.gguf"),
-                        std::make_pair("a_llama.F32", "a_llama.F32.gguf")}) {
-    const std::string ref_path = sllm_test::fixture(std::string("ref/") + c.first + ".ref.gguf");
-    const std::string model_path = sllm_test::fixture(std::string("ref/") + c.second);
+  using Case = std::pair<std::string, std::string>;  // reference, model
+  for (const Case& c : {Case{"stories260K.once_upon", "stories260K.gguf"},
+                        Case{"stories260K.lily_tom", "stories260K.gguf"},
+                        Case{"a_llama.F32", "a_llama.F32.gguf"}}) {
+    const std::string ref_path = sllm_test::fixture("ref/" + c.first + ".ref.gguf");
+    const std::string model_path = sllm_test::fixture("ref/" + c.second);
     if (ref_path.empty() || model_path.empty()) return;
     const RefCase ref = read_ref(ref_path, model_path);
     const Gguf gguf = Gguf::open(model_path);
