@@ -607,10 +607,6 @@ enum class LogitsFor { kNone, kLast, kAll };
 // The activations of one forward pass, kept between calls so that decoding allocates nothing.
 // Grows to the largest batch and context seen. One per concurrently running sequence.
 class ForwardScratch {
- public:
-  ForwardScratch() = default;
-
- private:
   friend class Transformer;
   size_t n_tokens_ = 0, n_ctx_ = 0, n_threads_ = 0;
   detail::AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
@@ -627,9 +623,10 @@ class Transformer {
   int n_threads() const { return n_threads_; }
 
   // Evaluates tokens[0..n) at the positions after those already in seq, appends their keys and
-  // values to seq, and writes logits: n_vocab floats for the last position (kLast) or
-  // n * n_vocab, row per position (kAll). Error, with seq unchanged, for a token id outside the
-  // vocabulary, a KV pool of another shape, context overflow or an exhausted pool.
+  // values to seq, and writes logits: n_vocab floats for the last position (kLast), n * n_vocab,
+  // row per position (kAll), or nothing (kNone; logits may be null). Error, with seq unchanged,
+  // for a token id outside the vocabulary, a KV pool of another shape, context overflow or an
+  // exhausted pool.
   void forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& scratch,
                float* logits, LogitsFor which = LogitsFor::kLast) const;
 

@@ -133,11 +133,11 @@ std::vector<int32_t> read_ids(const std::string& path) {
 }
 
 // Greedy decoding: n tokens after the prompt, each the argmax of the previous logits.
-std::vector<int32_t> greedy(const Transformer& tf, const std::vector<int32_t>& prompt, size_t n,
-                            TensorType kv_type = TensorType::F32) {
-  Runner run(tf, kv_type);
-  std::vector<float> logits(tf.config().n_vocab);
-  tf.forward(prompt.data(), prompt.size(), run.seq, run.scratch, logits.data());
+std::vector<int32_t> greedy(const Transformer& tf, const std::vector<int32_t>& prompt, size_t n) {
+  Runner run(tf);
+  // The prompt but its last token without logits, then the last one as the first decode step.
+  tf.forward(prompt.data(), prompt.size() - 1, run.seq, run.scratch, nullptr, LogitsFor::kNone);
+  std::vector<float> logits = run.step(prompt.back());
   std::vector<int32_t> out;
   while (out.size() < n) {
     out.push_back(argmax(logits.data(), logits.size()));
