@@ -631,6 +631,7 @@ class Transformer {
                float* logits, LogitsFor which = LogitsFor::kLast) const;
 
  private:
+  Transformer() = default;  // made by load()
   struct Layer {
     const float* attn_norm = nullptr;
     const float* ffn_norm = nullptr;

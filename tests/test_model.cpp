@@ -162,6 +162,7 @@ struct CopyEdits {
   std::vector<std::pair<std::string, sllm::GgufValue>> metadata;
   std::string drop_tensor;
   TensorType matrix_type = TensorType::F32;
+  std::vector<std::pair<std::string, std::vector<float>>> added_vectors;  // 1-D F32 tensors
 };
 
 void write_copy(const Gguf& src, const std::string& path, const CopyEdits& edits) {
@@ -188,6 +189,10 @@ void write_copy(const Gguf& src, const std::string& path, const CopyEdits& edits
     } else {
       w.add_tensor(t.name, t.type, dims, t.data, t.n_bytes);
     }
+  }
+  for (const auto& v : edits.added_vectors) {
+    w.add_tensor(v.first, TensorType::F32, {v.second.size()}, v.second.data(),
+                 v.second.size() * sizeof(float));
   }
   w.write(path);
 }
@@ -314,6 +319,37 @@ TEST_CASE("F16 and BF16 copies of stories260K: same greedy text, logits within 1
     MESSAGE("stories260K " << type_name << " weights: max|diff|/max|logit| = " << ratio);
     CHECK(ratio <= 1e-2);
   }
+}
+
+TEST_CASE("rope frequency factors (rope_freqs.weight) divide the rotation angles") {
+  // Factors f_i = (10000 / 500)^(-2i/d) turn base 10000 into base 500 exactly, so a copy with
+  // them must compute what a copy with rope.freq_base = 500 computes.
+  const Gguf src = Gguf::open(sllm_test::test_data("stories260K.gguf"));
+  const size_t rope_dim = 8;
+  std::vector<float> factors(rope_dim / 2);
+  for (size_t i = 0; i < factors.size(); ++i) {
+    factors[i] = float(std::pow(20.0, -2.0 * double(i) / double(rope_dim)));
+  }
+  CopyEdits with_factors, with_base;
+  with_factors.added_vectors = {{"rope_freqs.weight", factors}};
+  with_base.metadata = {{"llama.rope.freq_base", sllm::GgufValue::f32(500.f)}};
+  TempFile file_factors("rope_freqs.gguf"), file_base("rope_base.gguf");
+  write_copy(src, file_factors.path, with_factors);
+  write_copy(src, file_base.path, with_base);
+  const Gguf g_factors = Gguf::open(file_factors.path), g_base = Gguf::open(file_base.path);
+  const Transformer original = Transformer::load(src), tf_factors = Transformer::load(g_factors),
+                    tf_base = Transformer::load(g_base);
+  std::vector<int32_t> tokens(40);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t(1 + (i * 37) % 500);
+  const auto logits = [&](const Transformer& tf) {
+    return Runner(tf).logits_in_chunks(tokens, {tokens.size()});
+  };
+  const std::vector<float> want = logits(tf_base);
+  CHECK(worst_ratio(logits(tf_factors), want, 512) <= 1e-5);
+  CHECK(worst_ratio(logits(original), want, 512) > 1e-3);  // the factors do matter
+  CopyEdits wrong_size;
+  wrong_size.added_vectors = {{"rope_freqs.weight", {1.f, 1.f}}};
+  CHECK(contains(load_error(src, "rope_freqs_size.gguf", wrong_size), "tensor rope_freqs.weight"));
 }
 
 TEST_CASE("model config of stories260K and a_llama from their metadata") {
