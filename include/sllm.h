@@ -136,6 +136,14 @@ class MappedFile {
 
 namespace detail {
 
+inline bool is_power_of_two(uint64_t v) {
+  return v != 0 && (v & (v - 1)) == 0;
+}
+// v rounded up to a multiple of alignment (any nonzero value); Error if that overflows.
+inline uint64_t align_up(uint64_t v, uint64_t alignment) {
+  return checked_add(v, (alignment - v % alignment) % alignment, "an aligned offset");
+}
+
 // Error "cannot ACTION 'PATH': strerror(err)".
 [[noreturn]] void fail_errno(const char* action, const std::string& path, int err);
 // Error "ORIGIN: offset N: MESSAGE", the form of every complaint about a file's contents.
@@ -174,6 +182,7 @@ class Cursor {
 // ---- gguf.h ----
 // GGUF layer: reader (v2, v3) and writer. Every count, length, offset, dimension and type
 // read from a file is checked before it is used; tensors are views into the memory map.
+// Version 1 files (32-bit counts, 2023) are refused with an Error that names the version.
 #include <map>
 
 namespace sllm {
@@ -205,7 +214,9 @@ struct TensorTypeInfo {
 // Returns nullptr for a type id sllm does not know.
 const TensorTypeInfo* tensor_type_info(uint32_t type_id);
 const char* tensor_type_name(TensorType type);
-// Bytes of a row of n elements; Error when n is not a whole number of blocks.
+// Bytes of a row of n elements; Error when n is not a whole number of blocks. The reader
+// accepts a tensor whose rows are not whole blocks as long as the whole tensor is (old ggml
+// files let Q8_0 blocks run across 172-wide rows); layers that work row by row call this.
 uint64_t tensor_row_bytes(TensorType type, uint64_t n);
 
 // Metadata value types, as numbered in GGUF.
@@ -265,7 +276,8 @@ class GgufValue {
 
   bool operator==(const GgufValue& o) const;
   bool operator!=(const GgufValue& o) const { return !(*this == o); }
-  // Short human-readable form; arrays longer than max_elems are summarised.
+  // Short human-readable form: strings quoted and escaped, cut after 120 bytes; arrays
+  // longer than max_elems cut with their length ("[1, 2, ... (512 in all)]").
   std::string to_string(size_t max_elems = 8) const;
 
  private:
@@ -290,7 +302,7 @@ struct TensorInfo {
   uint64_t ne[4] = {1, 1, 1, 1};  // ne[0] is the row length (fastest-varying), as in ggml
   uint64_t offset = 0;            // from the start of the data section
   uint64_t n_bytes = 0;
-  const uint8_t* data = nullptr;  // view into the memory map (nullptr in the writer)
+  const uint8_t* data = nullptr;  // view into the memory map, aligned as the file says
   uint64_t n_elements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
   uint64_t n_rows() const { return ne[1] * ne[2] * ne[3]; }
   std::string shape_string() const;  // "[64, 512]"
@@ -306,6 +318,8 @@ class Gguf {
 
   uint32_t version() const { return version_; }
   uint32_t alignment() const { return alignment_; }
+  // Where the tensor data starts: the end of the tensor infos, aligned. A file without
+  // tensors may end before it.
   uint64_t data_offset() const { return data_offset_; }
   uint64_t file_size() const { return size_; }
   const std::string& path() const { return origin_; }
@@ -314,9 +328,11 @@ class Gguf {
   const std::vector<std::pair<std::string, GgufValue>>& metadata() const { return kv_; }
   bool has(std::string_view key) const { return find(key) != nullptr; }
   const GgufValue* find(std::string_view key) const;
-  // Typed access: Error names the key when it is missing or has an incompatible type. Integer
-  // types convert when the value fits; float accepts FLOAT32/FLOAT64 (and integers).
-  // T: bool, uint8..uint64, int8..int64, float, double, std::string.
+  // Typed access: Error names the file and key when it is missing, has an incompatible type
+  // or does not fit. Integer types convert when the value fits; float and double accept
+  // FLOAT32, FLOAT64 and integers; bool only BOOL; std::string only STRING.
+  // T: bool, uint8..uint64, int8..int64, float, double, std::string (instantiated once in the
+  // implementation; other types do not link).
   template <typename T>
   T get(std::string_view key) const;
   template <typename T>
@@ -346,19 +362,22 @@ class Gguf {
   void parse_all();
 };
 
-// Builds a GGUF file: metadata in insertion order, then tensor infos, then aligned data.
-// write() goes to a temporary file beside path and renames it into place, so a failure never
-// leaves a partial file under the final name.
+// Builds a GGUF v3 file as llama.cpp writes them: metadata in insertion order, tensor infos,
+// then each tensor's data padded to the alignment. write() goes to a new temporary file beside
+// path, syncs it and renames it into place, so a failure (which throws, and removes the
+// temporary file) never leaves a partial file under the final name.
 class GgufWriter {
  public:
+  // A nonzero power of two; other than 32 it is written as general.alignment (the first key).
   explicit GgufWriter(uint32_t alignment = 32);
-  void set(const std::string& key, GgufValue value);  // replaces an existing key in place
+  // Replaces an existing key in place. Setting general.alignment (a UINT32) sets the alignment.
+  void set(const std::string& key, GgufValue value);
   // Tensor dims as ggml counts them: dims[0] is the row length. data must hold exactly the
   // bytes for that type and shape, and stay alive until write() returns.
   void add_tensor(const std::string& name, TensorType type, const std::vector<uint64_t>& dims,
                   const void* data, uint64_t n_bytes);
   // Same, but the bytes are produced when writing (for streaming conversion): fill(dst) must
-  // write exactly n_bytes.
+  // write all the bytes of that type and shape. What fill() throws, write() throws.
   void add_tensor(const std::string& name, TensorType type, const std::vector<uint64_t>& dims,
                   std::function<void(uint8_t* dst)> fill);
   void write(const std::string& path) const;
@@ -1350,17 +1369,16 @@ inline uint64_t gguf_min_value_bytes(GgufType type) {
   return 1;
 }
 
-inline bool is_power_of_two(uint64_t v) {
-  return v != 0 && (v & (v - 1)) == 0;
-}
-
-inline uint64_t align_up(uint64_t v, uint64_t alignment) {
-  return checked_add(v, (alignment - v % alignment) % alignment, "an aligned offset");
+// Room to reserve for a count read from a file. The count is only as good as the bytes that
+// follow it: a parsed element takes up to 80 times its bytes in the file, so a count that the
+// file merely claims must not size an allocation. Reserve a little; grow as elements arrive.
+inline size_t gguf_reserve_for(uint64_t count) {
+  return size_t(std::min<uint64_t>(count, 4096));
 }
 
 // Writes a string for a human: quoted, control bytes escaped, cut after max_bytes (at a
 // UTF-8 character boundary).
-inline std::string quote_string(const std::string& s, size_t max_bytes) {
+inline std::string gguf_quote(const std::string& s, size_t max_bytes) {
   size_t n = s.size();
   if (n > max_bytes) {
     n = max_bytes;
@@ -1402,7 +1420,7 @@ inline std::string quote_string(const std::string& s, size_t max_bytes) {
 
 // The shortest decimal form that reads back as the same value.
 template <typename F>
-std::string shortest_float(F v) {
+std::string gguf_float_text(F v) {
   char buf[32];
   for (int precision = 1; precision <= std::numeric_limits<F>::max_digits10; ++precision) {
     std::snprintf(buf, sizeof(buf), "%.*g", precision, double(v));
@@ -1517,11 +1535,11 @@ std::string GgufValue::to_string(size_t max_elems) const {
     case GgufType::BOOL:
       return as_bool() ? "true" : "false";
     case GgufType::FLOAT32:
-      return detail::shortest_float(float(float_));
+      return detail::gguf_float_text(float(float_));
     case GgufType::FLOAT64:
-      return detail::shortest_float(float_);
+      return detail::gguf_float_text(float_);
     case GgufType::STRING:
-      return detail::quote_string(str_, 120);
+      return detail::gguf_quote(str_, 120);
     case GgufType::ARRAY: {
       std::string out = "[";
       const size_t shown = std::min(max_elems, arr_.size());
@@ -1620,7 +1638,7 @@ inline GgufValue gguf_read_value(Cursor& c, uint32_t type_id, unsigned depth,
                     " elements cannot fit in the " + std::to_string(c.remaining()) + " bytes left");
       }
       std::vector<GgufValue> elems;
-      elems.reserve(size_t(count));
+      elems.reserve(gguf_reserve_for(count));
       for (uint64_t i = 0; i < count; ++i) {
         elems.push_back(gguf_read_value(c, elem_id, depth + 1, what));
       }
@@ -1663,7 +1681,7 @@ void Gguf::parse_all() {
   if (std::memcmp(magic, "GGUF", 4) != 0) {
     fail_at(origin_, 0,
             "not a GGUF file: it starts with " +
-                detail::quote_string(std::string(reinterpret_cast<const char*>(magic), 4), 4) +
+                detail::gguf_quote(std::string(reinterpret_cast<const char*>(magic), 4), 4) +
                 ", expected \"GGUF\"");
   }
   version_ = c.read<uint32_t>("the GGUF version");
@@ -1693,8 +1711,8 @@ void Gguf::parse_all() {
   }
 
   std::vector<uint64_t> kv_offsets;
-  kv_offsets.reserve(size_t(n_kv));
-  kv_.reserve(size_t(n_kv));
+  kv_offsets.reserve(detail::gguf_reserve_for(n_kv));
+  kv_.reserve(detail::gguf_reserve_for(n_kv));
   for (uint64_t i = 0; i < n_kv; ++i) {
     const uint64_t start = c.offset();
     std::string key = detail::gguf_read_string(c, "a metadata key");
@@ -1721,8 +1739,8 @@ void Gguf::parse_all() {
   }
 
   std::vector<uint64_t> info_offsets;
-  info_offsets.reserve(size_t(n_tensors));
-  tensors_.reserve(size_t(n_tensors));
+  info_offsets.reserve(detail::gguf_reserve_for(n_tensors));
+  tensors_.reserve(detail::gguf_reserve_for(n_tensors));
   for (uint64_t i = 0; i < n_tensors; ++i) {
     const uint64_t start = c.offset();
     TensorInfo t;
@@ -1957,7 +1975,7 @@ SLLM_GGUF_GETTERS_(std::string)
 
 namespace detail {
 
-inline void check_gguf_alignment(uint64_t alignment) {
+inline void gguf_check_alignment(uint64_t alignment) {
   if (!is_power_of_two(alignment) || alignment > UINT32_MAX) {
     fail("GGUF alignment must be a nonzero power of two, not " + std::to_string(alignment));
   }
@@ -2013,7 +2031,7 @@ class GgufEncoder {
 };
 
 // Writes all n bytes, or fails naming path.
-inline void write_all(int fd, const uint8_t* p, uint64_t n, const std::string& path) {
+inline void gguf_write_all(int fd, const uint8_t* p, uint64_t n, const std::string& path) {
   while (n > 0) {
     const ssize_t w = ::write(fd, p, size_t(std::min<uint64_t>(n, uint64_t(1) << 30)));
     if (w < 0) {
@@ -2026,7 +2044,7 @@ inline void write_all(int fd, const uint8_t* p, uint64_t n, const std::string& p
 }
 
 // Creates a new file beside path with a name no other writer uses, and returns its fd.
-inline int create_temp_beside(const std::string& path, std::string& temp_path) {
+inline int gguf_create_temp(const std::string& path, std::string& temp_path) {
   static std::atomic<uint64_t> counter{0};
   std::random_device rd;
   for (int attempt = 0; attempt < 100; ++attempt) {
@@ -2042,7 +2060,7 @@ inline int create_temp_beside(const std::string& path, std::string& temp_path) {
 }  // namespace detail
 
 GgufWriter::GgufWriter(uint32_t alignment) : alignment_(alignment) {
-  detail::check_gguf_alignment(alignment);
+  detail::gguf_check_alignment(alignment);
   if (alignment != detail::kGgufDefaultAlignment) {
     kv_.emplace_back("general.alignment", GgufValue::u32(alignment));
   }
@@ -2054,7 +2072,7 @@ void GgufWriter::set(const std::string& key, GgufValue value) {
       detail::fail(std::string("general.alignment must be a UINT32, not ") +
                    gguf_type_name(value.type()));
     }
-    detail::check_gguf_alignment(value.as_u64());
+    detail::gguf_check_alignment(value.as_u64());
     alignment_ = uint32_t(value.as_u64());
   }
   for (auto& kv : kv_) {
@@ -2158,10 +2176,10 @@ void GgufWriter::write(const std::string& path) const {
   }
 
   std::string temp_path;
-  int fd = detail::create_temp_beside(path, temp_path);
+  int fd = detail::gguf_create_temp(path, temp_path);
   try {
-    detail::write_all(fd, reinterpret_cast<const uint8_t*>(head.bytes.data()), head.bytes.size(),
-                      path);
+    detail::gguf_write_all(fd, reinterpret_cast<const uint8_t*>(head.bytes.data()),
+                           head.bytes.size(), path);
     const std::vector<uint8_t> zeros(alignment_, 0);
     std::vector<uint8_t> buffer;
     // Each tensor is followed by zeros up to the alignment, the last one too (as llama.cpp
@@ -2173,9 +2191,9 @@ void GgufWriter::write(const std::string& path) const {
         t.fill(buffer.data());
         src = buffer.data();
       }
-      detail::write_all(fd, src, t.info.n_bytes, path);
-      detail::write_all(fd, zeros.data(),
-                        detail::align_up(t.info.n_bytes, alignment_) - t.info.n_bytes, path);
+      detail::gguf_write_all(fd, src, t.info.n_bytes, path);
+      detail::gguf_write_all(fd, zeros.data(),
+                             detail::align_up(t.info.n_bytes, alignment_) - t.info.n_bytes, path);
     }
     if (::fsync(fd) != 0) detail::fail_errno("sync", path, errno);
     const int closed = ::close(fd);

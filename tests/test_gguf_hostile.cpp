@@ -376,7 +376,7 @@ TEST_CASE("damaged tensor infos") {
   }
 }
 
-TEST_CASE("tensor counts, lengths and sizes in a header that was cut short") {
+TEST_CASE("a tensor name whose length runs past the end") {
   // A tensor name whose length field claims more bytes than the file holds.
   Spec spec;
   spec.tensors.resize(1);

@@ -29,6 +29,14 @@ class MappedFile {
 
 namespace detail {
 
+inline bool is_power_of_two(uint64_t v) {
+  return v != 0 && (v & (v - 1)) == 0;
+}
+// v rounded up to a multiple of alignment (any nonzero value); Error if that overflows.
+inline uint64_t align_up(uint64_t v, uint64_t alignment) {
+  return checked_add(v, (alignment - v % alignment) % alignment, "an aligned offset");
+}
+
 // Error "cannot ACTION 'PATH': strerror(err)".
 [[noreturn]] void fail_errno(const char* action, const std::string& path, int err);
 // Error "ORIGIN: offset N: MESSAGE", the form of every complaint about a file's contents.

@@ -92,17 +92,16 @@ inline uint64_t gguf_min_value_bytes(GgufType type) {
   return 1;
 }
 
-inline bool is_power_of_two(uint64_t v) {
-  return v != 0 && (v & (v - 1)) == 0;
-}
-
-inline uint64_t align_up(uint64_t v, uint64_t alignment) {
-  return checked_add(v, (alignment - v % alignment) % alignment, "an aligned offset");
+// Room to reserve for a count read from a file. The count is only as good as the bytes that
+// follow it: a parsed element takes up to 80 times its bytes in the file, so a count that the
+// file merely claims must not size an allocation. Reserve a little; grow as elements arrive.
+inline size_t gguf_reserve_for(uint64_t count) {
+  return size_t(std::min<uint64_t>(count, 4096));
 }
 
 // Writes a string for a human: quoted, control bytes escaped, cut after max_bytes (at a
 // UTF-8 character boundary).
-inline std::string quote_string(const std::string& s, size_t max_bytes) {
+inline std::string gguf_quote(const std::string& s, size_t max_bytes) {
   size_t n = s.size();
   if (n > max_bytes) {
     n = max_bytes;
@@ -144,7 +143,7 @@ inline std::string quote_string(const std::string& s, size_t max_bytes) {
 
 // The shortest decimal form that reads back as the same value.
 template <typename F>
-std::string shortest_float(F v) {
+std::string gguf_float_text(F v) {
   char buf[32];
   for (int precision = 1; precision <= std::numeric_limits<F>::max_digits10; ++precision) {
     std::snprintf(buf, sizeof(buf), "%.*g", precision, double(v));
@@ -259,11 +258,11 @@ std::string GgufValue::to_string(size_t max_elems) const {
     case GgufType::BOOL:
       return as_bool() ? "true" : "false";
     case GgufType::FLOAT32:
-      return detail::shortest_float(float(float_));
+      return detail::gguf_float_text(float(float_));
     case GgufType::FLOAT64:
-      return detail::shortest_float(float_);
+      return detail::gguf_float_text(float_);
     case GgufType::STRING:
-      return detail::quote_string(str_, 120);
+      return detail::gguf_quote(str_, 120);
     case GgufType::ARRAY: {
       std::string out = "[";
       const size_t shown = std::min(max_elems, arr_.size());
@@ -362,7 +361,7 @@ inline GgufValue gguf_read_value(Cursor& c, uint32_t type_id, unsigned depth,
                     " elements cannot fit in the " + std::to_string(c.remaining()) + " bytes left");
       }
       std::vector<GgufValue> elems;
-      elems.reserve(size_t(count));
+      elems.reserve(gguf_reserve_for(count));
       for (uint64_t i = 0; i < count; ++i) {
         elems.push_back(gguf_read_value(c, elem_id, depth + 1, what));
       }
@@ -405,7 +404,7 @@ void Gguf::parse_all() {
   if (std::memcmp(magic, "GGUF", 4) != 0) {
     fail_at(origin_, 0,
             "not a GGUF file: it starts with " +
-                detail::quote_string(std::string(reinterpret_cast<const char*>(magic), 4), 4) +
+                detail::gguf_quote(std::string(reinterpret_cast<const char*>(magic), 4), 4) +
                 ", expected \"GGUF\"");
   }
   version_ = c.read<uint32_t>("the GGUF version");
@@ -435,8 +434,8 @@ void Gguf::parse_all() {
   }
 
   std::vector<uint64_t> kv_offsets;
-  kv_offsets.reserve(size_t(n_kv));
-  kv_.reserve(size_t(n_kv));
+  kv_offsets.reserve(detail::gguf_reserve_for(n_kv));
+  kv_.reserve(detail::gguf_reserve_for(n_kv));
   for (uint64_t i = 0; i < n_kv; ++i) {
     const uint64_t start = c.offset();
     std::string key = detail::gguf_read_string(c, "a metadata key");
@@ -463,8 +462,8 @@ void Gguf::parse_all() {
   }
 
   std::vector<uint64_t> info_offsets;
-  info_offsets.reserve(size_t(n_tensors));
-  tensors_.reserve(size_t(n_tensors));
+  info_offsets.reserve(detail::gguf_reserve_for(n_tensors));
+  tensors_.reserve(detail::gguf_reserve_for(n_tensors));
   for (uint64_t i = 0; i < n_tensors; ++i) {
     const uint64_t start = c.offset();
     TensorInfo t;
@@ -699,7 +698,7 @@ SLLM_GGUF_GETTERS_(std::string)
 
 namespace detail {
 
-inline void check_gguf_alignment(uint64_t alignment) {
+inline void gguf_check_alignment(uint64_t alignment) {
   if (!is_power_of_two(alignment) || alignment > UINT32_MAX) {
     fail("GGUF alignment must be a nonzero power of two, not " + std::to_string(alignment));
   }
@@ -755,7 +754,7 @@ class GgufEncoder {
 };
 
 // Writes all n bytes, or fails naming path.
-inline void write_all(int fd, const uint8_t* p, uint64_t n, const std::string& path) {
+inline void gguf_write_all(int fd, const uint8_t* p, uint64_t n, const std::string& path) {
   while (n > 0) {
     const ssize_t w = ::write(fd, p, size_t(std::min<uint64_t>(n, uint64_t(1) << 30)));
     if (w < 0) {
@@ -768,7 +767,7 @@ inline void write_all(int fd, const uint8_t* p, uint64_t n, const std::string& p
 }
 
 // Creates a new file beside path with a name no other writer uses, and returns its fd.
-inline int create_temp_beside(const std::string& path, std::string& temp_path) {
+inline int gguf_create_temp(const std::string& path, std::string& temp_path) {
   static std::atomic<uint64_t> counter{0};
   std::random_device rd;
   for (int attempt = 0; attempt < 100; ++attempt) {
@@ -784,7 +783,7 @@ inline int create_temp_beside(const std::string& path, std::string& temp_path) {
 }  // namespace detail
 
 GgufWriter::GgufWriter(uint32_t alignment) : alignment_(alignment) {
-  detail::check_gguf_alignment(alignment);
+  detail::gguf_check_alignment(alignment);
   if (alignment != detail::kGgufDefaultAlignment) {
     kv_.emplace_back("general.alignment", GgufValue::u32(alignment));
   }
@@ -796,7 +795,7 @@ void GgufWriter::set(const std::string& key, GgufValue value) {
       detail::fail(std::string("general.alignment must be a UINT32, not ") +
                    gguf_type_name(value.type()));
     }
-    detail::check_gguf_alignment(value.as_u64());
+    detail::gguf_check_alignment(value.as_u64());
     alignment_ = uint32_t(value.as_u64());
   }
   for (auto& kv : kv_) {
@@ -900,10 +899,10 @@ void GgufWriter::write(const std::string& path) const {
   }
 
   std::string temp_path;
-  int fd = detail::create_temp_beside(path, temp_path);
+  int fd = detail::gguf_create_temp(path, temp_path);
   try {
-    detail::write_all(fd, reinterpret_cast<const uint8_t*>(head.bytes.data()), head.bytes.size(),
-                      path);
+    detail::gguf_write_all(fd, reinterpret_cast<const uint8_t*>(head.bytes.data()),
+                           head.bytes.size(), path);
     const std::vector<uint8_t> zeros(alignment_, 0);
     std::vector<uint8_t> buffer;
     // Each tensor is followed by zeros up to the alignment, the last one too (as llama.cpp
@@ -915,9 +914,9 @@ void GgufWriter::write(const std::string& path) const {
         t.fill(buffer.data());
         src = buffer.data();
       }
-      detail::write_all(fd, src, t.info.n_bytes, path);
-      detail::write_all(fd, zeros.data(),
-                        detail::align_up(t.info.n_bytes, alignment_) - t.info.n_bytes, path);
+      detail::gguf_write_all(fd, src, t.info.n_bytes, path);
+      detail::gguf_write_all(fd, zeros.data(),
+                             detail::align_up(t.info.n_bytes, alignment_) - t.info.n_bytes, path);
     }
     if (::fsync(fd) != 0) detail::fail_errno("sync", path, errno);
     const int closed = ::close(fd);
