@@ -417,6 +417,9 @@ class GgufWriter {
 // Kernels layer: SIMD code written once with Highway and dispatched at run time to the best
 // target the CPU supports. Each kernel has a scalar reference (namespace sllm::ref) that the
 // tests compare it with on every target.
+#include <algorithm>
+#include <cmath>
+
 namespace sllm {
 namespace detail {
 
@@ -426,17 +429,263 @@ const char* simd_target_name(int64_t target);
 // Restricts run-time dispatch to one target, for tests; 0 restores the best one.
 void force_simd_target(int64_t target);
 
+// A weight matrix read in place (usually from the memory map): `rows` rows of `cols` elements
+// of type F32, F16 or BF16, row r starting at data + r * row_bytes.
+struct MatrixView {
+  TensorType type = TensorType::F32;
+  const uint8_t* data = nullptr;
+  size_t rows = 0;
+  size_t cols = 0;
+  size_t row_bytes = 0;
+};
+
+// Keys or values of one KV head of one layer, kept in fixed-size blocks of tokens (the paged
+// KV cache): token j's row of head_dim elements (F32 or F16) starts at
+// blocks[j / block_tokens] + offset + (j % block_tokens) * token_stride.
+struct PagedRows {
+  const uint8_t* const* blocks = nullptr;
+  size_t block_tokens = 0;
+  size_t offset = 0;
+  size_t token_stride = 0;
+  TensorType type = TensorType::F32;
+  const uint8_t* row(size_t j) const {
+    return blocks[j / block_tokens] + offset + (j % block_tokens) * token_stride;
+  }
+};
+
 float dot_f32(const float* a, const float* b, size_t n);
+
+// y[t * y_stride + r] = sum_c w[r][c] * x[t * x_stride + c] for the n activation rows t and
+// every weight row r: decode is n = 1, prefill n = batch. Parallel over weight rows with
+// n_threads OpenMP threads.
+void matmul(const MatrixView& w, const float* x, size_t n, size_t x_stride, float* y,
+            size_t y_stride, int n_threads);
+// dst[i] = src[i] widened to f32 (src of type F32, F16 or BF16), e.g. an embedding row.
+void row_to_f32(TensorType type, const uint8_t* src, size_t n, float* dst);
+// out = x / sqrt(mean(x^2) + eps) * weight (out may alias x).
+void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out);
+// Rotary embedding in place of the first rope_dim elements of each of n_heads heads, in the
+// pair order of GGUF llama weights: pairs (2i, 2i+1). cos and sin are rope_table()'s rows.
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, const float* cos,
+          const float* sin);
+// Rotation angles of position pos: theta_i = pos * base^(-2i/rope_dim) / freq_factors[i]
+// (freq_factors: Llama 3.1's rope_freqs, or null for none), written as
+// cos[2i] = cos[2i+1] = cos theta_i, sin[2i] = -sin theta_i, sin[2i+1] = sin theta_i.
+void rope_table(size_t pos, size_t rope_dim, float base, const float* freq_factors, float* cos,
+                float* sin);
+// x = softmax(x), in place.
+void softmax(float* x, size_t n);
+// out = silu(gate) * up, silu(g) = g / (1 + exp(-g)) (out may alias gate or up).
+void swiglu(const float* gate, const float* up, size_t n, float* out);
+// One query head over the first n_ctx cached tokens: out = softmax(scale * K q) V.
+// scores is scratch for n_ctx floats.
+void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
+               size_t n_ctx, float scale, float* scores, float* out);
 
 }  // namespace detail
 
+// Scalar references of the kernels: plain loops, double accumulators, for the tests.
 namespace ref {
-inline float dot_f32(const float* a, const float* b, size_t n) {
-  double sum = 0;
-  for (size_t i = 0; i < n; ++i) sum += double(a[i]) * b[i];
-  return float(sum);
-}
+float dot_f32(const float* a, const float* b, size_t n);
+float element_to_f32(TensorType type, const uint8_t* row, size_t i);
+void matmul(const detail::MatrixView& w, const float* x, size_t n, size_t x_stride, float* y,
+            size_t y_stride);
+void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out);
+// Rotates with angles computed here from pos and base (independent of detail::rope_table).
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base,
+          const float* freq_factors);
+void softmax(float* x, size_t n);
+void swiglu(const float* gate, const float* up, size_t n, float* out);
+void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
+               const detail::PagedRows& values, size_t n_ctx, float scale, float* out);
 }  // namespace ref
+}  // namespace sllm
+
+// ---- kv.h ----
+// KV layer: the paged KV cache. One pool of fixed-size blocks, sized at start; each block holds
+// the keys and values of block_tokens consecutive tokens for every layer. A sequence is a table
+// of blocks. Running out of blocks or past the context is an Error, never a silent wrap.
+namespace sllm {
+
+// What one token stores per layer: n_kv_heads heads of key_dim key and value_dim value
+// elements.
+struct KvShape {
+  size_t n_layers = 0;
+  size_t n_kv_heads = 0;
+  size_t key_dim = 0;
+  size_t value_dim = 0;
+  bool operator==(const KvShape& o) const {
+    return n_layers == o.n_layers && n_kv_heads == o.n_kv_heads && key_dim == o.key_dim &&
+           value_dim == o.value_dim;
+  }
+  bool operator!=(const KvShape& o) const { return !(*this == o); }
+};
+
+// The blocks of one model's KV cache, allocated once. Entries are F32 or F16 (type).
+// Layout of a block, per layer: block_tokens key rows, then block_tokens value rows; a key row
+// is the n_kv_heads * key_dim elements of one token.
+class KvPool {
+ public:
+  static constexpr size_t kDefaultBlockTokens = 16;
+  KvPool(const KvShape& shape, size_t n_blocks, size_t block_tokens = kDefaultBlockTokens,
+         TensorType type = TensorType::F32);
+  // A pool holding exactly one sequence of up to n_tokens tokens.
+  static KvPool for_tokens(const KvShape& shape, size_t n_tokens,
+                           size_t block_tokens = kDefaultBlockTokens,
+                           TensorType type = TensorType::F32);
+
+  const KvShape& shape() const { return shape_; }
+  TensorType type() const { return type_; }
+  size_t block_tokens() const { return block_tokens_; }
+  size_t n_blocks() const { return n_blocks_; }
+  size_t free_blocks() const { return free_.size(); }
+  size_t block_bytes() const { return block_bytes_; }
+
+  // Takes n free blocks (Error naming the numbers when fewer are free; then nothing is taken).
+  std::vector<uint32_t> allocate(size_t n);
+  void release(uint32_t block);
+  uint8_t* block_data(uint32_t block) { return data_.data() + size_t{block} * block_bytes_; }
+
+  // Byte offsets inside a block of layer's first key and value rows, and between tokens.
+  size_t key_offset(size_t layer) const { return layer * layer_bytes_; }
+  size_t value_offset(size_t layer) const { return layer * layer_bytes_ + key_bytes_; }
+  size_t key_stride() const { return key_row_bytes_; }
+  size_t value_stride() const { return value_row_bytes_; }
+
+ private:
+  KvShape shape_;
+  TensorType type_;
+  size_t block_tokens_;
+  size_t n_blocks_;
+  size_t key_row_bytes_ = 0, value_row_bytes_ = 0;
+  size_t key_bytes_ = 0, layer_bytes_ = 0, block_bytes_ = 0;
+  detail::AlignedBuffer<uint8_t> data_;
+  std::vector<uint32_t> free_;  // a stack; the lowest ids are handed out first
+};
+
+// The cached tokens of one sequence: a block table into a pool (which must outlive it).
+// Holds at most max_tokens tokens (the context length).
+class KvSequence {
+ public:
+  KvSequence(KvPool& pool, size_t max_tokens);
+  ~KvSequence();
+  KvSequence(KvSequence&& other) noexcept;
+  KvSequence& operator=(KvSequence&& other) noexcept;
+  KvSequence(const KvSequence&) = delete;
+  KvSequence& operator=(const KvSequence&) = delete;
+
+  KvPool& pool() const { return *pool_; }
+  size_t size() const { return size_; }  // tokens stored
+  size_t max_tokens() const { return max_tokens_; }
+  const std::vector<uint32_t>& blocks() const { return blocks_; }
+
+  // Makes room for n more tokens after size(). Error on context overflow or when the pool has
+  // too few free blocks; then the sequence is unchanged.
+  void reserve(size_t n);
+  // Marks n tokens after size() as written (they must have been reserved).
+  void commit(size_t n);
+  // Keeps the first n tokens and returns the blocks no longer needed to the pool.
+  void truncate(size_t n);
+  void clear() { truncate(0); }
+
+  // Stores the key and value rows (all KV heads, f32, converted to the pool's type) of token
+  // pos of a layer; pos must be reserved.
+  void write(size_t layer, size_t pos, const float* key, const float* value);
+  // Paged views of one KV head's keys / values of a layer, for the attention kernel.
+  detail::PagedRows keys(size_t layer, size_t kv_head) const;
+  detail::PagedRows values(size_t layer, size_t kv_head) const;
+
+ private:
+  void release_all();
+  uint8_t* row(size_t pos, size_t offset, size_t stride);
+  KvPool* pool_;
+  size_t max_tokens_;
+  size_t size_ = 0;
+  std::vector<uint32_t> blocks_;
+  std::vector<const uint8_t*> block_data_;  // blocks_' addresses, for PagedRows
+};
+
+}  // namespace sllm
+
+// ---- model.h ----
+// Model layer: architecture config from GGUF metadata, weight views into the map, and the
+// forward pass (batched prefill and one-token decode share one code path).
+namespace sllm {
+
+// Hyperparameters of a llama-family transformer, read from GGUF metadata.
+struct ModelConfig {
+  std::string architecture;   // general.architecture
+  size_t n_embd = 0;          // embedding_length
+  size_t n_layers = 0;        // block_count
+  size_t n_heads = 0;         // attention.head_count
+  size_t n_kv_heads = 0;      // attention.head_count_kv (default: n_heads)
+  size_t key_dim = 0;         // attention.key_length (default: n_embd / n_heads)
+  size_t value_dim = 0;       // attention.value_length (default: n_embd / n_heads)
+  size_t n_ff = 0;            // feed_forward_length
+  size_t n_vocab = 0;         // tokenizer.ggml.tokens, else token_embd.weight rows
+  size_t context_length = 0;  // context_length (training context)
+  size_t rope_dim = 0;        // rope.dimension_count (default: key_dim)
+  float rope_base = 10000.f;  // rope.freq_base
+  float rms_eps = 1e-5f;      // attention.layer_norm_rms_epsilon
+
+  // Error names the missing or inconsistent key, or the unsupported architecture.
+  static ModelConfig from_gguf(const Gguf& gguf);
+  KvShape kv_shape() const { return KvShape{n_layers, n_kv_heads, key_dim, value_dim}; }
+};
+
+struct TransformerOptions {
+  int n_threads = 0;  // 0: OpenMP's default (OMP_NUM_THREADS, else the cores)
+};
+
+// Which positions of a forward batch get logits.
+enum class LogitsFor { kNone, kLast, kAll };
+
+// The activations of one forward pass, kept between calls so that decoding allocates nothing.
+// Grows to the largest batch and context seen. One per concurrently running sequence.
+class ForwardScratch {
+  friend class Transformer;
+  size_t n_tokens_ = 0, n_ctx_ = 0, n_threads_ = 0;
+  detail::AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
+  detail::AlignedBuffer<float> rope_cos_, rope_sin_, scores_;
+};
+
+// A llama-family transformer whose weights are views into an open GGUF (which must outlive it).
+class Transformer {
+ public:
+  static Transformer load(const Gguf& gguf, const TransformerOptions& options = {});
+
+  const ModelConfig& config() const { return config_; }
+  KvShape kv_shape() const { return config_.kv_shape(); }
+  int n_threads() const { return n_threads_; }
+
+  // Evaluates tokens[0..n) at the positions after those already in seq, appends their keys and
+  // values to seq, and writes logits: n_vocab floats for the last position (kLast), n * n_vocab,
+  // row per position (kAll), or nothing (kNone; logits may be null). Error, with seq unchanged,
+  // for a token id outside the vocabulary, a KV pool of another shape, context overflow or an
+  // exhausted pool.
+  void forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& scratch,
+               float* logits, LogitsFor which = LogitsFor::kLast) const;
+
+ private:
+  Transformer() = default;  // made by load()
+  struct Layer {
+    const float* attn_norm = nullptr;
+    const float* ffn_norm = nullptr;
+    detail::MatrixView wq, wk, wv, wo, gate, up, down;
+  };
+  void prepare(ForwardScratch& s, size_t n, size_t n_ctx) const;
+  void attention_block(const Layer& layer, size_t l, size_t n, size_t pos0, KvSequence& seq,
+                       ForwardScratch& s) const;
+  void ffn_block(const Layer& layer, size_t n, ForwardScratch& s) const;
+
+  ModelConfig config_;
+  int n_threads_ = 1;
+  detail::MatrixView token_embd_, output_;
+  const float* output_norm_ = nullptr;
+  const float* rope_freqs_ = nullptr;  // Llama 3.1 rope frequency factors, when present
+  std::vector<Layer> layers_;
+};
+
 }  // namespace sllm
 
 // ---- unicode_tables.h ----
@@ -1004,6 +1253,111 @@ size_t argmax(const float* x, size_t n);
 
 }  // namespace sllm
 
+// ---- session.h ----
+// Session layer: the API users see. A Model is a GGUF file opened with its
+// transformer and tokenizer; a Session is one conversation's context (KV cache)
+// over a Model: prompt in, pieces of text out.
+#include <chrono>
+
+namespace sllm {
+
+struct ModelOptions {
+  int n_threads = 0; // 0: OpenMP's default (OMP_NUM_THREADS, else the cores)
+};
+
+// Cheap to copy: copies share the file, weights and tokenizer, which are
+// read-only.
+class Model {
+public:
+  static Model open(const std::string &path, const ModelOptions &options = {});
+  const Gguf &gguf() const { return *gguf_; }
+  const Transformer &transformer() const { return *transformer_; }
+  const Tokenizer &tokenizer() const { return *tokenizer_; }
+  const ModelConfig &config() const { return transformer_->config(); }
+
+private:
+  std::shared_ptr<const Gguf> gguf_;
+  std::shared_ptr<const Transformer> transformer_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+};
+
+struct SessionOptions {
+  size_t n_ctx = 0; // tokens the context holds; 0: the model's context length,
+                    // at most 4096
+  TensorType kv_type = TensorType::F32; // KV cache entries: F32 or F16
+};
+
+struct GenerateOptions : SamplerOptions {
+  int32_t max_tokens = 128; // tokens to generate at most
+  std::vector<std::string>
+      stop; // stop before the first of these strings (not emitted)
+  bool add_special =
+      true; // BOS etc. as the model's metadata asks (only at the start)
+  bool parse_special =
+      false; // match control tokens like "<|im_end|>" written in the prompt
+};
+
+enum class StopReason {
+  kEndOfGeneration,
+  kStopString,
+  kMaxTokens,
+  kContextFull
+};
+const char *stop_reason_name(StopReason reason);
+
+struct GenerateStats {
+  size_t n_prompt = 0; // prompt tokens evaluated
+  size_t n_generated = 0;
+  double prompt_seconds = 0;
+  double generate_seconds = 0;
+  StopReason stop_reason = StopReason::kMaxTokens;
+  uint64_t seed =
+      0; // the sampler's seed (chosen at random when the options had none)
+};
+
+using PieceFn = std::function<void(std::string_view piece)>;
+
+class Session {
+public:
+  explicit Session(const Model &model, const SessionOptions &options = {});
+
+  const Model &model() const { return model_; }
+  size_t n_ctx() const { return seq_.max_tokens(); }
+  size_t n_past() const { return seq_.size(); } // tokens in the context
+  void reset();                                 // empties the context
+
+  // add_special: BOS etc. per the model's metadata; parse_special: control
+  // tokens in the text.
+  std::vector<int32_t> tokenize(std::string_view text, bool add_special = true,
+                                bool parse_special = false) const;
+  // Evaluates tokens after those in the context; logits() then holds the last
+  // position's. Error (context unchanged) when a token is out of range or the
+  // context would overflow.
+  void evaluate(const std::vector<int32_t> &tokens);
+  // Same, returning the logits of every position: tokens.size() rows of
+  // n_vocab.
+  std::vector<float> evaluate_all(const std::vector<int32_t> &tokens);
+  const std::vector<float> &logits() const { return logits_; }
+
+  // Tokenizes prompt, evaluates it after the context, and generates until the
+  // end of generation token, a stop string, max_tokens, or a full context
+  // (never silently wrapping). on_piece receives the text as it is generated
+  // (whole UTF-8 characters).
+  GenerateStats generate(std::string_view prompt,
+                         const GenerateOptions &options,
+                         const PieceFn &on_piece);
+
+private:
+  void check_fits(size_t n_tokens) const;
+  Model model_;
+  KvPool pool_;
+  KvSequence seq_;
+  ForwardScratch scratch_;
+  std::vector<float> logits_;
+};
+
+} // namespace sllm
+
 #endif  // SLLM_H_
 
 #ifdef SLLM_IMPLEMENTATION
@@ -1022,6 +1376,7 @@ size_t argmax(const float* x, size_t n);
 #include <hwy/foreach_target.h>
 #endif  // SLLM_HWY_SETUP_
 #include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>  // Exp, per target like the code below
 
 #if defined(SLLM_SIMD_TOGGLE_) == defined(HWY_TARGET_TOGGLE)
 #ifdef SLLM_SIMD_TOGGLE_
@@ -1035,6 +1390,37 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 // ---- kernels_simd.h ----
+// Weights and KV entries of any float type, read as f32: vectors by promotion (BF16 by a shift),
+// single elements through the base layer's conversions.
+template <class D>
+HWY_INLINE hn::Vec<D> LoadAsF32(D d, const float* HWY_RESTRICT p) {
+  return hn::LoadU(d, p);
+}
+template <class D>
+HWY_INLINE hn::Vec<D> LoadAsF32(D d, const hwy::float16_t* HWY_RESTRICT p) {
+  const hn::Rebind<hwy::float16_t, D> dh;
+  return hn::PromoteTo(d, hn::LoadU(dh, p));
+}
+template <class D>
+HWY_INLINE hn::Vec<D> LoadAsF32(D d, const hwy::bfloat16_t* HWY_RESTRICT p) {
+  const hn::Rebind<hwy::bfloat16_t, D> dh;
+  return hn::PromoteTo(d, hn::LoadU(dh, p));
+}
+HWY_INLINE float ElementAsF32(float v) {
+  return v;
+}
+HWY_INLINE float ElementAsF32(hwy::float16_t v) {
+  return fp16_to_f32(v.bits);
+}
+HWY_INLINE float ElementAsF32(hwy::bfloat16_t v) {
+  return bf16_to_f32(v.bits);
+}
+
+template <class D>
+HWY_INLINE float ReduceSumF32(D d, hn::Vec<D> v) {
+  return hn::GetLane(hn::SumOfLanes(d, v));
+}
+
 float DotF32(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, size_t n) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
@@ -1048,6 +1434,324 @@ float DotF32(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, size_t n)
   float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(sum0, sum1)));
   for (; i < n; ++i) sum += a[i] * b[i];
   return sum;
+}
+
+// sum_i w[i] * x[i] for a row w of any float type.
+template <typename W>
+HWY_INLINE float DotRow(const W* HWY_RESTRICT w, const float* HWY_RESTRICT x, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  auto sum0 = hn::Zero(d), sum1 = hn::Zero(d);
+  size_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    sum0 = hn::MulAdd(LoadAsF32(d, w + i), hn::LoadU(d, x + i), sum0);
+    sum1 = hn::MulAdd(LoadAsF32(d, w + i + N), hn::LoadU(d, x + i + N), sum1);
+  }
+  for (; i + N <= n; i += N) sum0 = hn::MulAdd(LoadAsF32(d, w + i), hn::LoadU(d, x + i), sum0);
+  float sum = ReduceSumF32(d, hn::Add(sum0, sum1));
+  for (; i < n; ++i) sum += ElementAsF32(w[i]) * x[i];
+  return sum;
+}
+
+// out[i] += a * v[i] for a row v of any float type.
+template <typename W>
+HWY_INLINE void AddScaledRow(float a, const W* HWY_RESTRICT v, float* HWY_RESTRICT out, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const auto va = hn::Set(d, a);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    hn::StoreU(hn::MulAdd(va, LoadAsF32(d, v + i), hn::LoadU(d, out + i)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] += a * ElementAsF32(v[i]);
+}
+
+// Register tile of the matmul: 4 weight rows times kCols activation rows. Each weight vector is
+// loaded (and widened) once and multiplied with every activation row of the tile, so prefill
+// reads a weight row once per kCols tokens. out[c * 4 + r] = dot(w_r, x_c). Callers with fewer
+// than 4 rows repeat a row pointer and ignore the extra results. Named accumulators rather than
+// an array, because arrays of vectors are not allowed on scalable targets (SVE, RVV).
+template <size_t kCols, typename W>
+HWY_INLINE void MatMulTile(const W* HWY_RESTRICT w0, const W* HWY_RESTRICT w1,
+                           const W* HWY_RESTRICT w2, const W* HWY_RESTRICT w3, size_t k,
+                           const float* HWY_RESTRICT x, size_t x_stride, float* HWY_RESTRICT out) {
+  static_assert(kCols >= 1 && kCols <= 4, "tile width");
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const float* x0 = x;
+  const float* x1 = kCols > 1 ? x + x_stride : x;
+  const float* x2 = kCols > 2 ? x + 2 * x_stride : x;
+  const float* x3 = kCols > 3 ? x + 3 * x_stride : x;
+  auto a00 = hn::Zero(d), a10 = a00, a20 = a00, a30 = a00;
+  auto a01 = a00, a11 = a00, a21 = a00, a31 = a00;
+  auto a02 = a00, a12 = a00, a22 = a00, a32 = a00;
+  auto a03 = a00, a13 = a00, a23 = a00, a33 = a00;
+  size_t i = 0;
+  for (; i + N <= k; i += N) {
+    const auto v0 = LoadAsF32(d, w0 + i), v1 = LoadAsF32(d, w1 + i);
+    const auto v2 = LoadAsF32(d, w2 + i), v3 = LoadAsF32(d, w3 + i);
+    const auto xv0 = hn::LoadU(d, x0 + i);
+    a00 = hn::MulAdd(v0, xv0, a00);
+    a10 = hn::MulAdd(v1, xv0, a10);
+    a20 = hn::MulAdd(v2, xv0, a20);
+    a30 = hn::MulAdd(v3, xv0, a30);
+    if constexpr (kCols > 1) {
+      const auto xv1 = hn::LoadU(d, x1 + i);
+      a01 = hn::MulAdd(v0, xv1, a01);
+      a11 = hn::MulAdd(v1, xv1, a11);
+      a21 = hn::MulAdd(v2, xv1, a21);
+      a31 = hn::MulAdd(v3, xv1, a31);
+    }
+    if constexpr (kCols > 2) {
+      const auto xv2 = hn::LoadU(d, x2 + i);
+      a02 = hn::MulAdd(v0, xv2, a02);
+      a12 = hn::MulAdd(v1, xv2, a12);
+      a22 = hn::MulAdd(v2, xv2, a22);
+      a32 = hn::MulAdd(v3, xv2, a32);
+    }
+    if constexpr (kCols > 3) {
+      const auto xv3 = hn::LoadU(d, x3 + i);
+      a03 = hn::MulAdd(v0, xv3, a03);
+      a13 = hn::MulAdd(v1, xv3, a13);
+      a23 = hn::MulAdd(v2, xv3, a23);
+      a33 = hn::MulAdd(v3, xv3, a33);
+    }
+  }
+  out[0] = ReduceSumF32(d, a00);
+  out[1] = ReduceSumF32(d, a10);
+  out[2] = ReduceSumF32(d, a20);
+  out[3] = ReduceSumF32(d, a30);
+  if constexpr (kCols > 1) {
+    out[4] = ReduceSumF32(d, a01);
+    out[5] = ReduceSumF32(d, a11);
+    out[6] = ReduceSumF32(d, a21);
+    out[7] = ReduceSumF32(d, a31);
+  }
+  if constexpr (kCols > 2) {
+    out[8] = ReduceSumF32(d, a02);
+    out[9] = ReduceSumF32(d, a12);
+    out[10] = ReduceSumF32(d, a22);
+    out[11] = ReduceSumF32(d, a32);
+  }
+  if constexpr (kCols > 3) {
+    out[12] = ReduceSumF32(d, a03);
+    out[13] = ReduceSumF32(d, a13);
+    out[14] = ReduceSumF32(d, a23);
+    out[15] = ReduceSumF32(d, a33);
+  }
+  if (i == k) return;
+  const W* const rows[4] = {w0, w1, w2, w3};
+  const float* const cols[4] = {x0, x1, x2, x3};
+  for (size_t c = 0; c < kCols; ++c) {
+    for (size_t r = 0; r < 4; ++r) {
+      float tail = 0;
+      for (size_t j = i; j < k; ++j) tail += ElementAsF32(rows[r][j]) * cols[c][j];
+      out[c * 4 + r] += tail;
+    }
+  }
+}
+
+// Activation rows per register tile: 4 x 4 accumulators need the 32 vector registers of
+// AVX-512 (and NEON/SVE); x86 targets with 16 registers use 4 x 2.
+#if HWY_ARCH_X86 && HWY_TARGET > HWY_AVX3
+constexpr size_t kMatMulCols = 2;
+#else
+constexpr size_t kMatMulCols = 4;
+#endif
+
+template <size_t kCols, typename W>
+HWY_INLINE void MatMulTileStore(const W* const* rows, size_t n_rows, size_t k, const float* x,
+                                size_t x_stride, float* y, size_t y_stride) {
+  float out[16];
+  MatMulTile<kCols>(rows[0], rows[1], rows[2], rows[3], k, x, x_stride, out);
+  for (size_t c = 0; c < kCols; ++c) {
+    for (size_t r = 0; r < n_rows; ++r) y[c * y_stride + r] = out[c * 4 + r];
+  }
+}
+
+template <typename W>
+void MatMulRowsOfType(const detail::MatrixView& w, size_t row_begin, size_t row_end, const float* x,
+                      size_t n, size_t x_stride, float* y, size_t y_stride) {
+  const size_t k = w.cols;
+  for (size_t r = row_begin; r < row_end; r += 4) {
+    const size_t n_rows = HWY_MIN(size_t{4}, row_end - r);
+    const W* rows[4];
+    for (size_t i = 0; i < 4; ++i) {
+      rows[i] = reinterpret_cast<const W*>(w.data + (r + HWY_MIN(i, n_rows - 1)) * w.row_bytes);
+    }
+    size_t t = 0;
+    for (; t + kMatMulCols <= n; t += kMatMulCols) {
+      MatMulTileStore<kMatMulCols>(rows, n_rows, k, x + t * x_stride, x_stride,
+                                   y + t * y_stride + r, y_stride);
+    }
+    const float* xt = x + t * x_stride;
+    float* yt = y + t * y_stride + r;
+    switch (n - t) {
+      case 3:
+        MatMulTileStore<3>(rows, n_rows, k, xt, x_stride, yt, y_stride);
+        break;
+      case 2:
+        MatMulTileStore<2>(rows, n_rows, k, xt, x_stride, yt, y_stride);
+        break;
+      case 1:
+        MatMulTileStore<1>(rows, n_rows, k, xt, x_stride, yt, y_stride);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+// Weight rows [row_begin, row_end) of the matmul (one thread's share).
+void MatMulRows(const detail::MatrixView& w, size_t row_begin, size_t row_end, const float* x,
+                size_t n, size_t x_stride, float* y, size_t y_stride) {
+  switch (w.type) {
+    case TensorType::F16:
+      return MatMulRowsOfType<hwy::float16_t>(w, row_begin, row_end, x, n, x_stride, y, y_stride);
+    case TensorType::BF16:
+      return MatMulRowsOfType<hwy::bfloat16_t>(w, row_begin, row_end, x, n, x_stride, y, y_stride);
+    default:
+      return MatMulRowsOfType<float>(w, row_begin, row_end, x, n, x_stride, y, y_stride);
+  }
+}
+
+template <typename W>
+HWY_INLINE void RowToF32OfType(const W* HWY_RESTRICT src, size_t n, float* HWY_RESTRICT dst) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(LoadAsF32(d, src + i), d, dst + i);
+  for (; i < n; ++i) dst[i] = ElementAsF32(src[i]);
+}
+
+void RowToF32(TensorType type, const uint8_t* src, size_t n, float* dst) {
+  switch (type) {
+    case TensorType::F16:
+      return RowToF32OfType(reinterpret_cast<const hwy::float16_t*>(src), n, dst);
+    case TensorType::BF16:
+      return RowToF32OfType(reinterpret_cast<const hwy::bfloat16_t*>(src), n, dst);
+    default:
+      return RowToF32OfType(reinterpret_cast<const float*>(src), n, dst);
+  }
+}
+
+void RmsNorm(const float* HWY_RESTRICT x, const float* HWY_RESTRICT weight, size_t n, float eps,
+             float* out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  auto sum = hn::Zero(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto v = hn::LoadU(d, x + i);
+    sum = hn::MulAdd(v, v, sum);
+  }
+  float sum_sq = ReduceSumF32(d, sum);
+  for (; i < n; ++i) sum_sq += x[i] * x[i];
+  const float scale = 1.0f / std::sqrt(sum_sq / float(n) + eps);
+  const auto vscale = hn::Set(d, scale);
+  i = 0;
+  for (; i + N <= n; i += N) {
+    const auto v = hn::Mul(hn::LoadU(d, x + i), vscale);
+    hn::StoreU(hn::Mul(v, hn::LoadU(d, weight + i)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] = x[i] * scale * weight[i];
+}
+
+void Rope(float* HWY_RESTRICT x, size_t n_heads, size_t head_dim, size_t rope_dim,
+          const float* HWY_RESTRICT cos, const float* HWY_RESTRICT sin) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  // Vectors hold whole pairs when N is even; Reverse2 swaps the two lanes of each pair, so
+  // x * cos + swapped * sin rotates every pair (sin carries the sign of each lane).
+  const size_t vector_end = N % 2 == 0 ? rope_dim / N * N : 0;
+  for (size_t h = 0; h < n_heads; ++h) {
+    float* p = x + h * head_dim;
+    size_t i = 0;
+    for (; i < vector_end; i += N) {
+      const auto v = hn::LoadU(d, p + i);
+      const auto swapped = hn::Reverse2(d, v);
+      const auto r = hn::MulAdd(v, hn::LoadU(d, cos + i), hn::Mul(swapped, hn::LoadU(d, sin + i)));
+      hn::StoreU(r, d, p + i);
+    }
+    for (; i < rope_dim; i += 2) {
+      const float x0 = p[i], x1 = p[i + 1];
+      p[i] = x0 * cos[i] + x1 * sin[i];
+      p[i + 1] = x1 * cos[i + 1] + x0 * sin[i + 1];
+    }
+  }
+}
+
+void Softmax(float* HWY_RESTRICT x, size_t n) {
+  if (n == 0) return;
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  float max = x[0];
+  if (n >= N) {
+    auto vmax = hn::LoadU(d, x);
+    for (i = N; i + N <= n; i += N) vmax = hn::Max(vmax, hn::LoadU(d, x + i));
+    max = hn::GetLane(hn::MaxOfLanes(d, vmax));
+  }
+  for (; i < n; ++i) max = HWY_MAX(max, x[i]);
+  const auto vmax = hn::Set(d, max);
+  auto vsum = hn::Zero(d);
+  i = 0;
+  for (; i + N <= n; i += N) {
+    const auto e = hn::Exp(d, hn::Sub(hn::LoadU(d, x + i), vmax));
+    vsum = hn::Add(vsum, e);
+    hn::StoreU(e, d, x + i);
+  }
+  float sum = ReduceSumF32(d, vsum);
+  for (; i < n; ++i) {
+    x[i] = std::exp(x[i] - max);
+    sum += x[i];
+  }
+  const float inv = 1.0f / sum;
+  const auto vinv = hn::Set(d, inv);
+  i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(hn::Mul(hn::LoadU(d, x + i), vinv), d, x + i);
+  for (; i < n; ++i) x[i] *= inv;
+}
+
+void SwiGlu(const float* gate, const float* up, size_t n, float* out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  // exp(-g) overflows to inf for g < -88, where silu(g) is 0 to float precision; clamping the
+  // argument keeps the vector exp in its valid range.
+  const auto max_arg = hn::Set(d, 88.0f);
+  const auto one = hn::Set(d, 1.0f);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto g = hn::LoadU(d, gate + i);
+    const auto e = hn::Exp(d, hn::Min(hn::Neg(g), max_arg));
+    const auto silu = hn::Div(g, hn::Add(one, e));
+    hn::StoreU(hn::Mul(silu, hn::LoadU(d, up + i)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+template <typename KV>
+void AttentionOfType(const float* HWY_RESTRICT q, size_t head_dim, const detail::PagedRows& keys,
+                     const detail::PagedRows& values, size_t n_ctx, float scale,
+                     float* HWY_RESTRICT scores, float* HWY_RESTRICT out) {
+  for (size_t j = 0; j < n_ctx; ++j) {
+    scores[j] = scale * DotRow(reinterpret_cast<const KV*>(keys.row(j)), q, head_dim);
+  }
+  Softmax(scores, n_ctx);
+  for (size_t i = 0; i < head_dim; ++i) out[i] = 0.0f;
+  for (size_t j = 0; j < n_ctx; ++j) {
+    AddScaledRow(scores[j], reinterpret_cast<const KV*>(values.row(j)), out, head_dim);
+  }
+}
+
+void Attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
+               const detail::PagedRows& values, size_t n_ctx, float scale, float* scores,
+               float* out) {
+  if (keys.type == TensorType::F16) {
+    AttentionOfType<hwy::float16_t>(q, head_dim, keys, values, n_ctx, scale, scores, out);
+  } else {
+    AttentionOfType<float>(q, head_dim, keys, values, n_ctx, scale, scores, out);
+  }
 }
 
 }  // namespace HWY_NAMESPACE
@@ -2210,10 +2914,19 @@ void GgufWriter::write(const std::string& path) const {
 }  // namespace sllm
 
 // ---- kernels_impl.h ----
+#include <omp.h>
+
 namespace sllm {
 namespace detail {
 
 HWY_EXPORT(DotF32);
+HWY_EXPORT(MatMulRows);
+HWY_EXPORT(RowToF32);
+HWY_EXPORT(RmsNorm);
+HWY_EXPORT(Rope);
+HWY_EXPORT(Softmax);
+HWY_EXPORT(SwiGlu);
+HWY_EXPORT(Attention);
 
 std::vector<int64_t> simd_targets() {
   return hwy::SupportedAndGeneratedTargets();
@@ -2229,7 +2942,623 @@ float dot_f32(const float* a, const float* b, size_t n) {
   return HWY_DYNAMIC_DISPATCH(DotF32)(a, b, n);
 }
 
+void matmul(const MatrixView& w, const float* x, size_t n, size_t x_stride, float* y,
+            size_t y_stride, int n_threads) {
+  // Below this many multiply-adds, starting the threads costs more than it saves.
+  constexpr size_t kMinParallelWork = size_t{1} << 15;
+  const size_t n_tiles = (w.rows + 3) / 4;  // the kernel's tiles are 4 weight rows high
+  const bool parallel = n_threads > 1 && w.rows * w.cols * n >= kMinParallelWork;
+#pragma omp parallel num_threads(n_threads) if (parallel)
+  {
+    const size_t n_parts = size_t(omp_get_num_threads());
+    const size_t part = size_t(omp_get_thread_num());
+    const size_t begin = n_tiles * part / n_parts * 4;
+    const size_t end = std::min(w.rows, n_tiles * (part + 1) / n_parts * 4);
+    if (begin < end) HWY_DYNAMIC_DISPATCH(MatMulRows)(w, begin, end, x, n, x_stride, y, y_stride);
+  }
+}
+
+void row_to_f32(TensorType type, const uint8_t* src, size_t n, float* dst) {
+  HWY_DYNAMIC_DISPATCH(RowToF32)(type, src, n, dst);
+}
+
+void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out) {
+  HWY_DYNAMIC_DISPATCH(RmsNorm)(x, weight, n, eps, out);
+}
+
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, const float* cos,
+          const float* sin) {
+  HWY_DYNAMIC_DISPATCH(Rope)(x, n_heads, head_dim, rope_dim, cos, sin);
+}
+
+void rope_table(size_t pos, size_t rope_dim, float base, const float* freq_factors, float* cos,
+                float* sin) {
+  for (size_t i = 0; i < rope_dim / 2; ++i) {
+    double theta = double(pos) * std::pow(double(base), -2.0 * double(i) / double(rope_dim));
+    if (freq_factors != nullptr) theta /= freq_factors[i];
+    const float c = float(std::cos(theta)), s = float(std::sin(theta));
+    cos[2 * i] = c;
+    cos[2 * i + 1] = c;
+    sin[2 * i] = -s;
+    sin[2 * i + 1] = s;
+  }
+}
+
+void softmax(float* x, size_t n) {
+  HWY_DYNAMIC_DISPATCH(Softmax)(x, n);
+}
+
+void swiglu(const float* gate, const float* up, size_t n, float* out) {
+  HWY_DYNAMIC_DISPATCH(SwiGlu)(gate, up, n, out);
+}
+
+void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
+               size_t n_ctx, float scale, float* scores, float* out) {
+  HWY_DYNAMIC_DISPATCH(Attention)(q, head_dim, keys, values, n_ctx, scale, scores, out);
+}
+
 }  // namespace detail
+
+namespace ref {
+
+float dot_f32(const float* a, const float* b, size_t n) {
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += double(a[i]) * b[i];
+  return float(sum);
+}
+
+float element_to_f32(TensorType type, const uint8_t* row, size_t i) {
+  uint16_t h;
+  switch (type) {
+    case TensorType::F16:
+      std::memcpy(&h, row + 2 * i, 2);
+      return fp16_to_f32(h);
+    case TensorType::BF16:
+      std::memcpy(&h, row + 2 * i, 2);
+      return bf16_to_f32(h);
+    default: {
+      float f;
+      std::memcpy(&f, row + 4 * i, 4);
+      return f;
+    }
+  }
+}
+
+void matmul(const detail::MatrixView& w, const float* x, size_t n, size_t x_stride, float* y,
+            size_t y_stride) {
+  for (size_t t = 0; t < n; ++t) {
+    for (size_t r = 0; r < w.rows; ++r) {
+      double sum = 0;
+      for (size_t c = 0; c < w.cols; ++c) {
+        sum += double(element_to_f32(w.type, w.data + r * w.row_bytes, c)) * x[t * x_stride + c];
+      }
+      y[t * y_stride + r] = float(sum);
+    }
+  }
+}
+
+void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out) {
+  double sum_sq = 0;
+  for (size_t i = 0; i < n; ++i) sum_sq += double(x[i]) * x[i];
+  const double scale = 1.0 / std::sqrt(sum_sq / double(n) + eps);
+  for (size_t i = 0; i < n; ++i) out[i] = float(x[i] * scale * weight[i]);
+}
+
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base,
+          const float* freq_factors) {
+  for (size_t h = 0; h < n_heads; ++h) {
+    for (size_t i = 0; i < rope_dim; i += 2) {
+      const double factor = freq_factors != nullptr ? freq_factors[i / 2] : 1.0;
+      const double theta =
+          double(pos) / std::pow(double(base), double(i) / double(rope_dim)) / factor;
+      float* p = x + h * head_dim + i;
+      const double x0 = p[0], x1 = p[1];
+      p[0] = float(x0 * std::cos(theta) - x1 * std::sin(theta));
+      p[1] = float(x0 * std::sin(theta) + x1 * std::cos(theta));
+    }
+  }
+}
+
+void softmax(float* x, size_t n) {
+  if (n == 0) return;
+  double max = x[0];
+  for (size_t i = 1; i < n; ++i) max = std::max(max, double(x[i]));
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += std::exp(x[i] - max);
+  for (size_t i = 0; i < n; ++i) x[i] = float(std::exp(x[i] - max) / sum);
+}
+
+void swiglu(const float* gate, const float* up, size_t n, float* out) {
+  for (size_t i = 0; i < n; ++i) {
+    const double g = gate[i];
+    out[i] = float(g / (1.0 + std::exp(-g)) * up[i]);
+  }
+}
+
+void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
+               const detail::PagedRows& values, size_t n_ctx, float scale, float* out) {
+  std::vector<double> p(n_ctx);
+  double max = -INFINITY;
+  for (size_t j = 0; j < n_ctx; ++j) {
+    double dot = 0;
+    for (size_t i = 0; i < head_dim; ++i) {
+      dot += double(q[i]) * element_to_f32(keys.type, keys.row(j), i);
+    }
+    p[j] = scale * dot;
+    max = std::max(max, p[j]);
+  }
+  double sum = 0;
+  for (double& v : p) sum += (v = std::exp(v - max));
+  for (size_t i = 0; i < head_dim; ++i) {
+    double acc = 0;
+    for (size_t j = 0; j < n_ctx; ++j) {
+      acc += p[j] * element_to_f32(values.type, values.row(j), i);
+    }
+    out[i] = float(acc / sum);
+  }
+}
+
+}  // namespace ref
+}  // namespace sllm
+
+// ---- kv_impl.h ----
+namespace sllm {
+
+KvPool::KvPool(const KvShape& shape, size_t n_blocks, size_t block_tokens, TensorType type)
+    : shape_(shape), type_(type), block_tokens_(block_tokens), n_blocks_(n_blocks) {
+  if (type != TensorType::F32 && type != TensorType::F16) {
+    detail::fail(std::string("KV cache entries must be F32 or F16, not ") + tensor_type_name(type));
+  }
+  if (shape.n_layers == 0 || shape.n_kv_heads == 0 || shape.key_dim == 0 || shape.value_dim == 0 ||
+      block_tokens == 0 || n_blocks == 0) {
+    detail::fail("KV cache pool needs at least one layer, head, block and token per block");
+  }
+  if (n_blocks > UINT32_MAX) detail::fail("KV cache pool of more than 2^32 blocks");
+  const size_t elem = type == TensorType::F32 ? 4 : 2;
+  using detail::checked_add;
+  using detail::checked_mul;
+  key_row_bytes_ =
+      checked_mul(checked_mul(shape.n_kv_heads, shape.key_dim, "KV row"), elem, "KV row");
+  value_row_bytes_ =
+      checked_mul(checked_mul(shape.n_kv_heads, shape.value_dim, "KV row"), elem, "KV row");
+  key_bytes_ = checked_mul(block_tokens, key_row_bytes_, "KV block");
+  layer_bytes_ =
+      checked_add(key_bytes_, checked_mul(block_tokens, value_row_bytes_, "KV block"), "KV block");
+  block_bytes_ = checked_mul(layer_bytes_, shape.n_layers, "KV block");
+  data_.resize(checked_mul(block_bytes_, n_blocks, "KV cache pool"));
+  free_.resize(n_blocks);
+  for (size_t i = 0; i < n_blocks; ++i) free_[i] = uint32_t(n_blocks - 1 - i);
+}
+
+KvPool KvPool::for_tokens(const KvShape& shape, size_t n_tokens, size_t block_tokens,
+                          TensorType type) {
+  const size_t n_blocks = block_tokens == 0 ? 0 : (n_tokens + block_tokens - 1) / block_tokens;
+  return KvPool(shape, n_blocks, block_tokens, type);
+}
+
+std::vector<uint32_t> KvPool::allocate(size_t n) {
+  if (n > free_.size()) {
+    detail::fail("KV cache pool exhausted: " + std::to_string(n) + " more blocks of " +
+                 std::to_string(block_tokens_) + " tokens needed, " + std::to_string(free_.size()) +
+                 " of " + std::to_string(n_blocks_) + " free");
+  }
+  std::vector<uint32_t> blocks(free_.end() - ptrdiff_t(n), free_.end());
+  std::reverse(blocks.begin(), blocks.end());
+  free_.resize(free_.size() - n);
+  return blocks;
+}
+
+void KvPool::release(uint32_t block) {
+  free_.push_back(block);
+}
+
+KvSequence::KvSequence(KvPool& pool, size_t max_tokens) : pool_(&pool), max_tokens_(max_tokens) {}
+
+KvSequence::~KvSequence() {
+  release_all();
+}
+
+KvSequence::KvSequence(KvSequence&& other) noexcept
+    : pool_(other.pool_),
+      max_tokens_(other.max_tokens_),
+      size_(other.size_),
+      blocks_(std::move(other.blocks_)),
+      block_data_(std::move(other.block_data_)) {
+  other.size_ = 0;
+  other.blocks_.clear();
+  other.block_data_.clear();
+}
+
+KvSequence& KvSequence::operator=(KvSequence&& other) noexcept {
+  if (this != &other) {
+    release_all();
+    pool_ = other.pool_;
+    max_tokens_ = other.max_tokens_;
+    size_ = other.size_;
+    blocks_ = std::move(other.blocks_);
+    block_data_ = std::move(other.block_data_);
+    other.size_ = 0;
+    other.blocks_.clear();
+    other.block_data_.clear();
+  }
+  return *this;
+}
+
+void KvSequence::release_all() {
+  for (uint32_t b : blocks_) pool_->release(b);
+  blocks_.clear();
+  block_data_.clear();
+  size_ = 0;
+}
+
+void KvSequence::reserve(size_t n) {
+  if (n > max_tokens_ || size_ > max_tokens_ - n) {
+    detail::fail("context overflow: the sequence holds " + std::to_string(size_) + " tokens and " +
+                 std::to_string(n) + " more would exceed the context length of " +
+                 std::to_string(max_tokens_));
+  }
+  const size_t bt = pool_->block_tokens();
+  const size_t needed = (size_ + n + bt - 1) / bt;
+  if (needed <= blocks_.size()) return;
+  for (uint32_t b : pool_->allocate(needed - blocks_.size())) {
+    blocks_.push_back(b);
+    block_data_.push_back(pool_->block_data(b));
+  }
+}
+
+void KvSequence::commit(size_t n) {
+  if (size_ + n > blocks_.size() * pool_->block_tokens()) {
+    detail::fail("KV sequence: committing " + std::to_string(n) + " tokens that were not reserved");
+  }
+  size_ += n;
+}
+
+void KvSequence::truncate(size_t n) {
+  if (n >= size_) return;
+  const size_t bt = pool_->block_tokens();
+  const size_t keep = (n + bt - 1) / bt;
+  for (size_t i = keep; i < blocks_.size(); ++i) pool_->release(blocks_[i]);
+  blocks_.resize(keep);
+  block_data_.resize(keep);
+  size_ = n;
+}
+
+uint8_t* KvSequence::row(size_t pos, size_t offset, size_t stride) {
+  const size_t bt = pool_->block_tokens();
+  return pool_->block_data(blocks_[pos / bt]) + offset + (pos % bt) * stride;
+}
+
+void KvSequence::write(size_t layer, size_t pos, const float* key, const float* value) {
+  if (layer >= pool_->shape().n_layers || pos >= blocks_.size() * pool_->block_tokens()) {
+    detail::fail("KV sequence: writing layer " + std::to_string(layer) + " position " +
+                 std::to_string(pos) + ", which was not reserved");
+  }
+  const KvShape& shape = pool_->shape();
+  const bool f16 = pool_->type() == TensorType::F16;
+  const auto store = [f16](uint8_t* dst, const float* src, size_t n) {
+    if (!f16) {
+      std::memcpy(dst, src, n * sizeof(float));
+      return;
+    }
+    for (size_t i = 0; i < n; ++i) {
+      const uint16_t h = f32_to_fp16(src[i]);
+      std::memcpy(dst + 2 * i, &h, 2);
+    }
+  };
+  store(row(pos, pool_->key_offset(layer), pool_->key_stride()), key,
+        shape.n_kv_heads * shape.key_dim);
+  store(row(pos, pool_->value_offset(layer), pool_->value_stride()), value,
+        shape.n_kv_heads * shape.value_dim);
+}
+
+detail::PagedRows KvSequence::keys(size_t layer, size_t kv_head) const {
+  const size_t head_bytes = pool_->key_stride() / pool_->shape().n_kv_heads;
+  return detail::PagedRows{block_data_.data(), pool_->block_tokens(),
+                           pool_->key_offset(layer) + kv_head * head_bytes, pool_->key_stride(),
+                           pool_->type()};
+}
+
+detail::PagedRows KvSequence::values(size_t layer, size_t kv_head) const {
+  const size_t head_bytes = pool_->value_stride() / pool_->shape().n_kv_heads;
+  return detail::PagedRows{block_data_.data(), pool_->block_tokens(),
+                           pool_->value_offset(layer) + kv_head * head_bytes, pool_->value_stride(),
+                           pool_->type()};
+}
+
+}  // namespace sllm
+
+// ---- model_impl.h ----
+namespace sllm {
+namespace detail {
+
+inline std::string shape_of(size_t cols, size_t rows) {
+  return "[" + std::to_string(cols) + ", " + std::to_string(rows) + "]";
+}
+
+inline const TensorInfo& required_tensor(const Gguf& gguf, const std::string& name) {
+  const TensorInfo* t = gguf.find_tensor(name);
+  if (t == nullptr) {
+    fail("tensor " + name + " is missing from " + gguf.path() +
+         " (the llama architecture needs it)");
+  }
+  return *t;
+}
+
+// A 2-D weight of cols x rows (ggml order: ne[0] = cols) read in place.
+inline MatrixView weight_matrix(const Gguf& gguf, const TensorInfo& t, size_t cols, size_t rows) {
+  if (t.type != TensorType::F32 && t.type != TensorType::F16 && t.type != TensorType::BF16) {
+    fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
+         ", which this build cannot run yet (supported: F32, F16, BF16)");
+  }
+  if (t.n_dims != 2 || t.ne[0] != cols || t.ne[1] != rows) {
+    fail("tensor " + t.name + " in " + gguf.path() + " has shape " + t.shape_string() +
+         ", but the model's metadata implies " + shape_of(cols, rows));
+  }
+  const size_t elem = t.type == TensorType::F32 ? 4 : 2;
+  if (reinterpret_cast<uintptr_t>(t.data) % elem != 0) {
+    fail("tensor " + t.name + " in " + gguf.path() + " is not aligned to its element size");
+  }
+  return MatrixView{t.type, t.data, rows, cols, cols * elem};
+}
+
+inline MatrixView weight_matrix(const Gguf& gguf, const std::string& name, size_t cols,
+                                size_t rows) {
+  return weight_matrix(gguf, required_tensor(gguf, name), cols, rows);
+}
+
+// A 1-D F32 weight of n elements (norm weights, rope frequency factors).
+inline const float* weight_vector(const Gguf& gguf, const TensorInfo& t, size_t n) {
+  if (t.type != TensorType::F32) {
+    fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
+         ", but sllm reads this vector only as F32");
+  }
+  if (t.ne[0] != n || t.n_elements() != n) {
+    fail("tensor " + t.name + " in " + gguf.path() + " has shape " + t.shape_string() +
+         ", but the model's metadata implies [" + std::to_string(n) + "]");
+  }
+  if (reinterpret_cast<uintptr_t>(t.data) % 4 != 0) {
+    fail("tensor " + t.name + " in " + gguf.path() + " is not aligned to its element size");
+  }
+  return reinterpret_cast<const float*>(t.data);
+}
+
+inline const float* weight_vector(const Gguf& gguf, const std::string& name, size_t n) {
+  return weight_vector(gguf, required_tensor(gguf, name), n);
+}
+
+template <typename T>
+void grow(AlignedBuffer<T>& buffer, size_t n) {
+  if (buffer.size() < n) buffer.resize(n);
+}
+
+}  // namespace detail
+
+ModelConfig ModelConfig::from_gguf(const Gguf& gguf) {
+  ModelConfig c;
+  c.architecture = gguf.get<std::string>("general.architecture");
+  if (c.architecture != "llama") {
+    detail::fail("unsupported architecture '" + c.architecture + "' (general.architecture in " +
+                 gguf.path() + "); this build runs: llama");
+  }
+  const std::string a = c.architecture + ".";
+  const auto positive = [&](const std::string& key, size_t value) {
+    if (value == 0) detail::fail("metadata " + key + " in " + gguf.path() + " is 0");
+    return value;
+  };
+  const auto count = [&](const std::string& key) {
+    return positive(key, size_t(gguf.get<uint32_t>(key)));
+  };
+  const auto count_or = [&](const std::string& key, size_t fallback) {
+    return positive(key, gguf.has(key) ? size_t(gguf.get<uint32_t>(key)) : fallback);
+  };
+  c.n_embd = count(a + "embedding_length");
+  c.n_layers = count(a + "block_count");
+  c.n_heads = count(a + "attention.head_count");
+  c.n_kv_heads = count_or(a + "attention.head_count_kv", c.n_heads);
+  c.n_ff = count(a + "feed_forward_length");
+  c.context_length = count(a + "context_length");
+  if (c.n_heads % c.n_kv_heads != 0) {
+    detail::fail("metadata " + a + "attention.head_count (" + std::to_string(c.n_heads) +
+                 ") is not a multiple of " + a + "attention.head_count_kv (" +
+                 std::to_string(c.n_kv_heads) + ") in " + gguf.path());
+  }
+  const bool explicit_dims =
+      gguf.has(a + "attention.key_length") && gguf.has(a + "attention.value_length");
+  if (!explicit_dims && c.n_embd % c.n_heads != 0) {
+    detail::fail("metadata " + a + "embedding_length (" + std::to_string(c.n_embd) +
+                 ") is not a multiple of " + a + "attention.head_count (" +
+                 std::to_string(c.n_heads) + ") in " + gguf.path());
+  }
+  c.key_dim = count_or(a + "attention.key_length", c.n_embd / c.n_heads);
+  c.value_dim = count_or(a + "attention.value_length", c.n_embd / c.n_heads);
+  c.rope_dim = count_or(a + "rope.dimension_count", c.key_dim);
+  if (c.rope_dim % 2 != 0 || c.rope_dim > c.key_dim) {
+    detail::fail("metadata " + a + "rope.dimension_count (" + std::to_string(c.rope_dim) +
+                 ") must be even and at most the key size " + std::to_string(c.key_dim) + " in " +
+                 gguf.path());
+  }
+  c.rope_base = gguf.get_or<float>(a + "rope.freq_base", 10000.f);
+  c.rms_eps = gguf.get_or<float>(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+  if (!(c.rope_base > 0) || !(c.rms_eps > 0) || !std::isfinite(c.rope_base) ||
+      !std::isfinite(c.rms_eps)) {
+    detail::fail("metadata " + a + "rope.freq_base and " + a +
+                 "attention.layer_norm_rms_epsilon must be positive numbers in " + gguf.path());
+  }
+  const std::string scaling = gguf.get_or<std::string>(a + "rope.scaling.type", "none");
+  if (scaling != "none") {
+    detail::fail("metadata " + a + "rope.scaling.type is '" + scaling + "' in " + gguf.path() +
+                 "; this build supports only unscaled rope");
+  }
+  if (const GgufValue* tokens = gguf.find("tokenizer.ggml.tokens")) {
+    c.n_vocab = positive("tokenizer.ggml.tokens", tokens->as_array().size());
+  } else {
+    c.n_vocab = detail::required_tensor(gguf, "token_embd.weight").ne[1];
+  }
+  if (c.n_vocab > size_t(INT32_MAX)) {
+    detail::fail("vocabulary of " + std::to_string(c.n_vocab) + " tokens in " + gguf.path() +
+                 " does not fit 32-bit token ids");
+  }
+  return c;
+}
+
+Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& options) {
+  Transformer t;
+  t.config_ = ModelConfig::from_gguf(gguf);
+  const ModelConfig& c = t.config_;
+  t.n_threads_ = options.n_threads > 0 ? options.n_threads : omp_get_max_threads();
+  using detail::checked_mul;
+  const size_t q_dim = checked_mul(c.n_heads, c.key_dim, "query size");
+  const size_t k_dim = checked_mul(c.n_kv_heads, c.key_dim, "key size");
+  const size_t v_dim = checked_mul(c.n_kv_heads, c.value_dim, "value size");
+  const size_t att_dim = checked_mul(c.n_heads, c.value_dim, "attention output size");
+  t.token_embd_ = detail::weight_matrix(gguf, "token_embd.weight", c.n_embd, c.n_vocab);
+  t.output_norm_ = detail::weight_vector(gguf, "output_norm.weight", c.n_embd);
+  const TensorInfo* output = gguf.find_tensor("output.weight");
+  t.output_ = output ? detail::weight_matrix(gguf, *output, c.n_embd, c.n_vocab) : t.token_embd_;
+  if (const TensorInfo* freqs = gguf.find_tensor("rope_freqs.weight")) {
+    t.rope_freqs_ = detail::weight_vector(gguf, *freqs, c.rope_dim / 2);
+  }
+  t.layers_.resize(c.n_layers);
+  for (size_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    Layer& layer = t.layers_[l];
+    layer.attn_norm = detail::weight_vector(gguf, p + "attn_norm.weight", c.n_embd);
+    layer.wq = detail::weight_matrix(gguf, p + "attn_q.weight", c.n_embd, q_dim);
+    layer.wk = detail::weight_matrix(gguf, p + "attn_k.weight", c.n_embd, k_dim);
+    layer.wv = detail::weight_matrix(gguf, p + "attn_v.weight", c.n_embd, v_dim);
+    layer.wo = detail::weight_matrix(gguf, p + "attn_output.weight", att_dim, c.n_embd);
+    layer.ffn_norm = detail::weight_vector(gguf, p + "ffn_norm.weight", c.n_embd);
+    layer.gate = detail::weight_matrix(gguf, p + "ffn_gate.weight", c.n_embd, c.n_ff);
+    layer.up = detail::weight_matrix(gguf, p + "ffn_up.weight", c.n_embd, c.n_ff);
+    layer.down = detail::weight_matrix(gguf, p + "ffn_down.weight", c.n_ff, c.n_embd);
+  }
+  return t;
+}
+
+void Transformer::prepare(ForwardScratch& s, size_t n, size_t n_ctx) const {
+  const ModelConfig& c = config_;
+  if (n <= s.n_tokens_ && n_ctx <= s.n_ctx_ && size_t(n_threads_) <= s.n_threads_) return;
+  s.n_tokens_ = std::max(s.n_tokens_, n);
+  s.n_ctx_ = std::max(s.n_ctx_, n_ctx);
+  s.n_threads_ = std::max(s.n_threads_, size_t(n_threads_));
+  using detail::checked_mul;
+  const auto rows = [&](size_t width) { return checked_mul(s.n_tokens_, width, "scratch size"); };
+  detail::grow(s.x_, rows(c.n_embd));
+  detail::grow(s.xb_, rows(c.n_embd));
+  detail::grow(s.q_, rows(c.n_heads * c.key_dim));
+  detail::grow(s.k_, rows(c.n_kv_heads * c.key_dim));
+  detail::grow(s.v_, rows(c.n_kv_heads * c.value_dim));
+  detail::grow(s.att_, rows(c.n_heads * c.value_dim));
+  detail::grow(s.gate_, rows(c.n_ff));
+  detail::grow(s.up_, rows(c.n_ff));
+  detail::grow(s.rope_cos_, rows(c.rope_dim));
+  detail::grow(s.rope_sin_, rows(c.rope_dim));
+  detail::grow(s.scores_, checked_mul(s.n_threads_, s.n_ctx_, "scratch size"));
+}
+
+void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& s,
+                          float* logits, LogitsFor which) const {
+  const ModelConfig& c = config_;
+  for (size_t i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || size_t(tokens[i]) >= c.n_vocab) {
+      detail::fail("token id " + std::to_string(tokens[i]) + " at batch position " +
+                   std::to_string(i) + " is outside the vocabulary of " +
+                   std::to_string(c.n_vocab) + " tokens");
+    }
+  }
+  if (seq.pool().shape() != kv_shape()) {
+    detail::fail("the KV cache pool was made for another model shape than this transformer's");
+  }
+  if (n == 0) return;
+  const size_t pos0 = seq.size();
+  // Reserving first checks the context length, so that a huge n fails there rather than in
+  // allocating scratch. Reserved blocks do not change the sequence's size.
+  seq.reserve(n);
+  prepare(s, n, pos0 + n);
+
+  const int nt = n_threads_;
+  const size_t d = c.n_embd;
+#pragma omp parallel for num_threads(nt) if (n > 1)
+  for (size_t t = 0; t < n; ++t) {
+    detail::row_to_f32(token_embd_.type,
+                       token_embd_.data + size_t(tokens[t]) * token_embd_.row_bytes, d,
+                       s.x_.data() + t * d);
+    detail::rope_table(pos0 + t, c.rope_dim, c.rope_base, rope_freqs_,
+                       s.rope_cos_.data() + t * c.rope_dim, s.rope_sin_.data() + t * c.rope_dim);
+  }
+  for (size_t l = 0; l < c.n_layers; ++l) {
+    attention_block(layers_[l], l, n, pos0, seq, s);
+    ffn_block(layers_[l], n, s);
+  }
+  seq.commit(n);
+
+  if (which == LogitsFor::kNone) return;
+  const size_t first = which == LogitsFor::kAll ? 0 : n - 1;
+  const size_t rows = n - first;
+  for (size_t t = first; t < n; ++t) {
+    detail::rmsnorm(s.x_.data() + t * d, output_norm_, d, c.rms_eps, s.xb_.data() + t * d);
+  }
+  detail::matmul(output_, s.xb_.data() + first * d, rows, d, logits, c.n_vocab, nt);
+}
+
+void Transformer::attention_block(const Layer& layer, size_t l, size_t n, size_t pos0,
+                                  KvSequence& seq, ForwardScratch& s) const {
+  const ModelConfig& c = config_;
+  const int nt = n_threads_;
+  const size_t d = c.n_embd;
+  const size_t q_dim = c.n_heads * c.key_dim, k_dim = c.n_kv_heads * c.key_dim;
+  const size_t v_dim = c.n_kv_heads * c.value_dim, att_dim = c.n_heads * c.value_dim;
+  float* x = s.x_.data();
+  float* xb = s.xb_.data();
+  for (size_t t = 0; t < n; ++t) {
+    detail::rmsnorm(x + t * d, layer.attn_norm, d, c.rms_eps, xb + t * d);
+  }
+  detail::matmul(layer.wq, xb, n, d, s.q_.data(), q_dim, nt);
+  detail::matmul(layer.wk, xb, n, d, s.k_.data(), k_dim, nt);
+  detail::matmul(layer.wv, xb, n, d, s.v_.data(), v_dim, nt);
+  for (size_t t = 0; t < n; ++t) {
+    const float* cos = s.rope_cos_.data() + t * c.rope_dim;
+    const float* sin = s.rope_sin_.data() + t * c.rope_dim;
+    detail::rope(s.q_.data() + t * q_dim, c.n_heads, c.key_dim, c.rope_dim, cos, sin);
+    detail::rope(s.k_.data() + t * k_dim, c.n_kv_heads, c.key_dim, c.rope_dim, cos, sin);
+    seq.write(l, pos0 + t, s.k_.data() + t * k_dim, s.v_.data() + t * v_dim);
+  }
+  // Token t of the batch attends to the cache up to its own position (causal mask), with each
+  // group of n_heads / n_kv_heads query heads sharing one KV head.
+  const size_t group = c.n_heads / c.n_kv_heads;
+  const float scale = 1.0f / std::sqrt(float(c.key_dim));
+  const size_t n_tasks = n * c.n_heads;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (n_tasks > 1)
+  for (size_t task = 0; task < n_tasks; ++task) {
+    const size_t t = task / c.n_heads, h = task % c.n_heads;
+    float* scores = s.scores_.data() + size_t(omp_get_thread_num()) * s.n_ctx_;
+    detail::attention(s.q_.data() + t * q_dim + h * c.key_dim, c.key_dim, seq.keys(l, h / group),
+                      seq.values(l, h / group), pos0 + t + 1, scale, scores,
+                      s.att_.data() + t * att_dim + h * c.value_dim);
+  }
+  detail::matmul(layer.wo, s.att_.data(), n, att_dim, xb, d, nt);
+  for (size_t i = 0; i < n * d; ++i) x[i] += xb[i];
+}
+
+void Transformer::ffn_block(const Layer& layer, size_t n, ForwardScratch& s) const {
+  const ModelConfig& c = config_;
+  const int nt = n_threads_;
+  const size_t d = c.n_embd, f = c.n_ff;
+  float* x = s.x_.data();
+  float* xb = s.xb_.data();
+  for (size_t t = 0; t < n; ++t) {
+    detail::rmsnorm(x + t * d, layer.ffn_norm, d, c.rms_eps, xb + t * d);
+  }
+  detail::matmul(layer.gate, xb, n, d, s.gate_.data(), f, nt);
+  detail::matmul(layer.up, xb, n, d, s.up_.data(), f, nt);
+#pragma omp parallel for num_threads(nt) if (n > 1)
+  for (size_t t = 0; t < n; ++t) {
+    detail::swiglu(s.gate_.data() + t * f, s.up_.data() + t * f, f, s.gate_.data() + t * f);
+  }
+  detail::matmul(layer.down, s.gate_.data(), n, f, xb, d, nt);
+  for (size_t i = 0; i < n * d; ++i) x[i] += xb[i];
+}
+
 }  // namespace sllm
 
 // ---- tokenizer_impl.h ----
@@ -3353,6 +4682,195 @@ int32_t Sampler::sample(const float* logits, size_t n_vocab) {
 }
 
 }  // namespace sllm
+
+// ---- session_impl.h ----
+#include <algorithm>
+
+namespace sllm {
+
+Model Model::open(const std::string &path, const ModelOptions &options) {
+  Model m;
+  m.gguf_ = std::make_shared<const Gguf>(Gguf::open(path));
+  TransformerOptions t;
+  t.n_threads = options.n_threads;
+  m.transformer_ =
+      std::make_shared<const Transformer>(Transformer::load(*m.gguf_, t));
+  m.tokenizer_ =
+      std::make_shared<const Tokenizer>(Tokenizer::from_gguf(*m.gguf_));
+  if (size_t(m.tokenizer_->n_vocab()) != m.config().n_vocab) {
+    detail::fail(path + ": the tokenizer has " +
+                 std::to_string(m.tokenizer_->n_vocab()) +
+                 " tokens but the output layer has " +
+                 std::to_string(m.config().n_vocab));
+  }
+  return m;
+}
+
+const char *stop_reason_name(StopReason reason) {
+  switch (reason) {
+  case StopReason::kEndOfGeneration:
+    return "end of generation";
+  case StopReason::kStopString:
+    return "stop string";
+  case StopReason::kMaxTokens:
+    return "token limit";
+  case StopReason::kContextFull:
+    return "context full";
+  }
+  return "?";
+}
+
+namespace detail {
+inline size_t session_context(const Model &model,
+                              const SessionOptions &options) {
+  if (options.n_ctx != 0)
+    return options.n_ctx;
+  const size_t trained = model.config().context_length;
+  return trained == 0 ? 4096 : std::min<size_t>(trained, 4096);
+}
+
+// Length of the longest suffix of text that is a proper prefix of some stop
+// string: that much text must be held back, because the next piece may complete
+// the stop string.
+inline size_t stop_prefix_overlap(std::string_view text,
+                                  const std::vector<std::string> &stop) {
+  size_t keep = 0;
+  for (const std::string &s : stop) {
+    if (s.empty())
+      continue;
+    for (size_t n = std::min(text.size(), s.size() - 1); n > keep; --n) {
+      if (text.substr(text.size() - n) == std::string_view(s).substr(0, n)) {
+        keep = n;
+        break;
+      }
+    }
+  }
+  return keep;
+}
+} // namespace detail
+
+Session::Session(const Model &model, const SessionOptions &options)
+    : model_(model),
+      pool_(KvPool::for_tokens(model.transformer().kv_shape(),
+                               detail::session_context(model, options),
+                               KvPool::kDefaultBlockTokens, options.kv_type)),
+      seq_(pool_, detail::session_context(model, options)) {}
+
+void Session::reset() {
+  seq_.clear();
+  logits_.clear();
+}
+
+std::vector<int32_t> Session::tokenize(std::string_view text, bool add_special,
+                                       bool parse_special) const {
+  return model_.tokenizer().encode(text, add_special, parse_special);
+}
+
+void Session::check_fits(size_t n_tokens) const {
+  if (n_tokens > n_ctx() - n_past()) {
+    detail::fail("the input is " + std::to_string(n_tokens) +
+                 " tokens but the context has room for " +
+                 std::to_string(n_ctx() - n_past()) + " (" +
+                 std::to_string(n_ctx()) + " tokens, " +
+                 std::to_string(n_past()) +
+                 " used); use a larger context or a shorter prompt");
+  }
+}
+
+void Session::evaluate(const std::vector<int32_t> &tokens) {
+  if (tokens.empty())
+    return;
+  check_fits(tokens.size());
+  logits_.resize(model_.config().n_vocab);
+  model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_,
+                               logits_.data(), LogitsFor::kLast);
+}
+
+std::vector<float> Session::evaluate_all(const std::vector<int32_t> &tokens) {
+  check_fits(tokens.size());
+  const size_t n_vocab = model_.config().n_vocab;
+  std::vector<float> all(tokens.size() * n_vocab);
+  if (tokens.empty())
+    return all;
+  model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_,
+                               all.data(), LogitsFor::kAll);
+  logits_.assign(all.end() - std::ptrdiff_t(n_vocab), all.end());
+  return all;
+}
+
+GenerateStats Session::generate(std::string_view prompt,
+                                const GenerateOptions &options,
+                                const PieceFn &on_piece) {
+  using Clock = std::chrono::steady_clock;
+  const auto seconds_since = [](Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
+  const Tokenizer &tokenizer = model_.tokenizer();
+  const bool at_start = n_past() == 0;
+  const std::vector<int32_t> prompt_tokens = tokenizer.encode(
+      prompt, options.add_special && at_start, options.parse_special);
+  if (prompt_tokens.empty() && logits_.empty()) {
+    detail::fail("the prompt is empty and the model adds no BOS token: nothing "
+                 "to continue from");
+  }
+
+  GenerateStats stats;
+  Sampler sampler(options);
+  stats.seed = sampler.seed();
+  for (int32_t t : prompt_tokens)
+    sampler.accept(t);
+  const auto t0 = Clock::now();
+  evaluate(prompt_tokens);
+  stats.n_prompt = prompt_tokens.size();
+  stats.prompt_seconds = seconds_since(t0);
+
+  const auto t1 = Clock::now();
+  Detokenizer detok(tokenizer, at_start && prompt_tokens.size() <= 1);
+  std::string
+      pending; // generated text not yet passed on (may begin a stop string)
+  // Every generated token is evaluated, so that the context stays whole for a
+  // next call.
+  stats.stop_reason = StopReason::kMaxTokens;
+  while (stats.n_generated < size_t(std::max(options.max_tokens, 0))) {
+    const int32_t token = sampler.sample(logits_.data(), logits_.size());
+    if (tokenizer.is_eog(token)) {
+      stats.stop_reason = StopReason::kEndOfGeneration;
+      break;
+    }
+    sampler.accept(token);
+    ++stats.n_generated;
+    pending += detok.push(token);
+    size_t stop_at = std::string::npos;
+    for (const std::string &s : options.stop)
+      if (!s.empty())
+        stop_at = std::min(stop_at, pending.find(s));
+    if (stop_at != std::string::npos) {
+      on_piece(std::string_view(pending).substr(0, stop_at));
+      pending.clear();
+      stats.stop_reason = StopReason::kStopString;
+      break;
+    }
+    const size_t hold = detail::stop_prefix_overlap(pending, options.stop);
+    if (pending.size() > hold) {
+      on_piece(std::string_view(pending).substr(0, pending.size() - hold));
+      pending.erase(0, pending.size() - hold);
+    }
+    if (n_past() == n_ctx()) {
+      stats.stop_reason = StopReason::kContextFull;
+      break;
+    }
+    evaluate({token});
+  }
+  if (stats.stop_reason != StopReason::kStopString) {
+    pending += detok.flush();
+    if (!pending.empty())
+      on_piece(pending);
+  }
+  stats.generate_seconds = seconds_since(t1);
+  return stats;
+}
+
+} // namespace sllm
 
 #endif  // HWY_ONCE
 #endif  // SLLM_IMPLEMENTATION

@@ -75,7 +75,7 @@ TEST_CASE("stop strings end the text before them, even across pieces") {
   sllm::Session session(model);
   const Generated full = generate(session, "", greedy(64));
   // Stop at the first "park" and at a stop string spanning several tokens.
-  for (const std::string stop : {std::string("park"), std::string("little girl named")}) {
+  for (const char* stop : {"park", "little girl named"}) {
     CAPTURE(stop);
     const size_t at = full.text.find(stop);
     REQUIRE(at != std::string::npos);

@@ -27,4 +27,16 @@ std::string fixture(const std::string& relative);
 // Path of a file under tests/data (always present).
 std::string test_data(const std::string& relative);
 
+// The message of the sllm::Error that fn throws; a failed check (and "") when it throws none.
+template <typename Fn>
+std::string error_message(Fn&& fn) {
+  try {
+    fn();
+  } catch (const sllm::Error& e) {
+    return e.what();
+  }
+  FAIL_CHECK("expected an sllm::Error");
+  return "";
+}
+
 }  // namespace sllm_test

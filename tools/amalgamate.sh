@@ -43,6 +43,7 @@ generate() {
 #include <hwy/foreach_target.h>
 #endif  // SLLM_HWY_SETUP_
 #include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>  // Exp, per target like the code below
 
 #if defined(SLLM_SIMD_TOGGLE_) == defined(HWY_TARGET_TOGGLE)
 #ifdef SLLM_SIMD_TOGGLE_

@@ -19,6 +19,9 @@ class UsageError : public std::runtime_error {
 // Subcommands. argv[0] is the subcommand's name; the return value is the exit status.
 // Bad input files throw sllm::Error (exit status 1), bad arguments UsageError (status 2).
 int cmd_info(int argc, char** argv);
+int cmd_generate(int argc, char** argv);
+int cmd_tokenize(int argc, char** argv);
+int cmd_logits(int argc, char** argv);
 
 // Walks a subcommand's arguments in order:
 //   ArgReader args(argc, argv);
