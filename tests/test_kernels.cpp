@@ -113,6 +113,26 @@ TEST_CASE("matmul splits many rows across threads without gaps or overlap") {
   });
 }
 
+TEST_CASE("matmul with rows too long for one block of activations") {
+  // 40000 floats per activation row: the kernel's 256 KiB blocks hold one or two rows, so nine
+  // activation rows go through several blocks.
+  std::mt19937 rng(10);
+  const size_t rows = 6, cols = 40001, n = 9;
+  std::vector<uint16_t> wh(rows * cols);
+  const auto wf = random_floats(rng, rows * cols);
+  for (size_t i = 0; i < wf.size(); ++i) wh[i] = sllm::f32_to_bf16(wf[i]);
+  const sllm::detail::MatrixView w{TensorType::BF16, reinterpret_cast<const uint8_t*>(wh.data()),
+                                   rows, cols, cols * 2};
+  const auto x = random_floats(rng, n * cols);
+  std::vector<float> want(n * rows);
+  sllm::ref::matmul(w, x.data(), n, cols, want.data(), rows);
+  sllm_test::for_each_simd_target([&] {
+    std::vector<float> got(n * rows, NAN);
+    sllm::detail::matmul(w, x.data(), n, cols, got.data(), rows, 2);
+    for (size_t i = 0; i < got.size(); ++i) CHECK(std::fabs(got[i] - want[i]) <= 1e-2f);
+  });
+}
+
 TEST_CASE("row_to_f32 widens F32, F16 and BF16 rows exactly") {
   std::mt19937 rng(4);
   for (TensorType type : {TensorType::F32, TensorType::F16, TensorType::BF16}) {

@@ -177,9 +177,10 @@ HWY_INLINE void MatMulTileStore(const W* const* rows, size_t n_rows, size_t k, c
   }
 }
 
+// Activation rows [t_begin, t_end) times weight rows [row_begin, row_end).
 template <typename W>
-void MatMulRowsOfType(const detail::MatrixView& w, size_t row_begin, size_t row_end, const float* x,
-                      size_t n, size_t x_stride, float* y, size_t y_stride) {
+void MatMulBlock(const detail::MatrixView& w, size_t row_begin, size_t row_end, const float* x,
+                 size_t t_begin, size_t t_end, size_t x_stride, float* y, size_t y_stride) {
   const size_t k = w.cols;
   for (size_t r = row_begin; r < row_end; r += 4) {
     const size_t n_rows = HWY_MIN(size_t{4}, row_end - r);
@@ -187,14 +188,14 @@ void MatMulRowsOfType(const detail::MatrixView& w, size_t row_begin, size_t row_
     for (size_t i = 0; i < 4; ++i) {
       rows[i] = reinterpret_cast<const W*>(w.data + (r + HWY_MIN(i, n_rows - 1)) * w.row_bytes);
     }
-    size_t t = 0;
-    for (; t + kMatMulCols <= n; t += kMatMulCols) {
+    size_t t = t_begin;
+    for (; t + kMatMulCols <= t_end; t += kMatMulCols) {
       MatMulTileStore<kMatMulCols>(rows, n_rows, k, x + t * x_stride, x_stride,
                                    y + t * y_stride + r, y_stride);
     }
     const float* xt = x + t * x_stride;
     float* yt = y + t * y_stride + r;
-    switch (n - t) {
+    switch (t_end - t) {
       case 3:
         MatMulTileStore<3>(rows, n_rows, k, xt, x_stride, yt, y_stride);
         break;
@@ -207,6 +208,19 @@ void MatMulRowsOfType(const detail::MatrixView& w, size_t row_begin, size_t row_
       default:
         break;
     }
+  }
+}
+
+// Activations are taken in blocks of about 256 KiB, which stay in L2 while every weight row of
+// this thread passes over them; the weights are then read once per block (decode: once).
+template <typename W>
+void MatMulRowsOfType(const detail::MatrixView& w, size_t row_begin, size_t row_end, const float* x,
+                      size_t n, size_t x_stride, float* y, size_t y_stride) {
+  constexpr size_t kBlockBytes = size_t{256} << 10;
+  const size_t fit = kBlockBytes / (HWY_MAX(w.cols, size_t{1}) * sizeof(float));
+  const size_t block = HWY_MAX(kMatMulCols, fit / kMatMulCols * kMatMulCols);
+  for (size_t t = 0; t < n; t += block) {
+    MatMulBlock<W>(w, row_begin, row_end, x, t, HWY_MIN(n, t + block), x_stride, y, y_stride);
   }
 }
 
