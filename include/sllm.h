@@ -1262,69 +1262,63 @@ size_t argmax(const float* x, size_t n);
 namespace sllm {
 
 struct ModelOptions {
-  int n_threads = 0; // 0: OpenMP's default (OMP_NUM_THREADS, else the cores)
+  int n_threads = 0;  // 0: OpenMP's default (OMP_NUM_THREADS, else the cores)
 };
 
 // Cheap to copy: copies share the file, weights and tokenizer, which are
 // read-only.
 class Model {
-public:
-  static Model open(const std::string &path, const ModelOptions &options = {});
-  const Gguf &gguf() const { return *gguf_; }
-  const Transformer &transformer() const { return *transformer_; }
-  const Tokenizer &tokenizer() const { return *tokenizer_; }
-  const ModelConfig &config() const { return transformer_->config(); }
+ public:
+  static Model open(const std::string& path, const ModelOptions& options = {});
+  const Gguf& gguf() const { return *gguf_; }
+  const Transformer& transformer() const { return *transformer_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const ModelConfig& config() const { return transformer_->config(); }
 
-private:
+ private:
   std::shared_ptr<const Gguf> gguf_;
   std::shared_ptr<const Transformer> transformer_;
   std::shared_ptr<const Tokenizer> tokenizer_;
 };
 
 struct SessionOptions {
-  size_t n_ctx = 0; // tokens the context holds; 0: the model's context length,
-                    // at most 4096
-  TensorType kv_type = TensorType::F32; // KV cache entries: F32 or F16
+  size_t n_ctx = 0;                      // tokens the context holds; 0: the model's context length,
+                                         // at most 4096
+  TensorType kv_type = TensorType::F32;  // KV cache entries: F32 or F16
 };
 
 struct GenerateOptions : SamplerOptions {
-  int32_t max_tokens = 128; // tokens to generate at most
-  std::vector<std::string>
-      stop; // stop before the first of these strings (not emitted)
-  bool add_special =
-      true; // BOS etc. as the model's metadata asks (only at the start)
-  bool parse_special =
-      false; // match control tokens like "<|im_end|>" written in the prompt
+  int32_t max_tokens = 128;       // tokens to generate at most
+  std::vector<std::string> stop;  // stop before the first of these strings (not emitted)
+  bool add_special = true;        // BOS etc. as the model's metadata asks (only at the start)
+  bool parse_special = false;     // match control tokens like "<|im_end|>" written in the prompt
 };
 
-enum class StopReason {
-  kEndOfGeneration,
-  kStopString,
-  kMaxTokens,
-  kContextFull
-};
-const char *stop_reason_name(StopReason reason);
+enum class StopReason { kEndOfGeneration, kStopString, kMaxTokens, kContextFull };
+const char* stop_reason_name(StopReason reason);
 
 struct GenerateStats {
-  size_t n_prompt = 0; // prompt tokens evaluated
+  size_t n_prompt = 0;  // prompt tokens evaluated
   size_t n_generated = 0;
   double prompt_seconds = 0;
   double generate_seconds = 0;
   StopReason stop_reason = StopReason::kMaxTokens;
-  uint64_t seed =
-      0; // the sampler's seed (chosen at random when the options had none)
+  uint64_t seed = 0;  // the sampler's seed (chosen at random when the options had none)
 };
 
 using PieceFn = std::function<void(std::string_view piece)>;
 
 class Session {
-public:
-  explicit Session(const Model &model, const SessionOptions &options = {});
+ public:
+  explicit Session(const Model& model, const SessionOptions& options = {});
+  // Not copyable or movable: the sequence points into the session's own KV pool.
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
 
-  const Model &model() const { return model_; }
+  const Model& model() const { return model_; }
   size_t n_ctx() const { return seq_.max_tokens(); }
-  size_t n_past() const { return seq_.size(); } // tokens in the context
-  void reset();                                 // empties the context
+  size_t n_past() const { return seq_.size(); }  // tokens in the context
+  void reset();                                  // empties the context
 
   // add_special: BOS etc. per the model's metadata; parse_special: control
   // tokens in the text.
@@ -1333,21 +1327,20 @@ public:
   // Evaluates tokens after those in the context; logits() then holds the last
   // position's. Error (context unchanged) when a token is out of range or the
   // context would overflow.
-  void evaluate(const std::vector<int32_t> &tokens);
+  void evaluate(const std::vector<int32_t>& tokens);
   // Same, returning the logits of every position: tokens.size() rows of
   // n_vocab.
-  std::vector<float> evaluate_all(const std::vector<int32_t> &tokens);
-  const std::vector<float> &logits() const { return logits_; }
+  std::vector<float> evaluate_all(const std::vector<int32_t>& tokens);
+  const std::vector<float>& logits() const { return logits_; }
 
   // Tokenizes prompt, evaluates it after the context, and generates until the
   // end of generation token, a stop string, max_tokens, or a full context
   // (never silently wrapping). on_piece receives the text as it is generated
   // (whole UTF-8 characters).
-  GenerateStats generate(std::string_view prompt,
-                         const GenerateOptions &options,
-                         const PieceFn &on_piece);
+  GenerateStats generate(std::string_view prompt, const GenerateOptions& options,
+                         const PieceFn& on_piece);
 
-private:
+ private:
   void check_fits(size_t n_tokens) const;
   Model model_;
   KvPool pool_;
@@ -1356,7 +1349,7 @@ private:
   std::vector<float> logits_;
 };
 
-} // namespace sllm
+}  // namespace sllm
 
 #endif  // SLLM_H_
 
@@ -4702,43 +4695,37 @@ int32_t Sampler::sample(const float* logits, size_t n_vocab) {
 
 namespace sllm {
 
-Model Model::open(const std::string &path, const ModelOptions &options) {
+Model Model::open(const std::string& path, const ModelOptions& options) {
   Model m;
   m.gguf_ = std::make_shared<const Gguf>(Gguf::open(path));
   TransformerOptions t;
   t.n_threads = options.n_threads;
-  m.transformer_ =
-      std::make_shared<const Transformer>(Transformer::load(*m.gguf_, t));
-  m.tokenizer_ =
-      std::make_shared<const Tokenizer>(Tokenizer::from_gguf(*m.gguf_));
+  m.transformer_ = std::make_shared<const Transformer>(Transformer::load(*m.gguf_, t));
+  m.tokenizer_ = std::make_shared<const Tokenizer>(Tokenizer::from_gguf(*m.gguf_));
   if (size_t(m.tokenizer_->n_vocab()) != m.config().n_vocab) {
-    detail::fail(path + ": the tokenizer has " +
-                 std::to_string(m.tokenizer_->n_vocab()) +
-                 " tokens but the output layer has " +
-                 std::to_string(m.config().n_vocab));
+    detail::fail(path + ": the tokenizer has " + std::to_string(m.tokenizer_->n_vocab()) +
+                 " tokens but the output layer has " + std::to_string(m.config().n_vocab));
   }
   return m;
 }
 
-const char *stop_reason_name(StopReason reason) {
+const char* stop_reason_name(StopReason reason) {
   switch (reason) {
-  case StopReason::kEndOfGeneration:
-    return "end of generation";
-  case StopReason::kStopString:
-    return "stop string";
-  case StopReason::kMaxTokens:
-    return "token limit";
-  case StopReason::kContextFull:
-    return "context full";
+    case StopReason::kEndOfGeneration:
+      return "end of generation";
+    case StopReason::kStopString:
+      return "stop string";
+    case StopReason::kMaxTokens:
+      return "token limit";
+    case StopReason::kContextFull:
+      return "context full";
   }
   return "?";
 }
 
 namespace detail {
-inline size_t session_context(const Model &model,
-                              const SessionOptions &options) {
-  if (options.n_ctx != 0)
-    return options.n_ctx;
+inline size_t session_context(const Model& model, const SessionOptions& options) {
+  if (options.n_ctx != 0) return options.n_ctx;
   const size_t trained = model.config().context_length;
   return trained == 0 ? 4096 : std::min<size_t>(trained, 4096);
 }
@@ -4746,12 +4733,10 @@ inline size_t session_context(const Model &model,
 // Length of the longest suffix of text that is a proper prefix of some stop
 // string: that much text must be held back, because the next piece may complete
 // the stop string.
-inline size_t stop_prefix_overlap(std::string_view text,
-                                  const std::vector<std::string> &stop) {
+inline size_t stop_prefix_overlap(std::string_view text, const std::vector<std::string>& stop) {
   size_t keep = 0;
-  for (const std::string &s : stop) {
-    if (s.empty())
-      continue;
+  for (const std::string& s : stop) {
+    if (s.empty()) continue;
     for (size_t n = std::min(text.size(), s.size() - 1); n > keep; --n) {
       if (text.substr(text.size() - n) == std::string_view(s).substr(0, n)) {
         keep = n;
@@ -4761,13 +4746,13 @@ inline size_t stop_prefix_overlap(std::string_view text,
   }
   return keep;
 }
-} // namespace detail
+}  // namespace detail
 
-Session::Session(const Model &model, const SessionOptions &options)
+Session::Session(const Model& model, const SessionOptions& options)
     : model_(model),
       pool_(KvPool::for_tokens(model.transformer().kv_shape(),
-                               detail::session_context(model, options),
-                               KvPool::kDefaultBlockTokens, options.kv_type)),
+                               detail::session_context(model, options), KvPool::kDefaultBlockTokens,
+                               options.kv_type)),
       seq_(pool_, detail::session_context(model, options)) {}
 
 void Session::reset() {
@@ -4783,56 +4768,51 @@ std::vector<int32_t> Session::tokenize(std::string_view text, bool add_special,
 void Session::check_fits(size_t n_tokens) const {
   if (n_tokens > n_ctx() - n_past()) {
     detail::fail("the input is " + std::to_string(n_tokens) +
-                 " tokens but the context has room for " +
-                 std::to_string(n_ctx() - n_past()) + " (" +
-                 std::to_string(n_ctx()) + " tokens, " +
-                 std::to_string(n_past()) +
+                 " tokens but the context has room for " + std::to_string(n_ctx() - n_past()) +
+                 " (" + std::to_string(n_ctx()) + " tokens, " + std::to_string(n_past()) +
                  " used); use a larger context or a shorter prompt");
   }
 }
 
-void Session::evaluate(const std::vector<int32_t> &tokens) {
-  if (tokens.empty())
-    return;
+void Session::evaluate(const std::vector<int32_t>& tokens) {
+  if (tokens.empty()) return;
   check_fits(tokens.size());
   logits_.resize(model_.config().n_vocab);
-  model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_,
-                               logits_.data(), LogitsFor::kLast);
+  model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_, logits_.data(),
+                               LogitsFor::kLast);
 }
 
-std::vector<float> Session::evaluate_all(const std::vector<int32_t> &tokens) {
+std::vector<float> Session::evaluate_all(const std::vector<int32_t>& tokens) {
   check_fits(tokens.size());
   const size_t n_vocab = model_.config().n_vocab;
   std::vector<float> all(tokens.size() * n_vocab);
-  if (tokens.empty())
-    return all;
-  model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_,
-                               all.data(), LogitsFor::kAll);
+  if (tokens.empty()) return all;
+  model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_, all.data(),
+                               LogitsFor::kAll);
   logits_.assign(all.end() - std::ptrdiff_t(n_vocab), all.end());
   return all;
 }
 
-GenerateStats Session::generate(std::string_view prompt,
-                                const GenerateOptions &options,
-                                const PieceFn &on_piece) {
+GenerateStats Session::generate(std::string_view prompt, const GenerateOptions& options,
+                                const PieceFn& on_piece) {
   using Clock = std::chrono::steady_clock;
   const auto seconds_since = [](Clock::time_point t) {
     return std::chrono::duration<double>(Clock::now() - t).count();
   };
-  const Tokenizer &tokenizer = model_.tokenizer();
+  const Tokenizer& tokenizer = model_.tokenizer();
   const bool at_start = n_past() == 0;
-  const std::vector<int32_t> prompt_tokens = tokenizer.encode(
-      prompt, options.add_special && at_start, options.parse_special);
+  const std::vector<int32_t> prompt_tokens =
+      tokenizer.encode(prompt, options.add_special && at_start, options.parse_special);
   if (prompt_tokens.empty() && logits_.empty()) {
-    detail::fail("the prompt is empty and the model adds no BOS token: nothing "
-                 "to continue from");
+    detail::fail(
+        "the prompt is empty and the model adds no BOS token: nothing "
+        "to continue from");
   }
 
   GenerateStats stats;
   Sampler sampler(options);
   stats.seed = sampler.seed();
-  for (int32_t t : prompt_tokens)
-    sampler.accept(t);
+  for (int32_t t : prompt_tokens) sampler.accept(t);
   const auto t0 = Clock::now();
   evaluate(prompt_tokens);
   stats.n_prompt = prompt_tokens.size();
@@ -4840,8 +4820,7 @@ GenerateStats Session::generate(std::string_view prompt,
 
   const auto t1 = Clock::now();
   Detokenizer detok(tokenizer, at_start && prompt_tokens.size() <= 1);
-  std::string
-      pending; // generated text not yet passed on (may begin a stop string)
+  std::string pending;  // generated text not yet passed on (may begin a stop string)
   // Every generated token is evaluated, so that the context stays whole for a
   // next call.
   stats.stop_reason = StopReason::kMaxTokens;
@@ -4855,9 +4834,8 @@ GenerateStats Session::generate(std::string_view prompt,
     ++stats.n_generated;
     pending += detok.push(token);
     size_t stop_at = std::string::npos;
-    for (const std::string &s : options.stop)
-      if (!s.empty())
-        stop_at = std::min(stop_at, pending.find(s));
+    for (const std::string& s : options.stop)
+      if (!s.empty()) stop_at = std::min(stop_at, pending.find(s));
     if (stop_at != std::string::npos) {
       on_piece(std::string_view(pending).substr(0, stop_at));
       pending.clear();
@@ -4877,14 +4855,13 @@ GenerateStats Session::generate(std::string_view prompt,
   }
   if (stats.stop_reason != StopReason::kStopString) {
     pending += detok.flush();
-    if (!pending.empty())
-      on_piece(pending);
+    if (!pending.empty()) on_piece(pending);
   }
   stats.generate_seconds = seconds_since(t1);
   return stats;
 }
 
-} // namespace sllm
+}  // namespace sllm
 
 #endif  // HWY_ONCE
 #endif  // SLLM_IMPLEMENTATION

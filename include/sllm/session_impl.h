@@ -2,43 +2,37 @@
 
 namespace sllm {
 
-Model Model::open(const std::string &path, const ModelOptions &options) {
+Model Model::open(const std::string& path, const ModelOptions& options) {
   Model m;
   m.gguf_ = std::make_shared<const Gguf>(Gguf::open(path));
   TransformerOptions t;
   t.n_threads = options.n_threads;
-  m.transformer_ =
-      std::make_shared<const Transformer>(Transformer::load(*m.gguf_, t));
-  m.tokenizer_ =
-      std::make_shared<const Tokenizer>(Tokenizer::from_gguf(*m.gguf_));
+  m.transformer_ = std::make_shared<const Transformer>(Transformer::load(*m.gguf_, t));
+  m.tokenizer_ = std::make_shared<const Tokenizer>(Tokenizer::from_gguf(*m.gguf_));
   if (size_t(m.tokenizer_->n_vocab()) != m.config().n_vocab) {
-    detail::fail(path + ": the tokenizer has " +
-                 std::to_string(m.tokenizer_->n_vocab()) +
-                 " tokens but the output layer has " +
-                 std::to_string(m.config().n_vocab));
+    detail::fail(path + ": the tokenizer has " + std::to_string(m.tokenizer_->n_vocab()) +
+                 " tokens but the output layer has " + std::to_string(m.config().n_vocab));
   }
   return m;
 }
 
-const char *stop_reason_name(StopReason reason) {
+const char* stop_reason_name(StopReason reason) {
   switch (reason) {
-  case StopReason::kEndOfGeneration:
-    return "end of generation";
-  case StopReason::kStopString:
-    return "stop string";
-  case StopReason::kMaxTokens:
-    return "token limit";
-  case StopReason::kContextFull:
-    return "context full";
+    case StopReason::kEndOfGeneration:
+      return "end of generation";
+    case StopReason::kStopString:
+      return "stop string";
+    case StopReason::kMaxTokens:
+      return "token limit";
+    case StopReason::kContextFull:
+      return "context full";
   }
   return "?";
 }
 
 namespace detail {
-inline size_t session_context(const Model &model,
-                              const SessionOptions &options) {
-  if (options.n_ctx != 0)
-    return options.n_ctx;
+inline size_t session_context(const Model& model, const SessionOptions& options) {
+  if (options.n_ctx != 0) return options.n_ctx;
   const size_t trained = model.config().context_length;
   return trained == 0 ? 4096 : std::min<size_t>(trained, 4096);
 }
@@ -46,12 +40,10 @@ inline size_t session_context(const Model &model,
 // Length of the longest suffix of text that is a proper prefix of some stop
 // string: that much text must be held back, because the next piece may complete
 // the stop string.
-inline size_t stop_prefix_overlap(std::string_view text,
-                                  const std::vector<std::string> &stop) {
+inline size_t stop_prefix_overlap(std::string_view text, const std::vector<std::string>& stop) {
   size_t keep = 0;
-  for (const std::string &s : stop) {
-    if (s.empty())
-      continue;
+  for (const std::string& s : stop) {
+    if (s.empty()) continue;
     for (size_t n = std::min(text.size(), s.size() - 1); n > keep; --n) {
       if (text.substr(text.size() - n) == std::string_view(s).substr(0, n)) {
         keep = n;
@@ -61,13 +53,13 @@ inline size_t stop_prefix_overlap(std::string_view text,
   }
   return keep;
 }
-} // namespace detail
+}  // namespace detail
 
-Session::Session(const Model &model, const SessionOptions &options)
+Session::Session(const Model& model, const SessionOptions& options)
     : model_(model),
       pool_(KvPool::for_tokens(model.transformer().kv_shape(),
-                               detail::session_context(model, options),
-                               KvPool::kDefaultBlockTokens, options.kv_type)),
+                               detail::session_context(model, options), KvPool::kDefaultBlockTokens,
+                               options.kv_type)),
       seq_(pool_, detail::session_context(model, options)) {}
 
 void Session::reset() {
@@ -83,56 +75,51 @@ std::vector<int32_t> Session::tokenize(std::string_view text, bool add_special,
 void Session::check_fits(size_t n_tokens) const {
   if (n_tokens > n_ctx() - n_past()) {
     detail::fail("the input is " + std::to_string(n_tokens) +
-                 " tokens but the context has room for " +
-                 std::to_string(n_ctx() - n_past()) + " (" +
-                 std::to_string(n_ctx()) + " tokens, " +
-                 std::to_string(n_past()) +
+                 " tokens but the context has room for " + std::to_string(n_ctx() - n_past()) +
+                 " (" + std::to_string(n_ctx()) + " tokens, " + std::to_string(n_past()) +
                  " used); use a larger context or a shorter prompt");
   }
 }
 
-void Session::evaluate(const std::vector<int32_t> &tokens) {
-  if (tokens.empty())
-    return;
+void Session::evaluate(const std::vector<int32_t>& tokens) {
+  if (tokens.empty()) return;
   check_fits(tokens.size());
   logits_.resize(model_.config().n_vocab);
-  model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_,
-                               logits_.data(), LogitsFor::kLast);
+  model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_, logits_.data(),
+                               LogitsFor::kLast);
 }
 
-std::vector<float> Session::evaluate_all(const std::vector<int32_t> &tokens) {
+std::vector<float> Session::evaluate_all(const std::vector<int32_t>& tokens) {
   check_fits(tokens.size());
   const size_t n_vocab = model_.config().n_vocab;
   std::vector<float> all(tokens.size() * n_vocab);
-  if (tokens.empty())
-    return all;
-  model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_,
-                               all.data(), LogitsFor::kAll);
+  if (tokens.empty()) return all;
+  model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_, all.data(),
+                               LogitsFor::kAll);
   logits_.assign(all.end() - std::ptrdiff_t(n_vocab), all.end());
   return all;
 }
 
-GenerateStats Session::generate(std::string_view prompt,
-                                const GenerateOptions &options,
-                                const PieceFn &on_piece) {
+GenerateStats Session::generate(std::string_view prompt, const GenerateOptions& options,
+                                const PieceFn& on_piece) {
   using Clock = std::chrono::steady_clock;
   const auto seconds_since = [](Clock::time_point t) {
     return std::chrono::duration<double>(Clock::now() - t).count();
   };
-  const Tokenizer &tokenizer = model_.tokenizer();
+  const Tokenizer& tokenizer = model_.tokenizer();
   const bool at_start = n_past() == 0;
-  const std::vector<int32_t> prompt_tokens = tokenizer.encode(
-      prompt, options.add_special && at_start, options.parse_special);
+  const std::vector<int32_t> prompt_tokens =
+      tokenizer.encode(prompt, options.add_special && at_start, options.parse_special);
   if (prompt_tokens.empty() && logits_.empty()) {
-    detail::fail("the prompt is empty and the model adds no BOS token: nothing "
-                 "to continue from");
+    detail::fail(
+        "the prompt is empty and the model adds no BOS token: nothing "
+        "to continue from");
   }
 
   GenerateStats stats;
   Sampler sampler(options);
   stats.seed = sampler.seed();
-  for (int32_t t : prompt_tokens)
-    sampler.accept(t);
+  for (int32_t t : prompt_tokens) sampler.accept(t);
   const auto t0 = Clock::now();
   evaluate(prompt_tokens);
   stats.n_prompt = prompt_tokens.size();
@@ -140,8 +127,7 @@ GenerateStats Session::generate(std::string_view prompt,
 
   const auto t1 = Clock::now();
   Detokenizer detok(tokenizer, at_start && prompt_tokens.size() <= 1);
-  std::string
-      pending; // generated text not yet passed on (may begin a stop string)
+  std::string pending;  // generated text not yet passed on (may begin a stop string)
   // Every generated token is evaluated, so that the context stays whole for a
   // next call.
   stats.stop_reason = StopReason::kMaxTokens;
@@ -155,9 +141,8 @@ GenerateStats Session::generate(std::string_view prompt,
     ++stats.n_generated;
     pending += detok.push(token);
     size_t stop_at = std::string::npos;
-    for (const std::string &s : options.stop)
-      if (!s.empty())
-        stop_at = std::min(stop_at, pending.find(s));
+    for (const std::string& s : options.stop)
+      if (!s.empty()) stop_at = std::min(stop_at, pending.find(s));
     if (stop_at != std::string::npos) {
       on_piece(std::string_view(pending).substr(0, stop_at));
       pending.clear();
@@ -177,11 +162,10 @@ GenerateStats Session::generate(std::string_view prompt,
   }
   if (stats.stop_reason != StopReason::kStopString) {
     pending += detok.flush();
-    if (!pending.empty())
-      on_piece(pending);
+    if (!pending.empty()) on_piece(pending);
   }
   stats.generate_seconds = seconds_since(t1);
   return stats;
 }
 
-} // namespace sllm
+}  // namespace sllm
