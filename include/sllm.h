@@ -421,6 +421,12 @@ class GgufWriter {
 #include <cmath>
 
 namespace sllm {
+
+// Which elements of a head the rotary embedding rotates together. GGUF llama weights pair
+// (2i, 2i+1) (llama.cpp's converter permutes Q and K rows for it); NEOX-style models (qwen2,
+// phi3, gemma...) keep Hugging Face's order, which pairs (i, i + rope_dim / 2).
+enum class RopeStyle { kInterleaved, kNeox };
+
 namespace detail {
 
 // The SIMD targets that sllm was compiled for and this CPU runs (Highway target bits).
@@ -464,23 +470,36 @@ void matmul(const MatrixView& w, const float* x, size_t n, size_t x_stride, floa
 void row_to_f32(TensorType type, const uint8_t* src, size_t n, float* dst);
 // out = x / sqrt(mean(x^2) + eps) * weight (out may alias x).
 void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out);
-// Rotary embedding in place of the first rope_dim elements of each of n_heads heads, in the
-// pair order of GGUF llama weights: pairs (2i, 2i+1). cos and sin are rope_table()'s rows.
+// out = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias, the LayerNorm of GPT-2 (out may
+// alias x).
+void layernorm(const float* x, const float* weight, const float* bias, size_t n, float eps,
+               float* out);
+// y[i] += x[i]: bias rows and residual connections.
+void add(float* y, const float* x, size_t n);
+// Rotary embedding in place of the first rope_dim elements of each of n_heads heads. cos and
+// sin are rope_table()'s rows for the same style; element j becomes
+// x[j] * cos[j] + x[partner(j)] * sin[j], where partner pairs (2i, 2i+1) for kInterleaved and
+// (i, i + rope_dim / 2) for kNeox.
 void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, const float* cos,
-          const float* sin);
+          const float* sin, RopeStyle style);
 // Rotation angles of position pos: theta_i = pos * base^(-2i/rope_dim) / freq_factors[i]
-// (freq_factors: Llama 3.1's rope_freqs, or null for none), written as
-// cos[2i] = cos[2i+1] = cos theta_i, sin[2i] = -sin theta_i, sin[2i+1] = sin theta_i.
-void rope_table(size_t pos, size_t rope_dim, float base, const float* freq_factors, float* cos,
-                float* sin);
+// (freq_factors: Llama 3.1's rope_freqs, or null for none), written for the pair j, k of
+// theta_i (j < k) as cos[j] = cos[k] = cos theta_i, sin[j] = -sin theta_i, sin[k] = sin theta_i.
+void rope_table(size_t pos, size_t rope_dim, float base, const float* freq_factors, RopeStyle style,
+                float* cos, float* sin);
 // x = softmax(x), in place.
 void softmax(float* x, size_t n);
 // out = silu(gate) * up, silu(g) = g / (1 + exp(-g)) (out may alias gate or up).
 void swiglu(const float* gate, const float* up, size_t n, float* out);
-// One query head over the first n_ctx cached tokens: out = softmax(scale * K q) V.
-// scores is scratch for n_ctx floats.
+// out = gelu(x) with the tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))),
+// as GPT-2 and Gemma were trained with (out may alias x).
+void gelu(const float* x, size_t n, float* out);
+// out = gelu(gate) * up (out may alias gate or up).
+void geglu(const float* gate, const float* up, size_t n, float* out);
+// One query head over the cached tokens [begin, end): out = softmax(scale * K q) V. begin > 0
+// leaves out the tokens before a sliding window. scores is scratch for end - begin floats.
 void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
-               size_t n_ctx, float scale, float* scores, float* out);
+               size_t begin, size_t end, float scale, float* scores, float* out);
 
 }  // namespace detail
 
@@ -491,13 +510,20 @@ float element_to_f32(TensorType type, const uint8_t* row, size_t i);
 void matmul(const detail::MatrixView& w, const float* x, size_t n, size_t x_stride, float* y,
             size_t y_stride);
 void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out);
+void layernorm(const float* x, const float* weight, const float* bias, size_t n, float eps,
+               float* out);
+void add(float* y, const float* x, size_t n);
 // Rotates with angles computed here from pos and base (independent of detail::rope_table).
 void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base,
-          const float* freq_factors);
+          const float* freq_factors, RopeStyle style);
 void softmax(float* x, size_t n);
 void swiglu(const float* gate, const float* up, size_t n, float* out);
+// GELU's tanh approximation in double precision.
+double gelu(double x);
+void gelu(const float* x, size_t n, float* out);
+void geglu(const float* gate, const float* up, size_t n, float* out);
 void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
-               const detail::PagedRows& values, size_t n_ctx, float scale, float* out);
+               const detail::PagedRows& values, size_t begin, size_t end, float scale, float* out);
 }  // namespace ref
 }  // namespace sllm
 
@@ -609,12 +635,48 @@ class KvSequence {
 
 // ---- model.h ----
 // Model layer: architecture config from GGUF metadata, weight views into the map, and the
-// forward pass (batched prefill and one-token decode share one code path).
+// forward pass (batched prefill and one-token decode share one code path, and every
+// architecture shares it: what differs between them is data, ArchitectureTraits).
 namespace sllm {
 
-// Hyperparameters of a llama-family transformer, read from GGUF metadata.
+// How activations are normalized before attention, the FFN and the output.
+enum class NormType {
+  kRms,    // x / rms(x) * weight
+  kLayer,  // (x - mean) / stddev * weight + bias (LayerNorm, GPT-2)
+};
+// How token positions enter the model.
+enum class PositionType {
+  kRope,     // rotary embedding of Q and K, in the architecture's RopeStyle
+  kLearned,  // a learned embedding per position added to the token embedding (GPT-2)
+};
+// The feed-forward block between down(...) and the normalized input x.
+enum class FfnType {
+  kSwiGlu,  // silu(gate x) * (up x)
+  kGeGlu,   // gelu(gate x) * (up x)
+  kGelu,    // gelu(up x)
+};
+
+// What sets one architecture's transformer apart from the others. Every supported
+// architecture is one entry of the table in model_impl.h (detail::architecture_traits); adding
+// one that combines these features is a new entry there and a test.
+struct ArchitectureTraits {
+  std::string name;  // general.architecture
+  NormType norm = NormType::kRms;
+  PositionType positions = PositionType::kRope;
+  RopeStyle rope_style = RopeStyle::kInterleaved;
+  FfnType ffn = FfnType::kSwiGlu;
+  bool fused_qkv = false;               // blk.N.attn_qkv.weight holds the Q, then K, then V rows
+  bool fused_gate_up = false;           // blk.N.ffn_up.weight holds the gate, then the up rows
+  bool qkv_bias = false;                // the Q, K, V projections must have biases
+  bool all_biases = false;              // every projection must have a bias
+  bool scaled_embedding = false;        // token embeddings are multiplied by sqrt(n_embd)
+  bool honours_sliding_window = false;  // attention.sliding_window limits attention
+};
+
+// Hyperparameters of a transformer, read from GGUF metadata (keys under "ARCH.").
 struct ModelConfig {
   std::string architecture;   // general.architecture
+  ArchitectureTraits traits;  // what that architecture's layers do
   size_t n_embd = 0;          // embedding_length
   size_t n_layers = 0;        // block_count
   size_t n_heads = 0;         // attention.head_count
@@ -623,10 +685,14 @@ struct ModelConfig {
   size_t value_dim = 0;       // attention.value_length (default: n_embd / n_heads)
   size_t n_ff = 0;            // feed_forward_length
   size_t n_vocab = 0;         // tokenizer.ggml.tokens, else token_embd.weight rows
-  size_t context_length = 0;  // context_length (training context)
-  size_t rope_dim = 0;        // rope.dimension_count (default: key_dim)
+  size_t context_length = 0;  // context_length (training context; learned positions: their
+                              // number, and the most a sequence may hold)
+  size_t rope_dim = 0;        // rope.dimension_count (default: key_dim; 0 without rope)
   float rope_base = 10000.f;  // rope.freq_base
-  float rms_eps = 1e-5f;      // attention.layer_norm_rms_epsilon
+  float norm_eps = 1e-5f;     // attention.layer_norm_rms_epsilon (RMSNorm) or
+                              // attention.layer_norm_epsilon (LayerNorm)
+  size_t sliding_window = 0;  // attention.sliding_window: a token attends to itself and the
+                              // sliding_window - 1 before it (0: to all before it)
 
   // Error names the missing or inconsistent key, or the unsupported architecture.
   static ModelConfig from_gguf(const Gguf& gguf);
@@ -645,11 +711,11 @@ enum class LogitsFor { kNone, kLast, kAll };
 class ForwardScratch {
   friend class Transformer;
   size_t n_tokens_ = 0, n_ctx_ = 0, n_threads_ = 0;
-  detail::AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
+  detail::AlignedBuffer<float> x_, xb_, qkv_, att_, ffn_;
   detail::AlignedBuffer<float> rope_cos_, rope_sin_, scores_;
 };
 
-// A llama-family transformer whose weights are views into an open GGUF (which must outlive it).
+// A decoder-only transformer whose weights are views into an open GGUF (which must outlive it).
 class Transformer {
  public:
   static Transformer load(const Gguf& gguf, const TransformerOptions& options = {});
@@ -661,27 +727,51 @@ class Transformer {
   // Evaluates tokens[0..n) at the positions after those already in seq, appends their keys and
   // values to seq, and writes logits: n_vocab floats for the last position (kLast), n * n_vocab,
   // row per position (kAll), or nothing (kNone; logits may be null). Error, with seq unchanged,
-  // for a token id outside the vocabulary, a KV pool of another shape, context overflow or an
-  // exhausted pool.
+  // for a token id outside the vocabulary, a KV pool of another shape, context overflow (also
+  // past the learned positions of a model that has them) or an exhausted pool.
   void forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& scratch,
                float* logits, LogitsFor which = LogitsFor::kLast) const;
 
  private:
   Transformer() = default;  // made by load()
+  struct Norm {
+    const float* weight = nullptr;
+    const float* bias = nullptr;  // LayerNorm only
+  };
+  struct Linear {
+    detail::MatrixView weight;
+    const float* bias = nullptr;  // none when null
+  };
+  // A projection whose output is its parts' outputs side by side: one fused matrix or several.
+  struct Projection {
+    std::vector<Linear> parts;
+    size_t rows = 0;  // all parts' rows
+  };
   struct Layer {
-    const float* attn_norm = nullptr;
-    const float* ffn_norm = nullptr;
-    detail::MatrixView wq, wk, wv, wo, gate, up, down;
+    Norm attn_norm, ffn_norm;
+    Projection qkv;  // Q, K and V rows
+    Linear attn_output;
+    Projection ffn_in;  // gate and up rows (GLU FFNs) or the up rows (GELU)
+    Linear ffn_down;
   };
   void prepare(ForwardScratch& s, size_t n, size_t n_ctx) const;
+  void embed(const int32_t* tokens, size_t n, size_t pos0, ForwardScratch& s) const;
+  void normalize(const Norm& norm, const float* x, size_t n, float* out) const;
+  // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride.
+  void linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
+              size_t y_stride) const;
+  // The same for every part, side by side in rows of p.rows floats.
+  void project(const Projection& p, const float* x, size_t n, size_t x_stride, float* y) const;
   void attention_block(const Layer& layer, size_t l, size_t n, size_t pos0, KvSequence& seq,
                        ForwardScratch& s) const;
   void ffn_block(const Layer& layer, size_t n, ForwardScratch& s) const;
 
   ModelConfig config_;
   int n_threads_ = 1;
-  detail::MatrixView token_embd_, output_;
-  const float* output_norm_ = nullptr;
+  detail::MatrixView token_embd_;
+  detail::MatrixView position_embd_;  // learned positions only
+  Norm output_norm_;
+  Linear output_;
   const float* rope_freqs_ = nullptr;  // Llama 3.1 rope frequency factors, when present
   std::vector<Layer> layers_;
 };
@@ -1664,10 +1754,71 @@ void RmsNorm(const float* HWY_RESTRICT x, const float* HWY_RESTRICT weight, size
   for (; i < n; ++i) out[i] = x[i] * scale * weight[i];
 }
 
-void Rope(float* HWY_RESTRICT x, size_t n_heads, size_t head_dim, size_t rope_dim,
-          const float* HWY_RESTRICT cos, const float* HWY_RESTRICT sin) {
+void LayerNorm(const float* HWY_RESTRICT x, const float* HWY_RESTRICT weight,
+               const float* HWY_RESTRICT bias, size_t n, float eps, float* out) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
+  auto vsum = hn::Zero(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) vsum = hn::Add(vsum, hn::LoadU(d, x + i));
+  float sum = ReduceSumF32(d, vsum);
+  for (; i < n; ++i) sum += x[i];
+  const float mean = sum / float(n);
+  // The variance from the centred values (not E[x^2] - mean^2, which cancels badly).
+  const auto vmean = hn::Set(d, mean);
+  auto vsum_sq = hn::Zero(d);
+  i = 0;
+  for (; i + N <= n; i += N) {
+    const auto c = hn::Sub(hn::LoadU(d, x + i), vmean);
+    vsum_sq = hn::MulAdd(c, c, vsum_sq);
+  }
+  float sum_sq = ReduceSumF32(d, vsum_sq);
+  for (; i < n; ++i) sum_sq += (x[i] - mean) * (x[i] - mean);
+  const float scale = 1.0f / std::sqrt(sum_sq / float(n) + eps);
+  const auto vscale = hn::Set(d, scale);
+  i = 0;
+  for (; i + N <= n; i += N) {
+    const auto v = hn::Mul(hn::Sub(hn::LoadU(d, x + i), vmean), vscale);
+    hn::StoreU(hn::MulAdd(v, hn::LoadU(d, weight + i), hn::LoadU(d, bias + i)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] = (x[i] - mean) * scale * weight[i] + bias[i];
+}
+
+void Add(float* HWY_RESTRICT y, const float* HWY_RESTRICT x, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N)
+    hn::StoreU(hn::Add(hn::LoadU(d, y + i), hn::LoadU(d, x + i)), d, y + i);
+  for (; i < n; ++i) y[i] += x[i];
+}
+
+void Rope(float* HWY_RESTRICT x, size_t n_heads, size_t head_dim, size_t rope_dim,
+          const float* HWY_RESTRICT cos, const float* HWY_RESTRICT sin, RopeStyle style) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const size_t half = rope_dim / 2;
+  if (style == RopeStyle::kNeox) {
+    // Element i pairs with i + half: vectors of the two halves rotate each other.
+    for (size_t h = 0; h < n_heads; ++h) {
+      float* p = x + h * head_dim;
+      size_t i = 0;
+      for (; i + N <= half; i += N) {
+        const auto a = hn::LoadU(d, p + i), b = hn::LoadU(d, p + half + i);
+        const auto ra = hn::MulAdd(a, hn::LoadU(d, cos + i), hn::Mul(b, hn::LoadU(d, sin + i)));
+        const auto rb =
+            hn::MulAdd(b, hn::LoadU(d, cos + half + i), hn::Mul(a, hn::LoadU(d, sin + half + i)));
+        hn::StoreU(ra, d, p + i);
+        hn::StoreU(rb, d, p + half + i);
+      }
+      for (; i < half; ++i) {
+        const float a = p[i], b = p[half + i];
+        p[i] = a * cos[i] + b * sin[i];
+        p[half + i] = b * cos[half + i] + a * sin[half + i];
+      }
+    }
+    return;
+  }
   // Vectors hold whole pairs when N is even; Reverse2 swaps the two lanes of each pair, so
   // x * cos + swapped * sin rotates every pair (sin carries the sign of each lane).
   const size_t vector_end = N % 2 == 0 ? rope_dim / N * N : 0;
@@ -1737,27 +1888,61 @@ void SwiGlu(const float* gate, const float* up, size_t n, float* out) {
   for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
+// GELU's tanh approximation as x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3), which is
+// 0.5 x (1 + tanh(u)) exactly and needs only Exp. The argument of exp is clamped as in SwiGlu.
+template <class D>
+HWY_INLINE hn::Vec<D> GeluOf(D d, hn::Vec<D> x) {
+  const auto k = hn::Set(d, -2.0f * 0.7978845608f);  // -2 sqrt(2/pi)
+  const auto cubic = hn::Set(d, 0.044715f);
+  const auto u2 = hn::Mul(hn::Mul(k, x), hn::MulAdd(hn::Mul(cubic, x), x, hn::Set(d, 1.0f)));
+  const auto e = hn::Exp(d, hn::Min(u2, hn::Set(d, 88.0f)));
+  return hn::Div(x, hn::Add(hn::Set(d, 1.0f), e));
+}
+
+HWY_INLINE float GeluOf(float x) {
+  const float u2 = -2.0f * 0.7978845608f * x * (1.0f + 0.044715f * x * x);
+  return x / (1.0f + std::exp(HWY_MIN(u2, 88.0f)));
+}
+
+void Gelu(const float* x, size_t n, float* out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(GeluOf(d, hn::LoadU(d, x + i)), d, out + i);
+  for (; i < n; ++i) out[i] = GeluOf(x[i]);
+}
+
+void GeGlu(const float* gate, const float* up, size_t n, float* out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    hn::StoreU(hn::Mul(GeluOf(d, hn::LoadU(d, gate + i)), hn::LoadU(d, up + i)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] = GeluOf(gate[i]) * up[i];
+}
+
 template <typename KV>
 void AttentionOfType(const float* HWY_RESTRICT q, size_t head_dim, const detail::PagedRows& keys,
-                     const detail::PagedRows& values, size_t n_ctx, float scale,
+                     const detail::PagedRows& values, size_t begin, size_t end, float scale,
                      float* HWY_RESTRICT scores, float* HWY_RESTRICT out) {
-  for (size_t j = 0; j < n_ctx; ++j) {
-    scores[j] = scale * DotRow(reinterpret_cast<const KV*>(keys.row(j)), q, head_dim);
+  for (size_t j = begin; j < end; ++j) {
+    scores[j - begin] = scale * DotRow(reinterpret_cast<const KV*>(keys.row(j)), q, head_dim);
   }
-  Softmax(scores, n_ctx);
+  Softmax(scores, end - begin);
   for (size_t i = 0; i < head_dim; ++i) out[i] = 0.0f;
-  for (size_t j = 0; j < n_ctx; ++j) {
-    AddScaledRow(scores[j], reinterpret_cast<const KV*>(values.row(j)), out, head_dim);
+  for (size_t j = begin; j < end; ++j) {
+    AddScaledRow(scores[j - begin], reinterpret_cast<const KV*>(values.row(j)), out, head_dim);
   }
 }
 
 void Attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
-               const detail::PagedRows& values, size_t n_ctx, float scale, float* scores,
-               float* out) {
+               const detail::PagedRows& values, size_t begin, size_t end, float scale,
+               float* scores, float* out) {
   if (keys.type == TensorType::F16) {
-    AttentionOfType<hwy::float16_t>(q, head_dim, keys, values, n_ctx, scale, scores, out);
+    AttentionOfType<hwy::float16_t>(q, head_dim, keys, values, begin, end, scale, scores, out);
   } else {
-    AttentionOfType<float>(q, head_dim, keys, values, n_ctx, scale, scores, out);
+    AttentionOfType<float>(q, head_dim, keys, values, begin, end, scale, scores, out);
   }
 }
 
@@ -2930,9 +3115,13 @@ HWY_EXPORT(DotF32);
 HWY_EXPORT(MatMulRows);
 HWY_EXPORT(RowToF32);
 HWY_EXPORT(RmsNorm);
+HWY_EXPORT(LayerNorm);
+HWY_EXPORT(Add);
 HWY_EXPORT(Rope);
 HWY_EXPORT(Softmax);
 HWY_EXPORT(SwiGlu);
+HWY_EXPORT(Gelu);
+HWY_EXPORT(GeGlu);
 HWY_EXPORT(Attention);
 
 std::vector<int64_t> simd_targets() {
@@ -2973,21 +3162,33 @@ void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* ou
   HWY_DYNAMIC_DISPATCH(RmsNorm)(x, weight, n, eps, out);
 }
 
-void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, const float* cos,
-          const float* sin) {
-  HWY_DYNAMIC_DISPATCH(Rope)(x, n_heads, head_dim, rope_dim, cos, sin);
+void layernorm(const float* x, const float* weight, const float* bias, size_t n, float eps,
+               float* out) {
+  HWY_DYNAMIC_DISPATCH(LayerNorm)(x, weight, bias, n, eps, out);
 }
 
-void rope_table(size_t pos, size_t rope_dim, float base, const float* freq_factors, float* cos,
-                float* sin) {
-  for (size_t i = 0; i < rope_dim / 2; ++i) {
+void add(float* y, const float* x, size_t n) {
+  HWY_DYNAMIC_DISPATCH(Add)(y, x, n);
+}
+
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, const float* cos,
+          const float* sin, RopeStyle style) {
+  HWY_DYNAMIC_DISPATCH(Rope)(x, n_heads, head_dim, rope_dim, cos, sin, style);
+}
+
+void rope_table(size_t pos, size_t rope_dim, float base, const float* freq_factors, RopeStyle style,
+                float* cos, float* sin) {
+  const size_t half = rope_dim / 2;
+  for (size_t i = 0; i < half; ++i) {
     double theta = double(pos) * std::pow(double(base), -2.0 * double(i) / double(rope_dim));
     if (freq_factors != nullptr) theta /= freq_factors[i];
     const float c = float(std::cos(theta)), s = float(std::sin(theta));
-    cos[2 * i] = c;
-    cos[2 * i + 1] = c;
-    sin[2 * i] = -s;
-    sin[2 * i + 1] = s;
+    const size_t j = style == RopeStyle::kNeox ? i : 2 * i;
+    const size_t k = style == RopeStyle::kNeox ? i + half : 2 * i + 1;
+    cos[j] = c;
+    cos[k] = c;
+    sin[j] = -s;
+    sin[k] = s;
   }
 }
 
@@ -2999,9 +3200,17 @@ void swiglu(const float* gate, const float* up, size_t n, float* out) {
   HWY_DYNAMIC_DISPATCH(SwiGlu)(gate, up, n, out);
 }
 
+void gelu(const float* x, size_t n, float* out) {
+  HWY_DYNAMIC_DISPATCH(Gelu)(x, n, out);
+}
+
+void geglu(const float* gate, const float* up, size_t n, float* out) {
+  HWY_DYNAMIC_DISPATCH(GeGlu)(gate, up, n, out);
+}
+
 void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
-               size_t n_ctx, float scale, float* scores, float* out) {
-  HWY_DYNAMIC_DISPATCH(Attention)(q, head_dim, keys, values, n_ctx, scale, scores, out);
+               size_t begin, size_t end, float scale, float* scores, float* out) {
+  HWY_DYNAMIC_DISPATCH(Attention)(q, head_dim, keys, values, begin, end, scale, scores, out);
 }
 
 }  // namespace detail
@@ -3051,17 +3260,35 @@ void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* ou
   for (size_t i = 0; i < n; ++i) out[i] = float(x[i] * scale * weight[i]);
 }
 
+void layernorm(const float* x, const float* weight, const float* bias, size_t n, float eps,
+               float* out) {
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += x[i];
+  const double mean = sum / double(n);
+  double sum_sq = 0;
+  for (size_t i = 0; i < n; ++i) sum_sq += (x[i] - mean) * (x[i] - mean);
+  const double scale = 1.0 / std::sqrt(sum_sq / double(n) + eps);
+  for (size_t i = 0; i < n; ++i) out[i] = float((x[i] - mean) * scale * weight[i] + bias[i]);
+}
+
+void add(float* y, const float* x, size_t n) {
+  for (size_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
 void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base,
-          const float* freq_factors) {
+          const float* freq_factors, RopeStyle style) {
+  const size_t half = rope_dim / 2;
   for (size_t h = 0; h < n_heads; ++h) {
-    for (size_t i = 0; i < rope_dim; i += 2) {
-      const double factor = freq_factors != nullptr ? freq_factors[i / 2] : 1.0;
+    for (size_t i = 0; i < half; ++i) {
+      const double factor = freq_factors != nullptr ? freq_factors[i] : 1.0;
       const double theta =
-          double(pos) / std::pow(double(base), double(i) / double(rope_dim)) / factor;
-      float* p = x + h * head_dim + i;
-      const double x0 = p[0], x1 = p[1];
-      p[0] = float(x0 * std::cos(theta) - x1 * std::sin(theta));
-      p[1] = float(x0 * std::sin(theta) + x1 * std::cos(theta));
+          double(pos) / std::pow(double(base), double(2 * i) / double(rope_dim)) / factor;
+      // The rotated pair: adjacent elements, or one from each half of the rotated part.
+      float* p0 = x + h * head_dim + (style == RopeStyle::kNeox ? i : 2 * i);
+      float* p1 = style == RopeStyle::kNeox ? p0 + half : p0 + 1;
+      const double x0 = *p0, x1 = *p1;
+      *p0 = float(x0 * std::cos(theta) - x1 * std::sin(theta));
+      *p1 = float(x0 * std::sin(theta) + x1 * std::cos(theta));
     }
   }
 }
@@ -3082,24 +3309,37 @@ void swiglu(const float* gate, const float* up, size_t n, float* out) {
   }
 }
 
+double gelu(double x) {
+  const double sqrt_2_over_pi = 0.79788456080286535588;
+  return 0.5 * x * (1.0 + std::tanh(sqrt_2_over_pi * (x + 0.044715 * x * x * x)));
+}
+
+void gelu(const float* x, size_t n, float* out) {
+  for (size_t i = 0; i < n; ++i) out[i] = float(gelu(double(x[i])));
+}
+
+void geglu(const float* gate, const float* up, size_t n, float* out) {
+  for (size_t i = 0; i < n; ++i) out[i] = float(gelu(double(gate[i])) * up[i]);
+}
+
 void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
-               const detail::PagedRows& values, size_t n_ctx, float scale, float* out) {
-  std::vector<double> p(n_ctx);
+               const detail::PagedRows& values, size_t begin, size_t end, float scale, float* out) {
+  std::vector<double> p(end - begin);
   double max = -INFINITY;
-  for (size_t j = 0; j < n_ctx; ++j) {
+  for (size_t j = begin; j < end; ++j) {
     double dot = 0;
     for (size_t i = 0; i < head_dim; ++i) {
       dot += double(q[i]) * element_to_f32(keys.type, keys.row(j), i);
     }
-    p[j] = scale * dot;
-    max = std::max(max, p[j]);
+    p[j - begin] = scale * dot;
+    max = std::max(max, p[j - begin]);
   }
   double sum = 0;
   for (double& v : p) sum += (v = std::exp(v - max));
   for (size_t i = 0; i < head_dim; ++i) {
     double acc = 0;
-    for (size_t j = 0; j < n_ctx; ++j) {
-      acc += p[j] * element_to_f32(values.type, values.row(j), i);
+    for (size_t j = begin; j < end; ++j) {
+      acc += p[j - begin] * element_to_f32(values.type, values.row(j), i);
     }
     out[i] = float(acc / sum);
   }
@@ -3278,6 +3518,53 @@ detail::PagedRows KvSequence::values(size_t layer, size_t kv_head) const {
 namespace sllm {
 namespace detail {
 
+// The supported architectures: what each one's layers do, as llama.cpp computes them for the
+// same GGUF files (the reference logits of the tests come from there).
+inline const std::vector<ArchitectureTraits>& architecture_traits() {
+  static const std::vector<ArchitectureTraits> table = [] {
+    std::vector<ArchitectureTraits> all;
+    ArchitectureTraits llama;  // Llama 1-3, Mistral, TinyLlama, SmolLM
+    llama.name = "llama";
+    llama.honours_sliding_window = true;  // Mistral 7B v0.1
+    all.push_back(llama);
+
+    ArchitectureTraits qwen2;  // Qwen 1.5, Qwen2, Qwen2.5
+    qwen2.name = "qwen2";
+    qwen2.rope_style = RopeStyle::kNeox;
+    qwen2.qkv_bias = true;
+    all.push_back(qwen2);
+
+    // Phi-3's files carry attention.sliding_window, but llama.cpp ignores it (its results
+    // were worse with it); phi3 follows llama.cpp, so the same file gives the same logits.
+    ArchitectureTraits phi3;
+    phi3.name = "phi3";
+    phi3.rope_style = RopeStyle::kNeox;
+    phi3.fused_qkv = true;
+    phi3.fused_gate_up = true;
+    all.push_back(phi3);
+
+    ArchitectureTraits gpt2;
+    gpt2.name = "gpt2";
+    gpt2.norm = NormType::kLayer;
+    gpt2.positions = PositionType::kLearned;
+    gpt2.ffn = FfnType::kGelu;
+    gpt2.fused_qkv = true;
+    gpt2.all_biases = true;
+    all.push_back(gpt2);
+
+    // Gemma's RMSNorm weights are applied as the file stores them: llama.cpp's converter has
+    // already added the 1 that Gemma's own code adds at run time.
+    ArchitectureTraits gemma;
+    gemma.name = "gemma";
+    gemma.rope_style = RopeStyle::kNeox;
+    gemma.ffn = FfnType::kGeGlu;
+    gemma.scaled_embedding = true;
+    all.push_back(gemma);
+    return all;
+  }();
+  return table;
+}
+
 inline std::string shape_of(size_t cols, size_t rows) {
   return "[" + std::to_string(cols) + ", " + std::to_string(rows) + "]";
 }
@@ -3285,13 +3572,14 @@ inline std::string shape_of(size_t cols, size_t rows) {
 inline const TensorInfo& required_tensor(const Gguf& gguf, const std::string& name) {
   const TensorInfo* t = gguf.find_tensor(name);
   if (t == nullptr) {
-    fail("tensor " + name + " is missing from " + gguf.path() +
-         " (the llama architecture needs it)");
+    fail("tensor " + name + " is missing from " + gguf.path() + " (the " +
+         gguf.get_or<std::string>("general.architecture", "") + " architecture needs it)");
   }
   return *t;
 }
 
-// A 2-D weight of cols x rows (ggml order: ne[0] = cols) read in place.
+// A 2-D weight of cols x rows (ggml order: ne[0] = cols) read in place. The one place that
+// decides which tensor types the matmul runs.
 inline MatrixView weight_matrix(const Gguf& gguf, const TensorInfo& t, size_t cols, size_t rows) {
   if (t.type != TensorType::F32 && t.type != TensorType::F16 && t.type != TensorType::BF16) {
     fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
@@ -3313,7 +3601,7 @@ inline MatrixView weight_matrix(const Gguf& gguf, const std::string& name, size_
   return weight_matrix(gguf, required_tensor(gguf, name), cols, rows);
 }
 
-// A 1-D F32 weight of n elements (norm weights, rope frequency factors).
+// A 1-D F32 weight of n elements (norm weights, biases, rope frequency factors).
 inline const float* weight_vector(const Gguf& gguf, const TensorInfo& t, size_t n) {
   if (t.type != TensorType::F32) {
     fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
@@ -3333,6 +3621,14 @@ inline const float* weight_vector(const Gguf& gguf, const std::string& name, siz
   return weight_vector(gguf, required_tensor(gguf, name), n);
 }
 
+// The vector when the file has it, else null; an Error when it is missing but required.
+inline const float* optional_vector(const Gguf& gguf, const std::string& name, size_t n,
+                                    bool required) {
+  if (required) return weight_vector(gguf, name, n);
+  const TensorInfo* t = gguf.find_tensor(name);
+  return t != nullptr ? weight_vector(gguf, *t, n) : nullptr;
+}
+
 template <typename T>
 void grow(AlignedBuffer<T>& buffer, size_t n) {
   if (buffer.size() < n) buffer.resize(n);
@@ -3343,10 +3639,17 @@ void grow(AlignedBuffer<T>& buffer, size_t n) {
 ModelConfig ModelConfig::from_gguf(const Gguf& gguf) {
   ModelConfig c;
   c.architecture = gguf.get<std::string>("general.architecture");
-  if (c.architecture != "llama") {
+  const auto& table = detail::architecture_traits();
+  const auto found = std::find_if(table.begin(), table.end(), [&](const ArchitectureTraits& t) {
+    return t.name == c.architecture;
+  });
+  if (found == table.end()) {
+    std::string names;
+    for (const ArchitectureTraits& t : table) names += (names.empty() ? "" : ", ") + t.name;
     detail::fail("unsupported architecture '" + c.architecture + "' (general.architecture in " +
-                 gguf.path() + "); this build runs: llama");
+                 gguf.path() + "); this build runs: " + names);
   }
+  c.traits = *found;
   const std::string a = c.architecture + ".";
   const auto positive = [&](const std::string& key, size_t value) {
     if (value == 0) detail::fail("metadata " + key + " in " + gguf.path() + " is 0");
@@ -3357,6 +3660,13 @@ ModelConfig ModelConfig::from_gguf(const Gguf& gguf) {
   };
   const auto count_or = [&](const std::string& key, size_t fallback) {
     return positive(key, gguf.has(key) ? size_t(gguf.get<uint32_t>(key)) : fallback);
+  };
+  const auto positive_float = [&](const std::string& key, float fallback) {
+    const float value = gguf.get_or<float>(key, fallback);
+    if (!(value > 0) || !std::isfinite(value)) {
+      detail::fail("metadata " + key + " in " + gguf.path() + " must be a positive number");
+    }
+    return value;
   };
   c.n_embd = count(a + "embedding_length");
   c.n_layers = count(a + "block_count");
@@ -3378,23 +3688,31 @@ ModelConfig ModelConfig::from_gguf(const Gguf& gguf) {
   }
   c.key_dim = count_or(a + "attention.key_length", c.n_embd / c.n_heads);
   c.value_dim = count_or(a + "attention.value_length", c.n_embd / c.n_heads);
-  c.rope_dim = count_or(a + "rope.dimension_count", c.key_dim);
-  if (c.rope_dim % 2 != 0 || c.rope_dim > c.key_dim) {
-    detail::fail("metadata " + a + "rope.dimension_count (" + std::to_string(c.rope_dim) +
-                 ") must be even and at most the key size " + std::to_string(c.key_dim) + " in " +
-                 gguf.path());
+  if (c.key_dim != c.value_dim) {
+    detail::fail("metadata " + a + "attention.key_length (" + std::to_string(c.key_dim) +
+                 ") differs from " + a + "attention.value_length (" + std::to_string(c.value_dim) +
+                 ") in " + gguf.path() + "; sllm runs only equal key and value head sizes");
   }
-  c.rope_base = gguf.get_or<float>(a + "rope.freq_base", 10000.f);
-  c.rms_eps = gguf.get_or<float>(a + "attention.layer_norm_rms_epsilon", 1e-5f);
-  if (!(c.rope_base > 0) || !(c.rms_eps > 0) || !std::isfinite(c.rope_base) ||
-      !std::isfinite(c.rms_eps)) {
-    detail::fail("metadata " + a + "rope.freq_base and " + a +
-                 "attention.layer_norm_rms_epsilon must be positive numbers in " + gguf.path());
+  c.norm_eps =
+      positive_float(a + (c.traits.norm == NormType::kRms ? "attention.layer_norm_rms_epsilon"
+                                                          : "attention.layer_norm_epsilon"),
+                     1e-5f);
+  if (c.traits.positions == PositionType::kRope) {
+    c.rope_dim = count_or(a + "rope.dimension_count", c.key_dim);
+    if (c.rope_dim % 2 != 0 || c.rope_dim > c.key_dim) {
+      detail::fail("metadata " + a + "rope.dimension_count (" + std::to_string(c.rope_dim) +
+                   ") must be even and at most the key size " + std::to_string(c.key_dim) + " in " +
+                   gguf.path());
+    }
+    c.rope_base = positive_float(a + "rope.freq_base", 10000.f);
+    const std::string scaling = gguf.get_or<std::string>(a + "rope.scaling.type", "none");
+    if (scaling != "none") {
+      detail::fail("metadata " + a + "rope.scaling.type is '" + scaling + "' in " + gguf.path() +
+                   "; this build supports only unscaled rope");
+    }
   }
-  const std::string scaling = gguf.get_or<std::string>(a + "rope.scaling.type", "none");
-  if (scaling != "none") {
-    detail::fail("metadata " + a + "rope.scaling.type is '" + scaling + "' in " + gguf.path() +
-                 "; this build supports only unscaled rope");
+  if (c.traits.honours_sliding_window && gguf.has(a + "attention.sliding_window")) {
+    c.sliding_window = gguf.get<uint32_t>(a + "attention.sliding_window");
   }
   if (const GgufValue* tokens = gguf.find("tokenizer.ggml.tokens")) {
     c.n_vocab = positive("tokenizer.ggml.tokens", tokens->as_array().size());
@@ -3412,32 +3730,76 @@ Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& option
   Transformer t;
   t.config_ = ModelConfig::from_gguf(gguf);
   const ModelConfig& c = t.config_;
+  const ArchitectureTraits& arch = c.traits;
   t.n_threads_ = options.n_threads > 0 ? options.n_threads : omp_get_max_threads();
   using detail::checked_mul;
+  const size_t d = c.n_embd;
   const size_t q_dim = checked_mul(c.n_heads, c.key_dim, "query size");
   const size_t k_dim = checked_mul(c.n_kv_heads, c.key_dim, "key size");
   const size_t v_dim = checked_mul(c.n_kv_heads, c.value_dim, "value size");
   const size_t att_dim = checked_mul(c.n_heads, c.value_dim, "attention output size");
-  t.token_embd_ = detail::weight_matrix(gguf, "token_embd.weight", c.n_embd, c.n_vocab);
-  t.output_norm_ = detail::weight_vector(gguf, "output_norm.weight", c.n_embd);
-  const TensorInfo* output = gguf.find_tensor("output.weight");
-  t.output_ = output ? detail::weight_matrix(gguf, *output, c.n_embd, c.n_vocab) : t.token_embd_;
-  if (const TensorInfo* freqs = gguf.find_tensor("rope_freqs.weight")) {
-    t.rope_freqs_ = detail::weight_vector(gguf, *freqs, c.rope_dim / 2);
+
+  // NAME.weight of cols x rows, with NAME.bias when the file has it (or the architecture
+  // requires it).
+  const auto linear = [&](const std::string& name, size_t cols, size_t rows, bool bias) {
+    Linear l;
+    l.weight = detail::weight_matrix(gguf, name + ".weight", cols, rows);
+    l.bias = detail::optional_vector(gguf, name + ".bias", rows, bias);
+    return l;
+  };
+  // Named parts of the given rows each, or one fused tensor holding them all.
+  using Part = std::pair<std::string, size_t>;
+  const auto projection = [&](const std::vector<Part>& parts, bool bias) {
+    Projection p;
+    for (const Part& part : parts) {
+      p.parts.push_back(linear(part.first, d, part.second, bias));
+      p.rows += part.second;
+    }
+    return p;
+  };
+  const auto norm = [&](const std::string& name) {
+    Norm n;
+    n.weight = detail::weight_vector(gguf, name + ".weight", d);
+    if (arch.norm == NormType::kLayer) n.bias = detail::weight_vector(gguf, name + ".bias", d);
+    return n;
+  };
+
+  t.token_embd_ = detail::weight_matrix(gguf, "token_embd.weight", d, c.n_vocab);
+  if (arch.positions == PositionType::kLearned) {
+    t.position_embd_ = detail::weight_matrix(gguf, "position_embd.weight", d, c.context_length);
   }
+  t.output_norm_ = norm("output_norm");
+  if (gguf.find_tensor("output.weight") != nullptr) {
+    t.output_ = linear("output", d, c.n_vocab, false);
+  } else {
+    t.output_.weight = t.token_embd_;  // tied embeddings
+  }
+  if (const TensorInfo* freqs = gguf.find_tensor("rope_freqs.weight")) {
+    if (arch.positions == PositionType::kRope) {
+      t.rope_freqs_ = detail::weight_vector(gguf, *freqs, c.rope_dim / 2);
+    }
+  }
+  const size_t ffn_rows = checked_mul(c.n_ff, arch.ffn == FfnType::kGelu ? 1 : 2, "FFN size");
+  const bool qkv_bias = arch.qkv_bias || arch.all_biases;
   t.layers_.resize(c.n_layers);
   for (size_t l = 0; l < c.n_layers; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
     Layer& layer = t.layers_[l];
-    layer.attn_norm = detail::weight_vector(gguf, p + "attn_norm.weight", c.n_embd);
-    layer.wq = detail::weight_matrix(gguf, p + "attn_q.weight", c.n_embd, q_dim);
-    layer.wk = detail::weight_matrix(gguf, p + "attn_k.weight", c.n_embd, k_dim);
-    layer.wv = detail::weight_matrix(gguf, p + "attn_v.weight", c.n_embd, v_dim);
-    layer.wo = detail::weight_matrix(gguf, p + "attn_output.weight", att_dim, c.n_embd);
-    layer.ffn_norm = detail::weight_vector(gguf, p + "ffn_norm.weight", c.n_embd);
-    layer.gate = detail::weight_matrix(gguf, p + "ffn_gate.weight", c.n_embd, c.n_ff);
-    layer.up = detail::weight_matrix(gguf, p + "ffn_up.weight", c.n_embd, c.n_ff);
-    layer.down = detail::weight_matrix(gguf, p + "ffn_down.weight", c.n_ff, c.n_embd);
+    layer.attn_norm = norm(p + "attn_norm");
+    layer.qkv =
+        arch.fused_qkv
+            ? projection({{p + "attn_qkv", q_dim + k_dim + v_dim}}, qkv_bias)
+            : projection({{p + "attn_q", q_dim}, {p + "attn_k", k_dim}, {p + "attn_v", v_dim}},
+                         qkv_bias);
+    layer.attn_output = linear(p + "attn_output", att_dim, d, arch.all_biases);
+    layer.ffn_norm = norm(p + "ffn_norm");
+    if (arch.ffn == FfnType::kGelu || arch.fused_gate_up) {
+      layer.ffn_in = projection({{p + "ffn_up", ffn_rows}}, arch.all_biases);
+    } else {
+      layer.ffn_in =
+          projection({{p + "ffn_gate", c.n_ff}, {p + "ffn_up", c.n_ff}}, arch.all_biases);
+    }
+    layer.ffn_down = linear(p + "ffn_down", c.n_ff, d, arch.all_biases);
   }
   return t;
 }
@@ -3452,12 +3814,9 @@ void Transformer::prepare(ForwardScratch& s, size_t n, size_t n_ctx) const {
   const auto rows = [&](size_t width) { return checked_mul(s.n_tokens_, width, "scratch size"); };
   detail::grow(s.x_, rows(c.n_embd));
   detail::grow(s.xb_, rows(c.n_embd));
-  detail::grow(s.q_, rows(c.n_heads * c.key_dim));
-  detail::grow(s.k_, rows(c.n_kv_heads * c.key_dim));
-  detail::grow(s.v_, rows(c.n_kv_heads * c.value_dim));
+  detail::grow(s.qkv_, rows(layers_[0].qkv.rows));
   detail::grow(s.att_, rows(c.n_heads * c.value_dim));
-  detail::grow(s.gate_, rows(c.n_ff));
-  detail::grow(s.up_, rows(c.n_ff));
+  detail::grow(s.ffn_, rows(layers_[0].ffn_in.rows));
   detail::grow(s.rope_cos_, rows(c.rope_dim));
   detail::grow(s.rope_sin_, rows(c.rope_dim));
   detail::grow(s.scores_, checked_mul(s.n_threads_, s.n_ctx_, "scratch size"));
@@ -3478,21 +3837,18 @@ void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, Forw
   }
   if (n == 0) return;
   const size_t pos0 = seq.size();
+  if (c.traits.positions == PositionType::kLearned && n > c.context_length - pos0) {
+    detail::fail("context overflow: the sequence holds " + std::to_string(pos0) + " tokens and " +
+                 std::to_string(n) + " more would exceed the " + std::to_string(c.context_length) +
+                 " positions that this " + c.architecture + " model has learned (" +
+                 c.architecture + ".context_length)");
+  }
   // Reserving first checks the context length, so that a huge n fails there rather than in
   // allocating scratch. Reserved blocks do not change the sequence's size.
   seq.reserve(n);
   prepare(s, n, pos0 + n);
 
-  const int nt = n_threads_;
-  const size_t d = c.n_embd;
-#pragma omp parallel for num_threads(nt) if (n > 1)
-  for (size_t t = 0; t < n; ++t) {
-    detail::row_to_f32(token_embd_.type,
-                       token_embd_.data + size_t(tokens[t]) * token_embd_.row_bytes, d,
-                       s.x_.data() + t * d);
-    detail::rope_table(pos0 + t, c.rope_dim, c.rope_base, rope_freqs_,
-                       s.rope_cos_.data() + t * c.rope_dim, s.rope_sin_.data() + t * c.rope_dim);
-  }
+  embed(tokens, n, pos0, s);
   for (size_t l = 0; l < c.n_layers; ++l) {
     attention_block(layers_[l], l, n, pos0, seq, s);
     ffn_block(layers_[l], n, s);
@@ -3501,69 +3857,132 @@ void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, Forw
 
   if (which == LogitsFor::kNone) return;
   const size_t first = which == LogitsFor::kAll ? 0 : n - 1;
-  const size_t rows = n - first;
-  for (size_t t = first; t < n; ++t) {
-    detail::rmsnorm(s.x_.data() + t * d, output_norm_, d, c.rms_eps, s.xb_.data() + t * d);
+  const size_t d = c.n_embd;
+  normalize(output_norm_, s.x_.data() + first * d, n - first, s.xb_.data() + first * d);
+  linear(output_, s.xb_.data() + first * d, n - first, d, logits, c.n_vocab);
+}
+
+void Transformer::embed(const int32_t* tokens, size_t n, size_t pos0, ForwardScratch& s) const {
+  const ModelConfig& c = config_;
+  const size_t d = c.n_embd;
+  const bool rope = c.traits.positions == PositionType::kRope;
+  const float scale = c.traits.scaled_embedding ? std::sqrt(float(d)) : 1.0f;
+#pragma omp parallel for num_threads(n_threads_) if (n > 1)
+  for (size_t t = 0; t < n; ++t) {
+    float* x = s.x_.data() + t * d;
+    detail::row_to_f32(token_embd_.type,
+                       token_embd_.data + size_t(tokens[t]) * token_embd_.row_bytes, d, x);
+    if (scale != 1.0f) {
+      for (size_t i = 0; i < d; ++i) x[i] *= scale;
+    }
+    if (rope) {
+      detail::rope_table(pos0 + t, c.rope_dim, c.rope_base, rope_freqs_, c.traits.rope_style,
+                         s.rope_cos_.data() + t * c.rope_dim, s.rope_sin_.data() + t * c.rope_dim);
+    } else {
+      float* position = s.xb_.data() + t * d;
+      detail::row_to_f32(position_embd_.type,
+                         position_embd_.data + (pos0 + t) * position_embd_.row_bytes, d, position);
+      detail::add(x, position, d);
+    }
   }
-  detail::matmul(output_, s.xb_.data() + first * d, rows, d, logits, c.n_vocab, nt);
+}
+
+void Transformer::normalize(const Norm& norm, const float* x, size_t n, float* out) const {
+  const size_t d = config_.n_embd;
+  for (size_t t = 0; t < n; ++t) {
+    if (config_.traits.norm == NormType::kRms) {
+      detail::rmsnorm(x + t * d, norm.weight, d, config_.norm_eps, out + t * d);
+    } else {
+      detail::layernorm(x + t * d, norm.weight, norm.bias, d, config_.norm_eps, out + t * d);
+    }
+  }
+}
+
+void Transformer::linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
+                         size_t y_stride) const {
+  detail::matmul(l.weight, x, n, x_stride, y, y_stride, n_threads_);
+  if (l.bias == nullptr) return;
+  for (size_t t = 0; t < n; ++t) detail::add(y + t * y_stride, l.bias, l.weight.rows);
+}
+
+void Transformer::project(const Projection& p, const float* x, size_t n, size_t x_stride,
+                          float* y) const {
+  size_t offset = 0;
+  for (const Linear& part : p.parts) {
+    linear(part, x, n, x_stride, y + offset, p.rows);
+    offset += part.weight.rows;
+  }
 }
 
 void Transformer::attention_block(const Layer& layer, size_t l, size_t n, size_t pos0,
                                   KvSequence& seq, ForwardScratch& s) const {
   const ModelConfig& c = config_;
-  const int nt = n_threads_;
   const size_t d = c.n_embd;
   const size_t q_dim = c.n_heads * c.key_dim, k_dim = c.n_kv_heads * c.key_dim;
-  const size_t v_dim = c.n_kv_heads * c.value_dim, att_dim = c.n_heads * c.value_dim;
+  const size_t att_dim = c.n_heads * c.value_dim;
+  const size_t stride = layer.qkv.rows;  // a token's Q, K and V, side by side
   float* x = s.x_.data();
   float* xb = s.xb_.data();
+  normalize(layer.attn_norm, x, n, xb);
+  project(layer.qkv, xb, n, d, s.qkv_.data());
   for (size_t t = 0; t < n; ++t) {
-    detail::rmsnorm(x + t * d, layer.attn_norm, d, c.rms_eps, xb + t * d);
+    float* q = s.qkv_.data() + t * stride;
+    float* k = q + q_dim;
+    if (c.traits.positions == PositionType::kRope) {
+      const float* cos = s.rope_cos_.data() + t * c.rope_dim;
+      const float* sin = s.rope_sin_.data() + t * c.rope_dim;
+      detail::rope(q, c.n_heads, c.key_dim, c.rope_dim, cos, sin, c.traits.rope_style);
+      detail::rope(k, c.n_kv_heads, c.key_dim, c.rope_dim, cos, sin, c.traits.rope_style);
+    }
+    seq.write(l, pos0 + t, k, k + k_dim);
   }
-  detail::matmul(layer.wq, xb, n, d, s.q_.data(), q_dim, nt);
-  detail::matmul(layer.wk, xb, n, d, s.k_.data(), k_dim, nt);
-  detail::matmul(layer.wv, xb, n, d, s.v_.data(), v_dim, nt);
-  for (size_t t = 0; t < n; ++t) {
-    const float* cos = s.rope_cos_.data() + t * c.rope_dim;
-    const float* sin = s.rope_sin_.data() + t * c.rope_dim;
-    detail::rope(s.q_.data() + t * q_dim, c.n_heads, c.key_dim, c.rope_dim, cos, sin);
-    detail::rope(s.k_.data() + t * k_dim, c.n_kv_heads, c.key_dim, c.rope_dim, cos, sin);
-    seq.write(l, pos0 + t, s.k_.data() + t * k_dim, s.v_.data() + t * v_dim);
-  }
-  // Token t of the batch attends to the cache up to its own position (causal mask), with each
-  // group of n_heads / n_kv_heads query heads sharing one KV head.
+  // Token t of the batch attends to the cache up to its own position (causal mask), or to the
+  // last sliding_window tokens of it, with each group of n_heads / n_kv_heads query heads
+  // sharing one KV head.
   const size_t group = c.n_heads / c.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(c.key_dim));
   const size_t n_tasks = n * c.n_heads;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (n_tasks > 1)
+#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_tasks > 1)
   for (size_t task = 0; task < n_tasks; ++task) {
     const size_t t = task / c.n_heads, h = task % c.n_heads;
+    const size_t end = pos0 + t + 1;
+    const size_t begin =
+        c.sliding_window != 0 && end > c.sliding_window ? end - c.sliding_window : 0;
     float* scores = s.scores_.data() + size_t(omp_get_thread_num()) * s.n_ctx_;
-    detail::attention(s.q_.data() + t * q_dim + h * c.key_dim, c.key_dim, seq.keys(l, h / group),
-                      seq.values(l, h / group), pos0 + t + 1, scale, scores,
+    detail::attention(s.qkv_.data() + t * stride + h * c.key_dim, c.key_dim, seq.keys(l, h / group),
+                      seq.values(l, h / group), begin, end, scale, scores,
                       s.att_.data() + t * att_dim + h * c.value_dim);
   }
-  detail::matmul(layer.wo, s.att_.data(), n, att_dim, xb, d, nt);
-  for (size_t i = 0; i < n * d; ++i) x[i] += xb[i];
+  linear(layer.attn_output, s.att_.data(), n, att_dim, xb, d);
+  detail::add(x, xb, n * d);
 }
 
 void Transformer::ffn_block(const Layer& layer, size_t n, ForwardScratch& s) const {
   const ModelConfig& c = config_;
-  const int nt = n_threads_;
   const size_t d = c.n_embd, f = c.n_ff;
+  const size_t stride = layer.ffn_in.rows;  // a token's gate and up rows, or up rows
   float* x = s.x_.data();
   float* xb = s.xb_.data();
+  normalize(layer.ffn_norm, x, n, xb);
+  project(layer.ffn_in, xb, n, d, s.ffn_.data());
+  const FfnType type = c.traits.ffn;
+#pragma omp parallel for num_threads(n_threads_) if (n > 1)
   for (size_t t = 0; t < n; ++t) {
-    detail::rmsnorm(x + t * d, layer.ffn_norm, d, c.rms_eps, xb + t * d);
+    float* h = s.ffn_.data() + t * stride;
+    switch (type) {
+      case FfnType::kSwiGlu:
+        detail::swiglu(h, h + f, f, h);
+        break;
+      case FfnType::kGeGlu:
+        detail::geglu(h, h + f, f, h);
+        break;
+      case FfnType::kGelu:
+        detail::gelu(h, f, h);
+        break;
+    }
   }
-  detail::matmul(layer.gate, xb, n, d, s.gate_.data(), f, nt);
-  detail::matmul(layer.up, xb, n, d, s.up_.data(), f, nt);
-#pragma omp parallel for num_threads(nt) if (n > 1)
-  for (size_t t = 0; t < n; ++t) {
-    detail::swiglu(s.gate_.data() + t * f, s.up_.data() + t * f, f, s.gate_.data() + t * f);
-  }
-  detail::matmul(layer.down, s.gate_.data(), n, f, xb, d, nt);
-  for (size_t i = 0; i < n * d; ++i) x[i] += xb[i];
+  linear(layer.ffn_down, s.ffn_.data(), n, stride, xb, d);
+  detail::add(x, xb, n * d);
 }
 
 }  // namespace sllm

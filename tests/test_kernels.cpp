@@ -170,36 +170,57 @@ TEST_CASE("rmsnorm matches the scalar reference") {
   });
 }
 
-TEST_CASE("rope rotates interleaved pairs as the scalar reference does") {
+TEST_CASE("rope rotates interleaved and NEOX pairs as the scalar reference does") {
   std::mt19937 rng(6);
   struct Shape {
     size_t n_heads, head_dim, rope_dim;
   };
   sllm_test::for_each_simd_target([&] {
-    for (Shape s : {Shape{1, 2, 2}, Shape{8, 8, 8}, Shape{3, 18, 18}, Shape{2, 64, 64},
-                    Shape{4, 128, 128}, Shape{2, 64, 32}, Shape{3, 20, 6}}) {
-      // Without and with Llama 3.1-style frequency factors (1, 4.5 and 8 in turn).
-      std::vector<float> factors(s.rope_dim / 2);
-      for (size_t i = 0; i < factors.size(); ++i) factors[i] = 1.f + 7.f * float(i % 3) / 2.f;
-      const float* const variants[] = {nullptr, factors.data()};
-      for (const float* ff : variants) {
-        for (size_t pos : {0, 1, 7, 500, 4095}) {
-          CAPTURE(s.head_dim);
-          CAPTURE(s.rope_dim);
-          CAPTURE(pos);
-          const bool with_factors = ff != nullptr;
-          CAPTURE(with_factors);
-          const auto x = random_floats(rng, s.n_heads * s.head_dim);
-          auto want = x, got = x;
-          sllm::ref::rope(want.data(), s.n_heads, s.head_dim, s.rope_dim, pos, 10000.f, ff);
-          std::vector<float> cos(s.rope_dim), sin(s.rope_dim);
-          sllm::detail::rope_table(pos, s.rope_dim, 10000.f, ff, cos.data(), sin.data());
-          sllm::detail::rope(got.data(), s.n_heads, s.head_dim, s.rope_dim, cos.data(), sin.data());
-          for (size_t i = 0; i < x.size(); ++i) CHECK(std::fabs(got[i] - want[i]) <= 1e-6f);
+    for (sllm::RopeStyle style : {sllm::RopeStyle::kInterleaved, sllm::RopeStyle::kNeox}) {
+      const bool neox = style == sllm::RopeStyle::kNeox;
+      CAPTURE(neox);
+      for (Shape s : {Shape{1, 2, 2}, Shape{8, 8, 8}, Shape{3, 18, 18}, Shape{2, 64, 64},
+                      Shape{4, 128, 128}, Shape{2, 64, 32}, Shape{3, 20, 6}, Shape{2, 80, 36}}) {
+        // Without and with Llama 3.1-style frequency factors (1, 4.5 and 8 in turn).
+        std::vector<float> factors(s.rope_dim / 2);
+        for (size_t i = 0; i < factors.size(); ++i) factors[i] = 1.f + 7.f * float(i % 3) / 2.f;
+        const float* const variants[] = {nullptr, factors.data()};
+        for (const float* ff : variants) {
+          for (size_t pos : {0, 1, 7, 500, 4095}) {
+            CAPTURE(s.head_dim);
+            CAPTURE(s.rope_dim);
+            CAPTURE(pos);
+            const bool with_factors = ff != nullptr;
+            CAPTURE(with_factors);
+            const auto x = random_floats(rng, s.n_heads * s.head_dim);
+            auto want = x, got = x;
+            sllm::ref::rope(want.data(), s.n_heads, s.head_dim, s.rope_dim, pos, 10000.f, ff,
+                            style);
+            std::vector<float> cos(s.rope_dim), sin(s.rope_dim);
+            sllm::detail::rope_table(pos, s.rope_dim, 10000.f, ff, style, cos.data(), sin.data());
+            sllm::detail::rope(got.data(), s.n_heads, s.head_dim, s.rope_dim, cos.data(),
+                               sin.data(), style);
+            for (size_t i = 0; i < x.size(); ++i) CHECK(std::fabs(got[i] - want[i]) <= 1e-6f);
+          }
         }
       }
     }
   });
+}
+
+TEST_CASE("NEOX rope rotates element i with element i + rope_dim / 2") {
+  // One head of 4: the pairs are (0, 2) and (1, 3); at position 1 the angles are 1 and
+  // 10000^(-1/2) = 0.01 radians. Written out by hand, independent of both implementations.
+  const std::vector<float> x = {1.f, 2.f, 3.f, 4.f};
+  std::vector<float> cos(4), sin(4);
+  sllm::detail::rope_table(1, 4, 10000.f, nullptr, sllm::RopeStyle::kNeox, cos.data(), sin.data());
+  auto got = x;
+  sllm::detail::rope(got.data(), 1, 4, 4, cos.data(), sin.data(), sllm::RopeStyle::kNeox);
+  const double c0 = std::cos(1.0), s0 = std::sin(1.0), c1 = std::cos(0.01), s1 = std::sin(0.01);
+  CHECK(got[0] == doctest::Approx(1 * c0 - 3 * s0));
+  CHECK(got[2] == doctest::Approx(1 * s0 + 3 * c0));
+  CHECK(got[1] == doctest::Approx(2 * c1 - 4 * s1));
+  CHECK(got[3] == doctest::Approx(2 * s1 + 4 * c1));
 }
 
 TEST_CASE("softmax matches the scalar reference") {
@@ -238,6 +259,66 @@ TEST_CASE("swiglu matches the scalar reference, including saturated gates") {
   });
 }
 
+TEST_CASE("gelu and geglu match the scalar reference, including saturated inputs") {
+  // The tanh approximation at a few points, written out: gelu(1) = 0.841192, gelu(-1) =
+  // -0.158808, gelu(3) = 2.996363.
+  CHECK(sllm::ref::gelu(1.0) == doctest::Approx(0.8411920).epsilon(1e-6));
+  CHECK(sllm::ref::gelu(-1.0) == doctest::Approx(-0.1588080).epsilon(1e-6));
+  CHECK(sllm::ref::gelu(3.0) == doctest::Approx(2.9963627).epsilon(1e-6));
+  std::mt19937 rng(11);
+  sllm_test::for_each_simd_target([&] {
+    for (size_t n : {1, 4, 15, 16, 33, 320}) {
+      auto x = random_floats(rng, n, -8.f, 8.f);
+      x[0] = -200.f;
+      if (n > 1) x[1] = 150.f;
+      if (n > 2) x[2] = 0.f;
+      const auto up = random_floats(rng, n, -2.f, 2.f);
+      std::vector<float> want(n), got(n), want_glu(n), got_glu(n);
+      sllm::ref::gelu(x.data(), n, want.data());
+      sllm::detail::gelu(x.data(), n, got.data());
+      sllm::ref::geglu(x.data(), up.data(), n, want_glu.data());
+      sllm::detail::geglu(x.data(), up.data(), n, got_glu.data());
+      for (size_t i = 0; i < n; ++i) {
+        CAPTURE(x[i]);
+        CHECK(got[i] == doctest::Approx(want[i]).epsilon(1e-5).scale(1e-6));
+        CHECK(got_glu[i] == doctest::Approx(want_glu[i]).epsilon(1e-5).scale(1e-6));
+      }
+      auto in_place = x;
+      sllm::detail::gelu(in_place.data(), n, in_place.data());
+      CHECK(in_place == got);
+    }
+  });
+}
+
+TEST_CASE("layernorm and add match the scalar reference") {
+  std::mt19937 rng(12);
+  sllm_test::for_each_simd_target([&] {
+    for (size_t n : {1, 3, 8, 17, 64, 100, 768}) {
+      CAPTURE(n);
+      // An offset far from 0 shows that the variance is taken around the mean.
+      auto x = random_floats(rng, n, 97.f, 103.f);
+      const auto w = random_floats(rng, n), b = random_floats(rng, n);
+      std::vector<float> want(n), got(n);
+      sllm::ref::layernorm(x.data(), w.data(), b.data(), n, 1e-5f, want.data());
+      sllm::detail::layernorm(x.data(), w.data(), b.data(), n, 1e-5f, got.data());
+      for (size_t i = 0; i < n; ++i) CHECK(got[i] == doctest::Approx(want[i]).epsilon(1e-4));
+      auto in_place = x;
+      sllm::detail::layernorm(in_place.data(), w.data(), b.data(), n, 1e-5f, in_place.data());
+      CHECK(in_place == got);
+
+      auto sum_want = x, sum_got = x;
+      sllm::ref::add(sum_want.data(), w.data(), n);
+      sllm::detail::add(sum_got.data(), w.data(), n);
+      CHECK(sum_got == sum_want);
+    }
+  });
+  // Constant input: zero variance leaves the bias alone.
+  const std::vector<float> x(10, 5.f), w(10, 2.f), b(10, 0.25f);
+  std::vector<float> out(10);
+  sllm::detail::layernorm(x.data(), w.data(), b.data(), 10, 1e-5f, out.data());
+  for (float v : out) CHECK(v == 0.25f);
+}
+
 TEST_CASE("attention over paged F32 and F16 keys and values matches the scalar reference") {
   std::mt19937 rng(9);
   for (TensorType type : {TensorType::F32, TensorType::F16}) {
@@ -264,16 +345,21 @@ TEST_CASE("attention over paged F32 and F16 keys and values matches the scalar r
         const auto q = random_floats(rng, head_dim, -2.f, 2.f);
         const float scale = 1.0f / std::sqrt(float(head_dim));
         sllm_test::for_each_simd_target([&] {
-          for (size_t n_ctx : {1, 2, 5, 16, 17, 41}) {
+          // Whole prefixes [0, end), and windows [begin, end) that start inside a block.
+          using Range = std::pair<size_t, size_t>;
+          for (Range range : {Range{0, 1}, Range{0, 2}, Range{0, 5}, Range{0, 16}, Range{0, 17},
+                              Range{0, 41}, Range{4, 5}, Range{3, 17}, Range{20, 41}}) {
+            const size_t begin = range.first, end = range.second;
             const std::string type_str = type_name(type);
             CAPTURE(type_str);
             CAPTURE(block_tokens);
             CAPTURE(head_dim);
-            CAPTURE(n_ctx);
-            std::vector<float> want(head_dim), got(head_dim), scores(n_ctx);
-            sllm::ref::attention(q.data(), head_dim, keys, vals, n_ctx, scale, want.data());
-            sllm::detail::attention(q.data(), head_dim, keys, vals, n_ctx, scale, scores.data(),
-                                    got.data());
+            CAPTURE(begin);
+            CAPTURE(end);
+            std::vector<float> want(head_dim), got(head_dim), scores(end - begin);
+            sllm::ref::attention(q.data(), head_dim, keys, vals, begin, end, scale, want.data());
+            sllm::detail::attention(q.data(), head_dim, keys, vals, begin, end, scale,
+                                    scores.data(), got.data());
             for (size_t i = 0; i < head_dim; ++i) {
               CHECK(got[i] == doctest::Approx(want[i]).epsilon(1e-5).scale(1e-2));
             }

@@ -5,6 +5,12 @@
 #include <cmath>
 
 namespace sllm {
+
+// Which elements of a head the rotary embedding rotates together. GGUF llama weights pair
+// (2i, 2i+1) (llama.cpp's converter permutes Q and K rows for it); NEOX-style models (qwen2,
+// phi3, gemma...) keep Hugging Face's order, which pairs (i, i + rope_dim / 2).
+enum class RopeStyle { kInterleaved, kNeox };
+
 namespace detail {
 
 // The SIMD targets that sllm was compiled for and this CPU runs (Highway target bits).
@@ -48,23 +54,36 @@ void matmul(const MatrixView& w, const float* x, size_t n, size_t x_stride, floa
 void row_to_f32(TensorType type, const uint8_t* src, size_t n, float* dst);
 // out = x / sqrt(mean(x^2) + eps) * weight (out may alias x).
 void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out);
-// Rotary embedding in place of the first rope_dim elements of each of n_heads heads, in the
-// pair order of GGUF llama weights: pairs (2i, 2i+1). cos and sin are rope_table()'s rows.
+// out = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias, the LayerNorm of GPT-2 (out may
+// alias x).
+void layernorm(const float* x, const float* weight, const float* bias, size_t n, float eps,
+               float* out);
+// y[i] += x[i]: bias rows and residual connections.
+void add(float* y, const float* x, size_t n);
+// Rotary embedding in place of the first rope_dim elements of each of n_heads heads. cos and
+// sin are rope_table()'s rows for the same style; element j becomes
+// x[j] * cos[j] + x[partner(j)] * sin[j], where partner pairs (2i, 2i+1) for kInterleaved and
+// (i, i + rope_dim / 2) for kNeox.
 void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, const float* cos,
-          const float* sin);
+          const float* sin, RopeStyle style);
 // Rotation angles of position pos: theta_i = pos * base^(-2i/rope_dim) / freq_factors[i]
-// (freq_factors: Llama 3.1's rope_freqs, or null for none), written as
-// cos[2i] = cos[2i+1] = cos theta_i, sin[2i] = -sin theta_i, sin[2i+1] = sin theta_i.
-void rope_table(size_t pos, size_t rope_dim, float base, const float* freq_factors, float* cos,
-                float* sin);
+// (freq_factors: Llama 3.1's rope_freqs, or null for none), written for the pair j, k of
+// theta_i (j < k) as cos[j] = cos[k] = cos theta_i, sin[j] = -sin theta_i, sin[k] = sin theta_i.
+void rope_table(size_t pos, size_t rope_dim, float base, const float* freq_factors, RopeStyle style,
+                float* cos, float* sin);
 // x = softmax(x), in place.
 void softmax(float* x, size_t n);
 // out = silu(gate) * up, silu(g) = g / (1 + exp(-g)) (out may alias gate or up).
 void swiglu(const float* gate, const float* up, size_t n, float* out);
-// One query head over the first n_ctx cached tokens: out = softmax(scale * K q) V.
-// scores is scratch for n_ctx floats.
+// out = gelu(x) with the tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))),
+// as GPT-2 and Gemma were trained with (out may alias x).
+void gelu(const float* x, size_t n, float* out);
+// out = gelu(gate) * up (out may alias gate or up).
+void geglu(const float* gate, const float* up, size_t n, float* out);
+// One query head over the cached tokens [begin, end): out = softmax(scale * K q) V. begin > 0
+// leaves out the tokens before a sliding window. scores is scratch for end - begin floats.
 void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
-               size_t n_ctx, float scale, float* scores, float* out);
+               size_t begin, size_t end, float scale, float* scores, float* out);
 
 }  // namespace detail
 
@@ -75,12 +94,19 @@ float element_to_f32(TensorType type, const uint8_t* row, size_t i);
 void matmul(const detail::MatrixView& w, const float* x, size_t n, size_t x_stride, float* y,
             size_t y_stride);
 void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out);
+void layernorm(const float* x, const float* weight, const float* bias, size_t n, float eps,
+               float* out);
+void add(float* y, const float* x, size_t n);
 // Rotates with angles computed here from pos and base (independent of detail::rope_table).
 void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base,
-          const float* freq_factors);
+          const float* freq_factors, RopeStyle style);
 void softmax(float* x, size_t n);
 void swiglu(const float* gate, const float* up, size_t n, float* out);
+// GELU's tanh approximation in double precision.
+double gelu(double x);
+void gelu(const float* x, size_t n, float* out);
+void geglu(const float* gate, const float* up, size_t n, float* out);
 void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
-               const detail::PagedRows& values, size_t n_ctx, float scale, float* out);
+               const detail::PagedRows& values, size_t begin, size_t end, float scale, float* out);
 }  // namespace ref
 }  // namespace sllm

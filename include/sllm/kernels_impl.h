@@ -7,9 +7,13 @@ HWY_EXPORT(DotF32);
 HWY_EXPORT(MatMulRows);
 HWY_EXPORT(RowToF32);
 HWY_EXPORT(RmsNorm);
+HWY_EXPORT(LayerNorm);
+HWY_EXPORT(Add);
 HWY_EXPORT(Rope);
 HWY_EXPORT(Softmax);
 HWY_EXPORT(SwiGlu);
+HWY_EXPORT(Gelu);
+HWY_EXPORT(GeGlu);
 HWY_EXPORT(Attention);
 
 std::vector<int64_t> simd_targets() {
@@ -50,21 +54,33 @@ void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* ou
   HWY_DYNAMIC_DISPATCH(RmsNorm)(x, weight, n, eps, out);
 }
 
-void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, const float* cos,
-          const float* sin) {
-  HWY_DYNAMIC_DISPATCH(Rope)(x, n_heads, head_dim, rope_dim, cos, sin);
+void layernorm(const float* x, const float* weight, const float* bias, size_t n, float eps,
+               float* out) {
+  HWY_DYNAMIC_DISPATCH(LayerNorm)(x, weight, bias, n, eps, out);
 }
 
-void rope_table(size_t pos, size_t rope_dim, float base, const float* freq_factors, float* cos,
-                float* sin) {
-  for (size_t i = 0; i < rope_dim / 2; ++i) {
+void add(float* y, const float* x, size_t n) {
+  HWY_DYNAMIC_DISPATCH(Add)(y, x, n);
+}
+
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, const float* cos,
+          const float* sin, RopeStyle style) {
+  HWY_DYNAMIC_DISPATCH(Rope)(x, n_heads, head_dim, rope_dim, cos, sin, style);
+}
+
+void rope_table(size_t pos, size_t rope_dim, float base, const float* freq_factors, RopeStyle style,
+                float* cos, float* sin) {
+  const size_t half = rope_dim / 2;
+  for (size_t i = 0; i < half; ++i) {
     double theta = double(pos) * std::pow(double(base), -2.0 * double(i) / double(rope_dim));
     if (freq_factors != nullptr) theta /= freq_factors[i];
     const float c = float(std::cos(theta)), s = float(std::sin(theta));
-    cos[2 * i] = c;
-    cos[2 * i + 1] = c;
-    sin[2 * i] = -s;
-    sin[2 * i + 1] = s;
+    const size_t j = style == RopeStyle::kNeox ? i : 2 * i;
+    const size_t k = style == RopeStyle::kNeox ? i + half : 2 * i + 1;
+    cos[j] = c;
+    cos[k] = c;
+    sin[j] = -s;
+    sin[k] = s;
   }
 }
 
@@ -76,9 +92,17 @@ void swiglu(const float* gate, const float* up, size_t n, float* out) {
   HWY_DYNAMIC_DISPATCH(SwiGlu)(gate, up, n, out);
 }
 
+void gelu(const float* x, size_t n, float* out) {
+  HWY_DYNAMIC_DISPATCH(Gelu)(x, n, out);
+}
+
+void geglu(const float* gate, const float* up, size_t n, float* out) {
+  HWY_DYNAMIC_DISPATCH(GeGlu)(gate, up, n, out);
+}
+
 void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
-               size_t n_ctx, float scale, float* scores, float* out) {
-  HWY_DYNAMIC_DISPATCH(Attention)(q, head_dim, keys, values, n_ctx, scale, scores, out);
+               size_t begin, size_t end, float scale, float* scores, float* out) {
+  HWY_DYNAMIC_DISPATCH(Attention)(q, head_dim, keys, values, begin, end, scale, scores, out);
 }
 
 }  // namespace detail
@@ -128,17 +152,35 @@ void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* ou
   for (size_t i = 0; i < n; ++i) out[i] = float(x[i] * scale * weight[i]);
 }
 
+void layernorm(const float* x, const float* weight, const float* bias, size_t n, float eps,
+               float* out) {
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += x[i];
+  const double mean = sum / double(n);
+  double sum_sq = 0;
+  for (size_t i = 0; i < n; ++i) sum_sq += (x[i] - mean) * (x[i] - mean);
+  const double scale = 1.0 / std::sqrt(sum_sq / double(n) + eps);
+  for (size_t i = 0; i < n; ++i) out[i] = float((x[i] - mean) * scale * weight[i] + bias[i]);
+}
+
+void add(float* y, const float* x, size_t n) {
+  for (size_t i = 0; i < n; ++i) y[i] += x[i];
+}
+
 void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base,
-          const float* freq_factors) {
+          const float* freq_factors, RopeStyle style) {
+  const size_t half = rope_dim / 2;
   for (size_t h = 0; h < n_heads; ++h) {
-    for (size_t i = 0; i < rope_dim; i += 2) {
-      const double factor = freq_factors != nullptr ? freq_factors[i / 2] : 1.0;
+    for (size_t i = 0; i < half; ++i) {
+      const double factor = freq_factors != nullptr ? freq_factors[i] : 1.0;
       const double theta =
-          double(pos) / std::pow(double(base), double(i) / double(rope_dim)) / factor;
-      float* p = x + h * head_dim + i;
-      const double x0 = p[0], x1 = p[1];
-      p[0] = float(x0 * std::cos(theta) - x1 * std::sin(theta));
-      p[1] = float(x0 * std::sin(theta) + x1 * std::cos(theta));
+          double(pos) / std::pow(double(base), double(2 * i) / double(rope_dim)) / factor;
+      // The rotated pair: adjacent elements, or one from each half of the rotated part.
+      float* p0 = x + h * head_dim + (style == RopeStyle::kNeox ? i : 2 * i);
+      float* p1 = style == RopeStyle::kNeox ? p0 + half : p0 + 1;
+      const double x0 = *p0, x1 = *p1;
+      *p0 = float(x0 * std::cos(theta) - x1 * std::sin(theta));
+      *p1 = float(x0 * std::sin(theta) + x1 * std::cos(theta));
     }
   }
 }
@@ -159,24 +201,37 @@ void swiglu(const float* gate, const float* up, size_t n, float* out) {
   }
 }
 
+double gelu(double x) {
+  const double sqrt_2_over_pi = 0.79788456080286535588;
+  return 0.5 * x * (1.0 + std::tanh(sqrt_2_over_pi * (x + 0.044715 * x * x * x)));
+}
+
+void gelu(const float* x, size_t n, float* out) {
+  for (size_t i = 0; i < n; ++i) out[i] = float(gelu(double(x[i])));
+}
+
+void geglu(const float* gate, const float* up, size_t n, float* out) {
+  for (size_t i = 0; i < n; ++i) out[i] = float(gelu(double(gate[i])) * up[i]);
+}
+
 void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
-               const detail::PagedRows& values, size_t n_ctx, float scale, float* out) {
-  std::vector<double> p(n_ctx);
+               const detail::PagedRows& values, size_t begin, size_t end, float scale, float* out) {
+  std::vector<double> p(end - begin);
   double max = -INFINITY;
-  for (size_t j = 0; j < n_ctx; ++j) {
+  for (size_t j = begin; j < end; ++j) {
     double dot = 0;
     for (size_t i = 0; i < head_dim; ++i) {
       dot += double(q[i]) * element_to_f32(keys.type, keys.row(j), i);
     }
-    p[j] = scale * dot;
-    max = std::max(max, p[j]);
+    p[j - begin] = scale * dot;
+    max = std::max(max, p[j - begin]);
   }
   double sum = 0;
   for (double& v : p) sum += (v = std::exp(v - max));
   for (size_t i = 0; i < head_dim; ++i) {
     double acc = 0;
-    for (size_t j = 0; j < n_ctx; ++j) {
-      acc += p[j] * element_to_f32(values.type, values.row(j), i);
+    for (size_t j = begin; j < end; ++j) {
+      acc += p[j - begin] * element_to_f32(values.type, values.row(j), i);
     }
     out[i] = float(acc / sum);
   }

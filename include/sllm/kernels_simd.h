@@ -279,10 +279,71 @@ void RmsNorm(const float* HWY_RESTRICT x, const float* HWY_RESTRICT weight, size
   for (; i < n; ++i) out[i] = x[i] * scale * weight[i];
 }
 
-void Rope(float* HWY_RESTRICT x, size_t n_heads, size_t head_dim, size_t rope_dim,
-          const float* HWY_RESTRICT cos, const float* HWY_RESTRICT sin) {
+void LayerNorm(const float* HWY_RESTRICT x, const float* HWY_RESTRICT weight,
+               const float* HWY_RESTRICT bias, size_t n, float eps, float* out) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
+  auto vsum = hn::Zero(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) vsum = hn::Add(vsum, hn::LoadU(d, x + i));
+  float sum = ReduceSumF32(d, vsum);
+  for (; i < n; ++i) sum += x[i];
+  const float mean = sum / float(n);
+  // The variance from the centred values (not E[x^2] - mean^2, which cancels badly).
+  const auto vmean = hn::Set(d, mean);
+  auto vsum_sq = hn::Zero(d);
+  i = 0;
+  for (; i + N <= n; i += N) {
+    const auto c = hn::Sub(hn::LoadU(d, x + i), vmean);
+    vsum_sq = hn::MulAdd(c, c, vsum_sq);
+  }
+  float sum_sq = ReduceSumF32(d, vsum_sq);
+  for (; i < n; ++i) sum_sq += (x[i] - mean) * (x[i] - mean);
+  const float scale = 1.0f / std::sqrt(sum_sq / float(n) + eps);
+  const auto vscale = hn::Set(d, scale);
+  i = 0;
+  for (; i + N <= n; i += N) {
+    const auto v = hn::Mul(hn::Sub(hn::LoadU(d, x + i), vmean), vscale);
+    hn::StoreU(hn::MulAdd(v, hn::LoadU(d, weight + i), hn::LoadU(d, bias + i)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] = (x[i] - mean) * scale * weight[i] + bias[i];
+}
+
+void Add(float* HWY_RESTRICT y, const float* HWY_RESTRICT x, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N)
+    hn::StoreU(hn::Add(hn::LoadU(d, y + i), hn::LoadU(d, x + i)), d, y + i);
+  for (; i < n; ++i) y[i] += x[i];
+}
+
+void Rope(float* HWY_RESTRICT x, size_t n_heads, size_t head_dim, size_t rope_dim,
+          const float* HWY_RESTRICT cos, const float* HWY_RESTRICT sin, RopeStyle style) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const size_t half = rope_dim / 2;
+  if (style == RopeStyle::kNeox) {
+    // Element i pairs with i + half: vectors of the two halves rotate each other.
+    for (size_t h = 0; h < n_heads; ++h) {
+      float* p = x + h * head_dim;
+      size_t i = 0;
+      for (; i + N <= half; i += N) {
+        const auto a = hn::LoadU(d, p + i), b = hn::LoadU(d, p + half + i);
+        const auto ra = hn::MulAdd(a, hn::LoadU(d, cos + i), hn::Mul(b, hn::LoadU(d, sin + i)));
+        const auto rb =
+            hn::MulAdd(b, hn::LoadU(d, cos + half + i), hn::Mul(a, hn::LoadU(d, sin + half + i)));
+        hn::StoreU(ra, d, p + i);
+        hn::StoreU(rb, d, p + half + i);
+      }
+      for (; i < half; ++i) {
+        const float a = p[i], b = p[half + i];
+        p[i] = a * cos[i] + b * sin[i];
+        p[half + i] = b * cos[half + i] + a * sin[half + i];
+      }
+    }
+    return;
+  }
   // Vectors hold whole pairs when N is even; Reverse2 swaps the two lanes of each pair, so
   // x * cos + swapped * sin rotates every pair (sin carries the sign of each lane).
   const size_t vector_end = N % 2 == 0 ? rope_dim / N * N : 0;
@@ -352,26 +413,60 @@ void SwiGlu(const float* gate, const float* up, size_t n, float* out) {
   for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
+// GELU's tanh approximation as x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3), which is
+// 0.5 x (1 + tanh(u)) exactly and needs only Exp. The argument of exp is clamped as in SwiGlu.
+template <class D>
+HWY_INLINE hn::Vec<D> GeluOf(D d, hn::Vec<D> x) {
+  const auto k = hn::Set(d, -2.0f * 0.7978845608f);  // -2 sqrt(2/pi)
+  const auto cubic = hn::Set(d, 0.044715f);
+  const auto u2 = hn::Mul(hn::Mul(k, x), hn::MulAdd(hn::Mul(cubic, x), x, hn::Set(d, 1.0f)));
+  const auto e = hn::Exp(d, hn::Min(u2, hn::Set(d, 88.0f)));
+  return hn::Div(x, hn::Add(hn::Set(d, 1.0f), e));
+}
+
+HWY_INLINE float GeluOf(float x) {
+  const float u2 = -2.0f * 0.7978845608f * x * (1.0f + 0.044715f * x * x);
+  return x / (1.0f + std::exp(HWY_MIN(u2, 88.0f)));
+}
+
+void Gelu(const float* x, size_t n, float* out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(GeluOf(d, hn::LoadU(d, x + i)), d, out + i);
+  for (; i < n; ++i) out[i] = GeluOf(x[i]);
+}
+
+void GeGlu(const float* gate, const float* up, size_t n, float* out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    hn::StoreU(hn::Mul(GeluOf(d, hn::LoadU(d, gate + i)), hn::LoadU(d, up + i)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] = GeluOf(gate[i]) * up[i];
+}
+
 template <typename KV>
 void AttentionOfType(const float* HWY_RESTRICT q, size_t head_dim, const detail::PagedRows& keys,
-                     const detail::PagedRows& values, size_t n_ctx, float scale,
+                     const detail::PagedRows& values, size_t begin, size_t end, float scale,
                      float* HWY_RESTRICT scores, float* HWY_RESTRICT out) {
-  for (size_t j = 0; j < n_ctx; ++j) {
-    scores[j] = scale * DotRow(reinterpret_cast<const KV*>(keys.row(j)), q, head_dim);
+  for (size_t j = begin; j < end; ++j) {
+    scores[j - begin] = scale * DotRow(reinterpret_cast<const KV*>(keys.row(j)), q, head_dim);
   }
-  Softmax(scores, n_ctx);
+  Softmax(scores, end - begin);
   for (size_t i = 0; i < head_dim; ++i) out[i] = 0.0f;
-  for (size_t j = 0; j < n_ctx; ++j) {
-    AddScaledRow(scores[j], reinterpret_cast<const KV*>(values.row(j)), out, head_dim);
+  for (size_t j = begin; j < end; ++j) {
+    AddScaledRow(scores[j - begin], reinterpret_cast<const KV*>(values.row(j)), out, head_dim);
   }
 }
 
 void Attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
-               const detail::PagedRows& values, size_t n_ctx, float scale, float* scores,
-               float* out) {
+               const detail::PagedRows& values, size_t begin, size_t end, float scale,
+               float* scores, float* out) {
   if (keys.type == TensorType::F16) {
-    AttentionOfType<hwy::float16_t>(q, head_dim, keys, values, n_ctx, scale, scores, out);
+    AttentionOfType<hwy::float16_t>(q, head_dim, keys, values, begin, end, scale, scores, out);
   } else {
-    AttentionOfType<float>(q, head_dim, keys, values, n_ctx, scale, scores, out);
+    AttentionOfType<float>(q, head_dim, keys, values, begin, end, scale, scores, out);
   }
 }

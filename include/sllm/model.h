@@ -1,10 +1,46 @@
 // Model layer: architecture config from GGUF metadata, weight views into the map, and the
-// forward pass (batched prefill and one-token decode share one code path).
+// forward pass (batched prefill and one-token decode share one code path, and every
+// architecture shares it: what differs between them is data, ArchitectureTraits).
 namespace sllm {
 
-// Hyperparameters of a llama-family transformer, read from GGUF metadata.
+// How activations are normalized before attention, the FFN and the output.
+enum class NormType {
+  kRms,    // x / rms(x) * weight
+  kLayer,  // (x - mean) / stddev * weight + bias (LayerNorm, GPT-2)
+};
+// How token positions enter the model.
+enum class PositionType {
+  kRope,     // rotary embedding of Q and K, in the architecture's RopeStyle
+  kLearned,  // a learned embedding per position added to the token embedding (GPT-2)
+};
+// The feed-forward block between down(...) and the normalized input x.
+enum class FfnType {
+  kSwiGlu,  // silu(gate x) * (up x)
+  kGeGlu,   // gelu(gate x) * (up x)
+  kGelu,    // gelu(up x)
+};
+
+// What sets one architecture's transformer apart from the others. Every supported
+// architecture is one entry of the table in model_impl.h (detail::architecture_traits); adding
+// one that combines these features is a new entry there and a test.
+struct ArchitectureTraits {
+  std::string name;  // general.architecture
+  NormType norm = NormType::kRms;
+  PositionType positions = PositionType::kRope;
+  RopeStyle rope_style = RopeStyle::kInterleaved;
+  FfnType ffn = FfnType::kSwiGlu;
+  bool fused_qkv = false;               // blk.N.attn_qkv.weight holds the Q, then K, then V rows
+  bool fused_gate_up = false;           // blk.N.ffn_up.weight holds the gate, then the up rows
+  bool qkv_bias = false;                // the Q, K, V projections must have biases
+  bool all_biases = false;              // every projection must have a bias
+  bool scaled_embedding = false;        // token embeddings are multiplied by sqrt(n_embd)
+  bool honours_sliding_window = false;  // attention.sliding_window limits attention
+};
+
+// Hyperparameters of a transformer, read from GGUF metadata (keys under "ARCH.").
 struct ModelConfig {
   std::string architecture;   // general.architecture
+  ArchitectureTraits traits;  // what that architecture's layers do
   size_t n_embd = 0;          // embedding_length
   size_t n_layers = 0;        // block_count
   size_t n_heads = 0;         // attention.head_count
@@ -13,10 +49,14 @@ struct ModelConfig {
   size_t value_dim = 0;       // attention.value_length (default: n_embd / n_heads)
   size_t n_ff = 0;            // feed_forward_length
   size_t n_vocab = 0;         // tokenizer.ggml.tokens, else token_embd.weight rows
-  size_t context_length = 0;  // context_length (training context)
-  size_t rope_dim = 0;        // rope.dimension_count (default: key_dim)
+  size_t context_length = 0;  // context_length (training context; learned positions: their
+                              // number, and the most a sequence may hold)
+  size_t rope_dim = 0;        // rope.dimension_count (default: key_dim; 0 without rope)
   float rope_base = 10000.f;  // rope.freq_base
-  float rms_eps = 1e-5f;      // attention.layer_norm_rms_epsilon
+  float norm_eps = 1e-5f;     // attention.layer_norm_rms_epsilon (RMSNorm) or
+                              // attention.layer_norm_epsilon (LayerNorm)
+  size_t sliding_window = 0;  // attention.sliding_window: a token attends to itself and the
+                              // sliding_window - 1 before it (0: to all before it)
 
   // Error names the missing or inconsistent key, or the unsupported architecture.
   static ModelConfig from_gguf(const Gguf& gguf);
@@ -35,11 +75,11 @@ enum class LogitsFor { kNone, kLast, kAll };
 class ForwardScratch {
   friend class Transformer;
   size_t n_tokens_ = 0, n_ctx_ = 0, n_threads_ = 0;
-  detail::AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
+  detail::AlignedBuffer<float> x_, xb_, qkv_, att_, ffn_;
   detail::AlignedBuffer<float> rope_cos_, rope_sin_, scores_;
 };
 
-// A llama-family transformer whose weights are views into an open GGUF (which must outlive it).
+// A decoder-only transformer whose weights are views into an open GGUF (which must outlive it).
 class Transformer {
  public:
   static Transformer load(const Gguf& gguf, const TransformerOptions& options = {});
@@ -51,27 +91,51 @@ class Transformer {
   // Evaluates tokens[0..n) at the positions after those already in seq, appends their keys and
   // values to seq, and writes logits: n_vocab floats for the last position (kLast), n * n_vocab,
   // row per position (kAll), or nothing (kNone; logits may be null). Error, with seq unchanged,
-  // for a token id outside the vocabulary, a KV pool of another shape, context overflow or an
-  // exhausted pool.
+  // for a token id outside the vocabulary, a KV pool of another shape, context overflow (also
+  // past the learned positions of a model that has them) or an exhausted pool.
   void forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& scratch,
                float* logits, LogitsFor which = LogitsFor::kLast) const;
 
  private:
   Transformer() = default;  // made by load()
+  struct Norm {
+    const float* weight = nullptr;
+    const float* bias = nullptr;  // LayerNorm only
+  };
+  struct Linear {
+    detail::MatrixView weight;
+    const float* bias = nullptr;  // none when null
+  };
+  // A projection whose output is its parts' outputs side by side: one fused matrix or several.
+  struct Projection {
+    std::vector<Linear> parts;
+    size_t rows = 0;  // all parts' rows
+  };
   struct Layer {
-    const float* attn_norm = nullptr;
-    const float* ffn_norm = nullptr;
-    detail::MatrixView wq, wk, wv, wo, gate, up, down;
+    Norm attn_norm, ffn_norm;
+    Projection qkv;  // Q, K and V rows
+    Linear attn_output;
+    Projection ffn_in;  // gate and up rows (GLU FFNs) or the up rows (GELU)
+    Linear ffn_down;
   };
   void prepare(ForwardScratch& s, size_t n, size_t n_ctx) const;
+  void embed(const int32_t* tokens, size_t n, size_t pos0, ForwardScratch& s) const;
+  void normalize(const Norm& norm, const float* x, size_t n, float* out) const;
+  // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride.
+  void linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
+              size_t y_stride) const;
+  // The same for every part, side by side in rows of p.rows floats.
+  void project(const Projection& p, const float* x, size_t n, size_t x_stride, float* y) const;
   void attention_block(const Layer& layer, size_t l, size_t n, size_t pos0, KvSequence& seq,
                        ForwardScratch& s) const;
   void ffn_block(const Layer& layer, size_t n, ForwardScratch& s) const;
 
   ModelConfig config_;
   int n_threads_ = 1;
-  detail::MatrixView token_embd_, output_;
-  const float* output_norm_ = nullptr;
+  detail::MatrixView token_embd_;
+  detail::MatrixView position_embd_;  // learned positions only
+  Norm output_norm_;
+  Linear output_;
   const float* rope_freqs_ = nullptr;  // Llama 3.1 rope frequency factors, when present
   std::vector<Layer> layers_;
 };

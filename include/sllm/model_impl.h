@@ -1,6 +1,53 @@
 namespace sllm {
 namespace detail {
 
+// The supported architectures: what each one's layers do, as llama.cpp computes them for the
+// same GGUF files (the reference logits of the tests come from there).
+inline const std::vector<ArchitectureTraits>& architecture_traits() {
+  static const std::vector<ArchitectureTraits> table = [] {
+    std::vector<ArchitectureTraits> all;
+    ArchitectureTraits llama;  // Llama 1-3, Mistral, TinyLlama, SmolLM
+    llama.name = "llama";
+    llama.honours_sliding_window = true;  // Mistral 7B v0.1
+    all.push_back(llama);
+
+    ArchitectureTraits qwen2;  // Qwen 1.5, Qwen2, Qwen2.5
+    qwen2.name = "qwen2";
+    qwen2.rope_style = RopeStyle::kNeox;
+    qwen2.qkv_bias = true;
+    all.push_back(qwen2);
+
+    // Phi-3's files carry attention.sliding_window, but llama.cpp ignores it (its results
+    // were worse with it); phi3 follows llama.cpp, so the same file gives the same logits.
+    ArchitectureTraits phi3;
+    phi3.name = "phi3";
+    phi3.rope_style = RopeStyle::kNeox;
+    phi3.fused_qkv = true;
+    phi3.fused_gate_up = true;
+    all.push_back(phi3);
+
+    ArchitectureTraits gpt2;
+    gpt2.name = "gpt2";
+    gpt2.norm = NormType::kLayer;
+    gpt2.positions = PositionType::kLearned;
+    gpt2.ffn = FfnType::kGelu;
+    gpt2.fused_qkv = true;
+    gpt2.all_biases = true;
+    all.push_back(gpt2);
+
+    // Gemma's RMSNorm weights are applied as the file stores them: llama.cpp's converter has
+    // already added the 1 that Gemma's own code adds at run time.
+    ArchitectureTraits gemma;
+    gemma.name = "gemma";
+    gemma.rope_style = RopeStyle::kNeox;
+    gemma.ffn = FfnType::kGeGlu;
+    gemma.scaled_embedding = true;
+    all.push_back(gemma);
+    return all;
+  }();
+  return table;
+}
+
 inline std::string shape_of(size_t cols, size_t rows) {
   return "[" + std::to_string(cols) + ", " + std::to_string(rows) + "]";
 }
@@ -8,13 +55,14 @@ inline std::string shape_of(size_t cols, size_t rows) {
 inline const TensorInfo& required_tensor(const Gguf& gguf, const std::string& name) {
   const TensorInfo* t = gguf.find_tensor(name);
   if (t == nullptr) {
-    fail("tensor " + name + " is missing from " + gguf.path() +
-         " (the llama architecture needs it)");
+    fail("tensor " + name + " is missing from " + gguf.path() + " (the " +
+         gguf.get_or<std::string>("general.architecture", "") + " architecture needs it)");
   }
   return *t;
 }
 
-// A 2-D weight of cols x rows (ggml order: ne[0] = cols) read in place.
+// A 2-D weight of cols x rows (ggml order: ne[0] = cols) read in place. The one place that
+// decides which tensor types the matmul runs.
 inline MatrixView weight_matrix(const Gguf& gguf, const TensorInfo& t, size_t cols, size_t rows) {
   if (t.type != TensorType::F32 && t.type != TensorType::F16 && t.type != TensorType::BF16) {
     fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
@@ -36,7 +84,7 @@ inline MatrixView weight_matrix(const Gguf& gguf, const std::string& name, size_
   return weight_matrix(gguf, required_tensor(gguf, name), cols, rows);
 }
 
-// A 1-D F32 weight of n elements (norm weights, rope frequency factors).
+// A 1-D F32 weight of n elements (norm weights, biases, rope frequency factors).
 inline const float* weight_vector(const Gguf& gguf, const TensorInfo& t, size_t n) {
   if (t.type != TensorType::F32) {
     fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
@@ -56,6 +104,14 @@ inline const float* weight_vector(const Gguf& gguf, const std::string& name, siz
   return weight_vector(gguf, required_tensor(gguf, name), n);
 }
 
+// The vector when the file has it, else null; an Error when it is missing but required.
+inline const float* optional_vector(const Gguf& gguf, const std::string& name, size_t n,
+                                    bool required) {
+  if (required) return weight_vector(gguf, name, n);
+  const TensorInfo* t = gguf.find_tensor(name);
+  return t != nullptr ? weight_vector(gguf, *t, n) : nullptr;
+}
+
 template <typename T>
 void grow(AlignedBuffer<T>& buffer, size_t n) {
   if (buffer.size() < n) buffer.resize(n);
@@ -66,10 +122,17 @@ void grow(AlignedBuffer<T>& buffer, size_t n) {
 ModelConfig ModelConfig::from_gguf(const Gguf& gguf) {
   ModelConfig c;
   c.architecture = gguf.get<std::string>("general.architecture");
-  if (c.architecture != "llama") {
+  const auto& table = detail::architecture_traits();
+  const auto found = std::find_if(table.begin(), table.end(), [&](const ArchitectureTraits& t) {
+    return t.name == c.architecture;
+  });
+  if (found == table.end()) {
+    std::string names;
+    for (const ArchitectureTraits& t : table) names += (names.empty() ? "" : ", ") + t.name;
     detail::fail("unsupported architecture '" + c.architecture + "' (general.architecture in " +
-                 gguf.path() + "); this build runs: llama");
+                 gguf.path() + "); this build runs: " + names);
   }
+  c.traits = *found;
   const std::string a = c.architecture + ".";
   const auto positive = [&](const std::string& key, size_t value) {
     if (value == 0) detail::fail("metadata " + key + " in " + gguf.path() + " is 0");
@@ -80,6 +143,13 @@ ModelConfig ModelConfig::from_gguf(const Gguf& gguf) {
   };
   const auto count_or = [&](const std::string& key, size_t fallback) {
     return positive(key, gguf.has(key) ? size_t(gguf.get<uint32_t>(key)) : fallback);
+  };
+  const auto positive_float = [&](const std::string& key, float fallback) {
+    const float value = gguf.get_or<float>(key, fallback);
+    if (!(value > 0) || !std::isfinite(value)) {
+      detail::fail("metadata " + key + " in " + gguf.path() + " must be a positive number");
+    }
+    return value;
   };
   c.n_embd = count(a + "embedding_length");
   c.n_layers = count(a + "block_count");
@@ -101,23 +171,31 @@ ModelConfig ModelConfig::from_gguf(const Gguf& gguf) {
   }
   c.key_dim = count_or(a + "attention.key_length", c.n_embd / c.n_heads);
   c.value_dim = count_or(a + "attention.value_length", c.n_embd / c.n_heads);
-  c.rope_dim = count_or(a + "rope.dimension_count", c.key_dim);
-  if (c.rope_dim % 2 != 0 || c.rope_dim > c.key_dim) {
-    detail::fail("metadata " + a + "rope.dimension_count (" + std::to_string(c.rope_dim) +
-                 ") must be even and at most the key size " + std::to_string(c.key_dim) + " in " +
-                 gguf.path());
+  if (c.key_dim != c.value_dim) {
+    detail::fail("metadata " + a + "attention.key_length (" + std::to_string(c.key_dim) +
+                 ") differs from " + a + "attention.value_length (" + std::to_string(c.value_dim) +
+                 ") in " + gguf.path() + "; sllm runs only equal key and value head sizes");
   }
-  c.rope_base = gguf.get_or<float>(a + "rope.freq_base", 10000.f);
-  c.rms_eps = gguf.get_or<float>(a + "attention.layer_norm_rms_epsilon", 1e-5f);
-  if (!(c.rope_base > 0) || !(c.rms_eps > 0) || !std::isfinite(c.rope_base) ||
-      !std::isfinite(c.rms_eps)) {
-    detail::fail("metadata " + a + "rope.freq_base and " + a +
-                 "attention.layer_norm_rms_epsilon must be positive numbers in " + gguf.path());
+  c.norm_eps =
+      positive_float(a + (c.traits.norm == NormType::kRms ? "attention.layer_norm_rms_epsilon"
+                                                          : "attention.layer_norm_epsilon"),
+                     1e-5f);
+  if (c.traits.positions == PositionType::kRope) {
+    c.rope_dim = count_or(a + "rope.dimension_count", c.key_dim);
+    if (c.rope_dim % 2 != 0 || c.rope_dim > c.key_dim) {
+      detail::fail("metadata " + a + "rope.dimension_count (" + std::to_string(c.rope_dim) +
+                   ") must be even and at most the key size " + std::to_string(c.key_dim) + " in " +
+                   gguf.path());
+    }
+    c.rope_base = positive_float(a + "rope.freq_base", 10000.f);
+    const std::string scaling = gguf.get_or<std::string>(a + "rope.scaling.type", "none");
+    if (scaling != "none") {
+      detail::fail("metadata " + a + "rope.scaling.type is '" + scaling + "' in " + gguf.path() +
+                   "; this build supports only unscaled rope");
+    }
   }
-  const std::string scaling = gguf.get_or<std::string>(a + "rope.scaling.type", "none");
-  if (scaling != "none") {
-    detail::fail("metadata " + a + "rope.scaling.type is '" + scaling + "' in " + gguf.path() +
-                 "; this build supports only unscaled rope");
+  if (c.traits.honours_sliding_window && gguf.has(a + "attention.sliding_window")) {
+    c.sliding_window = gguf.get<uint32_t>(a + "attention.sliding_window");
   }
   if (const GgufValue* tokens = gguf.find("tokenizer.ggml.tokens")) {
     c.n_vocab = positive("tokenizer.ggml.tokens", tokens->as_array().size());
@@ -135,32 +213,76 @@ Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& option
   Transformer t;
   t.config_ = ModelConfig::from_gguf(gguf);
   const ModelConfig& c = t.config_;
+  const ArchitectureTraits& arch = c.traits;
   t.n_threads_ = options.n_threads > 0 ? options.n_threads : omp_get_max_threads();
   using detail::checked_mul;
+  const size_t d = c.n_embd;
   const size_t q_dim = checked_mul(c.n_heads, c.key_dim, "query size");
   const size_t k_dim = checked_mul(c.n_kv_heads, c.key_dim, "key size");
   const size_t v_dim = checked_mul(c.n_kv_heads, c.value_dim, "value size");
   const size_t att_dim = checked_mul(c.n_heads, c.value_dim, "attention output size");
-  t.token_embd_ = detail::weight_matrix(gguf, "token_embd.weight", c.n_embd, c.n_vocab);
-  t.output_norm_ = detail::weight_vector(gguf, "output_norm.weight", c.n_embd);
-  const TensorInfo* output = gguf.find_tensor("output.weight");
-  t.output_ = output ? detail::weight_matrix(gguf, *output, c.n_embd, c.n_vocab) : t.token_embd_;
-  if (const TensorInfo* freqs = gguf.find_tensor("rope_freqs.weight")) {
-    t.rope_freqs_ = detail::weight_vector(gguf, *freqs, c.rope_dim / 2);
+
+  // NAME.weight of cols x rows, with NAME.bias when the file has it (or the architecture
+  // requires it).
+  const auto linear = [&](const std::string& name, size_t cols, size_t rows, bool bias) {
+    Linear l;
+    l.weight = detail::weight_matrix(gguf, name + ".weight", cols, rows);
+    l.bias = detail::optional_vector(gguf, name + ".bias", rows, bias);
+    return l;
+  };
+  // Named parts of the given rows each, or one fused tensor holding them all.
+  using Part = std::pair<std::string, size_t>;
+  const auto projection = [&](const std::vector<Part>& parts, bool bias) {
+    Projection p;
+    for (const Part& part : parts) {
+      p.parts.push_back(linear(part.first, d, part.second, bias));
+      p.rows += part.second;
+    }
+    return p;
+  };
+  const auto norm = [&](const std::string& name) {
+    Norm n;
+    n.weight = detail::weight_vector(gguf, name + ".weight", d);
+    if (arch.norm == NormType::kLayer) n.bias = detail::weight_vector(gguf, name + ".bias", d);
+    return n;
+  };
+
+  t.token_embd_ = detail::weight_matrix(gguf, "token_embd.weight", d, c.n_vocab);
+  if (arch.positions == PositionType::kLearned) {
+    t.position_embd_ = detail::weight_matrix(gguf, "position_embd.weight", d, c.context_length);
   }
+  t.output_norm_ = norm("output_norm");
+  if (gguf.find_tensor("output.weight") != nullptr) {
+    t.output_ = linear("output", d, c.n_vocab, false);
+  } else {
+    t.output_.weight = t.token_embd_;  // tied embeddings
+  }
+  if (const TensorInfo* freqs = gguf.find_tensor("rope_freqs.weight")) {
+    if (arch.positions == PositionType::kRope) {
+      t.rope_freqs_ = detail::weight_vector(gguf, *freqs, c.rope_dim / 2);
+    }
+  }
+  const size_t ffn_rows = checked_mul(c.n_ff, arch.ffn == FfnType::kGelu ? 1 : 2, "FFN size");
+  const bool qkv_bias = arch.qkv_bias || arch.all_biases;
   t.layers_.resize(c.n_layers);
   for (size_t l = 0; l < c.n_layers; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
     Layer& layer = t.layers_[l];
-    layer.attn_norm = detail::weight_vector(gguf, p + "attn_norm.weight", c.n_embd);
-    layer.wq = detail::weight_matrix(gguf, p + "attn_q.weight", c.n_embd, q_dim);
-    layer.wk = detail::weight_matrix(gguf, p + "attn_k.weight", c.n_embd, k_dim);
-    layer.wv = detail::weight_matrix(gguf, p + "attn_v.weight", c.n_embd, v_dim);
-    layer.wo = detail::weight_matrix(gguf, p + "attn_output.weight", att_dim, c.n_embd);
-    layer.ffn_norm = detail::weight_vector(gguf, p + "ffn_norm.weight", c.n_embd);
-    layer.gate = detail::weight_matrix(gguf, p + "ffn_gate.weight", c.n_embd, c.n_ff);
-    layer.up = detail::weight_matrix(gguf, p + "ffn_up.weight", c.n_embd, c.n_ff);
-    layer.down = detail::weight_matrix(gguf, p + "ffn_down.weight", c.n_ff, c.n_embd);
+    layer.attn_norm = norm(p + "attn_norm");
+    layer.qkv =
+        arch.fused_qkv
+            ? projection({{p + "attn_qkv", q_dim + k_dim + v_dim}}, qkv_bias)
+            : projection({{p + "attn_q", q_dim}, {p + "attn_k", k_dim}, {p + "attn_v", v_dim}},
+                         qkv_bias);
+    layer.attn_output = linear(p + "attn_output", att_dim, d, arch.all_biases);
+    layer.ffn_norm = norm(p + "ffn_norm");
+    if (arch.ffn == FfnType::kGelu || arch.fused_gate_up) {
+      layer.ffn_in = projection({{p + "ffn_up", ffn_rows}}, arch.all_biases);
+    } else {
+      layer.ffn_in =
+          projection({{p + "ffn_gate", c.n_ff}, {p + "ffn_up", c.n_ff}}, arch.all_biases);
+    }
+    layer.ffn_down = linear(p + "ffn_down", c.n_ff, d, arch.all_biases);
   }
   return t;
 }
@@ -175,12 +297,9 @@ void Transformer::prepare(ForwardScratch& s, size_t n, size_t n_ctx) const {
   const auto rows = [&](size_t width) { return checked_mul(s.n_tokens_, width, "scratch size"); };
   detail::grow(s.x_, rows(c.n_embd));
   detail::grow(s.xb_, rows(c.n_embd));
-  detail::grow(s.q_, rows(c.n_heads * c.key_dim));
-  detail::grow(s.k_, rows(c.n_kv_heads * c.key_dim));
-  detail::grow(s.v_, rows(c.n_kv_heads * c.value_dim));
+  detail::grow(s.qkv_, rows(layers_[0].qkv.rows));
   detail::grow(s.att_, rows(c.n_heads * c.value_dim));
-  detail::grow(s.gate_, rows(c.n_ff));
-  detail::grow(s.up_, rows(c.n_ff));
+  detail::grow(s.ffn_, rows(layers_[0].ffn_in.rows));
   detail::grow(s.rope_cos_, rows(c.rope_dim));
   detail::grow(s.rope_sin_, rows(c.rope_dim));
   detail::grow(s.scores_, checked_mul(s.n_threads_, s.n_ctx_, "scratch size"));
@@ -201,21 +320,18 @@ void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, Forw
   }
   if (n == 0) return;
   const size_t pos0 = seq.size();
+  if (c.traits.positions == PositionType::kLearned && n > c.context_length - pos0) {
+    detail::fail("context overflow: the sequence holds " + std::to_string(pos0) + " tokens and " +
+                 std::to_string(n) + " more would exceed the " + std::to_string(c.context_length) +
+                 " positions that this " + c.architecture + " model has learned (" +
+                 c.architecture + ".context_length)");
+  }
   // Reserving first checks the context length, so that a huge n fails there rather than in
   // allocating scratch. Reserved blocks do not change the sequence's size.
   seq.reserve(n);
   prepare(s, n, pos0 + n);
 
-  const int nt = n_threads_;
-  const size_t d = c.n_embd;
-#pragma omp parallel for num_threads(nt) if (n > 1)
-  for (size_t t = 0; t < n; ++t) {
-    detail::row_to_f32(token_embd_.type,
-                       token_embd_.data + size_t(tokens[t]) * token_embd_.row_bytes, d,
-                       s.x_.data() + t * d);
-    detail::rope_table(pos0 + t, c.rope_dim, c.rope_base, rope_freqs_,
-                       s.rope_cos_.data() + t * c.rope_dim, s.rope_sin_.data() + t * c.rope_dim);
-  }
+  embed(tokens, n, pos0, s);
   for (size_t l = 0; l < c.n_layers; ++l) {
     attention_block(layers_[l], l, n, pos0, seq, s);
     ffn_block(layers_[l], n, s);
@@ -224,69 +340,132 @@ void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, Forw
 
   if (which == LogitsFor::kNone) return;
   const size_t first = which == LogitsFor::kAll ? 0 : n - 1;
-  const size_t rows = n - first;
-  for (size_t t = first; t < n; ++t) {
-    detail::rmsnorm(s.x_.data() + t * d, output_norm_, d, c.rms_eps, s.xb_.data() + t * d);
+  const size_t d = c.n_embd;
+  normalize(output_norm_, s.x_.data() + first * d, n - first, s.xb_.data() + first * d);
+  linear(output_, s.xb_.data() + first * d, n - first, d, logits, c.n_vocab);
+}
+
+void Transformer::embed(const int32_t* tokens, size_t n, size_t pos0, ForwardScratch& s) const {
+  const ModelConfig& c = config_;
+  const size_t d = c.n_embd;
+  const bool rope = c.traits.positions == PositionType::kRope;
+  const float scale = c.traits.scaled_embedding ? std::sqrt(float(d)) : 1.0f;
+#pragma omp parallel for num_threads(n_threads_) if (n > 1)
+  for (size_t t = 0; t < n; ++t) {
+    float* x = s.x_.data() + t * d;
+    detail::row_to_f32(token_embd_.type,
+                       token_embd_.data + size_t(tokens[t]) * token_embd_.row_bytes, d, x);
+    if (scale != 1.0f) {
+      for (size_t i = 0; i < d; ++i) x[i] *= scale;
+    }
+    if (rope) {
+      detail::rope_table(pos0 + t, c.rope_dim, c.rope_base, rope_freqs_, c.traits.rope_style,
+                         s.rope_cos_.data() + t * c.rope_dim, s.rope_sin_.data() + t * c.rope_dim);
+    } else {
+      float* position = s.xb_.data() + t * d;
+      detail::row_to_f32(position_embd_.type,
+                         position_embd_.data + (pos0 + t) * position_embd_.row_bytes, d, position);
+      detail::add(x, position, d);
+    }
   }
-  detail::matmul(output_, s.xb_.data() + first * d, rows, d, logits, c.n_vocab, nt);
+}
+
+void Transformer::normalize(const Norm& norm, const float* x, size_t n, float* out) const {
+  const size_t d = config_.n_embd;
+  for (size_t t = 0; t < n; ++t) {
+    if (config_.traits.norm == NormType::kRms) {
+      detail::rmsnorm(x + t * d, norm.weight, d, config_.norm_eps, out + t * d);
+    } else {
+      detail::layernorm(x + t * d, norm.weight, norm.bias, d, config_.norm_eps, out + t * d);
+    }
+  }
+}
+
+void Transformer::linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
+                         size_t y_stride) const {
+  detail::matmul(l.weight, x, n, x_stride, y, y_stride, n_threads_);
+  if (l.bias == nullptr) return;
+  for (size_t t = 0; t < n; ++t) detail::add(y + t * y_stride, l.bias, l.weight.rows);
+}
+
+void Transformer::project(const Projection& p, const float* x, size_t n, size_t x_stride,
+                          float* y) const {
+  size_t offset = 0;
+  for (const Linear& part : p.parts) {
+    linear(part, x, n, x_stride, y + offset, p.rows);
+    offset += part.weight.rows;
+  }
 }
 
 void Transformer::attention_block(const Layer& layer, size_t l, size_t n, size_t pos0,
                                   KvSequence& seq, ForwardScratch& s) const {
   const ModelConfig& c = config_;
-  const int nt = n_threads_;
   const size_t d = c.n_embd;
   const size_t q_dim = c.n_heads * c.key_dim, k_dim = c.n_kv_heads * c.key_dim;
-  const size_t v_dim = c.n_kv_heads * c.value_dim, att_dim = c.n_heads * c.value_dim;
+  const size_t att_dim = c.n_heads * c.value_dim;
+  const size_t stride = layer.qkv.rows;  // a token's Q, K and V, side by side
   float* x = s.x_.data();
   float* xb = s.xb_.data();
+  normalize(layer.attn_norm, x, n, xb);
+  project(layer.qkv, xb, n, d, s.qkv_.data());
   for (size_t t = 0; t < n; ++t) {
-    detail::rmsnorm(x + t * d, layer.attn_norm, d, c.rms_eps, xb + t * d);
+    float* q = s.qkv_.data() + t * stride;
+    float* k = q + q_dim;
+    if (c.traits.positions == PositionType::kRope) {
+      const float* cos = s.rope_cos_.data() + t * c.rope_dim;
+      const float* sin = s.rope_sin_.data() + t * c.rope_dim;
+      detail::rope(q, c.n_heads, c.key_dim, c.rope_dim, cos, sin, c.traits.rope_style);
+      detail::rope(k, c.n_kv_heads, c.key_dim, c.rope_dim, cos, sin, c.traits.rope_style);
+    }
+    seq.write(l, pos0 + t, k, k + k_dim);
   }
-  detail::matmul(layer.wq, xb, n, d, s.q_.data(), q_dim, nt);
-  detail::matmul(layer.wk, xb, n, d, s.k_.data(), k_dim, nt);
-  detail::matmul(layer.wv, xb, n, d, s.v_.data(), v_dim, nt);
-  for (size_t t = 0; t < n; ++t) {
-    const float* cos = s.rope_cos_.data() + t * c.rope_dim;
-    const float* sin = s.rope_sin_.data() + t * c.rope_dim;
-    detail::rope(s.q_.data() + t * q_dim, c.n_heads, c.key_dim, c.rope_dim, cos, sin);
-    detail::rope(s.k_.data() + t * k_dim, c.n_kv_heads, c.key_dim, c.rope_dim, cos, sin);
-    seq.write(l, pos0 + t, s.k_.data() + t * k_dim, s.v_.data() + t * v_dim);
-  }
-  // Token t of the batch attends to the cache up to its own position (causal mask), with each
-  // group of n_heads / n_kv_heads query heads sharing one KV head.
+  // Token t of the batch attends to the cache up to its own position (causal mask), or to the
+  // last sliding_window tokens of it, with each group of n_heads / n_kv_heads query heads
+  // sharing one KV head.
   const size_t group = c.n_heads / c.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(c.key_dim));
   const size_t n_tasks = n * c.n_heads;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (n_tasks > 1)
+#pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_tasks > 1)
   for (size_t task = 0; task < n_tasks; ++task) {
     const size_t t = task / c.n_heads, h = task % c.n_heads;
+    const size_t end = pos0 + t + 1;
+    const size_t begin =
+        c.sliding_window != 0 && end > c.sliding_window ? end - c.sliding_window : 0;
     float* scores = s.scores_.data() + size_t(omp_get_thread_num()) * s.n_ctx_;
-    detail::attention(s.q_.data() + t * q_dim + h * c.key_dim, c.key_dim, seq.keys(l, h / group),
-                      seq.values(l, h / group), pos0 + t + 1, scale, scores,
+    detail::attention(s.qkv_.data() + t * stride + h * c.key_dim, c.key_dim, seq.keys(l, h / group),
+                      seq.values(l, h / group), begin, end, scale, scores,
                       s.att_.data() + t * att_dim + h * c.value_dim);
   }
-  detail::matmul(layer.wo, s.att_.data(), n, att_dim, xb, d, nt);
-  for (size_t i = 0; i < n * d; ++i) x[i] += xb[i];
+  linear(layer.attn_output, s.att_.data(), n, att_dim, xb, d);
+  detail::add(x, xb, n * d);
 }
 
 void Transformer::ffn_block(const Layer& layer, size_t n, ForwardScratch& s) const {
   const ModelConfig& c = config_;
-  const int nt = n_threads_;
   const size_t d = c.n_embd, f = c.n_ff;
+  const size_t stride = layer.ffn_in.rows;  // a token's gate and up rows, or up rows
   float* x = s.x_.data();
   float* xb = s.xb_.data();
+  normalize(layer.ffn_norm, x, n, xb);
+  project(layer.ffn_in, xb, n, d, s.ffn_.data());
+  const FfnType type = c.traits.ffn;
+#pragma omp parallel for num_threads(n_threads_) if (n > 1)
   for (size_t t = 0; t < n; ++t) {
-    detail::rmsnorm(x + t * d, layer.ffn_norm, d, c.rms_eps, xb + t * d);
+    float* h = s.ffn_.data() + t * stride;
+    switch (type) {
+      case FfnType::kSwiGlu:
+        detail::swiglu(h, h + f, f, h);
+        break;
+      case FfnType::kGeGlu:
+        detail::geglu(h, h + f, f, h);
+        break;
+      case FfnType::kGelu:
+        detail::gelu(h, f, h);
+        break;
+    }
   }
-  detail::matmul(layer.gate, xb, n, d, s.gate_.data(), f, nt);
-  detail::matmul(layer.up, xb, n, d, s.up_.data(), f, nt);
-#pragma omp parallel for num_threads(nt) if (n > 1)
-  for (size_t t = 0; t < n; ++t) {
-    detail::swiglu(s.gate_.data() + t * f, s.up_.data() + t * f, f, s.gate_.data() + t * f);
-  }
-  detail::matmul(layer.down, s.gate_.data(), n, f, xb, d, nt);
-  for (size_t i = 0; i < n * d; ++i) x[i] += xb[i];
+  linear(layer.ffn_down, s.ffn_.data(), n, stride, xb, d);
+  detail::add(x, xb, n * d);
 }
 
 }  // namespace sllm
