@@ -60,11 +60,13 @@ void copy_with_writer(const Gguf& g, const std::string& path) {
 }
 
 // Every GGUF file under the fixture folders.
+// Every GGUF of the whole shared fixtures folder (none when it is absent: the copies under
+// tests/data are a small subset).
 std::vector<std::string> fixture_ggufs() {
   std::vector<std::string> files;
+  if (sllm_test::fixture("vocab").empty()) return files;
   for (const char* dir : {"models", "ref", "ref-embd", "vocab"}) {
-    const std::string root = sllm_test::fixture(dir);
-    if (root.empty()) continue;
+    const std::string root = std::string(SLLM_FIXTURES_DIR) + "/" + dir;
     for (const auto& e : fs::recursive_directory_iterator(root)) {
       if (e.path().extension() == ".gguf") files.push_back(e.path().string());
     }

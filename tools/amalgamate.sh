@@ -10,7 +10,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 parts="$root/include/sllm"
-layers="base file gguf quant kernels matmul_q kv model unicode_tables tokenizer sampling session embed"
+layers="base file gguf quant kernels matmul_q kv model unicode_tables tokenizer sampling session chat embed"
 
 emit_section() {  # $1 = suffix
   for layer in $layers; do
