@@ -463,7 +463,7 @@ TEST_CASE("architecture-specific tensors that are missing or misshapen are named
     CHECK(contains(
         msg, "(the " + src.get<std::string>("general.architecture") + " architecture needs it)"));
   }
-  // phi3's fused gate/up holds 2 * feed_forward_length rows.
+  // phi3's fused gate/up holds 2 * feed_forward_length rows; LongRoPE factors are refused.
   const std::string phi3 = sllm_test::fixture("ref/c_phi3.F32.gguf");
   if (phi3.empty()) return;
   CopyEdits ffn;
@@ -472,6 +472,10 @@ TEST_CASE("architecture-specific tensors that are missing or misshapen are named
   CAPTURE(msg);
   CHECK(contains(msg, "tensor blk.0.ffn_up.weight"));
   CHECK(contains(msg, "implies [128, 600]"));
+  CopyEdits long_rope;
+  long_rope.added_vectors = {{"rope_factors_long.weight", std::vector<float>(8, 1.f)}};
+  CHECK(contains(load_error(Gguf::open(phi3), "phi3.longrope.gguf", long_rope),
+                 "tensor rope_factors_long.weight"));
 }
 
 TEST_CASE("gpt2 refuses positions past its learned ones, leaving the sequence unchanged") {

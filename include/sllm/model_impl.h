@@ -262,6 +262,13 @@ Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& option
       t.rope_freqs_ = detail::weight_vector(gguf, *freqs, c.rope_dim / 2);
     }
   }
+  // Phi-3's 128k-context files scale rope by these (LongRoPE); running without would be wrong.
+  for (const char* name : {"rope_factors_long.weight", "rope_factors_short.weight"}) {
+    if (gguf.find_tensor(name) != nullptr) {
+      detail::fail("tensor " + std::string(name) + " in " + gguf.path() +
+                   " asks for LongRoPE scaling, which this build does not support");
+    }
+  }
   const size_t ffn_rows = checked_mul(c.n_ff, arch.ffn == FfnType::kGelu ? 1 : 2, "FFN size");
   const bool qkv_bias = arch.qkv_bias || arch.all_biases;
   t.layers_.resize(c.n_layers);
