@@ -124,6 +124,21 @@ TEST_CASE("context limits: a prompt that does not fit is an error; a full contex
   CHECK(g.stats.n_prompt + g.stats.n_generated == 25);  // the last token did not fit
 }
 
+TEST_CASE("gpt2's context is at most its learned positions; filling it stops generation") {
+  const std::string path = sllm_test::fixture("ref/d_gpt2.F32.gguf");
+  if (path.empty()) return;
+  const sllm::Model model = sllm::Model::open(path);
+  sllm::SessionOptions so;
+  so.n_ctx = 129;
+  CHECK_THROWS_WITH_AS(sllm::Session(model, so),
+                       doctest::Contains("exceeds the 128 positions that this gpt2 model"),
+                       sllm::Error);
+  sllm::Session session(model);  // the default: all 128
+  const Generated g = generate(session, "Once upon a time", greedy(200));
+  CHECK(g.stats.stop_reason == sllm::StopReason::kContextFull);
+  CHECK(session.n_past() == 128);
+}
+
 TEST_CASE("a token id outside the vocabulary is an error and leaves the context unchanged") {
   const sllm::Model model = sllm::Model::open(sllm_test::test_data("stories260K.gguf"));
   sllm::Session session(model);

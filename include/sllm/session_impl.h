@@ -32,8 +32,13 @@ const char* stop_reason_name(StopReason reason) {
 
 namespace detail {
 inline size_t session_context(const Model& model, const SessionOptions& options) {
-  if (options.n_ctx != 0) return options.n_ctx;
   const size_t trained = model.config().context_length;
+  if (model.config().traits.positions == PositionType::kLearned && options.n_ctx > trained) {
+    fail("a context of " + std::to_string(options.n_ctx) + " tokens exceeds the " +
+         std::to_string(trained) + " positions that this " + model.config().architecture +
+         " model has learned");
+  }
+  if (options.n_ctx != 0) return options.n_ctx;
   return trained == 0 ? 4096 : std::min<size_t>(trained, 4096);
 }
 
