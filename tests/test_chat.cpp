@@ -306,6 +306,32 @@ TEST_CASE("stop strings of each family") {
   CHECK(format(ChatTemplate::kRaw).stop_strings().empty());
 }
 
+TEST_CASE("each family's end-of-turn marker ends the answer as an end-of-generation token") {
+  // A vocabulary whose only end-of-generation ids come from the markers' text (no EOS id).
+  sllm::Vocabulary v;
+  v.tokens = {"<unk>", "a", "</s>", "<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"};
+  v.types.assign(v.tokens.size(), sllm::TokenType::Control);
+  v.types[1] = sllm::TokenType::Normal;
+  v.bos = v.eos = -1;
+  const sllm::Tokenizer tok(v);
+  const std::pair<ChatTemplate, const char*> markers[] = {
+      {ChatTemplate::kChatML, "<|im_end|>"},   {ChatTemplate::kLlama3, "<|eot_id|>"},
+      {ChatTemplate::kLlama31, "<|eot_id|>"},  {ChatTemplate::kPhi3, "<|end|>"},
+      {ChatTemplate::kGemma, "<end_of_turn>"}, {ChatTemplate::kLlama2, "</s>"},
+      {ChatTemplate::kMistralV3, "</s>"},      {ChatTemplate::kZephyr, "</s>"},
+  };
+  for (const auto& [family, marker] : markers) {
+    CAPTURE(sllm::chat_template_name(family));
+    // The marker closes a turn in the family's own rendering...
+    const std::string text =
+        format(family).render({{ChatRole::kUser, "a"}, {ChatRole::kAssistant, "a"}}, false);
+    CHECK(text.find(marker) != std::string::npos);
+    // ...and as a token it ends generation.
+    CHECK(tok.is_eog(tok.find_piece(marker)));
+  }
+  CHECK_FALSE(tok.is_eog(tok.find_piece("a")));
+}
+
 TEST_CASE("BOS once, whether the template writes it or the tokenizer adds it") {
   const std::string path = sllm_test::fixture("vocab/ggml-vocab-phi-3.gguf");
   if (path.empty()) return;
