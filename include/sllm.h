@@ -1347,6 +1347,7 @@ size_t argmax(const float* x, size_t n);
 // Session layer: the API users see. A Model is a GGUF file opened with its
 // transformer and tokenizer; a Session is one conversation's context (KV cache)
 // over a Model: prompt in, pieces of text out.
+#include <atomic>
 #include <chrono>
 
 namespace sllm {
@@ -1382,9 +1383,12 @@ struct GenerateOptions : SamplerOptions {
   std::vector<std::string> stop;  // stop before the first of these strings (not emitted)
   bool add_special = true;        // BOS etc. as the model's metadata asks (only at the start)
   bool parse_special = false;     // match control tokens like "<|im_end|>" written in the prompt
+  // Generation stops before the next token once this is true; a signal handler may set it (a
+  // lock-free atomic), e.g. to stop an answer on Ctrl-C. The prompt is evaluated regardless.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
-enum class StopReason { kEndOfGeneration, kStopString, kMaxTokens, kContextFull };
+enum class StopReason { kEndOfGeneration, kStopString, kMaxTokens, kContextFull, kCancelled };
 const char* stop_reason_name(StopReason reason);
 
 struct GenerateStats {
@@ -1407,8 +1411,12 @@ class Session {
 
   const Model& model() const { return model_; }
   size_t n_ctx() const { return seq_.max_tokens(); }
-  size_t n_past() const { return seq_.size(); }  // tokens in the context
-  void reset();                                  // empties the context
+  size_t n_past() const { return seq_.size(); }                   // tokens in the context
+  const std::vector<int32_t>& tokens() const { return tokens_; }  // the context's tokens, in order
+  void reset();                                                   // empties the context
+  // Keeps the first n tokens of the context (n <= n_past()) and forgets the rest, so that a
+  // different continuation can be evaluated; logits() is empty until the next evaluate.
+  void truncate(size_t n);
 
   // add_special: BOS etc. per the model's metadata; parse_special: control
   // tokens in the text.
@@ -1429,6 +1437,10 @@ class Session {
   // (whole UTF-8 characters).
   GenerateStats generate(std::string_view prompt, const GenerateOptions& options,
                          const PieceFn& on_piece);
+  // The same from prompt tokens (add_special and parse_special do not apply). The repetition
+  // penalties look at the whole context, earlier calls' tokens included.
+  GenerateStats generate(const std::vector<int32_t>& prompt_tokens, const GenerateOptions& options,
+                         const PieceFn& on_piece);
 
  private:
   void check_fits(size_t n_tokens) const;
@@ -1436,7 +1448,130 @@ class Session {
   KvPool pool_;
   KvSequence seq_;
   ForwardScratch scratch_;
+  std::vector<int32_t> tokens_;  // what seq_ holds
   std::vector<float> logits_;
+};
+
+}  // namespace sllm
+
+// ---- chat.h ----
+// Chat layer: conversations in a model's chat format, answered over a Session whose context (KV
+// cache) keeps the conversation, so that each turn computes only its new tokens.
+//
+// GGUF files carry their chat format as a Jinja template (tokenizer.chat_template). sllm does not
+// run Jinja: it recognises the template's family from its text and renders conversations the
+// way that template renders them (with Hugging Face's trim_blocks/lstrip_blocks, "trim" meaning
+// Python's strip of ASCII whitespace).
+#include <optional>
+
+namespace sllm {
+
+// The chat formats sllm renders. Names as chat_template_name gives them (--chat-template).
+enum class ChatTemplate : uint8_t {
+  kChatML,           // "chatml": <|im_start|>role\n...<|im_end|>\n (Qwen, SmolLM, OpenHermes)
+  kLlama2,           // "llama2": <s>[INST] <<SYS>>\n...\n<</SYS>>\n\n... [/INST] ... </s>
+  kLlama3,           // "llama3": <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>
+  kLlama31,          // "llama3.1": llama3 with the knowledge-date system header (3.1, 3.2, 3.3)
+  kPhi3,             // "phi3": <|role|>\n...<|end|>\n
+  kGemma,            // "gemma": <start_of_turn>user\n...<end_of_turn>\n, system in the first turn
+  kMistralLegacy,    // "mistral-legacy": [INST] ... [/INST]...</s> (first Mistral/Mixtral ones)
+  kMistralV1,        // "mistral-v1":  [INST] ... [/INST] ...</s> (Mistral 7B v0.1/v0.2 updated)
+  kMistralV3,        // "mistral-v3": [INST] ...[/INST] ...</s>, system in the last user turn
+  kMistralV3Tekken,  // "mistral-v3-tekken": [INST]...[/INST]...</s> (Mistral Nemo)
+  kZephyr,           // "zephyr": <|role|>\n...</s>\n (Zephyr, TinyLlama chat)
+  kRaw,              // "raw": the messages' texts one after another, no markup (base models)
+};
+
+const char* chat_template_name(ChatTemplate family);
+// The family of a name as chat_template_name writes it; nothing for other names.
+std::optional<ChatTemplate> chat_template_from_name(std::string_view name);
+// All names, comma-separated, for messages.
+std::string chat_template_names();
+
+enum class ChatRole : uint8_t { kSystem, kUser, kAssistant };
+const char* chat_role_name(ChatRole role);  // "system", "user", "assistant"
+
+struct ChatMessage {
+  ChatRole role;
+  std::string content;
+};
+
+// How one model writes conversations: the template family plus the facts of its template text
+// that change the output.
+struct ChatFormat {
+  ChatTemplate family = ChatTemplate::kChatML;
+  std::string bos_text = "<s>";  // what the template's bos_token and eos_token stand for
+  std::string eos_text = "</s>";
+  bool writes_bos = false;        // the template writes bos_token itself (not only the tokenizer)
+  std::string default_system;     // chatml: the system turn written when the conversation has none
+  bool strips_reasoning = false;  // chatml (Qwen3): earlier answers lose "<think>...</think>"
+  std::string date = "26 Jul 2024";  // llama3.1: the "Today Date" of the system header
+
+  // The family with the facts its best-known template has (e.g. llama3 writes BOS, chatml has
+  // no default system turn).
+  explicit ChatFormat(ChatTemplate family_ = ChatTemplate::kChatML);
+
+  // The family of a Jinja template text and the facts the text decides; nothing when the text
+  // belongs to none of the families. Llama 3.2's template dates its system header with
+  // strftime_now: today's date then.
+  static std::optional<ChatFormat> detect(std::string_view jinja);
+  // The format for a model with this tokenizer and template text: template_name's family when
+  // given (Error naming the known names when it is none), else the family of the template;
+  // a template of no known family, or none, falls back to ChatML with a warning (sllm::log).
+  // bos_text and eos_text come from the tokenizer.
+  static ChatFormat choose(std::string_view jinja, const Tokenizer& tokenizer,
+                           std::string_view template_name = {});
+  // choose() with the model's tokenizer.chat_template.
+  static ChatFormat for_model(const Model& model, std::string_view template_name = {});
+
+  // The conversation as the template renders it; add_generation_prompt appends the start of an
+  // assistant turn. Error when the family cannot express the conversation as its template would
+  // refuse it: roles that do not alternate user/assistant (llama2, gemma, mistral-*), or a system
+  // message after the first.
+  std::string render(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const;
+  // Text that ends an answer in this format when the model writes it as text rather than as its
+  // end-of-turn token (which Tokenizer::is_eog catches).
+  std::vector<std::string> stop_strings() const;
+};
+
+// Token ids of a rendered conversation: control tokens in it (e.g. "<|im_start|>") are parsed,
+// and BOS is added when the tokenizer asks for one unless the text already begins with it
+// (templates that write bos_token themselves), so there is never a second BOS.
+std::vector<int32_t> tokenize_chat(const Tokenizer& tokenizer, std::string_view rendered);
+
+struct ChatStats : GenerateStats {
+  size_t n_cached = 0;  // prompt tokens already in the context from earlier turns
+};
+
+// A conversation over a Session. The session's context holds the conversation: each respond()
+// renders the whole conversation, keeps the context's tokens that still match it, and evaluates
+// only the rest.
+class Chat {
+ public:
+  // The session must outlive the Chat. Whatever its context holds already is kept as far as it
+  // matches the conversation.
+  Chat(Session& session, ChatFormat format);
+  explicit Chat(Session& session);  // the format of the session's model (ChatFormat::for_model)
+  Chat(const Chat&) = delete;
+  Chat& operator=(const Chat&) = delete;
+
+  const ChatFormat& format() const { return format_; }
+  const std::vector<ChatMessage>& messages() const { return messages_; }
+  Session& session() const { return *session_; }
+
+  void add(ChatRole role, std::string content);
+  // Streams the assistant's answer to the conversation, which must end with a user message,
+  // and appends it as an assistant message (also when generation stops early, e.g. cancelled).
+  // The answer ends at the model's end-of-turn token, a stop string of the format or of
+  // options, options.max_tokens, or a full context. Error (conversation unchanged) when the
+  // conversation no longer fits in the context.
+  ChatStats respond(const GenerateOptions& options, const PieceFn& on_piece);
+  void reset();  // forgets the messages and empties the context
+
+ private:
+  Session* session_;
+  ChatFormat format_;
+  std::vector<ChatMessage> messages_;
 };
 
 }  // namespace sllm
@@ -5145,6 +5280,8 @@ const char* stop_reason_name(StopReason reason) {
       return "token limit";
     case StopReason::kContextFull:
       return "context full";
+    case StopReason::kCancelled:
+      return "cancelled";
   }
   return "?";
 }
@@ -5187,7 +5324,16 @@ Session::Session(const Model& model, const SessionOptions& options)
       seq_(pool_, detail::session_context(model, options)) {}
 
 void Session::reset() {
-  seq_.clear();
+  truncate(0);
+}
+
+void Session::truncate(size_t n) {
+  if (n > n_past()) {
+    detail::fail("cannot keep " + std::to_string(n) + " tokens of a context that holds " +
+                 std::to_string(n_past()));
+  }
+  seq_.truncate(n);
+  tokens_.resize(n);
   logits_.clear();
 }
 
@@ -5211,6 +5357,7 @@ void Session::evaluate(const std::vector<int32_t>& tokens) {
   logits_.resize(model_.config().n_vocab);
   model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_, logits_.data(),
                                LogitsFor::kLast);
+  tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
 }
 
 std::vector<float> Session::evaluate_all(const std::vector<int32_t>& tokens) {
@@ -5220,20 +5367,26 @@ std::vector<float> Session::evaluate_all(const std::vector<int32_t>& tokens) {
   if (tokens.empty()) return all;
   model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_, all.data(),
                                LogitsFor::kAll);
+  tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
   logits_.assign(all.end() - std::ptrdiff_t(n_vocab), all.end());
   return all;
 }
 
 GenerateStats Session::generate(std::string_view prompt, const GenerateOptions& options,
                                 const PieceFn& on_piece) {
+  return generate(model_.tokenizer().encode(prompt, options.add_special && n_past() == 0,
+                                            options.parse_special),
+                  options, on_piece);
+}
+
+GenerateStats Session::generate(const std::vector<int32_t>& prompt_tokens,
+                                const GenerateOptions& options, const PieceFn& on_piece) {
   using Clock = std::chrono::steady_clock;
   const auto seconds_since = [](Clock::time_point t) {
     return std::chrono::duration<double>(Clock::now() - t).count();
   };
   const Tokenizer& tokenizer = model_.tokenizer();
   const bool at_start = n_past() == 0;
-  const std::vector<int32_t> prompt_tokens =
-      tokenizer.encode(prompt, options.add_special && at_start, options.parse_special);
   if (prompt_tokens.empty() && logits_.empty()) {
     detail::fail(
         "the prompt is empty and the model adds no BOS token: nothing "
@@ -5243,9 +5396,12 @@ GenerateStats Session::generate(std::string_view prompt, const GenerateOptions& 
   GenerateStats stats;
   Sampler sampler(options);
   stats.seed = sampler.seed();
-  for (int32_t t : prompt_tokens) sampler.accept(t);
   const auto t0 = Clock::now();
   evaluate(prompt_tokens);
+  const size_t window = size_t(std::max(options.penalty_last_n, 0));
+  for (size_t i = tokens_.size() - std::min(tokens_.size(), window); i < tokens_.size(); ++i) {
+    sampler.accept(tokens_[i]);
+  }
   stats.n_prompt = prompt_tokens.size();
   stats.prompt_seconds = seconds_since(t0);
 
@@ -5256,6 +5412,10 @@ GenerateStats Session::generate(std::string_view prompt, const GenerateOptions& 
   // next call.
   stats.stop_reason = StopReason::kMaxTokens;
   while (stats.n_generated < size_t(std::max(options.max_tokens, 0))) {
+    if (options.cancel != nullptr && options.cancel->load(std::memory_order_relaxed)) {
+      stats.stop_reason = StopReason::kCancelled;
+      break;
+    }
     const int32_t token = sampler.sample(logits_.data(), logits_.size());
     if (tokenizer.is_eog(token)) {
       stats.stop_reason = StopReason::kEndOfGeneration;
@@ -5289,6 +5449,500 @@ GenerateStats Session::generate(std::string_view prompt, const GenerateOptions& 
     if (!pending.empty()) on_piece(pending);
   }
   stats.generate_seconds = seconds_since(t1);
+  return stats;
+}
+
+}  // namespace sllm
+
+// ---- chat_impl.h ----
+#include <ctime>
+
+namespace sllm {
+
+namespace detail {
+
+struct ChatTemplateInfo {
+  ChatTemplate family;
+  const char* name;
+  bool writes_bos;  // the family's best-known template writes bos_token
+};
+
+constexpr ChatTemplateInfo kChatTemplates[] = {
+    {ChatTemplate::kChatML, "chatml", false},
+    {ChatTemplate::kLlama2, "llama2", true},
+    {ChatTemplate::kLlama3, "llama3", true},
+    {ChatTemplate::kLlama31, "llama3.1", true},
+    {ChatTemplate::kPhi3, "phi3", false},
+    {ChatTemplate::kGemma, "gemma", true},
+    {ChatTemplate::kMistralLegacy, "mistral-legacy", true},
+    {ChatTemplate::kMistralV1, "mistral-v1", true},
+    {ChatTemplate::kMistralV3, "mistral-v3", true},
+    {ChatTemplate::kMistralV3Tekken, "mistral-v3-tekken", true},
+    {ChatTemplate::kZephyr, "zephyr", false},
+    {ChatTemplate::kRaw, "raw", false},
+};
+
+inline const ChatTemplateInfo& chat_template_info(ChatTemplate family) {
+  for (const ChatTemplateInfo& t : kChatTemplates) {
+    if (t.family == family) return t;
+  }
+  fail("chat template family " + std::to_string(int(family)) + " does not exist");
+}
+
+// Jinja's trim is Python's str.strip(): whitespace at both ends (ASCII here; Python also strips
+// Unicode spaces such as U+00A0, which chat messages rarely end with).
+inline bool is_strip_space(char c) {
+  return c == ' ' || (c >= '\t' && c <= '\r') || (c >= '\x1c' && c <= '\x1f');
+}
+
+inline std::string strip(std::string_view s) {
+  size_t begin = 0, end = s.size();
+  while (begin < end && is_strip_space(s[begin])) ++begin;
+  while (end > begin && is_strip_space(s[end - 1])) --end;
+  return std::string(s.substr(begin, end - begin));
+}
+
+// Python's s.strip(chars) family for one character.
+inline std::string_view lstrip_char(std::string_view s, char c) {
+  while (!s.empty() && s.front() == c) s.remove_prefix(1);
+  return s;
+}
+inline std::string_view rstrip_char(std::string_view s, char c) {
+  while (!s.empty() && s.back() == c) s.remove_suffix(1);
+  return s;
+}
+
+// The text of a Jinja string literal's body (Python escapes).
+inline std::string jinja_unescape(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '\\' || i + 1 == s.size()) {
+      out += s[i];
+      continue;
+    }
+    const char c = s[++i];
+    out += c == 'n' ? '\n' : c == 't' ? '\t' : c == 'r' ? '\r' : c;
+  }
+  return out;
+}
+
+// The system turn a ChatML template writes when the conversation has none (Qwen 2, 2.5, SmolLM
+// 2): a string literal '<|im_start|>system\nTEXT<|im_end|>...' whose TEXT is written out, not
+// an expression such as messages[0]['content'].
+inline std::string chatml_default_system(std::string_view jinja) {
+  const std::string_view start = "<|im_start|>system";
+  for (size_t at = jinja.find(start); at != std::string_view::npos;
+       at = jinja.find(start, at + 1)) {
+    if (at == 0 || (jinja[at - 1] != '\'' && jinja[at - 1] != '"')) continue;
+    const char quote = jinja[at - 1];
+    size_t p = at + start.size();
+    if (jinja.compare(p, 2, "\\n") == 0) {
+      p += 2;
+    } else if (p < jinja.size() && jinja[p] == '\n') {
+      p += 1;
+    } else {
+      continue;
+    }
+    const size_t end = jinja.find("<|im_end|>", p);
+    if (end == std::string_view::npos || end == p) continue;
+    const std::string_view text = jinja.substr(p, end - p);
+    bool closed = false;  // the literal ends before <|im_end|>: TEXT is not all written out
+    for (size_t i = 0; i < text.size(); ++i) {
+      if (text[i] == '\\') {
+        ++i;
+      } else if (text[i] == quote) {
+        closed = true;
+      }
+    }
+    if (!closed) return jinja_unescape(text);
+  }
+  return "";
+}
+
+// The "Today Date" of a Llama 3.1 template: today's date when it asks strftime_now (Hugging Face
+// defines it), else its fixed date_string.
+inline std::string llama31_date(std::string_view jinja) {
+  if (jinja.find("strftime_now") != std::string_view::npos) {
+    const std::time_t now = std::time(nullptr);
+    std::tm local{};
+    localtime_r(&now, &local);
+    char buf[32];
+    return std::string(buf, std::strftime(buf, sizeof buf, "%d %b %Y", &local));
+  }
+  const std::string_view key = "date_string = \"";
+  const size_t at = jinja.find(key);
+  if (at != std::string_view::npos) {
+    const size_t end = jinja.find('"', at + key.size());
+    if (end != std::string_view::npos)
+      return std::string(jinja.substr(at + key.size(), end - at - key.size()));
+  }
+  return ChatFormat(ChatTemplate::kLlama31).date;
+}
+
+inline std::optional<ChatTemplate> detect_chat_family(std::string_view jinja) {
+  const auto has = [&](std::string_view s) { return jinja.find(s) != std::string_view::npos; };
+  if (has("<|im_start|>")) return ChatTemplate::kChatML;
+  if (has("<|start_header_id|>")) {
+    return has("Cutting Knowledge Date") ? ChatTemplate::kLlama31 : ChatTemplate::kLlama3;
+  }
+  if (has("<start_of_turn>")) return ChatTemplate::kGemma;
+  if (has("[INST]")) {
+    if (has("<<SYS>>")) return ChatTemplate::kLlama2;
+    if (has("[SYSTEM_PROMPT]")) return std::nullopt;  // Mistral's v7 format: not rendered here
+    // The Mistral versions differ in the spaces around the markers of their string literals.
+    if (has(" [INST] ")) return ChatTemplate::kMistralV1;
+    if (has("[INST] ") && has(" [/INST]")) return ChatTemplate::kMistralLegacy;
+    if (has("[INST] ")) return ChatTemplate::kMistralV3;
+    return ChatTemplate::kMistralV3Tekken;
+  }
+  if (has("<|user|>")) return has("<|end|>") ? ChatTemplate::kPhi3 : ChatTemplate::kZephyr;
+  return std::nullopt;
+}
+
+// Templates that take one system message, first, and then user and assistant turns in
+// alternation (their Jinja raises an error otherwise, or drops the message).
+struct AlternatingTurns {
+  const std::string* system = nullptr;
+  std::vector<const ChatMessage*> turns;
+};
+
+inline AlternatingTurns alternating_turns(const std::vector<ChatMessage>& messages,
+                                          ChatTemplate family) {
+  AlternatingTurns t;
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const ChatMessage& m = messages[i];
+    if (m.role == ChatRole::kSystem) {
+      if (i != 0) {
+        fail(std::string("the ") + chat_template_name(family) +
+             " chat format takes one system message, at the start; message " +
+             std::to_string(i + 1) + " is another");
+      }
+      t.system = &m.content;
+      continue;
+    }
+    const ChatRole expected = t.turns.size() % 2 == 0 ? ChatRole::kUser : ChatRole::kAssistant;
+    if (m.role != expected) {
+      fail(std::string("the ") + chat_template_name(family) +
+           " chat format needs user and assistant messages in turn, starting with the user; "
+           "message " +
+           std::to_string(i + 1) + " is a " + chat_role_name(m.role) + " message");
+    }
+    t.turns.push_back(&m);
+  }
+  return t;
+}
+
+// Qwen3's assistant turn: "<think>" reasoning is dropped from answers before the last user
+// message, and written in its own block in the answers after it.
+inline std::string chatml_reasoning_answer(std::string_view content, bool after_last_query,
+                                           bool last) {
+  std::string_view answer = content, reasoning;
+  const size_t close = content.rfind("</think>");
+  if (close != std::string_view::npos) {
+    answer = lstrip_char(content.substr(close + 8), '\n');
+    reasoning = rstrip_char(content.substr(0, content.find("</think>")), '\n');
+    const size_t open = reasoning.rfind("<think>");
+    if (open != std::string_view::npos) reasoning.remove_prefix(open + 7);
+    reasoning = lstrip_char(reasoning, '\n');
+  }
+  if (after_last_query && (last || !reasoning.empty())) {
+    return "<think>\n" + std::string(rstrip_char(lstrip_char(reasoning, '\n'), '\n')) +
+           "\n</think>\n\n" + std::string(lstrip_char(answer, '\n'));
+  }
+  return std::string(answer);
+}
+
+}  // namespace detail
+
+const char* chat_template_name(ChatTemplate family) {
+  return detail::chat_template_info(family).name;
+}
+
+std::optional<ChatTemplate> chat_template_from_name(std::string_view name) {
+  for (const detail::ChatTemplateInfo& t : detail::kChatTemplates) {
+    if (name == t.name) return t.family;
+  }
+  return std::nullopt;
+}
+
+std::string chat_template_names() {
+  std::string names;
+  for (const detail::ChatTemplateInfo& t : detail::kChatTemplates) {
+    names += (names.empty() ? "" : ", ") + std::string(t.name);
+  }
+  return names;
+}
+
+const char* chat_role_name(ChatRole role) {
+  switch (role) {
+    case ChatRole::kSystem:
+      return "system";
+    case ChatRole::kUser:
+      return "user";
+    case ChatRole::kAssistant:
+      return "assistant";
+  }
+  return "?";
+}
+
+ChatFormat::ChatFormat(ChatTemplate family_)
+    : family(family_), writes_bos(detail::chat_template_info(family_).writes_bos) {}
+
+std::optional<ChatFormat> ChatFormat::detect(std::string_view jinja) {
+  const std::optional<ChatTemplate> family = detail::detect_chat_family(jinja);
+  if (!family) return std::nullopt;
+  ChatFormat f(*family);
+  f.writes_bos = jinja.find("bos_token") != std::string_view::npos;
+  if (f.family == ChatTemplate::kChatML) {
+    f.default_system = detail::chatml_default_system(jinja);
+    f.strips_reasoning = jinja.find("</think>") != std::string_view::npos;
+  }
+  if (f.family == ChatTemplate::kLlama31) f.date = detail::llama31_date(jinja);
+  return f;
+}
+
+ChatFormat ChatFormat::choose(std::string_view jinja, const Tokenizer& tokenizer,
+                              std::string_view template_name) {
+  const std::optional<ChatFormat> detected = detect(jinja);
+  ChatFormat f;
+  if (!template_name.empty()) {
+    const std::optional<ChatTemplate> named = chat_template_from_name(template_name);
+    if (!named) {
+      detail::fail("unknown chat template '" + std::string(template_name) +
+                   "'; the known ones are " + chat_template_names());
+    }
+    // The model's own template, when it is of the named family, still decides the details.
+    f = detected && detected->family == *named ? *detected : ChatFormat(*named);
+  } else if (detected) {
+    f = *detected;
+  } else {
+    log(LogLevel::kWarn,
+        std::string(jinja.empty() ? "the model has no chat template (tokenizer.chat_template)"
+                                  : "the model's chat template (tokenizer.chat_template) is of "
+                                    "no family sllm knows") +
+            "; using ChatML. Name the model's format to override it (sllm chat --chat-template "
+            "NAME): " +
+            chat_template_names());
+  }
+  f.bos_text = tokenizer.bos() >= 0 ? tokenizer.token_text(tokenizer.bos()) : "";
+  f.eos_text = tokenizer.eos() >= 0 ? tokenizer.token_text(tokenizer.eos()) : "";
+  return f;
+}
+
+ChatFormat ChatFormat::for_model(const Model& model, std::string_view template_name) {
+  return choose(model.gguf().get_or<std::string>("tokenizer.chat_template", ""), model.tokenizer(),
+                template_name);
+}
+
+std::string ChatFormat::render(const std::vector<ChatMessage>& messages,
+                               bool add_generation_prompt) const {
+  using detail::strip;
+  const std::string bos = writes_bos ? bos_text : "";
+  std::string out;
+  switch (family) {
+    case ChatTemplate::kChatML: {
+      if (!default_system.empty() && (messages.empty() || messages[0].role != ChatRole::kSystem)) {
+        out += "<|im_start|>system\n" + default_system + "<|im_end|>\n";
+      }
+      size_t last_query = messages.empty() ? 0 : messages.size() - 1;
+      for (size_t i = 0; i < messages.size(); ++i) {
+        if (messages[i].role == ChatRole::kUser) last_query = i;
+      }
+      for (size_t i = 0; i < messages.size(); ++i) {
+        const ChatMessage& m = messages[i];
+        const std::string content = strips_reasoning && m.role == ChatRole::kAssistant
+                                        ? detail::chatml_reasoning_answer(m.content, i > last_query,
+                                                                          i + 1 == messages.size())
+                                        : m.content;
+        out +=
+            "<|im_start|>" + std::string(chat_role_name(m.role)) + "\n" + content + "<|im_end|>\n";
+      }
+      if (add_generation_prompt) out += "<|im_start|>assistant\n";
+      break;
+    }
+    case ChatTemplate::kLlama3:
+    case ChatTemplate::kLlama31: {
+      out += bos;
+      size_t first = 0;
+      if (family == ChatTemplate::kLlama31) {
+        // The system header is always written, dated, with the system message if there is one.
+        const bool has_system = !messages.empty() && messages[0].role == ChatRole::kSystem;
+        out +=
+            "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December "
+            "2023\nToday Date: " +
+            date + "\n\n" + (has_system ? strip(messages[0].content) : "") + "<|eot_id|>";
+        first = has_system ? 1 : 0;
+      }
+      for (size_t i = first; i < messages.size(); ++i) {
+        out += "<|start_header_id|>" + std::string(chat_role_name(messages[i].role)) +
+               "<|end_header_id|>\n\n" + strip(messages[i].content) + "<|eot_id|>";
+      }
+      if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
+      break;
+    }
+    case ChatTemplate::kPhi3:
+      out += bos;
+      for (const ChatMessage& m : messages) {
+        out += "<|" + std::string(chat_role_name(m.role)) + "|>\n" + m.content + "<|end|>\n";
+      }
+      out += add_generation_prompt ? "<|assistant|>\n" : eos_text;
+      break;
+    case ChatTemplate::kZephyr:
+      for (const ChatMessage& m : messages) {
+        out += "<|" + std::string(chat_role_name(m.role)) + "|>\n" + m.content + eos_text + "\n";
+      }
+      if (add_generation_prompt && !messages.empty()) out += "<|assistant|>\n";
+      break;
+    case ChatTemplate::kGemma: {
+      // Gemma 3 writes the system message at the start of the first user turn (Gemma 2's
+      // template refuses system messages; sllm writes them the Gemma 3 way).
+      const detail::AlternatingTurns t = detail::alternating_turns(messages, family);
+      out += bos;
+      for (size_t i = 0; i < t.turns.size(); ++i) {
+        const bool user = t.turns[i]->role == ChatRole::kUser;
+        out += std::string("<start_of_turn>") + (user ? "user" : "model") + "\n" +
+               (i == 0 && t.system != nullptr ? *t.system + "\n\n" : "") +
+               strip(t.turns[i]->content) + "<end_of_turn>\n";
+      }
+      if (add_generation_prompt) out += "<start_of_turn>model\n";
+      break;
+    }
+    case ChatTemplate::kLlama2: {
+      // The template ignores add_generation_prompt: a conversation ends with " [/INST]".
+      const detail::AlternatingTurns t = detail::alternating_turns(messages, family);
+      for (size_t i = 0; i < t.turns.size(); ++i) {
+        const std::string& content = t.turns[i]->content;
+        if (t.turns[i]->role == ChatRole::kUser) {
+          out += bos + "[INST] " +
+                 strip(i == 0 && t.system != nullptr
+                           ? "<<SYS>>\n" + *t.system + "\n<</SYS>>\n\n" + content
+                           : content) +
+                 " [/INST]";
+        } else {
+          out += " " + strip(content) + " " + eos_text;
+        }
+      }
+      break;
+    }
+    case ChatTemplate::kMistralLegacy:
+    case ChatTemplate::kMistralV1:
+    case ChatTemplate::kMistralV3:
+    case ChatTemplate::kMistralV3Tekken: {
+      // The templates ignore add_generation_prompt. Mistral v0.1/v0.2 put the system message in
+      // the first user turn, v0.3 and Nemo in the last one (so it moves as the conversation
+      // grows); the first templates refuse system messages, and sllm writes them as v0.1 does.
+      const detail::AlternatingTurns t = detail::alternating_turns(messages, family);
+      const bool system_last =
+          family == ChatTemplate::kMistralV3 || family == ChatTemplate::kMistralV3Tekken;
+      const char* open = family == ChatTemplate::kMistralV1         ? " [INST] "
+                         : family == ChatTemplate::kMistralV3Tekken ? "[INST]"
+                                                                    : "[INST] ";
+      const char* close = system_last ? "[/INST]" : " [/INST]";
+      out += bos;
+      for (size_t i = 0; i < t.turns.size(); ++i) {
+        const std::string& content = t.turns[i]->content;
+        if (t.turns[i]->role == ChatRole::kUser) {
+          const bool with_system =
+              t.system != nullptr && i == (system_last ? t.turns.size() - 1 : 0);
+          out += open + (with_system ? *t.system + "\n\n" : "") + content + close;
+        } else if (family == ChatTemplate::kMistralV3) {
+          out += " " + strip(content) + eos_text;
+        } else {
+          out += (family == ChatTemplate::kMistralV1 ? " " : "") + content + eos_text;
+        }
+      }
+      break;
+    }
+    case ChatTemplate::kRaw:
+      for (const ChatMessage& m : messages) out += m.content;
+      break;
+  }
+  return out;
+}
+
+std::vector<std::string> ChatFormat::stop_strings() const {
+  switch (family) {
+    case ChatTemplate::kChatML:
+      return {"<|im_end|>", "<|im_start|>"};
+    case ChatTemplate::kLlama3:
+    case ChatTemplate::kLlama31:
+      return {"<|eot_id|>", "<|start_header_id|>"};
+    case ChatTemplate::kPhi3:
+      return {"<|end|>", "<|user|>", "<|endoftext|>"};
+    case ChatTemplate::kGemma:
+      return {"<end_of_turn>", "<start_of_turn>"};
+    case ChatTemplate::kLlama2:
+    case ChatTemplate::kMistralLegacy:
+    case ChatTemplate::kMistralV1:
+    case ChatTemplate::kMistralV3:
+    case ChatTemplate::kMistralV3Tekken:
+      return {"[INST]"};
+    case ChatTemplate::kZephyr:
+      return {"</s>", "<|user|>"};
+    case ChatTemplate::kRaw:
+      return {};
+  }
+  return {};
+}
+
+std::vector<int32_t> tokenize_chat(const Tokenizer& tokenizer, std::string_view rendered) {
+  std::vector<int32_t> ids = tokenizer.encode(rendered, /*add_special=*/false,
+                                              /*parse_special=*/true);
+  if (tokenizer.add_bos() && tokenizer.bos() >= 0 && (ids.empty() || ids[0] != tokenizer.bos())) {
+    ids.insert(ids.begin(), tokenizer.bos());
+  }
+  return ids;
+}
+
+Chat::Chat(Session& session, ChatFormat format) : session_(&session), format_(std::move(format)) {}
+
+Chat::Chat(Session& session) : Chat(session, ChatFormat::for_model(session.model())) {}
+
+void Chat::add(ChatRole role, std::string content) {
+  messages_.push_back({role, std::move(content)});
+}
+
+void Chat::reset() {
+  messages_.clear();
+  session_->reset();
+}
+
+ChatStats Chat::respond(const GenerateOptions& options, const PieceFn& on_piece) {
+  if (messages_.empty() || messages_.back().role != ChatRole::kUser) {
+    detail::fail("a chat answers a user message: add one before respond()");
+  }
+  const std::vector<int32_t> tokens =
+      tokenize_chat(session_->model().tokenizer(), format_.render(messages_, true));
+  if (tokens.empty()) detail::fail("the conversation renders to no tokens: nothing to answer");
+  if (tokens.size() > session_->n_ctx()) {
+    detail::fail("the conversation is " + std::to_string(tokens.size()) +
+                 " tokens but the context holds " + std::to_string(session_->n_ctx()) +
+                 "; start again (reset) or use a larger context");
+  }
+  // The context keeps the tokens that match the conversation rendered now. Usually that is all
+  // of it, up to the new user turn. When they diverge (a template that rewrites an earlier turn,
+  // such as Mistral v0.3 moving the system message to the last user turn; an answer whose
+  // tokens are not how its text tokenizes; an answer cut at a stop string), the context is cut
+  // at the divergence and everything after it is recomputed. The last prompt token is always
+  // evaluated, for the logits of the first answer token.
+  const std::vector<int32_t>& cached = session_->tokens();
+  const size_t limit = std::min(cached.size(), tokens.size() - 1);
+  size_t keep = 0;
+  while (keep < limit && cached[keep] == tokens[keep]) ++keep;
+  if (keep < cached.size()) session_->truncate(keep);
+
+  GenerateOptions opt = options;
+  for (std::string& s : format_.stop_strings()) opt.stop.push_back(std::move(s));
+  std::string answer;
+  ChatStats stats;
+  static_cast<GenerateStats&>(stats) =
+      session_->generate(std::vector<int32_t>(tokens.begin() + std::ptrdiff_t(keep), tokens.end()),
+                         opt, [&](std::string_view piece) {
+                           answer.append(piece);
+                           on_piece(piece);
+                         });
+  stats.n_cached = keep;
+  messages_.push_back({ChatRole::kAssistant, std::move(answer)});
   return stats;
 }
 

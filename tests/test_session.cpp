@@ -1,5 +1,7 @@
 // The session API end to end on stories260K, against llama2.c's output (an independent
 // implementation): greedy text, stop strings, seeds, and context limits.
+#include <algorithm>
+#include <atomic>
 #include <fstream>
 #include <sstream>
 
@@ -145,4 +147,47 @@ TEST_CASE("a token id outside the vocabulary is an error and leaves the context 
   session.evaluate({1, 403});
   CHECK_THROWS_AS(session.evaluate({407, 512}), sllm::Error);
   CHECK(session.n_past() == 2);
+}
+
+TEST_CASE("tokens() lists the context; truncate() keeps a prefix to continue differently") {
+  const sllm::Model model = sllm::Model::open(sllm_test::test_data("stories260K.gguf"));
+  sllm::Session session(model), fresh(model);
+  const std::vector<int32_t> prompt = session.tokenize("Once upon a time");
+  const Generated g = generate(session, "Once upon a time", greedy(10));
+  // The prompt, then every generated token but the last (sampled, not yet evaluated).
+  REQUIRE(session.tokens().size() == prompt.size() + 10);
+  CHECK(std::equal(prompt.begin(), prompt.end(), session.tokens().begin()));
+  CHECK(session.n_past() == session.tokens().size());
+
+  // Cut back to the prompt's first three tokens and continue with other text: the same text as a
+  // fresh session given the whole prompt.
+  session.truncate(3);
+  CHECK(session.n_past() == 3);
+  CHECK(session.logits().empty());
+  const std::vector<int32_t> other = session.tokenize("Once upon a dog", true);
+  REQUIRE(std::equal(other.begin(), other.begin() + 3, prompt.begin()));
+  std::string continued, whole;
+  session.generate(std::vector<int32_t>(other.begin() + 3, other.end()), greedy(12),
+                   [&](std::string_view piece) { continued += piece; });
+  fresh.generate(other, greedy(12), [&](std::string_view piece) { whole += piece; });
+  CHECK(continued == whole);
+  CHECK(session.tokens() == fresh.tokens());
+  CHECK_THROWS_AS(session.truncate(session.n_past() + 1), sllm::Error);
+  session.reset();
+  CHECK(session.tokens().empty());
+}
+
+TEST_CASE("a cancel flag stops generation before the next token") {
+  const sllm::Model model = sllm::Model::open(sllm_test::test_data("stories260K.gguf"));
+  sllm::Session session(model);
+  std::atomic<bool> cancel{false};
+  sllm::GenerateOptions o = greedy(50);
+  o.cancel = &cancel;
+  size_t pieces = 0;
+  const sllm::GenerateStats s = session.generate("Once upon a time", o, [&](std::string_view) {
+    if (++pieces == 5) cancel.store(true);
+  });
+  CHECK(s.stop_reason == sllm::StopReason::kCancelled);
+  CHECK(s.n_generated == 5);
+  CHECK(std::string(sllm::stop_reason_name(s.stop_reason)) == "cancelled");
 }

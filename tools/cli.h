@@ -8,6 +8,9 @@
 #include <type_traits>
 
 namespace sllm {
+
+struct GenerateOptions;
+
 namespace cli {
 
 // A mistake in the command line: main prints it on one line and exits with status 2.
@@ -22,6 +25,7 @@ int cmd_info(int argc, char** argv);
 int cmd_generate(int argc, char** argv);
 int cmd_tokenize(int argc, char** argv);
 int cmd_logits(int argc, char** argv);
+int cmd_chat(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 
 // Walks a subcommand's arguments in order:
@@ -123,6 +127,19 @@ class ArgReader {
   char** argv_;
   int pos_;
 };
+
+// The sampling options of `sllm generate` and `sllm chat`, and their lines of the usage text.
+bool sampling_option(ArgReader& args, GenerateOptions& options);
+#define SLLM_CLI_SAMPLING_USAGE                                                                 \
+  "      --temp T             temperature; 0 is greedy (default 0.8)\n"                         \
+  "      --top-k K            keep the K most likely tokens; 0 is off (default 40)\n"           \
+  "      --top-p P            keep the most likely tokens up to probability P (default 0.95)\n" \
+  "      --min-p P            drop tokens below P times the best one's probability (default "   \
+  "0.05)\n"                                                                                     \
+  "      --repeat-penalty R   penalise tokens seen in the last 64; 1 is off (default 1)\n"      \
+  "      --repeat-last-n N    window of the penalties (default 64)\n"                           \
+  "      --stop TEXT          stop before TEXT (may be given several times)\n"                  \
+  "      --seed S             random seed (default: random, printed to stderr)\n"
 
 }  // namespace cli
 }  // namespace sllm

@@ -21,16 +21,7 @@ const char kGenerateUsage[] =
     "options:\n"
     "  -m, --model FILE         GGUF model (required)\n"
     "  -p, --prompt TEXT        prompt (default: empty, i.e. start from BOS)\n"
-    "  -n, --n-predict N        tokens to generate at most (default 128)\n"
-    "      --temp T             temperature; 0 is greedy (default 0.8)\n"
-    "      --top-k K            keep the K most likely tokens; 0 is off (default 40)\n"
-    "      --top-p P            keep the most likely tokens up to probability P (default 0.95)\n"
-    "      --min-p P            drop tokens below P times the best one's probability (default "
-    "0.05)\n"
-    "      --repeat-penalty R   penalise tokens seen in the last 64; 1 is off (default 1)\n"
-    "      --repeat-last-n N    window of the penalties (default 64)\n"
-    "      --stop TEXT          stop before TEXT (may be given several times)\n"
-    "      --seed S             random seed (default: random, printed to stderr)\n"
+    "  -n, --n-predict N        tokens to generate at most (default 128)\n" SLLM_CLI_SAMPLING_USAGE
     "  -t, --threads N          threads (default: OMP_NUM_THREADS, else all cores)\n"
     "  -c, --ctx-size N         context size in tokens (default: the model's, at most 4096)\n"
     "      --special            parse control tokens such as <|im_end|> in the prompt\n"
@@ -97,6 +88,27 @@ std::vector<int32_t> parse_ids(const std::string& list) {
 
 }  // namespace
 
+bool sampling_option(ArgReader& args, GenerateOptions& opt) {
+  std::string stop;
+  uint64_t seed = 0;
+  if (args.option(nullptr, "--temp", opt.temperature) ||
+      args.option(nullptr, "--top-k", opt.top_k) || args.option(nullptr, "--top-p", opt.top_p) ||
+      args.option(nullptr, "--min-p", opt.min_p) ||
+      args.option(nullptr, "--repeat-penalty", opt.repeat_penalty) ||
+      args.option(nullptr, "--repeat-last-n", opt.penalty_last_n)) {
+    return true;
+  }
+  if (args.option(nullptr, "--seed", seed)) {
+    opt.seed = seed;
+    return true;
+  }
+  if (args.option(nullptr, "--stop", stop)) {
+    opt.stop.push_back(stop);
+    return true;
+  }
+  return false;
+}
+
 int cmd_generate(int argc, char** argv) {
   if (help(argc, argv, kGenerateUsage)) return 0;
   std::string model_path;
@@ -104,23 +116,11 @@ int cmd_generate(int argc, char** argv) {
   GenerateOptions opt;
   int threads = 0;
   size_t ctx = 0;
-  uint64_t seed = 0;
-  bool have_seed = false;
   ArgReader args(argc, argv);
   while (!args.done()) {
-    std::string stop;
     if (args.option("-m", "--model", model_path) || args.option("-p", "--prompt", prompt) ||
-        args.option("-n", "--n-predict", opt.max_tokens) ||
-        args.option(nullptr, "--temp", opt.temperature) ||
-        args.option(nullptr, "--top-k", opt.top_k) || args.option(nullptr, "--top-p", opt.top_p) ||
-        args.option(nullptr, "--min-p", opt.min_p) ||
-        args.option(nullptr, "--repeat-penalty", opt.repeat_penalty) ||
-        args.option(nullptr, "--repeat-last-n", opt.penalty_last_n) ||
+        args.option("-n", "--n-predict", opt.max_tokens) || sampling_option(args, opt) ||
         args.option("-t", "--threads", threads) || args.option("-c", "--ctx-size", ctx)) {
-    } else if (args.option(nullptr, "--seed", seed)) {
-      have_seed = true;
-    } else if (args.option(nullptr, "--stop", stop)) {
-      opt.stop.push_back(stop);
     } else if (args.flag(nullptr, "--special")) {
       opt.parse_special = true;
     } else {
@@ -129,7 +129,6 @@ int cmd_generate(int argc, char** argv) {
   }
   require(model_path, "-m");
   if (opt.max_tokens < 0) throw UsageError("-n must be at least 0");
-  if (have_seed) opt.seed = seed;
 
   ModelOptions mo;
   mo.n_threads = threads;

@@ -20,6 +20,7 @@ struct Command {
 
 const Command kCommands[] = {
     {"generate", sllm::cli::cmd_generate, "generate text after a prompt, streaming it"},
+    {"chat", sllm::cli::cmd_chat, "a conversation with a chat model, in a terminal or a pipe"},
     {"tokenize", sllm::cli::cmd_tokenize, "print the token ids of a text"},
     {"logits", sllm::cli::cmd_logits, "write the logits of token ids, for comparisons"},
     {"bench", sllm::cli::cmd_bench, "measure prompt and generation speed (tokens/s)"},

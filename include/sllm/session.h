@@ -1,6 +1,7 @@
 // Session layer: the API users see. A Model is a GGUF file opened with its
 // transformer and tokenizer; a Session is one conversation's context (KV cache)
 // over a Model: prompt in, pieces of text out.
+#include <atomic>
 #include <chrono>
 
 namespace sllm {
@@ -36,9 +37,12 @@ struct GenerateOptions : SamplerOptions {
   std::vector<std::string> stop;  // stop before the first of these strings (not emitted)
   bool add_special = true;        // BOS etc. as the model's metadata asks (only at the start)
   bool parse_special = false;     // match control tokens like "<|im_end|>" written in the prompt
+  // Generation stops before the next token once this is true; a signal handler may set it (a
+  // lock-free atomic), e.g. to stop an answer on Ctrl-C. The prompt is evaluated regardless.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
-enum class StopReason { kEndOfGeneration, kStopString, kMaxTokens, kContextFull };
+enum class StopReason { kEndOfGeneration, kStopString, kMaxTokens, kContextFull, kCancelled };
 const char* stop_reason_name(StopReason reason);
 
 struct GenerateStats {
@@ -61,8 +65,12 @@ class Session {
 
   const Model& model() const { return model_; }
   size_t n_ctx() const { return seq_.max_tokens(); }
-  size_t n_past() const { return seq_.size(); }  // tokens in the context
-  void reset();                                  // empties the context
+  size_t n_past() const { return seq_.size(); }                   // tokens in the context
+  const std::vector<int32_t>& tokens() const { return tokens_; }  // the context's tokens, in order
+  void reset();                                                   // empties the context
+  // Keeps the first n tokens of the context (n <= n_past()) and forgets the rest, so that a
+  // different continuation can be evaluated; logits() is empty until the next evaluate.
+  void truncate(size_t n);
 
   // add_special: BOS etc. per the model's metadata; parse_special: control
   // tokens in the text.
@@ -83,6 +91,10 @@ class Session {
   // (whole UTF-8 characters).
   GenerateStats generate(std::string_view prompt, const GenerateOptions& options,
                          const PieceFn& on_piece);
+  // The same from prompt tokens (add_special and parse_special do not apply). The repetition
+  // penalties look at the whole context, earlier calls' tokens included.
+  GenerateStats generate(const std::vector<int32_t>& prompt_tokens, const GenerateOptions& options,
+                         const PieceFn& on_piece);
 
  private:
   void check_fits(size_t n_tokens) const;
@@ -90,6 +102,7 @@ class Session {
   KvPool pool_;
   KvSequence seq_;
   ForwardScratch scratch_;
+  std::vector<int32_t> tokens_;  // what seq_ holds
   std::vector<float> logits_;
 };
 

@@ -26,6 +26,8 @@ const char* stop_reason_name(StopReason reason) {
       return "token limit";
     case StopReason::kContextFull:
       return "context full";
+    case StopReason::kCancelled:
+      return "cancelled";
   }
   return "?";
 }
@@ -68,7 +70,16 @@ Session::Session(const Model& model, const SessionOptions& options)
       seq_(pool_, detail::session_context(model, options)) {}
 
 void Session::reset() {
-  seq_.clear();
+  truncate(0);
+}
+
+void Session::truncate(size_t n) {
+  if (n > n_past()) {
+    detail::fail("cannot keep " + std::to_string(n) + " tokens of a context that holds " +
+                 std::to_string(n_past()));
+  }
+  seq_.truncate(n);
+  tokens_.resize(n);
   logits_.clear();
 }
 
@@ -92,6 +103,7 @@ void Session::evaluate(const std::vector<int32_t>& tokens) {
   logits_.resize(model_.config().n_vocab);
   model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_, logits_.data(),
                                LogitsFor::kLast);
+  tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
 }
 
 std::vector<float> Session::evaluate_all(const std::vector<int32_t>& tokens) {
@@ -101,20 +113,26 @@ std::vector<float> Session::evaluate_all(const std::vector<int32_t>& tokens) {
   if (tokens.empty()) return all;
   model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_, all.data(),
                                LogitsFor::kAll);
+  tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
   logits_.assign(all.end() - std::ptrdiff_t(n_vocab), all.end());
   return all;
 }
 
 GenerateStats Session::generate(std::string_view prompt, const GenerateOptions& options,
                                 const PieceFn& on_piece) {
+  return generate(model_.tokenizer().encode(prompt, options.add_special && n_past() == 0,
+                                            options.parse_special),
+                  options, on_piece);
+}
+
+GenerateStats Session::generate(const std::vector<int32_t>& prompt_tokens,
+                                const GenerateOptions& options, const PieceFn& on_piece) {
   using Clock = std::chrono::steady_clock;
   const auto seconds_since = [](Clock::time_point t) {
     return std::chrono::duration<double>(Clock::now() - t).count();
   };
   const Tokenizer& tokenizer = model_.tokenizer();
   const bool at_start = n_past() == 0;
-  const std::vector<int32_t> prompt_tokens =
-      tokenizer.encode(prompt, options.add_special && at_start, options.parse_special);
   if (prompt_tokens.empty() && logits_.empty()) {
     detail::fail(
         "the prompt is empty and the model adds no BOS token: nothing "
@@ -124,9 +142,12 @@ GenerateStats Session::generate(std::string_view prompt, const GenerateOptions& 
   GenerateStats stats;
   Sampler sampler(options);
   stats.seed = sampler.seed();
-  for (int32_t t : prompt_tokens) sampler.accept(t);
   const auto t0 = Clock::now();
   evaluate(prompt_tokens);
+  const size_t window = size_t(std::max(options.penalty_last_n, 0));
+  for (size_t i = tokens_.size() - std::min(tokens_.size(), window); i < tokens_.size(); ++i) {
+    sampler.accept(tokens_[i]);
+  }
   stats.n_prompt = prompt_tokens.size();
   stats.prompt_seconds = seconds_since(t0);
 
@@ -137,6 +158,10 @@ GenerateStats Session::generate(std::string_view prompt, const GenerateOptions& 
   // next call.
   stats.stop_reason = StopReason::kMaxTokens;
   while (stats.n_generated < size_t(std::max(options.max_tokens, 0))) {
+    if (options.cancel != nullptr && options.cancel->load(std::memory_order_relaxed)) {
+      stats.stop_reason = StopReason::kCancelled;
+      break;
+    }
     const int32_t token = sampler.sample(logits_.data(), logits_.size());
     if (tokenizer.is_eog(token)) {
       stats.stop_reason = StopReason::kEndOfGeneration;
