@@ -1,0 +1,100 @@
+#include <omp.h>
+
+namespace sllm {
+namespace detail {
+
+HWY_EXPORT(QuantizeActivationRows);
+HWY_EXPORT(MatmulQRows);
+
+inline size_t round_up(size_t n, size_t multiple) {
+  return (n + multiple - 1) / multiple * multiple;
+}
+
+void QuantizedActivations::resize(size_t n_rows, size_t n_cols) {
+  if (n_cols == 0 || n_cols % kQuantBlock != 0) {
+    fail("cannot quantize activation rows of " + std::to_string(n_cols) +
+         " values: the length must be a positive multiple of 32");
+  }
+  n = n_rows;
+  cols = n_cols;
+  q_stride = round_up(n_cols, 128);
+  block_stride = round_up(n_cols / kQuantBlock, 16);
+  const size_t codes = checked_mul(n_rows, q_stride, "activation buffer");
+  const size_t blocks = checked_mul(n_rows, block_stride, "activation buffer");
+  if (q.size() < codes) q.resize(codes);
+  if (scale.size() < blocks) scale.resize(blocks);
+  if (sum.size() < blocks) sum.resize(blocks);
+}
+
+// OpenMP's thread count for a call: n_threads if positive, else OpenMP's default.
+inline int omp_threads(int n_threads) {
+  return n_threads > 0 ? n_threads : omp_get_max_threads();
+}
+
+void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride,
+                          QuantizedActivations& out, int n_threads) {
+  out.resize(n, cols);
+  const auto kernel = HWY_DYNAMIC_DISPATCH(QuantizeActivationRows);
+  // Splitting pays only when each thread gets a few rows of real work.
+  const int threads = n * cols >= 65536 ? std::min<int>(omp_threads(n_threads), int(n)) : 1;
+#pragma omp parallel num_threads(threads)
+  {
+    const size_t parts = size_t(omp_get_num_threads()), part = size_t(omp_get_thread_num());
+    kernel(x, x_stride, n * part / parts, n * (part + 1) / parts, &out);
+  }
+}
+
+namespace {
+void check_matmul_q(const QuantizedMatrix& w, const QuantizedActivations& x, size_t row_begin,
+                    size_t row_end) {
+  if (w.type != TensorType::Q8_0 && w.type != TensorType::Q4_0) {
+    fail("quantized matmul: weight type " + std::to_string(uint32_t(w.type)) +
+         " is not Q8_0 or Q4_0");
+  }
+  if (w.cols == 0 || w.cols % kQuantBlock != 0) {
+    fail("quantized matmul: rows of " + std::to_string(w.cols) +
+         " values are not a whole number of 32-value blocks");
+  }
+  if (x.cols != w.cols) {
+    fail("quantized matmul: activation rows have " + std::to_string(x.cols) +
+         " values but weight rows have " + std::to_string(w.cols));
+  }
+  if (row_begin > row_end || row_end > w.rows) {
+    fail("quantized matmul: row range [" + std::to_string(row_begin) + ", " +
+         std::to_string(row_end) + ") is outside the " + std::to_string(w.rows) + " rows");
+  }
+  // The packed kernel addresses 16 rows with 32-bit offsets.
+  const size_t row_bytes = w.cols / kQuantBlock * (w.type == TensorType::Q8_0 ? 34 : 18);
+  if (row_bytes > (size_t(1) << 26)) {
+    fail("quantized matmul: rows of " + std::to_string(w.cols) + " values are too long");
+  }
+}
+}  // namespace
+
+void matmul_q_rows(const QuantizedMatrix& w, const QuantizedActivations& x, float* y,
+                   size_t y_stride, size_t row_begin, size_t row_end) {
+  check_matmul_q(w, x, row_begin, row_end);
+  if (x.n == 0 || row_begin == row_end) return;
+  HWY_DYNAMIC_DISPATCH(MatmulQRows)(w.type, w.data, w.cols, &x, y, y_stride, row_begin, row_end);
+}
+
+void matmul_q(const QuantizedMatrix& w, const QuantizedActivations& x, float* y, size_t y_stride,
+              int n_threads) {
+  check_matmul_q(w, x, 0, w.rows);
+  if (x.n == 0 || w.rows == 0) return;
+  const auto kernel = HWY_DYNAMIC_DISPATCH(MatmulQRows);
+  // Threads take contiguous row ranges in multiples of 32 rows (a packed panel), so that they
+  // stream disjoint parts of the matrix.
+  const size_t units = (w.rows + 31) / 32;
+  const int threads = std::min<int>(omp_threads(n_threads), int(units));
+#pragma omp parallel num_threads(threads)
+  {
+    const size_t parts = size_t(omp_get_num_threads()), part = size_t(omp_get_thread_num());
+    const size_t begin = std::min(w.rows, units * part / parts * 32);
+    const size_t end = std::min(w.rows, units * (part + 1) / parts * 32);
+    if (begin < end) kernel(w.type, w.data, w.cols, &x, y, y_stride, begin, end);
+  }
+}
+
+}  // namespace detail
+}  // namespace sllm
