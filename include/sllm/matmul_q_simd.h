@@ -62,167 +62,185 @@ void QuantizeActivationRows(const float* x, size_t x_stride, size_t t_begin, siz
 // on CPUs that have it, so the functions that use the instruction add the feature.
 #define SLLM_VNNI __attribute__((target(HWY_TARGET_STR ",avx512vnni")))
 
-// Scales of up to 16 consecutive blocks starting at p (offsets[i] = i * block bytes), as f32;
-// zero past `count`. Each lane reads the block's first 4 bytes: its f16 scale and 2 codes.
-SLLM_VNNI HWY_INLINE __m512 GatherScales(const uint8_t* p, __m512i offsets, size_t count) {
-  const __mmask16 valid = count >= 16 ? __mmask16(0xffff) : __mmask16((1u << count) - 1);
-  const __m512i raw = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), valid, offsets, p, 1);
-  return _mm512_cvtph_ps(_mm512_cvtepi32_epi16(raw));
-}
-
-SLLM_VNNI HWY_INLINE __m512i BlockOffsets(size_t block_bytes) {
-  return _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                            _mm512_set1_epi32(int32_t(block_bytes)));
+// Widens the f16 words of v picked by `words` (16 indices) to f32: the scales of the blocks
+// whose bytes v holds, repeated over the lanes that hold their sums.
+SLLM_VNNI HWY_INLINE __m512 PickScales(__m512i words, __m512i v) {
+  return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(words, v)));
 }
 
 SLLM_VNNI HWY_INLINE __m512i Dpbusd(__m512i acc, __m512i u8, __m512i s8) {
   return _mm512_dpbusd_epi32(acc, u8, s8);
 }
 
-// The 16 int32 lanes of a pair of Q8_0 blocks: lanes 0-7 block 0, 8-15 block 1.
-// The 16 int32 lanes of a quad of Q4_0 blocks: lanes 4k..4k+3 block k.
-// Scale lane patterns (indices into 16 per-block scales) for pair p and quad q:
-SLLM_VNNI HWY_INLINE __m512i PairScaleIndex(size_t p) {
-  return _mm512_add_epi32(_mm512_set1_epi32(int32_t(2 * p)),
-                          _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0));
-}
-SLLM_VNNI HWY_INLINE __m512i QuadScaleIndex(size_t q) {
-  return _mm512_add_epi32(_mm512_set1_epi32(int32_t(4 * q)),
-                          _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0));
+// The direct kernel (decode and small batches) streams the weight rows in their GGUF layout, one
+// row after another so that the hardware prefetcher sees one sequential stream, and takes a step
+// of 64 activation codes (2 Q8_0 blocks) or 128 (4 Q4_0 blocks) at a time. The int32 sums of a
+// step fill 16 lanes: lanes 8k..8k+7 belong to block k of the step for Q8_0, lanes 4k..4k+3 for
+// Q4_0; the weight scales come from the same loads as the codes. What depends only on the
+// activations is prepared once per call, kXVectors vectors per step and token: the codes, the
+// negated correction that starts the accumulator, and the activation scales over the lanes.
+struct Q8Step {
+  static constexpr size_t kBlockBytes = kQ8Bytes;
+  static constexpr size_t kBlocks = 2;
+  static constexpr size_t kXVectors = 3;
+  // The correction is 128 times the sum of each lane's 4 codes (the weights' offset of 128).
+  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales, __m512i* x) {
+    const __m512i v = _mm512_loadu_si512(codes);
+    const __m512i bias = Dpbusd(_mm512_setzero_si512(), _mm512_set1_epi8(char(0x80)), v);
+    const __m512 dx = _mm512_insertf32x8(_mm512_set1_ps(scales[0]), _mm256_set1_ps(scales[1]), 1);
+    _mm512_store_si512(x, v);
+    _mm512_store_si512(x + 1, _mm512_sub_epi32(_mm512_setzero_si512(), bias));
+    _mm512_store_si512(x + 2, _mm512_castps_si512(dx));
+  }
+  struct W {
+    __m512i u8;
+    __m512 scale;
+  };
+  // The step's 68 bytes from loads at +0 and +4; a lone last block reads its 34 and leaves the
+  // rest zero (the activation codes there are zero padding).
+  template <bool kWhole>
+  static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t /*bytes*/) {
+    alignas(64) static constexpr uint8_t kCodeBytes[64] = {
+        2,   3,   4,   5,   6,   7,   8,   9,   10,  11,  12,  13,  14,  15,  16,  17,
+        18,  19,  20,  21,  22,  23,  24,  25,  26,  27,  28,  29,  30,  31,  32,  33,
+        96,  97,  98,  99,  100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111,
+        112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127};
+    alignas(64) static constexpr uint16_t kScaleWords[32] = {0,  0,  0,  0,  0,  0,  0,  0,
+                                                             17, 17, 17, 17, 17, 17, 17, 17};
+    const __m512i v0 = kWhole ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(~0ull >> 30, p);
+    const __m512i v1 = kWhole ? _mm512_loadu_si512(p + 4) : _mm512_setzero_si512();
+    const __m512i codes = _mm512_permutex2var_epi8(v0, _mm512_load_si512(kCodeBytes), v1);
+    return {_mm512_xor_si512(codes, _mm512_set1_epi8(char(0x80))),
+            PickScales(_mm512_load_si512(kScaleWords), v0)};
+  }
+  static SLLM_VNNI HWY_INLINE __m512i Dot(const W& w, const __m512i* x) {
+    return Dpbusd(_mm512_load_si512(x + 1), w.u8, _mm512_load_si512(x));
+  }
+};
+
+struct Q4Step {
+  static constexpr size_t kBlockBytes = kQ4Bytes;
+  static constexpr size_t kBlocks = 4;
+  static constexpr size_t kXVectors = 4;
+  // Byte k of a block's codes holds values k (low nibble) and k + 16 (high nibble), so the
+  // activation codes are regrouped to match: lo = values 0-15 of the 4 blocks, hi = 16-31. The
+  // correction is 8 times the sum of each lane's 8 codes (the weight codes are value + 8).
+  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales, __m512i* x) {
+    const __m512i x0 = _mm512_loadu_si512(codes);
+    const __m512i x1 = _mm512_loadu_si512(codes + 64);
+    const __m512i lo = _mm512_shuffle_i64x2(x0, x1, 0x88);
+    const __m512i hi = _mm512_shuffle_i64x2(x0, x1, 0xdd);
+    const __m512i eight = _mm512_set1_epi8(8);
+    const __m512i bias = Dpbusd(Dpbusd(_mm512_setzero_si512(), eight, lo), eight, hi);
+    const __m512 dx =
+        _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+                              _mm512_castps128_ps512(_mm_loadu_ps(scales)));
+    _mm512_store_si512(x, lo);
+    _mm512_store_si512(x + 1, hi);
+    _mm512_store_si512(x + 2, _mm512_sub_epi32(_mm512_setzero_si512(), bias));
+    _mm512_store_si512(x + 3, _mm512_castps_si512(dx));
+  }
+  struct W {
+    __m512i lo, hi;
+    __m512 scale;
+  };
+  // The step's 72 bytes from loads at +0 and +8; a partial step reads only its `bytes`.
+  template <bool kWhole>
+  static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t bytes) {
+    alignas(64) static constexpr uint8_t kCodeBytes[64] = {
+        2,   3,   4,   5,   6,   7,   8,   9,   10,  11,  12,  13,  14,  15,  16,  17,
+        20,  21,  22,  23,  24,  25,  26,  27,  28,  29,  30,  31,  32,  33,  34,  35,
+        38,  39,  40,  41,  42,  43,  44,  45,  46,  47,  48,  49,  50,  51,  52,  53,
+        112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127};
+    alignas(64) static constexpr uint16_t kScaleWords[32] = {0,  0,  0,  0,  9,  9,  9,  9,
+                                                             18, 18, 18, 18, 27, 27, 27, 27};
+    const __m512i v0 = kWhole ? _mm512_loadu_si512(p)
+                              : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ull, unsigned(bytes)), p);
+    const __m512i v1 = kWhole
+                           ? _mm512_loadu_si512(p + 8)
+                           : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ull, unsigned(bytes - 8)), p + 8);
+    const __m512i codes = _mm512_permutex2var_epi8(v0, _mm512_load_si512(kCodeBytes), v1);
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    return {_mm512_and_si512(codes, low4), _mm512_and_si512(_mm512_srli_epi16(codes, 4), low4),
+            PickScales(_mm512_load_si512(kScaleWords), v0)};
+  }
+  static SLLM_VNNI HWY_INLINE __m512i Dot(const W& w, const __m512i* x) {
+    return Dpbusd(Dpbusd(_mm512_load_si512(x + 2), w.lo, _mm512_load_si512(x)), w.hi,
+                  _mm512_load_si512(x + 1));
+  }
+};
+
+// The prepared activation vectors of n tokens from t0: token t, step s at
+// out + (t * steps + s) * Step::kXVectors.
+template <class Step>
+SLLM_VNNI void PrepareTokens(const sllm::detail::QuantizedActivations& x, size_t t0, size_t n,
+                             size_t steps, __m512i* out) {
+  for (size_t t = 0; t < n; ++t) {
+    for (size_t s = 0; s < steps; ++s) {
+      Step::PrepareX(x.codes(t0 + t) + s * Step::kBlocks * kQuantBlock,
+                     x.scales(t0 + t) + s * Step::kBlocks, out + (t * steps + s) * Step::kXVectors);
+    }
+  }
 }
 
-// Direct kernel (decode and small batches): R weight rows times T activation rows, reading the
-// weights in their GGUF layout, each loaded vector used for the T tokens. Blocks are taken 16 at
-// a time so that their scales are gathered once per row into one vector.
-template <int R, int T>
-SLLM_VNNI void DirectTileQ8(const uint8_t* w, size_t row_bytes, size_t nb,
-                            const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
-                            size_t y_stride, size_t r0) {
-  const __m512i flip = _mm512_set1_epi8(char(0x80));
-  const __m512i offsets = BlockOffsets(kQ8Bytes);
-  const uint8_t* wr[R];
-  for (int r = 0; r < R; ++r) wr[r] = w + (r0 + r) * row_bytes;
-  const int8_t* xq[T];
-  const float* xs[T];
+// One step of one row for T tokens: `bytes` of the row from p, added to acc.
+template <class Step, int T, bool kWhole>
+SLLM_VNNI HWY_INLINE void DirectStep(const uint8_t* p, size_t bytes, const __m512i* const (&xp)[T],
+                                     size_t s, __m512 (&acc)[T]) {
+  const typename Step::W wv = Step::template LoadW<kWhole>(p, bytes);
   for (int t = 0; t < T; ++t) {
-    xq[t] = x.codes(t0 + t);
-    xs[t] = x.scales(t0 + t);
-  }
-  __m512 acc[R][T];
-  for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  }
-  for (size_t g0 = 0; g0 < nb; g0 += 16) {
-    const size_t count = std::min<size_t>(16, nb - g0);
-    __m512 scale[R][T];
-    for (int r = 0; r < R; ++r) {
-      const __m512 dw = GatherScales(wr[r] + g0 * kQ8Bytes, offsets, count);
-      for (int t = 0; t < T; ++t) scale[r][t] = _mm512_mul_ps(dw, _mm512_loadu_ps(xs[t] + g0));
-    }
-    for (size_t p = 0; 2 * p < count; ++p) {
-      const size_t blk = g0 + 2 * p;
-      const bool pair = blk + 1 < nb;
-      __m512i xv[T], ncorr[T];
-      for (int t = 0; t < T; ++t) {
-        // Past the last block the codes are zero padding, so a lone block needs no mask here.
-        xv[t] = _mm512_loadu_si512(xq[t] + blk * kQuantBlock);
-        ncorr[t] =
-            _mm512_sub_epi32(_mm512_setzero_si512(), Dpbusd(_mm512_setzero_si512(), flip, xv[t]));
-      }
-      const __m512i sidx = PairScaleIndex(p);
-      for (int r = 0; r < R; ++r) {
-        const uint8_t* pb = wr[r] + blk * kQ8Bytes;
-        const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb + 2));
-        const __m512i wv =
-            pair ? _mm512_inserti64x4(
-                       _mm512_castsi256_si512(lo),
-                       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb + kQ8Bytes + 2)), 1)
-                 : _mm512_zextsi256_si512(lo);
-        const __m512i wu = _mm512_xor_si512(wv, flip);
-        for (int t = 0; t < T; ++t) {
-          const __m512i isum = Dpbusd(ncorr[t], wu, xv[t]);
-          acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum),
-                                      _mm512_permutexvar_ps(sidx, scale[r][t]), acc[r][t]);
-        }
-      }
-    }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < T; ++t) y[(t0 + t) * y_stride + r0 + r] = _mm512_reduce_add_ps(acc[r][t]);
+    const __m512i* x = xp[t] + s * Step::kXVectors;
+    const __m512 scale =
+        _mm512_mul_ps(wv.scale, _mm512_castsi512_ps(_mm512_load_si512(x + Step::kXVectors - 1)));
+    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(Step::Dot(wv, x)), scale, acc[t]);
   }
 }
 
-template <int R, int T>
-SLLM_VNNI void DirectTileQ4(const uint8_t* w, size_t row_bytes, size_t nb,
-                            const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
-                            size_t y_stride, size_t r0) {
-  const __m512i low4 = _mm512_set1_epi8(0x0f);
-  const __m512i eight = _mm512_set1_epi8(8);
-  const __m512i offsets = BlockOffsets(kQ4Bytes);
-  // Gathers the 16 code bytes of each of 4 blocks from two loads at +0 and +8 (72 bytes).
-  alignas(64) static constexpr uint8_t kCodeBytes[64] = {
-      2,   3,   4,   5,   6,   7,   8,   9,   10,  11,  12,  13,  14,  15,  16,  17,
-      20,  21,  22,  23,  24,  25,  26,  27,  28,  29,  30,  31,  32,  33,  34,  35,
-      38,  39,  40,  41,  42,  43,  44,  45,  46,  47,  48,  49,  50,  51,  52,  53,
-      112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127};
-  const __m512i code_bytes = _mm512_load_si512(kCodeBytes);
-  const uint8_t* wr[R];
-  for (int r = 0; r < R; ++r) wr[r] = w + (r0 + r) * row_bytes;
-  const int8_t* xq[T];
-  const float* xs[T];
+// Row r of the weights times T prepared tokens from t0. Even and odd steps add to separate
+// accumulators, which halves the chain of dependent additions.
+template <class Step, int T>
+SLLM_VNNI void DirectRow(const uint8_t* row, size_t nb, const __m512i* prepared, size_t steps,
+                         size_t t0, float* y, size_t y_stride, size_t r) {
+  constexpr size_t kStepBytes = Step::kBlocks * Step::kBlockBytes;
+  const __m512i* xp[T];
+  for (int t = 0; t < T; ++t) xp[t] = prepared + size_t(t) * steps * Step::kXVectors;
+  __m512 even[T], odd[T];
+  for (int t = 0; t < T; ++t) even[t] = odd[t] = _mm512_setzero_ps();
+  const size_t whole = nb / Step::kBlocks;
+  size_t s = 0;
+  for (; s + 2 <= whole; s += 2) {
+    DirectStep<Step, T, true>(row + s * kStepBytes, kStepBytes, xp, s, even);
+    DirectStep<Step, T, true>(row + (s + 1) * kStepBytes, kStepBytes, xp, s + 1, odd);
+  }
+  if (s < whole) DirectStep<Step, T, true>(row + s * kStepBytes, kStepBytes, xp, s++, even);
+  if (s < steps) {
+    DirectStep<Step, T, false>(row + s * kStepBytes, (nb - s * Step::kBlocks) * Step::kBlockBytes,
+                               xp, s, odd);
+  }
   for (int t = 0; t < T; ++t) {
-    xq[t] = x.codes(t0 + t);
-    xs[t] = x.scales(t0 + t);
+    y[(t0 + t) * y_stride + r] = _mm512_reduce_add_ps(_mm512_add_ps(even[t], odd[t]));
   }
-  __m512 acc[R][T];
-  for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-  }
-  for (size_t g0 = 0; g0 < nb; g0 += 16) {
-    const size_t count = std::min<size_t>(16, nb - g0);
-    __m512 scale[R][T];
-    for (int r = 0; r < R; ++r) {
-      const __m512 dw = GatherScales(wr[r] + g0 * kQ4Bytes, offsets, count);
-      for (int t = 0; t < T; ++t) scale[r][t] = _mm512_mul_ps(dw, _mm512_loadu_ps(xs[t] + g0));
-    }
-    for (size_t q = 0; 4 * q < count; ++q) {
-      const size_t blk = g0 + 4 * q;
-      const size_t bytes = std::min<size_t>(4, nb - blk) * kQ4Bytes;
-      // Byte k of the codes holds values k (low nibble) and k + 16 (high nibble), so the
-      // activation codes are regrouped to match: lo = values 0-15 of the 4 blocks, hi = 16-31.
-      __m512i xlo[T], xhi[T], ncorr[T];
-      for (int t = 0; t < T; ++t) {
-        const __m512i x0 = _mm512_loadu_si512(xq[t] + blk * kQuantBlock);
-        const __m512i x1 = _mm512_loadu_si512(xq[t] + blk * kQuantBlock + 64);
-        xlo[t] = _mm512_shuffle_i64x2(x0, x1, 0x88);
-        xhi[t] = _mm512_shuffle_i64x2(x0, x1, 0xdd);
-        const __m512i sum8 = Dpbusd(Dpbusd(_mm512_setzero_si512(), eight, xlo[t]), eight, xhi[t]);
-        ncorr[t] = _mm512_sub_epi32(_mm512_setzero_si512(), sum8);
-      }
-      const __m512i sidx = QuadScaleIndex(q);
-      for (int r = 0; r < R; ++r) {
-        const uint8_t* pb = wr[r] + blk * kQ4Bytes;
-        __m512i v0, v1;
-        if (bytes == 4 * kQ4Bytes) {
-          v0 = _mm512_loadu_si512(pb);
-          v1 = _mm512_loadu_si512(pb + 8);
-        } else {  // the row's last blocks: read none of the bytes after them
-          v0 = _mm512_maskz_loadu_epi8(_bzhi_u64(~0ull, unsigned(bytes)), pb);
-          v1 = _mm512_maskz_loadu_epi8(_bzhi_u64(~0ull, unsigned(bytes - 8)), pb + 8);
-        }
-        const __m512i codes = _mm512_permutex2var_epi8(v0, code_bytes, v1);
-        const __m512i lo = _mm512_and_si512(codes, low4);
-        const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(codes, 4), low4);
-        for (int t = 0; t < T; ++t) {
-          const __m512i isum = Dpbusd(Dpbusd(ncorr[t], lo, xlo[t]), hi, xhi[t]);
-          acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum),
-                                      _mm512_permutexvar_ps(sidx, scale[r][t]), acc[r][t]);
-        }
+}
+
+// Rows [row_begin, row_end) for x's tokens, two at a time.
+template <class Step>
+SLLM_VNNI void DirectMatmul(const uint8_t* w, size_t nb,
+                            const sllm::detail::QuantizedActivations& x, float* y, size_t y_stride,
+                            size_t row_begin, size_t row_end) {
+  const size_t row_bytes = nb * Step::kBlockBytes;
+  const size_t steps = (nb + Step::kBlocks - 1) / Step::kBlocks;
+  static thread_local sllm::detail::AlignedBuffer<__m512i> prepared;
+  for (size_t t0 = 0; t0 < x.n; t0 += 2) {
+    const size_t n = std::min<size_t>(2, x.n - t0);
+    prepared.resize(n * steps * Step::kXVectors);
+    PrepareTokens<Step>(x, t0, n, steps, prepared.data());
+    for (size_t r = row_begin; r < row_end; ++r) {
+      if (n == 2) {
+        DirectRow<Step, 2>(w + r * row_bytes, nb, prepared.data(), steps, t0, y, y_stride, r);
+      } else {
+        DirectRow<Step, 1>(w + r * row_bytes, nb, prepared.data(), steps, t0, y, y_stride, r);
       }
     }
-  }
-  for (int r = 0; r < R; ++r) {
-    for (int t = 0; t < T; ++t) y[(t0 + t) * y_stride + r0 + r] = _mm512_reduce_add_ps(acc[r][t]);
   }
 }
 
@@ -363,35 +381,17 @@ SLLM_VNNI void PanelTokens(const uint8_t* panel, size_t nb, int offset,
 // Below this many activation rows the direct kernel is faster than packing panels.
 constexpr size_t kPackedMinTokens = 4;
 
-template <int R, int T>
-SLLM_VNNI void DirectTile(TensorType type, const uint8_t* w, size_t row_bytes, size_t nb,
-                          const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
-                          size_t y_stride, size_t r0) {
-  if (type == TensorType::Q8_0) {
-    DirectTileQ8<R, T>(w, row_bytes, nb, x, t0, y, y_stride, r0);
-  } else {
-    DirectTileQ4<R, T>(w, row_bytes, nb, x, t0, y, y_stride, r0);
-  }
-}
-
-template <int R>
-SLLM_VNNI void DirectRows(TensorType type, const uint8_t* w, size_t row_bytes, size_t nb,
-                          const sllm::detail::QuantizedActivations& x, float* y, size_t y_stride,
-                          size_t r0) {
-  size_t t0 = 0;
-  for (; t0 + 2 <= x.n; t0 += 2) DirectTile<R, 2>(type, w, row_bytes, nb, x, t0, y, y_stride, r0);
-  if (t0 < x.n) DirectTile<R, 1>(type, w, row_bytes, nb, x, t0, y, y_stride, r0);
-}
-
 SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols,
                            const sllm::detail::QuantizedActivations* x, float* y, size_t y_stride,
                            size_t row_begin, size_t row_end) {
   const size_t nb = cols / kQuantBlock;
   const size_t row_bytes = nb * (type == TensorType::Q8_0 ? kQ8Bytes : kQ4Bytes);
   if (x->n < kPackedMinTokens) {
-    size_t r = row_begin;
-    for (; r + 4 <= row_end; r += 4) DirectRows<4>(type, w, row_bytes, nb, *x, y, y_stride, r);
-    for (; r < row_end; ++r) DirectRows<1>(type, w, row_bytes, nb, *x, y, y_stride, r);
+    if (type == TensorType::Q8_0) {
+      DirectMatmul<Q8Step>(w, nb, *x, y, y_stride, row_begin, row_end);
+    } else {
+      DirectMatmul<Q4Step>(w, nb, *x, y, y_stride, row_begin, row_end);
+    }
     return;
   }
   static thread_local sllm::detail::AlignedBuffer<uint8_t> panel;
