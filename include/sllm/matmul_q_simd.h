@@ -212,7 +212,10 @@ SLLM_VNNI void DirectRow(const uint8_t* row, size_t nb, const __m512i* prepared,
     DirectStep<Step, T, true>(row + s * kStepBytes, kStepBytes, xp, s, even);
     DirectStep<Step, T, true>(row + (s + 1) * kStepBytes, kStepBytes, xp, s + 1, odd);
   }
-  if (s < whole) DirectStep<Step, T, true>(row + s * kStepBytes, kStepBytes, xp, s++, even);
+  if (s < whole) {
+    DirectStep<Step, T, true>(row + s * kStepBytes, kStepBytes, xp, s, even);
+    ++s;
+  }
   if (s < steps) {
     DirectStep<Step, T, false>(row + s * kStepBytes, (nb - s * Step::kBlocks) * Step::kBlockBytes,
                                xp, s, odd);
