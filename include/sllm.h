@@ -833,62 +833,94 @@ SLLM_VNNI void DirectMatmul(const uint8_t* w, size_t nb,
 constexpr size_t kPanelVectors = 2;
 constexpr size_t kPanelRows = 16 * kPanelVectors;
 constexpr size_t kPanelBlockBytes = 9 * kPanelVectors * 64;
-constexpr size_t kPanelTokens = 6;
+constexpr int kPanelTokens = 6;
+
+// Transposes the 4x4 matrices of 32-bit lanes in each 128-bit chunk of a, b, c, d.
+SLLM_VNNI HWY_INLINE void Transpose4x4(__m512i& a, __m512i& b, __m512i& c, __m512i& d) {
+  const __m512i ab_lo = _mm512_unpacklo_epi32(a, b);
+  const __m512i ab_hi = _mm512_unpackhi_epi32(a, b);
+  const __m512i cd_lo = _mm512_unpacklo_epi32(c, d);
+  const __m512i cd_hi = _mm512_unpackhi_epi32(c, d);
+  a = _mm512_unpacklo_epi64(ab_lo, cd_lo);
+  b = _mm512_unpackhi_epi64(ab_lo, cd_lo);
+  c = _mm512_unpacklo_epi64(ab_hi, cd_hi);
+  d = _mm512_unpackhi_epi64(ab_hi, cd_hi);
+}
+
+// 16 bytes at offset of each of 16 rows (row i at rows + i * row_bytes; zeros for i >= live),
+// as 4 vectors: vector g holds bytes 4g..4g+3 of row i in lane i.
+SLLM_VNNI HWY_INLINE void TransposeRows(const uint8_t* rows, size_t row_bytes, size_t live,
+                                        size_t offset, __m512i (&out)[4]) {
+  auto row = [&](size_t i) SLLM_VNNI {
+    return i < live
+               ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + i * row_bytes + offset))
+               : _mm_setzero_si128();
+  };
+  for (size_t j = 0; j < 4; ++j) {
+    __m512i z = _mm512_castsi128_si512(row(j));
+    z = _mm512_inserti32x4(z, row(j + 4), 1);
+    z = _mm512_inserti32x4(z, row(j + 8), 2);
+    out[j] = _mm512_inserti32x4(z, row(j + 12), 3);
+  }
+  Transpose4x4(out[0], out[1], out[2], out[3]);
+}
 
 // Packs rows [r0, r0 + n_rows) (n_rows <= kPanelRows) of a Q8_0 or Q4_0 matrix; lanes of rows
-// past n_rows are never stored, so they are left as the gathers' zeros.
+// past n_rows hold zeros.
 SLLM_VNNI void PackPanel(TensorType type, const uint8_t* w, size_t row_bytes, size_t nb, size_t r0,
                          size_t n_rows, uint8_t* panel) {
   const bool q8 = type == TensorType::Q8_0;
   const size_t block_bytes = q8 ? kQ8Bytes : kQ4Bytes;
-  const __m512i rows =
-      _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                         _mm512_set1_epi32(int32_t(row_bytes)));
-  const __m512i zero = _mm512_setzero_si512();
   const __m512i flip = _mm512_set1_epi8(char(0x80));
   const __m512i low4 = _mm512_set1_epi8(0x0f);
+  constexpr size_t kGroupStride = kPanelVectors * 64;
   for (size_t v = 0; v < kPanelVectors; ++v) {
     const size_t first = v * 16;
-    if (first >= n_rows) break;
-    const size_t live = std::min<size_t>(16, n_rows - first);
-    const __mmask16 valid = live == 16 ? __mmask16(0xffff) : __mmask16((1u << live) - 1);
+    const size_t live = first < n_rows ? std::min<size_t>(16, n_rows - first) : 0;
     const uint8_t* base = w + (r0 + first) * row_bytes;
     for (size_t b = 0; b < nb; ++b) {
       const uint8_t* p = base + b * block_bytes;
       uint8_t* out = panel + b * kPanelBlockBytes + v * 64;
+      __m512i groups[4];
       if (q8) {
-        for (size_t g = 0; g < 8; ++g) {
-          const __m512i raw = _mm512_mask_i32gather_epi32(zero, valid, rows, p + 2 + 4 * g, 1);
-          _mm512_store_si512(out + g * kPanelVectors * 64, _mm512_xor_si512(raw, flip));
+        for (size_t half = 0; half < 2; ++half) {
+          TransposeRows(p, row_bytes, live, 2 + 16 * half, groups);
+          for (size_t g = 0; g < 4; ++g) {
+            _mm512_store_si512(out + (4 * half + g) * kGroupStride,
+                               _mm512_xor_si512(groups[g], flip));
+          }
         }
       } else {
+        TransposeRows(p, row_bytes, live, 2, groups);
         for (size_t g = 0; g < 4; ++g) {
-          const __m512i raw = _mm512_mask_i32gather_epi32(zero, valid, rows, p + 2 + 4 * g, 1);
-          _mm512_store_si512(out + g * kPanelVectors * 64, _mm512_and_si512(raw, low4));
-          _mm512_store_si512(out + (g + 4) * kPanelVectors * 64,
-                             _mm512_and_si512(_mm512_srli_epi32(raw, 4), low4));
+          _mm512_store_si512(out + g * kGroupStride, _mm512_and_si512(groups[g], low4));
+          _mm512_store_si512(out + (g + 4) * kGroupStride,
+                             _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4));
         }
       }
-      const __m512i raw = _mm512_mask_i32gather_epi32(zero, valid, rows, p, 1);
-      _mm512_store_ps(out + 8 * kPanelVectors * 64, _mm512_cvtph_ps(_mm512_cvtepi32_epi16(raw)));
+      alignas(32) uint16_t d[16] = {};
+      for (size_t i = 0; i < live; ++i) std::memcpy(&d[i], p + i * row_bytes, 2);
+      _mm512_store_ps(out + 8 * kGroupStride,
+                      _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(d))));
     }
   }
 }
 
-// T tokens from t0 times a packed panel of rows [r0, r0 + n_rows). offset: what packing added
-// to the weight codes (128 for Q8_0, 8 for Q4_0 whose codes are value + 8).
+// T tokens from t0 times a packed panel of rows [r0, r0 + n_rows). starts: per token and block,
+// minus the sum of its codes times what packing added to the weight codes (128 for Q8_0, 8 for
+// Q4_0 whose codes are value + 8), nb entries per token.
 template <int T>
-SLLM_VNNI void PanelTile(const uint8_t* panel, size_t nb, int offset,
+SLLM_VNNI void PanelTile(const uint8_t* panel, size_t nb, const int32_t* starts,
                          const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
                          size_t y_stride, size_t r0, size_t n_rows) {
   constexpr size_t V = kPanelVectors;
   const int8_t* xq[T];
   const float* xs[T];
-  const int32_t* xsum[T];
+  const int32_t* xstart[T];
   for (int t = 0; t < T; ++t) {
     xq[t] = x.codes(t0 + t);
     xs[t] = x.scales(t0 + t);
-    xsum[t] = x.sums(t0 + t);
+    xstart[t] = starts + (t0 + t) * nb;
   }
   __m512 acc[T][V];
   for (int t = 0; t < T; ++t) {
@@ -898,7 +930,7 @@ SLLM_VNNI void PanelTile(const uint8_t* panel, size_t nb, int offset,
     const uint8_t* pb = panel + b * kPanelBlockBytes;
     __m512i isum[T][V];
     for (int t = 0; t < T; ++t) {
-      const __m512i start = _mm512_set1_epi32(-xsum[t][b] * offset);
+      const __m512i start = _mm512_set1_epi32(xstart[t][b]);
       for (size_t v = 0; v < V; ++v) isum[t][v] = start;
     }
     for (size_t g = 0; g < 8; ++g) {
@@ -931,31 +963,27 @@ SLLM_VNNI void PanelTile(const uint8_t* panel, size_t nb, int offset,
   }
 }
 
-SLLM_VNNI void PanelTokens(const uint8_t* panel, size_t nb, int offset,
+// The last rem < kPanelTokens tokens, with a tile of exactly that many.
+template <int T>
+SLLM_VNNI void PanelRemainder(size_t rem, const uint8_t* panel, size_t nb, const int32_t* starts,
+                              const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
+                              size_t y_stride, size_t r0, size_t n_rows) {
+  if (rem == T) {
+    PanelTile<T>(panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
+  } else if constexpr (T > 1) {
+    PanelRemainder<T - 1>(rem, panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
+  }
+}
+
+SLLM_VNNI void PanelTokens(const uint8_t* panel, size_t nb, const int32_t* starts,
                            const sllm::detail::QuantizedActivations& x, float* y, size_t y_stride,
                            size_t r0, size_t n_rows) {
   size_t t0 = 0;
   for (; t0 + kPanelTokens <= x.n; t0 += kPanelTokens) {
-    PanelTile<kPanelTokens>(panel, nb, offset, x, t0, y, y_stride, r0, n_rows);
+    PanelTile<kPanelTokens>(panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
   }
-  switch (x.n - t0) {
-    case 5:
-      PanelTile<5>(panel, nb, offset, x, t0, y, y_stride, r0, n_rows);
-      break;
-    case 4:
-      PanelTile<4>(panel, nb, offset, x, t0, y, y_stride, r0, n_rows);
-      break;
-    case 3:
-      PanelTile<3>(panel, nb, offset, x, t0, y, y_stride, r0, n_rows);
-      break;
-    case 2:
-      PanelTile<2>(panel, nb, offset, x, t0, y, y_stride, r0, n_rows);
-      break;
-    case 1:
-      PanelTile<1>(panel, nb, offset, x, t0, y, y_stride, r0, n_rows);
-      break;
-    default:
-      break;
+  if (t0 < x.n) {
+    PanelRemainder<kPanelTokens - 1>(x.n - t0, panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
   }
 }
 
@@ -976,12 +1004,17 @@ SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols,
     return;
   }
   static thread_local sllm::detail::AlignedBuffer<uint8_t> panel;
+  static thread_local sllm::detail::AlignedBuffer<int32_t> starts;
   panel.resize(nb * kPanelBlockBytes);
-  const int offset = type == TensorType::Q8_0 ? 128 : 8;
+  starts.resize(x->n * nb);
+  const int32_t offset = type == TensorType::Q8_0 ? 128 : 8;
+  for (size_t t = 0; t < x->n; ++t) {
+    for (size_t b = 0; b < nb; ++b) starts[t * nb + b] = -x->sums(t)[b] * offset;
+  }
   for (size_t r = row_begin; r < row_end; r += kPanelRows) {
     const size_t n_rows = std::min(kPanelRows, row_end - r);
     PackPanel(type, w, row_bytes, nb, r, n_rows, panel.data());
-    PanelTokens(panel.data(), nb, offset, *x, y, y_stride, r, n_rows);
+    PanelTokens(panel.data(), nb, starts.data(), *x, y, y_stride, r, n_rows);
   }
 }
 
