@@ -988,7 +988,7 @@ SLLM_VNNI void PanelTokens(const uint8_t* panel, size_t nb, const int32_t* start
 }
 
 // Below this many activation rows the direct kernel is faster than packing panels.
-constexpr size_t kPackedMinTokens = 4;
+constexpr size_t kPackedMinTokens = 3;
 
 SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols,
                            const sllm::detail::QuantizedActivations* x, float* y, size_t y_stride,
