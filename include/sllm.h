@@ -640,10 +640,17 @@ void QuantizeActivationRows(const float* x, size_t x_stride, size_t t_begin, siz
 // on CPUs that have it, so the functions that use the instruction add the feature.
 #define SLLM_VNNI __attribute__((target(HWY_TARGET_STR ",avx512vnni")))
 
-// Widens the f16 words of v picked by `words` (16 indices) to f32: the scales of the blocks
-// whose bytes v holds, repeated over the lanes that hold their sums.
-SLLM_VNNI HWY_INLINE __m512 PickScales(__m512i words, __m512i v) {
-  return _mm512_cvtph_ps(_mm512_castsi512_si256(_mm512_permutexvar_epi16(words, v)));
+// The f16 scales of the kBlocks blocks from p (block_bytes apart; zero past `count`), as f32.
+// Scalar loads: gathers, or permutes of the vector loads, cost more here.
+template <size_t kBlocks, size_t kBlockBytes>
+SLLM_VNNI HWY_INLINE __m128 StepScales(const uint8_t* p, size_t count) {
+  uint64_t words = 0;
+  for (size_t k = 0; k < kBlocks; ++k) {
+    uint16_t d = 0;
+    if (k < count) std::memcpy(&d, p + k * kBlockBytes, 2);
+    words |= uint64_t{d} << (16 * k);
+  }
+  return _mm_cvtph_ps(_mm_cvtsi64_si128(int64_t(words)));
 }
 
 SLLM_VNNI HWY_INLINE __m512i Dpbusd(__m512i acc, __m512i u8, __m512i s8) {
@@ -665,31 +672,31 @@ struct Q8Step {
   static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales, __m512i* x) {
     const __m512i v = _mm512_loadu_si512(codes);
     const __m512i bias = Dpbusd(_mm512_setzero_si512(), _mm512_set1_epi8(char(0x80)), v);
-    const __m512 dx = _mm512_insertf32x8(_mm512_set1_ps(scales[0]), _mm256_set1_ps(scales[1]), 1);
+    const __m512 dx = _mm512_castps128_ps512(_mm_setr_ps(scales[0], scales[1], 0.0f, 0.0f));
     _mm512_store_si512(x, v);
     _mm512_store_si512(x + 1, _mm512_sub_epi32(_mm512_setzero_si512(), bias));
     _mm512_store_si512(x + 2, _mm512_castps_si512(dx));
   }
   struct W {
     __m512i u8;
-    __m512 scale;
+    __m128 scales;  // of the step's blocks
   };
   // The step's 68 bytes from loads at +0 and +4; a lone last block reads its 34 and leaves the
   // rest zero (the activation codes there are zero padding).
   template <bool kWhole>
   static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t /*bytes*/) {
-    alignas(64) static constexpr uint8_t kCodeBytes[64] = {
-        2,   3,   4,   5,   6,   7,   8,   9,   10,  11,  12,  13,  14,  15,  16,  17,
-        18,  19,  20,  21,  22,  23,  24,  25,  26,  27,  28,  29,  30,  31,  32,  33,
-        96,  97,  98,  99,  100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111,
-        112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127};
-    alignas(64) static constexpr uint16_t kScaleWords[32] = {0,  0,  0,  0,  0,  0,  0,  0,
-                                                             17, 17, 17, 17, 17, 17, 17, 17};
-    const __m512i v0 = kWhole ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(~0ull >> 30, p);
-    const __m512i v1 = kWhole ? _mm512_loadu_si512(p + 4) : _mm512_setzero_si512();
-    const __m512i codes = _mm512_permutex2var_epi8(v0, _mm512_load_si512(kCodeBytes), v1);
+    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
+    const __m512i codes =
+        kWhole ? _mm512_inserti64x4(
+                     _mm512_castsi256_si512(lo),
+                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + kQ8Bytes + 2)), 1)
+               : _mm512_zextsi256_si512(lo);
     return {_mm512_xor_si512(codes, _mm512_set1_epi8(char(0x80))),
-            PickScales(_mm512_load_si512(kScaleWords), v0)};
+            StepScales<2, kQ8Bytes>(p, kWhole ? 2 : 1)};
+  }
+  // The block of each lane.
+  static SLLM_VNNI HWY_INLINE __m512i Lanes() {
+    return _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
   }
   static SLLM_VNNI HWY_INLINE __m512i Dot(const W& w, const __m512i* x) {
     return Dpbusd(_mm512_load_si512(x + 1), w.u8, _mm512_load_si512(x));
@@ -720,7 +727,7 @@ struct Q4Step {
   }
   struct W {
     __m512i lo, hi;
-    __m512 scale;
+    __m128 scales;  // of the step's blocks
   };
   // The step's 72 bytes from loads at +0 and +8; a partial step reads only its `bytes`.
   template <bool kWhole>
@@ -730,8 +737,6 @@ struct Q4Step {
         20,  21,  22,  23,  24,  25,  26,  27,  28,  29,  30,  31,  32,  33,  34,  35,
         38,  39,  40,  41,  42,  43,  44,  45,  46,  47,  48,  49,  50,  51,  52,  53,
         112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127};
-    alignas(64) static constexpr uint16_t kScaleWords[32] = {0,  0,  0,  0,  9,  9,  9,  9,
-                                                             18, 18, 18, 18, 27, 27, 27, 27};
     const __m512i v0 = kWhole ? _mm512_loadu_si512(p)
                               : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ull, unsigned(bytes)), p);
     const __m512i v1 = kWhole
@@ -740,7 +745,10 @@ struct Q4Step {
     const __m512i codes = _mm512_permutex2var_epi8(v0, _mm512_load_si512(kCodeBytes), v1);
     const __m512i low4 = _mm512_set1_epi8(0x0f);
     return {_mm512_and_si512(codes, low4), _mm512_and_si512(_mm512_srli_epi16(codes, 4), low4),
-            PickScales(_mm512_load_si512(kScaleWords), v0)};
+            StepScales<4, kQ4Bytes>(p, bytes / kQ4Bytes)};
+  }
+  static SLLM_VNNI HWY_INLINE __m512i Lanes() {
+    return _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
   }
   static SLLM_VNNI HWY_INLINE __m512i Dot(const W& w, const __m512i* x) {
     return Dpbusd(Dpbusd(_mm512_load_si512(x + 2), w.lo, _mm512_load_si512(x)), w.hi,
@@ -768,8 +776,10 @@ SLLM_VNNI HWY_INLINE void DirectStep(const uint8_t* p, size_t bytes, const __m51
   const typename Step::W wv = Step::template LoadW<kWhole>(p, bytes);
   for (int t = 0; t < T; ++t) {
     const __m512i* x = xp[t] + s * Step::kXVectors;
-    const __m512 scale =
-        _mm512_mul_ps(wv.scale, _mm512_castsi512_ps(_mm512_load_si512(x + Step::kXVectors - 1)));
+    // The products of the few block scales, then spread over the lanes.
+    const __m128 dwdx =
+        _mm_mul_ps(wv.scales, _mm_load_ps(reinterpret_cast<const float*>(x + Step::kXVectors - 1)));
+    const __m512 scale = _mm512_permutexvar_ps(Step::Lanes(), _mm512_castps128_ps512(dwdx));
     acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(Step::Dot(wv, x)), scale, acc[t]);
   }
 }
