@@ -717,9 +717,7 @@ struct Q4Step {
     const __m512i hi = _mm512_shuffle_i64x2(x0, x1, 0xdd);
     const __m512i eight = _mm512_set1_epi8(8);
     const __m512i bias = Dpbusd(Dpbusd(_mm512_setzero_si512(), eight, lo), eight, hi);
-    const __m512 dx =
-        _mm512_permutexvar_ps(_mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
-                              _mm512_castps128_ps512(_mm_loadu_ps(scales)));
+    const __m512 dx = _mm512_castps128_ps512(_mm_loadu_ps(scales));
     _mm512_store_si512(x, lo);
     _mm512_store_si512(x + 1, hi);
     _mm512_store_si512(x + 2, _mm512_sub_epi32(_mm512_setzero_si512(), bias));
@@ -820,16 +818,17 @@ SLLM_VNNI void DirectMatmul(const uint8_t* w, size_t nb,
                             size_t row_begin, size_t row_end) {
   const size_t row_bytes = nb * Step::kBlockBytes;
   const size_t steps = (nb + Step::kBlocks - 1) / Step::kBlocks;
-  static thread_local sllm::detail::AlignedBuffer<__m512i> prepared;
+  static thread_local sllm::detail::AlignedBuffer<uint8_t> buffer;
   for (size_t t0 = 0; t0 < x.n; t0 += 2) {
     const size_t n = std::min<size_t>(2, x.n - t0);
-    prepared.resize(n * steps * Step::kXVectors);
-    PrepareTokens<Step>(x, t0, n, steps, prepared.data());
+    buffer.resize(n * steps * Step::kXVectors * sizeof(__m512i));
+    __m512i* prepared = reinterpret_cast<__m512i*>(buffer.data());
+    PrepareTokens<Step>(x, t0, n, steps, prepared);
     for (size_t r = row_begin; r < row_end; ++r) {
       if (n == 2) {
-        DirectRow<Step, 2>(w + r * row_bytes, nb, prepared.data(), steps, t0, y, y_stride, r);
+        DirectRow<Step, 2>(w + r * row_bytes, nb, prepared, steps, t0, y, y_stride, r);
       } else {
-        DirectRow<Step, 1>(w + r * row_bytes, nb, prepared.data(), steps, t0, y, y_stride, r);
+        DirectRow<Step, 1>(w + r * row_bytes, nb, prepared, steps, t0, y, y_stride, r);
       }
     }
   }
