@@ -12,4 +12,31 @@ static void BM_dot_f32(benchmark::State& state) {
 }
 BENCHMARK(BM_dot_f32)->Arg(2048)->Arg(1 << 20);
 
+// Weight-times-activations: decode (n = 1, bound by reading the weights) and prefill (n = 64,
+// bound by multiply-adds). Reports weight bytes read per second and, as a counter, GFLOP/s.
+static void BM_matmul(benchmark::State& state) {
+  const auto type = static_cast<sllm::TensorType>(state.range(0));
+  const size_t rows = 2048, cols = 2048, n = size_t(state.range(1));
+  const int threads = int(state.range(2));
+  const size_t elem = type == sllm::TensorType::F32 ? 4 : 2;
+  std::vector<uint8_t> w(rows * cols * elem, 0x3c);  // 0x3c3c...: finite in all three types
+  std::vector<float> x(n * cols, 0.5f), y(n * rows);
+  const sllm::detail::MatrixView view{type, w.data(), rows, cols, cols * elem};
+  for (auto _ : state) {
+    sllm::detail::matmul(view, x.data(), n, cols, y.data(), rows, threads);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(w.size()));
+  state.counters["GFLOP/s"] = benchmark::Counter(double(2 * rows * cols * n) * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(sllm::tensor_type_name(type));
+}
+BENCHMARK(BM_matmul)
+    ->ArgNames({"type", "n", "threads"})
+    ->ArgsProduct({{int(sllm::TensorType::F32), int(sllm::TensorType::F16),
+                    int(sllm::TensorType::BF16)},
+                   {1, 64},
+                   {1, 2}})
+    ->UseRealTime();
+
 BENCHMARK_MAIN();

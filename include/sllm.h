@@ -108,6 +108,9 @@ void AlignedBuffer<T>::resize(size_t n) {
 // File layer: a read-only memory map and a cursor that never reads past it.
 namespace sllm {
 
+// Files are read and written by copying little-endian bytes into native integers.
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "sllm supports little-endian hosts");
+
 // A whole file mapped read-only (POSIX mmap). Move-only; unmaps on destruction.
 class MappedFile {
  public:
@@ -133,6 +136,36 @@ class MappedFile {
 
 namespace detail {
 
+// A file written under a temporary name beside its final path and renamed into place by
+// commit(), so that no reader ever sees a partial file under the final name. Destroying it
+// uncommitted (say, after an exception) removes the temporary file.
+class OutputFile {
+ public:
+  explicit OutputFile(const std::string& path);
+  ~OutputFile();
+  OutputFile(const OutputFile&) = delete;
+  OutputFile& operator=(const OutputFile&) = delete;
+  void write(const void* data, uint64_t n);  // Error naming the path on failure
+  void commit();                             // sync, close, rename, sync the directory
+
+ private:
+  std::string path_, temp_path_;
+  int fd_ = -1;
+};
+
+inline bool is_power_of_two(uint64_t v) {
+  return v != 0 && (v & (v - 1)) == 0;
+}
+// v rounded up to a multiple of alignment (any nonzero value); Error if that overflows.
+inline uint64_t align_up(uint64_t v, uint64_t alignment) {
+  return checked_add(v, (alignment - v % alignment) % alignment, "an aligned offset");
+}
+
+// Error "cannot ACTION 'PATH': strerror(err)".
+[[noreturn]] void fail_errno(const char* action, const std::string& path, int err);
+// Error "ORIGIN: offset N: MESSAGE", the form of every complaint about a file's contents.
+[[noreturn]] void fail_at(const std::string& origin, uint64_t offset, const std::string& message);
+
 // Reads little-endian values from a byte range; every read is bounds-checked and a short
 // read is an Error that says what was being read and at which offset.
 class Cursor {
@@ -149,6 +182,8 @@ class Cursor {
     std::memcpy(&v, take(sizeof(T), what), sizeof(T));
     return v;
   }
+  const std::string& origin() const { return origin_; }
+  // Error at the current offset.
   [[noreturn]] void fail_at(const std::string& message) const;
 
  private:
@@ -164,14 +199,28 @@ class Cursor {
 // ---- gguf.h ----
 // GGUF layer: reader (v2, v3) and writer. Every count, length, offset, dimension and type
 // read from a file is checked before it is used; tensors are views into the memory map.
+// Version 1 files (32-bit counts, 2023) are refused with an Error that names the version.
 #include <map>
 
 namespace sllm {
 
 // Tensor element types, with ggml's numbering (the value stored in GGUF files).
 enum class TensorType : uint32_t {
-  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
-  Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15, BF16 = 30,
+  F32 = 0,
+  F16 = 1,
+  Q4_0 = 2,
+  Q4_1 = 3,
+  Q5_0 = 6,
+  Q5_1 = 7,
+  Q8_0 = 8,
+  Q8_1 = 9,
+  Q2_K = 10,
+  Q3_K = 11,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
+  Q8_K = 15,
+  BF16 = 30,
 };
 
 struct TensorTypeInfo {
@@ -182,15 +231,31 @@ struct TensorTypeInfo {
 // Returns nullptr for a type id sllm does not know.
 const TensorTypeInfo* tensor_type_info(uint32_t type_id);
 const char* tensor_type_name(TensorType type);
-// Bytes of a row of n elements; Error when n is not a whole number of blocks.
+// Bytes of a row of n elements; Error when n is not a whole number of blocks. The reader
+// accepts a tensor whose rows are not whole blocks as long as the whole tensor is (old ggml
+// files let Q8_0 blocks run across 172-wide rows); layers that work row by row call this.
 uint64_t tensor_row_bytes(TensorType type, uint64_t n);
 
 // Metadata value types, as numbered in GGUF.
 enum class GgufType : uint32_t {
-  UINT8 = 0, INT8 = 1, UINT16 = 2, INT16 = 3, UINT32 = 4, INT32 = 5, FLOAT32 = 6, BOOL = 7,
-  STRING = 8, ARRAY = 9, UINT64 = 10, INT64 = 11, FLOAT64 = 12,
+  UINT8 = 0,
+  INT8 = 1,
+  UINT16 = 2,
+  INT16 = 3,
+  UINT32 = 4,
+  INT32 = 5,
+  FLOAT32 = 6,
+  BOOL = 7,
+  STRING = 8,
+  ARRAY = 9,
+  UINT64 = 10,
+  INT64 = 11,
+  FLOAT64 = 12,
 };
 const char* gguf_type_name(GgufType type);
+namespace detail {
+bool gguf_type_is_integer(GgufType type);  // the eight integer types (not BOOL)
+}  // namespace detail
 
 // One metadata value: a scalar, a string, or an array of scalars or strings (or arrays).
 class GgufValue {
@@ -228,7 +293,8 @@ class GgufValue {
 
   bool operator==(const GgufValue& o) const;
   bool operator!=(const GgufValue& o) const { return !(*this == o); }
-  // Short human-readable form; arrays longer than max_elems are summarised.
+  // Short human-readable form: strings quoted and escaped, cut after 120 bytes; arrays
+  // longer than max_elems cut with their length ("[1, 2, ... (512 in all)]").
   std::string to_string(size_t max_elems = 8) const;
 
  private:
@@ -253,7 +319,7 @@ struct TensorInfo {
   uint64_t ne[4] = {1, 1, 1, 1};  // ne[0] is the row length (fastest-varying), as in ggml
   uint64_t offset = 0;            // from the start of the data section
   uint64_t n_bytes = 0;
-  const uint8_t* data = nullptr;  // view into the memory map (nullptr in the writer)
+  const uint8_t* data = nullptr;  // view into the memory map, aligned as the file says
   uint64_t n_elements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
   uint64_t n_rows() const { return ne[1] * ne[2] * ne[3]; }
   std::string shape_string() const;  // "[64, 512]"
@@ -269,6 +335,8 @@ class Gguf {
 
   uint32_t version() const { return version_; }
   uint32_t alignment() const { return alignment_; }
+  // Where the tensor data starts: the end of the tensor infos, aligned. A file without
+  // tensors may end before it.
   uint64_t data_offset() const { return data_offset_; }
   uint64_t file_size() const { return size_; }
   const std::string& path() const { return origin_; }
@@ -277,9 +345,11 @@ class Gguf {
   const std::vector<std::pair<std::string, GgufValue>>& metadata() const { return kv_; }
   bool has(std::string_view key) const { return find(key) != nullptr; }
   const GgufValue* find(std::string_view key) const;
-  // Typed access: Error names the key when it is missing or has an incompatible type. Integer
-  // types convert when the value fits; float accepts FLOAT32/FLOAT64 (and integers).
-  // T: bool, uint8..uint64, int8..int64, float, double, std::string.
+  // Typed access: Error names the file and key when it is missing, has an incompatible type
+  // or does not fit. Integer types convert when the value fits; float and double accept
+  // FLOAT32, FLOAT64 and integers; bool only BOOL; std::string only STRING.
+  // T: bool, uint8..uint64, int8..int64, float, double, std::string (instantiated once in the
+  // implementation; other types do not link).
   template <typename T>
   T get(std::string_view key) const;
   template <typename T>
@@ -309,19 +379,22 @@ class Gguf {
   void parse_all();
 };
 
-// Builds a GGUF file: metadata in insertion order, then tensor infos, then aligned data.
-// write() goes to a temporary file beside path and renames it into place, so a failure never
-// leaves a partial file under the final name.
+// Builds a GGUF v3 file as llama.cpp writes them: metadata in insertion order, tensor infos,
+// then each tensor's data padded to the alignment. write() goes to a new temporary file beside
+// path, syncs it and renames it into place, so a failure (which throws, and removes the
+// temporary file) never leaves a partial file under the final name.
 class GgufWriter {
  public:
+  // A nonzero power of two; other than 32 it is written as general.alignment (the first key).
   explicit GgufWriter(uint32_t alignment = 32);
-  void set(const std::string& key, GgufValue value);  // replaces an existing key in place
+  // Replaces an existing key in place. Setting general.alignment (a UINT32) sets the alignment.
+  void set(const std::string& key, GgufValue value);
   // Tensor dims as ggml counts them: dims[0] is the row length. data must hold exactly the
   // bytes for that type and shape, and stay alive until write() returns.
   void add_tensor(const std::string& name, TensorType type, const std::vector<uint64_t>& dims,
                   const void* data, uint64_t n_bytes);
   // Same, but the bytes are produced when writing (for streaming conversion): fill(dst) must
-  // write exactly n_bytes.
+  // write all the bytes of that type and shape. What fill() throws, write() throws.
   void add_tensor(const std::string& name, TensorType type, const std::vector<uint64_t>& dims,
                   std::function<void(uint8_t* dst)> fill);
   void write(const std::string& path) const;
@@ -332,6 +405,7 @@ class GgufWriter {
     const void* data = nullptr;
     std::function<void(uint8_t*)> fill;
   };
+  void add_pending(Pending p);
   uint32_t alignment_;
   std::vector<std::pair<std::string, GgufValue>> kv_;
   std::vector<Pending> tensors_;
@@ -393,6 +467,9 @@ float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n);
 // Kernels layer: SIMD code written once with Highway and dispatched at run time to the best
 // target the CPU supports. Each kernel has a scalar reference (namespace sllm::ref) that the
 // tests compare it with on every target.
+#include <algorithm>
+#include <cmath>
+
 namespace sllm {
 namespace detail {
 
@@ -402,16 +479,75 @@ const char* simd_target_name(int64_t target);
 // Restricts run-time dispatch to one target, for tests; 0 restores the best one.
 void force_simd_target(int64_t target);
 
+// A weight matrix read in place (usually from the memory map): `rows` rows of `cols` elements
+// of type F32, F16 or BF16, row r starting at data + r * row_bytes.
+struct MatrixView {
+  TensorType type = TensorType::F32;
+  const uint8_t* data = nullptr;
+  size_t rows = 0;
+  size_t cols = 0;
+  size_t row_bytes = 0;
+};
+
+// Keys or values of one KV head of one layer, kept in fixed-size blocks of tokens (the paged
+// KV cache): token j's row of head_dim elements (F32 or F16) starts at
+// blocks[j / block_tokens] + offset + (j % block_tokens) * token_stride.
+struct PagedRows {
+  const uint8_t* const* blocks = nullptr;
+  size_t block_tokens = 0;
+  size_t offset = 0;
+  size_t token_stride = 0;
+  TensorType type = TensorType::F32;
+  const uint8_t* row(size_t j) const {
+    return blocks[j / block_tokens] + offset + (j % block_tokens) * token_stride;
+  }
+};
+
 float dot_f32(const float* a, const float* b, size_t n);
+
+// y[t * y_stride + r] = sum_c w[r][c] * x[t * x_stride + c] for the n activation rows t and
+// every weight row r: decode is n = 1, prefill n = batch. Parallel over weight rows with
+// n_threads OpenMP threads.
+void matmul(const MatrixView& w, const float* x, size_t n, size_t x_stride, float* y,
+            size_t y_stride, int n_threads);
+// dst[i] = src[i] widened to f32 (src of type F32, F16 or BF16), e.g. an embedding row.
+void row_to_f32(TensorType type, const uint8_t* src, size_t n, float* dst);
+// out = x / sqrt(mean(x^2) + eps) * weight (out may alias x).
+void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out);
+// Rotary embedding in place of the first rope_dim elements of each of n_heads heads, in the
+// pair order of GGUF llama weights: pairs (2i, 2i+1). cos and sin are rope_table()'s rows.
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, const float* cos,
+          const float* sin);
+// Rotation angles of position pos: theta_i = pos * base^(-2i/rope_dim) / freq_factors[i]
+// (freq_factors: Llama 3.1's rope_freqs, or null for none), written as
+// cos[2i] = cos[2i+1] = cos theta_i, sin[2i] = -sin theta_i, sin[2i+1] = sin theta_i.
+void rope_table(size_t pos, size_t rope_dim, float base, const float* freq_factors, float* cos,
+                float* sin);
+// x = softmax(x), in place.
+void softmax(float* x, size_t n);
+// out = silu(gate) * up, silu(g) = g / (1 + exp(-g)) (out may alias gate or up).
+void swiglu(const float* gate, const float* up, size_t n, float* out);
+// One query head over the first n_ctx cached tokens: out = softmax(scale * K q) V.
+// scores is scratch for n_ctx floats.
+void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
+               size_t n_ctx, float scale, float* scores, float* out);
 
 }  // namespace detail
 
+// Scalar references of the kernels: plain loops, double accumulators, for the tests.
 namespace ref {
-inline float dot_f32(const float* a, const float* b, size_t n) {
-  double sum = 0;
-  for (size_t i = 0; i < n; ++i) sum += double(a[i]) * b[i];
-  return float(sum);
-}
+float dot_f32(const float* a, const float* b, size_t n);
+float element_to_f32(TensorType type, const uint8_t* row, size_t i);
+void matmul(const detail::MatrixView& w, const float* x, size_t n, size_t x_stride, float* y,
+            size_t y_stride);
+void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out);
+// Rotates with angles computed here from pos and base (independent of detail::rope_table).
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base,
+          const float* freq_factors);
+void softmax(float* x, size_t n);
+void swiglu(const float* gate, const float* up, size_t n, float* out);
+void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
+               const detail::PagedRows& values, size_t n_ctx, float scale, float* out);
 }  // namespace ref
 }  // namespace sllm
 
@@ -468,6 +604,699 @@ void matmul_q(const QuantizedMatrix& w, const QuantizedActivations& x, float* y,
               int n_threads);
 
 }  // namespace detail
+}  // namespace sllm
+
+// ---- kv.h ----
+// KV layer: the paged KV cache. One pool of fixed-size blocks, sized at start; each block holds
+// the keys and values of block_tokens consecutive tokens for every layer. A sequence is a table
+// of blocks. Running out of blocks or past the context is an Error, never a silent wrap.
+namespace sllm {
+
+// What one token stores per layer: n_kv_heads heads of key_dim key and value_dim value
+// elements.
+struct KvShape {
+  size_t n_layers = 0;
+  size_t n_kv_heads = 0;
+  size_t key_dim = 0;
+  size_t value_dim = 0;
+  bool operator==(const KvShape& o) const {
+    return n_layers == o.n_layers && n_kv_heads == o.n_kv_heads && key_dim == o.key_dim &&
+           value_dim == o.value_dim;
+  }
+  bool operator!=(const KvShape& o) const { return !(*this == o); }
+};
+
+// The blocks of one model's KV cache, allocated once. Entries are F32 or F16 (type).
+// Layout of a block, per layer: block_tokens key rows, then block_tokens value rows; a key row
+// is the n_kv_heads * key_dim elements of one token.
+class KvPool {
+ public:
+  static constexpr size_t kDefaultBlockTokens = 16;
+  KvPool(const KvShape& shape, size_t n_blocks, size_t block_tokens = kDefaultBlockTokens,
+         TensorType type = TensorType::F32);
+  // A pool holding exactly one sequence of up to n_tokens tokens.
+  static KvPool for_tokens(const KvShape& shape, size_t n_tokens,
+                           size_t block_tokens = kDefaultBlockTokens,
+                           TensorType type = TensorType::F32);
+
+  const KvShape& shape() const { return shape_; }
+  TensorType type() const { return type_; }
+  size_t block_tokens() const { return block_tokens_; }
+  size_t n_blocks() const { return n_blocks_; }
+  size_t free_blocks() const { return free_.size(); }
+  size_t block_bytes() const { return block_bytes_; }
+
+  // Takes n free blocks (Error naming the numbers when fewer are free; then nothing is taken).
+  std::vector<uint32_t> allocate(size_t n);
+  void release(uint32_t block);
+  uint8_t* block_data(uint32_t block) { return data_.data() + size_t{block} * block_bytes_; }
+
+  // Byte offsets inside a block of layer's first key and value rows, and between tokens.
+  size_t key_offset(size_t layer) const { return layer * layer_bytes_; }
+  size_t value_offset(size_t layer) const { return layer * layer_bytes_ + key_bytes_; }
+  size_t key_stride() const { return key_row_bytes_; }
+  size_t value_stride() const { return value_row_bytes_; }
+
+ private:
+  KvShape shape_;
+  TensorType type_;
+  size_t block_tokens_;
+  size_t n_blocks_;
+  size_t key_row_bytes_ = 0, value_row_bytes_ = 0;
+  size_t key_bytes_ = 0, layer_bytes_ = 0, block_bytes_ = 0;
+  detail::AlignedBuffer<uint8_t> data_;
+  std::vector<uint32_t> free_;  // a stack; the lowest ids are handed out first
+};
+
+// The cached tokens of one sequence: a block table into a pool (which must outlive it).
+// Holds at most max_tokens tokens (the context length).
+class KvSequence {
+ public:
+  KvSequence(KvPool& pool, size_t max_tokens);
+  ~KvSequence();
+  KvSequence(KvSequence&& other) noexcept;
+  KvSequence& operator=(KvSequence&& other) noexcept;
+  KvSequence(const KvSequence&) = delete;
+  KvSequence& operator=(const KvSequence&) = delete;
+
+  KvPool& pool() const { return *pool_; }
+  size_t size() const { return size_; }  // tokens stored
+  size_t max_tokens() const { return max_tokens_; }
+  const std::vector<uint32_t>& blocks() const { return blocks_; }
+
+  // Makes room for n more tokens after size(). Error on context overflow or when the pool has
+  // too few free blocks; then the sequence is unchanged.
+  void reserve(size_t n);
+  // Marks n tokens after size() as written (they must have been reserved).
+  void commit(size_t n);
+  // Keeps the first n tokens and returns the blocks no longer needed to the pool.
+  void truncate(size_t n);
+  void clear() { truncate(0); }
+
+  // Stores the key and value rows (all KV heads, f32, converted to the pool's type) of token
+  // pos of a layer; pos must be reserved.
+  void write(size_t layer, size_t pos, const float* key, const float* value);
+  // Paged views of one KV head's keys / values of a layer, for the attention kernel.
+  detail::PagedRows keys(size_t layer, size_t kv_head) const;
+  detail::PagedRows values(size_t layer, size_t kv_head) const;
+
+ private:
+  void release_all();
+  uint8_t* row(size_t pos, size_t offset, size_t stride);
+  KvPool* pool_;
+  size_t max_tokens_;
+  size_t size_ = 0;
+  std::vector<uint32_t> blocks_;
+  std::vector<const uint8_t*> block_data_;  // blocks_' addresses, for PagedRows
+};
+
+}  // namespace sllm
+
+// ---- model.h ----
+// Model layer: architecture config from GGUF metadata, weight views into the map, and the
+// forward pass (batched prefill and one-token decode share one code path).
+namespace sllm {
+
+// Hyperparameters of a llama-family transformer, read from GGUF metadata.
+struct ModelConfig {
+  std::string architecture;   // general.architecture
+  size_t n_embd = 0;          // embedding_length
+  size_t n_layers = 0;        // block_count
+  size_t n_heads = 0;         // attention.head_count
+  size_t n_kv_heads = 0;      // attention.head_count_kv (default: n_heads)
+  size_t key_dim = 0;         // attention.key_length (default: n_embd / n_heads)
+  size_t value_dim = 0;       // attention.value_length (default: n_embd / n_heads)
+  size_t n_ff = 0;            // feed_forward_length
+  size_t n_vocab = 0;         // tokenizer.ggml.tokens, else token_embd.weight rows
+  size_t context_length = 0;  // context_length (training context)
+  size_t rope_dim = 0;        // rope.dimension_count (default: key_dim)
+  float rope_base = 10000.f;  // rope.freq_base
+  float rms_eps = 1e-5f;      // attention.layer_norm_rms_epsilon
+
+  // Error names the missing or inconsistent key, or the unsupported architecture.
+  static ModelConfig from_gguf(const Gguf& gguf);
+  KvShape kv_shape() const { return KvShape{n_layers, n_kv_heads, key_dim, value_dim}; }
+};
+
+struct TransformerOptions {
+  int n_threads = 0;  // 0: OpenMP's default (OMP_NUM_THREADS, else the cores)
+};
+
+// Which positions of a forward batch get logits.
+enum class LogitsFor { kNone, kLast, kAll };
+
+// The activations of one forward pass, kept between calls so that decoding allocates nothing.
+// Grows to the largest batch and context seen. One per concurrently running sequence.
+class ForwardScratch {
+  friend class Transformer;
+  size_t n_tokens_ = 0, n_ctx_ = 0, n_threads_ = 0;
+  detail::AlignedBuffer<float> x_, xb_, q_, k_, v_, att_, gate_, up_;
+  detail::AlignedBuffer<float> rope_cos_, rope_sin_, scores_;
+};
+
+// A llama-family transformer whose weights are views into an open GGUF (which must outlive it).
+class Transformer {
+ public:
+  static Transformer load(const Gguf& gguf, const TransformerOptions& options = {});
+
+  const ModelConfig& config() const { return config_; }
+  KvShape kv_shape() const { return config_.kv_shape(); }
+  int n_threads() const { return n_threads_; }
+
+  // Evaluates tokens[0..n) at the positions after those already in seq, appends their keys and
+  // values to seq, and writes logits: n_vocab floats for the last position (kLast), n * n_vocab,
+  // row per position (kAll), or nothing (kNone; logits may be null). Error, with seq unchanged,
+  // for a token id outside the vocabulary, a KV pool of another shape, context overflow or an
+  // exhausted pool.
+  void forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& scratch,
+               float* logits, LogitsFor which = LogitsFor::kLast) const;
+
+ private:
+  Transformer() = default;  // made by load()
+  struct Layer {
+    const float* attn_norm = nullptr;
+    const float* ffn_norm = nullptr;
+    detail::MatrixView wq, wk, wv, wo, gate, up, down;
+  };
+  void prepare(ForwardScratch& s, size_t n, size_t n_ctx) const;
+  void attention_block(const Layer& layer, size_t l, size_t n, size_t pos0, KvSequence& seq,
+                       ForwardScratch& s) const;
+  void ffn_block(const Layer& layer, size_t n, ForwardScratch& s) const;
+
+  ModelConfig config_;
+  int n_threads_ = 1;
+  detail::MatrixView token_embd_, output_;
+  const float* output_norm_ = nullptr;
+  const float* rope_freqs_ = nullptr;  // Llama 3.1 rope frequency factors, when present
+  std::vector<Layer> layers_;
+};
+
+}  // namespace sllm
+
+// ---- unicode_tables.h ----
+// Unicode character classes for the tokenizer's pre-tokenizers: sorted ranges of code
+// points with equal classes.
+// GENERATED by tools/gen_unicode_tables.cpp from the Unicode Character Database 15.0.0
+// (UnicodeData.txt, PropList.txt) -- do not edit. Regenerate with
+//   cmake --build BUILD_DIR --target sllm_unicode_tables      (or meson: ninja unicode_tables)
+// which runs: gen_unicode_tables /usr/share/unicode include/sllm/unicode_tables.h
+namespace sllm {
+namespace detail {
+
+// Classes of a code point: its general category's major class (L, N, M, P, S, Z, or
+// C without Cn) and the White_Space property. Unassigned code points have none.
+enum UnicodeClass : uint8_t {
+  kUnicodeLetter = 1 << 0,
+  kUnicodeNumber = 1 << 1,
+  kUnicodeMark = 1 << 2,
+  kUnicodePunctuation = 1 << 3,
+  kUnicodeSymbol = 1 << 4,
+  kUnicodeSeparator = 1 << 5,
+  kUnicodeOther = 1 << 6,
+  kUnicodeWhitespace = 1 << 7,
+};
+
+// Entry i is (first code point << 8) | classes; its range ends where entry i + 1 starts
+// (the last one at U+10FFFF).
+inline constexpr uint32_t kUnicodeRanges[2274] = {
+    0x00000040, 0x000009C0, 0x00000E40, 0x000020A0, 0x00002108, 0x00002410, 0x00002508, 0x00002B10,
+    0x00002C08, 0x00003002, 0x00003A08, 0x00003C10, 0x00003F08, 0x00004101, 0x00005B08, 0x00005E10,
+    0x00005F08, 0x00006010, 0x00006101, 0x00007B08, 0x00007C10, 0x00007D08, 0x00007E10, 0x00007F40,
+    0x000085C0, 0x00008640, 0x0000A0A0, 0x0000A108, 0x0000A210, 0x0000A708, 0x0000A810, 0x0000AA01,
+    0x0000AB08, 0x0000AC10, 0x0000AD40, 0x0000AE10, 0x0000B202, 0x0000B410, 0x0000B501, 0x0000B608,
+    0x0000B810, 0x0000B902, 0x0000BA01, 0x0000BB08, 0x0000BC02, 0x0000BF08, 0x0000C001, 0x0000D710,
+    0x0000D801, 0x0000F710, 0x0000F801, 0x0002C210, 0x0002C601, 0x0002D210, 0x0002E001, 0x0002E510,
+    0x0002EC01, 0x0002ED10, 0x0002EE01, 0x0002EF10, 0x00030004, 0x00037001, 0x00037510, 0x00037601,
+    0x00037800, 0x00037A01, 0x00037E08, 0x00037F01, 0x00038000, 0x00038410, 0x00038601, 0x00038708,
+    0x00038801, 0x00038B00, 0x00038C01, 0x00038D00, 0x00038E01, 0x0003A200, 0x0003A301, 0x0003F610,
+    0x0003F701, 0x00048210, 0x00048304, 0x00048A01, 0x00053000, 0x00053101, 0x00055700, 0x00055901,
+    0x00055A08, 0x00056001, 0x00058908, 0x00058B00, 0x00058D10, 0x00059000, 0x00059104, 0x0005BE08,
+    0x0005BF04, 0x0005C008, 0x0005C104, 0x0005C308, 0x0005C404, 0x0005C608, 0x0005C704, 0x0005C800,
+    0x0005D001, 0x0005EB00, 0x0005EF01, 0x0005F308, 0x0005F500, 0x00060040, 0x00060610, 0x00060908,
+    0x00060B10, 0x00060C08, 0x00060E10, 0x00061004, 0x00061B08, 0x00061C40, 0x00061D08, 0x00062001,
+    0x00064B04, 0x00066002, 0x00066A08, 0x00066E01, 0x00067004, 0x00067101, 0x0006D408, 0x0006D501,
+    0x0006D604, 0x0006DD40, 0x0006DE10, 0x0006DF04, 0x0006E501, 0x0006E704, 0x0006E910, 0x0006EA04,
+    0x0006EE01, 0x0006F002, 0x0006FA01, 0x0006FD10, 0x0006FF01, 0x00070008, 0x00070E00, 0x00070F40,
+    0x00071001, 0x00071104, 0x00071201, 0x00073004, 0x00074B00, 0x00074D01, 0x0007A604, 0x0007B101,
+    0x0007B200, 0x0007C002, 0x0007CA01, 0x0007EB04, 0x0007F401, 0x0007F610, 0x0007F708, 0x0007FA01,
+    0x0007FB00, 0x0007FD04, 0x0007FE10, 0x00080001, 0x00081604, 0x00081A01, 0x00081B04, 0x00082401,
+    0x00082504, 0x00082801, 0x00082904, 0x00082E00, 0x00083008, 0x00083F00, 0x00084001, 0x00085904,
+    0x00085C00, 0x00085E08, 0x00085F00, 0x00086001, 0x00086B00, 0x00087001, 0x00088810, 0x00088901,
+    0x00088F00, 0x00089040, 0x00089200, 0x00089804, 0x0008A001, 0x0008CA04, 0x0008E240, 0x0008E304,
+    0x00090401, 0x00093A04, 0x00093D01, 0x00093E04, 0x00095001, 0x00095104, 0x00095801, 0x00096204,
+    0x00096408, 0x00096602, 0x00097008, 0x00097101, 0x00098104, 0x00098400, 0x00098501, 0x00098D00,
+    0x00098F01, 0x00099100, 0x00099301, 0x0009A900, 0x0009AA01, 0x0009B100, 0x0009B201, 0x0009B300,
+    0x0009B601, 0x0009BA00, 0x0009BC04, 0x0009BD01, 0x0009BE04, 0x0009C500, 0x0009C704, 0x0009C900,
+    0x0009CB04, 0x0009CE01, 0x0009CF00, 0x0009D704, 0x0009D800, 0x0009DC01, 0x0009DE00, 0x0009DF01,
+    0x0009E204, 0x0009E400, 0x0009E602, 0x0009F001, 0x0009F210, 0x0009F402, 0x0009FA10, 0x0009FC01,
+    0x0009FD08, 0x0009FE04, 0x0009FF00, 0x000A0104, 0x000A0400, 0x000A0501, 0x000A0B00, 0x000A0F01,
+    0x000A1100, 0x000A1301, 0x000A2900, 0x000A2A01, 0x000A3100, 0x000A3201, 0x000A3400, 0x000A3501,
+    0x000A3700, 0x000A3801, 0x000A3A00, 0x000A3C04, 0x000A3D00, 0x000A3E04, 0x000A4300, 0x000A4704,
+    0x000A4900, 0x000A4B04, 0x000A4E00, 0x000A5104, 0x000A5200, 0x000A5901, 0x000A5D00, 0x000A5E01,
+    0x000A5F00, 0x000A6602, 0x000A7004, 0x000A7201, 0x000A7504, 0x000A7608, 0x000A7700, 0x000A8104,
+    0x000A8400, 0x000A8501, 0x000A8E00, 0x000A8F01, 0x000A9200, 0x000A9301, 0x000AA900, 0x000AAA01,
+    0x000AB100, 0x000AB201, 0x000AB400, 0x000AB501, 0x000ABA00, 0x000ABC04, 0x000ABD01, 0x000ABE04,
+    0x000AC600, 0x000AC704, 0x000ACA00, 0x000ACB04, 0x000ACE00, 0x000AD001, 0x000AD100, 0x000AE001,
+    0x000AE204, 0x000AE400, 0x000AE602, 0x000AF008, 0x000AF110, 0x000AF200, 0x000AF901, 0x000AFA04,
+    0x000B0000, 0x000B0104, 0x000B0400, 0x000B0501, 0x000B0D00, 0x000B0F01, 0x000B1100, 0x000B1301,
+    0x000B2900, 0x000B2A01, 0x000B3100, 0x000B3201, 0x000B3400, 0x000B3501, 0x000B3A00, 0x000B3C04,
+    0x000B3D01, 0x000B3E04, 0x000B4500, 0x000B4704, 0x000B4900, 0x000B4B04, 0x000B4E00, 0x000B5504,
+    0x000B5800, 0x000B5C01, 0x000B5E00, 0x000B5F01, 0x000B6204, 0x000B6400, 0x000B6602, 0x000B7010,
+    0x000B7101, 0x000B7202, 0x000B7800, 0x000B8204, 0x000B8301, 0x000B8400, 0x000B8501, 0x000B8B00,
+    0x000B8E01, 0x000B9100, 0x000B9201, 0x000B9600, 0x000B9901, 0x000B9B00, 0x000B9C01, 0x000B9D00,
+    0x000B9E01, 0x000BA000, 0x000BA301, 0x000BA500, 0x000BA801, 0x000BAB00, 0x000BAE01, 0x000BBA00,
+    0x000BBE04, 0x000BC300, 0x000BC604, 0x000BC900, 0x000BCA04, 0x000BCE00, 0x000BD001, 0x000BD100,
+    0x000BD704, 0x000BD800, 0x000BE602, 0x000BF310, 0x000BFB00, 0x000C0004, 0x000C0501, 0x000C0D00,
+    0x000C0E01, 0x000C1100, 0x000C1201, 0x000C2900, 0x000C2A01, 0x000C3A00, 0x000C3C04, 0x000C3D01,
+    0x000C3E04, 0x000C4500, 0x000C4604, 0x000C4900, 0x000C4A04, 0x000C4E00, 0x000C5504, 0x000C5700,
+    0x000C5801, 0x000C5B00, 0x000C5D01, 0x000C5E00, 0x000C6001, 0x000C6204, 0x000C6400, 0x000C6602,
+    0x000C7000, 0x000C7708, 0x000C7802, 0x000C7F10, 0x000C8001, 0x000C8104, 0x000C8408, 0x000C8501,
+    0x000C8D00, 0x000C8E01, 0x000C9100, 0x000C9201, 0x000CA900, 0x000CAA01, 0x000CB400, 0x000CB501,
+    0x000CBA00, 0x000CBC04, 0x000CBD01, 0x000CBE04, 0x000CC500, 0x000CC604, 0x000CC900, 0x000CCA04,
+    0x000CCE00, 0x000CD504, 0x000CD700, 0x000CDD01, 0x000CDF00, 0x000CE001, 0x000CE204, 0x000CE400,
+    0x000CE602, 0x000CF000, 0x000CF101, 0x000CF304, 0x000CF400, 0x000D0004, 0x000D0401, 0x000D0D00,
+    0x000D0E01, 0x000D1100, 0x000D1201, 0x000D3B04, 0x000D3D01, 0x000D3E04, 0x000D4500, 0x000D4604,
+    0x000D4900, 0x000D4A04, 0x000D4E01, 0x000D4F10, 0x000D5000, 0x000D5401, 0x000D5704, 0x000D5802,
+    0x000D5F01, 0x000D6204, 0x000D6400, 0x000D6602, 0x000D7910, 0x000D7A01, 0x000D8000, 0x000D8104,
+    0x000D8400, 0x000D8501, 0x000D9700, 0x000D9A01, 0x000DB200, 0x000DB301, 0x000DBC00, 0x000DBD01,
+    0x000DBE00, 0x000DC001, 0x000DC700, 0x000DCA04, 0x000DCB00, 0x000DCF04, 0x000DD500, 0x000DD604,
+    0x000DD700, 0x000DD804, 0x000DE000, 0x000DE602, 0x000DF000, 0x000DF204, 0x000DF408, 0x000DF500,
+    0x000E0101, 0x000E3104, 0x000E3201, 0x000E3404, 0x000E3B00, 0x000E3F10, 0x000E4001, 0x000E4704,
+    0x000E4F08, 0x000E5002, 0x000E5A08, 0x000E5C00, 0x000E8101, 0x000E8300, 0x000E8401, 0x000E8500,
+    0x000E8601, 0x000E8B00, 0x000E8C01, 0x000EA400, 0x000EA501, 0x000EA600, 0x000EA701, 0x000EB104,
+    0x000EB201, 0x000EB404, 0x000EBD01, 0x000EBE00, 0x000EC001, 0x000EC500, 0x000EC601, 0x000EC700,
+    0x000EC804, 0x000ECF00, 0x000ED002, 0x000EDA00, 0x000EDC01, 0x000EE000, 0x000F0001, 0x000F0110,
+    0x000F0408, 0x000F1310, 0x000F1408, 0x000F1510, 0x000F1804, 0x000F1A10, 0x000F2002, 0x000F3410,
+    0x000F3504, 0x000F3610, 0x000F3704, 0x000F3810, 0x000F3904, 0x000F3A08, 0x000F3E04, 0x000F4001,
+    0x000F4800, 0x000F4901, 0x000F6D00, 0x000F7104, 0x000F8508, 0x000F8604, 0x000F8801, 0x000F8D04,
+    0x000F9800, 0x000F9904, 0x000FBD00, 0x000FBE10, 0x000FC604, 0x000FC710, 0x000FCD00, 0x000FCE10,
+    0x000FD008, 0x000FD510, 0x000FD908, 0x000FDB00, 0x00100001, 0x00102B04, 0x00103F01, 0x00104002,
+    0x00104A08, 0x00105001, 0x00105604, 0x00105A01, 0x00105E04, 0x00106101, 0x00106204, 0x00106501,
+    0x00106704, 0x00106E01, 0x00107104, 0x00107501, 0x00108204, 0x00108E01, 0x00108F04, 0x00109002,
+    0x00109A04, 0x00109E10, 0x0010A001, 0x0010C600, 0x0010C701, 0x0010C800, 0x0010CD01, 0x0010CE00,
+    0x0010D001, 0x0010FB08, 0x0010FC01, 0x00124900, 0x00124A01, 0x00124E00, 0x00125001, 0x00125700,
+    0x00125801, 0x00125900, 0x00125A01, 0x00125E00, 0x00126001, 0x00128900, 0x00128A01, 0x00128E00,
+    0x00129001, 0x0012B100, 0x0012B201, 0x0012B600, 0x0012B801, 0x0012BF00, 0x0012C001, 0x0012C100,
+    0x0012C201, 0x0012C600, 0x0012C801, 0x0012D700, 0x0012D801, 0x00131100, 0x00131201, 0x00131600,
+    0x00131801, 0x00135B00, 0x00135D04, 0x00136008, 0x00136902, 0x00137D00, 0x00138001, 0x00139010,
+    0x00139A00, 0x0013A001, 0x0013F600, 0x0013F801, 0x0013FE00, 0x00140008, 0x00140101, 0x00166D10,
+    0x00166E08, 0x00166F01, 0x001680A0, 0x00168101, 0x00169B08, 0x00169D00, 0x0016A001, 0x0016EB08,
+    0x0016EE02, 0x0016F101, 0x0016F900, 0x00170001, 0x00171204, 0x00171600, 0x00171F01, 0x00173204,
+    0x00173508, 0x00173700, 0x00174001, 0x00175204, 0x00175400, 0x00176001, 0x00176D00, 0x00176E01,
+    0x00177100, 0x00177204, 0x00177400, 0x00178001, 0x0017B404, 0x0017D408, 0x0017D701, 0x0017D808,
+    0x0017DB10, 0x0017DC01, 0x0017DD04, 0x0017DE00, 0x0017E002, 0x0017EA00, 0x0017F002, 0x0017FA00,
+    0x00180008, 0x00180B04, 0x00180E40, 0x00180F04, 0x00181002, 0x00181A00, 0x00182001, 0x00187900,
+    0x00188001, 0x00188504, 0x00188701, 0x0018A904, 0x0018AA01, 0x0018AB00, 0x0018B001, 0x0018F600,
+    0x00190001, 0x00191F00, 0x00192004, 0x00192C00, 0x00193004, 0x00193C00, 0x00194010, 0x00194100,
+    0x00194408, 0x00194602, 0x00195001, 0x00196E00, 0x00197001, 0x00197500, 0x00198001, 0x0019AC00,
+    0x0019B001, 0x0019CA00, 0x0019D002, 0x0019DB00, 0x0019DE10, 0x001A0001, 0x001A1704, 0x001A1C00,
+    0x001A1E08, 0x001A2001, 0x001A5504, 0x001A5F00, 0x001A6004, 0x001A7D00, 0x001A7F04, 0x001A8002,
+    0x001A8A00, 0x001A9002, 0x001A9A00, 0x001AA008, 0x001AA701, 0x001AA808, 0x001AAE00, 0x001AB004,
+    0x001ACF00, 0x001B0004, 0x001B0501, 0x001B3404, 0x001B4501, 0x001B4D00, 0x001B5002, 0x001B5A08,
+    0x001B6110, 0x001B6B04, 0x001B7410, 0x001B7D08, 0x001B7F00, 0x001B8004, 0x001B8301, 0x001BA104,
+    0x001BAE01, 0x001BB002, 0x001BBA01, 0x001BE604, 0x001BF400, 0x001BFC08, 0x001C0001, 0x001C2404,
+    0x001C3800, 0x001C3B08, 0x001C4002, 0x001C4A00, 0x001C4D01, 0x001C5002, 0x001C5A01, 0x001C7E08,
+    0x001C8001, 0x001C8900, 0x001C9001, 0x001CBB00, 0x001CBD01, 0x001CC008, 0x001CC800, 0x001CD004,
+    0x001CD308, 0x001CD404, 0x001CE901, 0x001CED04, 0x001CEE01, 0x001CF404, 0x001CF501, 0x001CF704,
+    0x001CFA01, 0x001CFB00, 0x001D0001, 0x001DC004, 0x001E0001, 0x001F1600, 0x001F1801, 0x001F1E00,
+    0x001F2001, 0x001F4600, 0x001F4801, 0x001F4E00, 0x001F5001, 0x001F5800, 0x001F5901, 0x001F5A00,
+    0x001F5B01, 0x001F5C00, 0x001F5D01, 0x001F5E00, 0x001F5F01, 0x001F7E00, 0x001F8001, 0x001FB500,
+    0x001FB601, 0x001FBD10, 0x001FBE01, 0x001FBF10, 0x001FC201, 0x001FC500, 0x001FC601, 0x001FCD10,
+    0x001FD001, 0x001FD400, 0x001FD601, 0x001FDC00, 0x001FDD10, 0x001FE001, 0x001FED10, 0x001FF000,
+    0x001FF201, 0x001FF500, 0x001FF601, 0x001FFD10, 0x001FFF00, 0x002000A0, 0x00200B40, 0x00201008,
+    0x002028A0, 0x00202A40, 0x00202FA0, 0x00203008, 0x00204410, 0x00204508, 0x00205210, 0x00205308,
+    0x00205FA0, 0x00206040, 0x00206500, 0x00206640, 0x00207002, 0x00207101, 0x00207200, 0x00207402,
+    0x00207A10, 0x00207D08, 0x00207F01, 0x00208002, 0x00208A10, 0x00208D08, 0x00208F00, 0x00209001,
+    0x00209D00, 0x0020A010, 0x0020C100, 0x0020D004, 0x0020F100, 0x00210010, 0x00210201, 0x00210310,
+    0x00210701, 0x00210810, 0x00210A01, 0x00211410, 0x00211501, 0x00211610, 0x00211901, 0x00211E10,
+    0x00212401, 0x00212510, 0x00212601, 0x00212710, 0x00212801, 0x00212910, 0x00212A01, 0x00212E10,
+    0x00212F01, 0x00213A10, 0x00213C01, 0x00214010, 0x00214501, 0x00214A10, 0x00214E01, 0x00214F10,
+    0x00215002, 0x00218301, 0x00218502, 0x00218A10, 0x00218C00, 0x00219010, 0x00230808, 0x00230C10,
+    0x00232908, 0x00232B10, 0x00242700, 0x00244010, 0x00244B00, 0x00246002, 0x00249C10, 0x0024EA02,
+    0x00250010, 0x00276808, 0x00277602, 0x00279410, 0x0027C508, 0x0027C710, 0x0027E608, 0x0027F010,
+    0x00298308, 0x00299910, 0x0029D808, 0x0029DC10, 0x0029FC08, 0x0029FE10, 0x002B7400, 0x002B7610,
+    0x002B9600, 0x002B9710, 0x002C0001, 0x002CE510, 0x002CEB01, 0x002CEF04, 0x002CF201, 0x002CF400,
+    0x002CF908, 0x002CFD02, 0x002CFE08, 0x002D0001, 0x002D2600, 0x002D2701, 0x002D2800, 0x002D2D01,
+    0x002D2E00, 0x002D3001, 0x002D6800, 0x002D6F01, 0x002D7008, 0x002D7100, 0x002D7F04, 0x002D8001,
+    0x002D9700, 0x002DA001, 0x002DA700, 0x002DA801, 0x002DAF00, 0x002DB001, 0x002DB700, 0x002DB801,
+    0x002DBF00, 0x002DC001, 0x002DC700, 0x002DC801, 0x002DCF00, 0x002DD001, 0x002DD700, 0x002DD801,
+    0x002DDF00, 0x002DE004, 0x002E0008, 0x002E2F01, 0x002E3008, 0x002E5010, 0x002E5208, 0x002E5E00,
+    0x002E8010, 0x002E9A00, 0x002E9B10, 0x002EF400, 0x002F0010, 0x002FD600, 0x002FF010, 0x002FFC00,
+    0x003000A0, 0x00300108, 0x00300410, 0x00300501, 0x00300702, 0x00300808, 0x00301210, 0x00301408,
+    0x00302010, 0x00302102, 0x00302A04, 0x00303008, 0x00303101, 0x00303610, 0x00303802, 0x00303B01,
+    0x00303D08, 0x00303E10, 0x00304000, 0x00304101, 0x00309700, 0x00309904, 0x00309B10, 0x00309D01,
+    0x0030A008, 0x0030A101, 0x0030FB08, 0x0030FC01, 0x00310000, 0x00310501, 0x00313000, 0x00313101,
+    0x00318F00, 0x00319010, 0x00319202, 0x00319610, 0x0031A001, 0x0031C010, 0x0031E400, 0x0031F001,
+    0x00320010, 0x00321F00, 0x00322002, 0x00322A10, 0x00324802, 0x00325010, 0x00325102, 0x00326010,
+    0x00328002, 0x00328A10, 0x0032B102, 0x0032C010, 0x00340001, 0x004DC010, 0x004E0001, 0x00A48D00,
+    0x00A49010, 0x00A4C700, 0x00A4D001, 0x00A4FE08, 0x00A50001, 0x00A60D08, 0x00A61001, 0x00A62002,
+    0x00A62A01, 0x00A62C00, 0x00A64001, 0x00A66F04, 0x00A67308, 0x00A67404, 0x00A67E08, 0x00A67F01,
+    0x00A69E04, 0x00A6A001, 0x00A6E602, 0x00A6F004, 0x00A6F208, 0x00A6F800, 0x00A70010, 0x00A71701,
+    0x00A72010, 0x00A72201, 0x00A78910, 0x00A78B01, 0x00A7CB00, 0x00A7D001, 0x00A7D200, 0x00A7D301,
+    0x00A7D400, 0x00A7D501, 0x00A7DA00, 0x00A7F201, 0x00A80204, 0x00A80301, 0x00A80604, 0x00A80701,
+    0x00A80B04, 0x00A80C01, 0x00A82304, 0x00A82810, 0x00A82C04, 0x00A82D00, 0x00A83002, 0x00A83610,
+    0x00A83A00, 0x00A84001, 0x00A87408, 0x00A87800, 0x00A88004, 0x00A88201, 0x00A8B404, 0x00A8C600,
+    0x00A8CE08, 0x00A8D002, 0x00A8DA00, 0x00A8E004, 0x00A8F201, 0x00A8F808, 0x00A8FB01, 0x00A8FC08,
+    0x00A8FD01, 0x00A8FF04, 0x00A90002, 0x00A90A01, 0x00A92604, 0x00A92E08, 0x00A93001, 0x00A94704,
+    0x00A95400, 0x00A95F08, 0x00A96001, 0x00A97D00, 0x00A98004, 0x00A98401, 0x00A9B304, 0x00A9C108,
+    0x00A9CE00, 0x00A9CF01, 0x00A9D002, 0x00A9DA00, 0x00A9DE08, 0x00A9E001, 0x00A9E504, 0x00A9E601,
+    0x00A9F002, 0x00A9FA01, 0x00A9FF00, 0x00AA0001, 0x00AA2904, 0x00AA3700, 0x00AA4001, 0x00AA4304,
+    0x00AA4401, 0x00AA4C04, 0x00AA4E00, 0x00AA5002, 0x00AA5A00, 0x00AA5C08, 0x00AA6001, 0x00AA7710,
+    0x00AA7A01, 0x00AA7B04, 0x00AA7E01, 0x00AAB004, 0x00AAB101, 0x00AAB204, 0x00AAB501, 0x00AAB704,
+    0x00AAB901, 0x00AABE04, 0x00AAC001, 0x00AAC104, 0x00AAC201, 0x00AAC300, 0x00AADB01, 0x00AADE08,
+    0x00AAE001, 0x00AAEB04, 0x00AAF008, 0x00AAF201, 0x00AAF504, 0x00AAF700, 0x00AB0101, 0x00AB0700,
+    0x00AB0901, 0x00AB0F00, 0x00AB1101, 0x00AB1700, 0x00AB2001, 0x00AB2700, 0x00AB2801, 0x00AB2F00,
+    0x00AB3001, 0x00AB5B10, 0x00AB5C01, 0x00AB6A10, 0x00AB6C00, 0x00AB7001, 0x00ABE304, 0x00ABEB08,
+    0x00ABEC04, 0x00ABEE00, 0x00ABF002, 0x00ABFA00, 0x00AC0001, 0x00D7A400, 0x00D7B001, 0x00D7C700,
+    0x00D7CB01, 0x00D7FC00, 0x00D80040, 0x00F90001, 0x00FA6E00, 0x00FA7001, 0x00FADA00, 0x00FB0001,
+    0x00FB0700, 0x00FB1301, 0x00FB1800, 0x00FB1D01, 0x00FB1E04, 0x00FB1F01, 0x00FB2910, 0x00FB2A01,
+    0x00FB3700, 0x00FB3801, 0x00FB3D00, 0x00FB3E01, 0x00FB3F00, 0x00FB4001, 0x00FB4200, 0x00FB4301,
+    0x00FB4500, 0x00FB4601, 0x00FBB210, 0x00FBC300, 0x00FBD301, 0x00FD3E08, 0x00FD4010, 0x00FD5001,
+    0x00FD9000, 0x00FD9201, 0x00FDC800, 0x00FDCF10, 0x00FDD000, 0x00FDF001, 0x00FDFC10, 0x00FE0004,
+    0x00FE1008, 0x00FE1A00, 0x00FE2004, 0x00FE3008, 0x00FE5300, 0x00FE5408, 0x00FE6210, 0x00FE6308,
+    0x00FE6410, 0x00FE6700, 0x00FE6808, 0x00FE6910, 0x00FE6A08, 0x00FE6C00, 0x00FE7001, 0x00FE7500,
+    0x00FE7601, 0x00FEFD00, 0x00FEFF40, 0x00FF0000, 0x00FF0108, 0x00FF0410, 0x00FF0508, 0x00FF0B10,
+    0x00FF0C08, 0x00FF1002, 0x00FF1A08, 0x00FF1C10, 0x00FF1F08, 0x00FF2101, 0x00FF3B08, 0x00FF3E10,
+    0x00FF3F08, 0x00FF4010, 0x00FF4101, 0x00FF5B08, 0x00FF5C10, 0x00FF5D08, 0x00FF5E10, 0x00FF5F08,
+    0x00FF6601, 0x00FFBF00, 0x00FFC201, 0x00FFC800, 0x00FFCA01, 0x00FFD000, 0x00FFD201, 0x00FFD800,
+    0x00FFDA01, 0x00FFDD00, 0x00FFE010, 0x00FFE700, 0x00FFE810, 0x00FFEF00, 0x00FFF940, 0x00FFFC10,
+    0x00FFFE00, 0x01000001, 0x01000C00, 0x01000D01, 0x01002700, 0x01002801, 0x01003B00, 0x01003C01,
+    0x01003E00, 0x01003F01, 0x01004E00, 0x01005001, 0x01005E00, 0x01008001, 0x0100FB00, 0x01010008,
+    0x01010300, 0x01010702, 0x01013400, 0x01013710, 0x01014002, 0x01017910, 0x01018A02, 0x01018C10,
+    0x01018F00, 0x01019010, 0x01019D00, 0x0101A010, 0x0101A100, 0x0101D010, 0x0101FD04, 0x0101FE00,
+    0x01028001, 0x01029D00, 0x0102A001, 0x0102D100, 0x0102E004, 0x0102E102, 0x0102FC00, 0x01030001,
+    0x01032002, 0x01032400, 0x01032D01, 0x01034102, 0x01034201, 0x01034A02, 0x01034B00, 0x01035001,
+    0x01037604, 0x01037B00, 0x01038001, 0x01039E00, 0x01039F08, 0x0103A001, 0x0103C400, 0x0103C801,
+    0x0103D008, 0x0103D102, 0x0103D600, 0x01040001, 0x01049E00, 0x0104A002, 0x0104AA00, 0x0104B001,
+    0x0104D400, 0x0104D801, 0x0104FC00, 0x01050001, 0x01052800, 0x01053001, 0x01056400, 0x01056F08,
+    0x01057001, 0x01057B00, 0x01057C01, 0x01058B00, 0x01058C01, 0x01059300, 0x01059401, 0x01059600,
+    0x01059701, 0x0105A200, 0x0105A301, 0x0105B200, 0x0105B301, 0x0105BA00, 0x0105BB01, 0x0105BD00,
+    0x01060001, 0x01073700, 0x01074001, 0x01075600, 0x01076001, 0x01076800, 0x01078001, 0x01078600,
+    0x01078701, 0x0107B100, 0x0107B201, 0x0107BB00, 0x01080001, 0x01080600, 0x01080801, 0x01080900,
+    0x01080A01, 0x01083600, 0x01083701, 0x01083900, 0x01083C01, 0x01083D00, 0x01083F01, 0x01085600,
+    0x01085708, 0x01085802, 0x01086001, 0x01087710, 0x01087902, 0x01088001, 0x01089F00, 0x0108A702,
+    0x0108B000, 0x0108E001, 0x0108F300, 0x0108F401, 0x0108F600, 0x0108FB02, 0x01090001, 0x01091602,
+    0x01091C00, 0x01091F08, 0x01092001, 0x01093A00, 0x01093F08, 0x01094000, 0x01098001, 0x0109B800,
+    0x0109BC02, 0x0109BE01, 0x0109C002, 0x0109D000, 0x0109D202, 0x010A0001, 0x010A0104, 0x010A0400,
+    0x010A0504, 0x010A0700, 0x010A0C04, 0x010A1001, 0x010A1400, 0x010A1501, 0x010A1800, 0x010A1901,
+    0x010A3600, 0x010A3804, 0x010A3B00, 0x010A3F04, 0x010A4002, 0x010A4900, 0x010A5008, 0x010A5900,
+    0x010A6001, 0x010A7D02, 0x010A7F08, 0x010A8001, 0x010A9D02, 0x010AA000, 0x010AC001, 0x010AC810,
+    0x010AC901, 0x010AE504, 0x010AE700, 0x010AEB02, 0x010AF008, 0x010AF700, 0x010B0001, 0x010B3600,
+    0x010B3908, 0x010B4001, 0x010B5600, 0x010B5802, 0x010B6001, 0x010B7300, 0x010B7802, 0x010B8001,
+    0x010B9200, 0x010B9908, 0x010B9D00, 0x010BA902, 0x010BB000, 0x010C0001, 0x010C4900, 0x010C8001,
+    0x010CB300, 0x010CC001, 0x010CF300, 0x010CFA02, 0x010D0001, 0x010D2404, 0x010D2800, 0x010D3002,
+    0x010D3A00, 0x010E6002, 0x010E7F00, 0x010E8001, 0x010EAA00, 0x010EAB04, 0x010EAD08, 0x010EAE00,
+    0x010EB001, 0x010EB200, 0x010EFD04, 0x010F0001, 0x010F1D02, 0x010F2701, 0x010F2800, 0x010F3001,
+    0x010F4604, 0x010F5102, 0x010F5508, 0x010F5A00, 0x010F7001, 0x010F8204, 0x010F8608, 0x010F8A00,
+    0x010FB001, 0x010FC502, 0x010FCC00, 0x010FE001, 0x010FF700, 0x01100004, 0x01100301, 0x01103804,
+    0x01104708, 0x01104E00, 0x01105202, 0x01107004, 0x01107101, 0x01107304, 0x01107501, 0x01107600,
+    0x01107F04, 0x01108301, 0x0110B004, 0x0110BB08, 0x0110BD40, 0x0110BE08, 0x0110C204, 0x0110C300,
+    0x0110CD40, 0x0110CE00, 0x0110D001, 0x0110E900, 0x0110F002, 0x0110FA00, 0x01110004, 0x01110301,
+    0x01112704, 0x01113500, 0x01113602, 0x01114008, 0x01114401, 0x01114504, 0x01114701, 0x01114800,
+    0x01115001, 0x01117304, 0x01117408, 0x01117601, 0x01117700, 0x01118004, 0x01118301, 0x0111B304,
+    0x0111C101, 0x0111C508, 0x0111C904, 0x0111CD08, 0x0111CE04, 0x0111D002, 0x0111DA01, 0x0111DB08,
+    0x0111DC01, 0x0111DD08, 0x0111E000, 0x0111E102, 0x0111F500, 0x01120001, 0x01121200, 0x01121301,
+    0x01122C04, 0x01123808, 0x01123E04, 0x01123F01, 0x01124104, 0x01124200, 0x01128001, 0x01128700,
+    0x01128801, 0x01128900, 0x01128A01, 0x01128E00, 0x01128F01, 0x01129E00, 0x01129F01, 0x0112A908,
+    0x0112AA00, 0x0112B001, 0x0112DF04, 0x0112EB00, 0x0112F002, 0x0112FA00, 0x01130004, 0x01130400,
+    0x01130501, 0x01130D00, 0x01130F01, 0x01131100, 0x01131301, 0x01132900, 0x01132A01, 0x01133100,
+    0x01133201, 0x01133400, 0x01133501, 0x01133A00, 0x01133B04, 0x01133D01, 0x01133E04, 0x01134500,
+    0x01134704, 0x01134900, 0x01134B04, 0x01134E00, 0x01135001, 0x01135100, 0x01135704, 0x01135800,
+    0x01135D01, 0x01136204, 0x01136400, 0x01136604, 0x01136D00, 0x01137004, 0x01137500, 0x01140001,
+    0x01143504, 0x01144701, 0x01144B08, 0x01145002, 0x01145A08, 0x01145C00, 0x01145D08, 0x01145E04,
+    0x01145F01, 0x01146200, 0x01148001, 0x0114B004, 0x0114C401, 0x0114C608, 0x0114C701, 0x0114C800,
+    0x0114D002, 0x0114DA00, 0x01158001, 0x0115AF04, 0x0115B600, 0x0115B804, 0x0115C108, 0x0115D801,
+    0x0115DC04, 0x0115DE00, 0x01160001, 0x01163004, 0x01164108, 0x01164401, 0x01164500, 0x01165002,
+    0x01165A00, 0x01166008, 0x01166D00, 0x01168001, 0x0116AB04, 0x0116B801, 0x0116B908, 0x0116BA00,
+    0x0116C002, 0x0116CA00, 0x01170001, 0x01171B00, 0x01171D04, 0x01172C00, 0x01173002, 0x01173C08,
+    0x01173F10, 0x01174001, 0x01174700, 0x01180001, 0x01182C04, 0x01183B08, 0x01183C00, 0x0118A001,
+    0x0118E002, 0x0118F300, 0x0118FF01, 0x01190700, 0x01190901, 0x01190A00, 0x01190C01, 0x01191400,
+    0x01191501, 0x01191700, 0x01191801, 0x01193004, 0x01193600, 0x01193704, 0x01193900, 0x01193B04,
+    0x01193F01, 0x01194004, 0x01194101, 0x01194204, 0x01194408, 0x01194700, 0x01195002, 0x01195A00,
+    0x0119A001, 0x0119A800, 0x0119AA01, 0x0119D104, 0x0119D800, 0x0119DA04, 0x0119E101, 0x0119E208,
+    0x0119E301, 0x0119E404, 0x0119E500, 0x011A0001, 0x011A0104, 0x011A0B01, 0x011A3304, 0x011A3A01,
+    0x011A3B04, 0x011A3F08, 0x011A4704, 0x011A4800, 0x011A5001, 0x011A5104, 0x011A5C01, 0x011A8A04,
+    0x011A9A08, 0x011A9D01, 0x011A9E08, 0x011AA300, 0x011AB001, 0x011AF900, 0x011B0008, 0x011B0A00,
+    0x011C0001, 0x011C0900, 0x011C0A01, 0x011C2F04, 0x011C3700, 0x011C3804, 0x011C4001, 0x011C4108,
+    0x011C4600, 0x011C5002, 0x011C6D00, 0x011C7008, 0x011C7201, 0x011C9000, 0x011C9204, 0x011CA800,
+    0x011CA904, 0x011CB700, 0x011D0001, 0x011D0700, 0x011D0801, 0x011D0A00, 0x011D0B01, 0x011D3104,
+    0x011D3700, 0x011D3A04, 0x011D3B00, 0x011D3C04, 0x011D3E00, 0x011D3F04, 0x011D4601, 0x011D4704,
+    0x011D4800, 0x011D5002, 0x011D5A00, 0x011D6001, 0x011D6600, 0x011D6701, 0x011D6900, 0x011D6A01,
+    0x011D8A04, 0x011D8F00, 0x011D9004, 0x011D9200, 0x011D9304, 0x011D9801, 0x011D9900, 0x011DA002,
+    0x011DAA00, 0x011EE001, 0x011EF304, 0x011EF708, 0x011EF900, 0x011F0004, 0x011F0201, 0x011F0304,
+    0x011F0401, 0x011F1100, 0x011F1201, 0x011F3404, 0x011F3B00, 0x011F3E04, 0x011F4308, 0x011F5002,
+    0x011F5A00, 0x011FB001, 0x011FB100, 0x011FC002, 0x011FD510, 0x011FF200, 0x011FFF08, 0x01200001,
+    0x01239A00, 0x01240002, 0x01246F00, 0x01247008, 0x01247500, 0x01248001, 0x01254400, 0x012F9001,
+    0x012FF108, 0x012FF300, 0x01300001, 0x01343040, 0x01344004, 0x01344101, 0x01344704, 0x01345600,
+    0x01440001, 0x01464700, 0x01680001, 0x016A3900, 0x016A4001, 0x016A5F00, 0x016A6002, 0x016A6A00,
+    0x016A6E08, 0x016A7001, 0x016ABF00, 0x016AC002, 0x016ACA00, 0x016AD001, 0x016AEE00, 0x016AF004,
+    0x016AF508, 0x016AF600, 0x016B0001, 0x016B3004, 0x016B3708, 0x016B3C10, 0x016B4001, 0x016B4408,
+    0x016B4510, 0x016B4600, 0x016B5002, 0x016B5A00, 0x016B5B02, 0x016B6200, 0x016B6301, 0x016B7800,
+    0x016B7D01, 0x016B9000, 0x016E4001, 0x016E8002, 0x016E9708, 0x016E9B00, 0x016F0001, 0x016F4B00,
+    0x016F4F04, 0x016F5001, 0x016F5104, 0x016F8800, 0x016F8F04, 0x016F9301, 0x016FA000, 0x016FE001,
+    0x016FE208, 0x016FE301, 0x016FE404, 0x016FE500, 0x016FF004, 0x016FF200, 0x01700001, 0x0187F800,
+    0x01880001, 0x018CD600, 0x018D0001, 0x018D0900, 0x01AFF001, 0x01AFF400, 0x01AFF501, 0x01AFFC00,
+    0x01AFFD01, 0x01AFFF00, 0x01B00001, 0x01B12300, 0x01B13201, 0x01B13300, 0x01B15001, 0x01B15300,
+    0x01B15501, 0x01B15600, 0x01B16401, 0x01B16800, 0x01B17001, 0x01B2FC00, 0x01BC0001, 0x01BC6B00,
+    0x01BC7001, 0x01BC7D00, 0x01BC8001, 0x01BC8900, 0x01BC9001, 0x01BC9A00, 0x01BC9C10, 0x01BC9D04,
+    0x01BC9F08, 0x01BCA040, 0x01BCA400, 0x01CF0004, 0x01CF2E00, 0x01CF3004, 0x01CF4700, 0x01CF5010,
+    0x01CFC400, 0x01D00010, 0x01D0F600, 0x01D10010, 0x01D12700, 0x01D12910, 0x01D16504, 0x01D16A10,
+    0x01D16D04, 0x01D17340, 0x01D17B04, 0x01D18310, 0x01D18504, 0x01D18C10, 0x01D1AA04, 0x01D1AE10,
+    0x01D1EB00, 0x01D20010, 0x01D24204, 0x01D24510, 0x01D24600, 0x01D2C002, 0x01D2D400, 0x01D2E002,
+    0x01D2F400, 0x01D30010, 0x01D35700, 0x01D36002, 0x01D37900, 0x01D40001, 0x01D45500, 0x01D45601,
+    0x01D49D00, 0x01D49E01, 0x01D4A000, 0x01D4A201, 0x01D4A300, 0x01D4A501, 0x01D4A700, 0x01D4A901,
+    0x01D4AD00, 0x01D4AE01, 0x01D4BA00, 0x01D4BB01, 0x01D4BC00, 0x01D4BD01, 0x01D4C400, 0x01D4C501,
+    0x01D50600, 0x01D50701, 0x01D50B00, 0x01D50D01, 0x01D51500, 0x01D51601, 0x01D51D00, 0x01D51E01,
+    0x01D53A00, 0x01D53B01, 0x01D53F00, 0x01D54001, 0x01D54500, 0x01D54601, 0x01D54700, 0x01D54A01,
+    0x01D55100, 0x01D55201, 0x01D6A600, 0x01D6A801, 0x01D6C110, 0x01D6C201, 0x01D6DB10, 0x01D6DC01,
+    0x01D6FB10, 0x01D6FC01, 0x01D71510, 0x01D71601, 0x01D73510, 0x01D73601, 0x01D74F10, 0x01D75001,
+    0x01D76F10, 0x01D77001, 0x01D78910, 0x01D78A01, 0x01D7A910, 0x01D7AA01, 0x01D7C310, 0x01D7C401,
+    0x01D7CC00, 0x01D7CE02, 0x01D80010, 0x01DA0004, 0x01DA3710, 0x01DA3B04, 0x01DA6D10, 0x01DA7504,
+    0x01DA7610, 0x01DA8404, 0x01DA8510, 0x01DA8708, 0x01DA8C00, 0x01DA9B04, 0x01DAA000, 0x01DAA104,
+    0x01DAB000, 0x01DF0001, 0x01DF1F00, 0x01DF2501, 0x01DF2B00, 0x01E00004, 0x01E00700, 0x01E00804,
+    0x01E01900, 0x01E01B04, 0x01E02200, 0x01E02304, 0x01E02500, 0x01E02604, 0x01E02B00, 0x01E03001,
+    0x01E06E00, 0x01E08F04, 0x01E09000, 0x01E10001, 0x01E12D00, 0x01E13004, 0x01E13701, 0x01E13E00,
+    0x01E14002, 0x01E14A00, 0x01E14E01, 0x01E14F10, 0x01E15000, 0x01E29001, 0x01E2AE04, 0x01E2AF00,
+    0x01E2C001, 0x01E2EC04, 0x01E2F002, 0x01E2FA00, 0x01E2FF10, 0x01E30000, 0x01E4D001, 0x01E4EC04,
+    0x01E4F002, 0x01E4FA00, 0x01E7E001, 0x01E7E700, 0x01E7E801, 0x01E7EC00, 0x01E7ED01, 0x01E7EF00,
+    0x01E7F001, 0x01E7FF00, 0x01E80001, 0x01E8C500, 0x01E8C702, 0x01E8D004, 0x01E8D700, 0x01E90001,
+    0x01E94404, 0x01E94B01, 0x01E94C00, 0x01E95002, 0x01E95A00, 0x01E95E08, 0x01E96000, 0x01EC7102,
+    0x01ECAC10, 0x01ECAD02, 0x01ECB010, 0x01ECB102, 0x01ECB500, 0x01ED0102, 0x01ED2E10, 0x01ED2F02,
+    0x01ED3E00, 0x01EE0001, 0x01EE0400, 0x01EE0501, 0x01EE2000, 0x01EE2101, 0x01EE2300, 0x01EE2401,
+    0x01EE2500, 0x01EE2701, 0x01EE2800, 0x01EE2901, 0x01EE3300, 0x01EE3401, 0x01EE3800, 0x01EE3901,
+    0x01EE3A00, 0x01EE3B01, 0x01EE3C00, 0x01EE4201, 0x01EE4300, 0x01EE4701, 0x01EE4800, 0x01EE4901,
+    0x01EE4A00, 0x01EE4B01, 0x01EE4C00, 0x01EE4D01, 0x01EE5000, 0x01EE5101, 0x01EE5300, 0x01EE5401,
+    0x01EE5500, 0x01EE5701, 0x01EE5800, 0x01EE5901, 0x01EE5A00, 0x01EE5B01, 0x01EE5C00, 0x01EE5D01,
+    0x01EE5E00, 0x01EE5F01, 0x01EE6000, 0x01EE6101, 0x01EE6300, 0x01EE6401, 0x01EE6500, 0x01EE6701,
+    0x01EE6B00, 0x01EE6C01, 0x01EE7300, 0x01EE7401, 0x01EE7800, 0x01EE7901, 0x01EE7D00, 0x01EE7E01,
+    0x01EE7F00, 0x01EE8001, 0x01EE8A00, 0x01EE8B01, 0x01EE9C00, 0x01EEA101, 0x01EEA400, 0x01EEA501,
+    0x01EEAA00, 0x01EEAB01, 0x01EEBC00, 0x01EEF010, 0x01EEF200, 0x01F00010, 0x01F02C00, 0x01F03010,
+    0x01F09400, 0x01F0A010, 0x01F0AF00, 0x01F0B110, 0x01F0C000, 0x01F0C110, 0x01F0D000, 0x01F0D110,
+    0x01F0F600, 0x01F10002, 0x01F10D10, 0x01F1AE00, 0x01F1E610, 0x01F20300, 0x01F21010, 0x01F23C00,
+    0x01F24010, 0x01F24900, 0x01F25010, 0x01F25200, 0x01F26010, 0x01F26600, 0x01F30010, 0x01F6D800,
+    0x01F6DC10, 0x01F6ED00, 0x01F6F010, 0x01F6FD00, 0x01F70010, 0x01F77700, 0x01F77B10, 0x01F7DA00,
+    0x01F7E010, 0x01F7EC00, 0x01F7F010, 0x01F7F100, 0x01F80010, 0x01F80C00, 0x01F81010, 0x01F84800,
+    0x01F85010, 0x01F85A00, 0x01F86010, 0x01F88800, 0x01F89010, 0x01F8AE00, 0x01F8B010, 0x01F8B200,
+    0x01F90010, 0x01FA5400, 0x01FA6010, 0x01FA6E00, 0x01FA7010, 0x01FA7D00, 0x01FA8010, 0x01FA8900,
+    0x01FA9010, 0x01FABE00, 0x01FABF10, 0x01FAC600, 0x01FACE10, 0x01FADC00, 0x01FAE010, 0x01FAE900,
+    0x01FAF010, 0x01FAF900, 0x01FB0010, 0x01FB9300, 0x01FB9410, 0x01FBCB00, 0x01FBF002, 0x01FBFA00,
+    0x02000001, 0x02A6E000, 0x02A70001, 0x02B73A00, 0x02B74001, 0x02B81E00, 0x02B82001, 0x02CEA200,
+    0x02CEB001, 0x02EBE100, 0x02F80001, 0x02FA1E00, 0x03000001, 0x03134B00, 0x03135001, 0x0323B000,
+    0x0E000140, 0x0E000200, 0x0E002040, 0x0E008000, 0x0E010004, 0x0E01F000, 0x0F000040, 0x0FFFFE00,
+    0x10000040, 0x10FFFE00,
+};
+
+}  // namespace detail
+}  // namespace sllm
+
+// ---- tokenizer.h ----
+// Tokenizer layer: text <-> token ids, from the tokenizer.ggml.* metadata of a GGUF file.
+// Two models, as llama.cpp names them in tokenizer.ggml.model:
+//  - "llama": SentencePiece BPE. Adjacent pieces merge while the merged piece is in the
+//    vocabulary, highest score first; characters without a token become <0xNN> byte tokens.
+//  - "gpt2": byte-level BPE. The text is split into words by the pre-tokenizer named in
+//    tokenizer.ggml.pre (regular expressions written by hand over Unicode classes), each word's
+//    bytes map to printable characters, and pairs merge by rank (tokenizer.ggml.merges).
+#include <array>
+#include <unordered_map>
+
+namespace sllm {
+
+// Token types, numbered as in tokenizer.ggml.token_type.
+enum class TokenType : int32_t {
+  Undefined = 0,
+  Normal = 1,
+  Unknown = 2,
+  Control = 3,      // BOS, EOS, chat markers: matched in text only when parsing specials
+  UserDefined = 4,  // always matched whole in the text, before any splitting
+  Unused = 5,
+  Byte = 6,  // "<0xNN>": one byte, for SentencePiece byte fallback
+};
+
+// What a tokenizer is built from: the tokenizer.ggml.* metadata with every default resolved.
+// Tokenizer::from_gguf fills one from a file; tests and converters may fill one by hand.
+struct Vocabulary {
+  std::string model = "llama";  // "llama" (SentencePiece) or "gpt2" (byte-level BPE)
+  std::string pre = "default";  // pre-tokenizer of "gpt2" (tokenizer.ggml.pre)
+  std::vector<std::string> tokens;
+  std::vector<float> scores;        // "llama": merge priority, higher first (empty: all 0)
+  std::vector<TokenType> types;     // empty: all Normal
+  std::vector<std::string> merges;  // "gpt2": "left right", highest priority first
+  int32_t bos = -1;                 // -1: the vocabulary has no such token
+  int32_t eos = -1;
+  int32_t eot = -1;  // end of turn, for chat models
+  int32_t eom = -1;  // end of message
+  int32_t unk = -1;
+  int32_t pad = -1;
+  bool add_bos = false;           // encode(add_special = true) starts with BOS
+  bool add_eos = false;           // ... and ends with EOS
+  bool add_space_prefix = false;  // "llama": the text is encoded as if it began with a space
+};
+
+namespace detail {
+
+// The pre-tokenizer patterns, each a regular expression of a Hugging Face tokenizer config.
+// A pre-tokenizer applies a sequence of them; each splits every piece of text into its matches
+// and the runs of text between matches (Hugging Face's "Isolated" split behaviour).
+enum class SplitPattern : uint8_t {
+  kGpt2,               // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+  kLlama3,             // (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
+                       //   ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+  kQwen2,              // the same with \p{N} in place of \p{N}{1,3}
+  kNumber,             // \p{N}
+  kNumbers,            // \p{N}+
+  kAsciiDigits3,       // [0-9][0-9][0-9]
+  kFalconPunct,        // [\p{P}\$\+<=>\^~\|`]+
+  kNewline,            // [\r\n]
+  kSpaceLetters,       // \s?\p{L}+
+  kSpacePunct,         // \s?\p{P}+
+  kCjk,                // [一-龥ࠀ-一가-퟿]+
+  kSpaceCasedLetters,  // \s?[A-Za-zµÀ-ÖØ-öø-ƺ...]+ (DeepSeek LLM: letters of cased scripts)
+  kSpaceAsciiPunct,    // \s?[!-/:-~！-／：-～‘-‟　-。]+
+  kTrailingSpace,      // \s+$
+};
+
+// Unicode classes (kUnicode* bits) of a code point.
+uint8_t unicode_classes(uint32_t cp);
+
+// Splits text into words by applying each pattern in turn to the pieces the previous ones left.
+// Invalid UTF-8 bytes count as code points of no class and stay in the words as they are.
+std::vector<std::string_view> pre_tokenize(std::string_view text,
+                                           const std::vector<SplitPattern>& patterns);
+
+// Open-addressing index from strings to their positions in a vector of strings. It stores
+// positions, not pointers, so it stays valid when the vector is moved or copied with it.
+class StringIndex {
+ public:
+  void build(const std::vector<std::string>& strings);  // Error on a duplicate
+  // Position of s in strings (the vector given to build), or -1.
+  int32_t find(std::string_view s, const std::vector<std::string>& strings) const;
+
+ private:
+  std::vector<int32_t> slots_;  // -1: empty
+  size_t mask_ = 0;
+};
+
+struct BpeMerge {
+  int32_t rank;
+  int32_t result;  // the token of the merged pair
+};
+
+}  // namespace detail
+
+class Gguf;
+
+class Tokenizer {
+ public:
+  // Reads tokenizer.ggml.model, .pre, .tokens, .scores, .token_type, .merges, the special token
+  // ids (.bos_token_id, .eos_token_id, .eot_token_id, .eom_token_id, .unknown_token_id,
+  // .padding_token_id) and .add_bos_token, .add_eos_token, .add_space_prefix. Error names the
+  // key when one is missing, malformed or unsupported. Absent keys take llama.cpp's defaults:
+  // SentencePiece has BOS 1, EOS 2, unknown 0, adds BOS and the leading space; byte-level BPE
+  // adds BOS only for Llama 3, and a missing .pre means "default" (GPT-2's split). Special ids
+  // past the vocabulary (0xFFFFFFFF is common) mean "none".
+  static Tokenizer from_gguf(const Gguf& gguf);
+  explicit Tokenizer(Vocabulary vocab);
+
+  // Token ids of text. add_special adds BOS/EOS as the vocabulary asks (add_bos, add_eos).
+  // parse_special matches control tokens (e.g. "<|im_start|>") written in the text; user-defined
+  // tokens are always matched. Text the vocabulary cannot represent (no piece, no byte token)
+  // becomes the unknown token in SentencePiece and is dropped in byte-level BPE.
+  std::vector<int32_t> encode(std::string_view text, bool add_special, bool parse_special) const;
+  // The bytes a token stands for: byte tokens and the byte-level mapping decoded, "▁" as a
+  // space; control tokens give their text. Error when id is out of range.
+  std::string token_text(int32_t id) const;
+  // Decodes ids as one text (see Detokenizer); control and unknown tokens are left out unless
+  // render_special.
+  std::string decode(const std::vector<int32_t>& ids, bool render_special = false) const;
+
+  int32_t n_vocab() const { return int32_t(pieces_.size()); }
+  // The token as stored in the vocabulary (e.g. "▁the", "Ġthe", "<0x0A>"). Error when out of
+  // range.
+  const std::string& piece(int32_t id) const;
+  TokenType token_type(int32_t id) const;
+  // The token whose stored piece is exactly piece, or -1.
+  int32_t find_piece(std::string_view piece) const { return index_.find(piece, pieces_); }
+  int32_t bos() const { return bos_; }  // -1 when the vocabulary has none
+  int32_t eos() const { return eos_; }
+  int32_t unk() const { return unk_; }
+  int32_t pad() const { return pad_; }
+  // End of generation: EOS, EOT, EOM, and tokens such as <|im_end|>, <|eot_id|>, <|end|> and
+  // <|endoftext|>. False for ids out of range.
+  bool is_eog(int32_t id) const;
+  bool add_bos() const { return add_bos_; }
+  bool add_eos() const { return add_eos_; }
+  // SentencePiece's leading space: encoding adds it, decoding drops it at the start of a text.
+  bool add_space_prefix() const { return add_space_prefix_; }
+  bool is_byte_level() const { return byte_level_; }
+
+ private:
+  struct Fragment;  // a run of text, or a special token matched in it
+  std::vector<Fragment> split_specials(std::string_view text, bool parse_special) const;
+  void encode_spm(std::string_view text, bool space_prefix, std::vector<int32_t>& out) const;
+  void encode_bpe(std::string_view text, std::vector<int32_t>& out) const;
+  void encode_bpe_word(std::string_view word, std::vector<int32_t>& out) const;
+  void emit_bytes(std::string_view bytes, std::vector<int32_t>& out) const;
+  void check_id(int32_t id) const;
+
+  bool byte_level_ = false;  // "gpt2"; else SentencePiece
+  std::vector<std::string> pieces_;
+  std::vector<std::string> texts_;  // token_text of each token
+  std::vector<float> scores_;
+  std::vector<TokenType> types_;
+  detail::StringIndex index_;
+  std::unordered_map<uint64_t, detail::BpeMerge> merges_;  // (left << 32 | right) -> merge
+  std::array<int32_t, 256> byte_tokens_{};                 // byte -> its token, or -1
+  std::vector<int32_t> specials_;              // matchable tokens, by first byte then longest first
+  std::array<uint32_t, 257> special_begin_{};  // specials_ starting with byte b: [b], [b + 1]
+  std::vector<detail::SplitPattern> splits_;
+  std::vector<int32_t> eog_;    // sorted
+  bool ignore_merges_ = false;  // a word that is a token is taken whole (Llama 3)
+  int32_t bos_ = -1, eos_ = -1, unk_ = -1, pad_ = -1;
+  bool add_bos_ = false, add_eos_ = false, add_space_prefix_ = false;
+};
+
+// Turns a stream of token ids into text as it arrives. push() returns the text completed so
+// far; a UTF-8 character split over several tokens (byte tokens) is held back until its last
+// byte arrives. flush() returns what is left (an incomplete character's bytes as they are).
+class Detokenizer {
+ public:
+  // at_start: the stream begins a text, so SentencePiece's leading space is dropped from the
+  // first piece (as it is after every BOS). Pass false to continue a text, e.g. the tokens
+  // generated after a prompt. render_special: write control and unknown tokens' text (e.g.
+  // "</s>"). The tokenizer must outlive the Detokenizer.
+  explicit Detokenizer(const Tokenizer& tokenizer, bool at_start = true,
+                       bool render_special = false);
+  std::string push(int32_t id);
+  std::string flush();
+
+ private:
+  const Tokenizer* tokenizer_;
+  std::string pending_;  // bytes of an incomplete UTF-8 character
+  bool strip_space_;
+  bool render_special_;
+};
+
 }  // namespace sllm
 
 // ---- sampling.h ----
@@ -529,6 +1358,104 @@ size_t argmax(const float* x, size_t n);
 
 }  // namespace sllm
 
+// ---- session.h ----
+// Session layer: the API users see. A Model is a GGUF file opened with its
+// transformer and tokenizer; a Session is one conversation's context (KV cache)
+// over a Model: prompt in, pieces of text out.
+#include <chrono>
+
+namespace sllm {
+
+struct ModelOptions {
+  int n_threads = 0;  // 0: OpenMP's default (OMP_NUM_THREADS, else the cores)
+};
+
+// Cheap to copy: copies share the file, weights and tokenizer, which are
+// read-only.
+class Model {
+ public:
+  static Model open(const std::string& path, const ModelOptions& options = {});
+  const Gguf& gguf() const { return *gguf_; }
+  const Transformer& transformer() const { return *transformer_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const ModelConfig& config() const { return transformer_->config(); }
+
+ private:
+  std::shared_ptr<const Gguf> gguf_;
+  std::shared_ptr<const Transformer> transformer_;
+  std::shared_ptr<const Tokenizer> tokenizer_;
+};
+
+struct SessionOptions {
+  size_t n_ctx = 0;                      // tokens the context holds; 0: the model's context length,
+                                         // at most 4096
+  TensorType kv_type = TensorType::F32;  // KV cache entries: F32 or F16
+};
+
+struct GenerateOptions : SamplerOptions {
+  int32_t max_tokens = 128;       // tokens to generate at most
+  std::vector<std::string> stop;  // stop before the first of these strings (not emitted)
+  bool add_special = true;        // BOS etc. as the model's metadata asks (only at the start)
+  bool parse_special = false;     // match control tokens like "<|im_end|>" written in the prompt
+};
+
+enum class StopReason { kEndOfGeneration, kStopString, kMaxTokens, kContextFull };
+const char* stop_reason_name(StopReason reason);
+
+struct GenerateStats {
+  size_t n_prompt = 0;  // prompt tokens evaluated
+  size_t n_generated = 0;
+  double prompt_seconds = 0;
+  double generate_seconds = 0;
+  StopReason stop_reason = StopReason::kMaxTokens;
+  uint64_t seed = 0;  // the sampler's seed (chosen at random when the options had none)
+};
+
+using PieceFn = std::function<void(std::string_view piece)>;
+
+class Session {
+ public:
+  explicit Session(const Model& model, const SessionOptions& options = {});
+  // Not copyable or movable: the sequence points into the session's own KV pool.
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  const Model& model() const { return model_; }
+  size_t n_ctx() const { return seq_.max_tokens(); }
+  size_t n_past() const { return seq_.size(); }  // tokens in the context
+  void reset();                                  // empties the context
+
+  // add_special: BOS etc. per the model's metadata; parse_special: control
+  // tokens in the text.
+  std::vector<int32_t> tokenize(std::string_view text, bool add_special = true,
+                                bool parse_special = false) const;
+  // Evaluates tokens after those in the context; logits() then holds the last
+  // position's. Error (context unchanged) when a token is out of range or the
+  // context would overflow.
+  void evaluate(const std::vector<int32_t>& tokens);
+  // Same, returning the logits of every position: tokens.size() rows of
+  // n_vocab.
+  std::vector<float> evaluate_all(const std::vector<int32_t>& tokens);
+  const std::vector<float>& logits() const { return logits_; }
+
+  // Tokenizes prompt, evaluates it after the context, and generates until the
+  // end of generation token, a stop string, max_tokens, or a full context
+  // (never silently wrapping). on_piece receives the text as it is generated
+  // (whole UTF-8 characters).
+  GenerateStats generate(std::string_view prompt, const GenerateOptions& options,
+                         const PieceFn& on_piece);
+
+ private:
+  void check_fits(size_t n_tokens) const;
+  Model model_;
+  KvPool pool_;
+  KvSequence seq_;
+  ForwardScratch scratch_;
+  std::vector<float> logits_;
+};
+
+}  // namespace sllm
+
 #endif  // SLLM_H_
 
 #ifdef SLLM_IMPLEMENTATION
@@ -547,6 +1474,7 @@ size_t argmax(const float* x, size_t n);
 #include <hwy/foreach_target.h>
 #endif  // SLLM_HWY_SETUP_
 #include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>  // Exp, per target like the code below
 
 #if defined(SLLM_SIMD_TOGGLE_) == defined(HWY_TARGET_TOGGLE)
 #ifdef SLLM_SIMD_TOGGLE_
@@ -560,6 +1488,37 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 // ---- kernels_simd.h ----
+// Weights and KV entries of any float type, read as f32: vectors by promotion (BF16 by a shift),
+// single elements through the base layer's conversions.
+template <class D>
+HWY_INLINE hn::Vec<D> LoadAsF32(D d, const float* HWY_RESTRICT p) {
+  return hn::LoadU(d, p);
+}
+template <class D>
+HWY_INLINE hn::Vec<D> LoadAsF32(D d, const hwy::float16_t* HWY_RESTRICT p) {
+  const hn::Rebind<hwy::float16_t, D> dh;
+  return hn::PromoteTo(d, hn::LoadU(dh, p));
+}
+template <class D>
+HWY_INLINE hn::Vec<D> LoadAsF32(D d, const hwy::bfloat16_t* HWY_RESTRICT p) {
+  const hn::Rebind<hwy::bfloat16_t, D> dh;
+  return hn::PromoteTo(d, hn::LoadU(dh, p));
+}
+HWY_INLINE float ElementAsF32(float v) {
+  return v;
+}
+HWY_INLINE float ElementAsF32(hwy::float16_t v) {
+  return fp16_to_f32(v.bits);
+}
+HWY_INLINE float ElementAsF32(hwy::bfloat16_t v) {
+  return bf16_to_f32(v.bits);
+}
+
+template <class D>
+HWY_INLINE float ReduceSumF32(D d, hn::Vec<D> v) {
+  return hn::GetLane(hn::SumOfLanes(d, v));
+}
+
 float DotF32(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, size_t n) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
@@ -573,6 +1532,338 @@ float DotF32(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, size_t n)
   float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(sum0, sum1)));
   for (; i < n; ++i) sum += a[i] * b[i];
   return sum;
+}
+
+// sum_i w[i] * x[i] for a row w of any float type.
+template <typename W>
+HWY_INLINE float DotRow(const W* HWY_RESTRICT w, const float* HWY_RESTRICT x, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  auto sum0 = hn::Zero(d), sum1 = hn::Zero(d);
+  size_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    sum0 = hn::MulAdd(LoadAsF32(d, w + i), hn::LoadU(d, x + i), sum0);
+    sum1 = hn::MulAdd(LoadAsF32(d, w + i + N), hn::LoadU(d, x + i + N), sum1);
+  }
+  for (; i + N <= n; i += N) sum0 = hn::MulAdd(LoadAsF32(d, w + i), hn::LoadU(d, x + i), sum0);
+  float sum = ReduceSumF32(d, hn::Add(sum0, sum1));
+  for (; i < n; ++i) sum += ElementAsF32(w[i]) * x[i];
+  return sum;
+}
+
+// out[i] += a * v[i] for a row v of any float type.
+template <typename W>
+HWY_INLINE void AddScaledRow(float a, const W* HWY_RESTRICT v, float* HWY_RESTRICT out, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const auto va = hn::Set(d, a);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    hn::StoreU(hn::MulAdd(va, LoadAsF32(d, v + i), hn::LoadU(d, out + i)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] += a * ElementAsF32(v[i]);
+}
+
+// Register tile of the matmul: 4 weight rows times kCols activation rows. Each weight vector is
+// loaded (and widened) once and multiplied with every activation row of the tile, so prefill
+// reads a weight row once per kCols tokens. out[c * 4 + r] = dot(w_r, x_c). Callers with fewer
+// than 4 rows repeat a row pointer and ignore the extra results. Named accumulators rather than
+// an array, because arrays of vectors are not allowed on scalable targets (SVE, RVV).
+template <size_t kCols, typename W>
+HWY_INLINE void MatMulTile(const W* HWY_RESTRICT w0, const W* HWY_RESTRICT w1,
+                           const W* HWY_RESTRICT w2, const W* HWY_RESTRICT w3, size_t k,
+                           const float* HWY_RESTRICT x, size_t x_stride, float* HWY_RESTRICT out) {
+  static_assert(kCols >= 1 && kCols <= 4, "tile width");
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const float* x0 = x;
+  const float* x1 = kCols > 1 ? x + x_stride : x;
+  const float* x2 = kCols > 2 ? x + 2 * x_stride : x;
+  const float* x3 = kCols > 3 ? x + 3 * x_stride : x;
+  auto a00 = hn::Zero(d), a10 = a00, a20 = a00, a30 = a00;
+  auto a01 = a00, a11 = a00, a21 = a00, a31 = a00;
+  auto a02 = a00, a12 = a00, a22 = a00, a32 = a00;
+  auto a03 = a00, a13 = a00, a23 = a00, a33 = a00;
+  size_t i = 0;
+  for (; i + N <= k; i += N) {
+    const auto v0 = LoadAsF32(d, w0 + i), v1 = LoadAsF32(d, w1 + i);
+    const auto v2 = LoadAsF32(d, w2 + i), v3 = LoadAsF32(d, w3 + i);
+    const auto xv0 = hn::LoadU(d, x0 + i);
+    a00 = hn::MulAdd(v0, xv0, a00);
+    a10 = hn::MulAdd(v1, xv0, a10);
+    a20 = hn::MulAdd(v2, xv0, a20);
+    a30 = hn::MulAdd(v3, xv0, a30);
+    if constexpr (kCols > 1) {
+      const auto xv1 = hn::LoadU(d, x1 + i);
+      a01 = hn::MulAdd(v0, xv1, a01);
+      a11 = hn::MulAdd(v1, xv1, a11);
+      a21 = hn::MulAdd(v2, xv1, a21);
+      a31 = hn::MulAdd(v3, xv1, a31);
+    }
+    if constexpr (kCols > 2) {
+      const auto xv2 = hn::LoadU(d, x2 + i);
+      a02 = hn::MulAdd(v0, xv2, a02);
+      a12 = hn::MulAdd(v1, xv2, a12);
+      a22 = hn::MulAdd(v2, xv2, a22);
+      a32 = hn::MulAdd(v3, xv2, a32);
+    }
+    if constexpr (kCols > 3) {
+      const auto xv3 = hn::LoadU(d, x3 + i);
+      a03 = hn::MulAdd(v0, xv3, a03);
+      a13 = hn::MulAdd(v1, xv3, a13);
+      a23 = hn::MulAdd(v2, xv3, a23);
+      a33 = hn::MulAdd(v3, xv3, a33);
+    }
+  }
+  out[0] = ReduceSumF32(d, a00);
+  out[1] = ReduceSumF32(d, a10);
+  out[2] = ReduceSumF32(d, a20);
+  out[3] = ReduceSumF32(d, a30);
+  if constexpr (kCols > 1) {
+    out[4] = ReduceSumF32(d, a01);
+    out[5] = ReduceSumF32(d, a11);
+    out[6] = ReduceSumF32(d, a21);
+    out[7] = ReduceSumF32(d, a31);
+  }
+  if constexpr (kCols > 2) {
+    out[8] = ReduceSumF32(d, a02);
+    out[9] = ReduceSumF32(d, a12);
+    out[10] = ReduceSumF32(d, a22);
+    out[11] = ReduceSumF32(d, a32);
+  }
+  if constexpr (kCols > 3) {
+    out[12] = ReduceSumF32(d, a03);
+    out[13] = ReduceSumF32(d, a13);
+    out[14] = ReduceSumF32(d, a23);
+    out[15] = ReduceSumF32(d, a33);
+  }
+  if (i == k) return;
+  const W* const rows[4] = {w0, w1, w2, w3};
+  const float* const cols[4] = {x0, x1, x2, x3};
+  for (size_t c = 0; c < kCols; ++c) {
+    for (size_t r = 0; r < 4; ++r) {
+      float tail = 0;
+      for (size_t j = i; j < k; ++j) tail += ElementAsF32(rows[r][j]) * cols[c][j];
+      out[c * 4 + r] += tail;
+    }
+  }
+}
+
+// Activation rows per register tile: 4 x 4 accumulators need the 32 vector registers of
+// AVX-512 (and NEON/SVE); x86 targets with 16 registers use 4 x 2.
+#if HWY_ARCH_X86 && HWY_TARGET > HWY_AVX3
+constexpr size_t kMatMulCols = 2;
+#else
+constexpr size_t kMatMulCols = 4;
+#endif
+
+template <size_t kCols, typename W>
+HWY_INLINE void MatMulTileStore(const W* const* rows, size_t n_rows, size_t k, const float* x,
+                                size_t x_stride, float* y, size_t y_stride) {
+  float out[16];
+  MatMulTile<kCols>(rows[0], rows[1], rows[2], rows[3], k, x, x_stride, out);
+  for (size_t c = 0; c < kCols; ++c) {
+    for (size_t r = 0; r < n_rows; ++r) y[c * y_stride + r] = out[c * 4 + r];
+  }
+}
+
+// Activation rows [t_begin, t_end) times weight rows [row_begin, row_end).
+template <typename W>
+void MatMulBlock(const detail::MatrixView& w, size_t row_begin, size_t row_end, const float* x,
+                 size_t t_begin, size_t t_end, size_t x_stride, float* y, size_t y_stride) {
+  const size_t k = w.cols;
+  for (size_t r = row_begin; r < row_end; r += 4) {
+    const size_t n_rows = HWY_MIN(size_t{4}, row_end - r);
+    const W* rows[4];
+    for (size_t i = 0; i < 4; ++i) {
+      rows[i] = reinterpret_cast<const W*>(w.data + (r + HWY_MIN(i, n_rows - 1)) * w.row_bytes);
+    }
+    size_t t = t_begin;
+    for (; t + kMatMulCols <= t_end; t += kMatMulCols) {
+      MatMulTileStore<kMatMulCols>(rows, n_rows, k, x + t * x_stride, x_stride,
+                                   y + t * y_stride + r, y_stride);
+    }
+    const float* xt = x + t * x_stride;
+    float* yt = y + t * y_stride + r;
+    switch (t_end - t) {
+      case 3:
+        MatMulTileStore<3>(rows, n_rows, k, xt, x_stride, yt, y_stride);
+        break;
+      case 2:
+        MatMulTileStore<2>(rows, n_rows, k, xt, x_stride, yt, y_stride);
+        break;
+      case 1:
+        MatMulTileStore<1>(rows, n_rows, k, xt, x_stride, yt, y_stride);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+// Activations are taken in blocks of about 256 KiB, which stay in L2 while every weight row of
+// this thread passes over them; the weights are then read once per block (decode: once).
+template <typename W>
+void MatMulRowsOfType(const detail::MatrixView& w, size_t row_begin, size_t row_end, const float* x,
+                      size_t n, size_t x_stride, float* y, size_t y_stride) {
+  constexpr size_t kBlockBytes = size_t{256} << 10;
+  const size_t fit = kBlockBytes / (HWY_MAX(w.cols, size_t{1}) * sizeof(float));
+  const size_t block = HWY_MAX(kMatMulCols, fit / kMatMulCols * kMatMulCols);
+  for (size_t t = 0; t < n; t += block) {
+    MatMulBlock<W>(w, row_begin, row_end, x, t, HWY_MIN(n, t + block), x_stride, y, y_stride);
+  }
+}
+
+// Weight rows [row_begin, row_end) of the matmul (one thread's share).
+void MatMulRows(const detail::MatrixView& w, size_t row_begin, size_t row_end, const float* x,
+                size_t n, size_t x_stride, float* y, size_t y_stride) {
+  switch (w.type) {
+    case TensorType::F16:
+      return MatMulRowsOfType<hwy::float16_t>(w, row_begin, row_end, x, n, x_stride, y, y_stride);
+    case TensorType::BF16:
+      return MatMulRowsOfType<hwy::bfloat16_t>(w, row_begin, row_end, x, n, x_stride, y, y_stride);
+    default:
+      return MatMulRowsOfType<float>(w, row_begin, row_end, x, n, x_stride, y, y_stride);
+  }
+}
+
+template <typename W>
+HWY_INLINE void RowToF32OfType(const W* HWY_RESTRICT src, size_t n, float* HWY_RESTRICT dst) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(LoadAsF32(d, src + i), d, dst + i);
+  for (; i < n; ++i) dst[i] = ElementAsF32(src[i]);
+}
+
+void RowToF32(TensorType type, const uint8_t* src, size_t n, float* dst) {
+  switch (type) {
+    case TensorType::F16:
+      return RowToF32OfType(reinterpret_cast<const hwy::float16_t*>(src), n, dst);
+    case TensorType::BF16:
+      return RowToF32OfType(reinterpret_cast<const hwy::bfloat16_t*>(src), n, dst);
+    default:
+      return RowToF32OfType(reinterpret_cast<const float*>(src), n, dst);
+  }
+}
+
+void RmsNorm(const float* HWY_RESTRICT x, const float* HWY_RESTRICT weight, size_t n, float eps,
+             float* out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  auto sum = hn::Zero(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto v = hn::LoadU(d, x + i);
+    sum = hn::MulAdd(v, v, sum);
+  }
+  float sum_sq = ReduceSumF32(d, sum);
+  for (; i < n; ++i) sum_sq += x[i] * x[i];
+  const float scale = 1.0f / std::sqrt(sum_sq / float(n) + eps);
+  const auto vscale = hn::Set(d, scale);
+  i = 0;
+  for (; i + N <= n; i += N) {
+    const auto v = hn::Mul(hn::LoadU(d, x + i), vscale);
+    hn::StoreU(hn::Mul(v, hn::LoadU(d, weight + i)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] = x[i] * scale * weight[i];
+}
+
+void Rope(float* HWY_RESTRICT x, size_t n_heads, size_t head_dim, size_t rope_dim,
+          const float* HWY_RESTRICT cos, const float* HWY_RESTRICT sin) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  // Vectors hold whole pairs when N is even; Reverse2 swaps the two lanes of each pair, so
+  // x * cos + swapped * sin rotates every pair (sin carries the sign of each lane).
+  const size_t vector_end = N % 2 == 0 ? rope_dim / N * N : 0;
+  for (size_t h = 0; h < n_heads; ++h) {
+    float* p = x + h * head_dim;
+    size_t i = 0;
+    for (; i < vector_end; i += N) {
+      const auto v = hn::LoadU(d, p + i);
+      const auto swapped = hn::Reverse2(d, v);
+      const auto r = hn::MulAdd(v, hn::LoadU(d, cos + i), hn::Mul(swapped, hn::LoadU(d, sin + i)));
+      hn::StoreU(r, d, p + i);
+    }
+    for (; i < rope_dim; i += 2) {
+      const float x0 = p[i], x1 = p[i + 1];
+      p[i] = x0 * cos[i] + x1 * sin[i];
+      p[i + 1] = x1 * cos[i + 1] + x0 * sin[i + 1];
+    }
+  }
+}
+
+void Softmax(float* HWY_RESTRICT x, size_t n) {
+  if (n == 0) return;
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  float max = x[0];
+  if (n >= N) {
+    auto vmax = hn::LoadU(d, x);
+    for (i = N; i + N <= n; i += N) vmax = hn::Max(vmax, hn::LoadU(d, x + i));
+    max = hn::GetLane(hn::MaxOfLanes(d, vmax));
+  }
+  for (; i < n; ++i) max = HWY_MAX(max, x[i]);
+  const auto vmax = hn::Set(d, max);
+  auto vsum = hn::Zero(d);
+  i = 0;
+  for (; i + N <= n; i += N) {
+    const auto e = hn::Exp(d, hn::Sub(hn::LoadU(d, x + i), vmax));
+    vsum = hn::Add(vsum, e);
+    hn::StoreU(e, d, x + i);
+  }
+  float sum = ReduceSumF32(d, vsum);
+  for (; i < n; ++i) {
+    x[i] = std::exp(x[i] - max);
+    sum += x[i];
+  }
+  const float inv = 1.0f / sum;
+  const auto vinv = hn::Set(d, inv);
+  i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(hn::Mul(hn::LoadU(d, x + i), vinv), d, x + i);
+  for (; i < n; ++i) x[i] *= inv;
+}
+
+void SwiGlu(const float* gate, const float* up, size_t n, float* out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  // exp(-g) overflows to inf for g < -88, where silu(g) is 0 to float precision; clamping the
+  // argument keeps the vector exp in its valid range.
+  const auto max_arg = hn::Set(d, 88.0f);
+  const auto one = hn::Set(d, 1.0f);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto g = hn::LoadU(d, gate + i);
+    const auto e = hn::Exp(d, hn::Min(hn::Neg(g), max_arg));
+    const auto silu = hn::Div(g, hn::Add(one, e));
+    hn::StoreU(hn::Mul(silu, hn::LoadU(d, up + i)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+template <typename KV>
+void AttentionOfType(const float* HWY_RESTRICT q, size_t head_dim, const detail::PagedRows& keys,
+                     const detail::PagedRows& values, size_t n_ctx, float scale,
+                     float* HWY_RESTRICT scores, float* HWY_RESTRICT out) {
+  for (size_t j = 0; j < n_ctx; ++j) {
+    scores[j] = scale * DotRow(reinterpret_cast<const KV*>(keys.row(j)), q, head_dim);
+  }
+  Softmax(scores, n_ctx);
+  for (size_t i = 0; i < head_dim; ++i) out[i] = 0.0f;
+  for (size_t j = 0; j < n_ctx; ++j) {
+    AddScaledRow(scores[j], reinterpret_cast<const KV*>(values.row(j)), out, head_dim);
+  }
+}
+
+void Attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
+               const detail::PagedRows& values, size_t n_ctx, float scale, float* scores,
+               float* out) {
+  if (keys.type == TensorType::F16) {
+    AttentionOfType<hwy::float16_t>(q, head_dim, keys, values, n_ctx, scale, scores, out);
+  } else {
+    AttentionOfType<float>(q, head_dim, keys, values, n_ctx, scale, scores, out);
+  }
 }
 
 // ---- matmul_q_simd.h ----
@@ -1119,9 +2410,13 @@ inline LogFn& log_handler() {
   return fn;
 }
 
-[[noreturn]] void fail(const std::string& message) { throw Error(message); }
+[[noreturn]] void fail(const std::string& message) {
+  throw Error(message);
+}
 
-void AlignedFree::operator()(void* p) const { std::free(p); }
+void AlignedFree::operator()(void* p) const {
+  std::free(p);
+}
 
 void* aligned_zalloc(size_t bytes) {
   const size_t rounded = (checked_add(bytes, 63, "buffer size") / 64) * 64;
@@ -1133,7 +2428,9 @@ void* aligned_zalloc(size_t bytes) {
 
 }  // namespace detail
 
-void set_log_handler(LogFn fn) { detail::log_handler() = std::move(fn); }
+void set_log_handler(LogFn fn) {
+  detail::log_handler() = std::move(fn);
+}
 
 void log(LogLevel level, std::string_view message) {
   if (detail::log_handler()) {
@@ -1175,8 +2472,8 @@ uint16_t f32_to_fp16(float f) {
   const uint32_t abs = x & 0x7fffffffu;
   if (abs > 0x7f800000u) return uint16_t(sign | 0x7e00u | ((abs >> 13) & 0x3ffu));  // NaN
   if (abs >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds to infinity or is inf
-  if (abs < 0x38800000u) {  // result is subnormal or zero
-    if (abs < 0x33000000u) return uint16_t(sign);  // below half the smallest subnormal
+  if (abs < 0x38800000u) {                                  // result is subnormal or zero
+    if (abs < 0x33000000u) return uint16_t(sign);           // below half the smallest subnormal
     const uint32_t e = abs >> 23;
     const uint32_t m = (abs & 0x7fffffu) | 0x800000u;
     const uint32_t shift = 126 - e;  // 14..24
@@ -1196,6 +2493,1059 @@ uint16_t f32_to_bf16(float f) {
   std::memcpy(&x, &f, 4);
   if ((x & 0x7fffffffu) > 0x7f800000u) return uint16_t((x >> 16) | 0x40u);  // quiet NaN
   return uint16_t((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+}  // namespace sllm
+
+// ---- file_impl.h ----
+#include <algorithm>
+#include <atomic>
+#include <random>
+#include <cerrno>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace sllm {
+namespace detail {
+
+void fail_errno(const char* action, const std::string& path, int err) {
+  fail(std::string("cannot ") + action + " '" + path + "': " + std::strerror(err));
+}
+
+void fail_at(const std::string& origin, uint64_t offset, const std::string& message) {
+  fail(origin + ": offset " + std::to_string(offset) + ": " + message);
+}
+
+}  // namespace detail
+
+MappedFile MappedFile::open(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) detail::fail_errno("open", path, errno);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    detail::fail_errno("stat", path, err);
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    detail::fail_errno("read", path, EISDIR);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    detail::fail("cannot read '" + path + "': not a regular file");
+  }
+  if (st.st_size == 0) {
+    ::close(fd);
+    detail::fail("cannot read '" + path + "': the file is empty");
+  }
+  void* map = ::mmap(nullptr, size_t(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+  const int err = errno;
+  ::close(fd);  // the mapping keeps the file open
+  if (map == MAP_FAILED) detail::fail_errno("map", path, err);
+  MappedFile f;
+  f.data_ = static_cast<const uint8_t*>(map);
+  f.size_ = uint64_t(st.st_size);
+  f.path_ = path;
+  return f;
+}
+
+MappedFile::~MappedFile() {
+  if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+MappedFile::MappedFile(MappedFile&& other) noexcept
+    : data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      path_(std::move(other.path_)) {}
+
+MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
+  if (this != &other) {
+    if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+    data_ = std::exchange(other.data_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+    path_ = std::move(other.path_);
+  }
+  return *this;
+}
+
+void MappedFile::advise_willneed(uint64_t offset, uint64_t bytes) const {
+  if (data_ == nullptr || offset >= size_) return;
+  bytes = std::min(bytes, size_ - offset);
+  // madvise wants a page-aligned start; widen the range down to the page boundary.
+  const uint64_t page = uint64_t(::sysconf(_SC_PAGESIZE));
+  const uint64_t start = offset / page * page;
+  // Only a hint: a kernel that refuses it changes nothing but speed.
+  ::madvise(const_cast<uint8_t*>(data_) + start, bytes + (offset - start), MADV_WILLNEED);
+}
+
+namespace detail {
+
+const uint8_t* Cursor::take(uint64_t n, const char* what) {
+  if (n > size_ - pos_) {
+    fail_at(std::string("unexpected end of file reading ") + what + " (needs " + std::to_string(n) +
+            " bytes, " + std::to_string(size_ - pos_) + " left)");
+  }
+  const uint8_t* p = begin_ + pos_;
+  pos_ += n;
+  return p;
+}
+
+void Cursor::fail_at(const std::string& message) const {
+  detail::fail_at(origin_, pos_, message);
+}
+
+}  // namespace detail
+namespace detail {
+
+OutputFile::OutputFile(const std::string& path) : path_(path) {
+  static std::atomic<uint64_t> counter{0};
+  std::random_device rd;
+  for (int attempt = 0; attempt < 100 && fd_ < 0; ++attempt) {
+    temp_path_ = path + ".tmp." + std::to_string(::getpid()) + "." +
+                 std::to_string(counter.fetch_add(1)) + "." + std::to_string(rd());
+    fd_ = ::open(temp_path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd_ < 0 && errno != EEXIST) fail_errno("create a temporary file for", path, errno);
+  }
+  if (fd_ < 0) fail("cannot create a temporary file for '" + path + "': every name tried exists");
+}
+
+OutputFile::~OutputFile() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    ::unlink(temp_path_.c_str());
+  }
+}
+
+void OutputFile::write(const void* data, uint64_t n) {
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd_, p, size_t(std::min<uint64_t>(n, uint64_t(1) << 30)));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      fail_errno("write", path_, errno);
+    }
+    p += w;
+    n -= uint64_t(w);
+  }
+}
+
+void OutputFile::commit() {
+  if (::fsync(fd_) != 0) fail_errno("sync", path_, errno);
+  const int closed = ::close(fd_);
+  fd_ = -1;
+  if (closed != 0 || ::rename(temp_path_.c_str(), path_.c_str()) != 0) {
+    const int err = errno;
+    ::unlink(temp_path_.c_str());
+    fail_errno(closed != 0 ? "write" : "rename the temporary file to", path_, err);
+  }
+  // Make the rename itself durable; a file system that cannot sync a directory loses nothing
+  // that was promised.
+  const size_t slash = path_.rfind('/');
+  const std::string dir = slash == std::string::npos ? "."
+                          : slash == 0               ? "/"
+                                                     : path_.substr(0, slash);
+  const int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd >= 0) {
+    ::fsync(dir_fd);
+    ::close(dir_fd);
+  }
+}
+
+}  // namespace detail
+}  // namespace sllm
+
+// ---- gguf_impl.h ----
+#include <algorithm>
+#include <cerrno>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <fcntl.h>
+#include <limits>
+#include <type_traits>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace sllm {
+
+// ---- tensor and value types ----
+
+const TensorTypeInfo* tensor_type_info(uint32_t type_id) {
+  // Block sizes and bytes per block of ggml's formats (ggml-common.h block structs).
+  static const struct {
+    uint32_t id;
+    TensorTypeInfo info;
+  } kTypes[] = {
+      {0, {"F32", 1, 4}},       {1, {"F16", 1, 2}},       {2, {"Q4_0", 32, 18}},
+      {3, {"Q4_1", 32, 20}},    {6, {"Q5_0", 32, 22}},    {7, {"Q5_1", 32, 24}},
+      {8, {"Q8_0", 32, 34}},    {9, {"Q8_1", 32, 36}},    {10, {"Q2_K", 256, 84}},
+      {11, {"Q3_K", 256, 110}}, {12, {"Q4_K", 256, 144}}, {13, {"Q5_K", 256, 176}},
+      {14, {"Q6_K", 256, 210}}, {15, {"Q8_K", 256, 292}}, {30, {"BF16", 1, 2}},
+  };
+  for (const auto& t : kTypes) {
+    if (t.id == type_id) return &t.info;
+  }
+  return nullptr;
+}
+
+const char* tensor_type_name(TensorType type) {
+  const TensorTypeInfo* info = tensor_type_info(uint32_t(type));
+  return info != nullptr ? info->name : "unknown";
+}
+
+uint64_t tensor_row_bytes(TensorType type, uint64_t n) {
+  const TensorTypeInfo* info = tensor_type_info(uint32_t(type));
+  if (info == nullptr) detail::fail("unknown tensor type id " + std::to_string(uint32_t(type)));
+  if (n % info->block_elems != 0) {
+    detail::fail("a row of " + std::to_string(n) + " elements is not a whole number of " +
+                 info->name + " blocks (" + std::to_string(info->block_elems) + " elements each)");
+  }
+  return detail::checked_mul(n / info->block_elems, info->block_bytes, "tensor row bytes");
+}
+
+const char* gguf_type_name(GgufType type) {
+  static const char* const kNames[] = {"UINT8",  "INT8",    "UINT16", "INT16",  "UINT32",
+                                       "INT32",  "FLOAT32", "BOOL",   "STRING", "ARRAY",
+                                       "UINT64", "INT64",   "FLOAT64"};
+  const uint32_t id = uint32_t(type);
+  return id < sizeof(kNames) / sizeof(kNames[0]) ? kNames[id] : "unknown";
+}
+
+namespace detail {
+
+constexpr uint32_t kGgufDefaultAlignment = 32;
+// Arrays of arrays are legal GGUF; deeper nesting than this only serves to exhaust the stack.
+constexpr unsigned kGgufMaxArrayDepth = 8;
+
+inline bool gguf_type_known(uint32_t id) {
+  return id <= uint32_t(GgufType::FLOAT64);
+}
+
+// Bytes a value of this type occupies in a file (scalars), or the least it can occupy
+// (a string is at least its 8-byte length, an array its 4-byte type and 8-byte count).
+inline uint64_t gguf_min_value_bytes(GgufType type) {
+  switch (type) {
+    case GgufType::UINT8:
+    case GgufType::INT8:
+    case GgufType::BOOL:
+      return 1;
+    case GgufType::UINT16:
+    case GgufType::INT16:
+      return 2;
+    case GgufType::UINT32:
+    case GgufType::INT32:
+    case GgufType::FLOAT32:
+      return 4;
+    case GgufType::UINT64:
+    case GgufType::INT64:
+    case GgufType::FLOAT64:
+    case GgufType::STRING:
+      return 8;
+    case GgufType::ARRAY:
+      return 12;
+  }
+  return 1;
+}
+
+// Room to reserve for a count read from a file. The count is only as good as the bytes that
+// follow it: a parsed element takes up to 80 times its bytes in the file, so a count that the
+// file merely claims must not size an allocation. Reserve a little; grow as elements arrive.
+inline size_t gguf_reserve_for(uint64_t count) {
+  return size_t(std::min<uint64_t>(count, 4096));
+}
+
+// Writes a string for a human: quoted, control bytes escaped, cut after max_bytes (at a
+// UTF-8 character boundary).
+inline std::string gguf_quote(const std::string& s, size_t max_bytes) {
+  size_t n = s.size();
+  if (n > max_bytes) {
+    n = max_bytes;
+    while (n > 0 && (uint8_t(s[n]) & 0xc0) == 0x80) --n;
+  }
+  std::string out = "\"";
+  for (size_t i = 0; i < n; ++i) {
+    const char c = s[i];
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (uint8_t(c) < 0x20 || c == 0x7f) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "\\x%02x", unsigned(uint8_t(c)));
+          out += buf;
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
+  if (n < s.size()) out += "... (" + std::to_string(s.size()) + " bytes)";
+  return out;
+}
+
+// The shortest decimal form that reads back as the same value.
+template <typename F>
+std::string gguf_float_text(F v) {
+  char buf[32];
+  for (int precision = 1; precision <= std::numeric_limits<F>::max_digits10; ++precision) {
+    std::snprintf(buf, sizeof(buf), "%.*g", precision, double(v));
+    if (F(std::strtod(buf, nullptr)) == v || std::isnan(v)) break;
+  }
+  return buf;
+}
+
+}  // namespace detail
+
+GgufValue GgufValue::f32(float v) {
+  GgufValue r;
+  r.type_ = GgufType::FLOAT32;
+  r.float_ = v;
+  return r;
+}
+
+GgufValue GgufValue::f64(double v) {
+  GgufValue r;
+  r.type_ = GgufType::FLOAT64;
+  r.float_ = v;
+  return r;
+}
+
+GgufValue GgufValue::string(std::string v) {
+  GgufValue r;
+  r.type_ = GgufType::STRING;
+  r.str_ = std::move(v);
+  return r;
+}
+
+GgufValue GgufValue::array(GgufType elem_type, std::vector<GgufValue> elems) {
+  if (!detail::gguf_type_known(uint32_t(elem_type))) {
+    detail::fail("GGUF array of unknown element type " + std::to_string(uint32_t(elem_type)));
+  }
+  for (size_t i = 0; i < elems.size(); ++i) {
+    if (elems[i].type() != elem_type) {
+      detail::fail(std::string("GGUF array of ") + gguf_type_name(elem_type) + " has a " +
+                   gguf_type_name(elems[i].type()) + " at index " + std::to_string(i));
+    }
+  }
+  GgufValue r;
+  r.type_ = GgufType::ARRAY;
+  r.array_type_ = elem_type;
+  r.arr_ = std::move(elems);
+  return r;
+}
+
+GgufValue GgufValue::string_array(const std::vector<std::string>& v) {
+  std::vector<GgufValue> elems;
+  elems.reserve(v.size());
+  for (const std::string& s : v) elems.push_back(string(s));
+  return array(GgufType::STRING, std::move(elems));
+}
+
+GgufValue GgufValue::f32_array(const std::vector<float>& v) {
+  std::vector<GgufValue> elems;
+  elems.reserve(v.size());
+  for (float x : v) elems.push_back(f32(x));
+  return array(GgufType::FLOAT32, std::move(elems));
+}
+
+GgufValue GgufValue::i32_array(const std::vector<int32_t>& v) {
+  std::vector<GgufValue> elems;
+  elems.reserve(v.size());
+  for (int32_t x : v) elems.push_back(i32(x));
+  return array(GgufType::INT32, std::move(elems));
+}
+
+bool GgufValue::is_integer() const {
+  return detail::gguf_type_is_integer(type_);
+}
+
+namespace detail {
+
+bool gguf_type_is_integer(GgufType type) {
+  switch (type) {
+    case GgufType::UINT8:
+    case GgufType::INT8:
+    case GgufType::UINT16:
+    case GgufType::INT16:
+    case GgufType::UINT32:
+    case GgufType::INT32:
+    case GgufType::UINT64:
+    case GgufType::INT64:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace detail
+
+bool GgufValue::operator==(const GgufValue& o) const {
+  // Floats compare by bits, so that a NaN read back equals the NaN written.
+  return type_ == o.type_ && array_type_ == o.array_type_ && int_ == o.int_ &&
+         std::memcmp(&float_, &o.float_, sizeof(float_)) == 0 && str_ == o.str_ && arr_ == o.arr_;
+}
+
+std::string GgufValue::to_string(size_t max_elems) const {
+  switch (type_) {
+    case GgufType::UINT8:
+    case GgufType::UINT16:
+    case GgufType::UINT32:
+    case GgufType::UINT64:
+      return std::to_string(as_u64());
+    case GgufType::INT8:
+    case GgufType::INT16:
+    case GgufType::INT32:
+    case GgufType::INT64:
+      return std::to_string(as_i64());
+    case GgufType::BOOL:
+      return as_bool() ? "true" : "false";
+    case GgufType::FLOAT32:
+      return detail::gguf_float_text(float(float_));
+    case GgufType::FLOAT64:
+      return detail::gguf_float_text(float_);
+    case GgufType::STRING:
+      return detail::gguf_quote(str_, 120);
+    case GgufType::ARRAY: {
+      std::string out = "[";
+      const size_t shown = std::min(max_elems, arr_.size());
+      for (size_t i = 0; i < shown; ++i) {
+        if (i > 0) out += ", ";
+        out += arr_[i].to_string(max_elems);
+      }
+      if (shown < arr_.size()) {
+        out += (shown > 0 ? ", ... (" : "... (") + std::to_string(arr_.size()) + " in all)";
+      }
+      return out + "]";
+    }
+  }
+  return "?";
+}
+
+std::string TensorInfo::shape_string() const {
+  std::string out = "[";
+  for (uint32_t d = 0; d < n_dims; ++d) {
+    if (d > 0) out += ", ";
+    out += std::to_string(ne[d]);
+  }
+  return out + "]";
+}
+
+// ---- reading ----
+
+namespace detail {
+
+inline std::string gguf_read_string(Cursor& c, const char* what) {
+  const uint64_t start = c.offset();
+  const uint64_t len = c.read<uint64_t>(what);
+  if (len > c.remaining()) {
+    fail_at(c.origin(), start,
+            std::string(what) + ": a string of " + std::to_string(len) +
+                " bytes runs past the end of the file (" + std::to_string(c.remaining()) +
+                " bytes left)");
+  }
+  const uint8_t* p = c.take(len, what);
+  return std::string(reinterpret_cast<const char*>(p), size_t(len));
+}
+
+// Reads one value of the given type; `what` names the key for error messages.
+inline GgufValue gguf_read_value(Cursor& c, uint32_t type_id, unsigned depth,
+                                 const std::string& what) {
+  const char* w = what.c_str();
+  switch (GgufType(type_id)) {
+    case GgufType::UINT8:
+      return GgufValue::u8(c.read<uint8_t>(w));
+    case GgufType::INT8:
+      return GgufValue::i8(c.read<int8_t>(w));
+    case GgufType::UINT16:
+      return GgufValue::u16(c.read<uint16_t>(w));
+    case GgufType::INT16:
+      return GgufValue::i16(c.read<int16_t>(w));
+    case GgufType::UINT32:
+      return GgufValue::u32(c.read<uint32_t>(w));
+    case GgufType::INT32:
+      return GgufValue::i32(c.read<int32_t>(w));
+    case GgufType::UINT64:
+      return GgufValue::u64(c.read<uint64_t>(w));
+    case GgufType::INT64:
+      return GgufValue::i64(c.read<int64_t>(w));
+    case GgufType::FLOAT32:
+      return GgufValue::f32(c.read<float>(w));
+    case GgufType::FLOAT64:
+      return GgufValue::f64(c.read<double>(w));
+    case GgufType::BOOL: {
+      const uint8_t b = c.read<uint8_t>(w);
+      if (b > 1) {
+        fail_at(c.origin(), c.offset() - 1,
+                what + ": a BOOL must be 0 or 1, not " + std::to_string(b));
+      }
+      return GgufValue::boolean(b != 0);
+    }
+    case GgufType::STRING:
+      return GgufValue::string(gguf_read_string(c, w));
+    case GgufType::ARRAY: {
+      const uint64_t start = c.offset();
+      if (depth >= kGgufMaxArrayDepth) {
+        fail_at(c.origin(), start,
+                what + ": arrays nested more than " + std::to_string(kGgufMaxArrayDepth) + " deep");
+      }
+      const uint32_t elem_id = c.read<uint32_t>(w);
+      if (!gguf_type_known(elem_id)) {
+        fail_at(c.origin(), start,
+                what + ": unknown array element type " + std::to_string(elem_id));
+      }
+      const GgufType elem = GgufType(elem_id);
+      const uint64_t count = c.read<uint64_t>(w);
+      // Every element takes at least one byte of the file: refuse counts the file cannot hold
+      // before allocating anything for them.
+      if (count > c.remaining() / gguf_min_value_bytes(elem)) {
+        fail_at(c.origin(), start,
+                what + ": an array of " + std::to_string(count) + " " + gguf_type_name(elem) +
+                    " elements cannot fit in the " + std::to_string(c.remaining()) + " bytes left");
+      }
+      std::vector<GgufValue> elems;
+      elems.reserve(gguf_reserve_for(count));
+      for (uint64_t i = 0; i < count; ++i) {
+        elems.push_back(gguf_read_value(c, elem_id, depth + 1, what));
+      }
+      return GgufValue::array(elem, std::move(elems));
+    }
+  }
+  fail_at(c.origin(), c.offset() - 4, what + ": unknown value type " + std::to_string(type_id));
+}
+
+// The least a tensor info occupies: name length, n_dims, one dimension, type, offset.
+constexpr uint64_t kGgufMinTensorInfoBytes = 8 + 4 + 8 + 4 + 8;
+// The least a metadata entry occupies: key length, value type, a one-byte value.
+constexpr uint64_t kGgufMinKvBytes = 8 + 4 + 1;
+
+}  // namespace detail
+
+Gguf Gguf::open(const std::string& path) {
+  Gguf g;
+  g.file_ = std::make_shared<MappedFile>(MappedFile::open(path));
+  g.base_ = g.file_->data();
+  g.size_ = g.file_->size();
+  g.origin_ = path;
+  g.parse_all();
+  return g;
+}
+
+Gguf Gguf::parse(const uint8_t* data, uint64_t size, std::string origin) {
+  Gguf g;
+  g.base_ = data;
+  g.size_ = size;
+  g.origin_ = std::move(origin);
+  g.parse_all();
+  return g;
+}
+
+void Gguf::parse_all() {
+  using detail::fail_at;
+  detail::Cursor c(base_, size_, origin_);
+  const uint8_t* magic = c.take(4, "the GGUF magic");
+  if (std::memcmp(magic, "GGUF", 4) != 0) {
+    fail_at(origin_, 0,
+            "not a GGUF file: it starts with " +
+                detail::gguf_quote(std::string(reinterpret_cast<const char*>(magic), 4), 4) +
+                ", expected \"GGUF\"");
+  }
+  version_ = c.read<uint32_t>("the GGUF version");
+  if (version_ == 1) {
+    fail_at(origin_, 4,
+            "GGUF version 1 is not supported (sllm reads versions 2 and 3); convert the model "
+            "again with a current tool");
+  }
+  if (version_ != 2 && version_ != 3) {
+    const uint32_t swapped = __builtin_bswap32(version_);
+    fail_at(origin_, 4,
+            swapped == 2 || swapped == 3 ? std::string("big-endian GGUF files are not supported")
+                                         : "unsupported GGUF version " + std::to_string(version_) +
+                                               " (sllm reads versions 2 and 3)");
+  }
+  const uint64_t n_tensors = c.read<uint64_t>("the tensor count");
+  const uint64_t n_kv = c.read<uint64_t>("the metadata count");
+  if (n_tensors > c.remaining() / detail::kGgufMinTensorInfoBytes) {
+    fail_at(origin_, 8,
+            "tensor count " + std::to_string(n_tensors) + " is impossible: only " +
+                std::to_string(c.remaining()) + " bytes follow the header");
+  }
+  if (n_kv > c.remaining() / detail::kGgufMinKvBytes) {
+    fail_at(origin_, 16,
+            "metadata count " + std::to_string(n_kv) + " is impossible: only " +
+                std::to_string(c.remaining()) + " bytes follow the header");
+  }
+
+  std::vector<uint64_t> kv_offsets;
+  kv_offsets.reserve(detail::gguf_reserve_for(n_kv));
+  kv_.reserve(detail::gguf_reserve_for(n_kv));
+  for (uint64_t i = 0; i < n_kv; ++i) {
+    const uint64_t start = c.offset();
+    std::string key = detail::gguf_read_string(c, "a metadata key");
+    if (kv_index_.count(key) != 0) fail_at(origin_, start, "duplicate metadata key '" + key + "'");
+    const std::string what = "metadata key '" + key + "'";
+    const uint32_t type_id = c.read<uint32_t>(what.c_str());
+    GgufValue value = detail::gguf_read_value(c, type_id, 0, what);
+    kv_index_.emplace(key, kv_.size());
+    kv_.emplace_back(std::move(key), std::move(value));
+    kv_offsets.push_back(start);
+  }
+  alignment_ = detail::kGgufDefaultAlignment;
+  if (const auto it = kv_index_.find("general.alignment"); it != kv_index_.end()) {
+    const GgufValue& v = kv_[it->second].second;
+    if (v.type() != GgufType::UINT32) {
+      fail_at(origin_, kv_offsets[it->second],
+              std::string("general.alignment must be a UINT32, not ") + gguf_type_name(v.type()));
+    }
+    if (!detail::is_power_of_two(v.as_u64())) {
+      fail_at(origin_, kv_offsets[it->second],
+              "general.alignment must be a nonzero power of two, not " + v.to_string());
+    }
+    alignment_ = uint32_t(v.as_u64());
+  }
+
+  std::vector<uint64_t> info_offsets;
+  info_offsets.reserve(detail::gguf_reserve_for(n_tensors));
+  tensors_.reserve(detail::gguf_reserve_for(n_tensors));
+  for (uint64_t i = 0; i < n_tensors; ++i) {
+    const uint64_t start = c.offset();
+    TensorInfo t;
+    t.name = detail::gguf_read_string(c, "a tensor name");
+    if (tensor_index_.count(t.name) != 0) {
+      fail_at(origin_, start, "duplicate tensor name '" + t.name + "'");
+    }
+    const std::string what = "tensor '" + t.name + "'";
+    t.n_dims = c.read<uint32_t>(what.c_str());
+    if (t.n_dims == 0 || t.n_dims > 4) {
+      fail_at(origin_, start,
+              what + " has " + std::to_string(t.n_dims) + " dimensions (sllm reads 1 to 4)");
+    }
+    for (uint32_t d = 0; d < t.n_dims; ++d) t.ne[d] = c.read<uint64_t>(what.c_str());
+    uint64_t n_elements = 1;
+    for (uint32_t d = 0; d < t.n_dims; ++d) {
+      if (t.ne[d] == 0) {
+        fail_at(origin_, start, what + " has a zero dimension: " + t.shape_string());
+      }
+      if (n_elements > UINT64_MAX / t.ne[d]) {
+        fail_at(origin_, start,
+                what + " has more elements than 64 bits can count: " + t.shape_string());
+      }
+      n_elements *= t.ne[d];
+    }
+    const uint32_t type_id = c.read<uint32_t>(what.c_str());
+    const TensorTypeInfo* type = tensor_type_info(type_id);
+    if (type == nullptr) {
+      fail_at(origin_, start, what + " has unknown type id " + std::to_string(type_id));
+    }
+    t.type = TensorType(type_id);
+    // Whole tensors must be whole blocks; rows need not be (an old ggml quirk lets Q8_0
+    // blocks run across rows). tensor_row_bytes refuses such rows where rows matter.
+    if (n_elements % type->block_elems != 0) {
+      fail_at(origin_, start,
+              what + " " + t.shape_string() + " has " + std::to_string(n_elements) +
+                  " elements, not a whole number of " + type->name + " blocks of " +
+                  std::to_string(type->block_elems));
+    }
+    const uint64_t n_blocks = n_elements / type->block_elems;
+    if (n_blocks > size_ / type->block_bytes) {
+      fail_at(origin_, start,
+              what + " " + t.shape_string() + " " + type->name + " needs more bytes than the " +
+                  std::to_string(size_) + " of the whole file");
+    }
+    t.n_bytes = n_blocks * type->block_bytes;
+    t.offset = c.read<uint64_t>(what.c_str());
+    tensor_index_.emplace(t.name, tensors_.size());
+    tensors_.push_back(std::move(t));
+    info_offsets.push_back(start);
+  }
+  data_offset_ = detail::align_up(c.offset(), alignment_);
+
+  for (size_t i = 0; i < tensors_.size(); ++i) {
+    TensorInfo& t = tensors_[i];
+    if (t.offset % alignment_ != 0) {
+      fail_at(origin_, info_offsets[i],
+              "tensor '" + t.name + "' data offset " + std::to_string(t.offset) +
+                  " is not a multiple of the alignment " + std::to_string(alignment_));
+    }
+    const uint64_t data_bytes = data_offset_ <= size_ ? size_ - data_offset_ : 0;
+    if (t.offset > data_bytes || t.n_bytes > data_bytes - t.offset) {
+      fail_at(origin_, info_offsets[i],
+              "tensor '" + t.name + "' data (" + std::to_string(t.n_bytes) +
+                  " bytes at data offset " + std::to_string(t.offset) +
+                  ") runs past the end of the file (the data section holds " +
+                  std::to_string(data_bytes) + " bytes)");
+    }
+    t.data = base_ + data_offset_ + t.offset;
+  }
+  std::vector<size_t> order(tensors_.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(),
+            [&](size_t a, size_t b) { return tensors_[a].offset < tensors_[b].offset; });
+  for (size_t k = 1; k < order.size(); ++k) {
+    const TensorInfo& a = tensors_[order[k - 1]];
+    const TensorInfo& b = tensors_[order[k]];
+    if (a.offset + a.n_bytes > b.offset) {
+      fail_at(origin_, info_offsets[order[k]],
+              "tensors '" + a.name + "' (data offset " + std::to_string(a.offset) + ", " +
+                  std::to_string(a.n_bytes) + " bytes) and '" + b.name + "' (data offset " +
+                  std::to_string(b.offset) + ") overlap");
+    }
+  }
+}
+
+const GgufValue* Gguf::find(std::string_view key) const {
+  const auto it = kv_index_.find(key);
+  return it == kv_index_.end() ? nullptr : &kv_[it->second].second;
+}
+
+const TensorInfo* Gguf::find_tensor(std::string_view name) const {
+  const auto it = tensor_index_.find(name);
+  return it == tensor_index_.end() ? nullptr : &tensors_[it->second];
+}
+
+const TensorInfo& Gguf::tensor(std::string_view name) const {
+  const TensorInfo* t = find_tensor(name);
+  if (t == nullptr) detail::fail(origin_ + ": no tensor named '" + std::string(name) + "'");
+  return *t;
+}
+
+// ---- typed access ----
+
+namespace detail {
+
+template <typename T>
+const char* gguf_integer_name() {
+  constexpr bool kSigned = std::is_signed<T>::value;
+  switch (sizeof(T)) {
+    case 1:
+      return kSigned ? "INT8" : "UINT8";
+    case 2:
+      return kSigned ? "INT16" : "UINT16";
+    case 4:
+      return kSigned ? "INT32" : "UINT32";
+    default:
+      return kSigned ? "INT64" : "UINT64";
+  }
+}
+
+// Whether a value of type t can be read as T (integers still have to fit).
+template <typename T>
+bool gguf_accepts(GgufType t) {
+  if constexpr (std::is_same<T, bool>::value) {
+    return t == GgufType::BOOL;
+  } else if constexpr (std::is_same<T, std::string>::value) {
+    return t == GgufType::STRING;
+  } else if constexpr (std::is_floating_point<T>::value) {
+    return t == GgufType::FLOAT32 || t == GgufType::FLOAT64 || gguf_type_is_integer(t);
+  } else {
+    return gguf_type_is_integer(t);
+  }
+}
+
+// What T reads, for messages: "... is STRING, expected <this>".
+template <typename T>
+std::string gguf_expected() {
+  if constexpr (std::is_same<T, bool>::value) {
+    return "BOOL";
+  } else if constexpr (std::is_same<T, std::string>::value) {
+    return "STRING";
+  } else if constexpr (std::is_floating_point<T>::value) {
+    return "FLOAT32, FLOAT64 or an integer type";
+  } else {
+    return std::string(gguf_integer_name<T>()) + " or another integer type";
+  }
+}
+
+inline std::string gguf_describe(const GgufValue& v) {
+  if (v.type() != GgufType::ARRAY) return gguf_type_name(v.type());
+  return std::string("an ARRAY of ") + gguf_type_name(v.array_type());
+}
+
+// v's type is accepted for T; where + (index) name the value in an Error when it does not fit.
+template <typename T>
+T gguf_convert(const GgufValue& v, const std::string& where, size_t index) {
+  if constexpr (std::is_same<T, bool>::value) {
+    return v.as_bool();
+  } else if constexpr (std::is_same<T, std::string>::value) {
+    return v.as_string();
+  } else {
+    const bool is_unsigned = v.type() == GgufType::UINT8 || v.type() == GgufType::UINT16 ||
+                             v.type() == GgufType::UINT32 || v.type() == GgufType::UINT64;
+    if constexpr (std::is_floating_point<T>::value) {
+      if (v.is_float()) return T(v.as_f64());
+      return is_unsigned ? T(v.as_u64()) : T(v.as_i64());
+    } else {
+      using Limits = std::numeric_limits<T>;
+      const bool fits =
+          is_unsigned ? v.as_u64() <= uint64_t(Limits::max())
+                      : v.as_i64() >= int64_t(Limits::min()) &&
+                            (v.as_i64() < 0 || uint64_t(v.as_i64()) <= uint64_t(Limits::max()));
+      if (!fits) {
+        fail(where + (index == size_t(-1) ? "" : " element " + std::to_string(index)) + " = " +
+             v.to_string() + " does not fit in " + gguf_integer_name<T>());
+      }
+      return is_unsigned ? T(v.as_u64()) : T(v.as_i64());
+    }
+  }
+}
+
+}  // namespace detail
+
+template <typename T>
+T Gguf::get(std::string_view key) const {
+  const std::string where = origin_ + ": metadata key '" + std::string(key) + "'";
+  const GgufValue* v = find(key);
+  if (v == nullptr) detail::fail(where + " is missing");
+  if (!detail::gguf_accepts<T>(v->type())) {
+    detail::fail(where + " is " + detail::gguf_describe(*v) + ", expected " +
+                 detail::gguf_expected<T>());
+  }
+  return detail::gguf_convert<T>(*v, where, size_t(-1));
+}
+
+template <typename T>
+std::vector<T> Gguf::get_array(std::string_view key) const {
+  const std::string where = origin_ + ": metadata key '" + std::string(key) + "'";
+  const GgufValue* v = find(key);
+  if (v == nullptr) detail::fail(where + " is missing");
+  if (v->type() != GgufType::ARRAY || !detail::gguf_accepts<T>(v->array_type())) {
+    detail::fail(where + " is " + detail::gguf_describe(*v) + ", expected an ARRAY of " +
+                 detail::gguf_expected<T>());
+  }
+  std::vector<T> out;
+  out.reserve(v->as_array().size());
+  for (size_t i = 0; i < v->as_array().size(); ++i) {
+    out.push_back(detail::gguf_convert<T>(v->as_array()[i], where, i));
+  }
+  return out;
+}
+
+#define SLLM_GGUF_GETTERS_(T)                          \
+  template T Gguf::get<T>(std::string_view key) const; \
+  template std::vector<T> Gguf::get_array<T>(std::string_view key) const;
+SLLM_GGUF_GETTERS_(bool)
+SLLM_GGUF_GETTERS_(uint8_t)
+SLLM_GGUF_GETTERS_(int8_t)
+SLLM_GGUF_GETTERS_(uint16_t)
+SLLM_GGUF_GETTERS_(int16_t)
+SLLM_GGUF_GETTERS_(uint32_t)
+SLLM_GGUF_GETTERS_(int32_t)
+SLLM_GGUF_GETTERS_(uint64_t)
+SLLM_GGUF_GETTERS_(int64_t)
+SLLM_GGUF_GETTERS_(float)
+SLLM_GGUF_GETTERS_(double)
+SLLM_GGUF_GETTERS_(std::string)
+#undef SLLM_GGUF_GETTERS_
+
+// ---- writing ----
+
+namespace detail {
+
+inline void gguf_check_alignment(uint64_t alignment) {
+  if (!is_power_of_two(alignment) || alignment > UINT32_MAX) {
+    fail("GGUF alignment must be a nonzero power of two, not " + std::to_string(alignment));
+  }
+}
+
+// Appends the little-endian GGUF encoding of values to a byte string.
+class GgufEncoder {
+ public:
+  std::string bytes;
+  template <typename T>
+  void put(T v) {
+    bytes.append(reinterpret_cast<const char*>(&v), sizeof(v));
+  }
+  void put_string(const std::string& s) {
+    put<uint64_t>(s.size());
+    bytes += s;
+  }
+  void put_value(const GgufValue& v) {
+    switch (v.type()) {
+      case GgufType::UINT8:
+      case GgufType::INT8:
+      case GgufType::BOOL:
+        put(uint8_t(v.as_u64()));
+        break;
+      case GgufType::UINT16:
+      case GgufType::INT16:
+        put(uint16_t(v.as_u64()));
+        break;
+      case GgufType::UINT32:
+      case GgufType::INT32:
+        put(uint32_t(v.as_u64()));
+        break;
+      case GgufType::UINT64:
+      case GgufType::INT64:
+        put(v.as_u64());
+        break;
+      case GgufType::FLOAT32:
+        put(float(v.as_f64()));
+        break;
+      case GgufType::FLOAT64:
+        put(v.as_f64());
+        break;
+      case GgufType::STRING:
+        put_string(v.as_string());
+        break;
+      case GgufType::ARRAY:
+        put(uint32_t(v.array_type()));
+        put<uint64_t>(v.as_array().size());
+        for (const GgufValue& e : v.as_array()) put_value(e);
+        break;
+    }
+  }
+};
+
+}  // namespace detail
+
+GgufWriter::GgufWriter(uint32_t alignment) : alignment_(alignment) {
+  detail::gguf_check_alignment(alignment);
+  if (alignment != detail::kGgufDefaultAlignment) {
+    kv_.emplace_back("general.alignment", GgufValue::u32(alignment));
+  }
+}
+
+void GgufWriter::set(const std::string& key, GgufValue value) {
+  if (key == "general.alignment") {
+    if (value.type() != GgufType::UINT32) {
+      detail::fail(std::string("general.alignment must be a UINT32, not ") +
+                   gguf_type_name(value.type()));
+    }
+    detail::gguf_check_alignment(value.as_u64());
+    alignment_ = uint32_t(value.as_u64());
+  }
+  for (auto& kv : kv_) {
+    if (kv.first == key) {
+      kv.second = std::move(value);
+      return;
+    }
+  }
+  kv_.emplace_back(key, std::move(value));
+}
+
+namespace detail {
+
+// Checks a tensor for the writer and returns its info (without offset or data).
+inline TensorInfo gguf_writer_tensor(const std::string& name, TensorType type,
+                                     const std::vector<uint64_t>& dims) {
+  const std::string what = "GGUF writer: tensor '" + name + "'";
+  const TensorTypeInfo* info = tensor_type_info(uint32_t(type));
+  if (info == nullptr) fail(what + " has unknown type id " + std::to_string(uint32_t(type)));
+  if (dims.empty() || dims.size() > 4) {
+    fail(what + " has " + std::to_string(dims.size()) + " dimensions (GGUF holds 1 to 4)");
+  }
+  TensorInfo t;
+  t.name = name;
+  t.type = type;
+  t.n_dims = uint32_t(dims.size());
+  uint64_t n_elements = 1;
+  for (size_t d = 0; d < dims.size(); ++d) {
+    t.ne[d] = dims[d];
+    n_elements = checked_mul(n_elements, dims[d], "a tensor's element count");
+  }
+  if (n_elements == 0) fail(what + " has a zero dimension: " + t.shape_string());
+  if (n_elements % info->block_elems != 0) {
+    fail(what + " " + t.shape_string() + " is not a whole number of " + info->name + " blocks of " +
+         std::to_string(info->block_elems));
+  }
+  t.n_bytes = checked_mul(n_elements / info->block_elems, info->block_bytes, "tensor bytes");
+  return t;
+}
+
+}  // namespace detail
+
+void GgufWriter::add_tensor(const std::string& name, TensorType type,
+                            const std::vector<uint64_t>& dims, const void* data, uint64_t n_bytes) {
+  Pending p;
+  p.info = detail::gguf_writer_tensor(name, type, dims);
+  if (n_bytes != p.info.n_bytes) {
+    detail::fail("GGUF writer: tensor '" + name + "' " + p.info.shape_string() + " " +
+                 tensor_type_name(type) + " needs " + std::to_string(p.info.n_bytes) +
+                 " bytes, got " + std::to_string(n_bytes));
+  }
+  if (data == nullptr) detail::fail("GGUF writer: tensor '" + name + "' has no data");
+  p.data = data;
+  add_pending(std::move(p));
+}
+
+void GgufWriter::add_tensor(const std::string& name, TensorType type,
+                            const std::vector<uint64_t>& dims,
+                            std::function<void(uint8_t* dst)> fill) {
+  Pending p;
+  p.info = detail::gguf_writer_tensor(name, type, dims);
+  if (!fill) detail::fail("GGUF writer: tensor '" + name + "' has no fill function");
+  p.fill = std::move(fill);
+  add_pending(std::move(p));
+}
+
+void GgufWriter::add_pending(Pending p) {
+  for (const Pending& t : tensors_) {
+    if (t.info.name == p.info.name) {
+      detail::fail("GGUF writer: duplicate tensor name '" + p.info.name + "'");
+    }
+  }
+  tensors_.push_back(std::move(p));
+}
+
+void GgufWriter::write(const std::string& path) const {
+  detail::GgufEncoder head;
+  head.bytes.append("GGUF", 4);
+  head.put<uint32_t>(3);
+  head.put<uint64_t>(tensors_.size());
+  head.put<uint64_t>(kv_.size());
+  for (const auto& kv : kv_) {
+    head.put_string(kv.first);
+    head.put(uint32_t(kv.second.type()));
+    head.put_value(kv.second);
+  }
+  uint64_t offset = 0;
+  for (const Pending& t : tensors_) {
+    head.put_string(t.info.name);
+    head.put(t.info.n_dims);
+    for (uint32_t d = 0; d < t.info.n_dims; ++d) head.put(t.info.ne[d]);
+    head.put(uint32_t(t.info.type));
+    head.put(offset);
+    offset =
+        detail::align_up(detail::checked_add(offset, t.info.n_bytes, "the data size"), alignment_);
+  }
+  // The data section starts aligned; a file without tensors ends after its metadata (as the
+  // files that llama.cpp writes do).
+  if (!tensors_.empty()) {
+    head.bytes.resize(size_t(detail::align_up(head.bytes.size(), alignment_)), '\0');
+  }
+
+  detail::OutputFile out(path);
+  out.write(head.bytes.data(), head.bytes.size());
+  const std::vector<uint8_t> zeros(alignment_, 0);
+  std::vector<uint8_t> buffer;
+  // Each tensor is followed by zeros up to the alignment, the last one too (as llama.cpp and
+  // gguf-py write them).
+  for (const Pending& t : tensors_) {
+    const void* src = t.data;
+    if (t.fill) {
+      buffer.assign(size_t(t.info.n_bytes), 0);
+      t.fill(buffer.data());
+      src = buffer.data();
+    }
+    out.write(src, t.info.n_bytes);
+    out.write(zeros.data(), detail::align_up(t.info.n_bytes, alignment_) - t.info.n_bytes);
+  }
+  out.commit();
 }
 
 }  // namespace sllm
@@ -1374,20 +3724,191 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n) {
 }  // namespace sllm
 
 // ---- kernels_impl.h ----
+#include <omp.h>
+
 namespace sllm {
 namespace detail {
 
 HWY_EXPORT(DotF32);
+HWY_EXPORT(MatMulRows);
+HWY_EXPORT(RowToF32);
+HWY_EXPORT(RmsNorm);
+HWY_EXPORT(Rope);
+HWY_EXPORT(Softmax);
+HWY_EXPORT(SwiGlu);
+HWY_EXPORT(Attention);
 
-std::vector<int64_t> simd_targets() { return hwy::SupportedAndGeneratedTargets(); }
-const char* simd_target_name(int64_t target) { return hwy::TargetName(target); }
-void force_simd_target(int64_t target) { hwy::SetSupportedTargetsForTest(target); }
+std::vector<int64_t> simd_targets() {
+  return hwy::SupportedAndGeneratedTargets();
+}
+const char* simd_target_name(int64_t target) {
+  return hwy::TargetName(target);
+}
+void force_simd_target(int64_t target) {
+  hwy::SetSupportedTargetsForTest(target);
+}
 
 float dot_f32(const float* a, const float* b, size_t n) {
   return HWY_DYNAMIC_DISPATCH(DotF32)(a, b, n);
 }
 
+void matmul(const MatrixView& w, const float* x, size_t n, size_t x_stride, float* y,
+            size_t y_stride, int n_threads) {
+  // Below this many multiply-adds, starting the threads costs more than it saves.
+  constexpr size_t kMinParallelWork = size_t{1} << 15;
+  const size_t n_tiles = (w.rows + 3) / 4;  // the kernel's tiles are 4 weight rows high
+  const bool parallel = n_threads > 1 && w.rows * w.cols * n >= kMinParallelWork;
+#pragma omp parallel num_threads(n_threads) if (parallel)
+  {
+    const size_t n_parts = size_t(omp_get_num_threads());
+    const size_t part = size_t(omp_get_thread_num());
+    const size_t begin = n_tiles * part / n_parts * 4;
+    const size_t end = std::min(w.rows, n_tiles * (part + 1) / n_parts * 4);
+    if (begin < end) HWY_DYNAMIC_DISPATCH(MatMulRows)(w, begin, end, x, n, x_stride, y, y_stride);
+  }
+}
+
+void row_to_f32(TensorType type, const uint8_t* src, size_t n, float* dst) {
+  HWY_DYNAMIC_DISPATCH(RowToF32)(type, src, n, dst);
+}
+
+void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out) {
+  HWY_DYNAMIC_DISPATCH(RmsNorm)(x, weight, n, eps, out);
+}
+
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, const float* cos,
+          const float* sin) {
+  HWY_DYNAMIC_DISPATCH(Rope)(x, n_heads, head_dim, rope_dim, cos, sin);
+}
+
+void rope_table(size_t pos, size_t rope_dim, float base, const float* freq_factors, float* cos,
+                float* sin) {
+  for (size_t i = 0; i < rope_dim / 2; ++i) {
+    double theta = double(pos) * std::pow(double(base), -2.0 * double(i) / double(rope_dim));
+    if (freq_factors != nullptr) theta /= freq_factors[i];
+    const float c = float(std::cos(theta)), s = float(std::sin(theta));
+    cos[2 * i] = c;
+    cos[2 * i + 1] = c;
+    sin[2 * i] = -s;
+    sin[2 * i + 1] = s;
+  }
+}
+
+void softmax(float* x, size_t n) {
+  HWY_DYNAMIC_DISPATCH(Softmax)(x, n);
+}
+
+void swiglu(const float* gate, const float* up, size_t n, float* out) {
+  HWY_DYNAMIC_DISPATCH(SwiGlu)(gate, up, n, out);
+}
+
+void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
+               size_t n_ctx, float scale, float* scores, float* out) {
+  HWY_DYNAMIC_DISPATCH(Attention)(q, head_dim, keys, values, n_ctx, scale, scores, out);
+}
+
 }  // namespace detail
+
+namespace ref {
+
+float dot_f32(const float* a, const float* b, size_t n) {
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += double(a[i]) * b[i];
+  return float(sum);
+}
+
+float element_to_f32(TensorType type, const uint8_t* row, size_t i) {
+  uint16_t h;
+  switch (type) {
+    case TensorType::F16:
+      std::memcpy(&h, row + 2 * i, 2);
+      return fp16_to_f32(h);
+    case TensorType::BF16:
+      std::memcpy(&h, row + 2 * i, 2);
+      return bf16_to_f32(h);
+    default: {
+      float f;
+      std::memcpy(&f, row + 4 * i, 4);
+      return f;
+    }
+  }
+}
+
+void matmul(const detail::MatrixView& w, const float* x, size_t n, size_t x_stride, float* y,
+            size_t y_stride) {
+  for (size_t t = 0; t < n; ++t) {
+    for (size_t r = 0; r < w.rows; ++r) {
+      double sum = 0;
+      for (size_t c = 0; c < w.cols; ++c) {
+        sum += double(element_to_f32(w.type, w.data + r * w.row_bytes, c)) * x[t * x_stride + c];
+      }
+      y[t * y_stride + r] = float(sum);
+    }
+  }
+}
+
+void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out) {
+  double sum_sq = 0;
+  for (size_t i = 0; i < n; ++i) sum_sq += double(x[i]) * x[i];
+  const double scale = 1.0 / std::sqrt(sum_sq / double(n) + eps);
+  for (size_t i = 0; i < n; ++i) out[i] = float(x[i] * scale * weight[i]);
+}
+
+void rope(float* x, size_t n_heads, size_t head_dim, size_t rope_dim, size_t pos, float base,
+          const float* freq_factors) {
+  for (size_t h = 0; h < n_heads; ++h) {
+    for (size_t i = 0; i < rope_dim; i += 2) {
+      const double factor = freq_factors != nullptr ? freq_factors[i / 2] : 1.0;
+      const double theta =
+          double(pos) / std::pow(double(base), double(i) / double(rope_dim)) / factor;
+      float* p = x + h * head_dim + i;
+      const double x0 = p[0], x1 = p[1];
+      p[0] = float(x0 * std::cos(theta) - x1 * std::sin(theta));
+      p[1] = float(x0 * std::sin(theta) + x1 * std::cos(theta));
+    }
+  }
+}
+
+void softmax(float* x, size_t n) {
+  if (n == 0) return;
+  double max = x[0];
+  for (size_t i = 1; i < n; ++i) max = std::max(max, double(x[i]));
+  double sum = 0;
+  for (size_t i = 0; i < n; ++i) sum += std::exp(x[i] - max);
+  for (size_t i = 0; i < n; ++i) x[i] = float(std::exp(x[i] - max) / sum);
+}
+
+void swiglu(const float* gate, const float* up, size_t n, float* out) {
+  for (size_t i = 0; i < n; ++i) {
+    const double g = gate[i];
+    out[i] = float(g / (1.0 + std::exp(-g)) * up[i]);
+  }
+}
+
+void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
+               const detail::PagedRows& values, size_t n_ctx, float scale, float* out) {
+  std::vector<double> p(n_ctx);
+  double max = -INFINITY;
+  for (size_t j = 0; j < n_ctx; ++j) {
+    double dot = 0;
+    for (size_t i = 0; i < head_dim; ++i) {
+      dot += double(q[i]) * element_to_f32(keys.type, keys.row(j), i);
+    }
+    p[j] = scale * dot;
+    max = std::max(max, p[j]);
+  }
+  double sum = 0;
+  for (double& v : p) sum += (v = std::exp(v - max));
+  for (size_t i = 0; i < head_dim; ++i) {
+    double acc = 0;
+    for (size_t j = 0; j < n_ctx; ++j) {
+      acc += p[j] * element_to_f32(values.type, values.row(j), i);
+    }
+    out[i] = float(acc / sum);
+  }
+}
+
+}  // namespace ref
 }  // namespace sllm
 
 // ---- matmul_q_impl.h ----
@@ -1492,6 +4013,1455 @@ void matmul_q(const QuantizedMatrix& w, const QuantizedActivations& x, float* y,
 }  // namespace detail
 }  // namespace sllm
 
+// ---- kv_impl.h ----
+namespace sllm {
+
+KvPool::KvPool(const KvShape& shape, size_t n_blocks, size_t block_tokens, TensorType type)
+    : shape_(shape), type_(type), block_tokens_(block_tokens), n_blocks_(n_blocks) {
+  if (type != TensorType::F32 && type != TensorType::F16) {
+    detail::fail(std::string("KV cache entries must be F32 or F16, not ") + tensor_type_name(type));
+  }
+  if (shape.n_layers == 0 || shape.n_kv_heads == 0 || shape.key_dim == 0 || shape.value_dim == 0 ||
+      block_tokens == 0 || n_blocks == 0) {
+    detail::fail("KV cache pool needs at least one layer, head, block and token per block");
+  }
+  if (n_blocks > UINT32_MAX) detail::fail("KV cache pool of more than 2^32 blocks");
+  const size_t elem = type == TensorType::F32 ? 4 : 2;
+  using detail::checked_add;
+  using detail::checked_mul;
+  key_row_bytes_ =
+      checked_mul(checked_mul(shape.n_kv_heads, shape.key_dim, "KV row"), elem, "KV row");
+  value_row_bytes_ =
+      checked_mul(checked_mul(shape.n_kv_heads, shape.value_dim, "KV row"), elem, "KV row");
+  key_bytes_ = checked_mul(block_tokens, key_row_bytes_, "KV block");
+  layer_bytes_ =
+      checked_add(key_bytes_, checked_mul(block_tokens, value_row_bytes_, "KV block"), "KV block");
+  block_bytes_ = checked_mul(layer_bytes_, shape.n_layers, "KV block");
+  data_.resize(checked_mul(block_bytes_, n_blocks, "KV cache pool"));
+  free_.resize(n_blocks);
+  for (size_t i = 0; i < n_blocks; ++i) free_[i] = uint32_t(n_blocks - 1 - i);
+}
+
+KvPool KvPool::for_tokens(const KvShape& shape, size_t n_tokens, size_t block_tokens,
+                          TensorType type) {
+  const size_t n_blocks = block_tokens == 0 ? 0 : (n_tokens + block_tokens - 1) / block_tokens;
+  return KvPool(shape, n_blocks, block_tokens, type);
+}
+
+std::vector<uint32_t> KvPool::allocate(size_t n) {
+  if (n > free_.size()) {
+    detail::fail("KV cache pool exhausted: " + std::to_string(n) + " more blocks of " +
+                 std::to_string(block_tokens_) + " tokens needed, " + std::to_string(free_.size()) +
+                 " of " + std::to_string(n_blocks_) + " free");
+  }
+  std::vector<uint32_t> blocks(free_.end() - ptrdiff_t(n), free_.end());
+  std::reverse(blocks.begin(), blocks.end());
+  free_.resize(free_.size() - n);
+  return blocks;
+}
+
+void KvPool::release(uint32_t block) {
+  free_.push_back(block);
+}
+
+KvSequence::KvSequence(KvPool& pool, size_t max_tokens) : pool_(&pool), max_tokens_(max_tokens) {}
+
+KvSequence::~KvSequence() {
+  release_all();
+}
+
+KvSequence::KvSequence(KvSequence&& other) noexcept
+    : pool_(other.pool_),
+      max_tokens_(other.max_tokens_),
+      size_(other.size_),
+      blocks_(std::move(other.blocks_)),
+      block_data_(std::move(other.block_data_)) {
+  other.size_ = 0;
+  other.blocks_.clear();
+  other.block_data_.clear();
+}
+
+KvSequence& KvSequence::operator=(KvSequence&& other) noexcept {
+  if (this != &other) {
+    release_all();
+    pool_ = other.pool_;
+    max_tokens_ = other.max_tokens_;
+    size_ = other.size_;
+    blocks_ = std::move(other.blocks_);
+    block_data_ = std::move(other.block_data_);
+    other.size_ = 0;
+    other.blocks_.clear();
+    other.block_data_.clear();
+  }
+  return *this;
+}
+
+void KvSequence::release_all() {
+  for (uint32_t b : blocks_) pool_->release(b);
+  blocks_.clear();
+  block_data_.clear();
+  size_ = 0;
+}
+
+void KvSequence::reserve(size_t n) {
+  if (n > max_tokens_ || size_ > max_tokens_ - n) {
+    detail::fail("context overflow: the sequence holds " + std::to_string(size_) + " tokens and " +
+                 std::to_string(n) + " more would exceed the context length of " +
+                 std::to_string(max_tokens_));
+  }
+  const size_t bt = pool_->block_tokens();
+  const size_t needed = (size_ + n + bt - 1) / bt;
+  if (needed <= blocks_.size()) return;
+  for (uint32_t b : pool_->allocate(needed - blocks_.size())) {
+    blocks_.push_back(b);
+    block_data_.push_back(pool_->block_data(b));
+  }
+}
+
+void KvSequence::commit(size_t n) {
+  if (size_ + n > blocks_.size() * pool_->block_tokens()) {
+    detail::fail("KV sequence: committing " + std::to_string(n) + " tokens that were not reserved");
+  }
+  size_ += n;
+}
+
+void KvSequence::truncate(size_t n) {
+  if (n >= size_) return;
+  const size_t bt = pool_->block_tokens();
+  const size_t keep = (n + bt - 1) / bt;
+  for (size_t i = keep; i < blocks_.size(); ++i) pool_->release(blocks_[i]);
+  blocks_.resize(keep);
+  block_data_.resize(keep);
+  size_ = n;
+}
+
+uint8_t* KvSequence::row(size_t pos, size_t offset, size_t stride) {
+  const size_t bt = pool_->block_tokens();
+  return pool_->block_data(blocks_[pos / bt]) + offset + (pos % bt) * stride;
+}
+
+void KvSequence::write(size_t layer, size_t pos, const float* key, const float* value) {
+  if (layer >= pool_->shape().n_layers || pos >= blocks_.size() * pool_->block_tokens()) {
+    detail::fail("KV sequence: writing layer " + std::to_string(layer) + " position " +
+                 std::to_string(pos) + ", which was not reserved");
+  }
+  const KvShape& shape = pool_->shape();
+  const bool f16 = pool_->type() == TensorType::F16;
+  const auto store = [f16](uint8_t* dst, const float* src, size_t n) {
+    if (!f16) {
+      std::memcpy(dst, src, n * sizeof(float));
+      return;
+    }
+    for (size_t i = 0; i < n; ++i) {
+      const uint16_t h = f32_to_fp16(src[i]);
+      std::memcpy(dst + 2 * i, &h, 2);
+    }
+  };
+  store(row(pos, pool_->key_offset(layer), pool_->key_stride()), key,
+        shape.n_kv_heads * shape.key_dim);
+  store(row(pos, pool_->value_offset(layer), pool_->value_stride()), value,
+        shape.n_kv_heads * shape.value_dim);
+}
+
+detail::PagedRows KvSequence::keys(size_t layer, size_t kv_head) const {
+  const size_t head_bytes = pool_->key_stride() / pool_->shape().n_kv_heads;
+  return detail::PagedRows{block_data_.data(), pool_->block_tokens(),
+                           pool_->key_offset(layer) + kv_head * head_bytes, pool_->key_stride(),
+                           pool_->type()};
+}
+
+detail::PagedRows KvSequence::values(size_t layer, size_t kv_head) const {
+  const size_t head_bytes = pool_->value_stride() / pool_->shape().n_kv_heads;
+  return detail::PagedRows{block_data_.data(), pool_->block_tokens(),
+                           pool_->value_offset(layer) + kv_head * head_bytes, pool_->value_stride(),
+                           pool_->type()};
+}
+
+}  // namespace sllm
+
+// ---- model_impl.h ----
+namespace sllm {
+namespace detail {
+
+inline std::string shape_of(size_t cols, size_t rows) {
+  return "[" + std::to_string(cols) + ", " + std::to_string(rows) + "]";
+}
+
+inline const TensorInfo& required_tensor(const Gguf& gguf, const std::string& name) {
+  const TensorInfo* t = gguf.find_tensor(name);
+  if (t == nullptr) {
+    fail("tensor " + name + " is missing from " + gguf.path() +
+         " (the llama architecture needs it)");
+  }
+  return *t;
+}
+
+// A 2-D weight of cols x rows (ggml order: ne[0] = cols) read in place.
+inline MatrixView weight_matrix(const Gguf& gguf, const TensorInfo& t, size_t cols, size_t rows) {
+  if (t.type != TensorType::F32 && t.type != TensorType::F16 && t.type != TensorType::BF16) {
+    fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
+         ", which this build cannot run yet (supported: F32, F16, BF16)");
+  }
+  if (t.n_dims != 2 || t.ne[0] != cols || t.ne[1] != rows) {
+    fail("tensor " + t.name + " in " + gguf.path() + " has shape " + t.shape_string() +
+         ", but the model's metadata implies " + shape_of(cols, rows));
+  }
+  const size_t elem = t.type == TensorType::F32 ? 4 : 2;
+  if (reinterpret_cast<uintptr_t>(t.data) % elem != 0) {
+    fail("tensor " + t.name + " in " + gguf.path() + " is not aligned to its element size");
+  }
+  return MatrixView{t.type, t.data, rows, cols, cols * elem};
+}
+
+inline MatrixView weight_matrix(const Gguf& gguf, const std::string& name, size_t cols,
+                                size_t rows) {
+  return weight_matrix(gguf, required_tensor(gguf, name), cols, rows);
+}
+
+// A 1-D F32 weight of n elements (norm weights, rope frequency factors).
+inline const float* weight_vector(const Gguf& gguf, const TensorInfo& t, size_t n) {
+  if (t.type != TensorType::F32) {
+    fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
+         ", but sllm reads this vector only as F32");
+  }
+  if (t.ne[0] != n || t.n_elements() != n) {
+    fail("tensor " + t.name + " in " + gguf.path() + " has shape " + t.shape_string() +
+         ", but the model's metadata implies [" + std::to_string(n) + "]");
+  }
+  if (reinterpret_cast<uintptr_t>(t.data) % 4 != 0) {
+    fail("tensor " + t.name + " in " + gguf.path() + " is not aligned to its element size");
+  }
+  return reinterpret_cast<const float*>(t.data);
+}
+
+inline const float* weight_vector(const Gguf& gguf, const std::string& name, size_t n) {
+  return weight_vector(gguf, required_tensor(gguf, name), n);
+}
+
+template <typename T>
+void grow(AlignedBuffer<T>& buffer, size_t n) {
+  if (buffer.size() < n) buffer.resize(n);
+}
+
+}  // namespace detail
+
+ModelConfig ModelConfig::from_gguf(const Gguf& gguf) {
+  ModelConfig c;
+  c.architecture = gguf.get<std::string>("general.architecture");
+  if (c.architecture != "llama") {
+    detail::fail("unsupported architecture '" + c.architecture + "' (general.architecture in " +
+                 gguf.path() + "); this build runs: llama");
+  }
+  const std::string a = c.architecture + ".";
+  const auto positive = [&](const std::string& key, size_t value) {
+    if (value == 0) detail::fail("metadata " + key + " in " + gguf.path() + " is 0");
+    return value;
+  };
+  const auto count = [&](const std::string& key) {
+    return positive(key, size_t(gguf.get<uint32_t>(key)));
+  };
+  const auto count_or = [&](const std::string& key, size_t fallback) {
+    return positive(key, gguf.has(key) ? size_t(gguf.get<uint32_t>(key)) : fallback);
+  };
+  c.n_embd = count(a + "embedding_length");
+  c.n_layers = count(a + "block_count");
+  c.n_heads = count(a + "attention.head_count");
+  c.n_kv_heads = count_or(a + "attention.head_count_kv", c.n_heads);
+  c.n_ff = count(a + "feed_forward_length");
+  c.context_length = count(a + "context_length");
+  if (c.n_heads % c.n_kv_heads != 0) {
+    detail::fail("metadata " + a + "attention.head_count (" + std::to_string(c.n_heads) +
+                 ") is not a multiple of " + a + "attention.head_count_kv (" +
+                 std::to_string(c.n_kv_heads) + ") in " + gguf.path());
+  }
+  const bool explicit_dims =
+      gguf.has(a + "attention.key_length") && gguf.has(a + "attention.value_length");
+  if (!explicit_dims && c.n_embd % c.n_heads != 0) {
+    detail::fail("metadata " + a + "embedding_length (" + std::to_string(c.n_embd) +
+                 ") is not a multiple of " + a + "attention.head_count (" +
+                 std::to_string(c.n_heads) + ") in " + gguf.path());
+  }
+  c.key_dim = count_or(a + "attention.key_length", c.n_embd / c.n_heads);
+  c.value_dim = count_or(a + "attention.value_length", c.n_embd / c.n_heads);
+  c.rope_dim = count_or(a + "rope.dimension_count", c.key_dim);
+  if (c.rope_dim % 2 != 0 || c.rope_dim > c.key_dim) {
+    detail::fail("metadata " + a + "rope.dimension_count (" + std::to_string(c.rope_dim) +
+                 ") must be even and at most the key size " + std::to_string(c.key_dim) + " in " +
+                 gguf.path());
+  }
+  c.rope_base = gguf.get_or<float>(a + "rope.freq_base", 10000.f);
+  c.rms_eps = gguf.get_or<float>(a + "attention.layer_norm_rms_epsilon", 1e-5f);
+  if (!(c.rope_base > 0) || !(c.rms_eps > 0) || !std::isfinite(c.rope_base) ||
+      !std::isfinite(c.rms_eps)) {
+    detail::fail("metadata " + a + "rope.freq_base and " + a +
+                 "attention.layer_norm_rms_epsilon must be positive numbers in " + gguf.path());
+  }
+  const std::string scaling = gguf.get_or<std::string>(a + "rope.scaling.type", "none");
+  if (scaling != "none") {
+    detail::fail("metadata " + a + "rope.scaling.type is '" + scaling + "' in " + gguf.path() +
+                 "; this build supports only unscaled rope");
+  }
+  if (const GgufValue* tokens = gguf.find("tokenizer.ggml.tokens")) {
+    c.n_vocab = positive("tokenizer.ggml.tokens", tokens->as_array().size());
+  } else {
+    c.n_vocab = detail::required_tensor(gguf, "token_embd.weight").ne[1];
+  }
+  if (c.n_vocab > size_t(INT32_MAX)) {
+    detail::fail("vocabulary of " + std::to_string(c.n_vocab) + " tokens in " + gguf.path() +
+                 " does not fit 32-bit token ids");
+  }
+  return c;
+}
+
+Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& options) {
+  Transformer t;
+  t.config_ = ModelConfig::from_gguf(gguf);
+  const ModelConfig& c = t.config_;
+  t.n_threads_ = options.n_threads > 0 ? options.n_threads : omp_get_max_threads();
+  using detail::checked_mul;
+  const size_t q_dim = checked_mul(c.n_heads, c.key_dim, "query size");
+  const size_t k_dim = checked_mul(c.n_kv_heads, c.key_dim, "key size");
+  const size_t v_dim = checked_mul(c.n_kv_heads, c.value_dim, "value size");
+  const size_t att_dim = checked_mul(c.n_heads, c.value_dim, "attention output size");
+  t.token_embd_ = detail::weight_matrix(gguf, "token_embd.weight", c.n_embd, c.n_vocab);
+  t.output_norm_ = detail::weight_vector(gguf, "output_norm.weight", c.n_embd);
+  const TensorInfo* output = gguf.find_tensor("output.weight");
+  t.output_ = output ? detail::weight_matrix(gguf, *output, c.n_embd, c.n_vocab) : t.token_embd_;
+  if (const TensorInfo* freqs = gguf.find_tensor("rope_freqs.weight")) {
+    t.rope_freqs_ = detail::weight_vector(gguf, *freqs, c.rope_dim / 2);
+  }
+  t.layers_.resize(c.n_layers);
+  for (size_t l = 0; l < c.n_layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    Layer& layer = t.layers_[l];
+    layer.attn_norm = detail::weight_vector(gguf, p + "attn_norm.weight", c.n_embd);
+    layer.wq = detail::weight_matrix(gguf, p + "attn_q.weight", c.n_embd, q_dim);
+    layer.wk = detail::weight_matrix(gguf, p + "attn_k.weight", c.n_embd, k_dim);
+    layer.wv = detail::weight_matrix(gguf, p + "attn_v.weight", c.n_embd, v_dim);
+    layer.wo = detail::weight_matrix(gguf, p + "attn_output.weight", att_dim, c.n_embd);
+    layer.ffn_norm = detail::weight_vector(gguf, p + "ffn_norm.weight", c.n_embd);
+    layer.gate = detail::weight_matrix(gguf, p + "ffn_gate.weight", c.n_embd, c.n_ff);
+    layer.up = detail::weight_matrix(gguf, p + "ffn_up.weight", c.n_embd, c.n_ff);
+    layer.down = detail::weight_matrix(gguf, p + "ffn_down.weight", c.n_ff, c.n_embd);
+  }
+  return t;
+}
+
+void Transformer::prepare(ForwardScratch& s, size_t n, size_t n_ctx) const {
+  const ModelConfig& c = config_;
+  if (n <= s.n_tokens_ && n_ctx <= s.n_ctx_ && size_t(n_threads_) <= s.n_threads_) return;
+  s.n_tokens_ = std::max(s.n_tokens_, n);
+  s.n_ctx_ = std::max(s.n_ctx_, n_ctx);
+  s.n_threads_ = std::max(s.n_threads_, size_t(n_threads_));
+  using detail::checked_mul;
+  const auto rows = [&](size_t width) { return checked_mul(s.n_tokens_, width, "scratch size"); };
+  detail::grow(s.x_, rows(c.n_embd));
+  detail::grow(s.xb_, rows(c.n_embd));
+  detail::grow(s.q_, rows(c.n_heads * c.key_dim));
+  detail::grow(s.k_, rows(c.n_kv_heads * c.key_dim));
+  detail::grow(s.v_, rows(c.n_kv_heads * c.value_dim));
+  detail::grow(s.att_, rows(c.n_heads * c.value_dim));
+  detail::grow(s.gate_, rows(c.n_ff));
+  detail::grow(s.up_, rows(c.n_ff));
+  detail::grow(s.rope_cos_, rows(c.rope_dim));
+  detail::grow(s.rope_sin_, rows(c.rope_dim));
+  detail::grow(s.scores_, checked_mul(s.n_threads_, s.n_ctx_, "scratch size"));
+}
+
+void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& s,
+                          float* logits, LogitsFor which) const {
+  const ModelConfig& c = config_;
+  for (size_t i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || size_t(tokens[i]) >= c.n_vocab) {
+      detail::fail("token id " + std::to_string(tokens[i]) + " at batch position " +
+                   std::to_string(i) + " is outside the vocabulary of " +
+                   std::to_string(c.n_vocab) + " tokens");
+    }
+  }
+  if (seq.pool().shape() != kv_shape()) {
+    detail::fail("the KV cache pool was made for another model shape than this transformer's");
+  }
+  if (n == 0) return;
+  const size_t pos0 = seq.size();
+  // Reserving first checks the context length, so that a huge n fails there rather than in
+  // allocating scratch. Reserved blocks do not change the sequence's size.
+  seq.reserve(n);
+  prepare(s, n, pos0 + n);
+
+  const int nt = n_threads_;
+  const size_t d = c.n_embd;
+#pragma omp parallel for num_threads(nt) if (n > 1)
+  for (size_t t = 0; t < n; ++t) {
+    detail::row_to_f32(token_embd_.type,
+                       token_embd_.data + size_t(tokens[t]) * token_embd_.row_bytes, d,
+                       s.x_.data() + t * d);
+    detail::rope_table(pos0 + t, c.rope_dim, c.rope_base, rope_freqs_,
+                       s.rope_cos_.data() + t * c.rope_dim, s.rope_sin_.data() + t * c.rope_dim);
+  }
+  for (size_t l = 0; l < c.n_layers; ++l) {
+    attention_block(layers_[l], l, n, pos0, seq, s);
+    ffn_block(layers_[l], n, s);
+  }
+  seq.commit(n);
+
+  if (which == LogitsFor::kNone) return;
+  const size_t first = which == LogitsFor::kAll ? 0 : n - 1;
+  const size_t rows = n - first;
+  for (size_t t = first; t < n; ++t) {
+    detail::rmsnorm(s.x_.data() + t * d, output_norm_, d, c.rms_eps, s.xb_.data() + t * d);
+  }
+  detail::matmul(output_, s.xb_.data() + first * d, rows, d, logits, c.n_vocab, nt);
+}
+
+void Transformer::attention_block(const Layer& layer, size_t l, size_t n, size_t pos0,
+                                  KvSequence& seq, ForwardScratch& s) const {
+  const ModelConfig& c = config_;
+  const int nt = n_threads_;
+  const size_t d = c.n_embd;
+  const size_t q_dim = c.n_heads * c.key_dim, k_dim = c.n_kv_heads * c.key_dim;
+  const size_t v_dim = c.n_kv_heads * c.value_dim, att_dim = c.n_heads * c.value_dim;
+  float* x = s.x_.data();
+  float* xb = s.xb_.data();
+  for (size_t t = 0; t < n; ++t) {
+    detail::rmsnorm(x + t * d, layer.attn_norm, d, c.rms_eps, xb + t * d);
+  }
+  detail::matmul(layer.wq, xb, n, d, s.q_.data(), q_dim, nt);
+  detail::matmul(layer.wk, xb, n, d, s.k_.data(), k_dim, nt);
+  detail::matmul(layer.wv, xb, n, d, s.v_.data(), v_dim, nt);
+  for (size_t t = 0; t < n; ++t) {
+    const float* cos = s.rope_cos_.data() + t * c.rope_dim;
+    const float* sin = s.rope_sin_.data() + t * c.rope_dim;
+    detail::rope(s.q_.data() + t * q_dim, c.n_heads, c.key_dim, c.rope_dim, cos, sin);
+    detail::rope(s.k_.data() + t * k_dim, c.n_kv_heads, c.key_dim, c.rope_dim, cos, sin);
+    seq.write(l, pos0 + t, s.k_.data() + t * k_dim, s.v_.data() + t * v_dim);
+  }
+  // Token t of the batch attends to the cache up to its own position (causal mask), with each
+  // group of n_heads / n_kv_heads query heads sharing one KV head.
+  const size_t group = c.n_heads / c.n_kv_heads;
+  const float scale = 1.0f / std::sqrt(float(c.key_dim));
+  const size_t n_tasks = n * c.n_heads;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (n_tasks > 1)
+  for (size_t task = 0; task < n_tasks; ++task) {
+    const size_t t = task / c.n_heads, h = task % c.n_heads;
+    float* scores = s.scores_.data() + size_t(omp_get_thread_num()) * s.n_ctx_;
+    detail::attention(s.q_.data() + t * q_dim + h * c.key_dim, c.key_dim, seq.keys(l, h / group),
+                      seq.values(l, h / group), pos0 + t + 1, scale, scores,
+                      s.att_.data() + t * att_dim + h * c.value_dim);
+  }
+  detail::matmul(layer.wo, s.att_.data(), n, att_dim, xb, d, nt);
+  for (size_t i = 0; i < n * d; ++i) x[i] += xb[i];
+}
+
+void Transformer::ffn_block(const Layer& layer, size_t n, ForwardScratch& s) const {
+  const ModelConfig& c = config_;
+  const int nt = n_threads_;
+  const size_t d = c.n_embd, f = c.n_ff;
+  float* x = s.x_.data();
+  float* xb = s.xb_.data();
+  for (size_t t = 0; t < n; ++t) {
+    detail::rmsnorm(x + t * d, layer.ffn_norm, d, c.rms_eps, xb + t * d);
+  }
+  detail::matmul(layer.gate, xb, n, d, s.gate_.data(), f, nt);
+  detail::matmul(layer.up, xb, n, d, s.up_.data(), f, nt);
+#pragma omp parallel for num_threads(nt) if (n > 1)
+  for (size_t t = 0; t < n; ++t) {
+    detail::swiglu(s.gate_.data() + t * f, s.up_.data() + t * f, f, s.gate_.data() + t * f);
+  }
+  detail::matmul(layer.down, s.gate_.data(), n, f, xb, d, nt);
+  for (size_t i = 0; i < n * d; ++i) x[i] += xb[i];
+}
+
+}  // namespace sllm
+
+// ---- tokenizer_impl.h ----
+#include <algorithm>
+#include <cmath>
+#include <queue>
+
+namespace sllm {
+namespace detail {
+
+uint8_t unicode_classes(uint32_t cp) {
+  if (cp >= 0x110000) return 0;
+  const uint32_t* begin = kUnicodeRanges;
+  const uint32_t* end = kUnicodeRanges + sizeof(kUnicodeRanges) / sizeof(kUnicodeRanges[0]);
+  // The first entry starts at U+0000, so the range holding cp is the one before upper_bound.
+  const uint32_t* it = std::upper_bound(begin, end, cp << 8 | 0xFF);
+  return uint8_t(it[-1] & 0xFF);
+}
+
+namespace {
+
+// Bytes of the UTF-8 character at s[i], or 1 for a byte that does not start a valid one
+// (overlong forms, surrogates, code points past U+10FFFF and truncated sequences included).
+// Sets *cp to the code point, or to 0xFFFFFFFF (no Unicode class) for an invalid byte.
+size_t utf8_char(std::string_view s, size_t i, uint32_t* cp) {
+  const auto byte = [&](size_t k) { return uint8_t(s[k]); };
+  const uint8_t b0 = byte(i);
+  *cp = 0xFFFFFFFF;
+  if (b0 < 0x80) {
+    *cp = b0;
+    return 1;
+  }
+  size_t n;
+  uint32_t v;
+  uint8_t lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+  if (b0 >= 0xC2 && b0 <= 0xDF) {
+    n = 2;
+    v = b0 & 0x1F;
+  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+    n = 3;
+    v = b0 & 0x0F;
+    if (b0 == 0xE0) lo = 0xA0;
+    if (b0 == 0xED) hi = 0x9F;
+  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+    n = 4;
+    v = b0 & 0x07;
+    if (b0 == 0xF0) lo = 0x90;
+    if (b0 == 0xF4) hi = 0x8F;
+  } else {
+    return 1;
+  }
+  if (i + n > s.size()) return 1;
+  for (size_t k = 1; k < n; ++k) {
+    const uint8_t b = byte(i + k);
+    if (b < (k == 1 ? lo : 0x80) || b > (k == 1 ? hi : 0xBF)) return 1;
+    v = v << 6 | (b & 0x3F);
+  }
+  *cp = v;
+  return n;
+}
+
+void append_utf8(uint32_t cp, std::string& out) {
+  if (cp < 0x80) {
+    out += char(cp);
+  } else if (cp < 0x800) {
+    out += char(0xC0 | cp >> 6);
+    out += char(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += char(0xE0 | cp >> 12);
+    out += char(0x80 | (cp >> 6 & 0x3F));
+    out += char(0x80 | (cp & 0x3F));
+  } else {
+    out += char(0xF0 | cp >> 18);
+    out += char(0x80 | (cp >> 12 & 0x3F));
+    out += char(0x80 | (cp >> 6 & 0x3F));
+    out += char(0x80 | (cp & 0x3F));
+  }
+}
+
+// GPT-2's byte-level alphabet: each byte stands for one printable character. Bytes that are
+// printable Latin-1 characters ('!'..'~', '¡'..'¬', '®'..'ÿ') stand for themselves; the other
+// 68 bytes take U+0100, U+0101, ... in byte order (so ' ' is 'Ġ' U+0120, '\n' is 'Ċ' U+010A).
+struct ByteLevelAlphabet {
+  std::array<std::string, 256> byte_chars;   // UTF-8 of each byte's character
+  std::array<int16_t, 256 + 68> char_bytes;  // code point -> byte, or -1
+
+  ByteLevelAlphabet() {
+    char_bytes.fill(-1);
+    uint32_t next = 256;
+    for (uint32_t b = 0; b < 256; ++b) {
+      const bool printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+      const uint32_t cp = printable ? b : next++;
+      append_utf8(cp, byte_chars[b]);
+      char_bytes[cp] = int16_t(b);
+    }
+  }
+};
+
+const ByteLevelAlphabet& byte_level_alphabet() {
+  static const ByteLevelAlphabet alphabet;
+  return alphabet;
+}
+
+constexpr std::string_view kSpmSpace = "\xE2\x96\x81";  // "▁" U+2581, SentencePiece's space
+
+struct CodePointRange {
+  uint32_t first, last;
+};
+
+template <size_t N>
+bool in_ranges(const CodePointRange (&ranges)[N], uint32_t cp) {
+  const CodePointRange* it = std::upper_bound(
+      ranges, ranges + N, cp, [](uint32_t c, const CodePointRange& r) { return c < r.first; });
+  return it != ranges && cp <= it[-1].last;
+}
+
+// [一-龥ࠀ-一가-퟿] of the DeepSeek pre-tokenizers.
+constexpr CodePointRange kCjkRanges[] = {{0x0800, 0x9FA5}, {0xAC00, 0xD7FF}};
+
+// The letters of DeepSeek LLM's word pattern: the cased scripts (Latin, Greek, Cyrillic,
+// Armenian, Georgian, Cherokee, Glagolitic, Coptic, Deseret, Osage, Old Hungarian, Warang Citi,
+// Adlam, letterlike symbols), as the class in its tokenizer config lists them.
+constexpr CodePointRange kCasedLetterRanges[] = {
+    {0x41, 0x5A},       {0x61, 0x7A},       {0xB5, 0xB5},       {0xC0, 0xD6},
+    {0xD8, 0xF6},       {0xF8, 0x1BA},      {0x1BC, 0x1BF},     {0x1C4, 0x293},
+    {0x295, 0x2AF},     {0x370, 0x373},     {0x376, 0x377},     {0x37B, 0x37D},
+    {0x37F, 0x37F},     {0x386, 0x386},     {0x388, 0x38A},     {0x38C, 0x38C},
+    {0x38E, 0x3A1},     {0x3A3, 0x3F5},     {0x3F7, 0x481},     {0x48A, 0x52F},
+    {0x531, 0x556},     {0x10A0, 0x10C5},   {0x13A0, 0x13F5},   {0x13F8, 0x13FD},
+    {0x1C90, 0x1CBA},   {0x1CBD, 0x1CBF},   {0x1D00, 0x1D2B},   {0x1D6B, 0x1D77},
+    {0x1D79, 0x1D9A},   {0x1E00, 0x1F15},   {0x1F18, 0x1F1D},   {0x1F20, 0x1F45},
+    {0x1F48, 0x1F4D},   {0x1F50, 0x1F57},   {0x1F59, 0x1F59},   {0x1F5B, 0x1F5B},
+    {0x1F5D, 0x1F5D},   {0x1F5F, 0x1F7D},   {0x1F80, 0x1FB4},   {0x1FB6, 0x1FBC},
+    {0x1FBE, 0x1FBE},   {0x1FC2, 0x1FC4},   {0x1FC6, 0x1FCC},   {0x1FD0, 0x1FD3},
+    {0x1FD6, 0x1FDB},   {0x1FE0, 0x1FEC},   {0x1FF2, 0x1FF4},   {0x1FF6, 0x1FFC},
+    {0x2102, 0x2102},   {0x2107, 0x2107},   {0x210A, 0x2113},   {0x2115, 0x2115},
+    {0x2119, 0x211D},   {0x2124, 0x2124},   {0x2126, 0x2126},   {0x2128, 0x2128},
+    {0x212A, 0x212D},   {0x212F, 0x2134},   {0x2139, 0x2139},   {0x213C, 0x213F},
+    {0x2145, 0x2149},   {0x214E, 0x214E},   {0x2183, 0x2184},   {0x2C00, 0x2C7B},
+    {0x2C7E, 0x2CE4},   {0x2CEB, 0x2CEE},   {0x2CF2, 0x2CF3},   {0xA640, 0xA66D},
+    {0xA680, 0xA69B},   {0xA722, 0xA76F},   {0xA771, 0xA787},   {0xA78B, 0xA78E},
+    {0xAB70, 0xABBF},   {0xFB00, 0xFB06},   {0xFB13, 0xFB17},   {0xFF21, 0xFF3A},
+    {0xFF41, 0xFF5A},   {0x10400, 0x1044F}, {0x104B0, 0x104D3}, {0x104D8, 0x104FB},
+    {0x10C80, 0x10CB2}, {0x10CC0, 0x10CF2}, {0x118A0, 0x118DF}, {0x1E900, 0x1E943},
+};
+
+// [!-/:-~！-／：-～‘-‟　-。] of DeepSeek LLM's punctuation pattern.
+constexpr CodePointRange kAsciiPunctRanges[] = {
+    {0x21, 0x2F},     {0x3A, 0x7E},     {0x2018, 0x201F},
+    {0x3000, 0x3002}, {0xFF01, 0xFF0F}, {0xFF1A, 0xFF5E},
+};
+
+// A text as code points, with their Unicode classes and byte offsets (offset[n] = size).
+struct CodePoints {
+  std::vector<uint32_t> cp;
+  std::vector<uint8_t> cls;
+  std::vector<uint32_t> offset;
+
+  explicit CodePoints(std::string_view text) {
+    for (size_t i = 0; i < text.size();) {
+      uint32_t c;
+      const size_t n = utf8_char(text, i, &c);
+      cp.push_back(c);
+      cls.push_back(unicode_classes(c));
+      offset.push_back(uint32_t(i));
+      i += n;
+    }
+    offset.push_back(uint32_t(text.size()));
+  }
+};
+
+// Finds the match of one split pattern at position i of text[begin, end): its length in code
+// points, 0 when there is none. Each case follows its regular expression (leftmost alternative
+// first, greedy quantifiers with backtracking), written out over code point classes.
+class PatternMatcher {
+ public:
+  PatternMatcher(const CodePoints& text, size_t begin, size_t end)
+      : cp_(text.cp), cls_(text.cls), begin_(begin), end_(end) {}
+
+  size_t match(SplitPattern pattern, size_t i) const {
+    switch (pattern) {
+      case SplitPattern::kGpt2:
+        return gpt2(i);
+      case SplitPattern::kLlama3:
+        return llama3(i, 3);
+      case SplitPattern::kQwen2:
+        return llama3(i, 1);
+      case SplitPattern::kNumber:
+        return has(i, kUnicodeNumber) ? 1 : 0;
+      case SplitPattern::kNumbers:
+        return run(i, [&](size_t k) { return has(k, kUnicodeNumber); });
+      case SplitPattern::kAsciiDigits3:
+        return i + 3 <= end_ && ascii_digit(i) && ascii_digit(i + 1) && ascii_digit(i + 2) ? 3 : 0;
+      case SplitPattern::kFalconPunct:
+        return run(i, [&](size_t k) { return falcon_punct(k); });
+      case SplitPattern::kNewline:
+        return newline(i) ? 1 : 0;
+      case SplitPattern::kSpaceLetters:
+        return space_then_run(i, [&](size_t k) { return has(k, kUnicodeLetter); });
+      case SplitPattern::kSpacePunct:
+        return space_then_run(i, [&](size_t k) { return has(k, kUnicodePunctuation); });
+      case SplitPattern::kCjk:
+        return run(i, [&](size_t k) { return in_ranges(kCjkRanges, cp_[k]); });
+      case SplitPattern::kSpaceCasedLetters:
+        return space_then_run(i, [&](size_t k) { return in_ranges(kCasedLetterRanges, cp_[k]); });
+      case SplitPattern::kSpaceAsciiPunct:
+        return space_then_run(i, [&](size_t k) { return in_ranges(kAsciiPunctRanges, cp_[k]); });
+      case SplitPattern::kTrailingSpace:
+        return trailing_space(i);
+    }
+    return 0;
+  }
+
+ private:
+  bool has(size_t k, uint8_t cls) const { return (cls_[k] & cls) != 0; }
+  bool space(size_t k) const { return has(k, kUnicodeWhitespace); }
+  // [^\s\p{L}\p{N}]
+  bool other(size_t k) const {
+    return !has(k, kUnicodeWhitespace | kUnicodeLetter | kUnicodeNumber);
+  }
+  bool newline(size_t k) const { return cp_[k] == '\r' || cp_[k] == '\n'; }
+  bool ascii_digit(size_t k) const { return cp_[k] >= '0' && cp_[k] <= '9'; }
+  bool falcon_punct(size_t k) const {
+    const uint32_t c = cp_[k];
+    return has(k, kUnicodePunctuation) || c == '$' || c == '+' || c == '<' || c == '=' ||
+           c == '>' || c == '^' || c == '~' || c == '|' || c == '`';
+  }
+
+  // Length of the run of code points from i that satisfy pred (0 when cp[i] does not).
+  template <typename Pred>
+  size_t run(size_t i, Pred pred) const {
+    size_t k = i;
+    while (k < end_ && pred(k)) ++k;
+    return k - i;
+  }
+
+  // \s?X+
+  template <typename Pred>
+  size_t space_then_run(size_t i, Pred pred) const {
+    if (space(i) && i + 1 < end_ && pred(i + 1)) return 1 + run(i + 1, pred);
+    return run(i, pred);
+  }
+
+  // 's|'t|'re|'ve|'m|'ll|'d, optionally ignoring case.
+  size_t contraction(size_t i, bool ignore_case) const {
+    if (cp_[i] != '\'' || i + 1 >= end_) return 0;
+    const auto lower = [&](size_t k) {
+      const uint32_t c = cp_[k];
+      return ignore_case && c >= 'A' && c <= 'Z' ? c + ('a' - 'A') : c;
+    };
+    const uint32_t c1 = lower(i + 1);
+    if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') return 2;
+    if (i + 2 >= end_) return 0;
+    const uint32_t c2 = lower(i + 2);
+    if ((c1 == 'r' && c2 == 'e') || (c1 == 'v' && c2 == 'e') || (c1 == 'l' && c2 == 'l')) return 3;
+    return 0;
+  }
+
+  // \s+(?!\S)|\s+ at the start of a run of whitespace: all of it before the end of the text
+  // or a single whitespace; otherwise all but the last, which goes with the next word.
+  size_t spaces(size_t i) const {
+    const size_t n = run(i, [&](size_t k) { return space(k); });
+    return i + n == end_ || n == 1 ? n : n - 1;
+  }
+
+  size_t gpt2(size_t i) const {
+    if (size_t n = contraction(i, false)) return n;
+    // " ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+": a code point outside \s is in exactly one of the
+    // three classes; an optional ' ' before it joins the run.
+    const size_t s = cp_[i] == ' ' && i + 1 < end_ && !space(i + 1) ? i + 1 : i;
+    const auto letter = [&](size_t k) { return has(k, kUnicodeLetter); };
+    const auto number = [&](size_t k) { return has(k, kUnicodeNumber); };
+    if (letter(s)) return s - i + run(s, letter);
+    if (number(s)) return s - i + run(s, number);
+    if (other(s)) return s - i + run(s, [&](size_t k) { return other(k); });
+    return spaces(i);
+  }
+
+  size_t llama3(size_t i, size_t max_digits) const {
+    if (size_t n = contraction(i, true)) return n;
+    const auto letter = [&](size_t k) { return has(k, kUnicodeLetter); };
+    // [^\r\n\p{L}\p{N}]?\p{L}+
+    if (letter(i)) return run(i, letter);
+    if (!newline(i) && !has(i, kUnicodeNumber) && i + 1 < end_ && letter(i + 1)) {
+      return 1 + run(i + 1, letter);
+    }
+    // \p{N}{1,3}
+    if (has(i, kUnicodeNumber)) {
+      return std::min(max_digits, run(i, [&](size_t k) { return has(k, kUnicodeNumber); }));
+    }
+    // " ?[^\s\p{L}\p{N}]+[\r\n]*"
+    const size_t s = cp_[i] == ' ' && i + 1 < end_ && other(i + 1) ? i + 1 : i;
+    if (other(s)) {
+      const size_t k = s + run(s, [&](size_t j) { return other(j); });
+      return k - i + run(k, [&](size_t j) { return newline(j); });
+    }
+    // \s*[\r\n]+ : the whitespace up to and including its last line break.
+    const size_t n = run(i, [&](size_t k) { return space(k); });
+    for (size_t k = i + n; k > i; --k) {
+      if (newline(k - 1)) return k - i;
+    }
+    return spaces(i);
+  }
+
+  // \s+$ : a run of whitespace that reaches the end. A position inside a run cannot match
+  // when the run's start did not, so only starts are tried (keeping the search linear).
+  size_t trailing_space(size_t i) const {
+    if (!space(i) || (i > begin_ && space(i - 1))) return 0;
+    const size_t n = run(i, [&](size_t k) { return space(k); });
+    return i + n == end_ ? n : 0;
+  }
+
+  const std::vector<uint32_t>& cp_;
+  const std::vector<uint8_t>& cls_;
+  size_t begin_, end_;
+};
+
+using Span = std::pair<uint32_t, uint32_t>;  // [begin, end) in code points
+
+// Splits text[span] into the matches of pattern and the runs between them, in order.
+void split_isolated(SplitPattern pattern, const CodePoints& text, Span span,
+                    std::vector<Span>& out) {
+  const PatternMatcher matcher(text, span.first, span.second);
+  uint32_t gap = span.first;
+  uint32_t i = span.first;
+  while (i < span.second) {
+    const size_t n = matcher.match(pattern, i);
+    if (n == 0) {
+      ++i;
+      continue;
+    }
+    if (gap < i) out.push_back({gap, i});
+    out.push_back({i, uint32_t(i + n)});
+    i += uint32_t(n);
+    gap = i;
+  }
+  if (gap < span.second) out.push_back({gap, span.second});
+}
+
+std::vector<SplitPattern> split_patterns(const std::string& pre, bool* ignore_merges) {
+  using P = SplitPattern;
+  *ignore_merges = false;
+  if (pre == "default" || pre == "gpt-2" || pre == "gpt2" || pre == "phi-2" || pre == "mpt" ||
+      pre == "gpt-neox" || pre == "olmo" || pre == "jais") {
+    return {P::kGpt2};
+  }
+  if (pre == "llama3" || pre == "llama-v3" || pre == "llama-bpe" || pre == "falcon3") {
+    *ignore_merges = true;
+    return {P::kLlama3};
+  }
+  if (pre == "dbrx" || pre == "smaug-bpe") return {P::kLlama3};
+  if (pre == "qwen2" || pre == "deepseek-r1-qwen" || pre == "stablelm2" || pre == "megrez") {
+    return {P::kQwen2};
+  }
+  if (pre == "deepseek-llm") {
+    return {P::kNewline, P::kSpaceCasedLetters, P::kSpaceAsciiPunct, P::kTrailingSpace, P::kCjk,
+            P::kNumbers};
+  }
+  if (pre == "deepseek-coder") {
+    return {P::kNewline, P::kSpaceLetters, P::kSpacePunct, P::kCjk, P::kNumber};
+  }
+  if (pre == "falcon") return {P::kFalconPunct, P::kGpt2, P::kAsciiDigits3};
+  if (pre == "starcoder" || pre == "refact" || pre == "command-r" || pre == "smollm" ||
+      pre == "codeshell") {
+    return {P::kNumber, P::kGpt2};
+  }
+  fail("tokenizer.ggml.pre '" + pre +
+       "' is not a pre-tokenizer sllm knows (default, gpt-2, mpt, llama3/llama-bpe, qwen2, "
+       "deepseek-llm, deepseek-coder, falcon, starcoder, refact, ...)");
+}
+
+// Tokens that end generation, by their text (chat models mark the end of a turn with them).
+bool is_eog_text(const std::string& s) {
+  static const char* const kTexts[] = {
+      "</s>",
+      "<|endoftext|>",
+      "<|im_end|>",
+      "<|eot_id|>",
+      "<|eom_id|>",
+      "<|end|>",
+      "<end_of_turn>",
+      "<|end_of_text|>",
+      "<EOT>",
+      "<｜end▁of▁sentence｜>",  // DeepSeek (fullwidth bars, ▁ for spaces)
+  };
+  for (const char* t : kTexts) {
+    if (s == t) return true;
+  }
+  return false;
+}
+
+struct SpmSymbol {
+  uint32_t begin, size;  // bytes of the text; size 0 once merged into its left neighbour
+  int32_t prev, next;
+};
+
+struct SpmPair {
+  float score;
+  int32_t left, right;
+  uint32_t size;  // bytes of both when queued; differs once either side has changed
+};
+
+struct SpmPairOrder {  // highest score first, then leftmost
+  bool operator()(const SpmPair& a, const SpmPair& b) const {
+    return a.score < b.score || (a.score == b.score && a.left > b.left);
+  }
+};
+
+struct BpeSymbol {
+  int32_t id;  // -1: a byte without a token
+  int32_t prev, next;
+};
+
+struct BpePair {
+  int32_t rank;
+  int32_t left, right;        // symbol positions
+  int32_t left_id, right_id;  // their tokens when queued
+  int32_t result;             // the merged token
+};
+
+struct BpePairOrder {  // lowest rank first, then leftmost
+  bool operator()(const BpePair& a, const BpePair& b) const {
+    return a.rank > b.rank || (a.rank == b.rank && a.left > b.left);
+  }
+};
+
+// What a normal token stands for: SentencePiece writes a space as "▁"; byte-level BPE writes
+// each byte as a character of its alphabet.
+std::string spm_token_text(const std::string& piece) {
+  std::string out;
+  for (size_t i = 0; i < piece.size();) {
+    if (piece.compare(i, kSpmSpace.size(), kSpmSpace) == 0) {
+      out += ' ';
+      i += kSpmSpace.size();
+    } else {
+      out += piece[i++];
+    }
+  }
+  return out;
+}
+
+std::string byte_level_token_text(const std::string& piece) {
+  const ByteLevelAlphabet& alphabet = byte_level_alphabet();
+  std::string out;
+  for (size_t i = 0; i < piece.size();) {
+    uint32_t cp;
+    const size_t n = utf8_char(piece, i, &cp);
+    if (cp < alphabet.char_bytes.size() && alphabet.char_bytes[cp] >= 0) {
+      out += char(alphabet.char_bytes[cp]);
+    } else {
+      out.append(piece, i, n);  // not a byte-level character: keep it as it is
+    }
+    i += n;
+  }
+  return out;
+}
+
+// The byte of a "<0xNN>" piece, or -1.
+int byte_piece_value(const std::string& piece) {
+  if (piece.size() != 6 || piece.compare(0, 3, "<0x") != 0 || piece[5] != '>') return -1;
+  int v = 0;
+  for (size_t k = 3; k < 5; ++k) {
+    const char c = piece[k];
+    const int d = c >= '0' && c <= '9'   ? c - '0'
+                  : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                  : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                                         : -1;
+    if (d < 0) return -1;
+    v = v * 16 + d;
+  }
+  return v;
+}
+
+void append_hex(uint8_t b, std::string& out) {
+  static const char kHex[] = "0123456789ABCDEF";
+  out += kHex[b >> 4];
+  out += kHex[b & 15];
+}
+
+// Whether merging may produce the token: SentencePiece builds only normal and user-defined
+// pieces from text, never control, unknown, unused or byte tokens.
+bool buildable(TokenType type) {
+  return type == TokenType::Normal || type == TokenType::UserDefined ||
+         type == TokenType::Undefined;
+}
+
+}  // namespace
+
+std::vector<std::string_view> pre_tokenize(std::string_view text,
+                                           const std::vector<SplitPattern>& patterns) {
+  const CodePoints cps(text);
+  std::vector<Span> words{{0, uint32_t(cps.cp.size())}}, split;
+  for (SplitPattern pattern : patterns) {
+    split.clear();
+    for (const Span& w : words) split_isolated(pattern, cps, w, split);
+    words.swap(split);
+  }
+  std::vector<std::string_view> out;
+  out.reserve(words.size());
+  for (const Span& w : words) {
+    if (w.first == w.second) continue;  // the empty text
+    out.push_back(text.substr(cps.offset[w.first], cps.offset[w.second] - cps.offset[w.first]));
+  }
+  return out;
+}
+
+void StringIndex::build(const std::vector<std::string>& strings) {
+  size_t capacity = 16;
+  while (capacity < strings.size() * 2) capacity *= 2;
+  slots_.assign(capacity, -1);
+  mask_ = capacity - 1;
+  std::hash<std::string_view> hash;
+  for (size_t id = 0; id < strings.size(); ++id) {
+    const std::string& s = strings[id];
+    if (s.empty()) continue;  // an empty token can never be matched
+    for (size_t slot = hash(s) & mask_;; slot = (slot + 1) & mask_) {
+      if (slots_[slot] < 0) {
+        slots_[slot] = int32_t(id);
+        break;
+      }
+      if (strings[slots_[slot]] == s) {
+        fail("the vocabulary has the token '" + s + "' twice (ids " + std::to_string(slots_[slot]) +
+             " and " + std::to_string(id) + ")");
+      }
+    }
+  }
+}
+
+int32_t StringIndex::find(std::string_view s, const std::vector<std::string>& strings) const {
+  if (slots_.empty()) return -1;
+  for (size_t slot = std::hash<std::string_view>()(s) & mask_;; slot = (slot + 1) & mask_) {
+    const int32_t id = slots_[slot];
+    if (id < 0) return -1;
+    if (strings[id] == s) return id;
+  }
+}
+
+}  // namespace detail
+
+struct Tokenizer::Fragment {
+  std::string_view text;
+  int32_t token;  // -1: text to tokenize
+};
+
+Tokenizer::Tokenizer(Vocabulary vocab) {
+  using detail::fail;
+  const size_t n = vocab.tokens.size();
+  if (vocab.model != "llama" && vocab.model != "gpt2") {
+    fail("tokenizer model '" + vocab.model +
+         "' is not supported (sllm reads 'llama' = SentencePiece and 'gpt2' = byte-level BPE)");
+  }
+  if (n == 0) fail("the vocabulary has no tokens");
+  if (n > size_t(INT32_MAX)) fail("the vocabulary has too many tokens: " + std::to_string(n));
+  if (!vocab.scores.empty() && vocab.scores.size() != n) {
+    fail("the vocabulary has " + std::to_string(n) + " tokens but " +
+         std::to_string(vocab.scores.size()) + " scores");
+  }
+  for (size_t id = 0; id < vocab.scores.size(); ++id) {
+    if (std::isnan(vocab.scores[id])) fail("the score of token " + std::to_string(id) + " is NaN");
+  }
+  if (!vocab.types.empty() && vocab.types.size() != n) {
+    fail("the vocabulary has " + std::to_string(n) + " tokens but " +
+         std::to_string(vocab.types.size()) + " token types");
+  }
+  const std::pair<const char*, int32_t> ids[] = {{"BOS", vocab.bos},     {"EOS", vocab.eos},
+                                                 {"EOT", vocab.eot},     {"EOM", vocab.eom},
+                                                 {"unknown", vocab.unk}, {"padding", vocab.pad}};
+  for (const auto& [name, id] : ids) {
+    if (id < -1 || id >= int64_t(n)) {
+      fail(std::string(name) + " token id " + std::to_string(id) +
+           " is out of range (the vocabulary has " + std::to_string(n) + " tokens)");
+    }
+  }
+  if (vocab.add_bos && vocab.bos < 0) fail("the vocabulary asks to add BOS but has no BOS token");
+  if (vocab.add_eos && vocab.eos < 0) fail("the vocabulary asks to add EOS but has no EOS token");
+
+  byte_level_ = vocab.model == "gpt2";
+  pieces_ = std::move(vocab.tokens);
+  scores_ = std::move(vocab.scores);
+  if (scores_.empty()) scores_.assign(n, 0.0f);
+  types_ = std::move(vocab.types);
+  if (types_.empty()) types_.assign(n, TokenType::Normal);
+  index_.build(pieces_);
+  bos_ = vocab.bos;
+  eos_ = vocab.eos;
+  unk_ = vocab.unk;
+  pad_ = vocab.pad;
+  add_bos_ = vocab.add_bos;
+  add_eos_ = vocab.add_eos;
+  add_space_prefix_ = !byte_level_ && vocab.add_space_prefix;
+
+  // Byte tokens: SentencePiece's <0xNN> pieces, or the byte-level alphabet's characters.
+  for (int b = 0; b < 256; ++b) {
+    if (byte_level_) {
+      byte_tokens_[b] = find_piece(detail::byte_level_alphabet().byte_chars[b]);
+    } else {
+      std::string piece = "<0x";
+      detail::append_hex(uint8_t(b), piece);
+      byte_tokens_[b] = find_piece(piece + ">");
+    }
+  }
+
+  texts_.resize(n);
+  for (size_t id = 0; id < n; ++id) {
+    const std::string& piece = pieces_[id];
+    const TokenType type = types_[id];
+    const int byte = type == TokenType::Byte ? detail::byte_piece_value(piece) : -1;
+    if (byte >= 0) {
+      texts_[id] = std::string(1, char(byte));
+    } else if (type == TokenType::Control || type == TokenType::UserDefined ||
+               type == TokenType::Unknown) {
+      texts_[id] = piece;
+    } else {
+      texts_[id] =
+          byte_level_ ? detail::byte_level_token_text(piece) : detail::spm_token_text(piece);
+    }
+  }
+
+  // Tokens matched whole in the text, grouped by first byte, longest first.
+  for (size_t id = 0; id < n; ++id) {
+    const TokenType type = types_[id];
+    if (!pieces_[id].empty() && (type == TokenType::Control || type == TokenType::UserDefined ||
+                                 type == TokenType::Unknown)) {
+      specials_.push_back(int32_t(id));
+    }
+  }
+  std::stable_sort(specials_.begin(), specials_.end(), [&](int32_t a, int32_t b) {
+    const uint8_t fa = uint8_t(pieces_[a][0]), fb = uint8_t(pieces_[b][0]);
+    return fa != fb ? fa < fb : pieces_[a].size() > pieces_[b].size();
+  });
+  for (size_t k = 0, b = 0; b <= 256; ++b) {
+    while (k < specials_.size() && uint8_t(pieces_[specials_[k]][0]) < b) ++k;
+    special_begin_[b] = uint32_t(k);
+  }
+
+  for (int32_t id : {vocab.eos, vocab.eot, vocab.eom}) {
+    if (id >= 0) eog_.push_back(id);
+  }
+  for (size_t id = 0; id < n; ++id) {
+    if (detail::is_eog_text(pieces_[id])) eog_.push_back(int32_t(id));
+  }
+  std::sort(eog_.begin(), eog_.end());
+  eog_.erase(std::unique(eog_.begin(), eog_.end()), eog_.end());
+
+  if (byte_level_) {
+    splits_ = detail::split_patterns(vocab.pre, &ignore_merges_);
+    merges_.reserve(vocab.merges.size());
+    for (size_t rank = 0; rank < vocab.merges.size(); ++rank) {
+      const std::string& merge = vocab.merges[rank];
+      const size_t space = merge.find(' ', 1);
+      if (space == std::string::npos) {
+        fail("BPE merge " + std::to_string(rank) + " '" + merge +
+             "' is not two tokens separated by a space");
+      }
+      const std::string_view m(merge);
+      const int32_t left = find_piece(m.substr(0, space));
+      const int32_t right = find_piece(m.substr(space + 1));
+      std::string joined = merge;
+      joined.erase(space, 1);
+      const int32_t result = find_piece(joined);
+      // A merge of tokens that are not in the vocabulary can never apply.
+      if (left < 0 || right < 0 || result < 0) continue;
+      merges_.emplace(uint64_t(uint32_t(left)) << 32 | uint32_t(right),
+                      detail::BpeMerge{int32_t(rank), result});
+    }
+  }
+}
+
+Tokenizer Tokenizer::from_gguf(const Gguf& gguf) {
+  Vocabulary v;
+  v.model = gguf.get<std::string>("tokenizer.ggml.model");
+  if (v.model != "llama" && v.model != "gpt2") {
+    detail::fail(gguf.path() + ": tokenizer.ggml.model '" + v.model +
+                 "' is not supported (sllm reads 'llama' = SentencePiece and 'gpt2' = "
+                 "byte-level BPE)");
+  }
+  const bool spm = v.model == "llama";
+  v.pre = gguf.get_or<std::string>("tokenizer.ggml.pre", "default");
+  v.tokens = gguf.get_array<std::string>("tokenizer.ggml.tokens");
+  const size_t n = v.tokens.size();
+  const auto check_count = [&](const char* key, size_t count) {
+    if (count != n) {
+      detail::fail(gguf.path() + ": " + key + " has " + std::to_string(count) +
+                   " entries but tokenizer.ggml.tokens has " + std::to_string(n));
+    }
+  };
+  if (gguf.has("tokenizer.ggml.scores")) {
+    v.scores = gguf.get_array<float>("tokenizer.ggml.scores");
+    check_count("tokenizer.ggml.scores", v.scores.size());
+  }
+  if (gguf.has("tokenizer.ggml.token_type")) {
+    const std::vector<int32_t> types = gguf.get_array<int32_t>("tokenizer.ggml.token_type");
+    check_count("tokenizer.ggml.token_type", types.size());
+    v.types.reserve(n);
+    for (int32_t t : types) {
+      // Numbers outside the enum are read as undefined, as llama.cpp does.
+      v.types.push_back(t >= 0 && t <= 6 ? TokenType(t) : TokenType::Undefined);
+    }
+  }
+  if (!spm) v.merges = gguf.get_array<std::string>("tokenizer.ggml.merges");
+
+  // Special token ids; ids past the vocabulary (converters write 0xFFFFFFFF or -1 for "none")
+  // mean the vocabulary has no such token. SentencePiece's defaults are llama's.
+  const auto special = [&](const char* key, int32_t fallback) -> int32_t {
+    if (!gguf.has(key)) return fallback;
+    const int64_t id = gguf.get<int64_t>(key);
+    if (id >= 0 && id < int64_t(n)) return int32_t(id);
+    if (id != -1 && id != 0xFFFFFFFF) {
+      sllm::log(LogLevel::kWarn, gguf.path() + ": " + key + " = " + std::to_string(id) +
+                                     " is not a token id (vocabulary of " + std::to_string(n) +
+                                     "); ignoring it");
+    }
+    return -1;
+  };
+  const auto default_id = [&](int32_t id) { return spm && id < int64_t(n) ? id : -1; };
+  v.bos = special("tokenizer.ggml.bos_token_id", default_id(1));
+  v.eos = special("tokenizer.ggml.eos_token_id", default_id(2));
+  v.unk = special("tokenizer.ggml.unknown_token_id", default_id(0));
+  v.eot = special("tokenizer.ggml.eot_token_id", -1);
+  v.eom = special("tokenizer.ggml.eom_token_id", -1);
+  v.pad = special("tokenizer.ggml.padding_token_id", -1);
+
+  const bool llama3 =
+      v.pre == "llama3" || v.pre == "llama-v3" || v.pre == "llama-bpe" || v.pre == "falcon3";
+  v.add_bos = gguf.get_or<bool>("tokenizer.ggml.add_bos_token", spm || llama3);
+  v.add_eos = gguf.get_or<bool>("tokenizer.ggml.add_eos_token", false);
+  v.add_space_prefix = spm && gguf.get_or<bool>("tokenizer.ggml.add_space_prefix", true);
+  try {
+    return Tokenizer(std::move(v));
+  } catch (const Error& e) {
+    detail::fail(gguf.path() + ": " + e.what());
+  }
+}
+
+void Tokenizer::check_id(int32_t id) const {
+  if (id < 0 || id >= n_vocab()) {
+    detail::fail("token id " + std::to_string(id) + " is out of range (the vocabulary has " +
+                 std::to_string(n_vocab()) + " tokens)");
+  }
+}
+
+const std::string& Tokenizer::piece(int32_t id) const {
+  check_id(id);
+  return pieces_[id];
+}
+
+TokenType Tokenizer::token_type(int32_t id) const {
+  check_id(id);
+  return types_[id];
+}
+
+std::string Tokenizer::token_text(int32_t id) const {
+  check_id(id);
+  return texts_[id];
+}
+
+bool Tokenizer::is_eog(int32_t id) const {
+  return std::binary_search(eog_.begin(), eog_.end(), id);
+}
+
+std::vector<Tokenizer::Fragment> Tokenizer::split_specials(std::string_view text,
+                                                           bool parse_special) const {
+  std::vector<Fragment> out;
+  size_t start = 0;  // of the text not yet emitted
+  for (size_t i = 0; i < text.size();) {
+    const uint8_t first = uint8_t(text[i]);
+    int32_t found = -1;
+    for (uint32_t k = special_begin_[first]; k < special_begin_[first + 1]; ++k) {
+      const int32_t id = specials_[k];
+      if (!parse_special && types_[id] != TokenType::UserDefined) continue;
+      if (text.compare(i, pieces_[id].size(), pieces_[id]) == 0) {
+        found = id;
+        break;
+      }
+    }
+    if (found < 0) {
+      ++i;
+      continue;
+    }
+    if (i > start) out.push_back({text.substr(start, i - start), -1});
+    out.push_back({{}, found});
+    i += pieces_[found].size();
+    start = i;
+  }
+  if (start < text.size()) out.push_back({text.substr(start), -1});
+  return out;
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special,
+                                       bool parse_special) const {
+  // Positions are 32-bit; SentencePiece adds 3 bytes for the leading space.
+  if (text.size() > size_t(INT32_MAX) - 3) {
+    detail::fail("cannot tokenize a text of " + std::to_string(text.size()) +
+                 " bytes: the limit is 2 GiB");
+  }
+  std::vector<int32_t> out;
+  if (add_special && add_bos_) out.push_back(bos_);
+  // SentencePiece's leading space goes before text at the start and after a special token.
+  bool after_special = true;
+  for (const Fragment& f : split_specials(text, parse_special)) {
+    if (f.token >= 0) {
+      out.push_back(f.token);
+      after_special = true;
+      continue;
+    }
+    if (byte_level_) {
+      encode_bpe(f.text, out);
+    } else {
+      encode_spm(f.text, add_space_prefix_ && after_special, out);
+    }
+    after_special = false;
+  }
+  if (add_special && add_eos_) out.push_back(eos_);
+  return out;
+}
+
+void Tokenizer::emit_bytes(std::string_view bytes, std::vector<int32_t>& out) const {
+  bool all = true;
+  for (char c : bytes) all = all && byte_tokens_[uint8_t(c)] >= 0;
+  if (all) {
+    for (char c : bytes) out.push_back(byte_tokens_[uint8_t(c)]);
+  } else if (!byte_level_ && unk_ >= 0) {
+    out.push_back(unk_);
+  }
+  // Otherwise the bytes are dropped, as Hugging Face and llama.cpp do: byte-level vocabularies
+  // often lack the bytes that never occur in UTF-8 (C0, C1, F5..FF), and their "unknown" id is
+  // often just <|endoftext|>.
+}
+
+void Tokenizer::encode_spm(std::string_view text, bool space_prefix,
+                           std::vector<int32_t>& out) const {
+  using detail::SpmPair;
+  using detail::SpmSymbol;
+  std::string s;
+  s.reserve(text.size() + 3);
+  if (space_prefix) s += detail::kSpmSpace;
+  for (char c : text) {
+    if (c == ' ') {
+      s += detail::kSpmSpace;
+    } else {
+      s += c;
+    }
+  }
+  const std::string_view sv(s);
+
+  std::vector<SpmSymbol> symbols;
+  for (size_t i = 0; i < s.size();) {
+    uint32_t cp;
+    const size_t n = detail::utf8_char(sv, i, &cp);
+    const int32_t k = int32_t(symbols.size());
+    symbols.push_back({uint32_t(i), uint32_t(n), k - 1, k + 1});
+    i += n;
+  }
+  if (symbols.empty()) return;
+  symbols.back().next = -1;
+
+  std::priority_queue<SpmPair, std::vector<SpmPair>, detail::SpmPairOrder> queue;
+  const auto try_pair = [&](int32_t left, int32_t right) {
+    if (left < 0 || right < 0) return;
+    const uint32_t size = symbols[left].size + symbols[right].size;
+    const int32_t id = find_piece(sv.substr(symbols[left].begin, size));
+    if (id < 0 || !detail::buildable(types_[id])) return;
+    queue.push({scores_[id], left, right, size});
+  };
+  for (int32_t i = 1; i < int32_t(symbols.size()); ++i) try_pair(i - 1, i);
+  while (!queue.empty()) {
+    const SpmPair pair = queue.top();
+    queue.pop();
+    SpmSymbol& left = symbols[pair.left];
+    SpmSymbol& right = symbols[pair.right];
+    if (left.size == 0 || right.size == 0 || left.size + right.size != pair.size) continue;
+    left.size += right.size;
+    right.size = 0;
+    left.next = right.next;
+    if (right.next >= 0) symbols[right.next].prev = pair.left;
+    try_pair(left.prev, pair.left);
+    try_pair(pair.left, left.next);
+  }
+
+  for (int32_t i = 0; i >= 0; i = symbols[i].next) {
+    const std::string_view piece = sv.substr(symbols[i].begin, symbols[i].size);
+    const int32_t id = find_piece(piece);
+    if (id >= 0 && detail::buildable(types_[id])) {
+      out.push_back(id);
+    } else {
+      emit_bytes(piece, out);  // byte fallback
+    }
+  }
+}
+
+void Tokenizer::encode_bpe(std::string_view text, std::vector<int32_t>& out) const {
+  for (std::string_view word : detail::pre_tokenize(text, splits_)) encode_bpe_word(word, out);
+}
+
+void Tokenizer::encode_bpe_word(std::string_view word, std::vector<int32_t>& out) const {
+  using detail::BpePair;
+  using detail::BpeSymbol;
+  if (ignore_merges_) {
+    std::string chars;
+    for (char c : word) chars += detail::byte_level_alphabet().byte_chars[uint8_t(c)];
+    const int32_t id = find_piece(chars);
+    if (id >= 0) {
+      out.push_back(id);
+      return;
+    }
+  }
+  std::vector<BpeSymbol> symbols(word.size());
+  for (size_t i = 0; i < word.size(); ++i) {
+    symbols[i] = {byte_tokens_[uint8_t(word[i])], int32_t(i) - 1, int32_t(i) + 1};
+  }
+  if (symbols.empty()) return;
+  symbols.back().next = -1;
+
+  std::priority_queue<BpePair, std::vector<BpePair>, detail::BpePairOrder> queue;
+  const auto try_pair = [&](int32_t left, int32_t right) {
+    if (left < 0 || right < 0) return;
+    const int32_t l = symbols[left].id, r = symbols[right].id;
+    if (l < 0 || r < 0) return;
+    const auto it = merges_.find(uint64_t(uint32_t(l)) << 32 | uint32_t(r));
+    if (it != merges_.end()) queue.push({it->second.rank, left, right, l, r, it->second.result});
+  };
+  for (int32_t i = 1; i < int32_t(symbols.size()); ++i) try_pair(i - 1, i);
+  while (!queue.empty()) {
+    const BpePair pair = queue.top();
+    queue.pop();
+    BpeSymbol& left = symbols[pair.left];
+    BpeSymbol& right = symbols[pair.right];
+    if (left.next != pair.right || left.id != pair.left_id || right.id != pair.right_id) continue;
+    left.id = pair.result;
+    left.next = right.next;
+    right.id = -1;
+    right.prev = right.next = -1;
+    if (left.next >= 0) symbols[left.next].prev = pair.left;
+    try_pair(left.prev, pair.left);
+    try_pair(pair.left, left.next);
+  }
+  for (int32_t i = 0; i >= 0; i = symbols[i].next) {
+    if (symbols[i].id >= 0) {
+      out.push_back(symbols[i].id);
+    } else {
+      emit_bytes(word.substr(size_t(i), 1), out);
+    }
+  }
+}
+
+std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool render_special) const {
+  Detokenizer detok(*this, true, render_special);
+  std::string out;
+  for (int32_t id : ids) out += detok.push(id);
+  out += detok.flush();
+  return out;
+}
+
+Detokenizer::Detokenizer(const Tokenizer& tokenizer, bool at_start, bool render_special)
+    : tokenizer_(&tokenizer), strip_space_(at_start), render_special_(render_special) {}
+
+std::string Detokenizer::push(int32_t id) {
+  const TokenType type = tokenizer_->token_type(id);  // Error when out of range
+  const bool special = type == TokenType::Control || type == TokenType::Unknown;
+  std::string text = special && !render_special_ ? std::string() : tokenizer_->token_text(id);
+  if (id == tokenizer_->bos()) {
+    strip_space_ = true;  // a new text starts
+  } else if (strip_space_ && !text.empty()) {
+    if (tokenizer_->add_space_prefix() && text[0] == ' ') text.erase(0, 1);
+    strip_space_ = false;
+  }
+  pending_ += text;
+  // Hold back a UTF-8 character whose last bytes have not arrived: find where the last
+  // character starts (at most 3 bytes back) and compare its length with what is there.
+  size_t keep = 0;
+  const size_t size = pending_.size();
+  for (size_t back = 1; back <= 4 && back <= size; ++back) {
+    const uint8_t b = uint8_t(pending_[size - back]);
+    if ((b & 0xC0) == 0x80) continue;  // continuation byte
+    const size_t len = b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC0 ? 2 : 1;
+    if (len > back && b <= 0xF4) keep = back;
+    break;
+  }
+  std::string ready = pending_.substr(0, size - keep);
+  pending_.erase(0, size - keep);
+  return ready;
+}
+
+std::string Detokenizer::flush() {
+  std::string rest;
+  rest.swap(pending_);
+  return rest;
+}
+
+}  // namespace sllm
+
 // ---- sampling_impl.h ----
 #include <algorithm>
 #include <cmath>
@@ -1533,7 +5503,9 @@ uint64_t Rng::next() {
   return result;
 }
 
-float Rng::uniform() { return float(next() >> 40) * (1.0f / 16777216.0f); }
+float Rng::uniform() {
+  return float(next() >> 40) * (1.0f / 16777216.0f);
+}
 
 Sampler::Sampler(const SamplerOptions& options)
     : options_(options),
@@ -1619,6 +5591,179 @@ int32_t Sampler::sample(const float* logits, size_t n_vocab) {
     if (r < cum) return candidates_[i].id;
   }
   return candidates_[n - 1].id;
+}
+
+}  // namespace sllm
+
+// ---- session_impl.h ----
+#include <algorithm>
+
+namespace sllm {
+
+Model Model::open(const std::string& path, const ModelOptions& options) {
+  Model m;
+  m.gguf_ = std::make_shared<const Gguf>(Gguf::open(path));
+  TransformerOptions t;
+  t.n_threads = options.n_threads;
+  m.transformer_ = std::make_shared<const Transformer>(Transformer::load(*m.gguf_, t));
+  m.tokenizer_ = std::make_shared<const Tokenizer>(Tokenizer::from_gguf(*m.gguf_));
+  if (size_t(m.tokenizer_->n_vocab()) != m.config().n_vocab) {
+    detail::fail(path + ": the tokenizer has " + std::to_string(m.tokenizer_->n_vocab()) +
+                 " tokens but the output layer has " + std::to_string(m.config().n_vocab));
+  }
+  return m;
+}
+
+const char* stop_reason_name(StopReason reason) {
+  switch (reason) {
+    case StopReason::kEndOfGeneration:
+      return "end of generation";
+    case StopReason::kStopString:
+      return "stop string";
+    case StopReason::kMaxTokens:
+      return "token limit";
+    case StopReason::kContextFull:
+      return "context full";
+  }
+  return "?";
+}
+
+namespace detail {
+inline size_t session_context(const Model& model, const SessionOptions& options) {
+  if (options.n_ctx != 0) return options.n_ctx;
+  const size_t trained = model.config().context_length;
+  return trained == 0 ? 4096 : std::min<size_t>(trained, 4096);
+}
+
+// Length of the longest suffix of text that is a proper prefix of some stop
+// string: that much text must be held back, because the next piece may complete
+// the stop string.
+inline size_t stop_prefix_overlap(std::string_view text, const std::vector<std::string>& stop) {
+  size_t keep = 0;
+  for (const std::string& s : stop) {
+    if (s.empty()) continue;
+    for (size_t n = std::min(text.size(), s.size() - 1); n > keep; --n) {
+      if (text.substr(text.size() - n) == std::string_view(s).substr(0, n)) {
+        keep = n;
+        break;
+      }
+    }
+  }
+  return keep;
+}
+}  // namespace detail
+
+Session::Session(const Model& model, const SessionOptions& options)
+    : model_(model),
+      pool_(KvPool::for_tokens(model.transformer().kv_shape(),
+                               detail::session_context(model, options), KvPool::kDefaultBlockTokens,
+                               options.kv_type)),
+      seq_(pool_, detail::session_context(model, options)) {}
+
+void Session::reset() {
+  seq_.clear();
+  logits_.clear();
+}
+
+std::vector<int32_t> Session::tokenize(std::string_view text, bool add_special,
+                                       bool parse_special) const {
+  return model_.tokenizer().encode(text, add_special, parse_special);
+}
+
+void Session::check_fits(size_t n_tokens) const {
+  if (n_tokens > n_ctx() - n_past()) {
+    detail::fail("the input is " + std::to_string(n_tokens) +
+                 " tokens but the context has room for " + std::to_string(n_ctx() - n_past()) +
+                 " (" + std::to_string(n_ctx()) + " tokens, " + std::to_string(n_past()) +
+                 " used); use a larger context or a shorter prompt");
+  }
+}
+
+void Session::evaluate(const std::vector<int32_t>& tokens) {
+  if (tokens.empty()) return;
+  check_fits(tokens.size());
+  logits_.resize(model_.config().n_vocab);
+  model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_, logits_.data(),
+                               LogitsFor::kLast);
+}
+
+std::vector<float> Session::evaluate_all(const std::vector<int32_t>& tokens) {
+  check_fits(tokens.size());
+  const size_t n_vocab = model_.config().n_vocab;
+  std::vector<float> all(tokens.size() * n_vocab);
+  if (tokens.empty()) return all;
+  model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_, all.data(),
+                               LogitsFor::kAll);
+  logits_.assign(all.end() - std::ptrdiff_t(n_vocab), all.end());
+  return all;
+}
+
+GenerateStats Session::generate(std::string_view prompt, const GenerateOptions& options,
+                                const PieceFn& on_piece) {
+  using Clock = std::chrono::steady_clock;
+  const auto seconds_since = [](Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+  };
+  const Tokenizer& tokenizer = model_.tokenizer();
+  const bool at_start = n_past() == 0;
+  const std::vector<int32_t> prompt_tokens =
+      tokenizer.encode(prompt, options.add_special && at_start, options.parse_special);
+  if (prompt_tokens.empty() && logits_.empty()) {
+    detail::fail(
+        "the prompt is empty and the model adds no BOS token: nothing "
+        "to continue from");
+  }
+
+  GenerateStats stats;
+  Sampler sampler(options);
+  stats.seed = sampler.seed();
+  for (int32_t t : prompt_tokens) sampler.accept(t);
+  const auto t0 = Clock::now();
+  evaluate(prompt_tokens);
+  stats.n_prompt = prompt_tokens.size();
+  stats.prompt_seconds = seconds_since(t0);
+
+  const auto t1 = Clock::now();
+  Detokenizer detok(tokenizer, at_start && prompt_tokens.size() <= 1);
+  std::string pending;  // generated text not yet passed on (may begin a stop string)
+  // Every generated token is evaluated, so that the context stays whole for a
+  // next call.
+  stats.stop_reason = StopReason::kMaxTokens;
+  while (stats.n_generated < size_t(std::max(options.max_tokens, 0))) {
+    const int32_t token = sampler.sample(logits_.data(), logits_.size());
+    if (tokenizer.is_eog(token)) {
+      stats.stop_reason = StopReason::kEndOfGeneration;
+      break;
+    }
+    sampler.accept(token);
+    ++stats.n_generated;
+    pending += detok.push(token);
+    size_t stop_at = std::string::npos;
+    for (const std::string& s : options.stop)
+      if (!s.empty()) stop_at = std::min(stop_at, pending.find(s));
+    if (stop_at != std::string::npos) {
+      on_piece(std::string_view(pending).substr(0, stop_at));
+      pending.clear();
+      stats.stop_reason = StopReason::kStopString;
+      break;
+    }
+    const size_t hold = detail::stop_prefix_overlap(pending, options.stop);
+    if (pending.size() > hold) {
+      on_piece(std::string_view(pending).substr(0, pending.size() - hold));
+      pending.erase(0, pending.size() - hold);
+    }
+    if (n_past() == n_ctx()) {
+      stats.stop_reason = StopReason::kContextFull;
+      break;
+    }
+    evaluate({token});
+  }
+  if (stats.stop_reason != StopReason::kStopString) {
+    pending += detok.flush();
+    if (!pending.empty()) on_piece(pending);
+  }
+  stats.generate_seconds = seconds_since(t1);
+  return stats;
 }
 
 }  // namespace sllm

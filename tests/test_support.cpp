@@ -13,6 +13,9 @@ static bool exists(const std::string& path) {
 std::string fixture(const std::string& relative) {
   const std::string path = std::string(SLLM_FIXTURES_DIR) + "/" + relative;
   if (exists(path)) return path;
+  // The freely licensed fixtures are also copied here, so that their tests run on any clone.
+  const std::string copy = std::string(SLLM_TEST_DATA_DIR) + "/fixtures/" + relative;
+  if (exists(copy)) return copy;
   const char* require = std::getenv("SLLM_REQUIRE_FIXTURES");
   if (require != nullptr && std::string(require) == "1") {
     FAIL("fixture missing (SLLM_REQUIRE_FIXTURES=1): " << path);

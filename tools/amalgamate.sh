@@ -10,7 +10,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 parts="$root/include/sllm"
-layers="base file gguf quant kernels matmul_q kv model unicode_tables tokenizer sampling session embed"
+layers="base file gguf quant kernels matmul_q kv model unicode_tables tokenizer sampling session chat embed"
 
 emit_section() {  # $1 = suffix
   for layer in $layers; do
@@ -43,6 +43,7 @@ generate() {
 #include <hwy/foreach_target.h>
 #endif  // SLLM_HWY_SETUP_
 #include <hwy/highway.h>
+#include <hwy/contrib/math/math-inl.h>  // Exp, per target like the code below
 
 #if defined(SLLM_SIMD_TOGGLE_) == defined(HWY_TARGET_TOGGLE)
 #ifdef SLLM_SIMD_TOGGLE_

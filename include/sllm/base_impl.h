@@ -9,9 +9,13 @@ inline LogFn& log_handler() {
   return fn;
 }
 
-[[noreturn]] void fail(const std::string& message) { throw Error(message); }
+[[noreturn]] void fail(const std::string& message) {
+  throw Error(message);
+}
 
-void AlignedFree::operator()(void* p) const { std::free(p); }
+void AlignedFree::operator()(void* p) const {
+  std::free(p);
+}
 
 void* aligned_zalloc(size_t bytes) {
   const size_t rounded = (checked_add(bytes, 63, "buffer size") / 64) * 64;
@@ -23,7 +27,9 @@ void* aligned_zalloc(size_t bytes) {
 
 }  // namespace detail
 
-void set_log_handler(LogFn fn) { detail::log_handler() = std::move(fn); }
+void set_log_handler(LogFn fn) {
+  detail::log_handler() = std::move(fn);
+}
 
 void log(LogLevel level, std::string_view message) {
   if (detail::log_handler()) {
@@ -65,8 +71,8 @@ uint16_t f32_to_fp16(float f) {
   const uint32_t abs = x & 0x7fffffffu;
   if (abs > 0x7f800000u) return uint16_t(sign | 0x7e00u | ((abs >> 13) & 0x3ffu));  // NaN
   if (abs >= 0x477ff000u) return uint16_t(sign | 0x7c00u);  // rounds to infinity or is inf
-  if (abs < 0x38800000u) {  // result is subnormal or zero
-    if (abs < 0x33000000u) return uint16_t(sign);  // below half the smallest subnormal
+  if (abs < 0x38800000u) {                                  // result is subnormal or zero
+    if (abs < 0x33000000u) return uint16_t(sign);           // below half the smallest subnormal
     const uint32_t e = abs >> 23;
     const uint32_t m = (abs & 0x7fffffu) | 0x800000u;
     const uint32_t shift = 126 - e;  // 14..24

@@ -1,13 +1,27 @@
 // GGUF layer: reader (v2, v3) and writer. Every count, length, offset, dimension and type
 // read from a file is checked before it is used; tensors are views into the memory map.
+// Version 1 files (32-bit counts, 2023) are refused with an Error that names the version.
 #include <map>
 
 namespace sllm {
 
 // Tensor element types, with ggml's numbering (the value stored in GGUF files).
 enum class TensorType : uint32_t {
-  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
-  Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15, BF16 = 30,
+  F32 = 0,
+  F16 = 1,
+  Q4_0 = 2,
+  Q4_1 = 3,
+  Q5_0 = 6,
+  Q5_1 = 7,
+  Q8_0 = 8,
+  Q8_1 = 9,
+  Q2_K = 10,
+  Q3_K = 11,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
+  Q8_K = 15,
+  BF16 = 30,
 };
 
 struct TensorTypeInfo {
@@ -18,15 +32,31 @@ struct TensorTypeInfo {
 // Returns nullptr for a type id sllm does not know.
 const TensorTypeInfo* tensor_type_info(uint32_t type_id);
 const char* tensor_type_name(TensorType type);
-// Bytes of a row of n elements; Error when n is not a whole number of blocks.
+// Bytes of a row of n elements; Error when n is not a whole number of blocks. The reader
+// accepts a tensor whose rows are not whole blocks as long as the whole tensor is (old ggml
+// files let Q8_0 blocks run across 172-wide rows); layers that work row by row call this.
 uint64_t tensor_row_bytes(TensorType type, uint64_t n);
 
 // Metadata value types, as numbered in GGUF.
 enum class GgufType : uint32_t {
-  UINT8 = 0, INT8 = 1, UINT16 = 2, INT16 = 3, UINT32 = 4, INT32 = 5, FLOAT32 = 6, BOOL = 7,
-  STRING = 8, ARRAY = 9, UINT64 = 10, INT64 = 11, FLOAT64 = 12,
+  UINT8 = 0,
+  INT8 = 1,
+  UINT16 = 2,
+  INT16 = 3,
+  UINT32 = 4,
+  INT32 = 5,
+  FLOAT32 = 6,
+  BOOL = 7,
+  STRING = 8,
+  ARRAY = 9,
+  UINT64 = 10,
+  INT64 = 11,
+  FLOAT64 = 12,
 };
 const char* gguf_type_name(GgufType type);
+namespace detail {
+bool gguf_type_is_integer(GgufType type);  // the eight integer types (not BOOL)
+}  // namespace detail
 
 // One metadata value: a scalar, a string, or an array of scalars or strings (or arrays).
 class GgufValue {
@@ -64,7 +94,8 @@ class GgufValue {
 
   bool operator==(const GgufValue& o) const;
   bool operator!=(const GgufValue& o) const { return !(*this == o); }
-  // Short human-readable form; arrays longer than max_elems are summarised.
+  // Short human-readable form: strings quoted and escaped, cut after 120 bytes; arrays
+  // longer than max_elems cut with their length ("[1, 2, ... (512 in all)]").
   std::string to_string(size_t max_elems = 8) const;
 
  private:
@@ -89,7 +120,7 @@ struct TensorInfo {
   uint64_t ne[4] = {1, 1, 1, 1};  // ne[0] is the row length (fastest-varying), as in ggml
   uint64_t offset = 0;            // from the start of the data section
   uint64_t n_bytes = 0;
-  const uint8_t* data = nullptr;  // view into the memory map (nullptr in the writer)
+  const uint8_t* data = nullptr;  // view into the memory map, aligned as the file says
   uint64_t n_elements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
   uint64_t n_rows() const { return ne[1] * ne[2] * ne[3]; }
   std::string shape_string() const;  // "[64, 512]"
@@ -105,6 +136,8 @@ class Gguf {
 
   uint32_t version() const { return version_; }
   uint32_t alignment() const { return alignment_; }
+  // Where the tensor data starts: the end of the tensor infos, aligned. A file without
+  // tensors may end before it.
   uint64_t data_offset() const { return data_offset_; }
   uint64_t file_size() const { return size_; }
   const std::string& path() const { return origin_; }
@@ -113,9 +146,11 @@ class Gguf {
   const std::vector<std::pair<std::string, GgufValue>>& metadata() const { return kv_; }
   bool has(std::string_view key) const { return find(key) != nullptr; }
   const GgufValue* find(std::string_view key) const;
-  // Typed access: Error names the key when it is missing or has an incompatible type. Integer
-  // types convert when the value fits; float accepts FLOAT32/FLOAT64 (and integers).
-  // T: bool, uint8..uint64, int8..int64, float, double, std::string.
+  // Typed access: Error names the file and key when it is missing, has an incompatible type
+  // or does not fit. Integer types convert when the value fits; float and double accept
+  // FLOAT32, FLOAT64 and integers; bool only BOOL; std::string only STRING.
+  // T: bool, uint8..uint64, int8..int64, float, double, std::string (instantiated once in the
+  // implementation; other types do not link).
   template <typename T>
   T get(std::string_view key) const;
   template <typename T>
@@ -145,19 +180,22 @@ class Gguf {
   void parse_all();
 };
 
-// Builds a GGUF file: metadata in insertion order, then tensor infos, then aligned data.
-// write() goes to a temporary file beside path and renames it into place, so a failure never
-// leaves a partial file under the final name.
+// Builds a GGUF v3 file as llama.cpp writes them: metadata in insertion order, tensor infos,
+// then each tensor's data padded to the alignment. write() goes to a new temporary file beside
+// path, syncs it and renames it into place, so a failure (which throws, and removes the
+// temporary file) never leaves a partial file under the final name.
 class GgufWriter {
  public:
+  // A nonzero power of two; other than 32 it is written as general.alignment (the first key).
   explicit GgufWriter(uint32_t alignment = 32);
-  void set(const std::string& key, GgufValue value);  // replaces an existing key in place
+  // Replaces an existing key in place. Setting general.alignment (a UINT32) sets the alignment.
+  void set(const std::string& key, GgufValue value);
   // Tensor dims as ggml counts them: dims[0] is the row length. data must hold exactly the
   // bytes for that type and shape, and stay alive until write() returns.
   void add_tensor(const std::string& name, TensorType type, const std::vector<uint64_t>& dims,
                   const void* data, uint64_t n_bytes);
   // Same, but the bytes are produced when writing (for streaming conversion): fill(dst) must
-  // write exactly n_bytes.
+  // write all the bytes of that type and shape. What fill() throws, write() throws.
   void add_tensor(const std::string& name, TensorType type, const std::vector<uint64_t>& dims,
                   std::function<void(uint8_t* dst)> fill);
   void write(const std::string& path) const;
@@ -168,6 +206,7 @@ class GgufWriter {
     const void* data = nullptr;
     std::function<void(uint8_t*)> fill;
   };
+  void add_pending(Pending p);
   uint32_t alignment_;
   std::vector<std::pair<std::string, GgufValue>> kv_;
   std::vector<Pending> tensors_;

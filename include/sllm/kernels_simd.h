@@ -1,3 +1,34 @@
+// Weights and KV entries of any float type, read as f32: vectors by promotion (BF16 by a shift),
+// single elements through the base layer's conversions.
+template <class D>
+HWY_INLINE hn::Vec<D> LoadAsF32(D d, const float* HWY_RESTRICT p) {
+  return hn::LoadU(d, p);
+}
+template <class D>
+HWY_INLINE hn::Vec<D> LoadAsF32(D d, const hwy::float16_t* HWY_RESTRICT p) {
+  const hn::Rebind<hwy::float16_t, D> dh;
+  return hn::PromoteTo(d, hn::LoadU(dh, p));
+}
+template <class D>
+HWY_INLINE hn::Vec<D> LoadAsF32(D d, const hwy::bfloat16_t* HWY_RESTRICT p) {
+  const hn::Rebind<hwy::bfloat16_t, D> dh;
+  return hn::PromoteTo(d, hn::LoadU(dh, p));
+}
+HWY_INLINE float ElementAsF32(float v) {
+  return v;
+}
+HWY_INLINE float ElementAsF32(hwy::float16_t v) {
+  return fp16_to_f32(v.bits);
+}
+HWY_INLINE float ElementAsF32(hwy::bfloat16_t v) {
+  return bf16_to_f32(v.bits);
+}
+
+template <class D>
+HWY_INLINE float ReduceSumF32(D d, hn::Vec<D> v) {
+  return hn::GetLane(hn::SumOfLanes(d, v));
+}
+
 float DotF32(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, size_t n) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
@@ -11,4 +42,336 @@ float DotF32(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, size_t n)
   float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(sum0, sum1)));
   for (; i < n; ++i) sum += a[i] * b[i];
   return sum;
+}
+
+// sum_i w[i] * x[i] for a row w of any float type.
+template <typename W>
+HWY_INLINE float DotRow(const W* HWY_RESTRICT w, const float* HWY_RESTRICT x, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  auto sum0 = hn::Zero(d), sum1 = hn::Zero(d);
+  size_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    sum0 = hn::MulAdd(LoadAsF32(d, w + i), hn::LoadU(d, x + i), sum0);
+    sum1 = hn::MulAdd(LoadAsF32(d, w + i + N), hn::LoadU(d, x + i + N), sum1);
+  }
+  for (; i + N <= n; i += N) sum0 = hn::MulAdd(LoadAsF32(d, w + i), hn::LoadU(d, x + i), sum0);
+  float sum = ReduceSumF32(d, hn::Add(sum0, sum1));
+  for (; i < n; ++i) sum += ElementAsF32(w[i]) * x[i];
+  return sum;
+}
+
+// out[i] += a * v[i] for a row v of any float type.
+template <typename W>
+HWY_INLINE void AddScaledRow(float a, const W* HWY_RESTRICT v, float* HWY_RESTRICT out, size_t n) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const auto va = hn::Set(d, a);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    hn::StoreU(hn::MulAdd(va, LoadAsF32(d, v + i), hn::LoadU(d, out + i)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] += a * ElementAsF32(v[i]);
+}
+
+// Register tile of the matmul: 4 weight rows times kCols activation rows. Each weight vector is
+// loaded (and widened) once and multiplied with every activation row of the tile, so prefill
+// reads a weight row once per kCols tokens. out[c * 4 + r] = dot(w_r, x_c). Callers with fewer
+// than 4 rows repeat a row pointer and ignore the extra results. Named accumulators rather than
+// an array, because arrays of vectors are not allowed on scalable targets (SVE, RVV).
+template <size_t kCols, typename W>
+HWY_INLINE void MatMulTile(const W* HWY_RESTRICT w0, const W* HWY_RESTRICT w1,
+                           const W* HWY_RESTRICT w2, const W* HWY_RESTRICT w3, size_t k,
+                           const float* HWY_RESTRICT x, size_t x_stride, float* HWY_RESTRICT out) {
+  static_assert(kCols >= 1 && kCols <= 4, "tile width");
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  const float* x0 = x;
+  const float* x1 = kCols > 1 ? x + x_stride : x;
+  const float* x2 = kCols > 2 ? x + 2 * x_stride : x;
+  const float* x3 = kCols > 3 ? x + 3 * x_stride : x;
+  auto a00 = hn::Zero(d), a10 = a00, a20 = a00, a30 = a00;
+  auto a01 = a00, a11 = a00, a21 = a00, a31 = a00;
+  auto a02 = a00, a12 = a00, a22 = a00, a32 = a00;
+  auto a03 = a00, a13 = a00, a23 = a00, a33 = a00;
+  size_t i = 0;
+  for (; i + N <= k; i += N) {
+    const auto v0 = LoadAsF32(d, w0 + i), v1 = LoadAsF32(d, w1 + i);
+    const auto v2 = LoadAsF32(d, w2 + i), v3 = LoadAsF32(d, w3 + i);
+    const auto xv0 = hn::LoadU(d, x0 + i);
+    a00 = hn::MulAdd(v0, xv0, a00);
+    a10 = hn::MulAdd(v1, xv0, a10);
+    a20 = hn::MulAdd(v2, xv0, a20);
+    a30 = hn::MulAdd(v3, xv0, a30);
+    if constexpr (kCols > 1) {
+      const auto xv1 = hn::LoadU(d, x1 + i);
+      a01 = hn::MulAdd(v0, xv1, a01);
+      a11 = hn::MulAdd(v1, xv1, a11);
+      a21 = hn::MulAdd(v2, xv1, a21);
+      a31 = hn::MulAdd(v3, xv1, a31);
+    }
+    if constexpr (kCols > 2) {
+      const auto xv2 = hn::LoadU(d, x2 + i);
+      a02 = hn::MulAdd(v0, xv2, a02);
+      a12 = hn::MulAdd(v1, xv2, a12);
+      a22 = hn::MulAdd(v2, xv2, a22);
+      a32 = hn::MulAdd(v3, xv2, a32);
+    }
+    if constexpr (kCols > 3) {
+      const auto xv3 = hn::LoadU(d, x3 + i);
+      a03 = hn::MulAdd(v0, xv3, a03);
+      a13 = hn::MulAdd(v1, xv3, a13);
+      a23 = hn::MulAdd(v2, xv3, a23);
+      a33 = hn::MulAdd(v3, xv3, a33);
+    }
+  }
+  out[0] = ReduceSumF32(d, a00);
+  out[1] = ReduceSumF32(d, a10);
+  out[2] = ReduceSumF32(d, a20);
+  out[3] = ReduceSumF32(d, a30);
+  if constexpr (kCols > 1) {
+    out[4] = ReduceSumF32(d, a01);
+    out[5] = ReduceSumF32(d, a11);
+    out[6] = ReduceSumF32(d, a21);
+    out[7] = ReduceSumF32(d, a31);
+  }
+  if constexpr (kCols > 2) {
+    out[8] = ReduceSumF32(d, a02);
+    out[9] = ReduceSumF32(d, a12);
+    out[10] = ReduceSumF32(d, a22);
+    out[11] = ReduceSumF32(d, a32);
+  }
+  if constexpr (kCols > 3) {
+    out[12] = ReduceSumF32(d, a03);
+    out[13] = ReduceSumF32(d, a13);
+    out[14] = ReduceSumF32(d, a23);
+    out[15] = ReduceSumF32(d, a33);
+  }
+  if (i == k) return;
+  const W* const rows[4] = {w0, w1, w2, w3};
+  const float* const cols[4] = {x0, x1, x2, x3};
+  for (size_t c = 0; c < kCols; ++c) {
+    for (size_t r = 0; r < 4; ++r) {
+      float tail = 0;
+      for (size_t j = i; j < k; ++j) tail += ElementAsF32(rows[r][j]) * cols[c][j];
+      out[c * 4 + r] += tail;
+    }
+  }
+}
+
+// Activation rows per register tile: 4 x 4 accumulators need the 32 vector registers of
+// AVX-512 (and NEON/SVE); x86 targets with 16 registers use 4 x 2.
+#if HWY_ARCH_X86 && HWY_TARGET > HWY_AVX3
+constexpr size_t kMatMulCols = 2;
+#else
+constexpr size_t kMatMulCols = 4;
+#endif
+
+template <size_t kCols, typename W>
+HWY_INLINE void MatMulTileStore(const W* const* rows, size_t n_rows, size_t k, const float* x,
+                                size_t x_stride, float* y, size_t y_stride) {
+  float out[16];
+  MatMulTile<kCols>(rows[0], rows[1], rows[2], rows[3], k, x, x_stride, out);
+  for (size_t c = 0; c < kCols; ++c) {
+    for (size_t r = 0; r < n_rows; ++r) y[c * y_stride + r] = out[c * 4 + r];
+  }
+}
+
+// Activation rows [t_begin, t_end) times weight rows [row_begin, row_end).
+template <typename W>
+void MatMulBlock(const detail::MatrixView& w, size_t row_begin, size_t row_end, const float* x,
+                 size_t t_begin, size_t t_end, size_t x_stride, float* y, size_t y_stride) {
+  const size_t k = w.cols;
+  for (size_t r = row_begin; r < row_end; r += 4) {
+    const size_t n_rows = HWY_MIN(size_t{4}, row_end - r);
+    const W* rows[4];
+    for (size_t i = 0; i < 4; ++i) {
+      rows[i] = reinterpret_cast<const W*>(w.data + (r + HWY_MIN(i, n_rows - 1)) * w.row_bytes);
+    }
+    size_t t = t_begin;
+    for (; t + kMatMulCols <= t_end; t += kMatMulCols) {
+      MatMulTileStore<kMatMulCols>(rows, n_rows, k, x + t * x_stride, x_stride,
+                                   y + t * y_stride + r, y_stride);
+    }
+    const float* xt = x + t * x_stride;
+    float* yt = y + t * y_stride + r;
+    switch (t_end - t) {
+      case 3:
+        MatMulTileStore<3>(rows, n_rows, k, xt, x_stride, yt, y_stride);
+        break;
+      case 2:
+        MatMulTileStore<2>(rows, n_rows, k, xt, x_stride, yt, y_stride);
+        break;
+      case 1:
+        MatMulTileStore<1>(rows, n_rows, k, xt, x_stride, yt, y_stride);
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+// Activations are taken in blocks of about 256 KiB, which stay in L2 while every weight row of
+// this thread passes over them; the weights are then read once per block (decode: once).
+template <typename W>
+void MatMulRowsOfType(const detail::MatrixView& w, size_t row_begin, size_t row_end, const float* x,
+                      size_t n, size_t x_stride, float* y, size_t y_stride) {
+  constexpr size_t kBlockBytes = size_t{256} << 10;
+  const size_t fit = kBlockBytes / (HWY_MAX(w.cols, size_t{1}) * sizeof(float));
+  const size_t block = HWY_MAX(kMatMulCols, fit / kMatMulCols * kMatMulCols);
+  for (size_t t = 0; t < n; t += block) {
+    MatMulBlock<W>(w, row_begin, row_end, x, t, HWY_MIN(n, t + block), x_stride, y, y_stride);
+  }
+}
+
+// Weight rows [row_begin, row_end) of the matmul (one thread's share).
+void MatMulRows(const detail::MatrixView& w, size_t row_begin, size_t row_end, const float* x,
+                size_t n, size_t x_stride, float* y, size_t y_stride) {
+  switch (w.type) {
+    case TensorType::F16:
+      return MatMulRowsOfType<hwy::float16_t>(w, row_begin, row_end, x, n, x_stride, y, y_stride);
+    case TensorType::BF16:
+      return MatMulRowsOfType<hwy::bfloat16_t>(w, row_begin, row_end, x, n, x_stride, y, y_stride);
+    default:
+      return MatMulRowsOfType<float>(w, row_begin, row_end, x, n, x_stride, y, y_stride);
+  }
+}
+
+template <typename W>
+HWY_INLINE void RowToF32OfType(const W* HWY_RESTRICT src, size_t n, float* HWY_RESTRICT dst) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(LoadAsF32(d, src + i), d, dst + i);
+  for (; i < n; ++i) dst[i] = ElementAsF32(src[i]);
+}
+
+void RowToF32(TensorType type, const uint8_t* src, size_t n, float* dst) {
+  switch (type) {
+    case TensorType::F16:
+      return RowToF32OfType(reinterpret_cast<const hwy::float16_t*>(src), n, dst);
+    case TensorType::BF16:
+      return RowToF32OfType(reinterpret_cast<const hwy::bfloat16_t*>(src), n, dst);
+    default:
+      return RowToF32OfType(reinterpret_cast<const float*>(src), n, dst);
+  }
+}
+
+void RmsNorm(const float* HWY_RESTRICT x, const float* HWY_RESTRICT weight, size_t n, float eps,
+             float* out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  auto sum = hn::Zero(d);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto v = hn::LoadU(d, x + i);
+    sum = hn::MulAdd(v, v, sum);
+  }
+  float sum_sq = ReduceSumF32(d, sum);
+  for (; i < n; ++i) sum_sq += x[i] * x[i];
+  const float scale = 1.0f / std::sqrt(sum_sq / float(n) + eps);
+  const auto vscale = hn::Set(d, scale);
+  i = 0;
+  for (; i + N <= n; i += N) {
+    const auto v = hn::Mul(hn::LoadU(d, x + i), vscale);
+    hn::StoreU(hn::Mul(v, hn::LoadU(d, weight + i)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] = x[i] * scale * weight[i];
+}
+
+void Rope(float* HWY_RESTRICT x, size_t n_heads, size_t head_dim, size_t rope_dim,
+          const float* HWY_RESTRICT cos, const float* HWY_RESTRICT sin) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  // Vectors hold whole pairs when N is even; Reverse2 swaps the two lanes of each pair, so
+  // x * cos + swapped * sin rotates every pair (sin carries the sign of each lane).
+  const size_t vector_end = N % 2 == 0 ? rope_dim / N * N : 0;
+  for (size_t h = 0; h < n_heads; ++h) {
+    float* p = x + h * head_dim;
+    size_t i = 0;
+    for (; i < vector_end; i += N) {
+      const auto v = hn::LoadU(d, p + i);
+      const auto swapped = hn::Reverse2(d, v);
+      const auto r = hn::MulAdd(v, hn::LoadU(d, cos + i), hn::Mul(swapped, hn::LoadU(d, sin + i)));
+      hn::StoreU(r, d, p + i);
+    }
+    for (; i < rope_dim; i += 2) {
+      const float x0 = p[i], x1 = p[i + 1];
+      p[i] = x0 * cos[i] + x1 * sin[i];
+      p[i + 1] = x1 * cos[i + 1] + x0 * sin[i + 1];
+    }
+  }
+}
+
+void Softmax(float* HWY_RESTRICT x, size_t n) {
+  if (n == 0) return;
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  float max = x[0];
+  if (n >= N) {
+    auto vmax = hn::LoadU(d, x);
+    for (i = N; i + N <= n; i += N) vmax = hn::Max(vmax, hn::LoadU(d, x + i));
+    max = hn::GetLane(hn::MaxOfLanes(d, vmax));
+  }
+  for (; i < n; ++i) max = HWY_MAX(max, x[i]);
+  const auto vmax = hn::Set(d, max);
+  auto vsum = hn::Zero(d);
+  i = 0;
+  for (; i + N <= n; i += N) {
+    const auto e = hn::Exp(d, hn::Sub(hn::LoadU(d, x + i), vmax));
+    vsum = hn::Add(vsum, e);
+    hn::StoreU(e, d, x + i);
+  }
+  float sum = ReduceSumF32(d, vsum);
+  for (; i < n; ++i) {
+    x[i] = std::exp(x[i] - max);
+    sum += x[i];
+  }
+  const float inv = 1.0f / sum;
+  const auto vinv = hn::Set(d, inv);
+  i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(hn::Mul(hn::LoadU(d, x + i), vinv), d, x + i);
+  for (; i < n; ++i) x[i] *= inv;
+}
+
+void SwiGlu(const float* gate, const float* up, size_t n, float* out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  // exp(-g) overflows to inf for g < -88, where silu(g) is 0 to float precision; clamping the
+  // argument keeps the vector exp in its valid range.
+  const auto max_arg = hn::Set(d, 88.0f);
+  const auto one = hn::Set(d, 1.0f);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    const auto g = hn::LoadU(d, gate + i);
+    const auto e = hn::Exp(d, hn::Min(hn::Neg(g), max_arg));
+    const auto silu = hn::Div(g, hn::Add(one, e));
+    hn::StoreU(hn::Mul(silu, hn::LoadU(d, up + i)), d, out + i);
+  }
+  for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+}
+
+template <typename KV>
+void AttentionOfType(const float* HWY_RESTRICT q, size_t head_dim, const detail::PagedRows& keys,
+                     const detail::PagedRows& values, size_t n_ctx, float scale,
+                     float* HWY_RESTRICT scores, float* HWY_RESTRICT out) {
+  for (size_t j = 0; j < n_ctx; ++j) {
+    scores[j] = scale * DotRow(reinterpret_cast<const KV*>(keys.row(j)), q, head_dim);
+  }
+  Softmax(scores, n_ctx);
+  for (size_t i = 0; i < head_dim; ++i) out[i] = 0.0f;
+  for (size_t j = 0; j < n_ctx; ++j) {
+    AddScaledRow(scores[j], reinterpret_cast<const KV*>(values.row(j)), out, head_dim);
+  }
+}
+
+void Attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
+               const detail::PagedRows& values, size_t n_ctx, float scale, float* scores,
+               float* out) {
+  if (keys.type == TensorType::F16) {
+    AttentionOfType<hwy::float16_t>(q, head_dim, keys, values, n_ctx, scale, scores, out);
+  } else {
+    AttentionOfType<float>(q, head_dim, keys, values, n_ctx, scale, scores, out);
+  }
 }

@@ -38,7 +38,9 @@ uint64_t Rng::next() {
   return result;
 }
 
-float Rng::uniform() { return float(next() >> 40) * (1.0f / 16777216.0f); }
+float Rng::uniform() {
+  return float(next() >> 40) * (1.0f / 16777216.0f);
+}
 
 Sampler::Sampler(const SamplerOptions& options)
     : options_(options),

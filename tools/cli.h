@@ -1,0 +1,128 @@
+// The sllm command line: one function per subcommand (tools/cli_NAME.cpp) and the argument
+// reader they share. tools/sllm.cpp dispatches to them.
+#pragma once
+#include <cerrno>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+namespace sllm {
+namespace cli {
+
+// A mistake in the command line: main prints it on one line and exits with status 2.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Subcommands. argv[0] is the subcommand's name; the return value is the exit status.
+// Bad input files throw sllm::Error (exit status 1), bad arguments UsageError (status 2).
+int cmd_info(int argc, char** argv);
+int cmd_generate(int argc, char** argv);
+int cmd_tokenize(int argc, char** argv);
+int cmd_logits(int argc, char** argv);
+int cmd_bench(int argc, char** argv);
+
+// Walks a subcommand's arguments in order:
+//   ArgReader args(argc, argv);
+//   while (!args.done()) {
+//     if (args.flag("-h", "--help")) ...
+//     else if (args.option("-n", "--n-predict", n)) ...
+//     else if (args.positional(path)) ...
+//     else args.reject();
+//   }
+// Options take their value from the next argument or after '=' (--n-predict=64).
+class ArgReader {
+ public:
+  ArgReader(int argc, char** argv) : argc_(argc), argv_(argv), pos_(1) {}
+  bool done() const { return pos_ >= argc_; }
+
+  bool flag(const char* short_name, const char* long_name) {
+    if (done() || !matches(short_name, long_name)) return false;
+    ++pos_;
+    return true;
+  }
+
+  // T: std::string, an integer or a floating-point type.
+  template <typename T>
+  bool option(const char* short_name, const char* long_name, T& value) {
+    if (done()) return false;
+    const std::string arg = argv_[pos_];
+    std::string text;
+    const std::string long_prefix = std::string(long_name) + "=";
+    if (matches(short_name, long_name)) {
+      if (pos_ + 1 >= argc_) throw UsageError("option " + arg + " needs a value");
+      text = argv_[pos_ + 1];
+      pos_ += 2;
+    } else if (long_name != nullptr && arg.compare(0, long_prefix.size(), long_prefix) == 0) {
+      text = arg.substr(long_prefix.size());
+      pos_ += 1;
+    } else {
+      return false;
+    }
+    value = parse<T>(long_name != nullptr ? long_name : short_name, text);
+    return true;
+  }
+
+  // Takes the current argument when it is not an option ("-" alone counts as a value).
+  bool positional(std::string& value) {
+    if (done()) return false;
+    const std::string arg = argv_[pos_];
+    if (arg.size() > 1 && arg[0] == '-') return false;
+    value = arg;
+    ++pos_;
+    return true;
+  }
+
+  // Throws the UsageError for the current argument, which nothing accepted.
+  [[noreturn]] void reject() const {
+    const std::string arg = argv_[pos_];
+    if (arg.size() > 1 && arg[0] == '-') throw UsageError("unknown option '" + arg + "'");
+    throw UsageError("unexpected argument '" + arg + "'");
+  }
+
+ private:
+  bool matches(const char* short_name, const char* long_name) const {
+    const std::string arg = argv_[pos_];
+    return (short_name != nullptr && arg == short_name) ||
+           (long_name != nullptr && arg == long_name);
+  }
+
+  template <typename T>
+  static T parse(const std::string& option, const std::string& text) {
+    if constexpr (std::is_same<T, std::string>::value) {
+      return text;
+    } else {
+      const char* begin = text.c_str();
+      char* end = nullptr;
+      errno = 0;
+      T v{};
+      bool ok;
+      if constexpr (std::is_floating_point<T>::value) {
+        v = T(std::strtod(begin, &end));
+        ok = true;
+      } else if constexpr (std::is_signed<T>::value) {
+        const long long x = std::strtoll(begin, &end, 10);
+        v = T(x);
+        ok = (long long)v == x;
+      } else {
+        const unsigned long long x = std::strtoull(begin, &end, 10);
+        v = T(x);
+        ok = (unsigned long long)v == x && text.find('-') == std::string::npos;
+      }
+      if (!ok || errno != 0 || text.empty() || *end != '\0') {
+        throw UsageError("option " + option + ": '" + text + "' is not a valid " +
+                         (std::is_floating_point<T>::value ? "number" : "integer"));
+      }
+      return v;
+    }
+  }
+
+  int argc_;
+  char** argv_;
+  int pos_;
+};
+
+}  // namespace cli
+}  // namespace sllm
