@@ -49,7 +49,7 @@ void BM_matmul_q(benchmark::State& state, sllm::TensorType type) {
   sllm::detail::QuantizedActivations qx;
   sllm::detail::quantize_activations(x.data(), tokens, cols, cols, qx, threads);
   std::vector<float> y(tokens * rows);
-  const sllm::detail::QuantizedMatrix m{type, w.data.data(), rows, cols};
+  const sllm::detail::MatrixView m{type, w.data.data(), rows, cols, w.data.size() / rows};
   for (auto _ : state) {
     sllm::detail::matmul_q(m, qx, y.data(), rows, threads);
     benchmark::DoNotOptimize(y.data());

@@ -583,24 +583,16 @@ struct QuantizedActivations {
 void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride,
                           QuantizedActivations& out, int n_threads = 0);
 
-// A quantized weight matrix read in place: `rows` rows of `cols` values (a multiple of 32) of
-// type Q8_0 or Q4_0, rows stored one after another with no padding, as in GGUF.
-struct QuantizedMatrix {
-  TensorType type = TensorType::Q8_0;
-  const uint8_t* data = nullptr;
-  size_t rows = 0;
-  size_t cols = 0;
-};
-
 // y[t * y_stride + r] = sum_c w[r][c] * x[t][c] for the x.n activation rows t and the weight rows
-// r in [row_begin, row_end), so that a caller can share the rows among its threads. One
+// r in [row_begin, row_end), so that a caller can share the rows among its threads. w is of type
+// Q8_0 or Q4_0, read in place (cols a multiple of 32, row_bytes at least the blocks of a row). One
 // activation row streams each weight row once (decode); many pack tiles of weights into a
 // per-thread buffer and reuse each for several tokens (prefill). Error when the shapes or the
 // type do not fit.
-void matmul_q_rows(const QuantizedMatrix& w, const QuantizedActivations& x, float* y,
-                   size_t y_stride, size_t row_begin, size_t row_end);
+void matmul_q_rows(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
+                   size_t row_begin, size_t row_end);
 // The same over all rows, shared among n_threads OpenMP threads (0: OpenMP's default).
-void matmul_q(const QuantizedMatrix& w, const QuantizedActivations& x, float* y, size_t y_stride,
+void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
               int n_threads);
 
 }  // namespace detail
@@ -2104,10 +2096,9 @@ SLLM_VNNI void DirectRow(const uint8_t* row, size_t nb, const __m512i* prepared,
 
 // Rows [row_begin, row_end) for x's tokens, two at a time.
 template <class Step>
-SLLM_VNNI void DirectMatmul(const uint8_t* w, size_t nb,
+SLLM_VNNI void DirectMatmul(const uint8_t* w, size_t row_bytes, size_t nb,
                             const sllm::detail::QuantizedActivations& x, float* y, size_t y_stride,
                             size_t row_begin, size_t row_end) {
-  const size_t row_bytes = nb * Step::kBlockBytes;
   const size_t steps = (nb + Step::kBlocks - 1) / Step::kBlocks;
   static thread_local sllm::detail::AlignedBuffer<uint8_t> buffer;
   for (size_t t0 = 0; t0 < x.n; t0 += 2) {
@@ -2290,16 +2281,15 @@ SLLM_VNNI void PanelTokens(const uint8_t* panel, size_t nb, const int32_t* start
 // Below this many activation rows the direct kernel is faster than packing panels.
 constexpr size_t kPackedMinTokens = 3;
 
-SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols,
+SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_bytes,
                            const sllm::detail::QuantizedActivations* x, float* y, size_t y_stride,
                            size_t row_begin, size_t row_end) {
   const size_t nb = cols / kQuantBlock;
-  const size_t row_bytes = nb * (type == TensorType::Q8_0 ? kQ8Bytes : kQ4Bytes);
   if (x->n < kPackedMinTokens) {
     if (type == TensorType::Q8_0) {
-      DirectMatmul<Q8Step>(w, nb, *x, y, y_stride, row_begin, row_end);
+      DirectMatmul<Q8Step>(w, row_bytes, nb, *x, y, y_stride, row_begin, row_end);
     } else {
-      DirectMatmul<Q4Step>(w, nb, *x, y, y_stride, row_begin, row_end);
+      DirectMatmul<Q4Step>(w, row_bytes, nb, *x, y, y_stride, row_begin, row_end);
     }
     return;
   }
@@ -2375,12 +2365,11 @@ HWY_INLINE float RowDotQ4(const uint8_t* w, size_t nb, const int8_t* xq, const f
   return hn::GetLane(hn::SumOfLanes(df, acc));
 }
 
-void MatmulQRows(TensorType type, const uint8_t* w, size_t cols,
+void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_bytes,
                  const sllm::detail::QuantizedActivations* x, float* y, size_t y_stride,
                  size_t row_begin, size_t row_end) {
   const size_t nb = cols / kQuantBlock;
   const bool q8 = type == TensorType::Q8_0;
-  const size_t row_bytes = nb * (q8 ? kQ8Bytes : kQ4Bytes);
   for (size_t r = row_begin; r < row_end; ++r) {
     const uint8_t* wr = w + r * row_bytes;
     for (size_t t = 0; t < x->n; ++t) {
@@ -3959,7 +3948,7 @@ void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride
 }
 
 namespace {
-void check_matmul_q(const QuantizedMatrix& w, const QuantizedActivations& x, size_t row_begin,
+void check_matmul_q(const MatrixView& w, const QuantizedActivations& x, size_t row_begin,
                     size_t row_end) {
   if (w.type != TensorType::Q8_0 && w.type != TensorType::Q4_0) {
     fail("quantized matmul: weight type " + std::to_string(uint32_t(w.type)) +
@@ -3977,22 +3966,24 @@ void check_matmul_q(const QuantizedMatrix& w, const QuantizedActivations& x, siz
     fail("quantized matmul: row range [" + std::to_string(row_begin) + ", " +
          std::to_string(row_end) + ") is outside the " + std::to_string(w.rows) + " rows");
   }
-  // The packed kernel addresses 16 rows with 32-bit offsets.
-  const size_t row_bytes = w.cols / kQuantBlock * (w.type == TensorType::Q8_0 ? 34 : 18);
-  if (row_bytes > (size_t(1) << 26)) {
-    fail("quantized matmul: rows of " + std::to_string(w.cols) + " values are too long");
+  const size_t block_bytes = w.type == TensorType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  if (w.row_bytes < w.cols / kQuantBlock * block_bytes) {
+    fail("quantized matmul: rows of " + std::to_string(w.cols) + " values need " +
+         std::to_string(w.cols / kQuantBlock * block_bytes) + " bytes, but rows are " +
+         std::to_string(w.row_bytes) + " bytes apart");
   }
 }
 }  // namespace
 
-void matmul_q_rows(const QuantizedMatrix& w, const QuantizedActivations& x, float* y,
-                   size_t y_stride, size_t row_begin, size_t row_end) {
+void matmul_q_rows(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
+                   size_t row_begin, size_t row_end) {
   check_matmul_q(w, x, row_begin, row_end);
   if (x.n == 0 || row_begin == row_end) return;
-  HWY_DYNAMIC_DISPATCH(MatmulQRows)(w.type, w.data, w.cols, &x, y, y_stride, row_begin, row_end);
+  HWY_DYNAMIC_DISPATCH(MatmulQRows)
+  (w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, row_begin, row_end);
 }
 
-void matmul_q(const QuantizedMatrix& w, const QuantizedActivations& x, float* y, size_t y_stride,
+void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
               int n_threads) {
   check_matmul_q(w, x, 0, w.rows);
   if (x.n == 0 || w.rows == 0) return;
@@ -4006,7 +3997,7 @@ void matmul_q(const QuantizedMatrix& w, const QuantizedActivations& x, float* y,
     const size_t parts = size_t(omp_get_num_threads()), part = size_t(omp_get_thread_num());
     const size_t begin = std::min(w.rows, units * part / parts * 32);
     const size_t end = std::min(w.rows, units * (part + 1) / parts * 32);
-    if (begin < end) kernel(w.type, w.data, w.cols, &x, y, y_stride, begin, end);
+    if (begin < end) kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, begin, end);
   }
 }
 

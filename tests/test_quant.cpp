@@ -13,8 +13,8 @@
 using sllm::BlockQ4_0;
 using sllm::BlockQ8_0;
 using sllm::TensorType;
+using sllm::detail::MatrixView;
 using sllm::detail::QuantizedActivations;
-using sllm::detail::QuantizedMatrix;
 
 namespace {
 
@@ -358,7 +358,8 @@ TEST_CASE("quantized matmul is exact on integer data on every target") {
           QuantizedActivations q;
           sllm::detail::quantize_activations(x.data(), tokens, cols, cols, q);
           std::vector<float> y(tokens * rows, -1.0f);
-          sllm::detail::matmul_q(QuantizedMatrix{type, w.data(), rows, cols}, q, y.data(), rows, 2);
+          sllm::detail::matmul_q(MatrixView{type, w.data(), rows, cols, row_bytes}, q, y.data(),
+                                 rows, 2);
           bool exact = true;
           for (size_t i = 0; i < tokens * rows; ++i) exact &= y[i] == want[i];
           CHECK(exact);
@@ -398,7 +399,7 @@ TEST_CASE("quantized matmul matches the scalar reference on every target") {
               sllm::detail::quantize_activations(x.data(), tokens, cols, x_stride, q, threads);
               const size_t y_stride = rows + 5;
               std::vector<float> y(tokens * y_stride, NAN);
-              sllm::detail::matmul_q(QuantizedMatrix{type, w.data(), rows, cols}, q, y.data(),
+              sllm::detail::matmul_q(MatrixView{type, w.data(), rows, cols, row_bytes}, q, y.data(),
                                      y_stride, threads);
               int bad = 0;
               for (size_t t = 0; t < tokens; ++t) {
@@ -433,7 +434,7 @@ TEST_CASE("row ranges write only their rows") {
         QuantizedActivations q;
         sllm::detail::quantize_activations(x.data(), tokens, cols, cols, q);
         std::vector<float> all(tokens * rows);
-        const QuantizedMatrix m{type, w.data(), rows, cols};
+        const MatrixView m{type, w.data(), rows, cols, row_bytes};
         sllm::detail::matmul_q(m, q, all.data(), rows, 1);
         const size_t cuts[] = {0, 1, 18, 19, 50, 71};
         for (size_t i = 0; i + 1 < 6; ++i) {
@@ -455,26 +456,53 @@ TEST_CASE("row ranges write only their rows") {
   }
 }
 
+TEST_CASE("rows may lie further apart than their blocks") {
+  std::mt19937 rng(66);
+  for (TensorType type : {TensorType::Q8_0, TensorType::Q4_0}) {
+    const size_t rows = 35, cols = 96, blocks_bytes = cols / 32 * block_bytes(type);
+    const size_t row_bytes = blocks_bytes + 10;
+    GuardedBuffer w(rows * row_bytes);
+    std::vector<uint8_t> dense(rows * blocks_bytes);
+    fill_weights(rng, type, rows, cols, dense.data());
+    for (size_t r = 0; r < rows; ++r) {
+      std::memcpy(w.data() + r * row_bytes, dense.data() + r * blocks_bytes, blocks_bytes);
+      std::memset(w.data() + r * row_bytes + blocks_bytes, 0xff, 10);  // not part of any block
+    }
+    const auto x = random_values(rng, 8 * cols, 1.0f);
+    sllm_test::for_each_simd_target([&] {
+      for (size_t tokens : {1, 2, 8}) {
+        QuantizedActivations q;
+        sllm::detail::quantize_activations(x.data(), tokens, cols, cols, q);
+        std::vector<float> strided(tokens * rows), packed(tokens * rows);
+        sllm::detail::matmul_q(MatrixView{type, w.data(), rows, cols, row_bytes}, q, strided.data(),
+                               rows, 2);
+        sllm::detail::matmul_q(MatrixView{type, dense.data(), rows, cols, blocks_bytes}, q,
+                               packed.data(), rows, 2);
+        CAPTURE(tokens);
+        CHECK(strided == packed);
+      }
+    });
+  }
+}
+
 TEST_CASE("quantized matmul refuses shapes and types it cannot compute") {
   std::vector<uint8_t> w(4 * 34 * 2);
   std::vector<float> x(64, 1.0f), y(16);
   QuantizedActivations q;
-  sllm::detail::quantize_activations(x.data(), 1, 64, 64, q);
   CHECK_THROWS_AS(sllm::detail::quantize_activations(x.data(), 1, 48, 48, q), sllm::Error);
   CHECK_THROWS_AS(sllm::detail::quantize_activations(x.data(), 1, 0, 0, q), sllm::Error);
   sllm::detail::quantize_activations(x.data(), 1, 64, 64, q);
-  CHECK_THROWS_AS(
-      sllm::detail::matmul_q(QuantizedMatrix{TensorType::F16, w.data(), 4, 64}, q, y.data(), 4, 1),
-      sllm::Error);
-  CHECK_THROWS_AS(
-      sllm::detail::matmul_q(QuantizedMatrix{TensorType::Q8_0, w.data(), 4, 48}, q, y.data(), 4, 1),
-      sllm::Error);
-  CHECK_THROWS_AS(sllm::detail::matmul_q(QuantizedMatrix{TensorType::Q8_0, w.data(), 2, 128}, q,
-                                         y.data(), 4, 1),
-                  sllm::Error);
-  CHECK_THROWS_AS(sllm::detail::matmul_q_rows(QuantizedMatrix{TensorType::Q8_0, w.data(), 4, 64}, q,
-                                              y.data(), 4, 3, 5),
-                  sllm::Error);
-  CHECK_NOTHROW(sllm::detail::matmul_q_rows(QuantizedMatrix{TensorType::Q8_0, w.data(), 4, 64}, q,
-                                            y.data(), 4, 2, 2));
+  auto run = [&](TensorType type, size_t rows, size_t cols, size_t row_bytes) {
+    sllm::detail::matmul_q(MatrixView{type, w.data(), rows, cols, row_bytes}, q, y.data(), 4, 1);
+  };
+  CHECK_NOTHROW(run(TensorType::Q8_0, 4, 64, 68));
+  CHECK_THROWS_AS(run(TensorType::F16, 4, 64, 128), sllm::Error);
+  CHECK_THROWS_AS(run(TensorType::Q4_K, 1, 256, 144), sllm::Error);
+  CHECK_THROWS_AS(run(TensorType::Q8_0, 4, 48, 51), sllm::Error);    // not whole blocks
+  CHECK_THROWS_AS(run(TensorType::Q8_0, 2, 128, 136), sllm::Error);  // activations are 64 wide
+  CHECK_THROWS_AS(run(TensorType::Q8_0, 4, 64, 67), sllm::Error);    // rows overlap
+  const MatrixView m{TensorType::Q8_0, w.data(), 4, 64, 68};
+  CHECK_THROWS_AS(sllm::detail::matmul_q_rows(m, q, y.data(), 4, 3, 5), sllm::Error);
+  CHECK_THROWS_AS(sllm::detail::matmul_q_rows(m, q, y.data(), 4, 3, 2), sllm::Error);
+  CHECK_NOTHROW(sllm::detail::matmul_q_rows(m, q, y.data(), 4, 2, 2));
 }

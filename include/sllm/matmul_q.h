@@ -29,24 +29,16 @@ struct QuantizedActivations {
 void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride,
                           QuantizedActivations& out, int n_threads = 0);
 
-// A quantized weight matrix read in place: `rows` rows of `cols` values (a multiple of 32) of
-// type Q8_0 or Q4_0, rows stored one after another with no padding, as in GGUF.
-struct QuantizedMatrix {
-  TensorType type = TensorType::Q8_0;
-  const uint8_t* data = nullptr;
-  size_t rows = 0;
-  size_t cols = 0;
-};
-
 // y[t * y_stride + r] = sum_c w[r][c] * x[t][c] for the x.n activation rows t and the weight rows
-// r in [row_begin, row_end), so that a caller can share the rows among its threads. One
+// r in [row_begin, row_end), so that a caller can share the rows among its threads. w is of type
+// Q8_0 or Q4_0, read in place (cols a multiple of 32, row_bytes at least the blocks of a row). One
 // activation row streams each weight row once (decode); many pack tiles of weights into a
 // per-thread buffer and reuse each for several tokens (prefill). Error when the shapes or the
 // type do not fit.
-void matmul_q_rows(const QuantizedMatrix& w, const QuantizedActivations& x, float* y,
-                   size_t y_stride, size_t row_begin, size_t row_end);
+void matmul_q_rows(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
+                   size_t row_begin, size_t row_end);
 // The same over all rows, shared among n_threads OpenMP threads (0: OpenMP's default).
-void matmul_q(const QuantizedMatrix& w, const QuantizedActivations& x, float* y, size_t y_stride,
+void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
               int n_threads);
 
 }  // namespace detail

@@ -45,7 +45,7 @@ void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride
 }
 
 namespace {
-void check_matmul_q(const QuantizedMatrix& w, const QuantizedActivations& x, size_t row_begin,
+void check_matmul_q(const MatrixView& w, const QuantizedActivations& x, size_t row_begin,
                     size_t row_end) {
   if (w.type != TensorType::Q8_0 && w.type != TensorType::Q4_0) {
     fail("quantized matmul: weight type " + std::to_string(uint32_t(w.type)) +
@@ -63,22 +63,24 @@ void check_matmul_q(const QuantizedMatrix& w, const QuantizedActivations& x, siz
     fail("quantized matmul: row range [" + std::to_string(row_begin) + ", " +
          std::to_string(row_end) + ") is outside the " + std::to_string(w.rows) + " rows");
   }
-  // The packed kernel addresses 16 rows with 32-bit offsets.
-  const size_t row_bytes = w.cols / kQuantBlock * (w.type == TensorType::Q8_0 ? 34 : 18);
-  if (row_bytes > (size_t(1) << 26)) {
-    fail("quantized matmul: rows of " + std::to_string(w.cols) + " values are too long");
+  const size_t block_bytes = w.type == TensorType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  if (w.row_bytes < w.cols / kQuantBlock * block_bytes) {
+    fail("quantized matmul: rows of " + std::to_string(w.cols) + " values need " +
+         std::to_string(w.cols / kQuantBlock * block_bytes) + " bytes, but rows are " +
+         std::to_string(w.row_bytes) + " bytes apart");
   }
 }
 }  // namespace
 
-void matmul_q_rows(const QuantizedMatrix& w, const QuantizedActivations& x, float* y,
-                   size_t y_stride, size_t row_begin, size_t row_end) {
+void matmul_q_rows(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
+                   size_t row_begin, size_t row_end) {
   check_matmul_q(w, x, row_begin, row_end);
   if (x.n == 0 || row_begin == row_end) return;
-  HWY_DYNAMIC_DISPATCH(MatmulQRows)(w.type, w.data, w.cols, &x, y, y_stride, row_begin, row_end);
+  HWY_DYNAMIC_DISPATCH(MatmulQRows)
+  (w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, row_begin, row_end);
 }
 
-void matmul_q(const QuantizedMatrix& w, const QuantizedActivations& x, float* y, size_t y_stride,
+void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
               int n_threads) {
   check_matmul_q(w, x, 0, w.rows);
   if (x.n == 0 || w.rows == 0) return;
@@ -92,7 +94,7 @@ void matmul_q(const QuantizedMatrix& w, const QuantizedActivations& x, float* y,
     const size_t parts = size_t(omp_get_num_threads()), part = size_t(omp_get_thread_num());
     const size_t begin = std::min(w.rows, units * part / parts * 32);
     const size_t end = std::min(w.rows, units * (part + 1) / parts * 32);
-    if (begin < end) kernel(w.type, w.data, w.cols, &x, y, y_stride, begin, end);
+    if (begin < end) kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, begin, end);
   }
 }
 

@@ -235,10 +235,9 @@ SLLM_VNNI void DirectRow(const uint8_t* row, size_t nb, const __m512i* prepared,
 
 // Rows [row_begin, row_end) for x's tokens, two at a time.
 template <class Step>
-SLLM_VNNI void DirectMatmul(const uint8_t* w, size_t nb,
+SLLM_VNNI void DirectMatmul(const uint8_t* w, size_t row_bytes, size_t nb,
                             const sllm::detail::QuantizedActivations& x, float* y, size_t y_stride,
                             size_t row_begin, size_t row_end) {
-  const size_t row_bytes = nb * Step::kBlockBytes;
   const size_t steps = (nb + Step::kBlocks - 1) / Step::kBlocks;
   static thread_local sllm::detail::AlignedBuffer<uint8_t> buffer;
   for (size_t t0 = 0; t0 < x.n; t0 += 2) {
@@ -421,16 +420,15 @@ SLLM_VNNI void PanelTokens(const uint8_t* panel, size_t nb, const int32_t* start
 // Below this many activation rows the direct kernel is faster than packing panels.
 constexpr size_t kPackedMinTokens = 3;
 
-SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols,
+SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_bytes,
                            const sllm::detail::QuantizedActivations* x, float* y, size_t y_stride,
                            size_t row_begin, size_t row_end) {
   const size_t nb = cols / kQuantBlock;
-  const size_t row_bytes = nb * (type == TensorType::Q8_0 ? kQ8Bytes : kQ4Bytes);
   if (x->n < kPackedMinTokens) {
     if (type == TensorType::Q8_0) {
-      DirectMatmul<Q8Step>(w, nb, *x, y, y_stride, row_begin, row_end);
+      DirectMatmul<Q8Step>(w, row_bytes, nb, *x, y, y_stride, row_begin, row_end);
     } else {
-      DirectMatmul<Q4Step>(w, nb, *x, y, y_stride, row_begin, row_end);
+      DirectMatmul<Q4Step>(w, row_bytes, nb, *x, y, y_stride, row_begin, row_end);
     }
     return;
   }
@@ -506,12 +504,11 @@ HWY_INLINE float RowDotQ4(const uint8_t* w, size_t nb, const int8_t* xq, const f
   return hn::GetLane(hn::SumOfLanes(df, acc));
 }
 
-void MatmulQRows(TensorType type, const uint8_t* w, size_t cols,
+void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_bytes,
                  const sllm::detail::QuantizedActivations* x, float* y, size_t y_stride,
                  size_t row_begin, size_t row_end) {
   const size_t nb = cols / kQuantBlock;
   const bool q8 = type == TensorType::Q8_0;
-  const size_t row_bytes = nb * (q8 ? kQ8Bytes : kQ4Bytes);
   for (size_t r = row_begin; r < row_end; ++r) {
     const uint8_t* wr = w + r * row_bytes;
     for (size_t t = 0; t < x->n; ++t) {
