@@ -1,11 +1,14 @@
 // Quantized matmul speed at the shapes of a 1.1B Llama (TinyLlama): GB/s of weights read for
-// decode (1 token), GOP/s (2 * rows * cols * tokens per second) for prefill.
+// decode (1 token), GOP/s (2 * rows * cols * tokens per second) for prefill, and tokens per second
+// of all the matrix products of a forward pass (BM_tinyllama_matmuls).
 //   bench_matmul_q --benchmark_filter=Q4_0
 #define SLLM_IMPLEMENTATION
 #include "sllm.h"
 
 #include <benchmark/benchmark.h>
 
+#include <cstring>
+#include <map>
 #include <random>
 
 namespace {
@@ -77,6 +80,85 @@ void BM_quantize_activations(benchmark::State& state) {
       double(state.iterations()) * double(tokens * cols) / 1e9, benchmark::Counter::kIsRate);
 }
 
+// The weight matrices of TinyLlama 1.1B (22 layers of q, k, v, o, gate, up and down, then the
+// output), separate buffers as in a model file, filled with random codes and a fixed scale.
+struct ModelMatrices {
+  struct Matrix {
+    size_t rows, cols;
+    std::vector<uint8_t> data;
+  };
+  std::vector<Matrix> layers;  // 7 per layer
+  Matrix output;
+};
+const ModelMatrices& tinyllama(sllm::TensorType type) {
+  static std::map<sllm::TensorType, ModelMatrices> cache;
+  auto it = cache.find(type);
+  if (it != cache.end()) return it->second;
+  const size_t block = type == sllm::TensorType::Q8_0 ? 34 : 18;
+  uint64_t state = 88172645463325252ull;
+  const uint16_t scale = sllm::f32_to_fp16(0.01f);
+  auto make = [&](size_t rows, size_t cols) {
+    ModelMatrices::Matrix m{rows, cols, std::vector<uint8_t>(rows * cols / 32 * block)};
+    for (size_t i = 0; i < m.data.size(); i += 8) {
+      state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+      std::memcpy(m.data.data() + i, &state, std::min<size_t>(8, m.data.size() - i));
+    }
+    for (size_t i = 0; i < m.data.size(); i += block) std::memcpy(m.data.data() + i, &scale, 2);
+    return m;
+  };
+  ModelMatrices& model = cache[type];
+  const size_t dim = 2048, kv = 256, ffn = 5632;
+  for (int layer = 0; layer < 22; ++layer) {
+    for (auto shape : {std::pair<size_t, size_t>{dim, dim},
+                       {kv, dim},
+                       {kv, dim},
+                       {dim, dim},
+                       {ffn, dim},
+                       {ffn, dim},
+                       {dim, ffn}}) {
+      model.layers.push_back(make(shape.first, shape.second));
+    }
+  }
+  model.output = make(32000, dim);
+  return model;
+}
+
+// Args: threads, tokens. Per layer the activations are quantized as a forward pass does (once
+// for q/k/v, once for o, once for gate/up, once for down); the output row is computed for the
+// last token only, as for a prompt.
+void BM_tinyllama_matmuls(benchmark::State& state, sllm::TensorType type) {
+  const int threads = int(state.range(0));
+  const size_t tokens = size_t(state.range(1));
+  const ModelMatrices& model = tinyllama(type);
+  std::vector<float> x(tokens * 5632, 0.5f), y(tokens * 32000);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i * 7919 % 255) - 127) / 64.0f;
+  sllm::detail::QuantizedActivations qx;
+  auto multiply = [&](const ModelMatrices::Matrix& m) {
+    sllm::detail::matmul_q({type, m.data.data(), m.rows, m.cols, m.data.size() / m.rows}, qx,
+                           y.data(), m.rows, threads);
+  };
+  size_t weight_bytes = model.output.data.size();
+  for (const auto& m : model.layers) weight_bytes += m.data.size();
+  for (auto _ : state) {
+    for (size_t i = 0; i < model.layers.size(); i += 7) {
+      for (size_t j = 0; j < 7; ++j) {
+        const auto& m = model.layers[i + j];
+        if (j == 0 || j == 3 || j == 4 || j == 6) {  // a new input: q/k/v, o, gate/up, down
+          sllm::detail::quantize_activations(x.data(), tokens, m.cols, m.cols, qx, threads);
+        }
+        multiply(m);
+      }
+    }
+    sllm::detail::quantize_activations(x.data(), 1, 2048, 2048, qx, threads);
+    multiply(model.output);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.counters["tokens/s"] =
+      benchmark::Counter(double(state.iterations()) * double(tokens), benchmark::Counter::kIsRate);
+  state.counters["GB/s"] = benchmark::Counter(
+      double(state.iterations()) * double(weight_bytes) / 1e9, benchmark::Counter::kIsRate);
+}
+
 void shapes(benchmark::internal::Benchmark* b) {
   for (int64_t tokens : {1, 512}) {
     for (int64_t threads : {1, 2}) {
@@ -93,6 +175,16 @@ void shapes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK_CAPTURE(BM_matmul_q, Q8_0, sllm::TensorType::Q8_0)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_matmul_q, Q4_0, sllm::TensorType::Q4_0)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_tinyllama_matmuls, Q8_0, sllm::TensorType::Q8_0)
+    ->ArgsProduct({{1, 2}, {1, 512}})
+    ->ArgNames({"threads", "tokens"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_tinyllama_matmuls, Q4_0, sllm::TensorType::Q4_0)
+    ->ArgsProduct({{1, 2}, {1, 512}})
+    ->ArgNames({"threads", "tokens"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_quantize_activations)
     ->Args({1, 2048, 1})
     ->Args({512, 2048, 1})

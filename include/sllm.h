@@ -583,6 +583,10 @@ struct QuantizedActivations {
 void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride,
                           QuantizedActivations& out, int n_threads = 0);
 
+// From this many activation rows on, the kernels pack panels of weights (below, they stream the
+// weights in place, which is faster for so few rows).
+constexpr size_t kPackedMinRows = 3;
+
 // y[t * y_stride + r] = sum_c w[r][c] * x[t][c] for the x.n activation rows t and the weight rows
 // r in [row_begin, row_end), so that a caller can share the rows among its threads. w is of type
 // Q8_0 or Q4_0, read in place (cols a multiple of 32, row_bytes at least the blocks of a row). One
@@ -2278,14 +2282,11 @@ SLLM_VNNI void PanelTokens(const uint8_t* panel, size_t nb, const int32_t* start
   }
 }
 
-// Below this many activation rows the direct kernel is faster than packing panels.
-constexpr size_t kPackedMinTokens = 3;
-
 SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_bytes,
                            const sllm::detail::QuantizedActivations* x, float* y, size_t y_stride,
                            size_t row_begin, size_t row_end) {
   const size_t nb = cols / kQuantBlock;
-  if (x->n < kPackedMinTokens) {
+  if (x->n < sllm::detail::kPackedMinRows) {
     if (type == TensorType::Q8_0) {
       DirectMatmul<Q8Step>(w, row_bytes, nb, *x, y, y_stride, row_begin, row_end);
     } else {
@@ -3940,6 +3941,10 @@ void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride
   const auto kernel = HWY_DYNAMIC_DISPATCH(QuantizeActivationRows);
   // Splitting pays only when each thread gets a few rows of real work.
   const int threads = n * cols >= 65536 ? std::min<int>(omp_threads(n_threads), int(n)) : 1;
+  if (threads == 1) {
+    kernel(x, x_stride, 0, n, &out);
+    return;
+  }
 #pragma omp parallel num_threads(threads)
   {
     const size_t parts = size_t(omp_get_num_threads()), part = size_t(omp_get_thread_num());
@@ -3988,16 +3993,31 @@ void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size
   check_matmul_q(w, x, 0, w.rows);
   if (x.n == 0 || w.rows == 0) return;
   const auto kernel = HWY_DYNAMIC_DISPATCH(MatmulQRows);
-  // Threads take contiguous row ranges in multiples of 32 rows (a packed panel), so that they
-  // stream disjoint parts of the matrix.
+  // Rows go to threads in multiples of 32 (a packed panel of the prefill kernel).
   const size_t units = (w.rows + 31) / 32;
   const int threads = std::min<int>(omp_threads(n_threads), int(units));
+  if (threads == 1) {
+    kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, 0, w.rows);
+    return;
+  }
+  if (x.n < kPackedMinRows) {
+    // Decode: each thread streams one contiguous part of the matrix.
 #pragma omp parallel num_threads(threads)
-  {
-    const size_t parts = size_t(omp_get_num_threads()), part = size_t(omp_get_thread_num());
-    const size_t begin = std::min(w.rows, units * part / parts * 32);
-    const size_t end = std::min(w.rows, units * (part + 1) / parts * 32);
-    if (begin < end) kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, begin, end);
+    {
+      const size_t parts = size_t(omp_get_num_threads()), part = size_t(omp_get_thread_num());
+      const size_t begin = std::min(w.rows, units * part / parts * 32);
+      const size_t end = std::min(w.rows, units * (part + 1) / parts * 32);
+      if (begin < end) kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, begin, end);
+    }
+    return;
+  }
+  // Batches are compute-bound: threads take chunks of 4 panels as they finish, so that a thread
+  // slowed down (by another process on its core) does not hold the others up.
+  const size_t chunks = (units + 3) / 4;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (size_t c = 0; c < chunks; ++c) {
+    const size_t begin = c * 128, end = std::min(w.rows, begin + 128);
+    kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, begin, end);
   }
 }
 

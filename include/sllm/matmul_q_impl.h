@@ -37,6 +37,10 @@ void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride
   const auto kernel = HWY_DYNAMIC_DISPATCH(QuantizeActivationRows);
   // Splitting pays only when each thread gets a few rows of real work.
   const int threads = n * cols >= 65536 ? std::min<int>(omp_threads(n_threads), int(n)) : 1;
+  if (threads == 1) {
+    kernel(x, x_stride, 0, n, &out);
+    return;
+  }
 #pragma omp parallel num_threads(threads)
   {
     const size_t parts = size_t(omp_get_num_threads()), part = size_t(omp_get_thread_num());
@@ -85,16 +89,31 @@ void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size
   check_matmul_q(w, x, 0, w.rows);
   if (x.n == 0 || w.rows == 0) return;
   const auto kernel = HWY_DYNAMIC_DISPATCH(MatmulQRows);
-  // Threads take contiguous row ranges in multiples of 32 rows (a packed panel), so that they
-  // stream disjoint parts of the matrix.
+  // Rows go to threads in multiples of 32 (a packed panel of the prefill kernel).
   const size_t units = (w.rows + 31) / 32;
   const int threads = std::min<int>(omp_threads(n_threads), int(units));
+  if (threads == 1) {
+    kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, 0, w.rows);
+    return;
+  }
+  if (x.n < kPackedMinRows) {
+    // Decode: each thread streams one contiguous part of the matrix.
 #pragma omp parallel num_threads(threads)
-  {
-    const size_t parts = size_t(omp_get_num_threads()), part = size_t(omp_get_thread_num());
-    const size_t begin = std::min(w.rows, units * part / parts * 32);
-    const size_t end = std::min(w.rows, units * (part + 1) / parts * 32);
-    if (begin < end) kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, begin, end);
+    {
+      const size_t parts = size_t(omp_get_num_threads()), part = size_t(omp_get_thread_num());
+      const size_t begin = std::min(w.rows, units * part / parts * 32);
+      const size_t end = std::min(w.rows, units * (part + 1) / parts * 32);
+      if (begin < end) kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, begin, end);
+    }
+    return;
+  }
+  // Batches are compute-bound: threads take chunks of 4 panels as they finish, so that a thread
+  // slowed down (by another process on its core) does not hold the others up.
+  const size_t chunks = (units + 3) / 4;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (size_t c = 0; c < chunks; ++c) {
+    const size_t begin = c * 128, end = std::min(w.rows, begin + 128);
+    kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, begin, end);
   }
 }
 
