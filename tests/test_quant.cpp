@@ -373,7 +373,7 @@ TEST_CASE("quantized matmul matches the scalar reference on every target") {
   std::mt19937 rng(44);
   for (TensorType type : {TensorType::Q8_0, TensorType::Q4_0}) {
     for (size_t cols : {32, 64, 96, 4096 + 32}) {
-      for (size_t rows : {1, 3, 33, 67}) {
+      for (size_t rows : {1, 3, 33, 67, 259}) {
         const size_t row_bytes = cols / 32 * block_bytes(type);
         GuardedBuffer w(rows * row_bytes);
         fill_weights(rng, type, rows, cols, w.data());
