@@ -583,10 +583,6 @@ struct QuantizedActivations {
 void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride,
                           QuantizedActivations& out, int n_threads = 0);
 
-// From this many activation rows on, the kernels pack panels of weights (below, they stream the
-// weights in place, which is faster for so few rows).
-constexpr size_t kPackedMinRows = 3;
-
 // y[t * y_stride + r] = sum_c w[r][c] * x[t][c] for the x.n activation rows t and the weight rows
 // r in [row_begin, row_end), so that a caller can share the rows among its threads. w is of type
 // Q8_0 or Q4_0, read in place (cols a multiple of 32, row_bytes at least the blocks of a row). One
@@ -2282,11 +2278,14 @@ SLLM_VNNI void PanelTokens(const uint8_t* panel, size_t nb, const int32_t* start
   }
 }
 
+// From this many activation rows on, packing panels is faster than streaming the weights.
+constexpr size_t kPackedMinTokens = 3;
+
 SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_bytes,
                            const sllm::detail::QuantizedActivations* x, float* y, size_t y_stride,
                            size_t row_begin, size_t row_end) {
   const size_t nb = cols / kQuantBlock;
-  if (x->n < sllm::detail::kPackedMinRows) {
+  if (x->n < kPackedMinTokens) {
     if (type == TensorType::Q8_0) {
       DirectMatmul<Q8Step>(w, row_bytes, nb, *x, y, y_stride, row_begin, row_end);
     } else {
@@ -3993,30 +3992,20 @@ void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size
   check_matmul_q(w, x, 0, w.rows);
   if (x.n == 0 || w.rows == 0) return;
   const auto kernel = HWY_DYNAMIC_DISPATCH(MatmulQRows);
-  // Rows go to threads in multiples of 32 (a packed panel of the prefill kernel).
-  const size_t units = (w.rows + 31) / 32;
-  const int threads = std::min<int>(omp_threads(n_threads), int(units));
+  const int threads = std::min<int>(omp_threads(n_threads), int((w.rows + 31) / 32));
   if (threads == 1) {
     kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, 0, w.rows);
     return;
   }
-  if (x.n < kPackedMinRows) {
-    // Decode: each thread streams one contiguous part of the matrix.
-#pragma omp parallel num_threads(threads)
-    {
-      const size_t parts = size_t(omp_get_num_threads()), part = size_t(omp_get_thread_num());
-      const size_t begin = std::min(w.rows, units * part / parts * 32);
-      const size_t end = std::min(w.rows, units * (part + 1) / parts * 32);
-      if (begin < end) kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, begin, end);
-    }
-    return;
-  }
-  // Batches are compute-bound: threads take chunks of 4 panels as they finish, so that a thread
-  // slowed down (by another process on its core) does not hold the others up.
-  const size_t chunks = (units + 3) / 4;
+  // Threads take chunks of rows (multiples of 32, a packed panel of the prefill kernel), about
+  // four each, as they finish: a thread slowed down by another process on its core then holds
+  // the others up for one chunk at most. Each chunk is a contiguous part of the matrix, which
+  // the hardware prefetcher streams well.
+  const size_t chunk = round_up(std::max<size_t>(1, w.rows / (4 * size_t(threads))), 32);
+  const size_t chunks = (w.rows + chunk - 1) / chunk;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (size_t c = 0; c < chunks; ++c) {
-    const size_t begin = c * 128, end = std::min(w.rows, begin + 128);
+    const size_t begin = c * chunk, end = std::min(w.rows, begin + chunk);
     kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, begin, end);
   }
 }

@@ -29,10 +29,6 @@ struct QuantizedActivations {
 void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride,
                           QuantizedActivations& out, int n_threads = 0);
 
-// From this many activation rows on, the kernels pack panels of weights (below, they stream the
-// weights in place, which is faster for so few rows).
-constexpr size_t kPackedMinRows = 3;
-
 // y[t * y_stride + r] = sum_c w[r][c] * x[t][c] for the x.n activation rows t and the weight rows
 // r in [row_begin, row_end), so that a caller can share the rows among its threads. w is of type
 // Q8_0 or Q4_0, read in place (cols a multiple of 32, row_bytes at least the blocks of a row). One

@@ -89,30 +89,20 @@ void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size
   check_matmul_q(w, x, 0, w.rows);
   if (x.n == 0 || w.rows == 0) return;
   const auto kernel = HWY_DYNAMIC_DISPATCH(MatmulQRows);
-  // Rows go to threads in multiples of 32 (a packed panel of the prefill kernel).
-  const size_t units = (w.rows + 31) / 32;
-  const int threads = std::min<int>(omp_threads(n_threads), int(units));
+  const int threads = std::min<int>(omp_threads(n_threads), int((w.rows + 31) / 32));
   if (threads == 1) {
     kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, 0, w.rows);
     return;
   }
-  if (x.n < kPackedMinRows) {
-    // Decode: each thread streams one contiguous part of the matrix.
-#pragma omp parallel num_threads(threads)
-    {
-      const size_t parts = size_t(omp_get_num_threads()), part = size_t(omp_get_thread_num());
-      const size_t begin = std::min(w.rows, units * part / parts * 32);
-      const size_t end = std::min(w.rows, units * (part + 1) / parts * 32);
-      if (begin < end) kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, begin, end);
-    }
-    return;
-  }
-  // Batches are compute-bound: threads take chunks of 4 panels as they finish, so that a thread
-  // slowed down (by another process on its core) does not hold the others up.
-  const size_t chunks = (units + 3) / 4;
+  // Threads take chunks of rows (multiples of 32, a packed panel of the prefill kernel), about
+  // four each, as they finish: a thread slowed down by another process on its core then holds
+  // the others up for one chunk at most. Each chunk is a contiguous part of the matrix, which
+  // the hardware prefetcher streams well.
+  const size_t chunk = round_up(std::max<size_t>(1, w.rows / (4 * size_t(threads))), 32);
+  const size_t chunks = (w.rows + chunk - 1) / chunk;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (size_t c = 0; c < chunks; ++c) {
-    const size_t begin = c * 128, end = std::min(w.rows, begin + 128);
+    const size_t begin = c * chunk, end = std::min(w.rows, begin + chunk);
     kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, begin, end);
   }
 }

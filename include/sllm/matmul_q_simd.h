@@ -417,11 +417,14 @@ SLLM_VNNI void PanelTokens(const uint8_t* panel, size_t nb, const int32_t* start
   }
 }
 
+// From this many activation rows on, packing panels is faster than streaming the weights.
+constexpr size_t kPackedMinTokens = 3;
+
 SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_bytes,
                            const sllm::detail::QuantizedActivations* x, float* y, size_t y_stride,
                            size_t row_begin, size_t row_end) {
   const size_t nb = cols / kQuantBlock;
-  if (x->n < sllm::detail::kPackedMinRows) {
+  if (x->n < kPackedMinTokens) {
     if (type == TensorType::Q8_0) {
       DirectMatmul<Q8Step>(w, row_bytes, nb, *x, y, y_stride, row_begin, row_end);
     } else {
