@@ -555,6 +555,9 @@ void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
 // Quantized matmul, part of the kernels layer: Q8_0 and Q4_0 weight matrices, read in place,
 // times activation rows quantized to int8 per 32-value block. Products are int8 dot products
 // accumulated in int32 per block (VNNI vpdpbusd where the CPU has it), then scaled in f32.
+#include <algorithm>
+#include <cstring>
+
 namespace sllm {
 namespace detail {
 
@@ -3540,6 +3543,7 @@ void GgufWriter::write(const std::string& path) const {
 }  // namespace sllm
 
 // ---- quant_impl.h ----
+#include <algorithm>
 #include <cmath>
 
 namespace sllm {

@@ -1,6 +1,9 @@
 // Quantized matmul, part of the kernels layer: Q8_0 and Q4_0 weight matrices, read in place,
 // times activation rows quantized to int8 per 32-value block. Products are int8 dot products
 // accumulated in int32 per block (VNNI vpdpbusd where the CPU has it), then scaled in f32.
+#include <algorithm>
+#include <cstring>
+
 namespace sllm {
 namespace detail {
 

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 
 namespace sllm {
