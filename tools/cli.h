@@ -22,6 +22,7 @@ int cmd_info(int argc, char** argv);
 int cmd_generate(int argc, char** argv);
 int cmd_tokenize(int argc, char** argv);
 int cmd_logits(int argc, char** argv);
+int cmd_convert(int argc, char** argv);
 
 // Walks a subcommand's arguments in order:
 //   ArgReader args(argc, argv);

@@ -23,6 +23,7 @@ const Command kCommands[] = {
     {"tokenize", sllm::cli::cmd_tokenize, "print the token ids of a text"},
     {"logits", sllm::cli::cmd_logits, "write the logits of token ids, for comparisons"},
     {"info", sllm::cli::cmd_info, "show a GGUF file's metadata, tensors and sizes"},
+    {"convert", sllm::cli::cmd_convert, "convert a Hugging Face checkpoint folder to GGUF"},
 };
 
 void print_usage(std::FILE* out) {
