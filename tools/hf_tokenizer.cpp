@@ -258,20 +258,37 @@ const char kQwen2Regex[] =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 const char kNewlineRegex[] = "[\r\n]";
 const char kCjkRegex[] = "[一-龥ࠀ-一가-퟿]+";
-const char kDeepseekLettersRegex[] =
-    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-"
-    "ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-"
-    "ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-"
-    "𑣟𞤀-𞥃]+";
+// DeepSeek LLM's letters of cased scripts: copies of its tokenizer.json differ in the Unicode
+// normalization of some characters of this class (U+1F7D or U+03CE, U+212A or 'K'), so it is
+// matched by its start, which no other family shares.
+const char kDeepseekLettersStart[] = "\\s?[A-Za-z\u00B5\u00C0-\u00D6\u00D8-\u00F6\u00F8-\u01BA";
 const char kDeepseekPunctRegex[] = "\\s?[!-/:-~！-／：-～‘-‟　-。]+";
 
-std::string split_step(const std::string& regex) {
-  return "Split(" + regex + ")";
+// A step of a pre-tokenizer family: the step's text, or (prefix) its start.
+struct FamilyStep {
+  FamilyStep(const char* t) : text(t) {}  // NOLINT: a step is written as its text
+  FamilyStep(std::string t, bool p) : text(std::move(t)), prefix(p) {}
+  std::string text;
+  bool prefix = false;
+  bool matches(const std::string& step) const {
+    return prefix ? step.compare(0, text.size(), text) == 0 : step == text;
+  }
+};
+
+FamilyStep split_step(const std::string& regex, bool prefix = false) {
+  return FamilyStep("Split(" + regex + (prefix ? "" : ")"), prefix);
 }
 
 struct PreTokenizerFamily {
   const char* pre;
-  std::vector<std::string> steps;
+  std::vector<FamilyStep> steps;
+  bool matches(const std::vector<std::string>& s) const {
+    if (s.size() != steps.size()) return false;
+    for (size_t i = 0; i < s.size(); ++i) {
+      if (!steps[i].matches(s[i])) return false;
+    }
+    return true;
+  }
 };
 
 const std::vector<PreTokenizerFamily>& pre_tokenizer_families() {
@@ -287,7 +304,7 @@ const std::vector<PreTokenizerFamily>& pre_tokenizer_families() {
        {split_step(kNewlineRegex), split_step(R"(\s?\p{L}+)"), split_step(R"(\s?\p{P}+)"),
         split_step(kCjkRegex), "Digits(individual)", "ByteLevel"}},
       {"deepseek-llm",
-       {split_step(kNewlineRegex), split_step(kDeepseekLettersRegex),
+       {split_step(kNewlineRegex), split_step(kDeepseekLettersStart, true),
         split_step(kDeepseekPunctRegex), split_step(R"(\s+$)"), split_step(kCjkRegex),
         "Digits(individual)", "ByteLevel"}},
   };
@@ -342,7 +359,7 @@ std::string detect_pre_tokenizer(const nlohmann::json& tokenizer, const std::str
   std::vector<std::string> steps;
   pre_tokenizer_steps(tokenizer.value("pre_tokenizer", nlohmann::json()), steps);
   for (const PreTokenizerFamily& f : pre_tokenizer_families()) {
-    if (f.steps != steps) continue;
+    if (!f.matches(steps)) continue;
     const bool ignore_merges = tokenizer["model"].value("ignore_merges", false);
     if (std::string(f.pre) == "llama-bpe" && !ignore_merges) return "smaug-bpe";
     return f.pre;
@@ -619,7 +636,7 @@ HfTokenizer read_hf_tokenizer(const std::string& dir, uint64_t n_vocab) {
   t.mask = resolve("mask", -1);
 
   // Whether encoding adds BOS / EOS: tokenizer_config.json says so, else the post-processor's
-  // template; else llama.cpp's defaults (SentencePiece and Llama 3 add BOS).
+  // template; else llama.cpp's defaults (SentencePiece and Llama 3 add BOS, when they have one).
   const nlohmann::json processor = tokenizer_json.is_object()
                                        ? tokenizer_json.value("post_processor", nlohmann::json())
                                        : nlohmann::json();
@@ -630,7 +647,7 @@ HfTokenizer read_hf_tokenizer(const std::string& dir, uint64_t n_vocab) {
     }
     return fallback;
   };
-  v.add_bos = adds("add_bos_token", v.bos, true, spm || v.pre == "llama-bpe");
+  v.add_bos = adds("add_bos_token", v.bos, true, v.bos >= 0 && (spm || v.pre == "llama-bpe"));
   v.add_eos = adds("add_eos_token", v.eos, false, false);
 
   // The chat template: tokenizer_config.json's (a string, or a list of named templates), else
