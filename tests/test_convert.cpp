@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <fstream>
 #include <map>
+#include <random>
 #include <tuple>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -1054,4 +1055,63 @@ TEST_CASE("the output is never one of the inputs, and replaces an existing file 
   convert_error(dir.path(), out);
   CHECK(sllm_test::read_file(out.path("out.gguf")) == good);
   CHECK(out.files() == std::vector<std::string>{"out.gguf"});
+}
+
+TEST_CASE("JSON values of unexpected types are errors naming the file") {
+  TempDir dir, out;
+  copy_stories(dir);
+  json config = json::parse(sllm_test::read_file(dir.path("config.json")));
+  config["rope_scaling"] = {{"rope_type", 3}};
+  write_json(dir.path("config.json"), config);
+  CHECK(convert_error(dir.path(), out).find("config.json: a value of an unexpected type") !=
+        std::string::npos);
+
+  TempDir tok;
+  json j = small_tokenizer_json();
+  j["added_tokens"][0]["special"] = "yes";
+  write_json(tok.path("tokenizer.json"), j);
+  CHECK(sllm_test::error_message([&] {
+          hf::read_hf_tokenizer(tok.path(), 0);
+        }).find("tokenizer.json: a value of an unexpected type") != std::string::npos);
+  write_json(tok.path("tokenizer.json"), small_tokenizer_json());
+  write_json(tok.path("tokenizer_config.json"), {{"chat_template", {{{"name", 1}}}}});
+  CHECK(sllm_test::error_message([&] {
+          hf::read_hf_tokenizer(tok.path(), 0);
+        }).find("tokenizer_config.json: a value of an unexpected type") != std::string::npos);
+}
+
+TEST_CASE("corrupted safetensors headers and SentencePiece models are errors, never crashes") {
+  std::mt19937 rng(20240611);
+  const std::string st = sllm_test::read_file(stories_hf("model.safetensors"));
+  const std::string spm = sllm_test::read_file(stories_hf("tokenizer.model"));
+  TempDir dir;
+  size_t errors = 0, parsed = 0;
+  // Header bytes (the length, the JSON) changed at random: each file opens or is an Error.
+  for (int i = 0; i < 200; ++i) {
+    std::string bad = st;
+    for (int k = 0; k < 1 + int(rng() % 3); ++k) {
+      bad[rng() % (8 + 4856)] = char(rng() % 4 == 0 ? rng() : "0123456789,[]{}\" "[rng() % 17]);
+    }
+    write_file(dir.path("model.safetensors"), bad);
+    try {
+      hf::SafetensorsFile::open(dir.path("model.safetensors"));
+      ++parsed;
+    } catch (const sllm::Error&) {
+      ++errors;
+    }
+  }
+  // SentencePiece models with changed bytes or cut short.
+  for (int i = 0; i < 3000; ++i) {
+    std::string bad = spm.substr(0, i % 2 ? spm.size() : rng() % spm.size());
+    for (int k = 0; k < 1 + int(rng() % 4); ++k) bad[rng() % bad.size()] = char(rng());
+    try {
+      hf::SentencePieceModel::parse(reinterpret_cast<const uint8_t*>(bad.data()), bad.size(),
+                                    "tokenizer.model");
+      ++parsed;
+    } catch (const sllm::Error&) {
+      ++errors;
+    }
+  }
+  MESSAGE(parsed << " corrupted files parsed, " << errors << " refused");
+  CHECK(errors > 0);
 }

@@ -1,7 +1,9 @@
 #include "hf_convert.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <sys/stat.h>
 
@@ -484,7 +486,6 @@ class Converter {
   std::vector<PlannedTensor> tensors_;
   std::vector<std::string> inputs_;  // files read
   std::vector<std::string> used_;    // checkpoint tensors converted
-  std::vector<std::string> notes_;   // metadata decisions to report
 };
 
 const SafeTensor* Converter::find(const SafetensorsCheckpoint& ckpt,
@@ -750,6 +751,7 @@ ConvertResult Converter::run(const std::string& out) {
   for (const PlannedTensor& t : tensors_) {
     w.add_tensor(t.name, t.type, t.ne, [&, total = result.n_bytes](uint8_t* dst) {
       fill_tensor(t, dst);
+      if (t.src != nullptr) t.src->release_pages();
       done += t.n_bytes();
       if (options_.progress) options_.progress(done, total);
     });
@@ -763,7 +765,13 @@ ConvertResult Converter::run(const std::string& out) {
 
 ConvertResult convert_checkpoint(const std::string& dir, const std::string& out,
                                  const ConvertOptions& options) {
-  return Converter(dir, options).run(out);
+  try {
+    return Converter(dir, options).run(out);
+  } catch (const nlohmann::json::exception& e) {
+    // The tokenizer's and the safetensors' readers name their files; what is left is config.json.
+    detail::fail(path_join(dir, "config.json") +
+                 ": a value of an unexpected type: " + json_error_text(e));
+  }
 }
 
 }  // namespace hf

@@ -21,15 +21,23 @@ bool is_regular_file(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
+std::string json_brief(const nlohmann::json& v) {
+  const std::string s = v.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  return s.size() <= 60 ? s : s.substr(0, 60) + "...";
+}
+
+std::string json_error_text(const nlohmann::json::exception& e) {
+  // e.what() reads "[json.exception.parse_error.101] parse error at line 1, column 5: ...".
+  const std::string what = e.what();
+  const size_t bracket = what.find("] ");
+  return what[0] == '[' && bracket != std::string::npos ? what.substr(bracket + 2) : what;
+}
+
 nlohmann::json parse_json(const char* begin, const char* end, const std::string& origin) {
   try {
     return nlohmann::json::parse(begin, end);
   } catch (const nlohmann::json::exception& e) {
-    // e.what() reads "[json.exception.parse_error.101] parse error at line 1, column 5: ...".
-    std::string what = e.what();
-    const size_t bracket = what.find("] ");
-    if (what[0] == '[' && bracket != std::string::npos) what = what.substr(bracket + 2);
-    detail::fail(origin + ": not valid JSON: " + what);
+    detail::fail(origin + ": not valid JSON: " + json_error_text(e));
   }
 }
 
@@ -97,7 +105,7 @@ std::optional<uint64_t> JsonObject::find_uint(std::initializer_list<const char*>
     const double d = v->get<double>();
     if (d >= 0 && d < 1.8e19 && d == double(uint64_t(d))) return uint64_t(d);
   }
-  fail(found_key(doc_, keys), "expected a non-negative integer, found " + v->dump());
+  fail(found_key(doc_, keys), "expected a non-negative integer, found " + json_brief(*v));
 }
 
 uint64_t JsonObject::get_uint(std::initializer_list<const char*> keys) const {
@@ -109,7 +117,7 @@ uint64_t JsonObject::get_uint(std::initializer_list<const char*> keys) const {
 std::optional<double> JsonObject::find_number(std::initializer_list<const char*> keys) const {
   const nlohmann::json* v = find_any(keys);
   if (v == nullptr) return std::nullopt;
-  if (!v->is_number()) fail(found_key(doc_, keys), "expected a number, found " + v->dump());
+  if (!v->is_number()) fail(found_key(doc_, keys), "expected a number, found " + json_brief(*v));
   return v->get<double>();
 }
 
@@ -122,14 +130,14 @@ double JsonObject::get_number(std::initializer_list<const char*> keys) const {
 std::optional<bool> JsonObject::find_bool(const char* key) const {
   const nlohmann::json* v = find_any({key});
   if (v == nullptr) return std::nullopt;
-  if (!v->is_boolean()) fail(key, "expected true or false, found " + v->dump());
+  if (!v->is_boolean()) fail(key, "expected true or false, found " + json_brief(*v));
   return v->get<bool>();
 }
 
 std::optional<std::string> JsonObject::find_string(const char* key) const {
   const nlohmann::json* v = find_any({key});
   if (v == nullptr) return std::nullopt;
-  if (!v->is_string()) fail(key, "expected a string, found " + v->dump());
+  if (!v->is_string()) fail(key, "expected a string, found " + json_brief(*v));
   return v->get<std::string>();
 }
 

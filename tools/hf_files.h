@@ -18,6 +18,11 @@ nlohmann::json read_json_file(const std::string& path);
 // Parses text that came from origin (a file, or a header inside one).
 nlohmann::json parse_json(const char* begin, const char* end, const std::string& origin);
 
+// A JSON value for a message: its text, cut after 60 bytes.
+std::string json_brief(const nlohmann::json& v);
+// nlohmann-json's message without its "[json.exception.type_error.302] " prefix.
+std::string json_error_text(const nlohmann::json::exception& e);
+
 // A JSON object read from a file, with typed access that names the file and key on error.
 class JsonObject {
  public:

@@ -337,7 +337,7 @@ void pre_tokenizer_steps(const nlohmann::json& p, std::vector<std::string>& step
     } else if (pattern.contains("String") && pattern["String"].is_string()) {
       s = "Split(string " + pattern["String"].get<std::string>() + ")";
     } else {
-      s = "Split(" + pattern.dump() + ")";
+      s = "Split(" + json_brief(pattern) + ")";
     }
     const std::string behavior = p.value("behavior", "");
     if (behavior != "Isolated") s += "[" + behavior + "]";
@@ -348,7 +348,7 @@ void pre_tokenizer_steps(const nlohmann::json& p, std::vector<std::string>& step
   } else if (type == "Punctuation") {
     steps.push_back("Punctuation(" + p.value("behavior", "Isolated") + ")");
   } else {
-    steps.push_back(type.empty() ? p.dump() : type);
+    steps.push_back(type.empty() ? json_brief(p) : type);
   }
 }
 
@@ -401,7 +401,7 @@ Vocabulary byte_level_vocabulary(const nlohmann::json& j, const std::string& pat
 
   const auto check_id = [&](const nlohmann::json& id, const std::string& token) -> size_t {
     if (!id.is_number_unsigned() || id.get<uint64_t>() >= (uint64_t(1) << 31)) {
-      detail::fail(path + ": token '" + token + "' has id " + id.dump() + ", not a token id");
+      detail::fail(path + ": token '" + token + "' has id " + json_brief(id) + ", not a token id");
     }
     return id.get<size_t>();
   };
@@ -411,7 +411,7 @@ Vocabulary byte_level_vocabulary(const nlohmann::json& j, const std::string& pat
   }
   for (const nlohmann::json& a : added) {
     if (!a.is_object() || !a.contains("content") || !a["content"].is_string()) {
-      detail::fail(path + ": added_tokens entry " + a.dump() + " has no content");
+      detail::fail(path + ": added_tokens entry " + json_brief(a) + " has no content");
     }
     n = std::max(n, check_id(a.value("id", nlohmann::json()), a["content"]) + 1);
   }
@@ -451,7 +451,7 @@ Vocabulary byte_level_vocabulary(const nlohmann::json& j, const std::string& pat
       v.merges.push_back(replace_all(m[0].get<std::string>(), " ", "\xC4\xA0") + " " +
                          replace_all(m[1].get<std::string>(), " ", "\xC4\xA0"));
     } else {
-      detail::fail(path + ": model.merges entry " + m.dump() + " is not \"a b\" or [a, b]");
+      detail::fail(path + ": model.merges entry " + json_brief(m) + " is not \"a b\" or [a, b]");
     }
   }
   return v;
@@ -524,7 +524,11 @@ std::optional<bool> template_adds(const nlohmann::json& processor, const std::st
 
 }  // namespace
 
-HfTokenizer read_hf_tokenizer(const std::string& dir, uint64_t n_vocab) {
+namespace {
+
+// read_hf_tokenizer; current names the file being interpreted, for messages about JSON values of
+// unexpected types.
+HfTokenizer read_tokenizer_files(const std::string& dir, uint64_t n_vocab, std::string& current) {
   HfTokenizer t;
   const std::string spm_path = path_join(dir, "tokenizer.model");
   const std::string json_path = path_join(dir, "tokenizer.json");
@@ -539,6 +543,7 @@ HfTokenizer read_hf_tokenizer(const std::string& dir, uint64_t n_vocab) {
     t.vocab = sentencepiece_vocabulary(spm_path, n_vocab, &spm_model);
     t.files.push_back(spm_path);
   } else if (!tokenizer_json.is_null()) {
+    current = json_path;
     t.vocab = byte_level_vocabulary(tokenizer_json, json_path, n_vocab);
     t.files.push_back(json_path);
   } else {
@@ -555,11 +560,13 @@ HfTokenizer read_hf_tokenizer(const std::string& dir, uint64_t n_vocab) {
     if (is_regular_file(j->origin())) t.files.push_back(j->origin());
   }
 
+  current = tc_path;
   if (spm) {
     // Tokens added to a SentencePiece vocabulary: added_tokens.json, then tokenizer_config.json's
     // added_tokens_decoder, which may also retype tokens of the model (llama.cpp's order).
     const std::string added_path = path_join(dir, "added_tokens.json");
     if (is_regular_file(added_path)) {
+      current = added_path;
       const JsonObject added = JsonObject::read(added_path);
       t.files.push_back(added_path);
       for (auto it = added.doc().begin(); it != added.doc().end(); ++it) {
@@ -575,6 +582,7 @@ HfTokenizer read_hf_tokenizer(const std::string& dir, uint64_t n_vocab) {
         v.types[id] = TokenType::UserDefined;
       }
     }
+    current = tc_path;
     const nlohmann::json* decoder = tokenizer_config.find_any({"added_tokens_decoder"});
     if (decoder != nullptr && decoder->is_object()) {
       for (auto it = decoder->begin(); it != decoder->end(); ++it) {
@@ -601,6 +609,7 @@ HfTokenizer read_hf_tokenizer(const std::string& dir, uint64_t n_vocab) {
   // Special tokens, each from the first source that names one in the vocabulary: the token text
   // in tokenizer_config.json, the id in config.json, then in generation_config.json, then (for
   // SentencePiece) the model's trainer_spec.
+  current = tokenizer_json.is_object() ? json_path : tc_path;
   const TokenFinder finder(v, tokenizer_json.is_object()
                                   ? tokenizer_json.value("added_tokens", nlohmann::json())
                                   : nlohmann::json());
@@ -650,6 +659,7 @@ HfTokenizer read_hf_tokenizer(const std::string& dir, uint64_t n_vocab) {
   v.add_bos = adds("add_bos_token", v.bos, true, v.bos >= 0 && (spm || v.pre == "llama-bpe"));
   v.add_eos = adds("add_eos_token", v.eos, false, false);
 
+  current = tc_path;
   // The chat template: tokenizer_config.json's (a string, or a list of named templates), else
   // chat_template.jinja beside it (newer transformers save it so).
   const nlohmann::json* tmpl = tokenizer_config.find_any({"chat_template"});
@@ -681,6 +691,17 @@ HfTokenizer read_hf_tokenizer(const std::string& dir, uint64_t n_vocab) {
     }
   }
   return t;
+}
+
+}  // namespace
+
+HfTokenizer read_hf_tokenizer(const std::string& dir, uint64_t n_vocab) {
+  std::string current = dir;
+  try {
+    return read_tokenizer_files(dir, n_vocab, current);
+  } catch (const nlohmann::json::exception& e) {
+    detail::fail(current + ": a value of an unexpected type: " + json_error_text(e));
+  }
 }
 
 void add_tokenizer_metadata(GgufWriter& w, const HfTokenizer& t) {

@@ -1,8 +1,11 @@
 #include "safetensors.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <dirent.h>
 #include <set>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "hf_files.h"
 
@@ -21,6 +24,14 @@ std::string SafeTensor::shape_string() const {
   return s + "]";
 }
 
+void SafeTensor::release_pages() const {
+  if (n_bytes == 0) return;
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = uintptr_t(data) / page * page;
+  const uintptr_t end = (uintptr_t(data) + n_bytes + page - 1) / page * page;
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 uint32_t safetensors_dtype_bytes(const std::string& dtype) {
   static const std::pair<const char*, uint32_t> kDtypes[] = {
       {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E5M2", 1}, {"F8_E4M3", 1},
@@ -34,6 +45,14 @@ uint32_t safetensors_dtype_bytes(const std::string& dtype) {
 }
 
 SafetensorsFile SafetensorsFile::open(const std::string& path) {
+  try {
+    return parse(path);
+  } catch (const nlohmann::json::exception& e) {
+    detail::fail(path + ": header: a value of an unexpected type: " + json_error_text(e));
+  }
+}
+
+SafetensorsFile SafetensorsFile::parse(const std::string& path) {
   SafetensorsFile f;
   f.map_ = MappedFile::open(path);
   const uint64_t size = f.map_.size();
@@ -74,7 +93,7 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
     uint64_t n = 1;
     for (const nlohmann::json& d : *shape) {
       if (!d.is_number_unsigned())
-        detail::fail(where + ": shape " + shape->dump() + " is not a list of sizes");
+        detail::fail(where + ": shape " + json_brief(*shape) + " is not a list of sizes");
       t.shape.push_back(d.get<uint64_t>());
       n = detail::checked_mul(n, t.shape.back(), "a tensor's element count");
     }

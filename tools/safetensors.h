@@ -24,6 +24,10 @@ struct SafeTensor {
   std::string file;  // the path it came from, for messages
   uint64_t n_elements() const;
   std::string shape_string() const;  // "[512, 64]"
+  // Drops the tensor's pages from this process's memory once it has been read: the map is
+  // private and read-only, so they come back from the file if it is read again. Keeps a
+  // converter's resident size near one tensor rather than the whole checkpoint.
+  void release_pages() const;
 };
 
 // Bytes per element of a safetensors dtype name, or 0 for a name the format does not define.
@@ -37,6 +41,7 @@ class SafetensorsFile {
   const std::vector<SafeTensor>& tensors() const { return tensors_; }
 
  private:
+  static SafetensorsFile parse(const std::string& path);
   MappedFile map_;
   std::vector<SafeTensor> tensors_;  // in order of their data
 };
