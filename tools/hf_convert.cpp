@@ -278,6 +278,10 @@ Hparams read_hparams(const Architecture& arch, const JsonObject& c) {
   check(h.n_head_kv, "the key/value head count");
   check(h.n_ff, "the feed-forward size");
   check(h.n_vocab, "vocab_size");
+  if (h.n_vocab > kMaxTokens) {
+    detail::fail(c.origin() + ": vocab_size " + std::to_string(h.n_vocab) + " is more than " +
+                 std::to_string(kMaxTokens) + " tokens");
+  }
   check(h.n_ctx, "the context length");
   if (h.n_head % h.n_head_kv != 0) {
     detail::fail(c.origin() + ": num_attention_heads " + std::to_string(h.n_head) +
@@ -715,15 +719,15 @@ ConvertResult Converter::run(const std::string& out) {
     arch_ = &find_architecture(config_);
     hp_ = read_hparams(*arch_, config_);
   }
-  const HfTokenizer tokenizer = read_hf_tokenizer(dir_, has_config ? hp_.n_vocab : 0);
-  inputs_ = tokenizer.files;
-
+  // The tensors first: their shapes check config.json's sizes, vocab_size among them.
   SafetensorsCheckpoint ckpt;
   if (!options_.vocab_only) {
     ckpt = SafetensorsCheckpoint::open(dir_);
-    inputs_.insert(inputs_.end(), ckpt.files().begin(), ckpt.files().end());
+    inputs_ = ckpt.files();
     plan_tensors(ckpt);
   }
+  const HfTokenizer tokenizer = read_hf_tokenizer(dir_, has_config ? hp_.n_vocab : 0);
+  inputs_.insert(inputs_.end(), tokenizer.files.begin(), tokenizer.files.end());
 
   // general.name: the folder's name, as llama.cpp's converter falls back to.
   char* real = ::realpath(dir_.c_str(), nullptr);

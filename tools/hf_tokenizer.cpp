@@ -400,7 +400,7 @@ Vocabulary byte_level_vocabulary(const nlohmann::json& j, const std::string& pat
   if (!added.is_array()) detail::fail(path + ": added_tokens is not a list");
 
   const auto check_id = [&](const nlohmann::json& id, const std::string& token) -> size_t {
-    if (!id.is_number_unsigned() || id.get<uint64_t>() >= (uint64_t(1) << 31)) {
+    if (!id.is_number_unsigned() || id.get<uint64_t>() >= kMaxTokens) {
       detail::fail(path + ": token '" + token + "' has id " + json_brief(id) + ", not a token id");
     }
     return id.get<size_t>();

@@ -31,6 +31,10 @@ struct SentencePieceModel {
   static SentencePieceModel parse(const uint8_t* data, uint64_t size, const std::string& origin);
 };
 
+// The most tokens a vocabulary may have (the largest in use have about 256K): ids and sizes in
+// files past it are errors rather than allocations.
+constexpr uint64_t kMaxTokens = uint64_t(1) << 24;
+
 // A tokenizer read from a model folder.
 struct HfTokenizer {
   Vocabulary vocab;  // all the tokenizer layer reads; add_bos/add_eos resolved
