@@ -514,13 +514,15 @@ json tokenizer_json_from_gguf(const Gguf& g, const json& pre_tokenizer) {
 TEST_CASE("tokenizer.ggml.pre comes from the tokenizer.json's pre_tokenizer") {
   // Each family's vocabulary (from llama.cpp's GGUF) with its published pre_tokenizer: the
   // converter names the family, and the converted file passes the family's vectors.
-  for (const auto& [name, pre] :
+  for (const auto& family :
        std::vector<std::pair<std::string, std::string>>{{"mpt", "gpt-2"},
                                                         {"starcoder", "starcoder"},
                                                         {"refact", "starcoder"},
                                                         {"falcon", "falcon"},
                                                         {"deepseek-coder", "deepseek-coder"},
                                                         {"deepseek-llm", "deepseek-llm"}}) {
+    const std::string& name = family.first;
+    const std::string& pre = family.second;
     CAPTURE(name);
     const std::string ref_path = sllm_test::fixture("vocab/ggml-vocab-" + name + ".gguf");
     if (ref_path.empty()) continue;
@@ -898,13 +900,14 @@ TEST_CASE("llama, qwen2, phi3, gpt2, gemma: llama.cpp's tensors and hyperparamet
       CHECK(tensor_bytes(*g) == float_bytes(expected));
     }
     // Every hyperparameter llama.cpp wrote, under the same key and type.
-    for (const auto& [key, value] : ref.metadata()) {
+    for (const auto& kv : ref.metadata()) {
+      const std::string& key = kv.first;
       if (key.compare(0, arch.size() + 1, arch + ".") != 0 && key != "general.architecture") {
         continue;
       }
       CAPTURE(key);
       REQUIRE(got.find(key) != nullptr);
-      CHECK(*got.find(key) == value);
+      CHECK(*got.find(key) == kv.second);
     }
     CHECK(*got.find("tokenizer.ggml.tokens") == *ref.find("tokenizer.ggml.tokens"));
   }
