@@ -2,6 +2,8 @@
 // reader they share. tools/sllm.cpp dispatches to them.
 #pragma once
 #include <cerrno>
+#include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -28,6 +30,19 @@ int cmd_logits(int argc, char** argv);
 int cmd_chat(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 int cmd_convert(int argc, char** argv);
+
+// "1.13 MiB" for a byte count.
+std::string human_bytes(uint64_t n);
+
+// A one-line progress bar on stderr, redrawn at most ten times a second; the tools show it
+// only when stderr is a terminal.
+class ProgressBar {
+ public:
+  void update(uint64_t done, uint64_t total);
+
+ private:
+  std::chrono::steady_clock::time_point last_{};
+};
 
 // Walks a subcommand's arguments in order:
 //   ArgReader args(argc, argv);

@@ -43,41 +43,6 @@ hf::OutputType parse_type(const std::string& s) {
   throw UsageError("option --type: '" + s + "' is not a type (f32, f16, bf16 or auto)");
 }
 
-// "1.13 MiB" for a byte count.
-std::string human_bytes(uint64_t n) {
-  const char* units[] = {"bytes", "KiB", "MiB", "GiB", "TiB"};
-  double v = double(n);
-  size_t u = 0;
-  while (v >= 1024 && u + 1 < sizeof(units) / sizeof(units[0])) {
-    v /= 1024;
-    ++u;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.2f %s", v, units[u]);
-  return buf;
-}
-
-// A one-line bar on stderr, redrawn at most ten times a second.
-class ProgressBar {
- public:
-  void update(uint64_t done, uint64_t total) {
-    const auto now = std::chrono::steady_clock::now();
-    if (done < total && now - last_ < std::chrono::milliseconds(100)) return;
-    last_ = now;
-    const int width = 40;
-    const int filled = total ? int(double(done) / double(total) * width) : width;
-    std::fprintf(stderr, "\r[%s%s] %3d%% %s / %s", std::string(size_t(filled), '#').c_str(),
-                 std::string(size_t(width - filled), ' ').c_str(),
-                 total ? int(100.0 * double(done) / double(total)) : 100, human_bytes(done).c_str(),
-                 human_bytes(total).c_str());
-    if (done >= total) std::fputc('\n', stderr);
-    std::fflush(stderr);
-  }
-
- private:
-  std::chrono::steady_clock::time_point last_{};
-};
-
 }  // namespace
 
 int cmd_convert(int argc, char** argv) {

@@ -22,20 +22,6 @@ const char kInfoUsage[] =
     "  -a, --array-items N   array elements shown per metadata key (default 6)\n"
     "  -h, --help            show this help\n";
 
-// "1.13 MiB" for a byte count.
-std::string human_bytes(uint64_t n) {
-  const char* units[] = {"bytes", "KiB", "MiB", "GiB", "TiB"};
-  double v = double(n);
-  size_t u = 0;
-  while (v >= 1024 && u + 1 < sizeof(units) / sizeof(units[0])) {
-    v /= 1024;
-    ++u;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.2f %s", v, units[u]);
-  return buf;
-}
-
 // "292.5 K" for a parameter count.
 std::string human_count(uint64_t n) {
   const char* units[] = {"", " K", " M", " B", " T"};
