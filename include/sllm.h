@@ -530,7 +530,18 @@ void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
 // ---- kv.h ----
 // KV layer: the paged KV cache. One pool of fixed-size blocks, sized at start; each block holds
 // the keys and values of block_tokens consecutive tokens for every layer. A sequence is a table
-// of blocks. Running out of blocks or past the context is an Error, never a silent wrap.
+// of blocks; many sequences share one pool, and a block may be shared by several of them
+// (reference counts): forks share their parent's blocks and copy a shared block before writing
+// it. A full block is keyed by a hash of its tokens and of its parent block's key, so that a
+// new sequence starting with the same tokens takes the cached block instead of recomputing it;
+// blocks no sequence holds stay cached until the pool needs them (least recently used first).
+// Running out of blocks or past the context is an Error, never a silent wrap.
+//
+// Thread safety: a pool and its sequences are one unit; calls on them (and forward passes over
+// them) must not overlap. Distinct pools are independent.
+#include <list>
+#include <unordered_map>
+
 namespace sllm {
 
 // What one token stores per layer: n_kv_heads heads of key_dim key and value_dim value
@@ -564,13 +575,36 @@ class KvPool {
   TensorType type() const { return type_; }
   size_t block_tokens() const { return block_tokens_; }
   size_t n_blocks() const { return n_blocks_; }
-  size_t free_blocks() const { return free_.size(); }
+  // Blocks that allocate() can take: unused ones and cached ones that no sequence holds.
+  size_t free_blocks() const { return free_.size() + lru_.size(); }
+  size_t cached_blocks() const { return lru_.size(); }  // of those, the ones still cached
   size_t block_bytes() const { return block_bytes_; }
+  // Bytes of one token's keys and values, all layers.
+  size_t token_bytes() const { return block_bytes_ / block_tokens_; }
 
-  // Takes n free blocks (Error naming the numbers when fewer are free; then nothing is taken).
+  // Takes n blocks with a reference count of 1, unused ones first, then evicting the least
+  // recently used cached ones (Error naming the numbers when fewer are free; then nothing is
+  // taken).
   std::vector<uint32_t> allocate(size_t n);
+  void retain(uint32_t block) { ++refs_[block]; }
+  // Drops a reference; a block nobody holds becomes free, or stays cached when it is keyed.
   void release(uint32_t block);
+  uint32_t ref_count(uint32_t block) const { return refs_[block]; }
   uint8_t* block_data(uint32_t block) { return data_.data() + size_t{block} * block_bytes_; }
+  void copy_block(uint32_t dst, uint32_t src);
+
+  // Prefix cache. key_of() chains a full block's tokens to its parent's key (kRootKey for the
+  // first block). publish() makes a full block findable under its key (unless another block
+  // already is); unpublish() before its contents change. find() returns the block published
+  // under key whose parent and tokens are these (verified, so a hash collision is a miss),
+  // retained for the caller, or kNoBlock.
+  static constexpr uint64_t kRootKey = 0x6a09e667f3bcc909ull;
+  static constexpr uint32_t kNoBlock = UINT32_MAX;
+  static uint64_t key_of(uint64_t parent, const int32_t* tokens, size_t n);
+  void publish(uint32_t block, uint64_t key, uint64_t parent, const int32_t* tokens);
+  void unpublish(uint32_t block);
+  bool published(uint32_t block) const { return meta_[block].published; }
+  uint32_t find(uint64_t key, uint64_t parent, const int32_t* tokens);
 
   // Byte offsets inside a block of layer's first key and value rows, and between tokens.
   size_t key_offset(size_t layer) const { return layer * layer_bytes_; }
@@ -587,10 +621,21 @@ class KvPool {
   size_t key_bytes_ = 0, layer_bytes_ = 0, block_bytes_ = 0;
   detail::AlignedBuffer<uint8_t> data_;
   std::vector<uint32_t> free_;  // a stack; the lowest ids are handed out first
+  std::vector<uint32_t> refs_;
+  struct BlockMeta {
+    bool published = false;
+    uint64_t key = 0, parent = 0;
+    std::list<uint32_t>::iterator lru;  // valid while cached (refs 0, published)
+  };
+  std::vector<BlockMeta> meta_;
+  std::vector<int32_t> block_token_ids_;  // block_tokens per block, for published blocks
+  std::unordered_map<uint64_t, uint32_t> index_;
+  std::list<uint32_t> lru_;  // cached blocks nobody holds, least recently used first
 };
 
 // The cached tokens of one sequence: a block table into a pool (which must outlive it).
-// Holds at most max_tokens tokens (the context length).
+// Holds at most max_tokens tokens (the context length). Knows its token ids when commit() is
+// given them, which lets its full blocks be published to the pool's prefix cache.
 class KvSequence {
  public:
   KvSequence(KvPool& pool, size_t max_tokens);
@@ -604,12 +649,23 @@ class KvSequence {
   size_t size() const { return size_; }  // tokens stored
   size_t max_tokens() const { return max_tokens_; }
   const std::vector<uint32_t>& blocks() const { return blocks_; }
+  // The ids of the tokens held (-1 where commit() was not told them).
+  const std::vector<int32_t>& tokens() const { return tokens_; }
 
-  // Makes room for n more tokens after size(). Error on context overflow or when the pool has
-  // too few free blocks; then the sequence is unchanged.
+  // A sequence holding the same tokens, sharing every block with this one (copy on write).
+  KvSequence fork() const;
+  // Makes room for n more tokens after size(), copying a block to be written that other
+  // sequences share. Error on context overflow or when the pool has too few free blocks; then
+  // the sequence is unchanged.
   void reserve(size_t n);
-  // Marks n tokens after size() as written (they must have been reserved).
-  void commit(size_t n);
+  // Marks n tokens after size() as written (they must have been reserved); tokens (n ids, or
+  // null when unknown) lets the blocks they fill be published to the prefix cache.
+  void commit(size_t n, const int32_t* tokens = nullptr);
+  // Takes from the pool's prefix cache the cached full blocks that continue this sequence with
+  // tokens[0..n), as many as match, and returns how many tokens they hold (whole blocks, at
+  // most n). Nothing is taken when the sequence does not end at a block boundary of known
+  // tokens.
+  size_t reuse_prefix(const int32_t* tokens, size_t n);
   // Keeps the first n tokens and returns the blocks no longer needed to the pool.
   void truncate(size_t n);
   void clear() { truncate(0); }
@@ -623,10 +679,13 @@ class KvSequence {
 
  private:
   void release_all();
+  void publish_full_blocks();
   uint8_t* row(size_t pos, size_t offset, size_t stride);
   KvPool* pool_;
   size_t max_tokens_;
   size_t size_ = 0;
+  std::vector<int32_t> tokens_;
+  std::vector<uint64_t> keys_;  // prefix-cache keys of the first full blocks of known tokens
   std::vector<uint32_t> blocks_;
   std::vector<const uint8_t*> block_data_;  // blocks_' addresses, for PagedRows
 };
@@ -713,6 +772,8 @@ class ForwardScratch {
   size_t n_tokens_ = 0, n_ctx_ = 0, n_threads_ = 0;
   detail::AlignedBuffer<float> x_, xb_, qkv_, att_, ffn_;
   detail::AlignedBuffer<float> rope_cos_, rope_sin_, scores_;
+  std::vector<KvSequence*> seqs_;  // the sequence and position of each token of the batch
+  std::vector<size_t> pos_;
 };
 
 // A decoder-only transformer whose weights are views into an open GGUF (which must outlive it).
@@ -731,6 +792,14 @@ class Transformer {
   // past the learned positions of a model that has them) or an exhausted pool.
   void forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& scratch,
                float* logits, LogitsFor which = LogitsFor::kLast) const;
+  // One decode step of n distinct sequences at once: seqs[i] gets tokens[i] after its own
+  // tokens, and row i of logits (n * n_vocab floats) is its next-token logits. Every weight is
+  // read once for the whole batch; each row attends over its own block table. Error, with
+  // every sequence's size unchanged, as for forward (the message names the sequence); a caller
+  // that wants the others to go on reserves each sequence's token first (KvSequence::reserve)
+  // and leaves out those that fail.
+  void forward_batch(const int32_t* tokens, KvSequence* const* seqs, size_t n,
+                     ForwardScratch& scratch, float* logits) const;
 
  private:
   Transformer() = default;  // made by load()
@@ -755,15 +824,19 @@ class Transformer {
     Linear ffn_down;
   };
   void prepare(ForwardScratch& s, size_t n, size_t n_ctx) const;
-  void embed(const int32_t* tokens, size_t n, size_t pos0, ForwardScratch& s) const;
+  void check_tokens(const int32_t* tokens, size_t n) const;
+  void check_sequence(const KvSequence& seq, size_t n) const;
+  // The batch's layers over scratch's sequences and positions (reserved), then logits.
+  void run(const int32_t* tokens, size_t n, ForwardScratch& s, float* logits,
+           LogitsFor which) const;
+  void embed(const int32_t* tokens, size_t n, ForwardScratch& s) const;
   void normalize(const Norm& norm, const float* x, size_t n, float* out) const;
   // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride.
   void linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
               size_t y_stride) const;
   // The same for every part, side by side in rows of p.rows floats.
   void project(const Projection& p, const float* x, size_t n, size_t x_stride, float* y) const;
-  void attention_block(const Layer& layer, size_t l, size_t n, size_t pos0, KvSequence& seq,
-                       ForwardScratch& s) const;
+  void attention_block(const Layer& layer, size_t l, size_t n, ForwardScratch& s) const;
   void ffn_block(const Layer& layer, size_t n, ForwardScratch& s) const;
 
   ModelConfig config_;
@@ -3510,6 +3583,9 @@ KvPool::KvPool(const KvShape& shape, size_t n_blocks, size_t block_tokens, Tenso
   data_.resize(checked_mul(block_bytes_, n_blocks, "KV cache pool"));
   free_.resize(n_blocks);
   for (size_t i = 0; i < n_blocks; ++i) free_[i] = uint32_t(n_blocks - 1 - i);
+  refs_.assign(n_blocks, 0);
+  meta_.resize(n_blocks);
+  block_token_ids_.resize(checked_mul(n_blocks, block_tokens, "KV cache pool"));
 }
 
 KvPool KvPool::for_tokens(const KvShape& shape, size_t n_tokens, size_t block_tokens,
@@ -3519,19 +3595,80 @@ KvPool KvPool::for_tokens(const KvShape& shape, size_t n_tokens, size_t block_to
 }
 
 std::vector<uint32_t> KvPool::allocate(size_t n) {
-  if (n > free_.size()) {
+  if (n > free_blocks()) {
     detail::fail("KV cache pool exhausted: " + std::to_string(n) + " more blocks of " +
-                 std::to_string(block_tokens_) + " tokens needed, " + std::to_string(free_.size()) +
-                 " of " + std::to_string(n_blocks_) + " free");
+                 std::to_string(block_tokens_) + " tokens needed, " +
+                 std::to_string(free_blocks()) + " of " + std::to_string(n_blocks_) + " free");
   }
+  // Evicting a cached block makes it an unused one.
+  while (free_.size() < n) unpublish(lru_.front());
   std::vector<uint32_t> blocks(free_.end() - ptrdiff_t(n), free_.end());
   std::reverse(blocks.begin(), blocks.end());
   free_.resize(free_.size() - n);
+  for (uint32_t b : blocks) refs_[b] = 1;
   return blocks;
 }
 
 void KvPool::release(uint32_t block) {
-  free_.push_back(block);
+  if (--refs_[block] != 0) return;
+  BlockMeta& m = meta_[block];
+  if (m.published) {
+    m.lru = lru_.insert(lru_.end(), block);
+  } else {
+    free_.push_back(block);
+  }
+}
+
+void KvPool::copy_block(uint32_t dst, uint32_t src) {
+  std::memcpy(block_data(dst), block_data(src), block_bytes_);
+}
+
+uint64_t KvPool::key_of(uint64_t parent, const int32_t* tokens, size_t n) {
+  // splitmix64's finalizer over the parent key and each token: well mixed, and cheap next to
+  // the forward pass that the key saves.
+  const auto mix = [](uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+  };
+  uint64_t h = mix(parent);
+  for (size_t i = 0; i < n; ++i)
+    h = mix(h ^ (uint64_t(uint32_t(tokens[i])) + 0x9e3779b97f4a7c15ull));
+  return h;
+}
+
+void KvPool::publish(uint32_t block, uint64_t key, uint64_t parent, const int32_t* tokens) {
+  if (meta_[block].published || !index_.emplace(key, block).second) return;
+  BlockMeta& m = meta_[block];
+  m.published = true;
+  m.key = key;
+  m.parent = parent;
+  std::copy(tokens, tokens + block_tokens_,
+            block_token_ids_.begin() + ptrdiff_t(block * block_tokens_));
+}
+
+void KvPool::unpublish(uint32_t block) {
+  BlockMeta& m = meta_[block];
+  if (!m.published) return;
+  index_.erase(m.key);
+  m.published = false;
+  if (refs_[block] == 0) {
+    lru_.erase(m.lru);
+    free_.push_back(block);
+  }
+}
+
+uint32_t KvPool::find(uint64_t key, uint64_t parent, const int32_t* tokens) {
+  const auto it = index_.find(key);
+  if (it == index_.end()) return kNoBlock;
+  const uint32_t block = it->second;
+  const BlockMeta& m = meta_[block];
+  const auto ids = block_token_ids_.begin() + ptrdiff_t(block * block_tokens_);
+  if (m.parent != parent || !std::equal(tokens, tokens + block_tokens_, ids)) return kNoBlock;
+  if (refs_[block]++ == 0) lru_.erase(m.lru);
+  return block;
 }
 
 KvSequence::KvSequence(KvPool& pool, size_t max_tokens) : pool_(&pool), max_tokens_(max_tokens) {}
@@ -3544,9 +3681,13 @@ KvSequence::KvSequence(KvSequence&& other) noexcept
     : pool_(other.pool_),
       max_tokens_(other.max_tokens_),
       size_(other.size_),
+      tokens_(std::move(other.tokens_)),
+      keys_(std::move(other.keys_)),
       blocks_(std::move(other.blocks_)),
       block_data_(std::move(other.block_data_)) {
   other.size_ = 0;
+  other.tokens_.clear();
+  other.keys_.clear();
   other.blocks_.clear();
   other.block_data_.clear();
 }
@@ -3557,9 +3698,13 @@ KvSequence& KvSequence::operator=(KvSequence&& other) noexcept {
     pool_ = other.pool_;
     max_tokens_ = other.max_tokens_;
     size_ = other.size_;
+    tokens_ = std::move(other.tokens_);
+    keys_ = std::move(other.keys_);
     blocks_ = std::move(other.blocks_);
     block_data_ = std::move(other.block_data_);
     other.size_ = 0;
+    other.tokens_.clear();
+    other.keys_.clear();
     other.blocks_.clear();
     other.block_data_.clear();
   }
@@ -3570,7 +3715,22 @@ void KvSequence::release_all() {
   for (uint32_t b : blocks_) pool_->release(b);
   blocks_.clear();
   block_data_.clear();
+  tokens_.clear();
+  keys_.clear();
   size_ = 0;
+}
+
+KvSequence KvSequence::fork() const {
+  KvSequence child(*pool_, max_tokens_);
+  const size_t bt = pool_->block_tokens();
+  const size_t used = (size_ + bt - 1) / bt;  // blocks reserved past size() stay the parent's
+  child.blocks_.assign(blocks_.begin(), blocks_.begin() + ptrdiff_t(used));
+  child.block_data_.assign(block_data_.begin(), block_data_.begin() + ptrdiff_t(used));
+  for (uint32_t b : child.blocks_) pool_->retain(b);
+  child.size_ = size_;
+  child.tokens_ = tokens_;
+  child.keys_ = keys_;
+  return child;
 }
 
 void KvSequence::reserve(size_t n) {
@@ -3579,20 +3739,77 @@ void KvSequence::reserve(size_t n) {
                  std::to_string(n) + " more would exceed the context length of " +
                  std::to_string(max_tokens_));
   }
+  if (n == 0) return;
   const size_t bt = pool_->block_tokens();
   const size_t needed = (size_ + n + bt - 1) / bt;
-  if (needed <= blocks_.size()) return;
-  for (uint32_t b : pool_->allocate(needed - blocks_.size())) {
-    blocks_.push_back(b);
-    block_data_.push_back(pool_->block_data(b));
+  // The blocks that n tokens after size() write: copies replace the shared ones among them,
+  // and all new blocks are taken at once, so that an exhausted pool changes nothing.
+  const size_t first = size_ / bt;
+  std::vector<size_t> shared;
+  for (size_t i = first; i < std::min(needed, blocks_.size()); ++i) {
+    if (pool_->ref_count(blocks_[i]) > 1) shared.push_back(i);
+  }
+  const size_t grow = needed > blocks_.size() ? needed - blocks_.size() : 0;
+  const std::vector<uint32_t> fresh = pool_->allocate(shared.size() + grow);
+  size_t next = 0;
+  for (size_t i : shared) {
+    const uint32_t copy = fresh[next++];
+    pool_->copy_block(copy, blocks_[i]);
+    pool_->release(blocks_[i]);
+    blocks_[i] = copy;
+    block_data_[i] = pool_->block_data(copy);
+  }
+  // A cached block that only this sequence holds is changed in place: out of the cache first.
+  for (size_t i = first; i < std::min(needed, blocks_.size()); ++i) pool_->unpublish(blocks_[i]);
+  for (; next < fresh.size(); ++next) {
+    blocks_.push_back(fresh[next]);
+    block_data_.push_back(pool_->block_data(fresh[next]));
   }
 }
 
-void KvSequence::commit(size_t n) {
+void KvSequence::commit(size_t n, const int32_t* tokens) {
   if (size_ + n > blocks_.size() * pool_->block_tokens()) {
     detail::fail("KV sequence: committing " + std::to_string(n) + " tokens that were not reserved");
   }
+  if (tokens != nullptr) {
+    tokens_.insert(tokens_.end(), tokens, tokens + n);
+  } else {
+    tokens_.resize(tokens_.size() + n, -1);
+  }
   size_ += n;
+  publish_full_blocks();
+}
+
+void KvSequence::publish_full_blocks() {
+  const size_t bt = pool_->block_tokens();
+  while (keys_.size() < size_ / bt) {
+    const int32_t* ids = tokens_.data() + keys_.size() * bt;
+    if (std::any_of(ids, ids + bt, [](int32_t t) { return t < 0; })) return;
+    const uint64_t parent = keys_.empty() ? KvPool::kRootKey : keys_.back();
+    const uint64_t key = KvPool::key_of(parent, ids, bt);
+    pool_->publish(blocks_[keys_.size()], key, parent, ids);
+    keys_.push_back(key);
+  }
+}
+
+size_t KvSequence::reuse_prefix(const int32_t* tokens, size_t n) {
+  const size_t bt = pool_->block_tokens();
+  if (size_ % bt != 0 || keys_.size() != size_ / bt || blocks_.size() != keys_.size()) return 0;
+  size_t reused = 0;
+  while (reused + bt <= n && size_ + bt <= max_tokens_) {
+    const uint64_t parent = keys_.empty() ? KvPool::kRootKey : keys_.back();
+    const int32_t* ids = tokens + reused;
+    const uint64_t key = KvPool::key_of(parent, ids, bt);
+    const uint32_t block = pool_->find(key, parent, ids);
+    if (block == KvPool::kNoBlock) break;
+    blocks_.push_back(block);
+    block_data_.push_back(pool_->block_data(block));
+    keys_.push_back(key);
+    tokens_.insert(tokens_.end(), ids, ids + bt);
+    size_ += bt;
+    reused += bt;
+  }
+  return reused;
 }
 
 void KvSequence::truncate(size_t n) {
@@ -3602,6 +3819,8 @@ void KvSequence::truncate(size_t n) {
   for (size_t i = keep; i < blocks_.size(); ++i) pool_->release(blocks_[i]);
   blocks_.resize(keep);
   block_data_.resize(keep);
+  tokens_.resize(n);
+  keys_.resize(std::min(keys_.size(), n / bt));
   size_ = n;
 }
 
@@ -3611,7 +3830,8 @@ uint8_t* KvSequence::row(size_t pos, size_t offset, size_t stride) {
 }
 
 void KvSequence::write(size_t layer, size_t pos, const float* key, const float* value) {
-  if (layer >= pool_->shape().n_layers || pos >= blocks_.size() * pool_->block_tokens()) {
+  if (layer >= pool_->shape().n_layers || pos < size_ ||
+      pos >= blocks_.size() * pool_->block_tokens()) {
     detail::fail("KV sequence: writing layer " + std::to_string(layer) + " position " +
                  std::to_string(pos) + ", which was not reserved");
   }
@@ -3964,20 +4184,21 @@ void Transformer::prepare(ForwardScratch& s, size_t n, size_t n_ctx) const {
   detail::grow(s.scores_, checked_mul(s.n_threads_, s.n_ctx_, "scratch size"));
 }
 
-void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& s,
-                          float* logits, LogitsFor which) const {
-  const ModelConfig& c = config_;
+void Transformer::check_tokens(const int32_t* tokens, size_t n) const {
   for (size_t i = 0; i < n; ++i) {
-    if (tokens[i] < 0 || size_t(tokens[i]) >= c.n_vocab) {
+    if (tokens[i] < 0 || size_t(tokens[i]) >= config_.n_vocab) {
       detail::fail("token id " + std::to_string(tokens[i]) + " at batch position " +
                    std::to_string(i) + " is outside the vocabulary of " +
-                   std::to_string(c.n_vocab) + " tokens");
+                   std::to_string(config_.n_vocab) + " tokens");
     }
   }
+}
+
+void Transformer::check_sequence(const KvSequence& seq, size_t n) const {
+  const ModelConfig& c = config_;
   if (seq.pool().shape() != kv_shape()) {
     detail::fail("the KV cache pool was made for another model shape than this transformer's");
   }
-  if (n == 0) return;
   const size_t pos0 = seq.size();
   if (c.traits.positions == PositionType::kLearned && n > c.context_length - pos0) {
     detail::fail("context overflow: the sequence holds " + std::to_string(pos0) + " tokens and " +
@@ -3985,18 +4206,63 @@ void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, Forw
                  " positions that this " + c.architecture + " model has learned (" +
                  c.architecture + ".context_length)");
   }
+}
+
+void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& s,
+                          float* logits, LogitsFor which) const {
+  check_tokens(tokens, n);
+  check_sequence(seq, n);
+  if (n == 0) return;
   // Reserving first checks the context length, so that a huge n fails there rather than in
   // allocating scratch. Reserved blocks do not change the sequence's size.
   seq.reserve(n);
+  const size_t pos0 = seq.size();
   prepare(s, n, pos0 + n);
+  s.seqs_.assign(n, &seq);
+  s.pos_.resize(n);
+  for (size_t t = 0; t < n; ++t) s.pos_[t] = pos0 + t;
+  run(tokens, n, s, logits, which);
+  seq.commit(n, tokens);
+}
 
-  embed(tokens, n, pos0, s);
+void Transformer::forward_batch(const int32_t* tokens, KvSequence* const* seqs, size_t n,
+                                ForwardScratch& s, float* logits) const {
+  check_tokens(tokens, n);
+  for (size_t i = 0; i < n; ++i) {
+    check_sequence(*seqs[i], 1);
+    for (size_t j = 0; j < i; ++j) {
+      if (seqs[j] == seqs[i]) {
+        detail::fail("forward_batch: sequence " + std::to_string(i) + " is also sequence " +
+                     std::to_string(j) + " of the batch; each may add one token per step");
+      }
+    }
+  }
+  if (n == 0) return;
+  size_t n_ctx = 0;
+  for (size_t i = 0; i < n; ++i) {
+    try {
+      seqs[i]->reserve(1);
+    } catch (const Error& e) {
+      detail::fail("batch sequence " + std::to_string(i) + ": " + e.what());
+    }
+    n_ctx = std::max(n_ctx, seqs[i]->size() + 1);
+  }
+  prepare(s, n, n_ctx);
+  s.seqs_.assign(seqs, seqs + n);
+  s.pos_.resize(n);
+  for (size_t t = 0; t < n; ++t) s.pos_[t] = seqs[t]->size();
+  run(tokens, n, s, logits, LogitsFor::kAll);
+  for (size_t t = 0; t < n; ++t) seqs[t]->commit(1, tokens + t);
+}
+
+void Transformer::run(const int32_t* tokens, size_t n, ForwardScratch& s, float* logits,
+                      LogitsFor which) const {
+  const ModelConfig& c = config_;
+  embed(tokens, n, s);
   for (size_t l = 0; l < c.n_layers; ++l) {
-    attention_block(layers_[l], l, n, pos0, seq, s);
+    attention_block(layers_[l], l, n, s);
     ffn_block(layers_[l], n, s);
   }
-  seq.commit(n);
-
   if (which == LogitsFor::kNone) return;
   const size_t first = which == LogitsFor::kAll ? 0 : n - 1;
   const size_t d = c.n_embd;
@@ -4004,7 +4270,7 @@ void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, Forw
   linear(output_, s.xb_.data() + first * d, n - first, d, logits, c.n_vocab);
 }
 
-void Transformer::embed(const int32_t* tokens, size_t n, size_t pos0, ForwardScratch& s) const {
+void Transformer::embed(const int32_t* tokens, size_t n, ForwardScratch& s) const {
   const ModelConfig& c = config_;
   const size_t d = c.n_embd;
   const bool rope = c.traits.positions == PositionType::kRope;
@@ -4018,12 +4284,12 @@ void Transformer::embed(const int32_t* tokens, size_t n, size_t pos0, ForwardScr
       for (size_t i = 0; i < d; ++i) x[i] *= scale;
     }
     if (rope) {
-      detail::rope_table(pos0 + t, c.rope_dim, c.rope_base, rope_freqs_, c.traits.rope_style,
+      detail::rope_table(s.pos_[t], c.rope_dim, c.rope_base, rope_freqs_, c.traits.rope_style,
                          s.rope_cos_.data() + t * c.rope_dim, s.rope_sin_.data() + t * c.rope_dim);
     } else {
       float* position = s.xb_.data() + t * d;
       detail::row_to_f32(position_embd_.type,
-                         position_embd_.data + (pos0 + t) * position_embd_.row_bytes, d, position);
+                         position_embd_.data + s.pos_[t] * position_embd_.row_bytes, d, position);
       detail::add(x, position, d);
     }
   }
@@ -4056,8 +4322,7 @@ void Transformer::project(const Projection& p, const float* x, size_t n, size_t 
   }
 }
 
-void Transformer::attention_block(const Layer& layer, size_t l, size_t n, size_t pos0,
-                                  KvSequence& seq, ForwardScratch& s) const {
+void Transformer::attention_block(const Layer& layer, size_t l, size_t n, ForwardScratch& s) const {
   const ModelConfig& c = config_;
   const size_t d = c.n_embd;
   const size_t q_dim = c.n_heads * c.key_dim, k_dim = c.n_kv_heads * c.key_dim;
@@ -4076,7 +4341,7 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, size_t
       detail::rope(q, c.n_heads, c.key_dim, c.rope_dim, cos, sin, c.traits.rope_style);
       detail::rope(k, c.n_kv_heads, c.key_dim, c.rope_dim, cos, sin, c.traits.rope_style);
     }
-    seq.write(l, pos0 + t, k, k + k_dim);
+    s.seqs_[t]->write(l, s.pos_[t], k, k + k_dim);
   }
   // Token t of the batch attends to the cache up to its own position (causal mask), or to the
   // last sliding_window tokens of it, with each group of n_heads / n_kv_heads query heads
@@ -4087,7 +4352,8 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, size_t
 #pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_tasks > 1)
   for (size_t task = 0; task < n_tasks; ++task) {
     const size_t t = task / c.n_heads, h = task % c.n_heads;
-    const size_t end = pos0 + t + 1;
+    const KvSequence& seq = *s.seqs_[t];
+    const size_t end = s.pos_[t] + 1;
     const size_t begin =
         c.sliding_window != 0 && end > c.sliding_window ? end - c.sliding_window : 0;
     float* scores = s.scores_.data() + size_t(omp_get_thread_num()) * s.n_ctx_;
