@@ -1418,8 +1418,14 @@ size_t argmax(const float* x, size_t n);
 
 // ---- session.h ----
 // Session layer: the API users see. A Model is a GGUF file opened with its
-// transformer and tokenizer; a Session is one conversation's context (KV cache)
-// over a Model: prompt in, pieces of text out.
+// transformer and tokenizer; an Engine is a model's KV cache pool, shared by many Sessions; a
+// Session is one conversation's context (a sequence in that pool): prompt in, pieces of text
+// out. Sessions of one Engine share cached prompt prefixes (a system prompt is computed once)
+// and can decode together in one batch (Engine::step).
+//
+// Thread safety: a Model may be used from any number of threads. An Engine and all Sessions
+// over it are one unit: calls on them must not overlap (use one thread, or a lock around
+// them); Sessions of different Engines may run in different threads at the same time.
 #include <atomic>
 #include <chrono>
 
@@ -1448,7 +1454,15 @@ class Model {
 struct SessionOptions {
   size_t n_ctx = 0;                      // tokens the context holds; 0: the model's context length,
                                          // at most 4096
-  TensorType kv_type = TensorType::F32;  // KV cache entries: F32 or F16
+  TensorType kv_type = TensorType::F32;  // KV cache entries: F32 or F16 (a session over its own
+                                         // pool; over an Engine, the engine's type applies)
+};
+
+struct EngineOptions {
+  size_t pool_tokens = 0;  // tokens the KV pool holds, all sessions together; 0: 4 contexts of
+                           // the model's context length (at most 4096)
+  size_t block_tokens = KvPool::kDefaultBlockTokens;
+  TensorType kv_type = TensorType::F16;  // KV cache entries: F16 or F32
 };
 
 struct GenerateOptions : SamplerOptions {
@@ -1465,7 +1479,8 @@ enum class StopReason { kEndOfGeneration, kStopString, kMaxTokens, kContextFull,
 const char* stop_reason_name(StopReason reason);
 
 struct GenerateStats {
-  size_t n_prompt = 0;  // prompt tokens evaluated
+  size_t n_prompt = 0;         // prompt tokens evaluated
+  size_t n_prompt_reused = 0;  // of those, the ones taken from the prefix cache, not computed
   size_t n_generated = 0;
   double prompt_seconds = 0;
   double generate_seconds = 0;
@@ -1475,10 +1490,33 @@ struct GenerateStats {
 
 using PieceFn = std::function<void(std::string_view piece)>;
 
+class Session;
+
+// The KV cache pool of a model, shared by the Sessions made over it. Cheap to copy: copies are
+// the same engine. The pool and the model stay alive while a copy or a session holds them.
+class Engine {
+ public:
+  explicit Engine(const Model& model, const EngineOptions& options = {});
+  const Model& model() const;
+  KvPool& pool() const;
+  // One decode step of several sessions of this engine in one forward pass (every weight read
+  // once for all): sessions[i] evaluates tokens[i], and its logits() are then the next ones.
+  // Sessions may join or leave between steps. Error when one cannot take its token (a full
+  // context, an exhausted pool): then no session has changed, and the message names it.
+  void step(const std::vector<Session*>& sessions, const std::vector<int32_t>& tokens) const;
+
+ private:
+  struct State;
+  std::shared_ptr<State> state_;
+};
+
 class Session {
  public:
+  // A session over a pool of its own, sized for one context.
   explicit Session(const Model& model, const SessionOptions& options = {});
-  // Not copyable or movable: the sequence points into the session's own KV pool.
+  // A session over the engine's shared pool.
+  explicit Session(const Engine& engine, const SessionOptions& options = {});
+  // Not copyable or movable: Engine::step and Chat refer to sessions by address.
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
 
@@ -1496,9 +1534,11 @@ class Session {
   std::vector<int32_t> tokenize(std::string_view text, bool add_special = true,
                                 bool parse_special = false) const;
   // Evaluates tokens after those in the context; logits() then holds the last
-  // position's. Error (context unchanged) when a token is out of range or the
-  // context would overflow.
-  void evaluate(const std::vector<int32_t>& tokens);
+  // position's. Whole KV blocks found in the engine's prefix cache are taken instead of
+  // computed; returns how many tokens were (the last token is always computed). Error
+  // (context unchanged) when a token is out of range, the context would overflow or the pool
+  // is exhausted.
+  size_t evaluate(const std::vector<int32_t>& tokens);
   // Same, returning the logits of every position: tokens.size() rows of
   // n_vocab.
   std::vector<float> evaluate_all(const std::vector<int32_t>& tokens);
@@ -1516,9 +1556,10 @@ class Session {
                          const PieceFn& on_piece);
 
  private:
+  friend class Engine;
   void check_fits(size_t n_tokens) const;
+  Engine engine_;
   Model model_;
-  KvPool pool_;
   KvSequence seq_;
   ForwardScratch scratch_;
   std::vector<int32_t> tokens_;  // what seq_ holds
@@ -5582,12 +5623,66 @@ inline size_t stop_prefix_overlap(std::string_view text, const std::vector<std::
 }
 }  // namespace detail
 
+struct Engine::State {
+  Model model;
+  KvPool pool;
+  ForwardScratch scratch;  // of batched steps
+};
+
+Engine::Engine(const Model& model, const EngineOptions& options) {
+  size_t tokens = options.pool_tokens;
+  if (tokens == 0) {
+    tokens = detail::checked_mul(detail::session_context(model, SessionOptions{}), 4, "KV pool");
+  }
+  state_ = std::make_shared<State>(State{model,
+                                         KvPool::for_tokens(model.transformer().kv_shape(), tokens,
+                                                            options.block_tokens, options.kv_type),
+                                         ForwardScratch{}});
+}
+
+const Model& Engine::model() const {
+  return state_->model;
+}
+
+KvPool& Engine::pool() const {
+  return state_->pool;
+}
+
+void Engine::step(const std::vector<Session*>& sessions, const std::vector<int32_t>& tokens) const {
+  if (sessions.size() != tokens.size()) {
+    detail::fail("Engine::step: " + std::to_string(sessions.size()) + " sessions but " +
+                 std::to_string(tokens.size()) + " tokens");
+  }
+  std::vector<KvSequence*> seqs;
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    Session& s = *sessions[i];
+    if (s.engine_.state_ != state_) {
+      detail::fail("Engine::step: session " + std::to_string(i) + " belongs to another engine");
+    }
+    s.check_fits(1);
+    seqs.push_back(&s.seq_);
+  }
+  const size_t n_vocab = state_->model.config().n_vocab;
+  std::vector<float> logits(sessions.size() * n_vocab);
+  state_->model.transformer().forward_batch(tokens.data(), seqs.data(), seqs.size(),
+                                            state_->scratch, logits.data());
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    Session& s = *sessions[i];
+    s.tokens_.push_back(tokens[i]);
+    s.logits_.assign(logits.begin() + ptrdiff_t(i * n_vocab),
+                     logits.begin() + ptrdiff_t((i + 1) * n_vocab));
+  }
+}
+
 Session::Session(const Model& model, const SessionOptions& options)
-    : model_(model),
-      pool_(KvPool::for_tokens(model.transformer().kv_shape(),
-                               detail::session_context(model, options), KvPool::kDefaultBlockTokens,
-                               options.kv_type)),
-      seq_(pool_, detail::session_context(model, options)) {}
+    : Session(Engine(model, EngineOptions{detail::session_context(model, options),
+                                          KvPool::kDefaultBlockTokens, options.kv_type}),
+              options) {}
+
+Session::Session(const Engine& engine, const SessionOptions& options)
+    : engine_(engine),
+      model_(engine.model()),
+      seq_(engine.pool(), detail::session_context(engine.model(), options)) {}
 
 void Session::reset() {
   truncate(0);
@@ -5617,13 +5712,21 @@ void Session::check_fits(size_t n_tokens) const {
   }
 }
 
-void Session::evaluate(const std::vector<int32_t>& tokens) {
-  if (tokens.empty()) return;
+size_t Session::evaluate(const std::vector<int32_t>& tokens) {
+  if (tokens.empty()) return 0;
   check_fits(tokens.size());
+  const size_t before = seq_.size();
+  const size_t reused = seq_.reuse_prefix(tokens.data(), tokens.size() - 1);
   logits_.resize(model_.config().n_vocab);
-  model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_, logits_.data(),
-                               LogitsFor::kLast);
+  try {
+    model_.transformer().forward(tokens.data() + reused, tokens.size() - reused, seq_, scratch_,
+                                 logits_.data(), LogitsFor::kLast);
+  } catch (...) {
+    seq_.truncate(before);
+    throw;
+  }
   tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
+  return reused;
 }
 
 std::vector<float> Session::evaluate_all(const std::vector<int32_t>& tokens) {
@@ -5663,7 +5766,7 @@ GenerateStats Session::generate(const std::vector<int32_t>& prompt_tokens,
   Sampler sampler(options);
   stats.seed = sampler.seed();
   const auto t0 = Clock::now();
-  evaluate(prompt_tokens);
+  stats.n_prompt_reused = evaluate(prompt_tokens);
   const size_t window = size_t(std::max(options.penalty_last_n, 0));
   for (size_t i = tokens_.size() - std::min(tokens_.size(), window); i < tokens_.size(); ++i) {
     sampler.accept(tokens_[i]);

@@ -62,12 +62,66 @@ inline size_t stop_prefix_overlap(std::string_view text, const std::vector<std::
 }
 }  // namespace detail
 
+struct Engine::State {
+  Model model;
+  KvPool pool;
+  ForwardScratch scratch;  // of batched steps
+};
+
+Engine::Engine(const Model& model, const EngineOptions& options) {
+  size_t tokens = options.pool_tokens;
+  if (tokens == 0) {
+    tokens = detail::checked_mul(detail::session_context(model, SessionOptions{}), 4, "KV pool");
+  }
+  state_ = std::make_shared<State>(State{model,
+                                         KvPool::for_tokens(model.transformer().kv_shape(), tokens,
+                                                            options.block_tokens, options.kv_type),
+                                         ForwardScratch{}});
+}
+
+const Model& Engine::model() const {
+  return state_->model;
+}
+
+KvPool& Engine::pool() const {
+  return state_->pool;
+}
+
+void Engine::step(const std::vector<Session*>& sessions, const std::vector<int32_t>& tokens) const {
+  if (sessions.size() != tokens.size()) {
+    detail::fail("Engine::step: " + std::to_string(sessions.size()) + " sessions but " +
+                 std::to_string(tokens.size()) + " tokens");
+  }
+  std::vector<KvSequence*> seqs;
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    Session& s = *sessions[i];
+    if (s.engine_.state_ != state_) {
+      detail::fail("Engine::step: session " + std::to_string(i) + " belongs to another engine");
+    }
+    s.check_fits(1);
+    seqs.push_back(&s.seq_);
+  }
+  const size_t n_vocab = state_->model.config().n_vocab;
+  std::vector<float> logits(sessions.size() * n_vocab);
+  state_->model.transformer().forward_batch(tokens.data(), seqs.data(), seqs.size(),
+                                            state_->scratch, logits.data());
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    Session& s = *sessions[i];
+    s.tokens_.push_back(tokens[i]);
+    s.logits_.assign(logits.begin() + ptrdiff_t(i * n_vocab),
+                     logits.begin() + ptrdiff_t((i + 1) * n_vocab));
+  }
+}
+
 Session::Session(const Model& model, const SessionOptions& options)
-    : model_(model),
-      pool_(KvPool::for_tokens(model.transformer().kv_shape(),
-                               detail::session_context(model, options), KvPool::kDefaultBlockTokens,
-                               options.kv_type)),
-      seq_(pool_, detail::session_context(model, options)) {}
+    : Session(Engine(model, EngineOptions{detail::session_context(model, options),
+                                          KvPool::kDefaultBlockTokens, options.kv_type}),
+              options) {}
+
+Session::Session(const Engine& engine, const SessionOptions& options)
+    : engine_(engine),
+      model_(engine.model()),
+      seq_(engine.pool(), detail::session_context(engine.model(), options)) {}
 
 void Session::reset() {
   truncate(0);
@@ -97,13 +151,21 @@ void Session::check_fits(size_t n_tokens) const {
   }
 }
 
-void Session::evaluate(const std::vector<int32_t>& tokens) {
-  if (tokens.empty()) return;
+size_t Session::evaluate(const std::vector<int32_t>& tokens) {
+  if (tokens.empty()) return 0;
   check_fits(tokens.size());
+  const size_t before = seq_.size();
+  const size_t reused = seq_.reuse_prefix(tokens.data(), tokens.size() - 1);
   logits_.resize(model_.config().n_vocab);
-  model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_, logits_.data(),
-                               LogitsFor::kLast);
+  try {
+    model_.transformer().forward(tokens.data() + reused, tokens.size() - reused, seq_, scratch_,
+                                 logits_.data(), LogitsFor::kLast);
+  } catch (...) {
+    seq_.truncate(before);
+    throw;
+  }
   tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
+  return reused;
 }
 
 std::vector<float> Session::evaluate_all(const std::vector<int32_t>& tokens) {
@@ -143,7 +205,7 @@ GenerateStats Session::generate(const std::vector<int32_t>& prompt_tokens,
   Sampler sampler(options);
   stats.seed = sampler.seed();
   const auto t0 = Clock::now();
-  evaluate(prompt_tokens);
+  stats.n_prompt_reused = evaluate(prompt_tokens);
   const size_t window = size_t(std::max(options.penalty_last_n, 0));
   for (size_t i = tokens_.size() - std::min(tokens_.size(), window); i < tokens_.size(); ++i) {
     sampler.accept(tokens_[i]);
