@@ -70,6 +70,8 @@ struct GenerateStats {
 };
 
 using PieceFn = std::function<void(std::string_view piece)>;
+// A piece of the text of completion i of a batch.
+using BatchPieceFn = std::function<void(size_t i, std::string_view piece)>;
 
 class Session;
 
@@ -85,6 +87,14 @@ class Engine {
   // Sessions may join or leave between steps. Error when one cannot take its token (a full
   // context, an exhausted pool): then no session has changed, and the message names it.
   void step(const std::vector<Session*>& sessions, const std::vector<int32_t>& tokens) const;
+  // Session::generate for several sessions of this engine at once: each evaluates the prompt
+  // tokens (the first computes them, the others take its cached blocks), then they decode in
+  // batched steps, each leaving the batch when it stops. Sampling seeds are options.seed + i
+  // when set (else random). on_piece gets each session's text as it is generated.
+  std::vector<GenerateStats> generate(const std::vector<Session*>& sessions,
+                                      const std::vector<int32_t>& prompt_tokens,
+                                      const GenerateOptions& options,
+                                      const BatchPieceFn& on_piece) const;
 
  private:
   struct State;
