@@ -220,6 +220,7 @@ enum class TensorType : uint32_t {
   Q5_K = 13,
   Q6_K = 14,
   Q8_K = 15,
+  I8 = 24,  // int8; also the KV cache's int8 entries (with a scale per token and head)
   BF16 = 30,
 };
 
@@ -447,7 +448,8 @@ struct MatrixView {
 
 // Keys or values of one KV head of one layer, kept in fixed-size blocks of tokens (the paged
 // KV cache): token j's row of head_dim elements (F32 or F16) starts at
-// blocks[j / block_tokens] + offset + (j % block_tokens) * token_stride.
+// blocks[j / block_tokens] + offset + (j % block_tokens) * token_stride. An I8 row is an f32
+// scale (unaligned) followed by head_dim int8 elements; element i is scale * int8[i].
 struct PagedRows {
   const uint8_t* const* blocks = nullptr;
   size_t block_tokens = 0;
@@ -496,10 +498,12 @@ void swiglu(const float* gate, const float* up, size_t n, float* out);
 void gelu(const float* x, size_t n, float* out);
 // out = gelu(gate) * up (out may alias gate or up).
 void geglu(const float* gate, const float* up, size_t n, float* out);
-// One query head over the cached tokens [begin, end): out = softmax(scale * K q) V. begin > 0
-// leaves out the tokens before a sliding window. scores is scratch for end - begin floats.
+// One query head over the cached tokens [begin, end) of type F32, F16 or I8:
+// out = softmax(scale * K q) V. begin > 0 leaves out the tokens before a sliding window. One
+// pass with an online softmax (a running maximum rescales the sums), so no buffer of context
+// length is needed.
 void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
-               size_t begin, size_t end, float scale, float* scores, float* out);
+               size_t begin, size_t end, float scale, float* out);
 
 }  // namespace detail
 
@@ -558,7 +562,8 @@ struct KvShape {
   bool operator!=(const KvShape& o) const { return !(*this == o); }
 };
 
-// The blocks of one model's KV cache, allocated once. Entries are F32 or F16 (type).
+// The blocks of one model's KV cache, allocated once. Entries are F32, F16 or I8 (type); an I8
+// head row is an f32 scale and the int8 elements (see detail::PagedRows).
 // Layout of a block, per layer: block_tokens key rows, then block_tokens value rows; a key row
 // is the n_kv_heads * key_dim elements of one token.
 class KvPool {
@@ -766,12 +771,12 @@ struct TransformerOptions {
 enum class LogitsFor { kNone, kLast, kAll };
 
 // The activations of one forward pass, kept between calls so that decoding allocates nothing.
-// Grows to the largest batch and context seen. One per concurrently running sequence.
+// Grows to the largest batch seen. One per concurrently running sequence.
 class ForwardScratch {
   friend class Transformer;
-  size_t n_tokens_ = 0, n_ctx_ = 0, n_threads_ = 0;
+  size_t n_tokens_ = 0;
   detail::AlignedBuffer<float> x_, xb_, qkv_, att_, ffn_;
-  detail::AlignedBuffer<float> rope_cos_, rope_sin_, scores_;
+  detail::AlignedBuffer<float> rope_cos_, rope_sin_;
   std::vector<KvSequence*> seqs_;  // the sequence and position of each token of the batch
   std::vector<size_t> pos_;
 };
@@ -823,7 +828,7 @@ class Transformer {
     Projection ffn_in;  // gate and up rows (GLU FFNs) or the up rows (GELU)
     Linear ffn_down;
   };
-  void prepare(ForwardScratch& s, size_t n, size_t n_ctx) const;
+  void prepare(ForwardScratch& s, size_t n) const;
   void check_tokens(const int32_t* tokens, size_t n) const;
   void check_sequence(const KvSequence& seq, size_t n) const;
   // The batch's layers over scratch's sequences and positions (reserved), then logits.
@@ -1748,6 +1753,12 @@ HWY_INLINE hn::Vec<D> LoadAsF32(D d, const hwy::bfloat16_t* HWY_RESTRICT p) {
   const hn::Rebind<hwy::bfloat16_t, D> dh;
   return hn::PromoteTo(d, hn::LoadU(dh, p));
 }
+template <class D>
+HWY_INLINE hn::Vec<D> LoadAsF32(D d, const int8_t* HWY_RESTRICT p) {
+  const hn::Rebind<int32_t, D> di;
+  const hn::Rebind<int8_t, D> d8;
+  return hn::ConvertTo(d, hn::PromoteTo(di, hn::LoadU(d8, p)));
+}
 HWY_INLINE float ElementAsF32(float v) {
   return v;
 }
@@ -1756,6 +1767,9 @@ HWY_INLINE float ElementAsF32(hwy::float16_t v) {
 }
 HWY_INLINE float ElementAsF32(hwy::bfloat16_t v) {
   return bf16_to_f32(v.bits);
+}
+HWY_INLINE float ElementAsF32(int8_t v) {
+  return float(v);
 }
 
 template <class D>
@@ -2181,27 +2195,61 @@ void GeGlu(const float* gate, const float* up, size_t n, float* out) {
   for (; i < n; ++i) out[i] = GeluOf(gate[i]) * up[i];
 }
 
+// A KV row's elements and the scale they are multiplied by (1 but for I8 rows).
 template <typename KV>
-void AttentionOfType(const float* HWY_RESTRICT q, size_t head_dim, const detail::PagedRows& keys,
-                     const detail::PagedRows& values, size_t begin, size_t end, float scale,
-                     float* HWY_RESTRICT scores, float* HWY_RESTRICT out) {
-  for (size_t j = begin; j < end; ++j) {
-    scores[j - begin] = scale * DotRow(reinterpret_cast<const KV*>(keys.row(j)), q, head_dim);
-  }
-  Softmax(scores, end - begin);
-  for (size_t i = 0; i < head_dim; ++i) out[i] = 0.0f;
-  for (size_t j = begin; j < end; ++j) {
-    AddScaledRow(scores[j - begin], reinterpret_cast<const KV*>(values.row(j)), out, head_dim);
+HWY_INLINE const KV* KvElements(const uint8_t* row, float& scale) {
+  if constexpr (std::is_same<KV, int8_t>::value) {
+    std::memcpy(&scale, row, sizeof(float));
+    return reinterpret_cast<const int8_t*>(row + sizeof(float));
+  } else {
+    scale = 1.0f;
+    return reinterpret_cast<const KV*>(row);
   }
 }
 
+template <typename KV>
+void AttentionOfType(const float* HWY_RESTRICT q, size_t head_dim, const detail::PagedRows& keys,
+                     const detail::PagedRows& values, size_t begin, size_t end, float scale,
+                     float* HWY_RESTRICT out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  for (size_t i = 0; i < head_dim; ++i) out[i] = 0.0f;
+  float max = -INFINITY, sum = 0.0f;
+  for (size_t j = begin; j < end; ++j) {
+    float k_scale, v_scale;
+    const KV* k = KvElements<KV>(keys.row(j), k_scale);
+    const KV* v = KvElements<KV>(values.row(j), v_scale);
+    const float s = scale * k_scale * DotRow(k, q, head_dim);
+    if (s > max) {
+      // A new maximum: what was summed so far was weighted by exp(. - max) of the old one.
+      const float rescale = std::exp(max - s);
+      sum *= rescale;
+      const auto vr = hn::Set(d, rescale);
+      size_t i = 0;
+      for (; i + N <= head_dim; i += N) hn::StoreU(hn::Mul(hn::LoadU(d, out + i), vr), d, out + i);
+      for (; i < head_dim; ++i) out[i] *= rescale;
+      max = s;
+    }
+    const float p = std::exp(s - max);
+    sum += p;
+    AddScaledRow(p * v_scale, v, out, head_dim);
+  }
+  const float inv = 1.0f / sum;
+  for (size_t i = 0; i < head_dim; ++i) out[i] *= inv;
+}
+
 void Attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
-               const detail::PagedRows& values, size_t begin, size_t end, float scale,
-               float* scores, float* out) {
-  if (keys.type == TensorType::F16) {
-    AttentionOfType<hwy::float16_t>(q, head_dim, keys, values, begin, end, scale, scores, out);
-  } else {
-    AttentionOfType<float>(q, head_dim, keys, values, begin, end, scale, scores, out);
+               const detail::PagedRows& values, size_t begin, size_t end, float scale, float* out) {
+  switch (keys.type) {
+    case TensorType::F16:
+      AttentionOfType<hwy::float16_t>(q, head_dim, keys, values, begin, end, scale, out);
+      break;
+    case TensorType::I8:
+      AttentionOfType<int8_t>(q, head_dim, keys, values, begin, end, scale, out);
+      break;
+    default:
+      AttentionOfType<float>(q, head_dim, keys, values, begin, end, scale, out);
+      break;
   }
 }
 
@@ -2497,7 +2545,8 @@ const TensorTypeInfo* tensor_type_info(uint32_t type_id) {
       {3, {"Q4_1", 32, 20}},    {6, {"Q5_0", 32, 22}},    {7, {"Q5_1", 32, 24}},
       {8, {"Q8_0", 32, 34}},    {9, {"Q8_1", 32, 36}},    {10, {"Q2_K", 256, 84}},
       {11, {"Q3_K", 256, 110}}, {12, {"Q4_K", 256, 144}}, {13, {"Q5_K", 256, 176}},
-      {14, {"Q6_K", 256, 210}}, {15, {"Q8_K", 256, 292}}, {30, {"BF16", 1, 2}},
+      {14, {"Q6_K", 256, 210}}, {15, {"Q8_K", 256, 292}}, {24, {"I8", 1, 1}},
+      {30, {"BF16", 1, 2}},
   };
   for (const auto& t : kTypes) {
     if (t.id == type_id) return &t.info;
@@ -3468,8 +3517,8 @@ void geglu(const float* gate, const float* up, size_t n, float* out) {
 }
 
 void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
-               size_t begin, size_t end, float scale, float* scores, float* out) {
-  HWY_DYNAMIC_DISPATCH(Attention)(q, head_dim, keys, values, begin, end, scale, scores, out);
+               size_t begin, size_t end, float scale, float* out) {
+  HWY_DYNAMIC_DISPATCH(Attention)(q, head_dim, keys, values, begin, end, scale, out);
 }
 
 }  // namespace detail
@@ -3491,6 +3540,11 @@ float element_to_f32(TensorType type, const uint8_t* row, size_t i) {
     case TensorType::BF16:
       std::memcpy(&h, row + 2 * i, 2);
       return bf16_to_f32(h);
+    case TensorType::I8: {
+      float scale;
+      std::memcpy(&scale, row, 4);
+      return scale * float(int8_t(row[4 + i]));
+    }
     default: {
       float f;
       std::memcpy(&f, row + 4 * i, 4);
@@ -3612,21 +3666,24 @@ namespace sllm {
 
 KvPool::KvPool(const KvShape& shape, size_t n_blocks, size_t block_tokens, TensorType type)
     : shape_(shape), type_(type), block_tokens_(block_tokens), n_blocks_(n_blocks) {
-  if (type != TensorType::F32 && type != TensorType::F16) {
-    detail::fail(std::string("KV cache entries must be F32 or F16, not ") + tensor_type_name(type));
+  if (type != TensorType::F32 && type != TensorType::F16 && type != TensorType::I8) {
+    detail::fail(std::string("KV cache entries must be F32, F16 or I8, not ") +
+                 tensor_type_name(type));
   }
   if (shape.n_layers == 0 || shape.n_kv_heads == 0 || shape.key_dim == 0 || shape.value_dim == 0 ||
       block_tokens == 0 || n_blocks == 0) {
     detail::fail("KV cache pool needs at least one layer, head, block and token per block");
   }
   if (n_blocks > UINT32_MAX) detail::fail("KV cache pool of more than 2^32 blocks");
-  const size_t elem = type == TensorType::F32 ? 4 : 2;
   using detail::checked_add;
   using detail::checked_mul;
-  key_row_bytes_ =
-      checked_mul(checked_mul(shape.n_kv_heads, shape.key_dim, "KV row"), elem, "KV row");
-  value_row_bytes_ =
-      checked_mul(checked_mul(shape.n_kv_heads, shape.value_dim, "KV row"), elem, "KV row");
+  // A head's row: its elements, after an f32 scale for I8.
+  const auto head_bytes = [type](size_t dim) {
+    if (type == TensorType::I8) return checked_add(dim, sizeof(float), "KV row");
+    return checked_mul(dim, type == TensorType::F32 ? 4 : 2, "KV row");
+  };
+  key_row_bytes_ = checked_mul(shape.n_kv_heads, head_bytes(shape.key_dim), "KV row");
+  value_row_bytes_ = checked_mul(shape.n_kv_heads, head_bytes(shape.value_dim), "KV row");
   key_bytes_ = checked_mul(block_tokens, key_row_bytes_, "KV block");
   layer_bytes_ =
       checked_add(key_bytes_, checked_mul(block_tokens, value_row_bytes_, "KV block"), "KV block");
@@ -3887,21 +3944,34 @@ void KvSequence::write(size_t layer, size_t pos, const float* key, const float* 
                  std::to_string(pos) + ", which was not reserved");
   }
   const KvShape& shape = pool_->shape();
-  const bool f16 = pool_->type() == TensorType::F16;
-  const auto store = [f16](uint8_t* dst, const float* src, size_t n) {
-    if (!f16) {
-      std::memcpy(dst, src, n * sizeof(float));
+  const TensorType type = pool_->type();
+  // n_heads heads of dim elements from src to dst, each in the pool's type.
+  const auto store = [&](uint8_t* dst, const float* src, size_t dim) {
+    if (type == TensorType::F32) {
+      std::memcpy(dst, src, shape.n_kv_heads * dim * sizeof(float));
       return;
     }
-    for (size_t i = 0; i < n; ++i) {
-      const uint16_t h = f32_to_fp16(src[i]);
-      std::memcpy(dst + 2 * i, &h, 2);
+    if (type == TensorType::F16) {
+      for (size_t i = 0; i < shape.n_kv_heads * dim; ++i) {
+        const uint16_t h = f32_to_fp16(src[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      return;
+    }
+    // I8: each head scaled by its largest magnitude, rounded to the nearest step.
+    for (size_t h = 0; h < shape.n_kv_heads; ++h, src += dim, dst += sizeof(float) + dim) {
+      float max = 0.0f;
+      for (size_t i = 0; i < dim; ++i) max = std::max(max, std::fabs(src[i]));
+      const float scale = max / 127.0f;
+      const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+      std::memcpy(dst, &scale, sizeof(float));
+      for (size_t i = 0; i < dim; ++i) {
+        dst[sizeof(float) + i] = uint8_t(int8_t(std::lrintf(src[i] * inv)));
+      }
     }
   };
-  store(row(pos, pool_->key_offset(layer), pool_->key_stride()), key,
-        shape.n_kv_heads * shape.key_dim);
-  store(row(pos, pool_->value_offset(layer), pool_->value_stride()), value,
-        shape.n_kv_heads * shape.value_dim);
+  store(row(pos, pool_->key_offset(layer), pool_->key_stride()), key, shape.key_dim);
+  store(row(pos, pool_->value_offset(layer), pool_->value_stride()), value, shape.value_dim);
 }
 
 detail::PagedRows KvSequence::keys(size_t layer, size_t kv_head) const {
@@ -4217,12 +4287,10 @@ Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& option
   return t;
 }
 
-void Transformer::prepare(ForwardScratch& s, size_t n, size_t n_ctx) const {
+void Transformer::prepare(ForwardScratch& s, size_t n) const {
   const ModelConfig& c = config_;
-  if (n <= s.n_tokens_ && n_ctx <= s.n_ctx_ && size_t(n_threads_) <= s.n_threads_) return;
-  s.n_tokens_ = std::max(s.n_tokens_, n);
-  s.n_ctx_ = std::max(s.n_ctx_, n_ctx);
-  s.n_threads_ = std::max(s.n_threads_, size_t(n_threads_));
+  if (n <= s.n_tokens_) return;
+  s.n_tokens_ = n;
   using detail::checked_mul;
   const auto rows = [&](size_t width) { return checked_mul(s.n_tokens_, width, "scratch size"); };
   detail::grow(s.x_, rows(c.n_embd));
@@ -4232,7 +4300,6 @@ void Transformer::prepare(ForwardScratch& s, size_t n, size_t n_ctx) const {
   detail::grow(s.ffn_, rows(layers_[0].ffn_in.rows));
   detail::grow(s.rope_cos_, rows(c.rope_dim));
   detail::grow(s.rope_sin_, rows(c.rope_dim));
-  detail::grow(s.scores_, checked_mul(s.n_threads_, s.n_ctx_, "scratch size"));
 }
 
 void Transformer::check_tokens(const int32_t* tokens, size_t n) const {
@@ -4268,7 +4335,7 @@ void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, Forw
   // allocating scratch. Reserved blocks do not change the sequence's size.
   seq.reserve(n);
   const size_t pos0 = seq.size();
-  prepare(s, n, pos0 + n);
+  prepare(s, n);
   s.seqs_.assign(n, &seq);
   s.pos_.resize(n);
   for (size_t t = 0; t < n; ++t) s.pos_[t] = pos0 + t;
@@ -4289,16 +4356,14 @@ void Transformer::forward_batch(const int32_t* tokens, KvSequence* const* seqs, 
     }
   }
   if (n == 0) return;
-  size_t n_ctx = 0;
   for (size_t i = 0; i < n; ++i) {
     try {
       seqs[i]->reserve(1);
     } catch (const Error& e) {
       detail::fail("batch sequence " + std::to_string(i) + ": " + e.what());
     }
-    n_ctx = std::max(n_ctx, seqs[i]->size() + 1);
   }
-  prepare(s, n, n_ctx);
+  prepare(s, n);
   s.seqs_.assign(seqs, seqs + n);
   s.pos_.resize(n);
   for (size_t t = 0; t < n; ++t) s.pos_[t] = seqs[t]->size();
@@ -4407,9 +4472,8 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, Forwar
     const size_t end = s.pos_[t] + 1;
     const size_t begin =
         c.sliding_window != 0 && end > c.sliding_window ? end - c.sliding_window : 0;
-    float* scores = s.scores_.data() + size_t(omp_get_thread_num()) * s.n_ctx_;
     detail::attention(s.qkv_.data() + t * stride + h * c.key_dim, c.key_dim, seq.keys(l, h / group),
-                      seq.values(l, h / group), begin, end, scale, scores,
+                      seq.values(l, h / group), begin, end, scale,
                       s.att_.data() + t * att_dim + h * c.value_dim);
   }
   linear(layer.attn_output, s.att_.data(), n, att_dim, xb, d);

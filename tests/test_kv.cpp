@@ -133,7 +133,7 @@ TEST_CASE("KV sequence: truncate, clear, destruction and moves return blocks to 
 
 TEST_CASE("KV pool rejects unsupported entry types and empty shapes") {
   CHECK(contains(sllm_test::error_message([] { KvPool(kShape, 4, 16, TensorType::Q8_0); }),
-                 "F32 or F16"));
+                 "F32, F16 or I8"));
   CHECK(!sllm_test::error_message([] { KvPool(KvShape{0, 1, 1, 1}, 4); }).empty());
   CHECK(!sllm_test::error_message([] { KvPool(kShape, 0); }).empty());
   KvPool pool(kShape, 2, 4);

@@ -73,7 +73,7 @@ TEST_CASE("attention over paged blocks equals a contiguous-cache reference (GQA)
   const KvShape shape{1, n_kv_heads, dim, dim};
   std::mt19937 rng(5);
   std::normal_distribution<float> normal(0.f, 1.f);
-  for (TensorType type : {TensorType::F32, TensorType::F16}) {
+  for (TensorType type : {TensorType::F32, TensorType::F16, TensorType::I8}) {
     for (size_t block_tokens : {1, 16, 32}) {
       for (size_t length : {1, 15, 37, 70}) {
         CAPTURE(block_tokens);
@@ -98,6 +98,23 @@ TEST_CASE("attention over paged blocks equals a contiguous-cache reference (GQA)
           seq.reserve(1);
           seq.write(0, t, k, v);
           seq.commit(1);
+          if (type == TensorType::I8) {
+            // The contiguous cache holds what the pool stores: each element within half a step
+            // (the head's largest magnitude / 127) of what was written.
+            for (size_t h = 0; h < n_kv_heads; ++h) {
+              const sllm::detail::PagedRows kr = seq.keys(0, h), vr = seq.values(0, h);
+              for (float* row : {k + h * dim, v + h * dim}) {
+                float max = 0;
+                for (size_t i = 0; i < dim; ++i) max = std::max(max, std::fabs(row[i]));
+                for (size_t i = 0; i < dim; ++i) {
+                  const float stored =
+                      sllm::ref::element_to_f32(type, (row == k + h * dim ? kr : vr).row(t), i);
+                  REQUIRE(std::fabs(stored - row[i]) <= max / 127 * 0.5001f);
+                  row[i] = stored;
+                }
+              }
+            }
+          }
           other.reserve(1);
           other.commit(1);
         }
@@ -129,10 +146,10 @@ TEST_CASE("attention over paged blocks equals a contiguous-cache reference (GQA)
             }
           }
           sllm_test::for_each_simd_target([&] {
-            std::vector<float> got(n_heads * dim), scores(length);
+            std::vector<float> got(n_heads * dim);
             for (size_t h = 0; h < n_heads; ++h) {
               sllm::detail::attention(q.data() + h * dim, dim, seq.keys(0, h / group),
-                                      seq.values(0, h / group), begin, length, scale, scores.data(),
+                                      seq.values(0, h / group), begin, length, scale,
                                       got.data() + h * dim);
             }
             CHECK(relative_diff(got, expected) < 1e-5);

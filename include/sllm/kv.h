@@ -28,7 +28,8 @@ struct KvShape {
   bool operator!=(const KvShape& o) const { return !(*this == o); }
 };
 
-// The blocks of one model's KV cache, allocated once. Entries are F32 or F16 (type).
+// The blocks of one model's KV cache, allocated once. Entries are F32, F16 or I8 (type); an I8
+// head row is an f32 scale and the int8 elements (see detail::PagedRows).
 // Layout of a block, per layer: block_tokens key rows, then block_tokens value rows; a key row
 // is the n_kv_heads * key_dim elements of one token.
 class KvPool {

@@ -2,21 +2,24 @@ namespace sllm {
 
 KvPool::KvPool(const KvShape& shape, size_t n_blocks, size_t block_tokens, TensorType type)
     : shape_(shape), type_(type), block_tokens_(block_tokens), n_blocks_(n_blocks) {
-  if (type != TensorType::F32 && type != TensorType::F16) {
-    detail::fail(std::string("KV cache entries must be F32 or F16, not ") + tensor_type_name(type));
+  if (type != TensorType::F32 && type != TensorType::F16 && type != TensorType::I8) {
+    detail::fail(std::string("KV cache entries must be F32, F16 or I8, not ") +
+                 tensor_type_name(type));
   }
   if (shape.n_layers == 0 || shape.n_kv_heads == 0 || shape.key_dim == 0 || shape.value_dim == 0 ||
       block_tokens == 0 || n_blocks == 0) {
     detail::fail("KV cache pool needs at least one layer, head, block and token per block");
   }
   if (n_blocks > UINT32_MAX) detail::fail("KV cache pool of more than 2^32 blocks");
-  const size_t elem = type == TensorType::F32 ? 4 : 2;
   using detail::checked_add;
   using detail::checked_mul;
-  key_row_bytes_ =
-      checked_mul(checked_mul(shape.n_kv_heads, shape.key_dim, "KV row"), elem, "KV row");
-  value_row_bytes_ =
-      checked_mul(checked_mul(shape.n_kv_heads, shape.value_dim, "KV row"), elem, "KV row");
+  // A head's row: its elements, after an f32 scale for I8.
+  const auto head_bytes = [type](size_t dim) {
+    if (type == TensorType::I8) return checked_add(dim, sizeof(float), "KV row");
+    return checked_mul(dim, type == TensorType::F32 ? 4 : 2, "KV row");
+  };
+  key_row_bytes_ = checked_mul(shape.n_kv_heads, head_bytes(shape.key_dim), "KV row");
+  value_row_bytes_ = checked_mul(shape.n_kv_heads, head_bytes(shape.value_dim), "KV row");
   key_bytes_ = checked_mul(block_tokens, key_row_bytes_, "KV block");
   layer_bytes_ =
       checked_add(key_bytes_, checked_mul(block_tokens, value_row_bytes_, "KV block"), "KV block");
@@ -277,21 +280,34 @@ void KvSequence::write(size_t layer, size_t pos, const float* key, const float* 
                  std::to_string(pos) + ", which was not reserved");
   }
   const KvShape& shape = pool_->shape();
-  const bool f16 = pool_->type() == TensorType::F16;
-  const auto store = [f16](uint8_t* dst, const float* src, size_t n) {
-    if (!f16) {
-      std::memcpy(dst, src, n * sizeof(float));
+  const TensorType type = pool_->type();
+  // n_heads heads of dim elements from src to dst, each in the pool's type.
+  const auto store = [&](uint8_t* dst, const float* src, size_t dim) {
+    if (type == TensorType::F32) {
+      std::memcpy(dst, src, shape.n_kv_heads * dim * sizeof(float));
       return;
     }
-    for (size_t i = 0; i < n; ++i) {
-      const uint16_t h = f32_to_fp16(src[i]);
-      std::memcpy(dst + 2 * i, &h, 2);
+    if (type == TensorType::F16) {
+      for (size_t i = 0; i < shape.n_kv_heads * dim; ++i) {
+        const uint16_t h = f32_to_fp16(src[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      return;
+    }
+    // I8: each head scaled by its largest magnitude, rounded to the nearest step.
+    for (size_t h = 0; h < shape.n_kv_heads; ++h, src += dim, dst += sizeof(float) + dim) {
+      float max = 0.0f;
+      for (size_t i = 0; i < dim; ++i) max = std::max(max, std::fabs(src[i]));
+      const float scale = max / 127.0f;
+      const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+      std::memcpy(dst, &scale, sizeof(float));
+      for (size_t i = 0; i < dim; ++i) {
+        dst[sizeof(float) + i] = uint8_t(int8_t(std::lrintf(src[i] * inv)));
+      }
     }
   };
-  store(row(pos, pool_->key_offset(layer), pool_->key_stride()), key,
-        shape.n_kv_heads * shape.key_dim);
-  store(row(pos, pool_->value_offset(layer), pool_->value_stride()), value,
-        shape.n_kv_heads * shape.value_dim);
+  store(row(pos, pool_->key_offset(layer), pool_->key_stride()), key, shape.key_dim);
+  store(row(pos, pool_->value_offset(layer), pool_->value_stride()), value, shape.value_dim);
 }
 
 detail::PagedRows KvSequence::keys(size_t layer, size_t kv_head) const {

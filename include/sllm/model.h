@@ -71,12 +71,12 @@ struct TransformerOptions {
 enum class LogitsFor { kNone, kLast, kAll };
 
 // The activations of one forward pass, kept between calls so that decoding allocates nothing.
-// Grows to the largest batch and context seen. One per concurrently running sequence.
+// Grows to the largest batch seen. One per concurrently running sequence.
 class ForwardScratch {
   friend class Transformer;
-  size_t n_tokens_ = 0, n_ctx_ = 0, n_threads_ = 0;
+  size_t n_tokens_ = 0;
   detail::AlignedBuffer<float> x_, xb_, qkv_, att_, ffn_;
-  detail::AlignedBuffer<float> rope_cos_, rope_sin_, scores_;
+  detail::AlignedBuffer<float> rope_cos_, rope_sin_;
   std::vector<KvSequence*> seqs_;  // the sequence and position of each token of the batch
   std::vector<size_t> pos_;
 };
@@ -128,7 +128,7 @@ class Transformer {
     Projection ffn_in;  // gate and up rows (GLU FFNs) or the up rows (GELU)
     Linear ffn_down;
   };
-  void prepare(ForwardScratch& s, size_t n, size_t n_ctx) const;
+  void prepare(ForwardScratch& s, size_t n) const;
   void check_tokens(const int32_t* tokens, size_t n) const;
   void check_sequence(const KvSequence& seq, size_t n) const;
   // The batch's layers over scratch's sequences and positions (reserved), then logits.

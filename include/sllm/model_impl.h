@@ -294,12 +294,10 @@ Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& option
   return t;
 }
 
-void Transformer::prepare(ForwardScratch& s, size_t n, size_t n_ctx) const {
+void Transformer::prepare(ForwardScratch& s, size_t n) const {
   const ModelConfig& c = config_;
-  if (n <= s.n_tokens_ && n_ctx <= s.n_ctx_ && size_t(n_threads_) <= s.n_threads_) return;
-  s.n_tokens_ = std::max(s.n_tokens_, n);
-  s.n_ctx_ = std::max(s.n_ctx_, n_ctx);
-  s.n_threads_ = std::max(s.n_threads_, size_t(n_threads_));
+  if (n <= s.n_tokens_) return;
+  s.n_tokens_ = n;
   using detail::checked_mul;
   const auto rows = [&](size_t width) { return checked_mul(s.n_tokens_, width, "scratch size"); };
   detail::grow(s.x_, rows(c.n_embd));
@@ -309,7 +307,6 @@ void Transformer::prepare(ForwardScratch& s, size_t n, size_t n_ctx) const {
   detail::grow(s.ffn_, rows(layers_[0].ffn_in.rows));
   detail::grow(s.rope_cos_, rows(c.rope_dim));
   detail::grow(s.rope_sin_, rows(c.rope_dim));
-  detail::grow(s.scores_, checked_mul(s.n_threads_, s.n_ctx_, "scratch size"));
 }
 
 void Transformer::check_tokens(const int32_t* tokens, size_t n) const {
@@ -345,7 +342,7 @@ void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, Forw
   // allocating scratch. Reserved blocks do not change the sequence's size.
   seq.reserve(n);
   const size_t pos0 = seq.size();
-  prepare(s, n, pos0 + n);
+  prepare(s, n);
   s.seqs_.assign(n, &seq);
   s.pos_.resize(n);
   for (size_t t = 0; t < n; ++t) s.pos_[t] = pos0 + t;
@@ -366,16 +363,14 @@ void Transformer::forward_batch(const int32_t* tokens, KvSequence* const* seqs, 
     }
   }
   if (n == 0) return;
-  size_t n_ctx = 0;
   for (size_t i = 0; i < n; ++i) {
     try {
       seqs[i]->reserve(1);
     } catch (const Error& e) {
       detail::fail("batch sequence " + std::to_string(i) + ": " + e.what());
     }
-    n_ctx = std::max(n_ctx, seqs[i]->size() + 1);
   }
-  prepare(s, n, n_ctx);
+  prepare(s, n);
   s.seqs_.assign(seqs, seqs + n);
   s.pos_.resize(n);
   for (size_t t = 0; t < n; ++t) s.pos_[t] = seqs[t]->size();
@@ -484,9 +479,8 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, Forwar
     const size_t end = s.pos_[t] + 1;
     const size_t begin =
         c.sliding_window != 0 && end > c.sliding_window ? end - c.sliding_window : 0;
-    float* scores = s.scores_.data() + size_t(omp_get_thread_num()) * s.n_ctx_;
     detail::attention(s.qkv_.data() + t * stride + h * c.key_dim, c.key_dim, seq.keys(l, h / group),
-                      seq.values(l, h / group), begin, end, scale, scores,
+                      seq.values(l, h / group), begin, end, scale,
                       s.att_.data() + t * att_dim + h * c.value_dim);
   }
   linear(layer.attn_output, s.att_.data(), n, att_dim, xb, d);
