@@ -1,0 +1,111 @@
+#include <omp.h>
+
+namespace sllm {
+namespace detail {
+
+HWY_EXPORT(QuantizeActivationRows);
+HWY_EXPORT(MatmulQRows);
+
+inline size_t round_up(size_t n, size_t multiple) {
+  return (n + multiple - 1) / multiple * multiple;
+}
+
+void QuantizedActivations::resize(size_t n_rows, size_t n_cols) {
+  if (n_cols == 0 || n_cols % kQuantBlock != 0) {
+    fail("cannot quantize activation rows of " + std::to_string(n_cols) +
+         " values: the length must be a positive multiple of 32");
+  }
+  n = n_rows;
+  cols = n_cols;
+  q_stride = round_up(n_cols, 128);
+  block_stride = round_up(n_cols / kQuantBlock, 16);
+  const size_t codes = checked_mul(n_rows, q_stride, "activation buffer");
+  const size_t blocks = checked_mul(n_rows, block_stride, "activation buffer");
+  if (q.size() < codes) q.resize(codes);
+  if (scale.size() < blocks) scale.resize(blocks);
+  if (sum.size() < blocks) sum.resize(blocks);
+}
+
+// OpenMP's thread count for a call: n_threads if positive, else OpenMP's default.
+inline int omp_threads(int n_threads) {
+  return n_threads > 0 ? n_threads : omp_get_max_threads();
+}
+
+void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride,
+                          QuantizedActivations& out, int n_threads) {
+  out.resize(n, cols);
+  const auto kernel = HWY_DYNAMIC_DISPATCH(QuantizeActivationRows);
+  // Splitting pays only when each thread gets a few rows of real work.
+  const int threads = n * cols >= 65536 ? std::min<int>(omp_threads(n_threads), int(n)) : 1;
+  if (threads == 1) {
+    kernel(x, x_stride, 0, n, &out);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const size_t parts = size_t(omp_get_num_threads()), part = size_t(omp_get_thread_num());
+    kernel(x, x_stride, n * part / parts, n * (part + 1) / parts, &out);
+  }
+}
+
+namespace {
+void check_matmul_q(const MatrixView& w, const QuantizedActivations& x, size_t row_begin,
+                    size_t row_end) {
+  if (w.type != TensorType::Q8_0 && w.type != TensorType::Q4_0) {
+    fail("quantized matmul: weight type " + std::to_string(uint32_t(w.type)) +
+         " is not Q8_0 or Q4_0");
+  }
+  if (w.cols == 0 || w.cols % kQuantBlock != 0) {
+    fail("quantized matmul: rows of " + std::to_string(w.cols) +
+         " values are not a whole number of 32-value blocks");
+  }
+  if (x.cols != w.cols) {
+    fail("quantized matmul: activation rows have " + std::to_string(x.cols) +
+         " values but weight rows have " + std::to_string(w.cols));
+  }
+  if (row_begin > row_end || row_end > w.rows) {
+    fail("quantized matmul: row range [" + std::to_string(row_begin) + ", " +
+         std::to_string(row_end) + ") is outside the " + std::to_string(w.rows) + " rows");
+  }
+  const size_t block_bytes = w.type == TensorType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  if (w.row_bytes < w.cols / kQuantBlock * block_bytes) {
+    fail("quantized matmul: rows of " + std::to_string(w.cols) + " values need " +
+         std::to_string(w.cols / kQuantBlock * block_bytes) + " bytes, but rows are " +
+         std::to_string(w.row_bytes) + " bytes apart");
+  }
+}
+}  // namespace
+
+void matmul_q_rows(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
+                   size_t row_begin, size_t row_end) {
+  check_matmul_q(w, x, row_begin, row_end);
+  if (x.n == 0 || row_begin == row_end) return;
+  HWY_DYNAMIC_DISPATCH(MatmulQRows)
+  (w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, row_begin, row_end);
+}
+
+void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
+              int n_threads) {
+  check_matmul_q(w, x, 0, w.rows);
+  if (x.n == 0 || w.rows == 0) return;
+  const auto kernel = HWY_DYNAMIC_DISPATCH(MatmulQRows);
+  const int threads = std::min<int>(omp_threads(n_threads), int((w.rows + 31) / 32));
+  if (threads == 1) {
+    kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, 0, w.rows);
+    return;
+  }
+  // Threads take chunks of rows (multiples of 32, a packed panel of the prefill kernel), about
+  // four each, as they finish: a thread slowed down by another process on its core then holds
+  // the others up for one chunk at most. Each chunk is a contiguous part of the matrix, which
+  // the hardware prefetcher streams well.
+  const size_t chunk = round_up(std::max<size_t>(1, w.rows / (4 * size_t(threads))), 32);
+  const size_t chunks = (w.rows + chunk - 1) / chunk;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+  for (size_t c = 0; c < chunks; ++c) {
+    const size_t begin = c * chunk, end = std::min(w.rows, begin + chunk);
+    kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, begin, end);
+  }
+}
+
+}  // namespace detail
+}  // namespace sllm

@@ -1,0 +1,48 @@
+// Quant layer: the block formats of quantized GGUF tensors, exactly as ggml stores them, and
+// scalar reference code for each (quantize, dequantize, dot product with a Q8_0 activation).
+// The SIMD kernels (matmul_q) are tested against these.
+namespace sllm {
+
+// Elements per block of the Q8_0 and Q4_0 formats.
+constexpr size_t kQuantBlock = 32;
+
+// Q8_0: value i = qs[i] * d. 34 bytes.
+struct BlockQ8_0 {
+  uint16_t d;  // IEEE half scale
+  int8_t qs[kQuantBlock];
+};
+// Q4_0: value i = (q_i - 8) * d, q_i a 4-bit code; byte j holds q_j in its low nibble and
+// q_{j+16} in its high nibble. 18 bytes.
+struct BlockQ4_0 {
+  uint16_t d;  // IEEE half scale
+  uint8_t qs[kQuantBlock / 2];
+};
+static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 blocks are 34 bytes in GGUF");
+static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 blocks are 18 bytes in GGUF");
+
+// Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0), with the
+// rounding of ggml's reference quantizers, so that sllm's files match llama.cpp's byte for byte.
+// dst/src hold tensor_row_bytes(type, n) bytes. Error for another type, or for a quantized type
+// when n is not a multiple of 32.
+void quantize_row(TensorType type, const float* src, void* dst, size_t n);
+void dequantize_row(TensorType type, const void* src, float* dst, size_t n);
+
+// Scalar references, one per format. n is the number of values (a multiple of 32).
+namespace ref {
+// Per block: d = amax / 127, q = round(x * (1 / d)) (halves away from zero), d stored as f16.
+void quantize_row_q8_0(const float* x, BlockQ8_0* y, size_t n);
+void dequantize_row_q8_0(const BlockQ8_0* x, float* y, size_t n);
+// Per block: m = the value of largest magnitude (the first one, with its sign), d = m / -8,
+// q = min(15, trunc(x * (1 / d) + 8.5)), d stored as f16.
+void quantize_row_q4_0(const float* x, BlockQ4_0* y, size_t n);
+void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n);
+
+// Integer dot product of one block with a Q8_0 block of activations.
+int32_t block_dot(const BlockQ8_0& w, const BlockQ8_0& x);
+int32_t block_dot(const BlockQ4_0& w, const BlockQ8_0& x);
+// Dot product of a weight row with an activation row quantized to Q8_0: per block the integer
+// dot product, then sum += isum * (d_w * d_x) in f32, as ggml's vec_dot does.
+float dot_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, size_t n);
+float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n);
+}  // namespace ref
+}  // namespace sllm

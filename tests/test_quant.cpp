@@ -1,0 +1,508 @@
+// Quantized block formats (Q8_0, Q4_0) and the int8 matmul kernels, against hand-computed
+// blocks, independent error bounds and the scalar references, on every SIMD target.
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "test_support.h"
+
+using sllm::BlockQ4_0;
+using sllm::BlockQ8_0;
+using sllm::TensorType;
+using sllm::detail::MatrixView;
+using sllm::detail::QuantizedActivations;
+
+namespace {
+
+std::vector<uint8_t> bytes_of(const void* p, size_t n) {
+  const uint8_t* b = static_cast<const uint8_t*>(p);
+  return std::vector<uint8_t>(b, b + n);
+}
+
+size_t block_bytes(TensorType type) {
+  return type == TensorType::Q8_0 ? 34 : 18;
+}
+
+// Weights in a buffer that ends right before an inaccessible page, so that any read past the
+// last row faults.
+class GuardedBuffer {
+ public:
+  explicit GuardedBuffer(size_t size) : size_(size) {
+    const size_t page = size_t(sysconf(_SC_PAGESIZE));
+    map_bytes_ = (size + page - 1) / page * page + page;
+    map_ = static_cast<uint8_t*>(
+        mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    REQUIRE(map_ != MAP_FAILED);
+    REQUIRE(mprotect(map_ + map_bytes_ - page, page, PROT_NONE) == 0);
+    data_ = map_ + map_bytes_ - page - size;
+  }
+  ~GuardedBuffer() { munmap(map_, map_bytes_); }
+  GuardedBuffer(const GuardedBuffer&) = delete;
+  GuardedBuffer& operator=(const GuardedBuffer&) = delete;
+  uint8_t* data() { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  uint8_t* map_ = nullptr;
+  uint8_t* data_ = nullptr;
+  size_t map_bytes_ = 0;
+  size_t size_ = 0;
+};
+
+// The reference result for row r, token t: ref::dot on the weight row and the activation row
+// quantized by the reference quantizer, and a bound on the float rounding of any summation
+// order (kernels sum parts of blocks in separate lanes): a few ulps of the sum of the
+// magnitudes of all products.
+struct Expected {
+  float value;
+  float tolerance;
+};
+Expected expected_dot(TensorType type, const uint8_t* w_row, const BlockQ8_0* x_row, size_t cols) {
+  std::vector<float> w(cols), x(cols);
+  sllm::dequantize_row(type, w_row, w.data(), cols);
+  sllm::ref::dequantize_row_q8_0(x_row, x.data(), cols);
+  double magnitude = 0;
+  for (size_t i = 0; i < cols; ++i) magnitude += std::fabs(double(w[i]) * x[i]);
+  const float value =
+      type == TensorType::Q8_0
+          ? sllm::ref::dot_q8_0(reinterpret_cast<const BlockQ8_0*>(w_row), x_row, cols)
+          : sllm::ref::dot_q4_0(reinterpret_cast<const BlockQ4_0*>(w_row), x_row, cols);
+  return {value, float(magnitude * 4e-6 + 1e-30)};
+}
+
+std::vector<float> random_values(std::mt19937& rng, size_t n, float stddev) {
+  std::normal_distribution<float> normal(0.0f, stddev);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+// Random quantized rows of the given type.
+void fill_weights(std::mt19937& rng, TensorType type, size_t rows, size_t cols, uint8_t* out) {
+  const size_t row_bytes = cols / 32 * block_bytes(type);
+  for (size_t r = 0; r < rows; ++r) {
+    const auto values = random_values(rng, cols, 0.05f);
+    sllm::quantize_row(type, values.data(), out + r * row_bytes, cols);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("Q8_0 quantization of a hand-computed block") {
+  // amax = 127 makes d = 1 and 1/d = 1, so each code is the value rounded, halves away from 0.
+  float x[32] = {127, -127, 0.5f, -0.5f, 1.5f, -2.5f, 3.49f, -3.51f, 0, 100.2f, -99.7f, 2.5f};
+  for (int i = 12; i < 32; ++i) x[i] = float(i - 20);
+  BlockQ8_0 block;
+  sllm::ref::quantize_row_q8_0(x, &block, 32);
+  std::vector<uint8_t> want = {0x00, 0x3c,  // f16 1.0, little endian
+                               0x7f, 0x81, 0x01, 0xff, 0x02, 0xfd,
+                               0x03, 0xfc, 0x00, 0x64, 0x9c, 0x03};
+  for (int i = 12; i < 32; ++i) want.push_back(uint8_t(int8_t(i - 20)));
+  CHECK(bytes_of(&block, sizeof block) == want);
+
+  float back[32];
+  sllm::ref::dequantize_row_q8_0(&block, back, 32);
+  for (int i = 0; i < 32; ++i) CHECK(back[i] == float(int8_t(want[2 + size_t(i)])));
+
+  // An all-zero block has scale 0 and codes 0; a block with amax 2 has d = f16(2/127).
+  float zeros[32] = {};
+  sllm::ref::quantize_row_q8_0(zeros, &block, 32);
+  CHECK(bytes_of(&block, sizeof block) == std::vector<uint8_t>(34, 0));
+  float small[32] = {2.0f, -1.0f};
+  sllm::ref::quantize_row_q8_0(small, &block, 32);
+  CHECK(block.d == sllm::f32_to_fp16(2.0f / 127.0f));
+  CHECK(block.qs[0] == 127);
+  CHECK(block.qs[1] == -64);  // -1 * 63.5 = -63.5 rounds away from zero
+  CHECK(block.qs[2] == 0);
+}
+
+TEST_CASE("Q4_0 quantization of a hand-computed block, nibble order") {
+  // The value of largest magnitude is -8, so d = -8 / -8 = 1: code = min(15, trunc(x + 8.5)).
+  float x[32] = {};
+  x[0] = -8.0f;   // code 0
+  x[1] = 7.4f;    // 15.9 -> 15
+  x[2] = 0.5f;    // 9
+  x[3] = -0.5f;   // 8
+  x[4] = 2.3f;    // 10
+  x[5] = -7.6f;   // 0.9 -> 0
+  x[16] = 7.0f;   // 15
+  x[17] = -3.0f;  // 5
+  x[18] = 1.0f;   // 9
+  BlockQ4_0 block;
+  sllm::ref::quantize_row_q4_0(x, &block, 32);
+  std::vector<uint8_t> want = {0x00, 0x3c,  // f16 1.0
+                               0xf0, 0x5f, 0x99, 0x88, 0x8a, 0x80};
+  want.resize(18, 0x88);  // zeros: code 8 in both nibbles
+  CHECK(bytes_of(&block, sizeof block) == want);
+
+  float back[32];
+  sllm::ref::dequantize_row_q4_0(&block, back, 32);
+  const float want_back[] = {-8, 7, 1, 0, 2, -8};
+  for (int i = 0; i < 6; ++i) CHECK(back[i] == want_back[i]);
+  CHECK(back[16] == 7.0f);
+  CHECK(back[17] == -3.0f);
+  CHECK(back[18] == 1.0f);
+
+  // A positive extreme gives a negative scale; ties keep the first; -max clamps to code 15.
+  float y[32] = {8.0f, -8.0f, 4.0f};
+  sllm::ref::quantize_row_q4_0(y, &block, 32);
+  CHECK(block.d == sllm::f32_to_fp16(-1.0f));
+  CHECK(block.qs[0] == (0x00 | 0x80));  // 8 -> code 0; y[16] = 0 -> code 8
+  CHECK(block.qs[1] == (0x0f | 0x80));  // -8 -> 16.5 -> clamped to 15
+  CHECK(block.qs[2] == (0x04 | 0x80));  // 4 -> -4 + 8.5 -> 4
+}
+
+TEST_CASE("quantize/dequantize round trips stay within the format's error bound") {
+  std::mt19937 rng(11);
+  for (float scale : {1e-4f, 0.02f, 1.0f, 300.0f}) {
+    const size_t n = 32 * 64;
+    auto x = random_values(rng, n, scale);
+    x[5] = 0.0f;
+    std::vector<BlockQ8_0> q8(n / 32);
+    std::vector<BlockQ4_0> q4(n / 32);
+    sllm::ref::quantize_row_q8_0(x.data(), q8.data(), n);
+    sllm::ref::quantize_row_q4_0(x.data(), q4.data(), n);
+    std::vector<float> back8(n), back4(n);
+    sllm::ref::dequantize_row_q8_0(q8.data(), back8.data(), n);
+    sllm::ref::dequantize_row_q4_0(q4.data(), back4.data(), n);
+    for (size_t b = 0; b < n / 32; ++b) {
+      float amax = 0, max = 0;
+      for (size_t i = 0; i < 32; ++i) {
+        if (std::fabs(x[32 * b + i]) > amax) {
+          amax = std::fabs(x[32 * b + i]);
+          max = x[32 * b + i];
+        }
+      }
+      // The exact step, and what storing it as f16 adds at the largest code.
+      const double d8 = amax / 127.0, d8_stored = sllm::fp16_to_f32(q8[b].d);
+      const double d4 = max / -8.0, d4_stored = sllm::fp16_to_f32(q4[b].d);
+      const double bound8 = 0.5 * d8 + 127 * std::fabs(d8_stored - d8) + 1e-6 * amax;
+      const double slack4 = 8 * std::fabs(d4_stored - d4) + 1e-5 * amax;
+      // Q4_0's grid runs from -8 d to 7 d, so values near -max are clamped a whole step.
+      const double bound4 = std::fabs(d4) + slack4;
+      for (size_t i = 0; i < 32; ++i) {
+        const size_t k = 32 * b + i;
+        CAPTURE(k);
+        CHECK(std::fabs(back8[k] - x[k]) <= bound8);
+        CHECK(std::fabs(back4[k] - x[k]) <= bound4);
+        if (std::fabs(x[k]) <= 6.5 * std::fabs(d4)) {  // inside the grid: half a step
+          CHECK(std::fabs(back4[k] - x[k]) <= 0.5 * std::fabs(d4) + slack4);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("quantize_row and dequantize_row by tensor type") {
+  std::mt19937 rng(5);
+  const auto x = random_values(rng, 64, 1.0f);
+  std::vector<uint8_t> buf(64 * 4);
+  std::vector<float> back(64);
+  sllm::quantize_row(TensorType::F32, x.data(), buf.data(), 64);
+  sllm::dequantize_row(TensorType::F32, buf.data(), back.data(), 64);
+  CHECK(back == x);
+  sllm::quantize_row(TensorType::F16, x.data(), buf.data(), 64);
+  sllm::dequantize_row(TensorType::F16, buf.data(), back.data(), 64);
+  for (size_t i = 0; i < 64; ++i) CHECK(back[i] == sllm::fp16_to_f32(sllm::f32_to_fp16(x[i])));
+  sllm::quantize_row(TensorType::BF16, x.data(), buf.data(), 64);
+  sllm::dequantize_row(TensorType::BF16, buf.data(), back.data(), 64);
+  for (size_t i = 0; i < 64; ++i) CHECK(back[i] == sllm::bf16_to_f32(sllm::f32_to_bf16(x[i])));
+
+  std::vector<BlockQ8_0> q8(2);
+  sllm::quantize_row(TensorType::Q8_0, x.data(), buf.data(), 64);
+  sllm::ref::quantize_row_q8_0(x.data(), q8.data(), 64);
+  CHECK(bytes_of(buf.data(), 68) == bytes_of(q8.data(), 68));
+  std::vector<float> ref_back(64);
+  sllm::dequantize_row(TensorType::Q8_0, buf.data(), back.data(), 64);
+  sllm::ref::dequantize_row_q8_0(q8.data(), ref_back.data(), 64);
+  CHECK(back == ref_back);
+
+  CHECK_THROWS_AS(sllm::quantize_row(TensorType::Q4_0, x.data(), buf.data(), 48), sllm::Error);
+  CHECK_THROWS_AS(sllm::dequantize_row(TensorType::Q8_0, buf.data(), back.data(), 33), sllm::Error);
+  CHECK_THROWS_AS(sllm::quantize_row(TensorType::Q4_K, x.data(), buf.data(), 64), sllm::Error);
+  CHECK_THROWS_AS(sllm::dequantize_row(TensorType::Q5_0, buf.data(), back.data(), 64), sllm::Error);
+}
+
+TEST_CASE("reference dot products equal the dot product of the dequantized rows") {
+  std::mt19937 rng(9);
+  const size_t n = 32 * 40;
+  const auto w = random_values(rng, n, 0.1f);
+  const auto x = random_values(rng, n, 2.0f);
+  std::vector<BlockQ8_0> w8(n / 32), x8(n / 32);
+  std::vector<BlockQ4_0> w4(n / 32);
+  sllm::ref::quantize_row_q8_0(w.data(), w8.data(), n);
+  sllm::ref::quantize_row_q4_0(w.data(), w4.data(), n);
+  sllm::ref::quantize_row_q8_0(x.data(), x8.data(), n);
+  std::vector<float> dw8(n), dw4(n), dx(n);
+  sllm::ref::dequantize_row_q8_0(w8.data(), dw8.data(), n);
+  sllm::ref::dequantize_row_q4_0(w4.data(), dw4.data(), n);
+  sllm::ref::dequantize_row_q8_0(x8.data(), dx.data(), n);
+  double want8 = 0, want4 = 0, magnitude = 0;
+  for (size_t i = 0; i < n; ++i) {
+    want8 += double(dw8[i]) * dx[i];
+    want4 += double(dw4[i]) * dx[i];
+    magnitude += std::fabs(double(dw8[i]) * dx[i]);
+  }
+  CHECK(std::fabs(sllm::ref::dot_q8_0(w8.data(), x8.data(), n) - want8) <= 1e-5 * magnitude);
+  CHECK(std::fabs(sllm::ref::dot_q4_0(w4.data(), x8.data(), n) - want4) <= 1e-5 * magnitude);
+  // The integer block sums of extreme codes (a file may hold -128 in Q8_0).
+  BlockQ8_0 a{}, b{};
+  BlockQ4_0 c{};
+  for (int i = 0; i < 32; ++i) {
+    a.qs[i] = -128;
+    b.qs[i] = i % 2 ? 127 : -127;
+  }
+  for (int j = 0; j < 16; ++j) c.qs[j] = 0x0f;  // values 7 (low) and -8 (high)
+  CHECK(sllm::ref::block_dot(a, b) == 0);
+  CHECK(sllm::ref::block_dot(a, a) == 32 * 16384);
+  CHECK(sllm::ref::block_dot(c, b) == 7 * 0 + (-8) * 0);  // each half sums to 0
+  b.qs[0] = 127;
+  CHECK(sllm::ref::block_dot(c, b) == 7 * 254);
+}
+
+TEST_CASE("activation quantization matches the reference quantizer on every target") {
+  std::mt19937 rng(21);
+  sllm_test::for_each_simd_target([&] {
+    for (size_t cols : {32, 64, 96, 160, 4096 + 32}) {
+      for (size_t n : {1, 2, 5, 9}) {
+        CAPTURE(cols);
+        CAPTURE(n);
+        const size_t x_stride = cols + 7;
+        auto x = random_values(rng, n * x_stride, 3.0f);
+        // A block whose step is exactly 1, with halves to round away from zero, and a zero block.
+        for (size_t i = 0; i < 32; ++i) x[i] = i == 0 ? 127.0f : float(int(i) - 16) + 0.5f;
+        if (cols >= 64) std::fill(x.begin() + 32, x.begin() + 64, 0.0f);
+        QuantizedActivations q;
+        sllm::detail::quantize_activations(x.data(), n, cols, x_stride, q, 2);
+        REQUIRE(q.n == n);
+        REQUIRE(q.cols == cols);
+        std::vector<BlockQ8_0> want(cols / 32);
+        for (size_t t = 0; t < n; ++t) {
+          sllm::ref::quantize_row_q8_0(x.data() + t * x_stride, want.data(), cols);
+          bool codes_equal = true, scales_equal = true, sums_equal = true;
+          for (size_t b = 0; b < cols / 32; ++b) {
+            int32_t sum = 0;
+            for (size_t i = 0; i < 32; ++i) {
+              codes_equal &= q.codes(t)[32 * b + i] == want[b].qs[i];
+              sum += want[b].qs[i];
+            }
+            scales_equal &= q.scales(t)[b] == sllm::fp16_to_f32(want[b].d);
+            sums_equal &= q.sums(t)[b] == sum;
+          }
+          CHECK(codes_equal);
+          CHECK(scales_equal);
+          CHECK(sums_equal);
+          bool padding_zero = true;
+          for (size_t i = cols; i < q.q_stride; ++i) padding_zero &= q.codes(t)[i] == 0;
+          for (size_t b = cols / 32; b < q.block_stride; ++b) {
+            padding_zero &= q.scales(t)[b] == 0.0f && q.sums(t)[b] == 0;
+          }
+          CHECK(padding_zero);
+        }
+        if (cols == 32) CHECK(q.codes(0)[1] == -15);  // -14.5 rounds to -15, not -14
+      }
+    }
+  });
+}
+
+// Exact case: scales of 1 on both sides make every product and sum an integer that f32 holds
+// exactly in any order, so the kernels must reproduce the integer dot products bit for bit.
+TEST_CASE("quantized matmul is exact on integer data on every target") {
+  std::mt19937 rng(33);
+  std::uniform_int_distribution<int> code8(-128, 127), code4(0, 15), act(-127, 127);
+  for (TensorType type : {TensorType::Q8_0, TensorType::Q4_0}) {
+    for (size_t cols : {32, 64, 96, 4096 + 32}) {
+      const size_t rows = 37, nb = cols / 32, row_bytes = nb * block_bytes(type);
+      GuardedBuffer w(rows * row_bytes);
+      std::vector<int> values(rows * cols);
+      for (size_t r = 0; r < rows; ++r) {
+        for (size_t b = 0; b < nb; ++b) {
+          uint8_t* blk = w.data() + r * row_bytes + b * block_bytes(type);
+          const uint16_t one = sllm::f32_to_fp16(1.0f);
+          std::memcpy(blk, &one, 2);
+          for (size_t i = 0; i < 32; ++i) {
+            int v;
+            if (type == TensorType::Q8_0) {
+              v = code8(rng);
+              blk[2 + i] = uint8_t(int8_t(v));
+            } else {
+              const int c = code4(rng);
+              v = c - 8;
+              uint8_t& byte = blk[2 + i % 16];
+              byte = i < 16 ? uint8_t((byte & 0xf0) | c) : uint8_t((byte & 0x0f) | (c << 4));
+            }
+            values[r * cols + b * 32 + i] = v;
+          }
+        }
+      }
+      const size_t n = 9;
+      std::vector<float> x(n * cols);
+      for (size_t i = 0; i < x.size(); ++i) x[i] = float(i % 32 == 3 ? 127 : act(rng));
+      std::vector<float> want(n * rows);
+      for (size_t t = 0; t < n; ++t) {
+        for (size_t r = 0; r < rows; ++r) {
+          int64_t sum = 0;
+          for (size_t c = 0; c < cols; ++c) sum += int64_t(values[r * cols + c]) * x[t * cols + c];
+          want[t * rows + r] = float(sum);
+        }
+      }
+      sllm_test::for_each_simd_target([&] {
+        for (size_t tokens : {1, 2, 3, 4, 7, 9}) {
+          CAPTURE(type);
+          CAPTURE(cols);
+          CAPTURE(tokens);
+          QuantizedActivations q;
+          sllm::detail::quantize_activations(x.data(), tokens, cols, cols, q);
+          std::vector<float> y(tokens * rows, -1.0f);
+          sllm::detail::matmul_q(MatrixView{type, w.data(), rows, cols, row_bytes}, q, y.data(),
+                                 rows, 2);
+          bool exact = true;
+          for (size_t i = 0; i < tokens * rows; ++i) exact &= y[i] == want[i];
+          CHECK(exact);
+        }
+      });
+    }
+  }
+}
+
+TEST_CASE("quantized matmul matches the scalar reference on every target") {
+  std::mt19937 rng(44);
+  for (TensorType type : {TensorType::Q8_0, TensorType::Q4_0}) {
+    for (size_t cols : {32, 64, 96, 4096 + 32}) {
+      for (size_t rows : {1, 3, 33, 67, 259}) {
+        const size_t row_bytes = cols / 32 * block_bytes(type);
+        GuardedBuffer w(rows * row_bytes);
+        fill_weights(rng, type, rows, cols, w.data());
+        const size_t max_tokens = 13, x_stride = cols + 32;
+        const auto x = random_values(rng, max_tokens * x_stride, 1.0f);
+        std::vector<BlockQ8_0> xq(cols / 32);
+        std::vector<Expected> want(max_tokens * rows);
+        for (size_t t = 0; t < max_tokens; ++t) {
+          sllm::ref::quantize_row_q8_0(x.data() + t * x_stride, xq.data(), cols);
+          for (size_t r = 0; r < rows; ++r) {
+            want[t * rows + r] = expected_dot(type, w.data() + r * row_bytes, xq.data(), cols);
+          }
+        }
+        sllm_test::for_each_simd_target([&] {
+          for (size_t tokens : {1, 2, 3, 4, 5, 6, 7, 8, 9, 13}) {
+            for (int threads : {1, 2, 3}) {
+              CAPTURE(type);
+              CAPTURE(cols);
+              CAPTURE(rows);
+              CAPTURE(tokens);
+              CAPTURE(threads);
+              QuantizedActivations q;
+              sllm::detail::quantize_activations(x.data(), tokens, cols, x_stride, q, threads);
+              const size_t y_stride = rows + 5;
+              std::vector<float> y(tokens * y_stride, NAN);
+              sllm::detail::matmul_q(MatrixView{type, w.data(), rows, cols, row_bytes}, q, y.data(),
+                                     y_stride, threads);
+              int bad = 0;
+              for (size_t t = 0; t < tokens; ++t) {
+                for (size_t r = 0; r < rows; ++r) {
+                  const Expected& e = want[t * rows + r];
+                  const float got = y[t * y_stride + r];
+                  if (!(std::fabs(got - e.value) <= e.tolerance)) {
+                    if (bad++ < 3) CHECK(got == doctest::Approx(e.value));
+                  }
+                }
+                for (size_t r = rows; r < y_stride; ++r) bad += !std::isnan(y[t * y_stride + r]);
+              }
+              CHECK(bad == 0);
+            }
+          }
+        });
+      }
+    }
+  }
+}
+
+TEST_CASE("row ranges write only their rows") {
+  std::mt19937 rng(55);
+  const size_t rows = 71, cols = 160;
+  for (TensorType type : {TensorType::Q8_0, TensorType::Q4_0}) {
+    const size_t row_bytes = cols / 32 * block_bytes(type);
+    GuardedBuffer w(rows * row_bytes);
+    fill_weights(rng, type, rows, cols, w.data());
+    const auto x = random_values(rng, 10 * cols, 1.0f);
+    sllm_test::for_each_simd_target([&] {
+      for (size_t tokens : {1, 10}) {
+        QuantizedActivations q;
+        sllm::detail::quantize_activations(x.data(), tokens, cols, cols, q);
+        std::vector<float> all(tokens * rows);
+        const MatrixView m{type, w.data(), rows, cols, row_bytes};
+        sllm::detail::matmul_q(m, q, all.data(), rows, 1);
+        const size_t cuts[] = {0, 1, 18, 19, 50, 71};
+        for (size_t i = 0; i + 1 < 6; ++i) {
+          std::vector<float> y(tokens * rows, NAN);
+          sllm::detail::matmul_q_rows(m, q, y.data(), rows, cuts[i], cuts[i + 1]);
+          bool ok = true;
+          for (size_t t = 0; t < tokens; ++t) {
+            for (size_t r = 0; r < rows; ++r) {
+              const float got = y[t * rows + r];
+              ok &= r >= cuts[i] && r < cuts[i + 1] ? got == all[t * rows + r] : std::isnan(got);
+            }
+          }
+          CAPTURE(tokens);
+          CAPTURE(i);
+          CHECK(ok);
+        }
+      }
+    });
+  }
+}
+
+TEST_CASE("rows may lie further apart than their blocks") {
+  std::mt19937 rng(66);
+  for (TensorType type : {TensorType::Q8_0, TensorType::Q4_0}) {
+    const size_t rows = 35, cols = 96, blocks_bytes = cols / 32 * block_bytes(type);
+    const size_t row_bytes = blocks_bytes + 10;
+    GuardedBuffer w(rows * row_bytes);
+    std::vector<uint8_t> dense(rows * blocks_bytes);
+    fill_weights(rng, type, rows, cols, dense.data());
+    for (size_t r = 0; r < rows; ++r) {
+      std::memcpy(w.data() + r * row_bytes, dense.data() + r * blocks_bytes, blocks_bytes);
+      std::memset(w.data() + r * row_bytes + blocks_bytes, 0xff, 10);  // not part of any block
+    }
+    const auto x = random_values(rng, 8 * cols, 1.0f);
+    sllm_test::for_each_simd_target([&] {
+      for (size_t tokens : {1, 2, 8}) {
+        QuantizedActivations q;
+        sllm::detail::quantize_activations(x.data(), tokens, cols, cols, q);
+        std::vector<float> strided(tokens * rows), packed(tokens * rows);
+        sllm::detail::matmul_q(MatrixView{type, w.data(), rows, cols, row_bytes}, q, strided.data(),
+                               rows, 2);
+        sllm::detail::matmul_q(MatrixView{type, dense.data(), rows, cols, blocks_bytes}, q,
+                               packed.data(), rows, 2);
+        CAPTURE(tokens);
+        CHECK(strided == packed);
+      }
+    });
+  }
+}
+
+TEST_CASE("quantized matmul refuses shapes and types it cannot compute") {
+  std::vector<uint8_t> w(4 * 34 * 2);
+  std::vector<float> x(64, 1.0f), y(16);
+  QuantizedActivations q;
+  CHECK_THROWS_AS(sllm::detail::quantize_activations(x.data(), 1, 48, 48, q), sllm::Error);
+  CHECK_THROWS_AS(sllm::detail::quantize_activations(x.data(), 1, 0, 0, q), sllm::Error);
+  sllm::detail::quantize_activations(x.data(), 1, 64, 64, q);
+  auto run = [&](TensorType type, size_t rows, size_t cols, size_t row_bytes) {
+    sllm::detail::matmul_q(MatrixView{type, w.data(), rows, cols, row_bytes}, q, y.data(), 4, 1);
+  };
+  CHECK_NOTHROW(run(TensorType::Q8_0, 4, 64, 68));
+  CHECK_THROWS_AS(run(TensorType::F16, 4, 64, 128), sllm::Error);
+  CHECK_THROWS_AS(run(TensorType::Q4_K, 1, 256, 144), sllm::Error);
+  CHECK_THROWS_AS(run(TensorType::Q8_0, 4, 48, 51), sllm::Error);    // not whole blocks
+  CHECK_THROWS_AS(run(TensorType::Q8_0, 2, 128, 136), sllm::Error);  // activations are 64 wide
+  CHECK_THROWS_AS(run(TensorType::Q8_0, 4, 64, 67), sllm::Error);    // rows overlap
+  const MatrixView m{TensorType::Q8_0, w.data(), 4, 64, 68};
+  CHECK_THROWS_AS(sllm::detail::matmul_q_rows(m, q, y.data(), 4, 3, 5), sllm::Error);
+  CHECK_THROWS_AS(sllm::detail::matmul_q_rows(m, q, y.data(), 4, 3, 2), sllm::Error);
+  CHECK_NOTHROW(sllm::detail::matmul_q_rows(m, q, y.data(), 4, 2, 2));
+}
