@@ -882,6 +882,8 @@ class ForwardScratch {
 };
 
 // A decoder-only transformer whose weights are views into an open GGUF (which must outlive it).
+// Thread safety: it is read-only after load(), so forward passes may run at the same time in
+// several threads, each with its own ForwardScratch and sequences of a pool no other thread uses.
 class Transformer {
  public:
   static Transformer load(const Gguf& gguf, const TransformerOptions& options = {});
@@ -1580,7 +1582,16 @@ struct GenerateOptions : SamplerOptions {
   const std::atomic<bool>* cancel = nullptr;
 };
 
-enum class StopReason { kEndOfGeneration, kStopString, kMaxTokens, kContextFull, kCancelled };
+// kPoolFull: in a batch (Engine::generate), the engine's KV pool had no block left for this
+// session's next token; the others went on.
+enum class StopReason {
+  kEndOfGeneration,
+  kStopString,
+  kMaxTokens,
+  kContextFull,
+  kCancelled,
+  kPoolFull
+};
 const char* stop_reason_name(StopReason reason);
 
 struct GenerateStats {
@@ -6572,6 +6583,8 @@ const char* stop_reason_name(StopReason reason) {
       return "context full";
     case StopReason::kCancelled:
       return "cancelled";
+    case StopReason::kPoolFull:
+      return "KV pool full";
   }
   return "?";
 }
@@ -6862,7 +6875,17 @@ std::vector<GenerateStats> Engine::generate(const std::vector<Session*>& session
     std::vector<size_t> still;
     for (size_t i : active) {
       int32_t token = 0;
-      if (gens[i]->next(pieces[i], token)) {
+      bool go_on = gens[i]->next(pieces[i], token);
+      if (go_on) {
+        // A session the pool has no block for leaves the batch; the others go on.
+        try {
+          sessions[i]->seq_.reserve(1);
+        } catch (const Error&) {
+          gens[i]->stats().stop_reason = StopReason::kPoolFull;
+          go_on = false;
+        }
+      }
+      if (go_on) {
         batch.push_back(sessions[i]);
         tokens.push_back(token);
         still.push_back(i);

@@ -257,3 +257,31 @@ TEST_CASE("Engine::step decodes several sessions in one batch, each as if alone"
           engine.step({&a, &other}, {1, 2});
         }).find("another engine") != std::string::npos);
 }
+
+TEST_CASE("Engine::generate: a session the pool cannot hold stops; the others go on unharmed") {
+  const sllm::Model model = sllm::Model::open(sllm_test::test_data("stories260K.gguf"));
+  sllm::EngineOptions eo;
+  eo.pool_tokens = 48;  // 3 blocks of 16: the prompts take 2, one is left for 2 sessions
+  const sllm::Engine engine(model, eo);
+  sllm::Session a(engine), b(engine);
+  const std::vector<int32_t> prompt = {1, 403, 407, 261, 378, 365, 303, 384, 400, 260};
+  std::vector<std::string> texts(2);
+  const std::vector<sllm::GenerateStats> stats = engine.generate(
+      {&a, &b}, prompt, greedy(20), [&](size_t i, std::string_view piece) { texts[i] += piece; });
+  REQUIRE(stats.size() == 2);
+  CHECK(stats[0].stop_reason == sllm::StopReason::kMaxTokens);
+  CHECK(stats[0].n_generated == 20);
+  CHECK(stats[1].stop_reason == sllm::StopReason::kPoolFull);
+  CHECK(stats[1].n_generated == 7);  // tokens 10..15 fill its block; the 7th needs another
+  sllm::SessionOptions so;
+  so.kv_type = sllm::TensorType::F16;
+  sllm::Session alone(model, so);
+  const Generated want = [&] {
+    Generated g;
+    g.stats = alone.generate(prompt, greedy(20), [&](std::string_view p) { g.text += p; });
+    return g;
+  }();
+  CHECK(texts[0] == want.text);
+  CHECK(want.text.compare(0, texts[1].size(), texts[1]) == 0);
+  CHECK(a.n_past() == prompt.size() + 20);
+}

@@ -82,6 +82,8 @@ class ForwardScratch {
 };
 
 // A decoder-only transformer whose weights are views into an open GGUF (which must outlive it).
+// Thread safety: it is read-only after load(), so forward passes may run at the same time in
+// several threads, each with its own ForwardScratch and sequences of a pool no other thread uses.
 class Transformer {
  public:
   static Transformer load(const Gguf& gguf, const TransformerOptions& options = {});

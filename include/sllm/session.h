@@ -56,7 +56,16 @@ struct GenerateOptions : SamplerOptions {
   const std::atomic<bool>* cancel = nullptr;
 };
 
-enum class StopReason { kEndOfGeneration, kStopString, kMaxTokens, kContextFull, kCancelled };
+// kPoolFull: in a batch (Engine::generate), the engine's KV pool had no block left for this
+// session's next token; the others went on.
+enum class StopReason {
+  kEndOfGeneration,
+  kStopString,
+  kMaxTokens,
+  kContextFull,
+  kCancelled,
+  kPoolFull
+};
 const char* stop_reason_name(StopReason reason);
 
 struct GenerateStats {

@@ -28,6 +28,8 @@ const char* stop_reason_name(StopReason reason) {
       return "context full";
     case StopReason::kCancelled:
       return "cancelled";
+    case StopReason::kPoolFull:
+      return "KV pool full";
   }
   return "?";
 }
@@ -318,7 +320,17 @@ std::vector<GenerateStats> Engine::generate(const std::vector<Session*>& session
     std::vector<size_t> still;
     for (size_t i : active) {
       int32_t token = 0;
-      if (gens[i]->next(pieces[i], token)) {
+      bool go_on = gens[i]->next(pieces[i], token);
+      if (go_on) {
+        // A session the pool has no block for leaves the batch; the others go on.
+        try {
+          sessions[i]->seq_.reserve(1);
+        } catch (const Error&) {
+          gens[i]->stats().stop_reason = StopReason::kPoolFull;
+          go_on = false;
+        }
+      }
+      if (go_on) {
         batch.push_back(sessions[i]);
         tokens.push_back(token);
         still.push_back(i);
