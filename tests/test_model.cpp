@@ -638,11 +638,63 @@ TEST_CASE("bad models are refused with an Error naming the tensor or key") {
   msg = load_error(src, "layers.gguf", no_layers);
   CHECK(contains(msg, "llama.block_count"));
 
-  const std::string q8 = sllm_test::fixture("ref/a_llama.Q8_0.gguf");
-  if (q8.empty()) return;
-  const Gguf quantized = Gguf::open(q8);
-  msg = sllm_test::error_message([&] { Transformer::load(quantized); });
-  CHECK(contains(msg, "has type Q8_0, which this build cannot run yet"));
+  // Old ggml let Q8_0 blocks run across rows 172 values wide; sllm reads rows in place.
+  const std::string q8_v2 =
+      sllm_test::fixture("models/stories260K/tinyllamas-stories-260k-q8_0.v2.gguf");
+  if (q8_v2.empty()) return;
+  const Gguf across_rows = Gguf::open(q8_v2);
+  msg = sllm_test::error_message([&] { Transformer::load(across_rows); });
+  CHECK(contains(msg, "has rows of 172 values, not a whole number of Q8_0 blocks"));
+}
+
+TEST_CASE("Q8_0 and Q4_0 models stay within llama.cpp's quantized-model noise of its logits") {
+  // The ref README's bound for quantized weights with int8 activations and F16 KV: mean KL of
+  // the softmax <= 3e-4 per model, and the same top-1 token at >= 95% of the positions. Any two
+  // implementations that are not bit-identical differ here by a mean KL of about 3e-5 (llama.cpp
+  // against itself with F32 instead of F16 KV: 1e-5 to 4e-5), because a tiny change of an
+  // activation moves some of its int8 roundings; near-ties of the random models' logits (top-2
+  // gaps of 0.01) can then swap. So agreement is counted over all the quantized cases, and
+  // positions where llama.cpp's top-2 gap is clear (>= 0.05) must agree in every case.
+  size_t agree = 0, positions = 0;
+  for (const char* arch : {"a_llama", "b_qwen2", "c_phi3", "d_gpt2", "e_gemma"}) {
+    for (const char* type : {"Q8_0", "Q4_0"}) {
+      const std::string name = std::string(arch) + "." + type;
+      const std::string ref_path = sllm_test::fixture("ref/" + name + ".ref.gguf");
+      const std::string model_path = sllm_test::fixture("ref/" + name + ".gguf");
+      if (ref_path.empty() || model_path.empty()) return;
+      CAPTURE(name);
+      const RefCase ref = read_ref(ref_path, model_path);
+      const Gguf gguf = Gguf::open(model_path);
+      const Transformer tf = Transformer::load(gguf);
+      for (const std::vector<size_t>& chunks :
+           {std::vector<size_t>{ref.tokens.size()}, std::vector<size_t>{1}}) {
+        Runner run(tf, TensorType::F16);
+        const std::vector<float> got = run.logits_in_chunks(ref.tokens, chunks);
+        bool same_top1_everywhere = false;
+        const double kl = mean_kl(got, ref.logits, ref.n_vocab, &same_top1_everywhere);
+        CHECK(kl <= 3e-4);
+        size_t case_agree = 0;
+        for (size_t t = 0; t < ref.tokens.size(); ++t) {
+          const float* want = ref.logits.data() + t * ref.n_vocab;
+          const size_t top = size_t(argmax(want, ref.n_vocab));
+          const bool same = size_t(argmax(got.data() + t * ref.n_vocab, ref.n_vocab)) == top;
+          case_agree += same;
+          float second = -INFINITY;
+          for (size_t i = 0; i < ref.n_vocab; ++i)
+            if (i != top) second = std::max(second, want[i]);
+          if (want[top] - second >= 0.05f) CHECK(same);
+        }
+        agree += case_agree;
+        positions += ref.tokens.size();
+        if (chunks.size() == 1 && chunks[0] > 1) {
+          MESSAGE(name << ": mean KL = " << kl << ", top-1 agreement " << case_agree << "/"
+                       << ref.tokens.size());
+        }
+      }
+    }
+  }
+  MESSAGE("top-1 agreement over all quantized cases: " << agree << "/" << positions);
+  CHECK(double(agree) >= 0.95 * double(positions));
 }
 
 TEST_CASE("bad input to forward: token ids, context overflow, pool exhaustion") {

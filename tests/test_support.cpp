@@ -1,6 +1,8 @@
 #include "test_support.h"
 
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 #include <sys/stat.h>
 
 namespace sllm_test {
@@ -26,6 +28,72 @@ std::string fixture(const std::string& relative) {
 
 std::string test_data(const std::string& relative) {
   return std::string(SLLM_TEST_DATA_DIR) + "/" + relative;
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE_MESSAGE(in.good(), "cannot open " << path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::vector<int32_t> parse_ids(const std::string& line) {
+  std::vector<int32_t> ids;
+  std::istringstream in(line);
+  int64_t id;
+  while (in >> id) ids.push_back(int32_t(id));
+  return ids;
+}
+
+static std::string ids_string(const std::vector<int32_t>& ids) {
+  std::string s;
+  for (int32_t id : ids) s += " " + std::to_string(id);
+  return s;
+}
+
+VocabVectors read_vocab_vectors(const std::string& inp_path, const std::string& out_path) {
+  VocabVectors v;
+  const std::string inp = read_file(inp_path);
+  const std::string sep = "\n__ggml_vocab_test__\n";
+  for (size_t pos = 0; pos < inp.size();) {
+    size_t end = inp.find(sep, pos);
+    if (end == std::string::npos) end = inp.size();
+    v.texts.push_back(inp.substr(pos, end - pos));
+    pos = end + sep.size();
+  }
+  std::istringstream out(read_file(out_path));
+  std::string line;
+  while (std::getline(out, line)) v.ids.push_back(parse_ids(line));
+  REQUIRE(v.texts.size() == v.ids.size());
+  REQUIRE(v.texts.size() >= 40);
+  return v;
+}
+
+size_t check_vocab_vectors(const std::string& name, const sllm::Tokenizer& tok,
+                           const VocabVectors& v) {
+  size_t passed = 0, round_trips = 0;
+  for (size_t i = 0; i < v.texts.size(); ++i) {
+    const std::vector<int32_t> ids = tok.encode(v.texts[i], false, false);
+    if (ids == v.ids[i]) {
+      ++passed;
+    } else {
+      MESSAGE(name << " vector " << i << " '" << v.texts[i] << "'\n  expected"
+                   << ids_string(v.ids[i]) << "\n  got     " << ids_string(ids));
+    }
+    const std::string text = tok.decode(v.ids[i]);
+    if (text == v.texts[i]) {
+      ++round_trips;
+    } else {
+      MESSAGE(name << " vector " << i << " decodes to '" << text << "', not '" << v.texts[i]
+                   << "'");
+    }
+  }
+  MESSAGE(name << ": " << passed << "/" << v.texts.size() << " encoded exactly, " << round_trips
+               << "/" << v.texts.size() << " decoded back");
+  CHECK(passed == v.texts.size());
+  CHECK(round_trips == v.texts.size());
+  return passed;
 }
 
 }  // namespace sllm_test

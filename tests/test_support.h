@@ -2,6 +2,7 @@
 #pragma once
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include <doctest/doctest.h>
 
@@ -27,6 +28,24 @@ void for_each_simd_target(Body&& body) {
 std::string fixture(const std::string& relative);
 // Path of a file under tests/data (always present).
 std::string test_data(const std::string& relative);
+
+// The whole file; a failed REQUIRE when it cannot be read.
+std::string read_file(const std::string& path);
+// Whitespace-separated token ids.
+std::vector<int32_t> parse_ids(const std::string& text);
+
+// The vectors of vocab/ggml-vocab-NAME.gguf.{inp,out}: texts separated by
+// "\n__ggml_vocab_test__\n" (the file ends with one), and one line of ids per text.
+struct VocabVectors {
+  std::vector<std::string> texts;
+  std::vector<std::vector<int32_t>> ids;
+};
+VocabVectors read_vocab_vectors(const std::string& inp_path, const std::string& out_path);
+// Encodes every text (no BOS: the vectors have none) and compares; returns the number passed.
+// Also decodes the expected ids, which must give the text back (these tokenizers are lossless
+// on these texts).
+size_t check_vocab_vectors(const std::string& name, const sllm::Tokenizer& tok,
+                           const VocabVectors& v);
 
 // The message of the sllm::Error that fn throws; a failed check (and "") when it throws none.
 template <typename Fn>

@@ -5,10 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
-#include <optional>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "test_support.h"
 
@@ -18,126 +15,13 @@ using sllm::Tokenizer;
 using sllm::TokenType;
 using sllm::Vocabulary;
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE_MESSAGE(in.good(), "cannot open " << path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::vector<int32_t> parse_ids(const std::string& line) {
-  std::vector<int32_t> ids;
-  std::istringstream in(line);
-  int64_t id;
-  while (in >> id) ids.push_back(int32_t(id));
-  return ids;
-}
-
-std::string ids_string(const std::vector<int32_t>& ids) {
-  std::string s;
-  for (int32_t id : ids) s += " " + std::to_string(id);
-  return s;
-}
-
-// The vectors of vocab/ggml-vocab-NAME.gguf.{inp,out}: texts separated by
-// "\n__ggml_vocab_test__\n" (the file ends with one), and one line of ids per text.
-struct Vectors {
-  std::vector<std::string> texts;
-  std::vector<std::vector<int32_t>> ids;
-};
-
-Vectors read_vectors(const std::string& inp_path, const std::string& out_path) {
-  Vectors v;
-  const std::string inp = read_file(inp_path);
-  const std::string sep = "\n__ggml_vocab_test__\n";
-  for (size_t pos = 0; pos < inp.size();) {
-    size_t end = inp.find(sep, pos);
-    if (end == std::string::npos) end = inp.size();
-    v.texts.push_back(inp.substr(pos, end - pos));
-    pos = end + sep.size();
-  }
-  std::istringstream out(read_file(out_path));
-  std::string line;
-  while (std::getline(out, line)) v.ids.push_back(parse_ids(line));
-  REQUIRE(v.texts.size() == v.ids.size());
-  REQUIRE(v.texts.size() >= 40);
-  return v;
-}
-
-// Encodes every text (no BOS: the vectors have none) and compares; returns the number passed.
-// Also decodes the expected ids, which must give the text back (these tokenizers are lossless
-// on these texts).
-size_t check_vectors(const std::string& name, const Tokenizer& tok, const Vectors& v) {
-  size_t passed = 0, round_trips = 0;
-  for (size_t i = 0; i < v.texts.size(); ++i) {
-    const std::vector<int32_t> ids = tok.encode(v.texts[i], false, false);
-    if (ids == v.ids[i]) {
-      ++passed;
-    } else {
-      MESSAGE(name << " vector " << i << " '" << v.texts[i] << "'\n  expected"
-                   << ids_string(v.ids[i]) << "\n  got     " << ids_string(ids));
-    }
-    const std::string text = tok.decode(v.ids[i]);
-    if (text == v.texts[i]) {
-      ++round_trips;
-    } else {
-      MESSAGE(name << " vector " << i << " decodes to '" << text << "', not '" << v.texts[i]
-                   << "'");
-    }
-  }
-  MESSAGE(name << ": " << passed << "/" << v.texts.size() << " encoded exactly, " << round_trips
-               << "/" << v.texts.size() << " decoded back");
-  CHECK(passed == v.texts.size());
-  CHECK(round_trips == v.texts.size());
-  return passed;
-}
-
 void check_gguf_vocab(const std::string& name) {
   const std::string base = "vocab/ggml-vocab-" + name + ".gguf";
   const std::string gguf_path = sllm_test::fixture(base);
   if (gguf_path.empty()) return;
   const Tokenizer tok = Tokenizer::from_gguf(sllm::Gguf::open(gguf_path));
-  check_vectors(name, tok, read_vectors(gguf_path + ".inp", gguf_path + ".out"));
-}
-
-// A byte-level BPE vocabulary from a Hugging Face tokenizer.json (model.vocab, model.merges as
-// "a b" strings or [a, b] pairs, added_tokens: special ones are control tokens).
-Vocabulary vocabulary_from_tokenizer_json(const std::string& path, const std::string& pre) {
-  const nlohmann::json j = nlohmann::json::parse(read_file(path));
-  Vocabulary v;
-  v.model = "gpt2";
-  v.pre = pre;
-  const auto& vocab = j.at("model").at("vocab");
-  size_t n = vocab.size();
-  for (const auto& added : j.at("added_tokens")) n = std::max(n, added.at("id").get<size_t>() + 1);
-  v.tokens.resize(n);
-  v.types.assign(n, TokenType::Normal);
-  for (auto it = vocab.begin(); it != vocab.end(); ++it)
-    v.tokens.at(it.value().get<size_t>()) = it.key();
-  for (const auto& added : j.at("added_tokens")) {
-    const size_t id = added.at("id").get<size_t>();
-    v.tokens[id] = added.at("content").get<std::string>();
-    v.types[id] = added.at("special").get<bool>() ? TokenType::Control : TokenType::UserDefined;
-  }
-  for (const auto& m : j.at("model").at("merges")) {
-    v.merges.push_back(m.is_string()
-                           ? m.get<std::string>()
-                           : m.at(0).get<std::string>() + " " + m.at(1).get<std::string>());
-  }
-  return v;
-}
-
-// The tokenizer, or none when the fixtures are absent.
-std::optional<Tokenizer> check_json_vocab(const std::string& name, const std::string& json,
-                                          const std::string& pre) {
-  const std::string json_path = sllm_test::fixture("tokenizers/" + json + "/tokenizer.json");
-  const std::string inp_path = sllm_test::fixture("vocab/ggml-vocab-" + name + ".gguf.inp");
-  const std::string out_path = sllm_test::fixture("vocab/ggml-vocab-" + name + ".gguf.out");
-  if (json_path.empty() || inp_path.empty() || out_path.empty()) return std::nullopt;
-  const Tokenizer tok(vocabulary_from_tokenizer_json(json_path, pre));
-  check_vectors(name, tok, read_vectors(inp_path, out_path));
-  return tok;
+  sllm_test::check_vocab_vectors(
+      name, tok, sllm_test::read_vocab_vectors(gguf_path + ".inp", gguf_path + ".out"));
 }
 
 // A small SentencePiece vocabulary: <unk> <s> </s>, the 256 byte tokens, then pieces.
@@ -280,29 +164,6 @@ TEST_CASE("vocab test vectors: byte-level BPE from GGUF") {
   }
 }
 
-TEST_CASE("vocab test vectors: llama-bpe and qwen2 from tokenizer.json") {
-  check_json_vocab("llama-bpe", "llama3.2", "llama-bpe");
-  const std::optional<Tokenizer> found = check_json_vocab("qwen2", "qwen3", "qwen2");
-  if (!found) return;
-  const Tokenizer& qwen = *found;
-  // Chat markers are control tokens: matched whole only when parsing specials.
-  const int32_t im_start = qwen.find_piece("<|im_start|>"), im_end = qwen.find_piece("<|im_end|>");
-  REQUIRE(im_start >= 0);
-  REQUIRE(im_end >= 0);
-  std::vector<int32_t> expected = {im_start};
-  for (int32_t id : qwen.encode("user\nHi", false, false)) expected.push_back(id);
-  expected.push_back(im_end);
-  CHECK(qwen.encode("<|im_start|>user\nHi<|im_end|>", false, true) == expected);
-  const std::vector<int32_t> literal = qwen.encode("<|im_end|>", false, false);
-  CHECK(literal.size() > 1);
-  CHECK(qwen.decode(literal) == "<|im_end|>");
-  CHECK(qwen.is_eog(im_end));
-  CHECK(qwen.is_eog(qwen.find_piece("<|endoftext|>")));
-  CHECK_FALSE(qwen.is_eog(im_start));
-  CHECK(qwen.decode(expected) == "user\nHi");
-  CHECK(qwen.decode(expected, true) == "<|im_start|>user\nHi<|im_end|>");
-}
-
 TEST_CASE("stories260K: llama2.c's prompt encoding and greedy text") {
   const Tokenizer tok =
       Tokenizer::from_gguf(sllm::Gguf::open(sllm_test::test_data("stories260K.gguf")));
@@ -324,22 +185,25 @@ TEST_CASE("stories260K: llama2.c's prompt encoding and greedy text") {
 
   const std::string expected = sllm_test::fixture("models/stories260K/expected/");
   if (expected.empty()) return;
-  CHECK(parse_ids(read_file(expected + "greedy_prompt_lily_tom_n64.prompt_ids")) == prompt_ids);
+  CHECK(sllm_test::parse_ids(sllm_test::read_file(
+            expected + "greedy_prompt_lily_tom_n64.prompt_ids")) == prompt_ids);
   // run.c prints the pieces, dropping the leading space of the first one after BOS, then a
   // newline.
-  const std::vector<int32_t> ids = parse_ids(read_file(expected + "greedy_bos_n256.ids"));
+  const std::vector<int32_t> ids =
+      sllm_test::parse_ids(sllm_test::read_file(expected + "greedy_bos_n256.ids"));
   REQUIRE(ids.size() == 256);
-  CHECK(tok.decode(ids) + "\n" == read_file(expected + "greedy_bos_n256.txt"));
+  CHECK(tok.decode(ids) + "\n" == sllm_test::read_file(expected + "greedy_bos_n256.txt"));
   sllm::Detokenizer detok(tok);
   std::string streamed = detok.push(tok.bos());
   for (int32_t id : ids) streamed += detok.push(id);
-  CHECK(streamed + detok.flush() + "\n" == read_file(expected + "greedy_bos_n256.txt"));
+  CHECK(streamed + detok.flush() + "\n" == sllm_test::read_file(expected + "greedy_bos_n256.txt"));
 
   std::vector<int32_t> all = prompt_ids;
   const std::vector<int32_t> generated =
-      parse_ids(read_file(expected + "greedy_prompt_lily_tom_n64.ids"));
+      sllm_test::parse_ids(sllm_test::read_file(expected + "greedy_prompt_lily_tom_n64.ids"));
   all.insert(all.end(), generated.begin(), generated.end());
-  CHECK(tok.decode(all) + "\n" == read_file(expected + "greedy_prompt_lily_tom_n64.txt"));
+  CHECK(tok.decode(all) + "\n" ==
+        sllm_test::read_file(expected + "greedy_prompt_lily_tom_n64.txt"));
 }
 
 TEST_CASE("SentencePiece: merges by score, byte fallback, leading space, specials") {
@@ -620,7 +484,7 @@ TEST_CASE("Tokenizer: encoding 100 KB of text") {
     if (path.empty()) return;
     const Tokenizer tok = Tokenizer::from_gguf(sllm::Gguf::open(path));
     std::string text;
-    const std::string inp = read_file(path + ".inp");
+    const std::string inp = sllm_test::read_file(path + ".inp");
     while (text.size() < 100000) text += inp;
     const auto t0 = std::chrono::steady_clock::now();
     const std::vector<int32_t> ids = tok.encode(text, false, false);

@@ -27,6 +27,7 @@ int cmd_tokenize(int argc, char** argv);
 int cmd_logits(int argc, char** argv);
 int cmd_chat(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
+int cmd_convert(int argc, char** argv);
 
 // Walks a subcommand's arguments in order:
 //   ArgReader args(argc, argv);

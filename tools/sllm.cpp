@@ -25,6 +25,7 @@ const Command kCommands[] = {
     {"logits", sllm::cli::cmd_logits, "write the logits of token ids, for comparisons"},
     {"bench", sllm::cli::cmd_bench, "measure prompt and generation speed (tokens/s)"},
     {"info", sllm::cli::cmd_info, "show a GGUF file's metadata, tensors and sizes"},
+    {"convert", sllm::cli::cmd_convert, "convert a Hugging Face checkpoint folder to GGUF"},
 };
 
 void print_usage(std::FILE* out) {

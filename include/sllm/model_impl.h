@@ -64,19 +64,35 @@ inline const TensorInfo& required_tensor(const Gguf& gguf, const std::string& na
 // A 2-D weight of cols x rows (ggml order: ne[0] = cols) read in place. The one place that
 // decides which tensor types the matmul runs.
 inline MatrixView weight_matrix(const Gguf& gguf, const TensorInfo& t, size_t cols, size_t rows) {
-  if (t.type != TensorType::F32 && t.type != TensorType::F16 && t.type != TensorType::BF16) {
+  const bool quantized = t.type == TensorType::Q8_0 || t.type == TensorType::Q4_0;
+  if (t.type != TensorType::F32 && t.type != TensorType::F16 && t.type != TensorType::BF16 &&
+      !quantized) {
     fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
-         ", which this build cannot run yet (supported: F32, F16, BF16)");
+         ", which this build cannot run yet (supported: F32, F16, BF16, Q8_0, Q4_0)");
   }
   if (t.n_dims != 2 || t.ne[0] != cols || t.ne[1] != rows) {
     fail("tensor " + t.name + " in " + gguf.path() + " has shape " + t.shape_string() +
          ", but the model's metadata implies " + shape_of(cols, rows));
   }
-  const size_t elem = t.type == TensorType::F32 ? 4 : 2;
+  if (quantized && cols % kQuantBlock != 0) {
+    // Old ggml let blocks run across rows (the Q8_0 stories260K file); sllm reads rows in place.
+    fail("tensor " + t.name + " in " + gguf.path() + " has rows of " + std::to_string(cols) +
+         " values, not a whole number of " + tensor_type_name(t.type) +
+         " blocks of 32; re-quantize the model with a current tool");
+  }
+  const size_t elem = t.type == TensorType::F32 ? 4 : 2;  // quantized blocks start with an f16
   if (reinterpret_cast<uintptr_t>(t.data) % elem != 0) {
     fail("tensor " + t.name + " in " + gguf.path() + " is not aligned to its element size");
   }
-  return MatrixView{t.type, t.data, rows, cols, cols * elem};
+  return MatrixView{t.type, t.data, rows, cols, size_t(tensor_row_bytes(t.type, cols))};
+}
+
+// The input of a projection quantized to int8 blocks for quantized weights, once for all the
+// matrices that read it. Per thread, so that decoding allocates nothing and sessions running on
+// other threads do not share it.
+inline QuantizedActivations& thread_quantized_input() {
+  thread_local QuantizedActivations q;
+  return q;
 }
 
 inline MatrixView weight_matrix(const Gguf& gguf, const std::string& name, size_t cols,
@@ -429,18 +445,34 @@ void Transformer::normalize(const Norm& norm, const float* x, size_t n, float* o
   }
 }
 
-void Transformer::linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
-                         size_t y_stride) const {
-  detail::matmul(l.weight, x, n, x_stride, y, y_stride, n_threads_);
+void Transformer::multiply(const Linear& l, const float* x, size_t n, size_t x_stride,
+                           bool& x_quantized, float* y, size_t y_stride) const {
+  if (l.weight.type == TensorType::Q8_0 || l.weight.type == TensorType::Q4_0) {
+    detail::QuantizedActivations& xq = detail::thread_quantized_input();
+    if (!x_quantized) {
+      detail::quantize_activations(x, n, l.weight.cols, x_stride, xq, n_threads_);
+      x_quantized = true;
+    }
+    detail::matmul_q(l.weight, xq, y, y_stride, n_threads_);
+  } else {
+    detail::matmul(l.weight, x, n, x_stride, y, y_stride, n_threads_);
+  }
   if (l.bias == nullptr) return;
   for (size_t t = 0; t < n; ++t) detail::add(y + t * y_stride, l.bias, l.weight.rows);
 }
 
+void Transformer::linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
+                         size_t y_stride) const {
+  bool x_quantized = false;
+  multiply(l, x, n, x_stride, x_quantized, y, y_stride);
+}
+
 void Transformer::project(const Projection& p, const float* x, size_t n, size_t x_stride,
                           float* y) const {
+  bool x_quantized = false;
   size_t offset = 0;
   for (const Linear& part : p.parts) {
-    linear(part, x, n, x_stride, y + offset, p.rows);
+    multiply(part, x, n, x_stride, x_quantized, y + offset, p.rows);
     offset += part.weight.rows;
   }
 }
