@@ -220,6 +220,7 @@ enum class TensorType : uint32_t {
   Q5_K = 13,
   Q6_K = 14,
   Q8_K = 15,
+  I8 = 24,  // int8; also the KV cache's int8 entries (with a scale per token and head)
   BF16 = 30,
 };
 
@@ -497,7 +498,8 @@ struct MatrixView {
 
 // Keys or values of one KV head of one layer, kept in fixed-size blocks of tokens (the paged
 // KV cache): token j's row of head_dim elements (F32 or F16) starts at
-// blocks[j / block_tokens] + offset + (j % block_tokens) * token_stride.
+// blocks[j / block_tokens] + offset + (j % block_tokens) * token_stride. An I8 row is an f32
+// scale (unaligned) followed by head_dim int8 elements; element i is scale * int8[i].
 struct PagedRows {
   const uint8_t* const* blocks = nullptr;
   size_t block_tokens = 0;
@@ -547,10 +549,12 @@ void swiglu(const float* gate, const float* up, size_t n, float* out);
 void gelu(const float* x, size_t n, float* out);
 // out = gelu(gate) * up (out may alias gate or up).
 void geglu(const float* gate, const float* up, size_t n, float* out);
-// One query head over the cached tokens [begin, end): out = softmax(scale * K q) V. begin > 0
-// leaves out the tokens before a sliding window. scores is scratch for end - begin floats.
+// One query head over the cached tokens [begin, end) of type F32, F16 or I8:
+// out = softmax(scale * K q) V. begin > 0 leaves out the tokens before a sliding window. One
+// pass with an online softmax (a running maximum rescales the sums), so no buffer of context
+// length is needed.
 void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
-               size_t begin, size_t end, float scale, float* scores, float* out);
+               size_t begin, size_t end, float scale, float* out);
 
 }  // namespace detail
 
@@ -631,7 +635,18 @@ void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size
 // ---- kv.h ----
 // KV layer: the paged KV cache. One pool of fixed-size blocks, sized at start; each block holds
 // the keys and values of block_tokens consecutive tokens for every layer. A sequence is a table
-// of blocks. Running out of blocks or past the context is an Error, never a silent wrap.
+// of blocks; many sequences share one pool, and a block may be shared by several of them
+// (reference counts): forks share their parent's blocks and copy a shared block before writing
+// it. A full block is keyed by a hash of its tokens and of its parent block's key, so that a
+// new sequence starting with the same tokens takes the cached block instead of recomputing it;
+// blocks no sequence holds stay cached until the pool needs them (least recently used first).
+// Running out of blocks or past the context is an Error, never a silent wrap.
+//
+// Thread safety: a pool and its sequences are one unit; calls on them (and forward passes over
+// them) must not overlap. Distinct pools are independent.
+#include <list>
+#include <unordered_map>
+
 namespace sllm {
 
 // What one token stores per layer: n_kv_heads heads of key_dim key and value_dim value
@@ -648,7 +663,8 @@ struct KvShape {
   bool operator!=(const KvShape& o) const { return !(*this == o); }
 };
 
-// The blocks of one model's KV cache, allocated once. Entries are F32 or F16 (type).
+// The blocks of one model's KV cache, allocated once. Entries are F32, F16 or I8 (type); an I8
+// head row is an f32 scale and the int8 elements (see detail::PagedRows).
 // Layout of a block, per layer: block_tokens key rows, then block_tokens value rows; a key row
 // is the n_kv_heads * key_dim elements of one token.
 class KvPool {
@@ -665,13 +681,36 @@ class KvPool {
   TensorType type() const { return type_; }
   size_t block_tokens() const { return block_tokens_; }
   size_t n_blocks() const { return n_blocks_; }
-  size_t free_blocks() const { return free_.size(); }
+  // Blocks that allocate() can take: unused ones and cached ones that no sequence holds.
+  size_t free_blocks() const { return free_.size() + lru_.size(); }
+  size_t cached_blocks() const { return lru_.size(); }  // of those, the ones still cached
   size_t block_bytes() const { return block_bytes_; }
+  // Bytes of one token's keys and values, all layers.
+  size_t token_bytes() const { return block_bytes_ / block_tokens_; }
 
-  // Takes n free blocks (Error naming the numbers when fewer are free; then nothing is taken).
+  // Takes n blocks with a reference count of 1, unused ones first, then evicting the least
+  // recently used cached ones (Error naming the numbers when fewer are free; then nothing is
+  // taken).
   std::vector<uint32_t> allocate(size_t n);
+  void retain(uint32_t block) { ++refs_[block]; }
+  // Drops a reference; a block nobody holds becomes free, or stays cached when it is keyed.
   void release(uint32_t block);
+  uint32_t ref_count(uint32_t block) const { return refs_[block]; }
   uint8_t* block_data(uint32_t block) { return data_.data() + size_t{block} * block_bytes_; }
+  void copy_block(uint32_t dst, uint32_t src);
+
+  // Prefix cache. key_of() chains a full block's tokens to its parent's key (kRootKey for the
+  // first block). publish() makes a full block findable under its key (unless another block
+  // already is); unpublish() before its contents change. find() returns the block published
+  // under key whose parent and tokens are these (verified, so a hash collision is a miss),
+  // retained for the caller, or kNoBlock.
+  static constexpr uint64_t kRootKey = 0x6a09e667f3bcc909ull;
+  static constexpr uint32_t kNoBlock = UINT32_MAX;
+  static uint64_t key_of(uint64_t parent, const int32_t* tokens, size_t n);
+  void publish(uint32_t block, uint64_t key, uint64_t parent, const int32_t* tokens);
+  void unpublish(uint32_t block);
+  bool published(uint32_t block) const { return meta_[block].published; }
+  uint32_t find(uint64_t key, uint64_t parent, const int32_t* tokens);
 
   // Byte offsets inside a block of layer's first key and value rows, and between tokens.
   size_t key_offset(size_t layer) const { return layer * layer_bytes_; }
@@ -688,10 +727,21 @@ class KvPool {
   size_t key_bytes_ = 0, layer_bytes_ = 0, block_bytes_ = 0;
   detail::AlignedBuffer<uint8_t> data_;
   std::vector<uint32_t> free_;  // a stack; the lowest ids are handed out first
+  std::vector<uint32_t> refs_;
+  struct BlockMeta {
+    bool published = false;
+    uint64_t key = 0, parent = 0;
+    std::list<uint32_t>::iterator lru;  // valid while cached (refs 0, published)
+  };
+  std::vector<BlockMeta> meta_;
+  std::vector<int32_t> block_token_ids_;  // block_tokens per block, for published blocks
+  std::unordered_map<uint64_t, uint32_t> index_;
+  std::list<uint32_t> lru_;  // cached blocks nobody holds, least recently used first
 };
 
 // The cached tokens of one sequence: a block table into a pool (which must outlive it).
-// Holds at most max_tokens tokens (the context length).
+// Holds at most max_tokens tokens (the context length). Knows its token ids when commit() is
+// given them, which lets its full blocks be published to the pool's prefix cache.
 class KvSequence {
  public:
   KvSequence(KvPool& pool, size_t max_tokens);
@@ -705,12 +755,23 @@ class KvSequence {
   size_t size() const { return size_; }  // tokens stored
   size_t max_tokens() const { return max_tokens_; }
   const std::vector<uint32_t>& blocks() const { return blocks_; }
+  // The ids of the tokens held (-1 where commit() was not told them).
+  const std::vector<int32_t>& tokens() const { return tokens_; }
 
-  // Makes room for n more tokens after size(). Error on context overflow or when the pool has
-  // too few free blocks; then the sequence is unchanged.
+  // A sequence holding the same tokens, sharing every block with this one (copy on write).
+  KvSequence fork() const;
+  // Makes room for n more tokens after size(), copying a block to be written that other
+  // sequences share. Error on context overflow or when the pool has too few free blocks; then
+  // the sequence is unchanged.
   void reserve(size_t n);
-  // Marks n tokens after size() as written (they must have been reserved).
-  void commit(size_t n);
+  // Marks n tokens after size() as written (they must have been reserved); tokens (n ids, or
+  // null when unknown) lets the blocks they fill be published to the prefix cache.
+  void commit(size_t n, const int32_t* tokens = nullptr);
+  // Takes from the pool's prefix cache the cached full blocks that continue this sequence with
+  // tokens[0..n), as many as match, and returns how many tokens they hold (whole blocks, at
+  // most n). Nothing is taken when the sequence does not end at a block boundary of known
+  // tokens.
+  size_t reuse_prefix(const int32_t* tokens, size_t n);
   // Keeps the first n tokens and returns the blocks no longer needed to the pool.
   void truncate(size_t n);
   void clear() { truncate(0); }
@@ -724,10 +785,13 @@ class KvSequence {
 
  private:
   void release_all();
+  void publish_full_blocks();
   uint8_t* row(size_t pos, size_t offset, size_t stride);
   KvPool* pool_;
   size_t max_tokens_;
   size_t size_ = 0;
+  std::vector<int32_t> tokens_;
+  std::vector<uint64_t> keys_;  // prefix-cache keys of the first full blocks of known tokens
   std::vector<uint32_t> blocks_;
   std::vector<const uint8_t*> block_data_;  // blocks_' addresses, for PagedRows
 };
@@ -808,15 +872,19 @@ struct TransformerOptions {
 enum class LogitsFor { kNone, kLast, kAll };
 
 // The activations of one forward pass, kept between calls so that decoding allocates nothing.
-// Grows to the largest batch and context seen. One per concurrently running sequence.
+// Grows to the largest batch seen. One per concurrently running sequence.
 class ForwardScratch {
   friend class Transformer;
-  size_t n_tokens_ = 0, n_ctx_ = 0, n_threads_ = 0;
+  size_t n_tokens_ = 0;
   detail::AlignedBuffer<float> x_, xb_, qkv_, att_, ffn_;
-  detail::AlignedBuffer<float> rope_cos_, rope_sin_, scores_;
+  detail::AlignedBuffer<float> rope_cos_, rope_sin_;
+  std::vector<KvSequence*> seqs_;  // the sequence and position of each token of the batch
+  std::vector<size_t> pos_;
 };
 
 // A decoder-only transformer whose weights are views into an open GGUF (which must outlive it).
+// Thread safety: it is read-only after load(), so forward passes may run at the same time in
+// several threads, each with its own ForwardScratch and sequences of a pool no other thread uses.
 class Transformer {
  public:
   static Transformer load(const Gguf& gguf, const TransformerOptions& options = {});
@@ -832,6 +900,14 @@ class Transformer {
   // past the learned positions of a model that has them) or an exhausted pool.
   void forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& scratch,
                float* logits, LogitsFor which = LogitsFor::kLast) const;
+  // One decode step of n distinct sequences at once: seqs[i] gets tokens[i] after its own
+  // tokens, and row i of logits (n * n_vocab floats) is its next-token logits. Every weight is
+  // read once for the whole batch; each row attends over its own block table. Error, with
+  // every sequence's size unchanged, as for forward (the message names the sequence); a caller
+  // that wants the others to go on reserves each sequence's token first (KvSequence::reserve)
+  // and leaves out those that fail.
+  void forward_batch(const int32_t* tokens, KvSequence* const* seqs, size_t n,
+                     ForwardScratch& scratch, float* logits) const;
 
  private:
   Transformer() = default;  // made by load()
@@ -855,8 +931,13 @@ class Transformer {
     Projection ffn_in;  // gate and up rows (GLU FFNs) or the up rows (GELU)
     Linear ffn_down;
   };
-  void prepare(ForwardScratch& s, size_t n, size_t n_ctx) const;
-  void embed(const int32_t* tokens, size_t n, size_t pos0, ForwardScratch& s) const;
+  void prepare(ForwardScratch& s, size_t n) const;
+  void check_tokens(const int32_t* tokens, size_t n) const;
+  void check_sequence(const KvSequence& seq, size_t n) const;
+  // The batch's layers over scratch's sequences and positions (reserved), then logits.
+  void run(const int32_t* tokens, size_t n, ForwardScratch& s, float* logits,
+           LogitsFor which) const;
+  void embed(const int32_t* tokens, size_t n, ForwardScratch& s) const;
   void normalize(const Norm& norm, const float* x, size_t n, float* out) const;
   // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride.
   // y = W x (+ bias) for n rows of x; x_quantized says whether the thread's quantized input
@@ -867,8 +948,7 @@ class Transformer {
               size_t y_stride) const;
   // The same for every part, side by side in rows of p.rows floats.
   void project(const Projection& p, const float* x, size_t n, size_t x_stride, float* y) const;
-  void attention_block(const Layer& layer, size_t l, size_t n, size_t pos0, KvSequence& seq,
-                       ForwardScratch& s) const;
+  void attention_block(const Layer& layer, size_t l, size_t n, ForwardScratch& s) const;
   void ffn_block(const Layer& layer, size_t n, ForwardScratch& s) const;
 
   ModelConfig config_;
@@ -1450,8 +1530,14 @@ size_t argmax(const float* x, size_t n);
 
 // ---- session.h ----
 // Session layer: the API users see. A Model is a GGUF file opened with its
-// transformer and tokenizer; a Session is one conversation's context (KV cache)
-// over a Model: prompt in, pieces of text out.
+// transformer and tokenizer; an Engine is a model's KV cache pool, shared by many Sessions; a
+// Session is one conversation's context (a sequence in that pool): prompt in, pieces of text
+// out. Sessions of one Engine share cached prompt prefixes (a system prompt is computed once)
+// and can decode together in one batch (Engine::step).
+//
+// Thread safety: a Model may be used from any number of threads. An Engine and all Sessions
+// over it are one unit: calls on them must not overlap (use one thread, or a lock around
+// them); Sessions of different Engines may run in different threads at the same time.
 #include <atomic>
 #include <chrono>
 
@@ -1480,7 +1566,15 @@ class Model {
 struct SessionOptions {
   size_t n_ctx = 0;                      // tokens the context holds; 0: the model's context length,
                                          // at most 4096
-  TensorType kv_type = TensorType::F32;  // KV cache entries: F32 or F16
+  TensorType kv_type = TensorType::F32;  // KV cache entries: F32 or F16 (a session over its own
+                                         // pool; over an Engine, the engine's type applies)
+};
+
+struct EngineOptions {
+  size_t pool_tokens = 0;  // tokens the KV pool holds, all sessions together; 0: 4 contexts of
+                           // the model's context length (at most 4096)
+  size_t block_tokens = KvPool::kDefaultBlockTokens;
+  TensorType kv_type = TensorType::F16;  // KV cache entries: F16 or F32
 };
 
 struct GenerateOptions : SamplerOptions {
@@ -1493,11 +1587,21 @@ struct GenerateOptions : SamplerOptions {
   const std::atomic<bool>* cancel = nullptr;
 };
 
-enum class StopReason { kEndOfGeneration, kStopString, kMaxTokens, kContextFull, kCancelled };
+// kPoolFull: in a batch (Engine::generate), the engine's KV pool had no block left for this
+// session's next token; the others went on.
+enum class StopReason {
+  kEndOfGeneration,
+  kStopString,
+  kMaxTokens,
+  kContextFull,
+  kCancelled,
+  kPoolFull
+};
 const char* stop_reason_name(StopReason reason);
 
 struct GenerateStats {
-  size_t n_prompt = 0;  // prompt tokens evaluated
+  size_t n_prompt = 0;         // prompt tokens evaluated
+  size_t n_prompt_reused = 0;  // of those, the ones taken from the prefix cache, not computed
   size_t n_generated = 0;
   double prompt_seconds = 0;
   double generate_seconds = 0;
@@ -1506,11 +1610,44 @@ struct GenerateStats {
 };
 
 using PieceFn = std::function<void(std::string_view piece)>;
+// A piece of the text of completion i of a batch.
+using BatchPieceFn = std::function<void(size_t i, std::string_view piece)>;
+
+class Session;
+
+// The KV cache pool of a model, shared by the Sessions made over it. Cheap to copy: copies are
+// the same engine. The pool and the model stay alive while a copy or a session holds them.
+class Engine {
+ public:
+  explicit Engine(const Model& model, const EngineOptions& options = {});
+  const Model& model() const;
+  KvPool& pool() const;
+  // One decode step of several sessions of this engine in one forward pass (every weight read
+  // once for all): sessions[i] evaluates tokens[i], and its logits() are then the next ones.
+  // Sessions may join or leave between steps. Error when one cannot take its token (a full
+  // context, an exhausted pool): then no session has changed, and the message names it.
+  void step(const std::vector<Session*>& sessions, const std::vector<int32_t>& tokens) const;
+  // Session::generate for several sessions of this engine at once: each evaluates the prompt
+  // tokens (the first computes them, the others take its cached blocks), then they decode in
+  // batched steps, each leaving the batch when it stops. Sampling seeds are options.seed + i
+  // when set (else random). on_piece gets each session's text as it is generated.
+  std::vector<GenerateStats> generate(const std::vector<Session*>& sessions,
+                                      const std::vector<int32_t>& prompt_tokens,
+                                      const GenerateOptions& options,
+                                      const BatchPieceFn& on_piece) const;
+
+ private:
+  struct State;
+  std::shared_ptr<State> state_;
+};
 
 class Session {
  public:
+  // A session over a pool of its own, sized for one context.
   explicit Session(const Model& model, const SessionOptions& options = {});
-  // Not copyable or movable: the sequence points into the session's own KV pool.
+  // A session over the engine's shared pool.
+  explicit Session(const Engine& engine, const SessionOptions& options = {});
+  // Not copyable or movable: Engine::step and Chat refer to sessions by address.
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
 
@@ -1528,9 +1665,11 @@ class Session {
   std::vector<int32_t> tokenize(std::string_view text, bool add_special = true,
                                 bool parse_special = false) const;
   // Evaluates tokens after those in the context; logits() then holds the last
-  // position's. Error (context unchanged) when a token is out of range or the
-  // context would overflow.
-  void evaluate(const std::vector<int32_t>& tokens);
+  // position's. Whole KV blocks found in the engine's prefix cache are taken instead of
+  // computed; returns how many tokens were (the last token is always computed). Error
+  // (context unchanged) when a token is out of range, the context would overflow or the pool
+  // is exhausted.
+  size_t evaluate(const std::vector<int32_t>& tokens);
   // Same, returning the logits of every position: tokens.size() rows of
   // n_vocab.
   std::vector<float> evaluate_all(const std::vector<int32_t>& tokens);
@@ -1548,9 +1687,10 @@ class Session {
                          const PieceFn& on_piece);
 
  private:
+  friend class Engine;
   void check_fits(size_t n_tokens) const;
+  Engine engine_;
   Model model_;
-  KvPool pool_;
   KvSequence seq_;
   ForwardScratch scratch_;
   std::vector<int32_t> tokens_;  // what seq_ holds
@@ -1729,6 +1869,12 @@ HWY_INLINE hn::Vec<D> LoadAsF32(D d, const hwy::bfloat16_t* HWY_RESTRICT p) {
   const hn::Rebind<hwy::bfloat16_t, D> dh;
   return hn::PromoteTo(d, hn::LoadU(dh, p));
 }
+template <class D>
+HWY_INLINE hn::Vec<D> LoadAsF32(D d, const int8_t* HWY_RESTRICT p) {
+  const hn::Rebind<int32_t, D> di;
+  const hn::Rebind<int8_t, D> d8;
+  return hn::ConvertTo(d, hn::PromoteTo(di, hn::LoadU(d8, p)));
+}
 HWY_INLINE float ElementAsF32(float v) {
   return v;
 }
@@ -1737,6 +1883,9 @@ HWY_INLINE float ElementAsF32(hwy::float16_t v) {
 }
 HWY_INLINE float ElementAsF32(hwy::bfloat16_t v) {
   return bf16_to_f32(v.bits);
+}
+HWY_INLINE float ElementAsF32(int8_t v) {
+  return float(v);
 }
 
 template <class D>
@@ -2162,27 +2311,61 @@ void GeGlu(const float* gate, const float* up, size_t n, float* out) {
   for (; i < n; ++i) out[i] = GeluOf(gate[i]) * up[i];
 }
 
+// A KV row's elements and the scale they are multiplied by (1 but for I8 rows).
 template <typename KV>
-void AttentionOfType(const float* HWY_RESTRICT q, size_t head_dim, const detail::PagedRows& keys,
-                     const detail::PagedRows& values, size_t begin, size_t end, float scale,
-                     float* HWY_RESTRICT scores, float* HWY_RESTRICT out) {
-  for (size_t j = begin; j < end; ++j) {
-    scores[j - begin] = scale * DotRow(reinterpret_cast<const KV*>(keys.row(j)), q, head_dim);
-  }
-  Softmax(scores, end - begin);
-  for (size_t i = 0; i < head_dim; ++i) out[i] = 0.0f;
-  for (size_t j = begin; j < end; ++j) {
-    AddScaledRow(scores[j - begin], reinterpret_cast<const KV*>(values.row(j)), out, head_dim);
+HWY_INLINE const KV* KvElements(const uint8_t* row, float& scale) {
+  if constexpr (std::is_same<KV, int8_t>::value) {
+    std::memcpy(&scale, row, sizeof(float));
+    return reinterpret_cast<const int8_t*>(row + sizeof(float));
+  } else {
+    scale = 1.0f;
+    return reinterpret_cast<const KV*>(row);
   }
 }
 
+template <typename KV>
+void AttentionOfType(const float* HWY_RESTRICT q, size_t head_dim, const detail::PagedRows& keys,
+                     const detail::PagedRows& values, size_t begin, size_t end, float scale,
+                     float* HWY_RESTRICT out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  for (size_t i = 0; i < head_dim; ++i) out[i] = 0.0f;
+  float max = -INFINITY, sum = 0.0f;
+  for (size_t j = begin; j < end; ++j) {
+    float k_scale, v_scale;
+    const KV* k = KvElements<KV>(keys.row(j), k_scale);
+    const KV* v = KvElements<KV>(values.row(j), v_scale);
+    const float s = scale * k_scale * DotRow(k, q, head_dim);
+    if (s > max) {
+      // A new maximum: what was summed so far was weighted by exp(. - max) of the old one.
+      const float rescale = std::exp(max - s);
+      sum *= rescale;
+      const auto vr = hn::Set(d, rescale);
+      size_t i = 0;
+      for (; i + N <= head_dim; i += N) hn::StoreU(hn::Mul(hn::LoadU(d, out + i), vr), d, out + i);
+      for (; i < head_dim; ++i) out[i] *= rescale;
+      max = s;
+    }
+    const float p = std::exp(s - max);
+    sum += p;
+    AddScaledRow(p * v_scale, v, out, head_dim);
+  }
+  const float inv = 1.0f / sum;
+  for (size_t i = 0; i < head_dim; ++i) out[i] *= inv;
+}
+
 void Attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
-               const detail::PagedRows& values, size_t begin, size_t end, float scale,
-               float* scores, float* out) {
-  if (keys.type == TensorType::F16) {
-    AttentionOfType<hwy::float16_t>(q, head_dim, keys, values, begin, end, scale, scores, out);
-  } else {
-    AttentionOfType<float>(q, head_dim, keys, values, begin, end, scale, scores, out);
+               const detail::PagedRows& values, size_t begin, size_t end, float scale, float* out) {
+  switch (keys.type) {
+    case TensorType::F16:
+      AttentionOfType<hwy::float16_t>(q, head_dim, keys, values, begin, end, scale, out);
+      break;
+    case TensorType::I8:
+      AttentionOfType<int8_t>(q, head_dim, keys, values, begin, end, scale, out);
+      break;
+    default:
+      AttentionOfType<float>(q, head_dim, keys, values, begin, end, scale, out);
+      break;
   }
 }
 
@@ -3000,7 +3183,8 @@ const TensorTypeInfo* tensor_type_info(uint32_t type_id) {
       {3, {"Q4_1", 32, 20}},    {6, {"Q5_0", 32, 22}},    {7, {"Q5_1", 32, 24}},
       {8, {"Q8_0", 32, 34}},    {9, {"Q8_1", 32, 36}},    {10, {"Q2_K", 256, 84}},
       {11, {"Q3_K", 256, 110}}, {12, {"Q4_K", 256, 144}}, {13, {"Q5_K", 256, 176}},
-      {14, {"Q6_K", 256, 210}}, {15, {"Q8_K", 256, 292}}, {30, {"BF16", 1, 2}},
+      {14, {"Q6_K", 256, 210}}, {15, {"Q8_K", 256, 292}}, {24, {"I8", 1, 1}},
+      {30, {"BF16", 1, 2}},
   };
   for (const auto& t : kTypes) {
     if (t.id == type_id) return &t.info;
@@ -4149,8 +4333,8 @@ void geglu(const float* gate, const float* up, size_t n, float* out) {
 }
 
 void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
-               size_t begin, size_t end, float scale, float* scores, float* out) {
-  HWY_DYNAMIC_DISPATCH(Attention)(q, head_dim, keys, values, begin, end, scale, scores, out);
+               size_t begin, size_t end, float scale, float* out) {
+  HWY_DYNAMIC_DISPATCH(Attention)(q, head_dim, keys, values, begin, end, scale, out);
 }
 
 }  // namespace detail
@@ -4172,6 +4356,11 @@ float element_to_f32(TensorType type, const uint8_t* row, size_t i) {
     case TensorType::BF16:
       std::memcpy(&h, row + 2 * i, 2);
       return bf16_to_f32(h);
+    case TensorType::I8: {
+      float scale;
+      std::memcpy(&scale, row, 4);
+      return scale * float(int8_t(row[4 + i]));
+    }
     default: {
       float f;
       std::memcpy(&f, row + 4 * i, 4);
@@ -4406,21 +4595,24 @@ namespace sllm {
 
 KvPool::KvPool(const KvShape& shape, size_t n_blocks, size_t block_tokens, TensorType type)
     : shape_(shape), type_(type), block_tokens_(block_tokens), n_blocks_(n_blocks) {
-  if (type != TensorType::F32 && type != TensorType::F16) {
-    detail::fail(std::string("KV cache entries must be F32 or F16, not ") + tensor_type_name(type));
+  if (type != TensorType::F32 && type != TensorType::F16 && type != TensorType::I8) {
+    detail::fail(std::string("KV cache entries must be F32, F16 or I8, not ") +
+                 tensor_type_name(type));
   }
   if (shape.n_layers == 0 || shape.n_kv_heads == 0 || shape.key_dim == 0 || shape.value_dim == 0 ||
       block_tokens == 0 || n_blocks == 0) {
     detail::fail("KV cache pool needs at least one layer, head, block and token per block");
   }
   if (n_blocks > UINT32_MAX) detail::fail("KV cache pool of more than 2^32 blocks");
-  const size_t elem = type == TensorType::F32 ? 4 : 2;
   using detail::checked_add;
   using detail::checked_mul;
-  key_row_bytes_ =
-      checked_mul(checked_mul(shape.n_kv_heads, shape.key_dim, "KV row"), elem, "KV row");
-  value_row_bytes_ =
-      checked_mul(checked_mul(shape.n_kv_heads, shape.value_dim, "KV row"), elem, "KV row");
+  // A head's row: its elements, after an f32 scale for I8.
+  const auto head_bytes = [type](size_t dim) {
+    if (type == TensorType::I8) return checked_add(dim, sizeof(float), "KV row");
+    return checked_mul(dim, type == TensorType::F32 ? 4 : 2, "KV row");
+  };
+  key_row_bytes_ = checked_mul(shape.n_kv_heads, head_bytes(shape.key_dim), "KV row");
+  value_row_bytes_ = checked_mul(shape.n_kv_heads, head_bytes(shape.value_dim), "KV row");
   key_bytes_ = checked_mul(block_tokens, key_row_bytes_, "KV block");
   layer_bytes_ =
       checked_add(key_bytes_, checked_mul(block_tokens, value_row_bytes_, "KV block"), "KV block");
@@ -4428,6 +4620,9 @@ KvPool::KvPool(const KvShape& shape, size_t n_blocks, size_t block_tokens, Tenso
   data_.resize(checked_mul(block_bytes_, n_blocks, "KV cache pool"));
   free_.resize(n_blocks);
   for (size_t i = 0; i < n_blocks; ++i) free_[i] = uint32_t(n_blocks - 1 - i);
+  refs_.assign(n_blocks, 0);
+  meta_.resize(n_blocks);
+  block_token_ids_.resize(checked_mul(n_blocks, block_tokens, "KV cache pool"));
 }
 
 KvPool KvPool::for_tokens(const KvShape& shape, size_t n_tokens, size_t block_tokens,
@@ -4437,19 +4632,80 @@ KvPool KvPool::for_tokens(const KvShape& shape, size_t n_tokens, size_t block_to
 }
 
 std::vector<uint32_t> KvPool::allocate(size_t n) {
-  if (n > free_.size()) {
+  if (n > free_blocks()) {
     detail::fail("KV cache pool exhausted: " + std::to_string(n) + " more blocks of " +
-                 std::to_string(block_tokens_) + " tokens needed, " + std::to_string(free_.size()) +
-                 " of " + std::to_string(n_blocks_) + " free");
+                 std::to_string(block_tokens_) + " tokens needed, " +
+                 std::to_string(free_blocks()) + " of " + std::to_string(n_blocks_) + " free");
   }
+  // Evicting a cached block makes it an unused one.
+  while (free_.size() < n) unpublish(lru_.front());
   std::vector<uint32_t> blocks(free_.end() - ptrdiff_t(n), free_.end());
   std::reverse(blocks.begin(), blocks.end());
   free_.resize(free_.size() - n);
+  for (uint32_t b : blocks) refs_[b] = 1;
   return blocks;
 }
 
 void KvPool::release(uint32_t block) {
-  free_.push_back(block);
+  if (--refs_[block] != 0) return;
+  BlockMeta& m = meta_[block];
+  if (m.published) {
+    m.lru = lru_.insert(lru_.end(), block);
+  } else {
+    free_.push_back(block);
+  }
+}
+
+void KvPool::copy_block(uint32_t dst, uint32_t src) {
+  std::memcpy(block_data(dst), block_data(src), block_bytes_);
+}
+
+uint64_t KvPool::key_of(uint64_t parent, const int32_t* tokens, size_t n) {
+  // splitmix64's finalizer over the parent key and each token: well mixed, and cheap next to
+  // the forward pass that the key saves.
+  const auto mix = [](uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+  };
+  uint64_t h = mix(parent);
+  for (size_t i = 0; i < n; ++i)
+    h = mix(h ^ (uint64_t(uint32_t(tokens[i])) + 0x9e3779b97f4a7c15ull));
+  return h;
+}
+
+void KvPool::publish(uint32_t block, uint64_t key, uint64_t parent, const int32_t* tokens) {
+  if (meta_[block].published || !index_.emplace(key, block).second) return;
+  BlockMeta& m = meta_[block];
+  m.published = true;
+  m.key = key;
+  m.parent = parent;
+  std::copy(tokens, tokens + block_tokens_,
+            block_token_ids_.begin() + ptrdiff_t(block * block_tokens_));
+}
+
+void KvPool::unpublish(uint32_t block) {
+  BlockMeta& m = meta_[block];
+  if (!m.published) return;
+  index_.erase(m.key);
+  m.published = false;
+  if (refs_[block] == 0) {
+    lru_.erase(m.lru);
+    free_.push_back(block);
+  }
+}
+
+uint32_t KvPool::find(uint64_t key, uint64_t parent, const int32_t* tokens) {
+  const auto it = index_.find(key);
+  if (it == index_.end()) return kNoBlock;
+  const uint32_t block = it->second;
+  const BlockMeta& m = meta_[block];
+  const auto ids = block_token_ids_.begin() + ptrdiff_t(block * block_tokens_);
+  if (m.parent != parent || !std::equal(tokens, tokens + block_tokens_, ids)) return kNoBlock;
+  if (refs_[block]++ == 0) lru_.erase(m.lru);
+  return block;
 }
 
 KvSequence::KvSequence(KvPool& pool, size_t max_tokens) : pool_(&pool), max_tokens_(max_tokens) {}
@@ -4462,9 +4718,13 @@ KvSequence::KvSequence(KvSequence&& other) noexcept
     : pool_(other.pool_),
       max_tokens_(other.max_tokens_),
       size_(other.size_),
+      tokens_(std::move(other.tokens_)),
+      keys_(std::move(other.keys_)),
       blocks_(std::move(other.blocks_)),
       block_data_(std::move(other.block_data_)) {
   other.size_ = 0;
+  other.tokens_.clear();
+  other.keys_.clear();
   other.blocks_.clear();
   other.block_data_.clear();
 }
@@ -4475,9 +4735,13 @@ KvSequence& KvSequence::operator=(KvSequence&& other) noexcept {
     pool_ = other.pool_;
     max_tokens_ = other.max_tokens_;
     size_ = other.size_;
+    tokens_ = std::move(other.tokens_);
+    keys_ = std::move(other.keys_);
     blocks_ = std::move(other.blocks_);
     block_data_ = std::move(other.block_data_);
     other.size_ = 0;
+    other.tokens_.clear();
+    other.keys_.clear();
     other.blocks_.clear();
     other.block_data_.clear();
   }
@@ -4488,7 +4752,22 @@ void KvSequence::release_all() {
   for (uint32_t b : blocks_) pool_->release(b);
   blocks_.clear();
   block_data_.clear();
+  tokens_.clear();
+  keys_.clear();
   size_ = 0;
+}
+
+KvSequence KvSequence::fork() const {
+  KvSequence child(*pool_, max_tokens_);
+  const size_t bt = pool_->block_tokens();
+  const size_t used = (size_ + bt - 1) / bt;  // blocks reserved past size() stay the parent's
+  child.blocks_.assign(blocks_.begin(), blocks_.begin() + ptrdiff_t(used));
+  child.block_data_.assign(block_data_.begin(), block_data_.begin() + ptrdiff_t(used));
+  for (uint32_t b : child.blocks_) pool_->retain(b);
+  child.size_ = size_;
+  child.tokens_ = tokens_;
+  child.keys_ = keys_;
+  return child;
 }
 
 void KvSequence::reserve(size_t n) {
@@ -4497,20 +4776,77 @@ void KvSequence::reserve(size_t n) {
                  std::to_string(n) + " more would exceed the context length of " +
                  std::to_string(max_tokens_));
   }
+  if (n == 0) return;
   const size_t bt = pool_->block_tokens();
   const size_t needed = (size_ + n + bt - 1) / bt;
-  if (needed <= blocks_.size()) return;
-  for (uint32_t b : pool_->allocate(needed - blocks_.size())) {
-    blocks_.push_back(b);
-    block_data_.push_back(pool_->block_data(b));
+  // The blocks that n tokens after size() write: copies replace the shared ones among them,
+  // and all new blocks are taken at once, so that an exhausted pool changes nothing.
+  const size_t first = size_ / bt;
+  std::vector<size_t> shared;
+  for (size_t i = first; i < std::min(needed, blocks_.size()); ++i) {
+    if (pool_->ref_count(blocks_[i]) > 1) shared.push_back(i);
+  }
+  const size_t grow = needed > blocks_.size() ? needed - blocks_.size() : 0;
+  const std::vector<uint32_t> fresh = pool_->allocate(shared.size() + grow);
+  size_t next = 0;
+  for (size_t i : shared) {
+    const uint32_t copy = fresh[next++];
+    pool_->copy_block(copy, blocks_[i]);
+    pool_->release(blocks_[i]);
+    blocks_[i] = copy;
+    block_data_[i] = pool_->block_data(copy);
+  }
+  // A cached block that only this sequence holds is changed in place: out of the cache first.
+  for (size_t i = first; i < std::min(needed, blocks_.size()); ++i) pool_->unpublish(blocks_[i]);
+  for (; next < fresh.size(); ++next) {
+    blocks_.push_back(fresh[next]);
+    block_data_.push_back(pool_->block_data(fresh[next]));
   }
 }
 
-void KvSequence::commit(size_t n) {
+void KvSequence::commit(size_t n, const int32_t* tokens) {
   if (size_ + n > blocks_.size() * pool_->block_tokens()) {
     detail::fail("KV sequence: committing " + std::to_string(n) + " tokens that were not reserved");
   }
+  if (tokens != nullptr) {
+    tokens_.insert(tokens_.end(), tokens, tokens + n);
+  } else {
+    tokens_.resize(tokens_.size() + n, -1);
+  }
   size_ += n;
+  publish_full_blocks();
+}
+
+void KvSequence::publish_full_blocks() {
+  const size_t bt = pool_->block_tokens();
+  while (keys_.size() < size_ / bt) {
+    const int32_t* ids = tokens_.data() + keys_.size() * bt;
+    if (std::any_of(ids, ids + bt, [](int32_t t) { return t < 0; })) return;
+    const uint64_t parent = keys_.empty() ? KvPool::kRootKey : keys_.back();
+    const uint64_t key = KvPool::key_of(parent, ids, bt);
+    pool_->publish(blocks_[keys_.size()], key, parent, ids);
+    keys_.push_back(key);
+  }
+}
+
+size_t KvSequence::reuse_prefix(const int32_t* tokens, size_t n) {
+  const size_t bt = pool_->block_tokens();
+  if (size_ % bt != 0 || keys_.size() != size_ / bt || blocks_.size() != keys_.size()) return 0;
+  size_t reused = 0;
+  while (reused + bt <= n && size_ + bt <= max_tokens_) {
+    const uint64_t parent = keys_.empty() ? KvPool::kRootKey : keys_.back();
+    const int32_t* ids = tokens + reused;
+    const uint64_t key = KvPool::key_of(parent, ids, bt);
+    const uint32_t block = pool_->find(key, parent, ids);
+    if (block == KvPool::kNoBlock) break;
+    blocks_.push_back(block);
+    block_data_.push_back(pool_->block_data(block));
+    keys_.push_back(key);
+    tokens_.insert(tokens_.end(), ids, ids + bt);
+    size_ += bt;
+    reused += bt;
+  }
+  return reused;
 }
 
 void KvSequence::truncate(size_t n) {
@@ -4520,6 +4856,8 @@ void KvSequence::truncate(size_t n) {
   for (size_t i = keep; i < blocks_.size(); ++i) pool_->release(blocks_[i]);
   blocks_.resize(keep);
   block_data_.resize(keep);
+  tokens_.resize(n);
+  keys_.resize(std::min(keys_.size(), n / bt));
   size_ = n;
 }
 
@@ -4529,26 +4867,40 @@ uint8_t* KvSequence::row(size_t pos, size_t offset, size_t stride) {
 }
 
 void KvSequence::write(size_t layer, size_t pos, const float* key, const float* value) {
-  if (layer >= pool_->shape().n_layers || pos >= blocks_.size() * pool_->block_tokens()) {
+  if (layer >= pool_->shape().n_layers || pos < size_ ||
+      pos >= blocks_.size() * pool_->block_tokens()) {
     detail::fail("KV sequence: writing layer " + std::to_string(layer) + " position " +
                  std::to_string(pos) + ", which was not reserved");
   }
   const KvShape& shape = pool_->shape();
-  const bool f16 = pool_->type() == TensorType::F16;
-  const auto store = [f16](uint8_t* dst, const float* src, size_t n) {
-    if (!f16) {
-      std::memcpy(dst, src, n * sizeof(float));
+  const TensorType type = pool_->type();
+  // n_heads heads of dim elements from src to dst, each in the pool's type.
+  const auto store = [&](uint8_t* dst, const float* src, size_t dim) {
+    if (type == TensorType::F32) {
+      std::memcpy(dst, src, shape.n_kv_heads * dim * sizeof(float));
       return;
     }
-    for (size_t i = 0; i < n; ++i) {
-      const uint16_t h = f32_to_fp16(src[i]);
-      std::memcpy(dst + 2 * i, &h, 2);
+    if (type == TensorType::F16) {
+      for (size_t i = 0; i < shape.n_kv_heads * dim; ++i) {
+        const uint16_t h = f32_to_fp16(src[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      return;
+    }
+    // I8: each head scaled by its largest magnitude, rounded to the nearest step.
+    for (size_t h = 0; h < shape.n_kv_heads; ++h, src += dim, dst += sizeof(float) + dim) {
+      float max = 0.0f;
+      for (size_t i = 0; i < dim; ++i) max = std::max(max, std::fabs(src[i]));
+      const float scale = max / 127.0f;
+      const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+      std::memcpy(dst, &scale, sizeof(float));
+      for (size_t i = 0; i < dim; ++i) {
+        dst[sizeof(float) + i] = uint8_t(int8_t(std::lrintf(src[i] * inv)));
+      }
     }
   };
-  store(row(pos, pool_->key_offset(layer), pool_->key_stride()), key,
-        shape.n_kv_heads * shape.key_dim);
-  store(row(pos, pool_->value_offset(layer), pool_->value_stride()), value,
-        shape.n_kv_heads * shape.value_dim);
+  store(row(pos, pool_->key_offset(layer), pool_->key_stride()), key, shape.key_dim);
+  store(row(pos, pool_->value_offset(layer), pool_->value_stride()), value, shape.value_dim);
 }
 
 detail::PagedRows KvSequence::keys(size_t layer, size_t kv_head) const {
@@ -4880,12 +5232,10 @@ Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& option
   return t;
 }
 
-void Transformer::prepare(ForwardScratch& s, size_t n, size_t n_ctx) const {
+void Transformer::prepare(ForwardScratch& s, size_t n) const {
   const ModelConfig& c = config_;
-  if (n <= s.n_tokens_ && n_ctx <= s.n_ctx_ && size_t(n_threads_) <= s.n_threads_) return;
-  s.n_tokens_ = std::max(s.n_tokens_, n);
-  s.n_ctx_ = std::max(s.n_ctx_, n_ctx);
-  s.n_threads_ = std::max(s.n_threads_, size_t(n_threads_));
+  if (n <= s.n_tokens_) return;
+  s.n_tokens_ = n;
   using detail::checked_mul;
   const auto rows = [&](size_t width) { return checked_mul(s.n_tokens_, width, "scratch size"); };
   detail::grow(s.x_, rows(c.n_embd));
@@ -4895,23 +5245,23 @@ void Transformer::prepare(ForwardScratch& s, size_t n, size_t n_ctx) const {
   detail::grow(s.ffn_, rows(layers_[0].ffn_in.rows));
   detail::grow(s.rope_cos_, rows(c.rope_dim));
   detail::grow(s.rope_sin_, rows(c.rope_dim));
-  detail::grow(s.scores_, checked_mul(s.n_threads_, s.n_ctx_, "scratch size"));
 }
 
-void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& s,
-                          float* logits, LogitsFor which) const {
-  const ModelConfig& c = config_;
+void Transformer::check_tokens(const int32_t* tokens, size_t n) const {
   for (size_t i = 0; i < n; ++i) {
-    if (tokens[i] < 0 || size_t(tokens[i]) >= c.n_vocab) {
+    if (tokens[i] < 0 || size_t(tokens[i]) >= config_.n_vocab) {
       detail::fail("token id " + std::to_string(tokens[i]) + " at batch position " +
                    std::to_string(i) + " is outside the vocabulary of " +
-                   std::to_string(c.n_vocab) + " tokens");
+                   std::to_string(config_.n_vocab) + " tokens");
     }
   }
+}
+
+void Transformer::check_sequence(const KvSequence& seq, size_t n) const {
+  const ModelConfig& c = config_;
   if (seq.pool().shape() != kv_shape()) {
     detail::fail("the KV cache pool was made for another model shape than this transformer's");
   }
-  if (n == 0) return;
   const size_t pos0 = seq.size();
   if (c.traits.positions == PositionType::kLearned && n > c.context_length - pos0) {
     detail::fail("context overflow: the sequence holds " + std::to_string(pos0) + " tokens and " +
@@ -4919,18 +5269,61 @@ void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, Forw
                  " positions that this " + c.architecture + " model has learned (" +
                  c.architecture + ".context_length)");
   }
+}
+
+void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& s,
+                          float* logits, LogitsFor which) const {
+  check_tokens(tokens, n);
+  check_sequence(seq, n);
+  if (n == 0) return;
   // Reserving first checks the context length, so that a huge n fails there rather than in
   // allocating scratch. Reserved blocks do not change the sequence's size.
   seq.reserve(n);
-  prepare(s, n, pos0 + n);
+  const size_t pos0 = seq.size();
+  prepare(s, n);
+  s.seqs_.assign(n, &seq);
+  s.pos_.resize(n);
+  for (size_t t = 0; t < n; ++t) s.pos_[t] = pos0 + t;
+  run(tokens, n, s, logits, which);
+  seq.commit(n, tokens);
+}
 
-  embed(tokens, n, pos0, s);
+void Transformer::forward_batch(const int32_t* tokens, KvSequence* const* seqs, size_t n,
+                                ForwardScratch& s, float* logits) const {
+  check_tokens(tokens, n);
+  for (size_t i = 0; i < n; ++i) {
+    check_sequence(*seqs[i], 1);
+    for (size_t j = 0; j < i; ++j) {
+      if (seqs[j] == seqs[i]) {
+        detail::fail("forward_batch: sequence " + std::to_string(i) + " is also sequence " +
+                     std::to_string(j) + " of the batch; each may add one token per step");
+      }
+    }
+  }
+  if (n == 0) return;
+  for (size_t i = 0; i < n; ++i) {
+    try {
+      seqs[i]->reserve(1);
+    } catch (const Error& e) {
+      detail::fail("batch sequence " + std::to_string(i) + ": " + e.what());
+    }
+  }
+  prepare(s, n);
+  s.seqs_.assign(seqs, seqs + n);
+  s.pos_.resize(n);
+  for (size_t t = 0; t < n; ++t) s.pos_[t] = seqs[t]->size();
+  run(tokens, n, s, logits, LogitsFor::kAll);
+  for (size_t t = 0; t < n; ++t) seqs[t]->commit(1, tokens + t);
+}
+
+void Transformer::run(const int32_t* tokens, size_t n, ForwardScratch& s, float* logits,
+                      LogitsFor which) const {
+  const ModelConfig& c = config_;
+  embed(tokens, n, s);
   for (size_t l = 0; l < c.n_layers; ++l) {
-    attention_block(layers_[l], l, n, pos0, seq, s);
+    attention_block(layers_[l], l, n, s);
     ffn_block(layers_[l], n, s);
   }
-  seq.commit(n);
-
   if (which == LogitsFor::kNone) return;
   const size_t first = which == LogitsFor::kAll ? 0 : n - 1;
   const size_t d = c.n_embd;
@@ -4938,7 +5331,7 @@ void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, Forw
   linear(output_, s.xb_.data() + first * d, n - first, d, logits, c.n_vocab);
 }
 
-void Transformer::embed(const int32_t* tokens, size_t n, size_t pos0, ForwardScratch& s) const {
+void Transformer::embed(const int32_t* tokens, size_t n, ForwardScratch& s) const {
   const ModelConfig& c = config_;
   const size_t d = c.n_embd;
   const bool rope = c.traits.positions == PositionType::kRope;
@@ -4952,12 +5345,12 @@ void Transformer::embed(const int32_t* tokens, size_t n, size_t pos0, ForwardScr
       for (size_t i = 0; i < d; ++i) x[i] *= scale;
     }
     if (rope) {
-      detail::rope_table(pos0 + t, c.rope_dim, c.rope_base, rope_freqs_, c.traits.rope_style,
+      detail::rope_table(s.pos_[t], c.rope_dim, c.rope_base, rope_freqs_, c.traits.rope_style,
                          s.rope_cos_.data() + t * c.rope_dim, s.rope_sin_.data() + t * c.rope_dim);
     } else {
       float* position = s.xb_.data() + t * d;
       detail::row_to_f32(position_embd_.type,
-                         position_embd_.data + (pos0 + t) * position_embd_.row_bytes, d, position);
+                         position_embd_.data + s.pos_[t] * position_embd_.row_bytes, d, position);
       detail::add(x, position, d);
     }
   }
@@ -5006,8 +5399,7 @@ void Transformer::project(const Projection& p, const float* x, size_t n, size_t 
   }
 }
 
-void Transformer::attention_block(const Layer& layer, size_t l, size_t n, size_t pos0,
-                                  KvSequence& seq, ForwardScratch& s) const {
+void Transformer::attention_block(const Layer& layer, size_t l, size_t n, ForwardScratch& s) const {
   const ModelConfig& c = config_;
   const size_t d = c.n_embd;
   const size_t q_dim = c.n_heads * c.key_dim, k_dim = c.n_kv_heads * c.key_dim;
@@ -5026,7 +5418,7 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, size_t
       detail::rope(q, c.n_heads, c.key_dim, c.rope_dim, cos, sin, c.traits.rope_style);
       detail::rope(k, c.n_kv_heads, c.key_dim, c.rope_dim, cos, sin, c.traits.rope_style);
     }
-    seq.write(l, pos0 + t, k, k + k_dim);
+    s.seqs_[t]->write(l, s.pos_[t], k, k + k_dim);
   }
   // Token t of the batch attends to the cache up to its own position (causal mask), or to the
   // last sliding_window tokens of it, with each group of n_heads / n_kv_heads query heads
@@ -5037,12 +5429,12 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, size_t
 #pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_tasks > 1)
   for (size_t task = 0; task < n_tasks; ++task) {
     const size_t t = task / c.n_heads, h = task % c.n_heads;
-    const size_t end = pos0 + t + 1;
+    const KvSequence& seq = *s.seqs_[t];
+    const size_t end = s.pos_[t] + 1;
     const size_t begin =
         c.sliding_window != 0 && end > c.sliding_window ? end - c.sliding_window : 0;
-    float* scores = s.scores_.data() + size_t(omp_get_thread_num()) * s.n_ctx_;
     detail::attention(s.qkv_.data() + t * stride + h * c.key_dim, c.key_dim, seq.keys(l, h / group),
-                      seq.values(l, h / group), begin, end, scale, scores,
+                      seq.values(l, h / group), begin, end, scale,
                       s.att_.data() + t * att_dim + h * c.value_dim);
   }
   linear(layer.attn_output, s.att_.data(), n, att_dim, xb, d);
@@ -6232,6 +6624,8 @@ const char* stop_reason_name(StopReason reason) {
       return "context full";
     case StopReason::kCancelled:
       return "cancelled";
+    case StopReason::kPoolFull:
+      return "KV pool full";
   }
   return "?";
 }
@@ -6266,12 +6660,66 @@ inline size_t stop_prefix_overlap(std::string_view text, const std::vector<std::
 }
 }  // namespace detail
 
+struct Engine::State {
+  Model model;
+  KvPool pool;
+  ForwardScratch scratch;  // of batched steps
+};
+
+Engine::Engine(const Model& model, const EngineOptions& options) {
+  size_t tokens = options.pool_tokens;
+  if (tokens == 0) {
+    tokens = detail::checked_mul(detail::session_context(model, SessionOptions{}), 4, "KV pool");
+  }
+  state_ = std::make_shared<State>(State{model,
+                                         KvPool::for_tokens(model.transformer().kv_shape(), tokens,
+                                                            options.block_tokens, options.kv_type),
+                                         ForwardScratch{}});
+}
+
+const Model& Engine::model() const {
+  return state_->model;
+}
+
+KvPool& Engine::pool() const {
+  return state_->pool;
+}
+
+void Engine::step(const std::vector<Session*>& sessions, const std::vector<int32_t>& tokens) const {
+  if (sessions.size() != tokens.size()) {
+    detail::fail("Engine::step: " + std::to_string(sessions.size()) + " sessions but " +
+                 std::to_string(tokens.size()) + " tokens");
+  }
+  std::vector<KvSequence*> seqs;
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    Session& s = *sessions[i];
+    if (s.engine_.state_ != state_) {
+      detail::fail("Engine::step: session " + std::to_string(i) + " belongs to another engine");
+    }
+    s.check_fits(1);
+    seqs.push_back(&s.seq_);
+  }
+  const size_t n_vocab = state_->model.config().n_vocab;
+  std::vector<float> logits(sessions.size() * n_vocab);
+  state_->model.transformer().forward_batch(tokens.data(), seqs.data(), seqs.size(),
+                                            state_->scratch, logits.data());
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    Session& s = *sessions[i];
+    s.tokens_.push_back(tokens[i]);
+    s.logits_.assign(logits.begin() + ptrdiff_t(i * n_vocab),
+                     logits.begin() + ptrdiff_t((i + 1) * n_vocab));
+  }
+}
+
 Session::Session(const Model& model, const SessionOptions& options)
-    : model_(model),
-      pool_(KvPool::for_tokens(model.transformer().kv_shape(),
-                               detail::session_context(model, options), KvPool::kDefaultBlockTokens,
-                               options.kv_type)),
-      seq_(pool_, detail::session_context(model, options)) {}
+    : Session(Engine(model, EngineOptions{detail::session_context(model, options),
+                                          KvPool::kDefaultBlockTokens, options.kv_type}),
+              options) {}
+
+Session::Session(const Engine& engine, const SessionOptions& options)
+    : engine_(engine),
+      model_(engine.model()),
+      seq_(engine.pool(), detail::session_context(engine.model(), options)) {}
 
 void Session::reset() {
   truncate(0);
@@ -6301,13 +6749,21 @@ void Session::check_fits(size_t n_tokens) const {
   }
 }
 
-void Session::evaluate(const std::vector<int32_t>& tokens) {
-  if (tokens.empty()) return;
+size_t Session::evaluate(const std::vector<int32_t>& tokens) {
+  if (tokens.empty()) return 0;
   check_fits(tokens.size());
+  const size_t before = seq_.size();
+  const size_t reused = seq_.reuse_prefix(tokens.data(), tokens.size() - 1);
   logits_.resize(model_.config().n_vocab);
-  model_.transformer().forward(tokens.data(), tokens.size(), seq_, scratch_, logits_.data(),
-                               LogitsFor::kLast);
+  try {
+    model_.transformer().forward(tokens.data() + reused, tokens.size() - reused, seq_, scratch_,
+                                 logits_.data(), LogitsFor::kLast);
+  } catch (...) {
+    seq_.truncate(before);
+    throw;
+  }
   tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
+  return reused;
 }
 
 std::vector<float> Session::evaluate_all(const std::vector<int32_t>& tokens) {
@@ -6329,76 +6785,160 @@ GenerateStats Session::generate(std::string_view prompt, const GenerateOptions& 
                   options, on_piece);
 }
 
+namespace detail {
+
+// The generation of one session after its prompt: samples each next token from the logits,
+// streams the text, and decides when to stop. Shared by Session::generate and
+// Engine::generate (which steps many of these in one batch).
+class Generation {
+ public:
+  Generation(const Session& session, const GenerateOptions& options, bool at_start, size_t n_prompt,
+             size_t n_reused)
+      : session_(session),
+        options_(options),
+        sampler_(options),
+        detok_(session.model().tokenizer(), at_start && n_prompt <= 1) {
+    stats_.seed = sampler_.seed();
+    stats_.n_prompt = n_prompt;
+    stats_.n_prompt_reused = n_reused;
+    const std::vector<int32_t>& context = session.tokens();
+    const size_t window = size_t(std::max(options.penalty_last_n, 0));
+    for (size_t i = context.size() - std::min(context.size(), window); i < context.size(); ++i) {
+      sampler_.accept(context[i]);
+    }
+  }
+  GenerateStats& stats() { return stats_; }
+
+  // The next token to evaluate, from the session's logits, after passing on its text; false
+  // when generation stops instead (then the rest of the text has been passed on).
+  bool next(const PieceFn& on_piece, int32_t& token) {
+    if (stats_.n_generated >= size_t(std::max(options_.max_tokens, 0))) {
+      return stop(StopReason::kMaxTokens, on_piece);
+    }
+    if (options_.cancel != nullptr && options_.cancel->load(std::memory_order_relaxed)) {
+      return stop(StopReason::kCancelled, on_piece);
+    }
+    const std::vector<float>& logits = session_.logits();
+    token = sampler_.sample(logits.data(), logits.size());
+    if (session_.model().tokenizer().is_eog(token)) {
+      return stop(StopReason::kEndOfGeneration, on_piece);
+    }
+    sampler_.accept(token);
+    ++stats_.n_generated;
+    pending_ += detok_.push(token);
+    size_t stop_at = std::string::npos;
+    for (const std::string& s : options_.stop)
+      if (!s.empty()) stop_at = std::min(stop_at, pending_.find(s));
+    if (stop_at != std::string::npos) {
+      on_piece(std::string_view(pending_).substr(0, stop_at));
+      pending_.clear();
+      stats_.stop_reason = StopReason::kStopString;
+      return false;
+    }
+    const size_t hold = stop_prefix_overlap(pending_, options_.stop);
+    if (pending_.size() > hold) {
+      on_piece(std::string_view(pending_).substr(0, pending_.size() - hold));
+      pending_.erase(0, pending_.size() - hold);
+    }
+    // Every generated token is evaluated, so that the context stays whole for a next call.
+    if (session_.n_past() == session_.n_ctx()) return stop(StopReason::kContextFull, on_piece);
+    return true;
+  }
+
+ private:
+  bool stop(StopReason reason, const PieceFn& on_piece) {
+    stats_.stop_reason = reason;
+    pending_ += detok_.flush();
+    if (!pending_.empty()) on_piece(pending_);
+    pending_.clear();
+    return false;
+  }
+  const Session& session_;
+  const GenerateOptions& options_;
+  Sampler sampler_;
+  Detokenizer detok_;
+  std::string pending_;  // generated text not yet passed on (may begin a stop string)
+  GenerateStats stats_;
+};
+
+inline double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace detail
+
 GenerateStats Session::generate(const std::vector<int32_t>& prompt_tokens,
                                 const GenerateOptions& options, const PieceFn& on_piece) {
-  using Clock = std::chrono::steady_clock;
-  const auto seconds_since = [](Clock::time_point t) {
-    return std::chrono::duration<double>(Clock::now() - t).count();
-  };
-  const Tokenizer& tokenizer = model_.tokenizer();
-  const bool at_start = n_past() == 0;
   if (prompt_tokens.empty() && logits_.empty()) {
     detail::fail(
         "the prompt is empty and the model adds no BOS token: nothing "
         "to continue from");
   }
+  const bool at_start = n_past() == 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  const size_t reused = evaluate(prompt_tokens);
+  detail::Generation gen(*this, options, at_start, prompt_tokens.size(), reused);
+  gen.stats().prompt_seconds = detail::seconds_since(t0);
+  const auto t1 = std::chrono::steady_clock::now();
+  int32_t token = 0;
+  while (gen.next(on_piece, token)) evaluate({token});
+  gen.stats().generate_seconds = detail::seconds_since(t1);
+  return gen.stats();
+}
 
-  GenerateStats stats;
-  Sampler sampler(options);
-  stats.seed = sampler.seed();
-  const auto t0 = Clock::now();
-  evaluate(prompt_tokens);
-  const size_t window = size_t(std::max(options.penalty_last_n, 0));
-  for (size_t i = tokens_.size() - std::min(tokens_.size(), window); i < tokens_.size(); ++i) {
-    sampler.accept(tokens_[i]);
+std::vector<GenerateStats> Engine::generate(const std::vector<Session*>& sessions,
+                                            const std::vector<int32_t>& prompt_tokens,
+                                            const GenerateOptions& options,
+                                            const BatchPieceFn& on_piece) const {
+  if (prompt_tokens.empty()) detail::fail("Engine::generate: the prompt is empty");
+  std::vector<std::unique_ptr<detail::Generation>> gens;
+  std::vector<GenerateOptions> each(sessions.size(), options);
+  std::vector<PieceFn> pieces;
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    if (options.seed) each[i].seed = *options.seed + i;
+    pieces.push_back([&on_piece, i](std::string_view piece) { on_piece(i, piece); });
   }
-  stats.n_prompt = prompt_tokens.size();
-  stats.prompt_seconds = seconds_since(t0);
-
-  const auto t1 = Clock::now();
-  Detokenizer detok(tokenizer, at_start && prompt_tokens.size() <= 1);
-  std::string pending;  // generated text not yet passed on (may begin a stop string)
-  // Every generated token is evaluated, so that the context stays whole for a
-  // next call.
-  stats.stop_reason = StopReason::kMaxTokens;
-  while (stats.n_generated < size_t(std::max(options.max_tokens, 0))) {
-    if (options.cancel != nullptr && options.cancel->load(std::memory_order_relaxed)) {
-      stats.stop_reason = StopReason::kCancelled;
-      break;
-    }
-    const int32_t token = sampler.sample(logits_.data(), logits_.size());
-    if (tokenizer.is_eog(token)) {
-      stats.stop_reason = StopReason::kEndOfGeneration;
-      break;
-    }
-    sampler.accept(token);
-    ++stats.n_generated;
-    pending += detok.push(token);
-    size_t stop_at = std::string::npos;
-    for (const std::string& s : options.stop)
-      if (!s.empty()) stop_at = std::min(stop_at, pending.find(s));
-    if (stop_at != std::string::npos) {
-      on_piece(std::string_view(pending).substr(0, stop_at));
-      pending.clear();
-      stats.stop_reason = StopReason::kStopString;
-      break;
-    }
-    const size_t hold = detail::stop_prefix_overlap(pending, options.stop);
-    if (pending.size() > hold) {
-      on_piece(std::string_view(pending).substr(0, pending.size() - hold));
-      pending.erase(0, pending.size() - hold);
-    }
-    if (n_past() == n_ctx()) {
-      stats.stop_reason = StopReason::kContextFull;
-      break;
-    }
-    evaluate({token});
+  // Prompts one by one: after the first, the prompt's whole blocks come from the cache.
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const bool at_start = sessions[i]->n_past() == 0;
+    const size_t reused = sessions[i]->evaluate(prompt_tokens);
+    gens.push_back(std::make_unique<detail::Generation>(*sessions[i], each[i], at_start,
+                                                        prompt_tokens.size(), reused));
+    gens.back()->stats().prompt_seconds = detail::seconds_since(t0);
   }
-  if (stats.stop_reason != StopReason::kStopString) {
-    pending += detok.flush();
-    if (!pending.empty()) on_piece(pending);
+  const auto t1 = std::chrono::steady_clock::now();
+  std::vector<size_t> active(sessions.size());
+  for (size_t i = 0; i < active.size(); ++i) active[i] = i;
+  while (!active.empty()) {
+    std::vector<Session*> batch;
+    std::vector<int32_t> tokens;
+    std::vector<size_t> still;
+    for (size_t i : active) {
+      int32_t token = 0;
+      bool go_on = gens[i]->next(pieces[i], token);
+      if (go_on) {
+        // A session the pool has no block for leaves the batch; the others go on.
+        try {
+          sessions[i]->seq_.reserve(1);
+        } catch (const Error&) {
+          gens[i]->stats().stop_reason = StopReason::kPoolFull;
+          go_on = false;
+        }
+      }
+      if (go_on) {
+        batch.push_back(sessions[i]);
+        tokens.push_back(token);
+        still.push_back(i);
+      } else {
+        gens[i]->stats().generate_seconds = detail::seconds_since(t1);
+      }
+    }
+    if (!batch.empty()) step(batch, tokens);
+    active = still;
   }
-  stats.generate_seconds = seconds_since(t1);
+  std::vector<GenerateStats> stats;
+  for (const auto& g : gens) stats.push_back(g->stats());
   return stats;
 }
 

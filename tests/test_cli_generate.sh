@@ -38,6 +38,20 @@ cmp -s "$tmp/full" "$expected/greedy_prompt_lily_tom_n64.txt" || fail "greedy te
 "$sllm" generate -m "$model" -p "Once upon a time" -n 40 --seed 7 >"$tmp/b" 2>/dev/null
 cmp -s "$tmp/a" "$tmp/b" || fail "the same seed gave different text"
 
+# --parallel 3 --seed 7: completion 1 is the text of seed 7, completion 3 that of seed 9, each
+# printed under its header (the batch decodes them together).
+expect_status 0 "parallel completions" "$sllm" generate -m "$model" -p "Once upon a time" -n 40 \
+  --seed 7 --parallel 3
+"$sllm" generate -m "$model" -p "Once upon a time" -n 40 --seed 9 >"$tmp/c" 2>/dev/null
+for i in 1 3; do
+  seed=$((6 + i))
+  awk -v h="--- completion $i (seed $seed," 'index($0, h) == 1 { on = 1; next } /^--- completion / { on = 0 } on' \
+    "$tmp/out" >"$tmp/got$i"
+done
+[ "$(cat "$tmp/got1")" = "$(cat "$tmp/a")" ] || fail "--parallel completion 1 differs from seed 7 alone"
+[ "$(cat "$tmp/got3")" = "$(cat "$tmp/c")" ] || fail "--parallel completion 3 differs from seed 9 alone"
+grep -q "3 completions" "$tmp/err" || fail "--parallel summary missing: $(cat "$tmp/err")"
+
 # tokenize: run.c's ids for the prompt (with BOS), and without BOS.
 expect_status 0 "tokenize" "$sllm" tokenize -m "$model" -p "Lily and Tom went to the park"
 [ "$(cat "$tmp/out")" = "$(cat "$expected/greedy_prompt_lily_tom_n64.prompt_ids")" ] ||

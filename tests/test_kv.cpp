@@ -133,7 +133,7 @@ TEST_CASE("KV sequence: truncate, clear, destruction and moves return blocks to 
 
 TEST_CASE("KV pool rejects unsupported entry types and empty shapes") {
   CHECK(contains(sllm_test::error_message([] { KvPool(kShape, 4, 16, TensorType::Q8_0); }),
-                 "F32 or F16"));
+                 "F32, F16 or I8"));
   CHECK(!sllm_test::error_message([] { KvPool(KvShape{0, 1, 1, 1}, 4); }).empty());
   CHECK(!sllm_test::error_message([] { KvPool(kShape, 0); }).empty());
   KvPool pool(kShape, 2, 4);
@@ -141,4 +141,70 @@ TEST_CASE("KV pool rejects unsupported entry types and empty shapes") {
   const float row[16] = {};
   CHECK(contains(sllm_test::error_message([&] { seq.write(0, 0, row, row); }), "not reserved"));
   CHECK(contains(sllm_test::error_message([&] { seq.commit(1); }), "not reserved"));
+}
+
+TEST_CASE("KV prefix cache: freed full blocks stay findable; the least recently used go first") {
+  KvPool pool(kShape, 3, 2);
+  const int32_t ids[6] = {1, 2, 3, 4, 5, 6};
+  // Three one-block sequences of different tokens, freed in the order 1, 0, 2.
+  std::vector<KvSequence> seqs;
+  for (size_t i = 0; i < 3; ++i) {
+    seqs.emplace_back(pool, 8);
+    seqs[i].reserve(2);
+    seqs[i].commit(2, ids + 2 * i);
+  }
+  CHECK(pool.free_blocks() == 0);
+  for (size_t i : {1, 0, 2}) seqs[i].clear();
+  CHECK(pool.free_blocks() == 3);
+  CHECK(pool.cached_blocks() == 3);
+  // Taking a block evicts sequence 1's, the least recently freed.
+  KvSequence taker(pool, 8);
+  taker.reserve(1);
+  CHECK(pool.cached_blocks() == 2);
+  for (size_t i : {0, 1, 2}) {
+    KvSequence probe(pool, 8);
+    CHECK(probe.reuse_prefix(ids + 2 * i, 2) == (i == 1 ? 0 : 2));
+  }
+  // A block found again is held, so it is not evicted while in use.
+  KvSequence holder(pool, 8);
+  CHECK(holder.reuse_prefix(ids + 4, 2) == 2);
+  CHECK(pool.ref_count(holder.blocks()[0]) == 1);
+  CHECK(pool.free_blocks() == 1);
+  taker.reserve(3);  // the other cached block
+  const std::string msg = sllm_test::error_message([&] { taker.reserve(5); });
+  CHECK(contains(msg, "1 more blocks of 2 tokens needed, 0 of 3 free"));
+  CHECK(holder.size() == 2);
+}
+
+TEST_CASE("KV fork shares blocks; writing copies the shared one; the parent reads the same") {
+  KvPool pool(kShape, 6, 4);
+  KvSequence parent(pool, 20);
+  parent.reserve(6);
+  for (size_t pos = 0; pos < 6; ++pos) {
+    for (size_t l = 0; l < kShape.n_layers; ++l) write_token(parent, kShape, l, pos);
+  }
+  parent.commit(6);
+  KvSequence child = parent.fork();
+  CHECK(child.blocks() == parent.blocks());
+  CHECK(pool.ref_count(parent.blocks()[1]) == 2);
+  CHECK(pool.free_blocks() == 4);
+  child.reserve(1);  // token 6 goes into the shared second block: copied first
+  CHECK(child.blocks()[0] == parent.blocks()[0]);
+  CHECK(child.blocks()[1] != parent.blocks()[1]);
+  CHECK(pool.ref_count(parent.blocks()[1]) == 1);
+  std::vector<float> k(kShape.n_kv_heads * kShape.key_dim, 99.f);
+  std::vector<float> v(kShape.n_kv_heads * kShape.value_dim, 99.f);
+  for (size_t l = 0; l < kShape.n_layers; ++l) child.write(l, 6, k.data(), v.data());
+  child.commit(1);
+  check_tokens(child, kShape, 6);   // the copy holds the parent's tokens
+  check_tokens(parent, kShape, 6);  // and the parent is untouched
+  // A copy that does not fit leaves the sequence as it was.
+  KvPool tight(kShape, 2, 4);
+  KvSequence a(tight, 20);
+  a.reserve(6);
+  a.commit(6);
+  KvSequence b = a.fork();
+  CHECK(contains(sllm_test::error_message([&] { b.reserve(1); }), "1 more blocks"));
+  CHECK(b.blocks() == a.blocks());
+  CHECK(b.size() == 6);
 }

@@ -1,6 +1,7 @@
 // The session API end to end on stories260K, against llama2.c's output (an independent
 // implementation): greedy text, stop strings, seeds, and context limits.
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <fstream>
 #include <sstream>
@@ -190,4 +191,97 @@ TEST_CASE("a cancel flag stops generation before the next token") {
   CHECK(s.stop_reason == sllm::StopReason::kCancelled);
   CHECK(s.n_generated == 5);
   CHECK(std::string(sllm::stop_reason_name(s.stop_reason)) == "cancelled");
+}
+
+namespace {
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double d = 0;
+  for (size_t i = 0; i < a.size(); ++i) d = std::max(d, std::fabs(double(a[i]) - b[i]));
+  return d;
+}
+}  // namespace
+
+TEST_CASE("sessions of one engine reuse a shared prompt prefix; logits equal a full recompute") {
+  const sllm::Model model = sllm::Model::open(sllm_test::test_data("stories260K.gguf"));
+  sllm::EngineOptions eo;
+  eo.kv_type = sllm::TensorType::F32;
+  const sllm::Engine engine(model, eo);
+  std::vector<int32_t> system(40);
+  for (size_t i = 0; i < system.size(); ++i) system[i] = int32_t(1 + 11 * i % 500);
+  std::vector<int32_t> first = system, second = system;
+  first.insert(first.end(), {5, 6, 7});
+  second.insert(second.end(), {300, 301});
+  {
+    sllm::Session a(engine);
+    CHECK(a.evaluate(first) == 0);
+  }
+  sllm::Session b(engine);
+  CHECK(b.evaluate(second) == 32);  // two whole blocks of the 40 shared tokens
+  CHECK(b.n_past() == second.size());
+  CHECK(b.tokens() == second);
+  sllm::SessionOptions so;
+  so.kv_type = sllm::TensorType::F32;
+  sllm::Session fresh(model, so);
+  CHECK(fresh.evaluate(second) == 0);
+  CHECK(max_abs_diff(b.logits(), fresh.logits()) < 1e-4);
+  // generate() reports the split.
+  sllm::Session c(engine);
+  const sllm::GenerateStats stats = c.generate(first, greedy(2), [](std::string_view) {});
+  CHECK(stats.n_prompt == first.size());
+  CHECK(stats.n_prompt_reused == 32);
+}
+
+TEST_CASE("Engine::step decodes several sessions in one batch, each as if alone") {
+  const sllm::Model model = sllm::Model::open(sllm_test::test_data("stories260K.gguf"));
+  const sllm::Engine engine(model);
+  sllm::Session a(engine), b(engine), c(engine);
+  a.evaluate({1, 40, 41});
+  b.evaluate({1, 90});
+  c.evaluate({1, 200, 201, 202, 203});
+  engine.step({&a, &b, &c}, {7, 8, 9});
+  engine.step({&c, &a}, {10, 11});  // b leaves
+  sllm::SessionOptions so;
+  so.kv_type = sllm::TensorType::F16;  // as the engine's default
+  for (const auto& expect : std::vector<std::pair<sllm::Session*, std::vector<int32_t>>>{
+           {&a, {1, 40, 41, 7, 11}}, {&b, {1, 90, 8}}, {&c, {1, 200, 201, 202, 203, 9, 10}}}) {
+    sllm::Session alone(model, so);
+    const std::vector<int32_t> prompt(expect.second.begin(), expect.second.end() - 1);
+    alone.evaluate(prompt);
+    alone.evaluate({expect.second.back()});
+    CHECK(expect.first->tokens() == expect.second);
+    CHECK(max_abs_diff(expect.first->logits(), alone.logits()) < 1e-4);
+  }
+  sllm::Session other(model);
+  CHECK(sllm_test::error_message([&] {
+          engine.step({&a, &other}, {1, 2});
+        }).find("another engine") != std::string::npos);
+}
+
+TEST_CASE("Engine::generate: a session the pool cannot hold stops; the others go on unharmed") {
+  const sllm::Model model = sllm::Model::open(sllm_test::test_data("stories260K.gguf"));
+  sllm::EngineOptions eo;
+  eo.pool_tokens = 48;  // 3 blocks of 16: the prompts take 2, one is left for 2 sessions
+  const sllm::Engine engine(model, eo);
+  sllm::Session a(engine), b(engine);
+  const std::vector<int32_t> prompt = {1, 403, 407, 261, 378, 365, 303, 384, 400, 260};
+  std::vector<std::string> texts(2);
+  const std::vector<sllm::GenerateStats> stats = engine.generate(
+      {&a, &b}, prompt, greedy(20), [&](size_t i, std::string_view piece) { texts[i] += piece; });
+  REQUIRE(stats.size() == 2);
+  CHECK(stats[0].stop_reason == sllm::StopReason::kMaxTokens);
+  CHECK(stats[0].n_generated == 20);
+  CHECK(stats[1].stop_reason == sllm::StopReason::kPoolFull);
+  CHECK(stats[1].n_generated == 7);  // tokens 10..15 fill its block; the 7th needs another
+  sllm::SessionOptions so;
+  so.kv_type = sllm::TensorType::F16;
+  sllm::Session alone(model, so);
+  const Generated want = [&] {
+    Generated g;
+    g.stats = alone.generate(prompt, greedy(20), [&](std::string_view p) { g.text += p; });
+    return g;
+  }();
+  CHECK(texts[0] == want.text);
+  CHECK(want.text.compare(0, texts[1].size(), texts[1]) == 0);
+  CHECK(a.n_past() == prompt.size() + 20);
 }

@@ -1,5 +1,6 @@
 // `sllm generate`, `sllm tokenize` and `sllm logits`: text, token ids and logits from a model.
 #include <cstdio>
+#include <memory>
 #include <unistd.h>
 #include <string>
 #include <vector>
@@ -25,6 +26,8 @@ const char kGenerateUsage[] =
     "  -t, --threads N          threads (default: OMP_NUM_THREADS, else all cores)\n"
     "  -c, --ctx-size N         context size in tokens (default: the model's, at most 4096)\n"
     "      --special            parse control tokens such as <|im_end|> in the prompt\n"
+    "      --parallel N         N completions of the prompt (seeds SEED, SEED+1, ...) decoded\n"
+    "                           together in one batch, printed one after another (default 1)\n"
     "  -h, --help               show this help\n";
 
 const char kTokenizeUsage[] =
@@ -86,6 +89,42 @@ std::vector<int32_t> parse_ids(const std::string& list) {
   return ids;
 }
 
+// --parallel: the completions share one engine; the prompt is computed once.
+int generate_parallel(const Model& model, const SessionOptions& so, const std::string& prompt,
+                      GenerateOptions opt, size_t parallel) {
+  if (!opt.seed) opt.seed = Sampler(opt).seed();
+  const std::vector<int32_t> tokens =
+      model.tokenizer().encode(prompt, opt.add_special, opt.parse_special);
+  // Room for every completion's prompt and tokens, and a partly filled block each.
+  EngineOptions eo;
+  eo.pool_tokens = parallel * (tokens.size() + size_t(opt.max_tokens) + eo.block_tokens);
+  const Engine engine(model, eo);
+  std::vector<std::unique_ptr<Session>> owned;
+  std::vector<Session*> sessions;
+  for (size_t i = 0; i < parallel; ++i) {
+    owned.push_back(std::make_unique<Session>(engine, so));
+    sessions.push_back(owned.back().get());
+  }
+  std::vector<std::string> texts(parallel);
+  const std::vector<GenerateStats> stats = engine.generate(
+      sessions, tokens, opt, [&](size_t i, std::string_view piece) { texts[i] += piece; });
+  size_t generated = 0;
+  double seconds = 0;
+  for (size_t i = 0; i < parallel; ++i) {
+    std::printf("--- completion %zu (seed %llu, %zu tokens, stopped at %s) ---\n%s\n", i + 1,
+                static_cast<unsigned long long>(stats[i].seed), stats[i].n_generated,
+                stop_reason_name(stats[i].stop_reason), texts[i].c_str());
+    generated += stats[i].n_generated;
+    seconds = std::max(seconds, stats[i].generate_seconds);
+  }
+  std::fprintf(stderr,
+               "sllm: %zu completions; prompt %zu tokens (%zu reused by the later ones); "
+               "generated %zu tokens in %.3f s (%.1f tok/s together); %d threads\n",
+               parallel, tokens.size(), stats.back().n_prompt_reused, generated, seconds,
+               generated / std::max(seconds, 1e-9), model.transformer().n_threads());
+  return 0;
+}
+
 }  // namespace
 
 bool sampling_option(ArgReader& args, GenerateOptions& opt) {
@@ -115,12 +154,13 @@ int cmd_generate(int argc, char** argv) {
   std::string prompt;
   GenerateOptions opt;
   int threads = 0;
-  size_t ctx = 0;
+  size_t ctx = 0, parallel = 1;
   ArgReader args(argc, argv);
   while (!args.done()) {
     if (args.option("-m", "--model", model_path) || args.option("-p", "--prompt", prompt) ||
         args.option("-n", "--n-predict", opt.max_tokens) || sampling_option(args, opt) ||
-        args.option("-t", "--threads", threads) || args.option("-c", "--ctx-size", ctx)) {
+        args.option("-t", "--threads", threads) || args.option("-c", "--ctx-size", ctx) ||
+        args.option(nullptr, "--parallel", parallel)) {
     } else if (args.flag(nullptr, "--special")) {
       opt.parse_special = true;
     } else {
@@ -129,12 +169,14 @@ int cmd_generate(int argc, char** argv) {
   }
   require(model_path, "-m");
   if (opt.max_tokens < 0) throw UsageError("-n must be at least 0");
+  if (parallel < 1 || parallel > 256) throw UsageError("--parallel must be 1 to 256");
 
   ModelOptions mo;
   mo.n_threads = threads;
   const Model model = Model::open(model_path, mo);
   SessionOptions so;
   so.n_ctx = ctx;
+  if (parallel > 1) return generate_parallel(model, so, prompt, opt, parallel);
   Session session(model, so);
   const GenerateStats s = session.generate(prompt, opt, [](std::string_view piece) {
     std::fwrite(piece.data(), 1, piece.size(), stdout);

@@ -21,6 +21,7 @@ enum class TensorType : uint32_t {
   Q5_K = 13,
   Q6_K = 14,
   Q8_K = 15,
+  I8 = 24,  // int8; also the KV cache's int8 entries (with a scale per token and head)
   BF16 = 30,
 };
 

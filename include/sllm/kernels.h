@@ -31,7 +31,8 @@ struct MatrixView {
 
 // Keys or values of one KV head of one layer, kept in fixed-size blocks of tokens (the paged
 // KV cache): token j's row of head_dim elements (F32 or F16) starts at
-// blocks[j / block_tokens] + offset + (j % block_tokens) * token_stride.
+// blocks[j / block_tokens] + offset + (j % block_tokens) * token_stride. An I8 row is an f32
+// scale (unaligned) followed by head_dim int8 elements; element i is scale * int8[i].
 struct PagedRows {
   const uint8_t* const* blocks = nullptr;
   size_t block_tokens = 0;
@@ -81,10 +82,12 @@ void swiglu(const float* gate, const float* up, size_t n, float* out);
 void gelu(const float* x, size_t n, float* out);
 // out = gelu(gate) * up (out may alias gate or up).
 void geglu(const float* gate, const float* up, size_t n, float* out);
-// One query head over the cached tokens [begin, end): out = softmax(scale * K q) V. begin > 0
-// leaves out the tokens before a sliding window. scores is scratch for end - begin floats.
+// One query head over the cached tokens [begin, end) of type F32, F16 or I8:
+// out = softmax(scale * K q) V. begin > 0 leaves out the tokens before a sliding window. One
+// pass with an online softmax (a running maximum rescales the sums), so no buffer of context
+// length is needed.
 void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
-               size_t begin, size_t end, float scale, float* scores, float* out);
+               size_t begin, size_t end, float scale, float* out);
 
 }  // namespace detail
 

@@ -105,8 +105,8 @@ void geglu(const float* gate, const float* up, size_t n, float* out) {
 }
 
 void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
-               size_t begin, size_t end, float scale, float* scores, float* out) {
-  HWY_DYNAMIC_DISPATCH(Attention)(q, head_dim, keys, values, begin, end, scale, scores, out);
+               size_t begin, size_t end, float scale, float* out) {
+  HWY_DYNAMIC_DISPATCH(Attention)(q, head_dim, keys, values, begin, end, scale, out);
 }
 
 }  // namespace detail
@@ -128,6 +128,11 @@ float element_to_f32(TensorType type, const uint8_t* row, size_t i) {
     case TensorType::BF16:
       std::memcpy(&h, row + 2 * i, 2);
       return bf16_to_f32(h);
+    case TensorType::I8: {
+      float scale;
+      std::memcpy(&scale, row, 4);
+      return scale * float(int8_t(row[4 + i]));
+    }
     default: {
       float f;
       std::memcpy(&f, row + 4 * i, 4);

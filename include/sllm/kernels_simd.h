@@ -14,6 +14,12 @@ HWY_INLINE hn::Vec<D> LoadAsF32(D d, const hwy::bfloat16_t* HWY_RESTRICT p) {
   const hn::Rebind<hwy::bfloat16_t, D> dh;
   return hn::PromoteTo(d, hn::LoadU(dh, p));
 }
+template <class D>
+HWY_INLINE hn::Vec<D> LoadAsF32(D d, const int8_t* HWY_RESTRICT p) {
+  const hn::Rebind<int32_t, D> di;
+  const hn::Rebind<int8_t, D> d8;
+  return hn::ConvertTo(d, hn::PromoteTo(di, hn::LoadU(d8, p)));
+}
 HWY_INLINE float ElementAsF32(float v) {
   return v;
 }
@@ -22,6 +28,9 @@ HWY_INLINE float ElementAsF32(hwy::float16_t v) {
 }
 HWY_INLINE float ElementAsF32(hwy::bfloat16_t v) {
   return bf16_to_f32(v.bits);
+}
+HWY_INLINE float ElementAsF32(int8_t v) {
+  return float(v);
 }
 
 template <class D>
@@ -447,26 +456,60 @@ void GeGlu(const float* gate, const float* up, size_t n, float* out) {
   for (; i < n; ++i) out[i] = GeluOf(gate[i]) * up[i];
 }
 
+// A KV row's elements and the scale they are multiplied by (1 but for I8 rows).
 template <typename KV>
-void AttentionOfType(const float* HWY_RESTRICT q, size_t head_dim, const detail::PagedRows& keys,
-                     const detail::PagedRows& values, size_t begin, size_t end, float scale,
-                     float* HWY_RESTRICT scores, float* HWY_RESTRICT out) {
-  for (size_t j = begin; j < end; ++j) {
-    scores[j - begin] = scale * DotRow(reinterpret_cast<const KV*>(keys.row(j)), q, head_dim);
-  }
-  Softmax(scores, end - begin);
-  for (size_t i = 0; i < head_dim; ++i) out[i] = 0.0f;
-  for (size_t j = begin; j < end; ++j) {
-    AddScaledRow(scores[j - begin], reinterpret_cast<const KV*>(values.row(j)), out, head_dim);
+HWY_INLINE const KV* KvElements(const uint8_t* row, float& scale) {
+  if constexpr (std::is_same<KV, int8_t>::value) {
+    std::memcpy(&scale, row, sizeof(float));
+    return reinterpret_cast<const int8_t*>(row + sizeof(float));
+  } else {
+    scale = 1.0f;
+    return reinterpret_cast<const KV*>(row);
   }
 }
 
+template <typename KV>
+void AttentionOfType(const float* HWY_RESTRICT q, size_t head_dim, const detail::PagedRows& keys,
+                     const detail::PagedRows& values, size_t begin, size_t end, float scale,
+                     float* HWY_RESTRICT out) {
+  const hn::ScalableTag<float> d;
+  const size_t N = hn::Lanes(d);
+  for (size_t i = 0; i < head_dim; ++i) out[i] = 0.0f;
+  float max = -INFINITY, sum = 0.0f;
+  for (size_t j = begin; j < end; ++j) {
+    float k_scale, v_scale;
+    const KV* k = KvElements<KV>(keys.row(j), k_scale);
+    const KV* v = KvElements<KV>(values.row(j), v_scale);
+    const float s = scale * k_scale * DotRow(k, q, head_dim);
+    if (s > max) {
+      // A new maximum: what was summed so far was weighted by exp(. - max) of the old one.
+      const float rescale = std::exp(max - s);
+      sum *= rescale;
+      const auto vr = hn::Set(d, rescale);
+      size_t i = 0;
+      for (; i + N <= head_dim; i += N) hn::StoreU(hn::Mul(hn::LoadU(d, out + i), vr), d, out + i);
+      for (; i < head_dim; ++i) out[i] *= rescale;
+      max = s;
+    }
+    const float p = std::exp(s - max);
+    sum += p;
+    AddScaledRow(p * v_scale, v, out, head_dim);
+  }
+  const float inv = 1.0f / sum;
+  for (size_t i = 0; i < head_dim; ++i) out[i] *= inv;
+}
+
 void Attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
-               const detail::PagedRows& values, size_t begin, size_t end, float scale,
-               float* scores, float* out) {
-  if (keys.type == TensorType::F16) {
-    AttentionOfType<hwy::float16_t>(q, head_dim, keys, values, begin, end, scale, scores, out);
-  } else {
-    AttentionOfType<float>(q, head_dim, keys, values, begin, end, scale, scores, out);
+               const detail::PagedRows& values, size_t begin, size_t end, float scale, float* out) {
+  switch (keys.type) {
+    case TensorType::F16:
+      AttentionOfType<hwy::float16_t>(q, head_dim, keys, values, begin, end, scale, out);
+      break;
+    case TensorType::I8:
+      AttentionOfType<int8_t>(q, head_dim, keys, values, begin, end, scale, out);
+      break;
+    default:
+      AttentionOfType<float>(q, head_dim, keys, values, begin, end, scale, out);
+      break;
   }
 }

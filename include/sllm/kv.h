@@ -1,6 +1,17 @@
 // KV layer: the paged KV cache. One pool of fixed-size blocks, sized at start; each block holds
 // the keys and values of block_tokens consecutive tokens for every layer. A sequence is a table
-// of blocks. Running out of blocks or past the context is an Error, never a silent wrap.
+// of blocks; many sequences share one pool, and a block may be shared by several of them
+// (reference counts): forks share their parent's blocks and copy a shared block before writing
+// it. A full block is keyed by a hash of its tokens and of its parent block's key, so that a
+// new sequence starting with the same tokens takes the cached block instead of recomputing it;
+// blocks no sequence holds stay cached until the pool needs them (least recently used first).
+// Running out of blocks or past the context is an Error, never a silent wrap.
+//
+// Thread safety: a pool and its sequences are one unit; calls on them (and forward passes over
+// them) must not overlap. Distinct pools are independent.
+#include <list>
+#include <unordered_map>
+
 namespace sllm {
 
 // What one token stores per layer: n_kv_heads heads of key_dim key and value_dim value
@@ -17,7 +28,8 @@ struct KvShape {
   bool operator!=(const KvShape& o) const { return !(*this == o); }
 };
 
-// The blocks of one model's KV cache, allocated once. Entries are F32 or F16 (type).
+// The blocks of one model's KV cache, allocated once. Entries are F32, F16 or I8 (type); an I8
+// head row is an f32 scale and the int8 elements (see detail::PagedRows).
 // Layout of a block, per layer: block_tokens key rows, then block_tokens value rows; a key row
 // is the n_kv_heads * key_dim elements of one token.
 class KvPool {
@@ -34,13 +46,36 @@ class KvPool {
   TensorType type() const { return type_; }
   size_t block_tokens() const { return block_tokens_; }
   size_t n_blocks() const { return n_blocks_; }
-  size_t free_blocks() const { return free_.size(); }
+  // Blocks that allocate() can take: unused ones and cached ones that no sequence holds.
+  size_t free_blocks() const { return free_.size() + lru_.size(); }
+  size_t cached_blocks() const { return lru_.size(); }  // of those, the ones still cached
   size_t block_bytes() const { return block_bytes_; }
+  // Bytes of one token's keys and values, all layers.
+  size_t token_bytes() const { return block_bytes_ / block_tokens_; }
 
-  // Takes n free blocks (Error naming the numbers when fewer are free; then nothing is taken).
+  // Takes n blocks with a reference count of 1, unused ones first, then evicting the least
+  // recently used cached ones (Error naming the numbers when fewer are free; then nothing is
+  // taken).
   std::vector<uint32_t> allocate(size_t n);
+  void retain(uint32_t block) { ++refs_[block]; }
+  // Drops a reference; a block nobody holds becomes free, or stays cached when it is keyed.
   void release(uint32_t block);
+  uint32_t ref_count(uint32_t block) const { return refs_[block]; }
   uint8_t* block_data(uint32_t block) { return data_.data() + size_t{block} * block_bytes_; }
+  void copy_block(uint32_t dst, uint32_t src);
+
+  // Prefix cache. key_of() chains a full block's tokens to its parent's key (kRootKey for the
+  // first block). publish() makes a full block findable under its key (unless another block
+  // already is); unpublish() before its contents change. find() returns the block published
+  // under key whose parent and tokens are these (verified, so a hash collision is a miss),
+  // retained for the caller, or kNoBlock.
+  static constexpr uint64_t kRootKey = 0x6a09e667f3bcc909ull;
+  static constexpr uint32_t kNoBlock = UINT32_MAX;
+  static uint64_t key_of(uint64_t parent, const int32_t* tokens, size_t n);
+  void publish(uint32_t block, uint64_t key, uint64_t parent, const int32_t* tokens);
+  void unpublish(uint32_t block);
+  bool published(uint32_t block) const { return meta_[block].published; }
+  uint32_t find(uint64_t key, uint64_t parent, const int32_t* tokens);
 
   // Byte offsets inside a block of layer's first key and value rows, and between tokens.
   size_t key_offset(size_t layer) const { return layer * layer_bytes_; }
@@ -57,10 +92,21 @@ class KvPool {
   size_t key_bytes_ = 0, layer_bytes_ = 0, block_bytes_ = 0;
   detail::AlignedBuffer<uint8_t> data_;
   std::vector<uint32_t> free_;  // a stack; the lowest ids are handed out first
+  std::vector<uint32_t> refs_;
+  struct BlockMeta {
+    bool published = false;
+    uint64_t key = 0, parent = 0;
+    std::list<uint32_t>::iterator lru;  // valid while cached (refs 0, published)
+  };
+  std::vector<BlockMeta> meta_;
+  std::vector<int32_t> block_token_ids_;  // block_tokens per block, for published blocks
+  std::unordered_map<uint64_t, uint32_t> index_;
+  std::list<uint32_t> lru_;  // cached blocks nobody holds, least recently used first
 };
 
 // The cached tokens of one sequence: a block table into a pool (which must outlive it).
-// Holds at most max_tokens tokens (the context length).
+// Holds at most max_tokens tokens (the context length). Knows its token ids when commit() is
+// given them, which lets its full blocks be published to the pool's prefix cache.
 class KvSequence {
  public:
   KvSequence(KvPool& pool, size_t max_tokens);
@@ -74,12 +120,23 @@ class KvSequence {
   size_t size() const { return size_; }  // tokens stored
   size_t max_tokens() const { return max_tokens_; }
   const std::vector<uint32_t>& blocks() const { return blocks_; }
+  // The ids of the tokens held (-1 where commit() was not told them).
+  const std::vector<int32_t>& tokens() const { return tokens_; }
 
-  // Makes room for n more tokens after size(). Error on context overflow or when the pool has
-  // too few free blocks; then the sequence is unchanged.
+  // A sequence holding the same tokens, sharing every block with this one (copy on write).
+  KvSequence fork() const;
+  // Makes room for n more tokens after size(), copying a block to be written that other
+  // sequences share. Error on context overflow or when the pool has too few free blocks; then
+  // the sequence is unchanged.
   void reserve(size_t n);
-  // Marks n tokens after size() as written (they must have been reserved).
-  void commit(size_t n);
+  // Marks n tokens after size() as written (they must have been reserved); tokens (n ids, or
+  // null when unknown) lets the blocks they fill be published to the prefix cache.
+  void commit(size_t n, const int32_t* tokens = nullptr);
+  // Takes from the pool's prefix cache the cached full blocks that continue this sequence with
+  // tokens[0..n), as many as match, and returns how many tokens they hold (whole blocks, at
+  // most n). Nothing is taken when the sequence does not end at a block boundary of known
+  // tokens.
+  size_t reuse_prefix(const int32_t* tokens, size_t n);
   // Keeps the first n tokens and returns the blocks no longer needed to the pool.
   void truncate(size_t n);
   void clear() { truncate(0); }
@@ -93,10 +150,13 @@ class KvSequence {
 
  private:
   void release_all();
+  void publish_full_blocks();
   uint8_t* row(size_t pos, size_t offset, size_t stride);
   KvPool* pool_;
   size_t max_tokens_;
   size_t size_ = 0;
+  std::vector<int32_t> tokens_;
+  std::vector<uint64_t> keys_;  // prefix-cache keys of the first full blocks of known tokens
   std::vector<uint32_t> blocks_;
   std::vector<const uint8_t*> block_data_;  // blocks_' addresses, for PagedRows
 };

@@ -71,15 +71,19 @@ struct TransformerOptions {
 enum class LogitsFor { kNone, kLast, kAll };
 
 // The activations of one forward pass, kept between calls so that decoding allocates nothing.
-// Grows to the largest batch and context seen. One per concurrently running sequence.
+// Grows to the largest batch seen. One per concurrently running sequence.
 class ForwardScratch {
   friend class Transformer;
-  size_t n_tokens_ = 0, n_ctx_ = 0, n_threads_ = 0;
+  size_t n_tokens_ = 0;
   detail::AlignedBuffer<float> x_, xb_, qkv_, att_, ffn_;
-  detail::AlignedBuffer<float> rope_cos_, rope_sin_, scores_;
+  detail::AlignedBuffer<float> rope_cos_, rope_sin_;
+  std::vector<KvSequence*> seqs_;  // the sequence and position of each token of the batch
+  std::vector<size_t> pos_;
 };
 
 // A decoder-only transformer whose weights are views into an open GGUF (which must outlive it).
+// Thread safety: it is read-only after load(), so forward passes may run at the same time in
+// several threads, each with its own ForwardScratch and sequences of a pool no other thread uses.
 class Transformer {
  public:
   static Transformer load(const Gguf& gguf, const TransformerOptions& options = {});
@@ -95,6 +99,14 @@ class Transformer {
   // past the learned positions of a model that has them) or an exhausted pool.
   void forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& scratch,
                float* logits, LogitsFor which = LogitsFor::kLast) const;
+  // One decode step of n distinct sequences at once: seqs[i] gets tokens[i] after its own
+  // tokens, and row i of logits (n * n_vocab floats) is its next-token logits. Every weight is
+  // read once for the whole batch; each row attends over its own block table. Error, with
+  // every sequence's size unchanged, as for forward (the message names the sequence); a caller
+  // that wants the others to go on reserves each sequence's token first (KvSequence::reserve)
+  // and leaves out those that fail.
+  void forward_batch(const int32_t* tokens, KvSequence* const* seqs, size_t n,
+                     ForwardScratch& scratch, float* logits) const;
 
  private:
   Transformer() = default;  // made by load()
@@ -118,8 +130,13 @@ class Transformer {
     Projection ffn_in;  // gate and up rows (GLU FFNs) or the up rows (GELU)
     Linear ffn_down;
   };
-  void prepare(ForwardScratch& s, size_t n, size_t n_ctx) const;
-  void embed(const int32_t* tokens, size_t n, size_t pos0, ForwardScratch& s) const;
+  void prepare(ForwardScratch& s, size_t n) const;
+  void check_tokens(const int32_t* tokens, size_t n) const;
+  void check_sequence(const KvSequence& seq, size_t n) const;
+  // The batch's layers over scratch's sequences and positions (reserved), then logits.
+  void run(const int32_t* tokens, size_t n, ForwardScratch& s, float* logits,
+           LogitsFor which) const;
+  void embed(const int32_t* tokens, size_t n, ForwardScratch& s) const;
   void normalize(const Norm& norm, const float* x, size_t n, float* out) const;
   // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride.
   // y = W x (+ bias) for n rows of x; x_quantized says whether the thread's quantized input
@@ -130,8 +147,7 @@ class Transformer {
               size_t y_stride) const;
   // The same for every part, side by side in rows of p.rows floats.
   void project(const Projection& p, const float* x, size_t n, size_t x_stride, float* y) const;
-  void attention_block(const Layer& layer, size_t l, size_t n, size_t pos0, KvSequence& seq,
-                       ForwardScratch& s) const;
+  void attention_block(const Layer& layer, size_t l, size_t n, ForwardScratch& s) const;
   void ffn_block(const Layer& layer, size_t n, ForwardScratch& s) const;
 
   ModelConfig config_;

@@ -310,12 +310,10 @@ Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& option
   return t;
 }
 
-void Transformer::prepare(ForwardScratch& s, size_t n, size_t n_ctx) const {
+void Transformer::prepare(ForwardScratch& s, size_t n) const {
   const ModelConfig& c = config_;
-  if (n <= s.n_tokens_ && n_ctx <= s.n_ctx_ && size_t(n_threads_) <= s.n_threads_) return;
-  s.n_tokens_ = std::max(s.n_tokens_, n);
-  s.n_ctx_ = std::max(s.n_ctx_, n_ctx);
-  s.n_threads_ = std::max(s.n_threads_, size_t(n_threads_));
+  if (n <= s.n_tokens_) return;
+  s.n_tokens_ = n;
   using detail::checked_mul;
   const auto rows = [&](size_t width) { return checked_mul(s.n_tokens_, width, "scratch size"); };
   detail::grow(s.x_, rows(c.n_embd));
@@ -325,23 +323,23 @@ void Transformer::prepare(ForwardScratch& s, size_t n, size_t n_ctx) const {
   detail::grow(s.ffn_, rows(layers_[0].ffn_in.rows));
   detail::grow(s.rope_cos_, rows(c.rope_dim));
   detail::grow(s.rope_sin_, rows(c.rope_dim));
-  detail::grow(s.scores_, checked_mul(s.n_threads_, s.n_ctx_, "scratch size"));
 }
 
-void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& s,
-                          float* logits, LogitsFor which) const {
-  const ModelConfig& c = config_;
+void Transformer::check_tokens(const int32_t* tokens, size_t n) const {
   for (size_t i = 0; i < n; ++i) {
-    if (tokens[i] < 0 || size_t(tokens[i]) >= c.n_vocab) {
+    if (tokens[i] < 0 || size_t(tokens[i]) >= config_.n_vocab) {
       detail::fail("token id " + std::to_string(tokens[i]) + " at batch position " +
                    std::to_string(i) + " is outside the vocabulary of " +
-                   std::to_string(c.n_vocab) + " tokens");
+                   std::to_string(config_.n_vocab) + " tokens");
     }
   }
+}
+
+void Transformer::check_sequence(const KvSequence& seq, size_t n) const {
+  const ModelConfig& c = config_;
   if (seq.pool().shape() != kv_shape()) {
     detail::fail("the KV cache pool was made for another model shape than this transformer's");
   }
-  if (n == 0) return;
   const size_t pos0 = seq.size();
   if (c.traits.positions == PositionType::kLearned && n > c.context_length - pos0) {
     detail::fail("context overflow: the sequence holds " + std::to_string(pos0) + " tokens and " +
@@ -349,18 +347,61 @@ void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, Forw
                  " positions that this " + c.architecture + " model has learned (" +
                  c.architecture + ".context_length)");
   }
+}
+
+void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& s,
+                          float* logits, LogitsFor which) const {
+  check_tokens(tokens, n);
+  check_sequence(seq, n);
+  if (n == 0) return;
   // Reserving first checks the context length, so that a huge n fails there rather than in
   // allocating scratch. Reserved blocks do not change the sequence's size.
   seq.reserve(n);
-  prepare(s, n, pos0 + n);
+  const size_t pos0 = seq.size();
+  prepare(s, n);
+  s.seqs_.assign(n, &seq);
+  s.pos_.resize(n);
+  for (size_t t = 0; t < n; ++t) s.pos_[t] = pos0 + t;
+  run(tokens, n, s, logits, which);
+  seq.commit(n, tokens);
+}
 
-  embed(tokens, n, pos0, s);
+void Transformer::forward_batch(const int32_t* tokens, KvSequence* const* seqs, size_t n,
+                                ForwardScratch& s, float* logits) const {
+  check_tokens(tokens, n);
+  for (size_t i = 0; i < n; ++i) {
+    check_sequence(*seqs[i], 1);
+    for (size_t j = 0; j < i; ++j) {
+      if (seqs[j] == seqs[i]) {
+        detail::fail("forward_batch: sequence " + std::to_string(i) + " is also sequence " +
+                     std::to_string(j) + " of the batch; each may add one token per step");
+      }
+    }
+  }
+  if (n == 0) return;
+  for (size_t i = 0; i < n; ++i) {
+    try {
+      seqs[i]->reserve(1);
+    } catch (const Error& e) {
+      detail::fail("batch sequence " + std::to_string(i) + ": " + e.what());
+    }
+  }
+  prepare(s, n);
+  s.seqs_.assign(seqs, seqs + n);
+  s.pos_.resize(n);
+  for (size_t t = 0; t < n; ++t) s.pos_[t] = seqs[t]->size();
+  run(tokens, n, s, logits, LogitsFor::kAll);
+  for (size_t t = 0; t < n; ++t) seqs[t]->commit(1, tokens + t);
+}
+
+void Transformer::run(const int32_t* tokens, size_t n, ForwardScratch& s, float* logits,
+                      LogitsFor which) const {
+  const ModelConfig& c = config_;
+  embed(tokens, n, s);
   for (size_t l = 0; l < c.n_layers; ++l) {
-    attention_block(layers_[l], l, n, pos0, seq, s);
+    attention_block(layers_[l], l, n, s);
     ffn_block(layers_[l], n, s);
   }
-  seq.commit(n);
-
   if (which == LogitsFor::kNone) return;
   const size_t first = which == LogitsFor::kAll ? 0 : n - 1;
   const size_t d = c.n_embd;
@@ -368,7 +409,7 @@ void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, Forw
   linear(output_, s.xb_.data() + first * d, n - first, d, logits, c.n_vocab);
 }
 
-void Transformer::embed(const int32_t* tokens, size_t n, size_t pos0, ForwardScratch& s) const {
+void Transformer::embed(const int32_t* tokens, size_t n, ForwardScratch& s) const {
   const ModelConfig& c = config_;
   const size_t d = c.n_embd;
   const bool rope = c.traits.positions == PositionType::kRope;
@@ -382,12 +423,12 @@ void Transformer::embed(const int32_t* tokens, size_t n, size_t pos0, ForwardScr
       for (size_t i = 0; i < d; ++i) x[i] *= scale;
     }
     if (rope) {
-      detail::rope_table(pos0 + t, c.rope_dim, c.rope_base, rope_freqs_, c.traits.rope_style,
+      detail::rope_table(s.pos_[t], c.rope_dim, c.rope_base, rope_freqs_, c.traits.rope_style,
                          s.rope_cos_.data() + t * c.rope_dim, s.rope_sin_.data() + t * c.rope_dim);
     } else {
       float* position = s.xb_.data() + t * d;
       detail::row_to_f32(position_embd_.type,
-                         position_embd_.data + (pos0 + t) * position_embd_.row_bytes, d, position);
+                         position_embd_.data + s.pos_[t] * position_embd_.row_bytes, d, position);
       detail::add(x, position, d);
     }
   }
@@ -436,8 +477,7 @@ void Transformer::project(const Projection& p, const float* x, size_t n, size_t 
   }
 }
 
-void Transformer::attention_block(const Layer& layer, size_t l, size_t n, size_t pos0,
-                                  KvSequence& seq, ForwardScratch& s) const {
+void Transformer::attention_block(const Layer& layer, size_t l, size_t n, ForwardScratch& s) const {
   const ModelConfig& c = config_;
   const size_t d = c.n_embd;
   const size_t q_dim = c.n_heads * c.key_dim, k_dim = c.n_kv_heads * c.key_dim;
@@ -456,7 +496,7 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, size_t
       detail::rope(q, c.n_heads, c.key_dim, c.rope_dim, cos, sin, c.traits.rope_style);
       detail::rope(k, c.n_kv_heads, c.key_dim, c.rope_dim, cos, sin, c.traits.rope_style);
     }
-    seq.write(l, pos0 + t, k, k + k_dim);
+    s.seqs_[t]->write(l, s.pos_[t], k, k + k_dim);
   }
   // Token t of the batch attends to the cache up to its own position (causal mask), or to the
   // last sliding_window tokens of it, with each group of n_heads / n_kv_heads query heads
@@ -467,12 +507,12 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, size_t
 #pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_tasks > 1)
   for (size_t task = 0; task < n_tasks; ++task) {
     const size_t t = task / c.n_heads, h = task % c.n_heads;
-    const size_t end = pos0 + t + 1;
+    const KvSequence& seq = *s.seqs_[t];
+    const size_t end = s.pos_[t] + 1;
     const size_t begin =
         c.sliding_window != 0 && end > c.sliding_window ? end - c.sliding_window : 0;
-    float* scores = s.scores_.data() + size_t(omp_get_thread_num()) * s.n_ctx_;
     detail::attention(s.qkv_.data() + t * stride + h * c.key_dim, c.key_dim, seq.keys(l, h / group),
-                      seq.values(l, h / group), begin, end, scale, scores,
+                      seq.values(l, h / group), begin, end, scale,
                       s.att_.data() + t * att_dim + h * c.value_dim);
   }
   linear(layer.attn_output, s.att_.data(), n, att_dim, xb, d);

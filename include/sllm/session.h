@@ -1,6 +1,12 @@
 // Session layer: the API users see. A Model is a GGUF file opened with its
-// transformer and tokenizer; a Session is one conversation's context (KV cache)
-// over a Model: prompt in, pieces of text out.
+// transformer and tokenizer; an Engine is a model's KV cache pool, shared by many Sessions; a
+// Session is one conversation's context (a sequence in that pool): prompt in, pieces of text
+// out. Sessions of one Engine share cached prompt prefixes (a system prompt is computed once)
+// and can decode together in one batch (Engine::step).
+//
+// Thread safety: a Model may be used from any number of threads. An Engine and all Sessions
+// over it are one unit: calls on them must not overlap (use one thread, or a lock around
+// them); Sessions of different Engines may run in different threads at the same time.
 #include <atomic>
 #include <chrono>
 
@@ -29,7 +35,15 @@ class Model {
 struct SessionOptions {
   size_t n_ctx = 0;                      // tokens the context holds; 0: the model's context length,
                                          // at most 4096
-  TensorType kv_type = TensorType::F32;  // KV cache entries: F32 or F16
+  TensorType kv_type = TensorType::F32;  // KV cache entries: F32 or F16 (a session over its own
+                                         // pool; over an Engine, the engine's type applies)
+};
+
+struct EngineOptions {
+  size_t pool_tokens = 0;  // tokens the KV pool holds, all sessions together; 0: 4 contexts of
+                           // the model's context length (at most 4096)
+  size_t block_tokens = KvPool::kDefaultBlockTokens;
+  TensorType kv_type = TensorType::F16;  // KV cache entries: F16 or F32
 };
 
 struct GenerateOptions : SamplerOptions {
@@ -42,11 +56,21 @@ struct GenerateOptions : SamplerOptions {
   const std::atomic<bool>* cancel = nullptr;
 };
 
-enum class StopReason { kEndOfGeneration, kStopString, kMaxTokens, kContextFull, kCancelled };
+// kPoolFull: in a batch (Engine::generate), the engine's KV pool had no block left for this
+// session's next token; the others went on.
+enum class StopReason {
+  kEndOfGeneration,
+  kStopString,
+  kMaxTokens,
+  kContextFull,
+  kCancelled,
+  kPoolFull
+};
 const char* stop_reason_name(StopReason reason);
 
 struct GenerateStats {
-  size_t n_prompt = 0;  // prompt tokens evaluated
+  size_t n_prompt = 0;         // prompt tokens evaluated
+  size_t n_prompt_reused = 0;  // of those, the ones taken from the prefix cache, not computed
   size_t n_generated = 0;
   double prompt_seconds = 0;
   double generate_seconds = 0;
@@ -55,11 +79,44 @@ struct GenerateStats {
 };
 
 using PieceFn = std::function<void(std::string_view piece)>;
+// A piece of the text of completion i of a batch.
+using BatchPieceFn = std::function<void(size_t i, std::string_view piece)>;
+
+class Session;
+
+// The KV cache pool of a model, shared by the Sessions made over it. Cheap to copy: copies are
+// the same engine. The pool and the model stay alive while a copy or a session holds them.
+class Engine {
+ public:
+  explicit Engine(const Model& model, const EngineOptions& options = {});
+  const Model& model() const;
+  KvPool& pool() const;
+  // One decode step of several sessions of this engine in one forward pass (every weight read
+  // once for all): sessions[i] evaluates tokens[i], and its logits() are then the next ones.
+  // Sessions may join or leave between steps. Error when one cannot take its token (a full
+  // context, an exhausted pool): then no session has changed, and the message names it.
+  void step(const std::vector<Session*>& sessions, const std::vector<int32_t>& tokens) const;
+  // Session::generate for several sessions of this engine at once: each evaluates the prompt
+  // tokens (the first computes them, the others take its cached blocks), then they decode in
+  // batched steps, each leaving the batch when it stops. Sampling seeds are options.seed + i
+  // when set (else random). on_piece gets each session's text as it is generated.
+  std::vector<GenerateStats> generate(const std::vector<Session*>& sessions,
+                                      const std::vector<int32_t>& prompt_tokens,
+                                      const GenerateOptions& options,
+                                      const BatchPieceFn& on_piece) const;
+
+ private:
+  struct State;
+  std::shared_ptr<State> state_;
+};
 
 class Session {
  public:
+  // A session over a pool of its own, sized for one context.
   explicit Session(const Model& model, const SessionOptions& options = {});
-  // Not copyable or movable: the sequence points into the session's own KV pool.
+  // A session over the engine's shared pool.
+  explicit Session(const Engine& engine, const SessionOptions& options = {});
+  // Not copyable or movable: Engine::step and Chat refer to sessions by address.
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
 
@@ -77,9 +134,11 @@ class Session {
   std::vector<int32_t> tokenize(std::string_view text, bool add_special = true,
                                 bool parse_special = false) const;
   // Evaluates tokens after those in the context; logits() then holds the last
-  // position's. Error (context unchanged) when a token is out of range or the
-  // context would overflow.
-  void evaluate(const std::vector<int32_t>& tokens);
+  // position's. Whole KV blocks found in the engine's prefix cache are taken instead of
+  // computed; returns how many tokens were (the last token is always computed). Error
+  // (context unchanged) when a token is out of range, the context would overflow or the pool
+  // is exhausted.
+  size_t evaluate(const std::vector<int32_t>& tokens);
   // Same, returning the logits of every position: tokens.size() rows of
   // n_vocab.
   std::vector<float> evaluate_all(const std::vector<int32_t>& tokens);
@@ -97,9 +156,10 @@ class Session {
                          const PieceFn& on_piece);
 
  private:
+  friend class Engine;
   void check_fits(size_t n_tokens) const;
+  Engine engine_;
   Model model_;
-  KvPool pool_;
   KvSequence seq_;
   ForwardScratch scratch_;
   std::vector<int32_t> tokens_;  // what seq_ holds
