@@ -19,7 +19,8 @@ const char kBenchUsage[] =
     "\n"
     "Measures prompt processing (pp: the prompt evaluated in one batch) and text generation\n"
     "(tg: one token at a time) in tokens per second, mean and standard deviation over the\n"
-    "repetitions, after one warm-up run. Tokens are random ids; the context starts empty.\n"
+    "repetitions, after one warm-up run. Tokens are new random ids for every run (so no run\n"
+    "reuses cached KV blocks) and the context starts empty.\n"
     "\n"
     "options:\n"
     "  -m, --model FILE     GGUF model (required)\n"
@@ -110,10 +111,11 @@ int cmd_bench(int argc, char** argv) {
     const size_t n = tg ? n_gen : n_prompt;
     if (n == 0) continue;
     Result r{(tg ? "tg" : "pp") + std::to_string(n), n, {}};
-    const std::vector<int32_t> tokens = random_tokens(n);
-    time_run(session, tokens, tg);  // warm-up: page in the weights, size the buffers
-    for (int i = 0; i < reps; ++i)
-      r.tokens_per_second.push_back(double(n) / time_run(session, tokens, tg));
+    // New tokens for every run, so that no run reuses the cached KV blocks of another.
+    time_run(session, random_tokens(n), tg);  // warm-up: page in the weights, size the buffers
+    for (int i = 0; i < reps; ++i) {
+      r.tokens_per_second.push_back(double(n) / time_run(session, random_tokens(n), tg));
+    }
     results.push_back(r);
   }
 
