@@ -6,10 +6,7 @@
 set -u
 sllm=$1
 model=$2/stories260K.gguf
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+. "$(dirname "$0")/cli_test_lib.sh"
 
 # chat NAME INPUT ARGS...: runs sllm chat with INPUT on stdin; stdout/stderr to $tmp/out, $tmp/err.
 chat() {
@@ -81,5 +78,4 @@ grep -q "unknown chat template 'llama9'; the known ones are chatml, llama2" "$tm
 "$sllm" chat --help >"$tmp/out" 2>&1 || fail "chat --help failed"
 grep -q "usage: sllm chat" "$tmp/out" || fail "chat --help printed no usage"
 
-[ "$failures" -eq 0 ] || { echo "$failures failure(s)"; exit 1; }
-echo "all cli_chat checks passed"
+finish cli_chat

@@ -7,19 +7,7 @@ sllm=$1
 data=$2
 model=$data/stories260K.gguf
 expected=$data/fixtures/models/stories260K/expected
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-
-# expect_status WANT NAME COMMAND...: runs COMMAND, stdout/stderr to $tmp/out and $tmp/err.
-expect_status() {
-  want=$1 name=$2
-  shift 2
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  got=$?
-  [ "$got" -eq "$want" ] || fail "$name: exit status $got, want $want ($(head -c 300 "$tmp/err"))"
-}
+. "$(dirname "$0")/cli_test_lib.sh"
 
 # Greedy text from BOS equals llama2.c's (its file ends with the newline run.c prints).
 expect_status 0 "greedy from BOS" "$sllm" generate -m "$model" -n 256 --temp 0
@@ -95,5 +83,4 @@ expect_status 2 "bad id list" "$sllm" logits -m "$model" --ids 1,x -o "$tmp/x.f3
 expect_status 0 "help" "$sllm" generate --help
 grep -q "usage: sllm generate" "$tmp/out" || fail "generate --help printed no usage"
 
-[ "$failures" -eq 0 ] || { echo "$failures failure(s)"; exit 1; }
-echo "all cli_generate checks passed"
+finish cli_generate

@@ -6,18 +6,7 @@ set -u
 sllm=$1
 data=$2
 model=$data/stories260K.gguf
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-failures=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-
-expect_status() {
-  want=$1 name=$2
-  shift 2
-  "$@" >"$tmp/out" 2>"$tmp/err"
-  got=$?
-  [ "$got" -eq "$want" ] || fail "$name: exit status $got, want $want ($(head -c 300 "$tmp/err"))"
-}
+. "$(dirname "$0")/cli_test_lib.sh"
 
 for type in q8_0 q4_0; do
   expect_status 0 "quantize $type" "$sllm" quantize "$model" "$tmp/$type.gguf" "$type"
@@ -46,5 +35,4 @@ expect_status 1 "missing input" "$sllm" quantize "$tmp/none.gguf" "$tmp/y.gguf" 
 [ ! -e "$tmp/y.gguf" ] || fail "a failed quantize left an output file"
 expect_status 2 "missing TYPE" "$sllm" quantize "$model" "$tmp/z.gguf"
 
-[ "$failures" -eq 0 ] || { echo "$failures failure(s)"; exit 1; }
-echo "all cli_quantize checks passed"
+finish cli_quantize
