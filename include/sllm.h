@@ -4153,8 +4153,10 @@ int32_t block_dot(const BlockQ4_0& w, const BlockQ8_0& x) {
   return sum;
 }
 
-float dot_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, size_t n) {
-  const size_t nb = detail::quant_blocks(TensorType::Q8_0, n);
+// Per block the integer dot product, scaled by both blocks' scales and summed in f32.
+template <typename Block>
+float dot_blocks(TensorType type, const Block* w, const BlockQ8_0* x, size_t n) {
+  const size_t nb = detail::quant_blocks(type, n);
   float sum = 0.0f;
   for (size_t b = 0; b < nb; ++b) {
     sum += float(block_dot(w[b], x[b])) * (fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d));
@@ -4162,13 +4164,12 @@ float dot_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, size_t n) {
   return sum;
 }
 
+float dot_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, size_t n) {
+  return dot_blocks(TensorType::Q8_0, w, x, n);
+}
+
 float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n) {
-  const size_t nb = detail::quant_blocks(TensorType::Q4_0, n);
-  float sum = 0.0f;
-  for (size_t b = 0; b < nb; ++b) {
-    sum += float(block_dot(w[b], x[b])) * (fp16_to_f32(w[b].d) * fp16_to_f32(x[b].d));
-  }
-  return sum;
+  return dot_blocks(TensorType::Q4_0, w, x, n);
 }
 
 }  // namespace ref

@@ -5,14 +5,9 @@
 set -u
 sllm=$1
 checkpoint=$2
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+. "$(dirname "$0")/cli_test_lib.sh"
+work=$tmp
 err=$work/stderr
-failures=0
-fail() {
-  echo "FAIL: $*" >&2
-  failures=$((failures + 1))
-}
 
 out=$("$sllm" convert "$checkpoint" -o "$work/s.gguf" 2>"$err") ||
   fail "sllm convert exited with $? ($(cat "$err"))"
@@ -75,5 +70,4 @@ case $help in
 esac
 "$sllm" --help | grep -q "^  convert " || fail "sllm --help does not list convert"
 
-[ "$failures" -eq 0 ] || exit 1
-echo "sllm convert: all checks passed"
+finish cli_convert

@@ -4,13 +4,8 @@
 set -u
 sllm=$1
 model=$2
-err=$(mktemp)
-trap 'rm -f "$err"' EXIT
-failures=0
-fail() {
-  echo "FAIL: $*" >&2
-  failures=$((failures + 1))
-}
+. "$(dirname "$0")/cli_test_lib.sh"
+err=$tmp/stderr
 
 out=$("$sllm" info "$model") || fail "sllm info exited with $?"
 # 292800 parameters = 2 * 512*64 (embeddings, output) + 64 (final norm)
@@ -65,5 +60,4 @@ done
 "$sllm" info -a 2 "$model" | grep -q '\["<unk>", "<s>", \.\.\. (512 in all)\]' ||
   fail "sllm info -a 2 does not cut arrays after 2 elements"
 
-[ "$failures" -eq 0 ] || exit 1
-echo "sllm info: all checks passed"
+finish cli_info
