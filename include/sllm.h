@@ -2455,9 +2455,9 @@ SLLM_VNNI HWY_INLINE __m512i Dpbusd(__m512i acc, __m512i u8, __m512i s8) {
 // row after another so that the hardware prefetcher sees one sequential stream, and takes a step
 // of 64 activation codes (2 Q8_0 blocks) or 128 (4 Q4_0 blocks) at a time. The int32 sums of a
 // step fill 16 lanes: lanes 8k..8k+7 belong to block k of the step for Q8_0, lanes 4k..4k+3 for
-// Q4_0; the weight scales come from the same loads as the codes. What depends only on the
-// activations is prepared once per call, kXVectors vectors per step and token: the codes, the
-// negated correction that starts the accumulator, and the activation scales over the lanes.
+// Q4_0 (Lanes() gives the block of each lane). What depends only on the activations is prepared
+// once per call, kXVectors vectors per step and token: the codes, the negated correction that
+// starts the accumulator, and the step's activation scales (in the low lanes of the last).
 struct Q8Step {
   static constexpr size_t kBlockBytes = kQ8Bytes;
   static constexpr size_t kBlocks = 2;
@@ -2475,8 +2475,9 @@ struct Q8Step {
     __m512i u8;
     __m128 scales;  // of the step's blocks
   };
-  // The step's 68 bytes from loads at +0 and +4; a lone last block reads its 34 and leaves the
-  // rest zero (the activation codes there are zero padding).
+  // The codes of the step's 2 blocks, by two 32-byte loads. A lone last block leaves the upper
+  // half to 128 (zero plus the offset); the activation codes there are zero padding, and so are
+  // their correction and their scale, so it adds nothing.
   template <bool kWhole>
   static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t /*bytes*/) {
     const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
@@ -2521,7 +2522,8 @@ struct Q4Step {
     __m512i lo, hi;
     __m128 scales;  // of the step's blocks
   };
-  // The step's 72 bytes from loads at +0 and +8; a partial step reads only its `bytes`.
+  // The 16 code bytes of each of the 4 blocks, picked from loads at +0 and +8 (72 bytes); a
+  // partial step reads only its `bytes` and leaves zeros.
   template <bool kWhole>
   static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t bytes) {
     alignas(64) static constexpr uint8_t kCodeBytes[64] = {
@@ -2614,7 +2616,8 @@ SLLM_VNNI void DirectMatmul(const uint8_t* w, size_t row_bytes, size_t nb,
   static thread_local sllm::detail::AlignedBuffer<uint8_t> buffer;
   for (size_t t0 = 0; t0 < x.n; t0 += 2) {
     const size_t n = std::min<size_t>(2, x.n - t0);
-    buffer.resize(n * steps * Step::kXVectors * sizeof(__m512i));
+    const size_t bytes = n * steps * Step::kXVectors * sizeof(__m512i);
+    if (buffer.size() < bytes) buffer.resize(bytes);
     __m512i* prepared = reinterpret_cast<__m512i*>(buffer.data());
     PrepareTokens<Step>(x, t0, n, steps, prepared);
     for (size_t r = row_begin; r < row_end; ++r) {
@@ -2806,8 +2809,9 @@ SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_
   }
   static thread_local sllm::detail::AlignedBuffer<uint8_t> panel;
   static thread_local sllm::detail::AlignedBuffer<int32_t> starts;
-  panel.resize(nb * kPanelBlockBytes);
-  starts.resize(x->n * nb);
+  // The buffers only grow: matrices of different widths alternate.
+  if (panel.size() < nb * kPanelBlockBytes) panel.resize(nb * kPanelBlockBytes);
+  if (starts.size() < x->n * nb) starts.resize(x->n * nb);
   const int32_t offset = type == TensorType::Q8_0 ? 128 : 8;
   for (size_t t = 0; t < x->n; ++t) {
     for (size_t b = 0; b < nb; ++b) starts[t * nb + b] = -x->sums(t)[b] * offset;
