@@ -20,6 +20,44 @@ struct BlockQ4_0 {
 static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 blocks are 34 bytes in GGUF");
 static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 blocks are 18 bytes in GGUF");
 
+// Elements per super-block of the K-quant formats.
+constexpr size_t kSuperBlock = 256;
+
+// Q4_K: 8 sub-blocks of 32; value = d * scale_j * q - dmin * min_j, q a 4-bit code, scale_j and
+// min_j 6-bit codes packed into `scales` (see unpack_q4_k_scales). Each 32-byte group of qs holds
+// 64 values: sub-block 2i in the low nibbles, sub-block 2i + 1 in the high nibbles. 144 bytes.
+struct BlockQ4_K {
+  uint16_t d;     // IEEE half: scale of the sub-block scales
+  uint16_t dmin;  // IEEE half: scale of the sub-block mins
+  uint8_t scales[12];
+  uint8_t qs[kSuperBlock / 2];
+};
+// Q6_K: 16 sub-blocks of 16; value = d * scales[j] * (q - 32), q a 6-bit code whose low 4 bits
+// are in ql and high 2 bits in qh. Per half of 128 values, value l (0..31) of each quarter:
+// quarter 0 = ql[l] low nibble, quarter 1 = ql[l + 32] low, quarter 2 = ql[l] high, quarter 3 =
+// ql[l + 32] high; its high bits are bits 2k..2k+1 of qh[l] for quarter k. 210 bytes.
+struct BlockQ6_K {
+  uint8_t ql[kSuperBlock / 2];
+  uint8_t qh[kSuperBlock / 4];
+  int8_t scales[kSuperBlock / 16];
+  uint16_t d;  // IEEE half
+};
+static_assert(sizeof(BlockQ4_K) == 144, "Q4_K blocks are 144 bytes in GGUF");
+static_assert(sizeof(BlockQ6_K) == 210, "Q6_K blocks are 210 bytes in GGUF");
+
+// The 6-bit scale and min of sub-block j (0..7) of a Q4_K block. Sub-blocks 0-3 keep them in the
+// low 6 bits of scales[j] and scales[j + 4]; sub-blocks 4-7 keep their low 4 bits in the nibbles
+// of scales[j + 4] and their top 2 bits in the top bits of scales[j - 4] and scales[j].
+inline void unpack_q4_k_scales(const uint8_t* scales, int j, uint8_t* scale, uint8_t* min) {
+  if (j < 4) {
+    *scale = scales[j] & 63;
+    *min = scales[j + 4] & 63;
+  } else {
+    *scale = (scales[j + 4] & 0x0f) | ((scales[j - 4] >> 6) << 4);
+    *min = (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4);
+  }
+}
+
 // Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0), with the
 // rounding of ggml's reference quantizers, so that sllm's files match llama.cpp's byte for byte.
 // dst/src hold tensor_row_bytes(type, n) bytes. Error for another type, or for a quantized type
@@ -36,6 +74,9 @@ void dequantize_row_q8_0(const BlockQ8_0* x, float* y, size_t n);
 // q = min(15, trunc(x * (1 / d) + 8.5)), d stored as f16.
 void quantize_row_q4_0(const float* x, BlockQ4_0* y, size_t n);
 void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n);
+// n is a multiple of 256.
+void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n);
+void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n);
 
 // Integer dot product of one block with a Q8_0 block of activations.
 int32_t block_dot(const BlockQ8_0& w, const BlockQ8_0& x);

@@ -5,11 +5,12 @@ namespace sllm {
 namespace detail {
 
 inline size_t quant_blocks(TensorType type, size_t n) {
-  if (n % kQuantBlock != 0) {
+  const size_t block = tensor_type_info(uint32_t(type))->block_elems;
+  if (n % block != 0) {
     fail(std::string("a row of ") + std::to_string(n) + " values cannot be stored as " +
-         (type == TensorType::Q8_0 ? "Q8_0" : "Q4_0") + ": the length must be a multiple of 32");
+         tensor_type_name(type) + ": the length must be a multiple of " + std::to_string(block));
   }
-  return n / kQuantBlock;
+  return n / block;
 }
 
 // round(v) as an int8 code in [-127, 127]; NaN (from a non-finite input) gives 0.
@@ -79,6 +80,40 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n) {
     for (size_t j = 0; j < kHalf; ++j) {
       y[j] = float((x[b].qs[j] & 0x0f) - 8) * d;
       y[j + kHalf] = float((x[b].qs[j] >> 4) - 8) * d;
+    }
+  }
+}
+
+void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q4_K, n);
+  for (size_t b = 0; b < nb; ++b) {
+    const float d = fp16_to_f32(x[b].d), dmin = fp16_to_f32(x[b].dmin);
+    for (int j = 0; j < 8; ++j) {
+      uint8_t scale, min;
+      unpack_q4_k_scales(x[b].scales, j, &scale, &min);
+      const uint8_t* q = x[b].qs + (j / 2) * 32;
+      const int shift = (j % 2) * 4;
+      for (int l = 0; l < 32; ++l) *y++ = d * scale * ((q[l] >> shift) & 0x0f) - dmin * min;
+    }
+  }
+}
+
+void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q6_K, n);
+  for (size_t b = 0; b < nb; ++b, y += kSuperBlock) {
+    const float d = fp16_to_f32(x[b].d);
+    for (int half = 0; half < 2; ++half) {
+      const uint8_t* ql = x[b].ql + half * 64;
+      const uint8_t* qh = x[b].qh + half * 32;
+      for (int quarter = 0; quarter < 4; ++quarter) {
+        const uint8_t* low = ql + (quarter % 2) * 32;
+        const int low_shift = (quarter / 2) * 4;
+        for (int l = 0; l < 32; ++l) {
+          const int q = ((low[l] >> low_shift) & 0x0f) | (((qh[l] >> (2 * quarter)) & 3) << 4);
+          const int i = half * 128 + quarter * 32 + l;
+          y[i] = d * x[b].scales[i / 16] * (q - 32);
+        }
+      }
     }
   }
 }
@@ -164,9 +199,15 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n) {
     case TensorType::Q4_0:
       ref::dequantize_row_q4_0(static_cast<const BlockQ4_0*>(src), dst, n);
       return;
+    case TensorType::Q4_K:
+      ref::dequantize_row_q4_k(static_cast<const BlockQ4_K*>(src), dst, n);
+      return;
+    case TensorType::Q6_K:
+      ref::dequantize_row_q6_k(static_cast<const BlockQ6_K*>(src), dst, n);
+      return;
     default:
       detail::fail("cannot dequantize tensor type " + std::to_string(uint32_t(type)) +
-                   ": sllm reads F32, F16, BF16, Q8_0 and Q4_0");
+                   ": sllm reads F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K");
   }
 }
 
