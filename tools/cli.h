@@ -167,8 +167,8 @@ bool kv_type_option(ArgReader& args, TensorType& type);
 const char* kv_type_name(TensorType type);
 #define SLLM_CLI_KV_TYPE_USAGE                                                                \
   "      --kv-type TYPE       KV cache entries: f16 (default), q8_0 (int8 with a scale per\n" \
-  "                           token and head: about half the memory; also q8, i8, int8) or\n" \
-  "                           f32\n"
+  "                           token and head, about half the memory; also q8, i8, int8)\n"    \
+  "                           or f32\n"
 
 }  // namespace cli
 }  // namespace sllm

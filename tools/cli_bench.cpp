@@ -28,8 +28,8 @@ const char kBenchUsage[] =
     "  -n, --n-gen N        generated tokens; 0 skips tg (default 128)\n"
     "  -t, --threads N      threads (default: OMP_NUM_THREADS, else all cores)\n"
     "  -r, --repetitions N  repetitions of each test (default 5)\n"
-    "      --kv-type TYPE   KV cache entries: f16 (default), q8_0 (int8; also q8, i8, int8) or\n"
-    "                       f32\n"
+    "      --kv-type TYPE   KV cache entries: f16 (default), q8_0 (int8 with a scale per token\n"
+    "                       and head; also q8, i8, int8) or f32\n"
     "  -o, --output FORMAT  md (a table, default) or json\n"
     "  -h, --help           show this help\n";
 

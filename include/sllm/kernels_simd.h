@@ -438,10 +438,12 @@ HWY_INLINE const KV* KvElements(const uint8_t* row, float& scale) {
   }
 }
 
+// Vectors of the attention hold at most this many lanes (RowDots is instantiated up to it).
+constexpr size_t kAttentionLanes = 16;
 // Tokens of a chunk of the attention: their keys and values are widened to f32 once for every
 // query head of the group, their scores are computed as whole vectors, and the softmax's running
-// maximum moves once per chunk. Vectors hold at most this many lanes.
-constexpr size_t kAttentionChunk = 16;
+// maximum moves once per chunk.
+constexpr size_t kAttentionChunk = 2 * kAttentionLanes;
 
 // Rows [j0, j0 + n) of a paged view widened to f32, each times its row scale (times extra),
 // into out: n rows of stride floats, the dim elements then zeros. The block table is walked,
@@ -504,7 +506,7 @@ HWY_INLINE hn::Vec<D> RowDots(D d, const float* HWY_RESTRICT k, size_t stride,
 template <class D>
 HWY_INLINE hn::Vec<D> ChunkDots(D d, const float* HWY_RESTRICT k, size_t stride,
                                 const float* HWY_RESTRICT q) {
-  static_assert(kAttentionChunk == 16, "RowDots is instantiated for up to 16 lanes");
+  static_assert(kAttentionLanes == 16, "RowDots is instantiated for up to 16 lanes");
   switch (hn::Lanes(d)) {
     case 16:
       return RowDots<16>(d, k, stride, q);
@@ -523,7 +525,7 @@ template <typename KV>
 void AttentionOfType(const float* HWY_RESTRICT q, size_t n_q, size_t dim,
                      const detail::PagedRows& keys, const detail::PagedRows& values, size_t begin,
                      size_t end, float scale, float* HWY_RESTRICT out) {
-  const hn::CappedTag<float, kAttentionChunk> d;
+  const hn::CappedTag<float, kAttentionLanes> d;
   const size_t N = hn::Lanes(d);
   constexpr size_t C = kAttentionChunk;
   const size_t stride = (dim + N - 1) / N * N;  // rows padded with zeros to whole vectors
