@@ -181,7 +181,7 @@ BENCHMARK_CAPTURE(BM_tinyllama_matmuls, Q8_0, sllm::TensorType::Q8_0)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_tinyllama_matmuls, Q4_0, sllm::TensorType::Q4_0)
-    ->ArgsProduct({{1, 2}, {1, 512}})
+    ->ArgsProduct({{1, 2}, {1, 4, 512}})
     ->ArgNames({"threads", "tokens"})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);

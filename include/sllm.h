@@ -590,12 +590,19 @@ void swiglu(const float* gate, const float* up, size_t n, float* out);
 void gelu(const float* x, size_t n, float* out);
 // out = gelu(gate) * up (out may alias gate or up).
 void geglu(const float* gate, const float* up, size_t n, float* out);
-// One query head over the cached tokens [begin, end) of type F32, F16 or I8:
-// out = softmax(scale * K q) V. begin > 0 leaves out the tokens before a sliding window. One
-// pass with an online softmax (a running maximum rescales the sums), so no buffer of context
-// length is needed.
-void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
-               size_t begin, size_t end, float scale, float* out);
+// n_q query heads that share one KV head (grouped-query attention), over its cached tokens
+// [begin, end) of type F32, F16 or I8: out_h = softmax(scale * K q_h) V for the n_q rows q_h of
+// q and out_h of out, each head_dim floats. keys and values have the same blocks of tokens.
+// begin > 0 leaves out the tokens before a sliding window. One pass over chunks of tokens, each
+// key and value widened once for all n_q heads, with an online softmax (a running maximum
+// rescales the sums), so no buffer of context length is needed.
+void attention(const float* q, size_t n_q, size_t head_dim, const PagedRows& keys,
+               const PagedRows& values, size_t begin, size_t end, float scale, float* out);
+// The same for one query head.
+inline void attention(const float* q, size_t head_dim, const PagedRows& keys,
+                      const PagedRows& values, size_t begin, size_t end, float scale, float* out) {
+  attention(q, 1, head_dim, keys, values, begin, end, scale, out);
+}
 
 }  // namespace detail
 
@@ -704,19 +711,20 @@ struct KvShape {
   bool operator!=(const KvShape& o) const { return !(*this == o); }
 };
 
-// The blocks of one model's KV cache, allocated once. Entries are F32, F16 or I8 (type); an I8
+// The blocks of one model's KV cache, allocated once. Entries are F16 (default), I8 or F32; an I8
 // head row is an f32 scale and the int8 elements (see detail::PagedRows).
-// Layout of a block, per layer: block_tokens key rows, then block_tokens value rows; a key row
-// is the n_kv_heads * key_dim elements of one token.
+// Layout of a block, per layer: the keys, then the values, each as n_kv_heads runs of
+// block_tokens head rows (key_dim or value_dim elements of one token). A head's rows of
+// consecutive tokens lie side by side because attention reads one KV head at a time.
 class KvPool {
  public:
   static constexpr size_t kDefaultBlockTokens = 16;
   KvPool(const KvShape& shape, size_t n_blocks, size_t block_tokens = kDefaultBlockTokens,
-         TensorType type = TensorType::F32);
+         TensorType type = TensorType::F16);
   // A pool holding exactly one sequence of up to n_tokens tokens.
   static KvPool for_tokens(const KvShape& shape, size_t n_tokens,
                            size_t block_tokens = kDefaultBlockTokens,
-                           TensorType type = TensorType::F32);
+                           TensorType type = TensorType::F16);
 
   const KvShape& shape() const { return shape_; }
   TensorType type() const { return type_; }
@@ -753,9 +761,14 @@ class KvPool {
   bool published(uint32_t block) const { return meta_[block].published; }
   uint32_t find(uint64_t key, uint64_t parent, const int32_t* tokens);
 
-  // Byte offsets inside a block of layer's first key and value rows, and between tokens.
-  size_t key_offset(size_t layer) const { return layer * layer_bytes_; }
-  size_t value_offset(size_t layer) const { return layer * layer_bytes_ + key_bytes_; }
+  // Byte offsets inside a block of the first key and value rows of a layer's KV head, and
+  // between the rows of consecutive tokens.
+  size_t key_offset(size_t layer, size_t kv_head) const {
+    return layer * layer_bytes_ + kv_head * block_tokens_ * key_row_bytes_;
+  }
+  size_t value_offset(size_t layer, size_t kv_head) const {
+    return layer * layer_bytes_ + key_bytes_ + kv_head * block_tokens_ * value_row_bytes_;
+  }
   size_t key_stride() const { return key_row_bytes_; }
   size_t value_stride() const { return value_row_bytes_; }
 
@@ -827,7 +840,6 @@ class KvSequence {
  private:
   void release_all();
   void publish_full_blocks();
-  uint8_t* row(size_t pos, size_t offset, size_t stride);
   KvPool* pool_;
   size_t max_tokens_;
   size_t size_ = 0;
@@ -1607,15 +1619,16 @@ class Model {
 struct SessionOptions {
   size_t n_ctx = 0;                      // tokens the context holds; 0: the model's context length,
                                          // at most 4096
-  TensorType kv_type = TensorType::F32;  // KV cache entries: F32 or F16 (a session over its own
-                                         // pool; over an Engine, the engine's type applies)
+  TensorType kv_type = TensorType::F16;  // KV cache entries: F16, I8 or F32 (a session over its
+                                         // own pool; over an Engine, the engine's type applies)
 };
 
 struct EngineOptions {
   size_t pool_tokens = 0;  // tokens the KV pool holds, all sessions together; 0: 4 contexts of
                            // the model's context length (at most 4096)
   size_t block_tokens = KvPool::kDefaultBlockTokens;
-  TensorType kv_type = TensorType::F16;  // KV cache entries: F16 or F32
+  TensorType kv_type = TensorType::F16;  // KV cache entries: F16, I8 (int8, a scale per token
+                                         // and head: half the bytes) or F32
 };
 
 struct GenerateOptions : SamplerOptions {
@@ -1693,6 +1706,9 @@ class Session {
   Session& operator=(const Session&) = delete;
 
   const Model& model() const { return model_; }
+  // The engine whose pool holds this session's KV blocks (a session made from a Model has an
+  // engine of its own).
+  const Engine& engine() const { return engine_; }
   size_t n_ctx() const { return seq_.max_tokens(); }
   size_t n_past() const { return seq_.size(); }                   // tokens in the context
   const std::vector<int32_t>& tokens() const { return tokens_; }  // the context's tokens, in order
@@ -1700,6 +1716,15 @@ class Session {
   // Keeps the first n tokens of the context (n <= n_past()) and forgets the rest, so that a
   // different continuation can be evaluated; logits() is empty until the next evaluate.
   void truncate(size_t n);
+  // A new session of the same engine holding this one's context and logits: it shares every KV
+  // block with this session (nothing is copied or computed; a shared block is copied only when
+  // one of them writes into it), and the two go on independently, e.g. as different
+  // continuations of one prompt that compute only their own tokens. Sessions are not movable,
+  // so the fork is made in place: `Session child = session.fork();` (or
+  // `std::unique_ptr<Session> child(new Session(session.fork()));`). A session made from a
+  // Model shares its own pool, sized for one context, with its forks; an Engine's pool has
+  // room for several.
+  Session fork() const;
 
   // add_special: BOS etc. per the model's metadata; parse_special: control
   // tokens in the text.
@@ -1729,6 +1754,10 @@ class Session {
 
  private:
   friend class Engine;
+  struct ForkOf {
+    const Session& parent;
+  };
+  explicit Session(ForkOf fork);
   void check_fits(size_t n_tokens) const;
   Engine engine_;
   Model model_;
@@ -1947,36 +1976,6 @@ float DotF32(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, size_t n)
   float sum = hn::GetLane(hn::SumOfLanes(d, hn::Add(sum0, sum1)));
   for (; i < n; ++i) sum += a[i] * b[i];
   return sum;
-}
-
-// sum_i w[i] * x[i] for a row w of any float type.
-template <typename W>
-HWY_INLINE float DotRow(const W* HWY_RESTRICT w, const float* HWY_RESTRICT x, size_t n) {
-  const hn::ScalableTag<float> d;
-  const size_t N = hn::Lanes(d);
-  auto sum0 = hn::Zero(d), sum1 = hn::Zero(d);
-  size_t i = 0;
-  for (; i + 2 * N <= n; i += 2 * N) {
-    sum0 = hn::MulAdd(LoadAsF32(d, w + i), hn::LoadU(d, x + i), sum0);
-    sum1 = hn::MulAdd(LoadAsF32(d, w + i + N), hn::LoadU(d, x + i + N), sum1);
-  }
-  for (; i + N <= n; i += N) sum0 = hn::MulAdd(LoadAsF32(d, w + i), hn::LoadU(d, x + i), sum0);
-  float sum = ReduceSumF32(d, hn::Add(sum0, sum1));
-  for (; i < n; ++i) sum += ElementAsF32(w[i]) * x[i];
-  return sum;
-}
-
-// out[i] += a * v[i] for a row v of any float type.
-template <typename W>
-HWY_INLINE void AddScaledRow(float a, const W* HWY_RESTRICT v, float* HWY_RESTRICT out, size_t n) {
-  const hn::ScalableTag<float> d;
-  const size_t N = hn::Lanes(d);
-  const auto va = hn::Set(d, a);
-  size_t i = 0;
-  for (; i + N <= n; i += N) {
-    hn::StoreU(hn::MulAdd(va, LoadAsF32(d, v + i), hn::LoadU(d, out + i)), d, out + i);
-  }
-  for (; i < n; ++i) out[i] += a * ElementAsF32(v[i]);
 }
 
 // Register tile of the matmul: 4 weight rows times kCols activation rows. Each weight vector is
@@ -2364,48 +2363,197 @@ HWY_INLINE const KV* KvElements(const uint8_t* row, float& scale) {
   }
 }
 
-template <typename KV>
-void AttentionOfType(const float* HWY_RESTRICT q, size_t head_dim, const detail::PagedRows& keys,
-                     const detail::PagedRows& values, size_t begin, size_t end, float scale,
-                     float* HWY_RESTRICT out) {
-  const hn::ScalableTag<float> d;
+// Vectors of the attention hold at most this many lanes (RowDots is instantiated up to it).
+constexpr size_t kAttentionLanes = 16;
+// Tokens of a chunk of the attention: their keys and values are widened to f32 once for every
+// query head of the group, their scores are computed as whole vectors, and the softmax's running
+// maximum moves once per chunk.
+constexpr size_t kAttentionChunk = 2 * kAttentionLanes;
+
+// Rows [j0, j0 + n) of a paged view widened to f32, each times its row scale (times extra),
+// into out: n rows of stride floats, the dim elements then zeros. The block table is walked,
+// not divided per row.
+template <typename KV, class D>
+HWY_INLINE void WidenRows(D d, const detail::PagedRows& rows, size_t j0, size_t n, size_t dim,
+                          size_t stride, float extra, float* HWY_RESTRICT out) {
   const size_t N = hn::Lanes(d);
-  for (size_t i = 0; i < head_dim; ++i) out[i] = 0.0f;
-  float max = -INFINITY, sum = 0.0f;
-  for (size_t j = begin; j < end; ++j) {
-    float k_scale, v_scale;
-    const KV* k = KvElements<KV>(keys.row(j), k_scale);
-    const KV* v = KvElements<KV>(values.row(j), v_scale);
-    const float s = scale * k_scale * DotRow(k, q, head_dim);
-    if (s > max) {
-      // A new maximum: what was summed so far was weighted by exp(. - max) of the old one.
-      const float rescale = std::exp(max - s);
-      sum *= rescale;
-      const auto vr = hn::Set(d, rescale);
-      size_t i = 0;
-      for (; i + N <= head_dim; i += N) hn::StoreU(hn::Mul(hn::LoadU(d, out + i), vr), d, out + i);
-      for (; i < head_dim; ++i) out[i] *= rescale;
-      max = s;
+  size_t block = j0 / rows.block_tokens, in_block = j0 % rows.block_tokens;
+  for (size_t c = 0; c < n; ++c, out += stride) {
+    float row_scale;
+    const KV* e =
+        KvElements<KV>(rows.blocks[block] + rows.offset + in_block * rows.token_stride, row_scale);
+    if (++in_block == rows.block_tokens) {
+      in_block = 0;
+      ++block;
     }
-    const float p = std::exp(s - max);
-    sum += p;
-    AddScaledRow(p * v_scale, v, out, head_dim);
+    const float a = row_scale * extra;
+    const auto va = hn::Set(d, a);
+    size_t i = 0;
+    for (; i + N <= dim; i += N) hn::StoreU(hn::Mul(va, LoadAsF32(d, e + i)), d, out + i);
+    for (; i < dim; ++i) out[i] = a * ElementAsF32(e[i]);
+    for (; i < stride; ++i) out[i] = 0.0f;
   }
-  const float inv = 1.0f / sum;
-  for (size_t i = 0; i < head_dim; ++i) out[i] *= inv;
 }
 
-void Attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
+// Neighbouring lanes of a, then of b, added: a0 + a1, a2 + a3, ..., b0 + b1, b2 + b3, ...
+template <class D>
+HWY_INLINE hn::Vec<D> PairSums(D d, hn::Vec<D> a, hn::Vec<D> b) {
+#if HWY_TARGET == HWY_SCALAR
+  (void)d;
+  (void)b;
+  return a;  // vectors of one lane are never paired
+#else
+  return hn::Add(hn::ConcatEven(d, b, a), hn::ConcatOdd(d, b, a));
+#endif
+}
+
+// Lane j of the result: the dot product of q with row j of k, for kRows = Lanes(d) rows of
+// stride floats (a multiple of Lanes(d)). Each row's products are summed lane by lane, then the
+// vectors of the rows are halved in a tree of pairwise sums: ConcatEven + ConcatOdd of two
+// vectors adds neighbouring lanes of each, which leaves the sum of each row in its own lane,
+// in order, without a reduction per row.
+template <size_t kRows, class D>
+HWY_INLINE hn::Vec<D> RowDots(D d, const float* HWY_RESTRICT k, size_t stride,
+                              const float* HWY_RESTRICT q) {
+  if constexpr (kRows == 1) {
+    const size_t N = hn::Lanes(d);
+    auto acc = hn::Mul(hn::LoadU(d, k), hn::LoadU(d, q));
+    for (size_t i = N; i < stride; i += N) {
+      acc = hn::MulAdd(hn::LoadU(d, k + i), hn::LoadU(d, q + i), acc);
+    }
+    return acc;
+  } else {
+    return PairSums(d, RowDots<kRows / 2>(d, k, stride, q),
+                    RowDots<kRows / 2>(d, k + kRows / 2 * stride, stride, q));
+  }
+}
+
+template <class D>
+HWY_INLINE hn::Vec<D> ChunkDots(D d, const float* HWY_RESTRICT k, size_t stride,
+                                const float* HWY_RESTRICT q) {
+  static_assert(kAttentionLanes == 16, "RowDots is instantiated for up to 16 lanes");
+  switch (hn::Lanes(d)) {
+    case 16:
+      return RowDots<16>(d, k, stride, q);
+    case 8:
+      return RowDots<8>(d, k, stride, q);
+    case 4:
+      return RowDots<4>(d, k, stride, q);
+    case 2:
+      return RowDots<2>(d, k, stride, q);
+    default:
+      return RowDots<1>(d, k, stride, q);
+  }
+}
+
+template <typename KV>
+void AttentionOfType(const float* HWY_RESTRICT q, size_t n_q, size_t dim,
+                     const detail::PagedRows& keys, const detail::PagedRows& values, size_t begin,
+                     size_t end, float scale, float* HWY_RESTRICT out) {
+  const hn::CappedTag<float, kAttentionLanes> d;
+  const size_t N = hn::Lanes(d);
+  constexpr size_t C = kAttentionChunk;
+  const size_t stride = (dim + N - 1) / N * N;  // rows padded with zeros to whole vectors
+  // The chunk's keys (times scale) and values, the query heads and their output sums (padded
+  // rows), the chunk's scores of one head (turned into weights in place), and per head the
+  // running maximum and sum.
+  static thread_local std::vector<float> buffer;
+  const size_t need = (2 * C + 2 * n_q) * stride + C + 2 * n_q;
+  if (buffer.size() < need) buffer.resize(need);
+  float* HWY_RESTRICT k = buffer.data();
+  float* HWY_RESTRICT v = k + C * stride;
+  float* HWY_RESTRICT qs = v + C * stride;
+  float* HWY_RESTRICT acc = qs + n_q * stride;
+  float* HWY_RESTRICT p = acc + n_q * stride;
+  float* HWY_RESTRICT max = p + C;
+  float* HWY_RESTRICT sum = max + n_q;
+  for (size_t h = 0; h < n_q; ++h) {
+    std::copy(q + h * dim, q + (h + 1) * dim, qs + h * stride);
+    std::fill(qs + h * stride + dim, qs + (h + 1) * stride, 0.0f);
+  }
+  std::fill(acc, acc + n_q * stride, 0.0f);
+  std::fill(max, max + n_q, -INFINITY);
+  std::fill(sum, sum + n_q, 0.0f);
+  const auto minus_inf = hn::Set(d, -INFINITY);
+  for (size_t j0 = begin; j0 < end; j0 += C) {
+    const size_t n = HWY_MIN(C, end - j0);
+    WidenRows<KV>(d, keys, j0, n, dim, stride, scale, k);
+    WidenRows<KV>(d, values, j0, n, dim, stride, 1.0f, v);
+    for (size_t h = 0; h < n_q; ++h) {
+      float* HWY_RESTRICT ah = acc + h * stride;
+      // Scores, N tokens at a time; lanes past the chunk's n tokens (rows of an earlier chunk or
+      // zeros) are left out of the maximum and weigh nothing.
+      auto vmax = minus_inf;
+      for (size_t c = 0; c < n; c += N) {
+        const auto s = ChunkDots(d, k + c * stride, stride, qs + h * stride);
+        hn::StoreU(s, d, p + c);
+        vmax = hn::Max(vmax, hn::IfThenElse(hn::FirstN(d, n - c), s, minus_inf));
+      }
+      const float chunk_max = hn::GetLane(hn::MaxOfLanes(d, vmax));
+      if (chunk_max > max[h]) {
+        // A new maximum: what was summed so far was weighted by exp(. - max) of the old one.
+        const float rescale = std::exp(max[h] - chunk_max);
+        sum[h] *= rescale;
+        const auto vr = hn::Set(d, rescale);
+        for (size_t i = 0; i < stride; i += N) {
+          hn::StoreU(hn::Mul(hn::LoadU(d, ah + i), vr), d, ah + i);
+        }
+        max[h] = chunk_max;
+      }
+      const auto vm = hn::Set(d, max[h]);
+      auto vsum = hn::Zero(d);
+      for (size_t c = 0; c < n; c += N) {
+        const auto e =
+            hn::IfThenElseZero(hn::FirstN(d, n - c), hn::Exp(d, hn::Sub(hn::LoadU(d, p + c), vm)));
+        vsum = hn::Add(vsum, e);
+        hn::StoreU(e, d, p + c);
+      }
+      sum[h] += ReduceSumF32(d, vsum);
+      // acc_h += sum_c p_c v_c over the chunk's tokens, four vectors of acc_h at a time (four
+      // independent chains of multiply-adds), then one at a time.
+      size_t i = 0;
+      for (; i + 4 * N <= stride; i += 4 * N) {
+        auto a0 = hn::LoadU(d, ah + i), a1 = hn::LoadU(d, ah + i + N);
+        auto a2 = hn::LoadU(d, ah + i + 2 * N), a3 = hn::LoadU(d, ah + i + 3 * N);
+        for (size_t c = 0; c < n; ++c) {
+          const auto pc = hn::Set(d, p[c]);
+          const float* HWY_RESTRICT vc = v + c * stride + i;
+          a0 = hn::MulAdd(pc, hn::LoadU(d, vc), a0);
+          a1 = hn::MulAdd(pc, hn::LoadU(d, vc + N), a1);
+          a2 = hn::MulAdd(pc, hn::LoadU(d, vc + 2 * N), a2);
+          a3 = hn::MulAdd(pc, hn::LoadU(d, vc + 3 * N), a3);
+        }
+        hn::StoreU(a0, d, ah + i);
+        hn::StoreU(a1, d, ah + i + N);
+        hn::StoreU(a2, d, ah + i + 2 * N);
+        hn::StoreU(a3, d, ah + i + 3 * N);
+      }
+      for (; i < stride; i += N) {
+        auto a = hn::LoadU(d, ah + i);
+        for (size_t c = 0; c < n; ++c) {
+          a = hn::MulAdd(hn::Set(d, p[c]), hn::LoadU(d, v + c * stride + i), a);
+        }
+        hn::StoreU(a, d, ah + i);
+      }
+    }
+  }
+  for (size_t h = 0; h < n_q; ++h) {
+    const float inv = 1.0f / sum[h];
+    for (size_t i = 0; i < dim; ++i) out[h * dim + i] = acc[h * stride + i] * inv;
+  }
+}
+
+void Attention(const float* q, size_t n_q, size_t head_dim, const detail::PagedRows& keys,
                const detail::PagedRows& values, size_t begin, size_t end, float scale, float* out) {
   switch (keys.type) {
     case TensorType::F16:
-      AttentionOfType<hwy::float16_t>(q, head_dim, keys, values, begin, end, scale, out);
+      AttentionOfType<hwy::float16_t>(q, n_q, head_dim, keys, values, begin, end, scale, out);
       break;
     case TensorType::I8:
-      AttentionOfType<int8_t>(q, head_dim, keys, values, begin, end, scale, out);
+      AttentionOfType<int8_t>(q, n_q, head_dim, keys, values, begin, end, scale, out);
       break;
     default:
-      AttentionOfType<float>(q, head_dim, keys, values, begin, end, scale, out);
+      AttentionOfType<float>(q, n_q, head_dim, keys, values, begin, end, scale, out);
       break;
   }
 }
@@ -2648,24 +2796,37 @@ SLLM_VNNI void DirectRow(const uint8_t* row, size_t nb, const __m512i* prepared,
   }
 }
 
-// Rows [row_begin, row_end) for x's tokens, two at a time.
+// Rows [row_begin, row_end) for x's tokens, up to four at a time: each weight row is read from
+// memory once for all the tokens (its bytes stay in L1 from one group of tokens to the next),
+// which is what a batch of sequences decoding together needs.
 template <class Step>
 SLLM_VNNI void DirectMatmul(const uint8_t* w, size_t row_bytes, size_t nb,
                             const sllm::detail::QuantizedActivations& x, float* y, size_t y_stride,
                             size_t row_begin, size_t row_end) {
   const size_t steps = (nb + Step::kBlocks - 1) / Step::kBlocks;
+  const size_t token_vectors = steps * Step::kXVectors;
   static thread_local sllm::detail::AlignedBuffer<uint8_t> buffer;
-  for (size_t t0 = 0; t0 < x.n; t0 += 2) {
-    const size_t n = std::min<size_t>(2, x.n - t0);
-    const size_t bytes = n * steps * Step::kXVectors * sizeof(__m512i);
-    if (buffer.size() < bytes) buffer.resize(bytes);
-    __m512i* prepared = reinterpret_cast<__m512i*>(buffer.data());
-    PrepareTokens<Step>(x, t0, n, steps, prepared);
-    for (size_t r = row_begin; r < row_end; ++r) {
-      if (n == 2) {
-        DirectRow<Step, 2>(w + r * row_bytes, nb, prepared, steps, t0, y, y_stride, r);
-      } else {
-        DirectRow<Step, 1>(w + r * row_bytes, nb, prepared, steps, t0, y, y_stride, r);
+  const size_t bytes = x.n * token_vectors * sizeof(__m512i);
+  if (buffer.size() < bytes) buffer.resize(bytes);
+  __m512i* prepared = reinterpret_cast<__m512i*>(buffer.data());
+  PrepareTokens<Step>(x, 0, x.n, steps, prepared);
+  for (size_t r = row_begin; r < row_end; ++r) {
+    const uint8_t* row = w + r * row_bytes;
+    for (size_t t0 = 0; t0 < x.n; t0 += 4) {
+      const __m512i* xp = prepared + t0 * token_vectors;
+      switch (std::min<size_t>(4, x.n - t0)) {
+        case 4:
+          DirectRow<Step, 4>(row, nb, xp, steps, t0, y, y_stride, r);
+          break;
+        case 3:
+          DirectRow<Step, 3>(row, nb, xp, steps, t0, y, y_stride, r);
+          break;
+        case 2:
+          DirectRow<Step, 2>(row, nb, xp, steps, t0, y, y_stride, r);
+          break;
+        default:
+          DirectRow<Step, 1>(row, nb, xp, steps, t0, y, y_stride, r);
+          break;
       }
     }
   }
@@ -2834,7 +2995,7 @@ SLLM_VNNI void PanelTokens(const uint8_t* panel, size_t nb, const int32_t* start
 }
 
 // From this many activation rows on, packing panels is faster than streaming the weights.
-constexpr size_t kPackedMinTokens = 3;
+constexpr size_t kPackedMinTokens = 5;
 
 SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_bytes,
                            const sllm::detail::QuantizedActivations* x, float* y, size_t y_stride,
@@ -4419,9 +4580,9 @@ void geglu(const float* gate, const float* up, size_t n, float* out) {
   HWY_DYNAMIC_DISPATCH(GeGlu)(gate, up, n, out);
 }
 
-void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
-               size_t begin, size_t end, float scale, float* out) {
-  HWY_DYNAMIC_DISPATCH(Attention)(q, head_dim, keys, values, begin, end, scale, out);
+void attention(const float* q, size_t n_q, size_t head_dim, const PagedRows& keys,
+               const PagedRows& values, size_t begin, size_t end, float scale, float* out) {
+  HWY_DYNAMIC_DISPATCH(Attention)(q, n_q, head_dim, keys, values, begin, end, scale, out);
 }
 
 }  // namespace detail
@@ -4698,11 +4859,12 @@ KvPool::KvPool(const KvShape& shape, size_t n_blocks, size_t block_tokens, Tenso
     if (type == TensorType::I8) return checked_add(dim, sizeof(float), "KV row");
     return checked_mul(dim, type == TensorType::F32 ? 4 : 2, "KV row");
   };
-  key_row_bytes_ = checked_mul(shape.n_kv_heads, head_bytes(shape.key_dim), "KV row");
-  value_row_bytes_ = checked_mul(shape.n_kv_heads, head_bytes(shape.value_dim), "KV row");
-  key_bytes_ = checked_mul(block_tokens, key_row_bytes_, "KV block");
+  key_row_bytes_ = head_bytes(shape.key_dim);
+  value_row_bytes_ = head_bytes(shape.value_dim);
+  const size_t rows = checked_mul(block_tokens, shape.n_kv_heads, "KV block");
+  key_bytes_ = checked_mul(rows, key_row_bytes_, "KV block");
   layer_bytes_ =
-      checked_add(key_bytes_, checked_mul(block_tokens, value_row_bytes_, "KV block"), "KV block");
+      checked_add(key_bytes_, checked_mul(rows, value_row_bytes_, "KV block"), "KV block");
   block_bytes_ = checked_mul(layer_bytes_, shape.n_layers, "KV block");
   data_.resize(checked_mul(block_bytes_, n_blocks, "KV cache pool"));
   free_.resize(n_blocks);
@@ -4948,11 +5110,6 @@ void KvSequence::truncate(size_t n) {
   size_ = n;
 }
 
-uint8_t* KvSequence::row(size_t pos, size_t offset, size_t stride) {
-  const size_t bt = pool_->block_tokens();
-  return pool_->block_data(blocks_[pos / bt]) + offset + (pos % bt) * stride;
-}
-
 void KvSequence::write(size_t layer, size_t pos, const float* key, const float* value) {
   if (layer >= pool_->shape().n_layers || pos < size_ ||
       pos >= blocks_.size() * pool_->block_tokens()) {
@@ -4961,21 +5118,17 @@ void KvSequence::write(size_t layer, size_t pos, const float* key, const float* 
   }
   const KvShape& shape = pool_->shape();
   const TensorType type = pool_->type();
-  // n_heads heads of dim elements from src to dst, each in the pool's type.
-  const auto store = [&](uint8_t* dst, const float* src, size_t dim) {
+  // One head's dim elements from src to dst, in the pool's type.
+  const auto store = [type](uint8_t* dst, const float* src, size_t dim) {
     if (type == TensorType::F32) {
-      std::memcpy(dst, src, shape.n_kv_heads * dim * sizeof(float));
-      return;
-    }
-    if (type == TensorType::F16) {
-      for (size_t i = 0; i < shape.n_kv_heads * dim; ++i) {
+      std::memcpy(dst, src, dim * sizeof(float));
+    } else if (type == TensorType::F16) {
+      for (size_t i = 0; i < dim; ++i) {
         const uint16_t h = f32_to_fp16(src[i]);
         std::memcpy(dst + 2 * i, &h, 2);
       }
-      return;
-    }
-    // I8: each head scaled by its largest magnitude, rounded to the nearest step.
-    for (size_t h = 0; h < shape.n_kv_heads; ++h, src += dim, dst += sizeof(float) + dim) {
+    } else {
+      // I8: scaled by the head's largest magnitude, rounded to the nearest step.
       float max = 0.0f;
       for (size_t i = 0; i < dim; ++i) max = std::max(max, std::fabs(src[i]));
       const float scale = max / 127.0f;
@@ -4986,21 +5139,25 @@ void KvSequence::write(size_t layer, size_t pos, const float* key, const float* 
       }
     }
   };
-  store(row(pos, pool_->key_offset(layer), pool_->key_stride()), key, shape.key_dim);
-  store(row(pos, pool_->value_offset(layer), pool_->value_stride()), value, shape.value_dim);
+  const size_t bt = pool_->block_tokens();
+  uint8_t* block = pool_->block_data(blocks_[pos / bt]);
+  const size_t slot = pos % bt;
+  for (size_t h = 0; h < shape.n_kv_heads; ++h) {
+    store(block + pool_->key_offset(layer, h) + slot * pool_->key_stride(), key + h * shape.key_dim,
+          shape.key_dim);
+    store(block + pool_->value_offset(layer, h) + slot * pool_->value_stride(),
+          value + h * shape.value_dim, shape.value_dim);
+  }
 }
 
 detail::PagedRows KvSequence::keys(size_t layer, size_t kv_head) const {
-  const size_t head_bytes = pool_->key_stride() / pool_->shape().n_kv_heads;
   return detail::PagedRows{block_data_.data(), pool_->block_tokens(),
-                           pool_->key_offset(layer) + kv_head * head_bytes, pool_->key_stride(),
-                           pool_->type()};
+                           pool_->key_offset(layer, kv_head), pool_->key_stride(), pool_->type()};
 }
 
 detail::PagedRows KvSequence::values(size_t layer, size_t kv_head) const {
-  const size_t head_bytes = pool_->value_stride() / pool_->shape().n_kv_heads;
   return detail::PagedRows{block_data_.data(), pool_->block_tokens(),
-                           pool_->value_offset(layer) + kv_head * head_bytes, pool_->value_stride(),
+                           pool_->value_offset(layer, kv_head), pool_->value_stride(),
                            pool_->type()};
 }
 
@@ -5509,20 +5666,26 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, Forwar
   }
   // Token t of the batch attends to the cache up to its own position (causal mask), or to the
   // last sliding_window tokens of it, with each group of n_heads / n_kv_heads query heads
-  // sharing one KV head.
+  // sharing one KV head. A task is a group (its keys and values read once for all its heads),
+  // or a part of one when there are fewer groups than threads.
   const size_t group = c.n_heads / c.n_kv_heads;
+  size_t parts = 1;
+  while (parts < group && n * c.n_kv_heads * parts < size_t(n_threads_)) ++parts;
   const float scale = 1.0f / std::sqrt(float(c.key_dim));
-  const size_t n_tasks = n * c.n_heads;
+  const size_t n_tasks = n * c.n_kv_heads * parts;
 #pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_tasks > 1)
   for (size_t task = 0; task < n_tasks; ++task) {
-    const size_t t = task / c.n_heads, h = task % c.n_heads;
+    const size_t t = task / (c.n_kv_heads * parts), kv_head = task / parts % c.n_kv_heads;
+    const size_t part = task % parts;
+    const size_t h0 = kv_head * group + part * group / parts;
+    const size_t h1 = kv_head * group + (part + 1) * group / parts;
     const KvSequence& seq = *s.seqs_[t];
     const size_t end = s.pos_[t] + 1;
     const size_t begin =
         c.sliding_window != 0 && end > c.sliding_window ? end - c.sliding_window : 0;
-    detail::attention(s.qkv_.data() + t * stride + h * c.key_dim, c.key_dim, seq.keys(l, h / group),
-                      seq.values(l, h / group), begin, end, scale,
-                      s.att_.data() + t * att_dim + h * c.value_dim);
+    detail::attention(s.qkv_.data() + t * stride + h0 * c.key_dim, h1 - h0, c.key_dim,
+                      seq.keys(l, kv_head), seq.values(l, kv_head), begin, end, scale,
+                      s.att_.data() + t * att_dim + h0 * c.value_dim);
   }
   linear(layer.attn_output, s.att_.data(), n, att_dim, xb, d);
   detail::add(x, xb, n * d);
@@ -6807,6 +6970,17 @@ Session::Session(const Engine& engine, const SessionOptions& options)
     : engine_(engine),
       model_(engine.model()),
       seq_(engine.pool(), detail::session_context(engine.model(), options)) {}
+
+Session::Session(ForkOf fork)
+    : engine_(fork.parent.engine_),
+      model_(fork.parent.model_),
+      seq_(fork.parent.seq_.fork()),
+      tokens_(fork.parent.tokens_),
+      logits_(fork.parent.logits_) {}
+
+Session Session::fork() const {
+  return Session(ForkOf{*this});
+}
 
 void Session::reset() {
   truncate(0);

@@ -59,6 +59,26 @@ chat "--verbose" 'Once upon a time
 ' --chat-template raw --temp 0 -n 20 --verbose
 [ "$(grep -c 'tok/s' "$tmp/err")" -eq 2 ] || fail "--verbose: $(cat "$tmp/err")"
 
+# After /reset the system prompt's whole blocks (16 tokens each) come from the prefix cache: the
+# first answer computes all of its prompt, the second takes a block and computes the rest.
+chat "prefix cache" 'Once upon a time
+/reset
+Once upon a time
+' --chat-template raw --temp 0 -n 20 --verbose \
+  --system 'Lily and Tom went to the park. They saw a big dog and a little cat.'
+sed -n 1p "$tmp/err" | grep -q " 0 from the prefix cache" || fail "first answer: $(cat "$tmp/err")"
+sed -n 2p "$tmp/err" | grep -q " 16 from the prefix cache" || fail "after /reset: $(cat "$tmp/err")"
+[ "$(sed -n 1p "$tmp/out")" = "$(sed -n 2p "$tmp/out")" ] || fail "the answer after /reset differs"
+
+# --kv-type: f32 entries answer as F16 ones do here; an unknown type is a usage error.
+{ cat "$tmp/a1"; echo; } >"$tmp/want"
+chat "--kv-type f32" 'Once upon a time
+' --chat-template raw --temp 0 -n 20 --kv-type f32
+cmp -s "$tmp/out" "$tmp/want" || fail "--kv-type f32: got '$(cat "$tmp/out")'"
+"$sllm" chat -m "$model" --kv-type bf16 </dev/null >"$tmp/out" 2>"$tmp/err"
+[ $? -eq 2 ] || fail "an unknown --kv-type did not exit with status 2"
+grep -q "unknown type 'bf16'; use f16, q8_0" "$tmp/err" || fail "--kv-type error: $(cat "$tmp/err")"
+
 # No template in the model: an explicit fallback to ChatML, with a warning.
 chat "fallback" 'Hello
 ' --temp 0 -n 8

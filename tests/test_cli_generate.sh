@@ -40,6 +40,23 @@ done
 [ "$(cat "$tmp/got3")" = "$(cat "$tmp/c")" ] || fail "--parallel completion 3 differs from seed 9 alone"
 grep -q "3 completions" "$tmp/err" || fail "--parallel summary missing: $(cat "$tmp/err")"
 
+# --kv-type: f32 entries give llama2.c's greedy text too; q8_0 (int8) and its aliases run, also in
+# a batch; an unknown type is a usage error naming the allowed ones.
+expect_status 0 "--kv-type f32" "$sllm" generate -m "$model" -n 256 --temp 0 --kv-type f32
+printf '\n' >>"$tmp/out"
+cmp -s "$tmp/out" "$expected/greedy_bos_n256.txt" || fail "greedy text with F32 KV differs from llama2.c's"
+for type in q8_0 q8 i8 int8 f16; do
+  expect_status 0 "--kv-type $type" "$sllm" generate -m "$model" -p "Once upon a time" -n 16 \
+    --temp 0 --kv-type "$type"
+  [ -s "$tmp/out" ] || fail "--kv-type $type generated no text"
+done
+expect_status 0 "--kv-type q8_0 --parallel 2" "$sllm" generate -m "$model" -p "Once upon a time" \
+  -n 16 --seed 3 --parallel 2 --kv-type q8_0
+grep -q "2 completions" "$tmp/err" || fail "--kv-type q8_0 --parallel 2: $(cat "$tmp/err")"
+expect_status 2 "unknown --kv-type" "$sllm" generate -m "$model" -p hi --kv-type q4_0
+grep -q "unknown type 'q4_0'; use f16, q8_0 (int8; also q8, i8, int8) or f32" "$tmp/err" ||
+  fail "the --kv-type error does not name the allowed types: $(cat "$tmp/err")"
+
 # tokenize: run.c's ids for the prompt (with BOS), and without BOS.
 expect_status 0 "tokenize" "$sllm" tokenize -m "$model" -p "Lily and Tom went to the park"
 [ "$(cat "$tmp/out")" = "$(cat "$expected/greedy_prompt_lily_tom_n64.prompt_ids")" ] ||

@@ -319,7 +319,9 @@ TEST_CASE("layernorm and add match the scalar reference") {
   for (float v : out) CHECK(v == 0.25f);
 }
 
-TEST_CASE("attention over paged F32 and F16 keys and values matches the scalar reference") {
+TEST_CASE(
+    "attention of 1 or 3 query heads over paged F32 and F16 keys and values matches the scalar "
+    "reference") {
   std::mt19937 rng(9);
   for (TensorType type : {TensorType::F32, TensorType::F16}) {
     for (size_t block_tokens : {16, 3}) {
@@ -342,25 +344,35 @@ TEST_CASE("attention over paged F32 and F16 keys and values matches the scalar r
                                      token_stride, type};
         sllm::detail::PagedRows vals = keys;
         vals.offset += block_tokens * token_stride;
-        const auto q = random_floats(rng, head_dim, -2.f, 2.f);
+        // Three query heads of one group; the kernel computes 1 or all 3 at once.
+        const size_t max_q = 3;
+        const auto q = random_floats(rng, max_q * head_dim, -2.f, 2.f);
         const float scale = 1.0f / std::sqrt(float(head_dim));
         sllm_test::for_each_simd_target([&] {
-          // Whole prefixes [0, end), and windows [begin, end) that start inside a block.
+          // Whole prefixes [0, end), and windows [begin, end) that start inside a block; 41
+          // tokens span several of the kernel's chunks.
           using Range = std::pair<size_t, size_t>;
           for (Range range : {Range{0, 1}, Range{0, 2}, Range{0, 5}, Range{0, 16}, Range{0, 17},
                               Range{0, 41}, Range{4, 5}, Range{3, 17}, Range{20, 41}}) {
-            const size_t begin = range.first, end = range.second;
-            const std::string type_str = type_name(type);
-            CAPTURE(type_str);
-            CAPTURE(block_tokens);
-            CAPTURE(head_dim);
-            CAPTURE(begin);
-            CAPTURE(end);
-            std::vector<float> want(head_dim), got(head_dim);
-            sllm::ref::attention(q.data(), head_dim, keys, vals, begin, end, scale, want.data());
-            sllm::detail::attention(q.data(), head_dim, keys, vals, begin, end, scale, got.data());
-            for (size_t i = 0; i < head_dim; ++i) {
-              CHECK(got[i] == doctest::Approx(want[i]).epsilon(1e-5).scale(1e-2));
+            for (size_t n_q : {size_t{1}, max_q}) {
+              const size_t begin = range.first, end = range.second;
+              const std::string type_str = type_name(type);
+              CAPTURE(type_str);
+              CAPTURE(block_tokens);
+              CAPTURE(head_dim);
+              CAPTURE(begin);
+              CAPTURE(end);
+              CAPTURE(n_q);
+              std::vector<float> want(n_q * head_dim), got(n_q * head_dim);
+              for (size_t h = 0; h < n_q; ++h) {
+                sllm::ref::attention(q.data() + h * head_dim, head_dim, keys, vals, begin, end,
+                                     scale, want.data() + h * head_dim);
+              }
+              sllm::detail::attention(q.data(), n_q, head_dim, keys, vals, begin, end, scale,
+                                      got.data());
+              for (size_t i = 0; i < n_q * head_dim; ++i) {
+                CHECK(got[i] == doctest::Approx(want[i]).epsilon(1e-5).scale(1e-2));
+              }
             }
           }
         });

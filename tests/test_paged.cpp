@@ -146,13 +146,20 @@ TEST_CASE("attention over paged blocks equals a contiguous-cache reference (GQA)
             }
           }
           sllm_test::for_each_simd_target([&] {
-            std::vector<float> got(n_heads * dim);
+            // Each KV head's group of query heads at once, and one head at a time.
+            std::vector<float> got(n_heads * dim), one_by_one(n_heads * dim);
+            for (size_t kvh = 0; kvh < n_kv_heads; ++kvh) {
+              sllm::detail::attention(q.data() + kvh * group * dim, group, dim, seq.keys(0, kvh),
+                                      seq.values(0, kvh), begin, length, scale,
+                                      got.data() + kvh * group * dim);
+            }
             for (size_t h = 0; h < n_heads; ++h) {
               sllm::detail::attention(q.data() + h * dim, dim, seq.keys(0, h / group),
                                       seq.values(0, h / group), begin, length, scale,
-                                      got.data() + h * dim);
+                                      one_by_one.data() + h * dim);
             }
             CHECK(relative_diff(got, expected) < 1e-5);
+            CHECK(relative_diff(one_by_one, expected) < 1e-5);
           });
         }
       }

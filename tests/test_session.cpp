@@ -4,6 +4,7 @@
 #include <cmath>
 #include <atomic>
 #include <fstream>
+#include <memory>
 #include <sstream>
 
 #include "test_support.h"
@@ -284,4 +285,60 @@ TEST_CASE("Engine::generate: a session the pool cannot hold stops; the others go
   CHECK(texts[0] == want.text);
   CHECK(want.text.compare(0, texts[1].size(), texts[1]) == 0);
   CHECK(a.n_past() == prompt.size() + 20);
+}
+
+TEST_CASE("fork: divergent continuations equal runs from scratch; the parent is unchanged") {
+  const sllm::Model model = sllm::Model::open(sllm_test::test_data("stories260K.gguf"));
+  const sllm::Engine engine(model);
+  sllm::Session parent(engine);
+  // 21 tokens: the second block is shared part-filled, so each first write copies it.
+  std::vector<int32_t> prompt =
+      parent.tokenize("Lily and Tom went to the park. They saw a big dog");
+  prompt.resize(21);
+  REQUIRE(prompt.size() == 21);
+  parent.evaluate(prompt);
+  const std::vector<float> parent_logits = parent.logits();
+  const size_t free_before = engine.pool().free_blocks();
+  sllm::Session a = parent.fork();
+  sllm::Session b = parent.fork();
+  CHECK(engine.pool().free_blocks() == free_before);  // the children share every block
+  CHECK(a.tokens() == prompt);
+  CHECK(a.logits() == parent_logits);
+  CHECK(&a.engine().pool() == &engine.pool());
+
+  // Each child continues differently; a fresh session (its own F16 pool, as the engine's) that
+  // evaluates the prompt and then the same continuation gives the same text and logits.
+  const std::vector<std::vector<int32_t>> continuations = {{}, {403, 407, 261}};
+  sllm::Session* children[] = {&a, &b};
+  for (size_t i = 0; i < 2; ++i) {
+    CAPTURE(i);
+    std::string text, want;
+    const sllm::GenerateStats s = children[i]->generate(
+        continuations[i], greedy(24), [&](std::string_view piece) { text += piece; });
+    CHECK(s.n_generated == 24);
+    sllm::Session fresh(model);
+    fresh.evaluate(prompt);
+    fresh.generate(continuations[i], greedy(24), [&](std::string_view piece) { want += piece; });
+    CHECK(text == want);
+    CHECK(children[i]->tokens() == fresh.tokens());
+    CHECK(max_abs_diff(children[i]->logits(), fresh.logits()) < 1e-5);
+  }
+  CHECK(a.tokens() != b.tokens());
+
+  // The parent still holds the prompt alone, and continues as a fresh session would.
+  CHECK(parent.tokens() == prompt);
+  CHECK(parent.logits() == parent_logits);
+  parent.evaluate({300, 301});
+  sllm::Session fresh(model);
+  fresh.evaluate(prompt);
+  fresh.evaluate({300, 301});
+  CHECK(max_abs_diff(parent.logits(), fresh.logits()) < 1e-5);
+
+  // A fork of a session made from a model shares that session's own pool; made on the heap.
+  sllm::Session own(model);
+  own.evaluate(prompt);
+  const std::unique_ptr<sllm::Session> own_child(new sllm::Session(own.fork()));
+  own_child->evaluate({300, 301});
+  CHECK(max_abs_diff(own_child->logits(), fresh.logits()) < 1e-5);
+  CHECK(own.tokens() == prompt);
 }

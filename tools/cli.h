@@ -12,6 +12,7 @@
 namespace sllm {
 
 struct GenerateOptions;
+enum class TensorType : uint32_t;
 
 namespace cli {
 
@@ -157,6 +158,17 @@ bool sampling_option(ArgReader& args, GenerateOptions& options);
   "      --repeat-last-n N    window of the penalties (default 64)\n"                           \
   "      --stop TEXT          stop before TEXT (may be given several times)\n"                  \
   "      --seed S             random seed (default: random, printed to stderr)\n"
+
+// --kv-type of `sllm generate`, `sllm chat` and `sllm bench`: f16, q8_0 (sllm's int8 entries,
+// named as llama.cpp's -ctk/-ctv name its 8-bit cache; also q8, i8, int8) or f32. A UsageError
+// names the allowed values.
+bool kv_type_option(ArgReader& args, TensorType& type);
+// The --kv-type name of a KV entry type ("f16", "q8_0", "f32").
+const char* kv_type_name(TensorType type);
+#define SLLM_CLI_KV_TYPE_USAGE                                                                \
+  "      --kv-type TYPE       KV cache entries: f16 (default), q8_0 (int8 with a scale per\n" \
+  "                           token and head, about half the memory; also q8, i8, int8)\n"    \
+  "                           or f32\n"
 
 }  // namespace cli
 }  // namespace sllm

@@ -28,6 +28,8 @@ const char kBenchUsage[] =
     "  -n, --n-gen N        generated tokens; 0 skips tg (default 128)\n"
     "  -t, --threads N      threads (default: OMP_NUM_THREADS, else all cores)\n"
     "  -r, --repetitions N  repetitions of each test (default 5)\n"
+    "      --kv-type TYPE   KV cache entries: f16 (default), q8_0 (int8 with a scale per token\n"
+    "                       and head; also q8, i8, int8) or f32\n"
     "  -o, --output FORMAT  md (a table, default) or json\n"
     "  -h, --help           show this help\n";
 
@@ -77,6 +79,7 @@ int cmd_bench(int argc, char** argv) {
   std::string model_path, format = "md";
   size_t n_prompt = 512, n_gen = 128;
   int threads = 0, reps = 5;
+  SessionOptions so;
   ArgReader args(argc, argv);
   while (!args.done()) {
     if (args.flag("-h", "--help")) {
@@ -85,7 +88,8 @@ int cmd_bench(int argc, char** argv) {
     }
     if (!(args.option("-m", "--model", model_path) || args.option("-p", "--n-prompt", n_prompt) ||
           args.option("-n", "--n-gen", n_gen) || args.option("-t", "--threads", threads) ||
-          args.option("-r", "--repetitions", reps) || args.option("-o", "--output", format))) {
+          args.option("-r", "--repetitions", reps) || args.option("-o", "--output", format) ||
+          kv_type_option(args, so.kv_type))) {
       args.reject();
     }
   }
@@ -96,7 +100,6 @@ int cmd_bench(int argc, char** argv) {
   ModelOptions mo;
   mo.n_threads = threads;
   const Model model = Model::open(model_path, mo);
-  SessionOptions so;
   so.n_ctx = std::max<size_t>(std::max(n_prompt, n_gen), 1);
   Session session(model, so);
   Rng rng(1);
@@ -133,23 +136,30 @@ int cmd_bench(int argc, char** argv) {
       const Result& r = results[i];
       std::printf(
           "  {\"model\": \"%s\", \"model_size\": %llu, \"model_n_params\": %llu, "
-          "\"n_threads\": %d, \"test\": \"%s\", \"n_tokens\": %zu, \"avg_ts\": %.3f, "
-          "\"stddev_ts\": %.3f, \"samples_ts\": [",
+          "\"n_threads\": %d, \"type_k\": \"%s\", \"type_v\": \"%s\", \"test\": \"%s\", "
+          "\"n_tokens\": %zu, \"avg_ts\": %.3f, \"stddev_ts\": %.3f, \"samples_ts\": [",
           json_escape(name).c_str(), static_cast<unsigned long long>(weight_bytes),
-          static_cast<unsigned long long>(params), n_threads, r.test.c_str(), r.n_tokens, r.mean(),
-          r.stddev());
+          static_cast<unsigned long long>(params), n_threads, kv_type_name(so.kv_type),
+          kv_type_name(so.kv_type), r.test.c_str(), r.n_tokens, r.mean(), r.stddev());
       for (size_t j = 0; j < r.tokens_per_second.size(); ++j)
         std::printf("%s%.3f", j ? ", " : "", r.tokens_per_second[j]);
       std::printf("]}%s\n", i + 1 < results.size() ? "," : "");
     }
     std::printf("]\n");
   } else {
-    std::printf("| model | size | params | threads | test | t/s |\n");
-    std::printf("| --- | ---: | ---: | ---: | ---: | ---: |\n");
+    // As llama-bench, the KV types only when they are not the default.
+    const bool kv_column = so.kv_type != SessionOptions{}.kv_type;
+    std::printf("| model | size | params | threads |%s test | t/s |\n",
+                kv_column ? " type_k | type_v |" : "");
+    std::printf("| --- | ---: | ---: | ---: |%s ---: | ---: |\n",
+                kv_column ? " ---: | ---: |" : "");
+    const std::string kv = kv_column ? std::string(" ") + kv_type_name(so.kv_type) + " | " +
+                                           kv_type_name(so.kv_type) + " |"
+                                     : "";
     for (const Result& r : results) {
-      std::printf("| %s | %.2f MiB | %.2f M | %d | %s | %.2f ± %.2f |\n", name.c_str(),
-                  double(weight_bytes) / (1 << 20), double(params) / 1e6, n_threads, r.test.c_str(),
-                  r.mean(), r.stddev());
+      std::printf("| %s | %.2f MiB | %.2f M | %d |%s %s | %.2f ± %.2f |\n", name.c_str(),
+                  double(weight_bytes) / (1 << 20), double(params) / 1e6, n_threads, kv.c_str(),
+                  r.test.c_str(), r.mean(), r.stddev());
     }
   }
   return 0;

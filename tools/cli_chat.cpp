@@ -59,7 +59,7 @@ std::string chat_usage() {
          "                           (default -1)\n" SLLM_CLI_SAMPLING_USAGE
          "  -t, --threads N          threads (default: OMP_NUM_THREADS, else all cores)\n"
          "  -c, --ctx-size N         context size in tokens, for the whole conversation (default:\n"
-         "                           the model's, at most 4096)\n"
+         "                           the model's, at most 4096)\n" SLLM_CLI_KV_TYPE_USAGE
          "      --verbose            the speed of each answer also when stdin is not a terminal\n"
          "  -h, --help               show this help\n";
 }
@@ -108,6 +108,7 @@ int cmd_chat(int argc, char** argv) {
   int threads = 0;
   size_t ctx = 0;
   bool verbose = false;
+  SessionOptions so;
   ArgReader args(argc, argv);
   while (!args.done()) {
     if (args.flag("-h", "--help")) {
@@ -117,7 +118,8 @@ int cmd_chat(int argc, char** argv) {
     if (args.option("-m", "--model", model_path) || args.option(nullptr, "--system", system) ||
         args.option(nullptr, "--chat-template", template_name) ||
         args.option("-n", "--n-predict", max_tokens) || sampling_option(args, opt) ||
-        args.option("-t", "--threads", threads) || args.option("-c", "--ctx-size", ctx)) {
+        args.option("-t", "--threads", threads) || args.option("-c", "--ctx-size", ctx) ||
+        kv_type_option(args, so.kv_type)) {
     } else if (args.flag(nullptr, "--verbose")) {
       verbose = true;
     } else {
@@ -135,8 +137,9 @@ int cmd_chat(int argc, char** argv) {
   ModelOptions mo;
   mo.n_threads = threads;
   const Model model = Model::open(model_path, mo);
-  SessionOptions so;
   so.n_ctx = ctx;
+  // Over an engine of its own: the blocks of a finished conversation stay in its prefix cache,
+  // so a new one (/reset) takes the system prompt's blocks from there instead of computing them.
   Session session(model, so);
   Chat chat(session, ChatFormat::for_model(model, template_name));
   const auto start = [&] {
@@ -188,10 +191,12 @@ int cmd_chat(int argc, char** argv) {
     std::fputs("\n", stdout);
     std::fflush(stdout);
     if (interactive || verbose) {
+      const size_t computed = s.n_prompt - s.n_prompt_reused;
       std::fprintf(stderr,
-                   "[%zu tokens, %.1f tok/s; prompt %zu new tokens (%zu kept), %.1f tok/s%s]\n",
-                   s.n_generated, s.n_generated / std::max(s.generate_seconds, 1e-9), s.n_prompt,
-                   s.n_cached, s.n_prompt / std::max(s.prompt_seconds, 1e-9),
+                   "[%zu tokens, %.1f tok/s; prompt %zu tokens kept from the last turn, %zu from "
+                   "the prefix cache, %zu computed at %.1f tok/s%s]\n",
+                   s.n_generated, s.n_generated / std::max(s.generate_seconds, 1e-9), s.n_cached,
+                   s.n_prompt_reused, computed, computed / std::max(s.prompt_seconds, 1e-9),
                    s.stop_reason == StopReason::kCancelled ? "; stopped" : "");
     }
     if (s.stop_reason == StopReason::kContextFull) {

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "cli.h"
+#include "sllm.h"
 
 namespace sllm {
 namespace cli {
@@ -18,6 +19,26 @@ std::string human_bytes(uint64_t n) {
   char buf[32];
   std::snprintf(buf, sizeof(buf), u == 0 ? "%.0f %s" : "%.2f %s", v, units[u]);
   return buf;
+}
+
+bool kv_type_option(ArgReader& args, TensorType& type) {
+  std::string name;
+  if (!args.option(nullptr, "--kv-type", name)) return false;
+  if (name == "f16") {
+    type = TensorType::F16;
+  } else if (name == "q8_0" || name == "q8" || name == "i8" || name == "int8") {
+    type = TensorType::I8;
+  } else if (name == "f32") {
+    type = TensorType::F32;
+  } else {
+    throw UsageError("--kv-type: unknown type '" + name +
+                     "'; use f16, q8_0 (int8; also q8, i8, int8) or f32");
+  }
+  return true;
+}
+
+const char* kv_type_name(TensorType type) {
+  return type == TensorType::I8 ? "q8_0" : type == TensorType::F32 ? "f32" : "f16";
 }
 
 void ProgressBar::update(uint64_t done, uint64_t total) {

@@ -24,7 +24,8 @@ const char kGenerateUsage[] =
     "  -p, --prompt TEXT        prompt (default: empty, i.e. start from BOS)\n"
     "  -n, --n-predict N        tokens to generate at most (default 128)\n" SLLM_CLI_SAMPLING_USAGE
     "  -t, --threads N          threads (default: OMP_NUM_THREADS, else all cores)\n"
-    "  -c, --ctx-size N         context size in tokens (default: the model's, at most 4096)\n"
+    "  -c, --ctx-size N         context size in tokens (default: the model's, at most "
+    "4096)\n" SLLM_CLI_KV_TYPE_USAGE
     "      --special            parse control tokens such as <|im_end|> in the prompt\n"
     "      --parallel N         N completions of the prompt (seeds SEED, SEED+1, ...) decoded\n"
     "                           together in one batch, printed one after another (default 1)\n"
@@ -98,6 +99,7 @@ int generate_parallel(const Model& model, const SessionOptions& so, const std::s
   // Room for every completion's prompt and tokens, and a partly filled block each.
   EngineOptions eo;
   eo.pool_tokens = parallel * (tokens.size() + size_t(opt.max_tokens) + eo.block_tokens);
+  eo.kv_type = so.kv_type;
   const Engine engine(model, eo);
   std::vector<std::unique_ptr<Session>> owned;
   std::vector<Session*> sessions;
@@ -155,12 +157,13 @@ int cmd_generate(int argc, char** argv) {
   GenerateOptions opt;
   int threads = 0;
   size_t ctx = 0, parallel = 1;
+  SessionOptions so;
   ArgReader args(argc, argv);
   while (!args.done()) {
     if (args.option("-m", "--model", model_path) || args.option("-p", "--prompt", prompt) ||
         args.option("-n", "--n-predict", opt.max_tokens) || sampling_option(args, opt) ||
         args.option("-t", "--threads", threads) || args.option("-c", "--ctx-size", ctx) ||
-        args.option(nullptr, "--parallel", parallel)) {
+        args.option(nullptr, "--parallel", parallel) || kv_type_option(args, so.kv_type)) {
     } else if (args.flag(nullptr, "--special")) {
       opt.parse_special = true;
     } else {
@@ -174,10 +177,9 @@ int cmd_generate(int argc, char** argv) {
   ModelOptions mo;
   mo.n_threads = threads;
   const Model model = Model::open(model_path, mo);
-  SessionOptions so;
   so.n_ctx = ctx;
   if (parallel > 1) return generate_parallel(model, so, prompt, opt, parallel);
-  Session session(model, so);
+  Session session(model, so);  // over an engine of its own
   const GenerateStats s = session.generate(prompt, opt, [](std::string_view piece) {
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);

@@ -82,12 +82,19 @@ void swiglu(const float* gate, const float* up, size_t n, float* out);
 void gelu(const float* x, size_t n, float* out);
 // out = gelu(gate) * up (out may alias gate or up).
 void geglu(const float* gate, const float* up, size_t n, float* out);
-// One query head over the cached tokens [begin, end) of type F32, F16 or I8:
-// out = softmax(scale * K q) V. begin > 0 leaves out the tokens before a sliding window. One
-// pass with an online softmax (a running maximum rescales the sums), so no buffer of context
-// length is needed.
-void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
-               size_t begin, size_t end, float scale, float* out);
+// n_q query heads that share one KV head (grouped-query attention), over its cached tokens
+// [begin, end) of type F32, F16 or I8: out_h = softmax(scale * K q_h) V for the n_q rows q_h of
+// q and out_h of out, each head_dim floats. keys and values have the same blocks of tokens.
+// begin > 0 leaves out the tokens before a sliding window. One pass over chunks of tokens, each
+// key and value widened once for all n_q heads, with an online softmax (a running maximum
+// rescales the sums), so no buffer of context length is needed.
+void attention(const float* q, size_t n_q, size_t head_dim, const PagedRows& keys,
+               const PagedRows& values, size_t begin, size_t end, float scale, float* out);
+// The same for one query head.
+inline void attention(const float* q, size_t head_dim, const PagedRows& keys,
+                      const PagedRows& values, size_t begin, size_t end, float scale, float* out) {
+  attention(q, 1, head_dim, keys, values, begin, end, scale, out);
+}
 
 }  // namespace detail
 

@@ -104,9 +104,9 @@ void geglu(const float* gate, const float* up, size_t n, float* out) {
   HWY_DYNAMIC_DISPATCH(GeGlu)(gate, up, n, out);
 }
 
-void attention(const float* q, size_t head_dim, const PagedRows& keys, const PagedRows& values,
-               size_t begin, size_t end, float scale, float* out) {
-  HWY_DYNAMIC_DISPATCH(Attention)(q, head_dim, keys, values, begin, end, scale, out);
+void attention(const float* q, size_t n_q, size_t head_dim, const PagedRows& keys,
+               const PagedRows& values, size_t begin, size_t end, float scale, float* out) {
+  HWY_DYNAMIC_DISPATCH(Attention)(q, n_q, head_dim, keys, values, begin, end, scale, out);
 }
 
 }  // namespace detail

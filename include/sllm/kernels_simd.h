@@ -53,36 +53,6 @@ float DotF32(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, size_t n)
   return sum;
 }
 
-// sum_i w[i] * x[i] for a row w of any float type.
-template <typename W>
-HWY_INLINE float DotRow(const W* HWY_RESTRICT w, const float* HWY_RESTRICT x, size_t n) {
-  const hn::ScalableTag<float> d;
-  const size_t N = hn::Lanes(d);
-  auto sum0 = hn::Zero(d), sum1 = hn::Zero(d);
-  size_t i = 0;
-  for (; i + 2 * N <= n; i += 2 * N) {
-    sum0 = hn::MulAdd(LoadAsF32(d, w + i), hn::LoadU(d, x + i), sum0);
-    sum1 = hn::MulAdd(LoadAsF32(d, w + i + N), hn::LoadU(d, x + i + N), sum1);
-  }
-  for (; i + N <= n; i += N) sum0 = hn::MulAdd(LoadAsF32(d, w + i), hn::LoadU(d, x + i), sum0);
-  float sum = ReduceSumF32(d, hn::Add(sum0, sum1));
-  for (; i < n; ++i) sum += ElementAsF32(w[i]) * x[i];
-  return sum;
-}
-
-// out[i] += a * v[i] for a row v of any float type.
-template <typename W>
-HWY_INLINE void AddScaledRow(float a, const W* HWY_RESTRICT v, float* HWY_RESTRICT out, size_t n) {
-  const hn::ScalableTag<float> d;
-  const size_t N = hn::Lanes(d);
-  const auto va = hn::Set(d, a);
-  size_t i = 0;
-  for (; i + N <= n; i += N) {
-    hn::StoreU(hn::MulAdd(va, LoadAsF32(d, v + i), hn::LoadU(d, out + i)), d, out + i);
-  }
-  for (; i < n; ++i) out[i] += a * ElementAsF32(v[i]);
-}
-
 // Register tile of the matmul: 4 weight rows times kCols activation rows. Each weight vector is
 // loaded (and widened) once and multiplied with every activation row of the tile, so prefill
 // reads a weight row once per kCols tokens. out[c * 4 + r] = dot(w_r, x_c). Callers with fewer
@@ -468,48 +438,197 @@ HWY_INLINE const KV* KvElements(const uint8_t* row, float& scale) {
   }
 }
 
-template <typename KV>
-void AttentionOfType(const float* HWY_RESTRICT q, size_t head_dim, const detail::PagedRows& keys,
-                     const detail::PagedRows& values, size_t begin, size_t end, float scale,
-                     float* HWY_RESTRICT out) {
-  const hn::ScalableTag<float> d;
+// Vectors of the attention hold at most this many lanes (RowDots is instantiated up to it).
+constexpr size_t kAttentionLanes = 16;
+// Tokens of a chunk of the attention: their keys and values are widened to f32 once for every
+// query head of the group, their scores are computed as whole vectors, and the softmax's running
+// maximum moves once per chunk.
+constexpr size_t kAttentionChunk = 2 * kAttentionLanes;
+
+// Rows [j0, j0 + n) of a paged view widened to f32, each times its row scale (times extra),
+// into out: n rows of stride floats, the dim elements then zeros. The block table is walked,
+// not divided per row.
+template <typename KV, class D>
+HWY_INLINE void WidenRows(D d, const detail::PagedRows& rows, size_t j0, size_t n, size_t dim,
+                          size_t stride, float extra, float* HWY_RESTRICT out) {
   const size_t N = hn::Lanes(d);
-  for (size_t i = 0; i < head_dim; ++i) out[i] = 0.0f;
-  float max = -INFINITY, sum = 0.0f;
-  for (size_t j = begin; j < end; ++j) {
-    float k_scale, v_scale;
-    const KV* k = KvElements<KV>(keys.row(j), k_scale);
-    const KV* v = KvElements<KV>(values.row(j), v_scale);
-    const float s = scale * k_scale * DotRow(k, q, head_dim);
-    if (s > max) {
-      // A new maximum: what was summed so far was weighted by exp(. - max) of the old one.
-      const float rescale = std::exp(max - s);
-      sum *= rescale;
-      const auto vr = hn::Set(d, rescale);
-      size_t i = 0;
-      for (; i + N <= head_dim; i += N) hn::StoreU(hn::Mul(hn::LoadU(d, out + i), vr), d, out + i);
-      for (; i < head_dim; ++i) out[i] *= rescale;
-      max = s;
+  size_t block = j0 / rows.block_tokens, in_block = j0 % rows.block_tokens;
+  for (size_t c = 0; c < n; ++c, out += stride) {
+    float row_scale;
+    const KV* e =
+        KvElements<KV>(rows.blocks[block] + rows.offset + in_block * rows.token_stride, row_scale);
+    if (++in_block == rows.block_tokens) {
+      in_block = 0;
+      ++block;
     }
-    const float p = std::exp(s - max);
-    sum += p;
-    AddScaledRow(p * v_scale, v, out, head_dim);
+    const float a = row_scale * extra;
+    const auto va = hn::Set(d, a);
+    size_t i = 0;
+    for (; i + N <= dim; i += N) hn::StoreU(hn::Mul(va, LoadAsF32(d, e + i)), d, out + i);
+    for (; i < dim; ++i) out[i] = a * ElementAsF32(e[i]);
+    for (; i < stride; ++i) out[i] = 0.0f;
   }
-  const float inv = 1.0f / sum;
-  for (size_t i = 0; i < head_dim; ++i) out[i] *= inv;
 }
 
-void Attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
+// Neighbouring lanes of a, then of b, added: a0 + a1, a2 + a3, ..., b0 + b1, b2 + b3, ...
+template <class D>
+HWY_INLINE hn::Vec<D> PairSums(D d, hn::Vec<D> a, hn::Vec<D> b) {
+#if HWY_TARGET == HWY_SCALAR
+  (void)d;
+  (void)b;
+  return a;  // vectors of one lane are never paired
+#else
+  return hn::Add(hn::ConcatEven(d, b, a), hn::ConcatOdd(d, b, a));
+#endif
+}
+
+// Lane j of the result: the dot product of q with row j of k, for kRows = Lanes(d) rows of
+// stride floats (a multiple of Lanes(d)). Each row's products are summed lane by lane, then the
+// vectors of the rows are halved in a tree of pairwise sums: ConcatEven + ConcatOdd of two
+// vectors adds neighbouring lanes of each, which leaves the sum of each row in its own lane,
+// in order, without a reduction per row.
+template <size_t kRows, class D>
+HWY_INLINE hn::Vec<D> RowDots(D d, const float* HWY_RESTRICT k, size_t stride,
+                              const float* HWY_RESTRICT q) {
+  if constexpr (kRows == 1) {
+    const size_t N = hn::Lanes(d);
+    auto acc = hn::Mul(hn::LoadU(d, k), hn::LoadU(d, q));
+    for (size_t i = N; i < stride; i += N) {
+      acc = hn::MulAdd(hn::LoadU(d, k + i), hn::LoadU(d, q + i), acc);
+    }
+    return acc;
+  } else {
+    return PairSums(d, RowDots<kRows / 2>(d, k, stride, q),
+                    RowDots<kRows / 2>(d, k + kRows / 2 * stride, stride, q));
+  }
+}
+
+template <class D>
+HWY_INLINE hn::Vec<D> ChunkDots(D d, const float* HWY_RESTRICT k, size_t stride,
+                                const float* HWY_RESTRICT q) {
+  static_assert(kAttentionLanes == 16, "RowDots is instantiated for up to 16 lanes");
+  switch (hn::Lanes(d)) {
+    case 16:
+      return RowDots<16>(d, k, stride, q);
+    case 8:
+      return RowDots<8>(d, k, stride, q);
+    case 4:
+      return RowDots<4>(d, k, stride, q);
+    case 2:
+      return RowDots<2>(d, k, stride, q);
+    default:
+      return RowDots<1>(d, k, stride, q);
+  }
+}
+
+template <typename KV>
+void AttentionOfType(const float* HWY_RESTRICT q, size_t n_q, size_t dim,
+                     const detail::PagedRows& keys, const detail::PagedRows& values, size_t begin,
+                     size_t end, float scale, float* HWY_RESTRICT out) {
+  const hn::CappedTag<float, kAttentionLanes> d;
+  const size_t N = hn::Lanes(d);
+  constexpr size_t C = kAttentionChunk;
+  const size_t stride = (dim + N - 1) / N * N;  // rows padded with zeros to whole vectors
+  // The chunk's keys (times scale) and values, the query heads and their output sums (padded
+  // rows), the chunk's scores of one head (turned into weights in place), and per head the
+  // running maximum and sum.
+  static thread_local std::vector<float> buffer;
+  const size_t need = (2 * C + 2 * n_q) * stride + C + 2 * n_q;
+  if (buffer.size() < need) buffer.resize(need);
+  float* HWY_RESTRICT k = buffer.data();
+  float* HWY_RESTRICT v = k + C * stride;
+  float* HWY_RESTRICT qs = v + C * stride;
+  float* HWY_RESTRICT acc = qs + n_q * stride;
+  float* HWY_RESTRICT p = acc + n_q * stride;
+  float* HWY_RESTRICT max = p + C;
+  float* HWY_RESTRICT sum = max + n_q;
+  for (size_t h = 0; h < n_q; ++h) {
+    std::copy(q + h * dim, q + (h + 1) * dim, qs + h * stride);
+    std::fill(qs + h * stride + dim, qs + (h + 1) * stride, 0.0f);
+  }
+  std::fill(acc, acc + n_q * stride, 0.0f);
+  std::fill(max, max + n_q, -INFINITY);
+  std::fill(sum, sum + n_q, 0.0f);
+  const auto minus_inf = hn::Set(d, -INFINITY);
+  for (size_t j0 = begin; j0 < end; j0 += C) {
+    const size_t n = HWY_MIN(C, end - j0);
+    WidenRows<KV>(d, keys, j0, n, dim, stride, scale, k);
+    WidenRows<KV>(d, values, j0, n, dim, stride, 1.0f, v);
+    for (size_t h = 0; h < n_q; ++h) {
+      float* HWY_RESTRICT ah = acc + h * stride;
+      // Scores, N tokens at a time; lanes past the chunk's n tokens (rows of an earlier chunk or
+      // zeros) are left out of the maximum and weigh nothing.
+      auto vmax = minus_inf;
+      for (size_t c = 0; c < n; c += N) {
+        const auto s = ChunkDots(d, k + c * stride, stride, qs + h * stride);
+        hn::StoreU(s, d, p + c);
+        vmax = hn::Max(vmax, hn::IfThenElse(hn::FirstN(d, n - c), s, minus_inf));
+      }
+      const float chunk_max = hn::GetLane(hn::MaxOfLanes(d, vmax));
+      if (chunk_max > max[h]) {
+        // A new maximum: what was summed so far was weighted by exp(. - max) of the old one.
+        const float rescale = std::exp(max[h] - chunk_max);
+        sum[h] *= rescale;
+        const auto vr = hn::Set(d, rescale);
+        for (size_t i = 0; i < stride; i += N) {
+          hn::StoreU(hn::Mul(hn::LoadU(d, ah + i), vr), d, ah + i);
+        }
+        max[h] = chunk_max;
+      }
+      const auto vm = hn::Set(d, max[h]);
+      auto vsum = hn::Zero(d);
+      for (size_t c = 0; c < n; c += N) {
+        const auto e =
+            hn::IfThenElseZero(hn::FirstN(d, n - c), hn::Exp(d, hn::Sub(hn::LoadU(d, p + c), vm)));
+        vsum = hn::Add(vsum, e);
+        hn::StoreU(e, d, p + c);
+      }
+      sum[h] += ReduceSumF32(d, vsum);
+      // acc_h += sum_c p_c v_c over the chunk's tokens, four vectors of acc_h at a time (four
+      // independent chains of multiply-adds), then one at a time.
+      size_t i = 0;
+      for (; i + 4 * N <= stride; i += 4 * N) {
+        auto a0 = hn::LoadU(d, ah + i), a1 = hn::LoadU(d, ah + i + N);
+        auto a2 = hn::LoadU(d, ah + i + 2 * N), a3 = hn::LoadU(d, ah + i + 3 * N);
+        for (size_t c = 0; c < n; ++c) {
+          const auto pc = hn::Set(d, p[c]);
+          const float* HWY_RESTRICT vc = v + c * stride + i;
+          a0 = hn::MulAdd(pc, hn::LoadU(d, vc), a0);
+          a1 = hn::MulAdd(pc, hn::LoadU(d, vc + N), a1);
+          a2 = hn::MulAdd(pc, hn::LoadU(d, vc + 2 * N), a2);
+          a3 = hn::MulAdd(pc, hn::LoadU(d, vc + 3 * N), a3);
+        }
+        hn::StoreU(a0, d, ah + i);
+        hn::StoreU(a1, d, ah + i + N);
+        hn::StoreU(a2, d, ah + i + 2 * N);
+        hn::StoreU(a3, d, ah + i + 3 * N);
+      }
+      for (; i < stride; i += N) {
+        auto a = hn::LoadU(d, ah + i);
+        for (size_t c = 0; c < n; ++c) {
+          a = hn::MulAdd(hn::Set(d, p[c]), hn::LoadU(d, v + c * stride + i), a);
+        }
+        hn::StoreU(a, d, ah + i);
+      }
+    }
+  }
+  for (size_t h = 0; h < n_q; ++h) {
+    const float inv = 1.0f / sum[h];
+    for (size_t i = 0; i < dim; ++i) out[h * dim + i] = acc[h * stride + i] * inv;
+  }
+}
+
+void Attention(const float* q, size_t n_q, size_t head_dim, const detail::PagedRows& keys,
                const detail::PagedRows& values, size_t begin, size_t end, float scale, float* out) {
   switch (keys.type) {
     case TensorType::F16:
-      AttentionOfType<hwy::float16_t>(q, head_dim, keys, values, begin, end, scale, out);
+      AttentionOfType<hwy::float16_t>(q, n_q, head_dim, keys, values, begin, end, scale, out);
       break;
     case TensorType::I8:
-      AttentionOfType<int8_t>(q, head_dim, keys, values, begin, end, scale, out);
+      AttentionOfType<int8_t>(q, n_q, head_dim, keys, values, begin, end, scale, out);
       break;
     default:
-      AttentionOfType<float>(q, head_dim, keys, values, begin, end, scale, out);
+      AttentionOfType<float>(q, n_q, head_dim, keys, values, begin, end, scale, out);
       break;
   }
 }

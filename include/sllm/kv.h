@@ -28,19 +28,20 @@ struct KvShape {
   bool operator!=(const KvShape& o) const { return !(*this == o); }
 };
 
-// The blocks of one model's KV cache, allocated once. Entries are F32, F16 or I8 (type); an I8
+// The blocks of one model's KV cache, allocated once. Entries are F16 (default), I8 or F32; an I8
 // head row is an f32 scale and the int8 elements (see detail::PagedRows).
-// Layout of a block, per layer: block_tokens key rows, then block_tokens value rows; a key row
-// is the n_kv_heads * key_dim elements of one token.
+// Layout of a block, per layer: the keys, then the values, each as n_kv_heads runs of
+// block_tokens head rows (key_dim or value_dim elements of one token). A head's rows of
+// consecutive tokens lie side by side because attention reads one KV head at a time.
 class KvPool {
  public:
   static constexpr size_t kDefaultBlockTokens = 16;
   KvPool(const KvShape& shape, size_t n_blocks, size_t block_tokens = kDefaultBlockTokens,
-         TensorType type = TensorType::F32);
+         TensorType type = TensorType::F16);
   // A pool holding exactly one sequence of up to n_tokens tokens.
   static KvPool for_tokens(const KvShape& shape, size_t n_tokens,
                            size_t block_tokens = kDefaultBlockTokens,
-                           TensorType type = TensorType::F32);
+                           TensorType type = TensorType::F16);
 
   const KvShape& shape() const { return shape_; }
   TensorType type() const { return type_; }
@@ -77,9 +78,14 @@ class KvPool {
   bool published(uint32_t block) const { return meta_[block].published; }
   uint32_t find(uint64_t key, uint64_t parent, const int32_t* tokens);
 
-  // Byte offsets inside a block of layer's first key and value rows, and between tokens.
-  size_t key_offset(size_t layer) const { return layer * layer_bytes_; }
-  size_t value_offset(size_t layer) const { return layer * layer_bytes_ + key_bytes_; }
+  // Byte offsets inside a block of the first key and value rows of a layer's KV head, and
+  // between the rows of consecutive tokens.
+  size_t key_offset(size_t layer, size_t kv_head) const {
+    return layer * layer_bytes_ + kv_head * block_tokens_ * key_row_bytes_;
+  }
+  size_t value_offset(size_t layer, size_t kv_head) const {
+    return layer * layer_bytes_ + key_bytes_ + kv_head * block_tokens_ * value_row_bytes_;
+  }
   size_t key_stride() const { return key_row_bytes_; }
   size_t value_stride() const { return value_row_bytes_; }
 
@@ -151,7 +157,6 @@ class KvSequence {
  private:
   void release_all();
   void publish_full_blocks();
-  uint8_t* row(size_t pos, size_t offset, size_t stride);
   KvPool* pool_;
   size_t max_tokens_;
   size_t size_ = 0;

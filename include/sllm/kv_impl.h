@@ -18,11 +18,12 @@ KvPool::KvPool(const KvShape& shape, size_t n_blocks, size_t block_tokens, Tenso
     if (type == TensorType::I8) return checked_add(dim, sizeof(float), "KV row");
     return checked_mul(dim, type == TensorType::F32 ? 4 : 2, "KV row");
   };
-  key_row_bytes_ = checked_mul(shape.n_kv_heads, head_bytes(shape.key_dim), "KV row");
-  value_row_bytes_ = checked_mul(shape.n_kv_heads, head_bytes(shape.value_dim), "KV row");
-  key_bytes_ = checked_mul(block_tokens, key_row_bytes_, "KV block");
+  key_row_bytes_ = head_bytes(shape.key_dim);
+  value_row_bytes_ = head_bytes(shape.value_dim);
+  const size_t rows = checked_mul(block_tokens, shape.n_kv_heads, "KV block");
+  key_bytes_ = checked_mul(rows, key_row_bytes_, "KV block");
   layer_bytes_ =
-      checked_add(key_bytes_, checked_mul(block_tokens, value_row_bytes_, "KV block"), "KV block");
+      checked_add(key_bytes_, checked_mul(rows, value_row_bytes_, "KV block"), "KV block");
   block_bytes_ = checked_mul(layer_bytes_, shape.n_layers, "KV block");
   data_.resize(checked_mul(block_bytes_, n_blocks, "KV cache pool"));
   free_.resize(n_blocks);
@@ -268,11 +269,6 @@ void KvSequence::truncate(size_t n) {
   size_ = n;
 }
 
-uint8_t* KvSequence::row(size_t pos, size_t offset, size_t stride) {
-  const size_t bt = pool_->block_tokens();
-  return pool_->block_data(blocks_[pos / bt]) + offset + (pos % bt) * stride;
-}
-
 void KvSequence::write(size_t layer, size_t pos, const float* key, const float* value) {
   if (layer >= pool_->shape().n_layers || pos < size_ ||
       pos >= blocks_.size() * pool_->block_tokens()) {
@@ -281,21 +277,17 @@ void KvSequence::write(size_t layer, size_t pos, const float* key, const float* 
   }
   const KvShape& shape = pool_->shape();
   const TensorType type = pool_->type();
-  // n_heads heads of dim elements from src to dst, each in the pool's type.
-  const auto store = [&](uint8_t* dst, const float* src, size_t dim) {
+  // One head's dim elements from src to dst, in the pool's type.
+  const auto store = [type](uint8_t* dst, const float* src, size_t dim) {
     if (type == TensorType::F32) {
-      std::memcpy(dst, src, shape.n_kv_heads * dim * sizeof(float));
-      return;
-    }
-    if (type == TensorType::F16) {
-      for (size_t i = 0; i < shape.n_kv_heads * dim; ++i) {
+      std::memcpy(dst, src, dim * sizeof(float));
+    } else if (type == TensorType::F16) {
+      for (size_t i = 0; i < dim; ++i) {
         const uint16_t h = f32_to_fp16(src[i]);
         std::memcpy(dst + 2 * i, &h, 2);
       }
-      return;
-    }
-    // I8: each head scaled by its largest magnitude, rounded to the nearest step.
-    for (size_t h = 0; h < shape.n_kv_heads; ++h, src += dim, dst += sizeof(float) + dim) {
+    } else {
+      // I8: scaled by the head's largest magnitude, rounded to the nearest step.
       float max = 0.0f;
       for (size_t i = 0; i < dim; ++i) max = std::max(max, std::fabs(src[i]));
       const float scale = max / 127.0f;
@@ -306,21 +298,25 @@ void KvSequence::write(size_t layer, size_t pos, const float* key, const float* 
       }
     }
   };
-  store(row(pos, pool_->key_offset(layer), pool_->key_stride()), key, shape.key_dim);
-  store(row(pos, pool_->value_offset(layer), pool_->value_stride()), value, shape.value_dim);
+  const size_t bt = pool_->block_tokens();
+  uint8_t* block = pool_->block_data(blocks_[pos / bt]);
+  const size_t slot = pos % bt;
+  for (size_t h = 0; h < shape.n_kv_heads; ++h) {
+    store(block + pool_->key_offset(layer, h) + slot * pool_->key_stride(), key + h * shape.key_dim,
+          shape.key_dim);
+    store(block + pool_->value_offset(layer, h) + slot * pool_->value_stride(),
+          value + h * shape.value_dim, shape.value_dim);
+  }
 }
 
 detail::PagedRows KvSequence::keys(size_t layer, size_t kv_head) const {
-  const size_t head_bytes = pool_->key_stride() / pool_->shape().n_kv_heads;
   return detail::PagedRows{block_data_.data(), pool_->block_tokens(),
-                           pool_->key_offset(layer) + kv_head * head_bytes, pool_->key_stride(),
-                           pool_->type()};
+                           pool_->key_offset(layer, kv_head), pool_->key_stride(), pool_->type()};
 }
 
 detail::PagedRows KvSequence::values(size_t layer, size_t kv_head) const {
-  const size_t head_bytes = pool_->value_stride() / pool_->shape().n_kv_heads;
   return detail::PagedRows{block_data_.data(), pool_->block_tokens(),
-                           pool_->value_offset(layer) + kv_head * head_bytes, pool_->value_stride(),
+                           pool_->value_offset(layer, kv_head), pool_->value_stride(),
                            pool_->type()};
 }
 

@@ -235,24 +235,37 @@ SLLM_VNNI void DirectRow(const uint8_t* row, size_t nb, const __m512i* prepared,
   }
 }
 
-// Rows [row_begin, row_end) for x's tokens, two at a time.
+// Rows [row_begin, row_end) for x's tokens, up to four at a time: each weight row is read from
+// memory once for all the tokens (its bytes stay in L1 from one group of tokens to the next),
+// which is what a batch of sequences decoding together needs.
 template <class Step>
 SLLM_VNNI void DirectMatmul(const uint8_t* w, size_t row_bytes, size_t nb,
                             const sllm::detail::QuantizedActivations& x, float* y, size_t y_stride,
                             size_t row_begin, size_t row_end) {
   const size_t steps = (nb + Step::kBlocks - 1) / Step::kBlocks;
+  const size_t token_vectors = steps * Step::kXVectors;
   static thread_local sllm::detail::AlignedBuffer<uint8_t> buffer;
-  for (size_t t0 = 0; t0 < x.n; t0 += 2) {
-    const size_t n = std::min<size_t>(2, x.n - t0);
-    const size_t bytes = n * steps * Step::kXVectors * sizeof(__m512i);
-    if (buffer.size() < bytes) buffer.resize(bytes);
-    __m512i* prepared = reinterpret_cast<__m512i*>(buffer.data());
-    PrepareTokens<Step>(x, t0, n, steps, prepared);
-    for (size_t r = row_begin; r < row_end; ++r) {
-      if (n == 2) {
-        DirectRow<Step, 2>(w + r * row_bytes, nb, prepared, steps, t0, y, y_stride, r);
-      } else {
-        DirectRow<Step, 1>(w + r * row_bytes, nb, prepared, steps, t0, y, y_stride, r);
+  const size_t bytes = x.n * token_vectors * sizeof(__m512i);
+  if (buffer.size() < bytes) buffer.resize(bytes);
+  __m512i* prepared = reinterpret_cast<__m512i*>(buffer.data());
+  PrepareTokens<Step>(x, 0, x.n, steps, prepared);
+  for (size_t r = row_begin; r < row_end; ++r) {
+    const uint8_t* row = w + r * row_bytes;
+    for (size_t t0 = 0; t0 < x.n; t0 += 4) {
+      const __m512i* xp = prepared + t0 * token_vectors;
+      switch (std::min<size_t>(4, x.n - t0)) {
+        case 4:
+          DirectRow<Step, 4>(row, nb, xp, steps, t0, y, y_stride, r);
+          break;
+        case 3:
+          DirectRow<Step, 3>(row, nb, xp, steps, t0, y, y_stride, r);
+          break;
+        case 2:
+          DirectRow<Step, 2>(row, nb, xp, steps, t0, y, y_stride, r);
+          break;
+        default:
+          DirectRow<Step, 1>(row, nb, xp, steps, t0, y, y_stride, r);
+          break;
       }
     }
   }
@@ -421,7 +434,7 @@ SLLM_VNNI void PanelTokens(const uint8_t* panel, size_t nb, const int32_t* start
 }
 
 // From this many activation rows on, packing panels is faster than streaming the weights.
-constexpr size_t kPackedMinTokens = 3;
+constexpr size_t kPackedMinTokens = 5;
 
 SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_bytes,
                            const sllm::detail::QuantizedActivations* x, float* y, size_t y_stride,

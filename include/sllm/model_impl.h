@@ -500,20 +500,26 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, Forwar
   }
   // Token t of the batch attends to the cache up to its own position (causal mask), or to the
   // last sliding_window tokens of it, with each group of n_heads / n_kv_heads query heads
-  // sharing one KV head.
+  // sharing one KV head. A task is a group (its keys and values read once for all its heads),
+  // or a part of one when there are fewer groups than threads.
   const size_t group = c.n_heads / c.n_kv_heads;
+  size_t parts = 1;
+  while (parts < group && n * c.n_kv_heads * parts < size_t(n_threads_)) ++parts;
   const float scale = 1.0f / std::sqrt(float(c.key_dim));
-  const size_t n_tasks = n * c.n_heads;
+  const size_t n_tasks = n * c.n_kv_heads * parts;
 #pragma omp parallel for num_threads(n_threads_) schedule(dynamic, 1) if (n_tasks > 1)
   for (size_t task = 0; task < n_tasks; ++task) {
-    const size_t t = task / c.n_heads, h = task % c.n_heads;
+    const size_t t = task / (c.n_kv_heads * parts), kv_head = task / parts % c.n_kv_heads;
+    const size_t part = task % parts;
+    const size_t h0 = kv_head * group + part * group / parts;
+    const size_t h1 = kv_head * group + (part + 1) * group / parts;
     const KvSequence& seq = *s.seqs_[t];
     const size_t end = s.pos_[t] + 1;
     const size_t begin =
         c.sliding_window != 0 && end > c.sliding_window ? end - c.sliding_window : 0;
-    detail::attention(s.qkv_.data() + t * stride + h * c.key_dim, c.key_dim, seq.keys(l, h / group),
-                      seq.values(l, h / group), begin, end, scale,
-                      s.att_.data() + t * att_dim + h * c.value_dim);
+    detail::attention(s.qkv_.data() + t * stride + h0 * c.key_dim, h1 - h0, c.key_dim,
+                      seq.keys(l, kv_head), seq.values(l, kv_head), begin, end, scale,
+                      s.att_.data() + t * att_dim + h0 * c.value_dim);
   }
   linear(layer.attn_output, s.att_.data(), n, att_dim, xb, d);
   detail::add(x, xb, n * d);

@@ -35,15 +35,16 @@ class Model {
 struct SessionOptions {
   size_t n_ctx = 0;                      // tokens the context holds; 0: the model's context length,
                                          // at most 4096
-  TensorType kv_type = TensorType::F32;  // KV cache entries: F32 or F16 (a session over its own
-                                         // pool; over an Engine, the engine's type applies)
+  TensorType kv_type = TensorType::F16;  // KV cache entries: F16, I8 or F32 (a session over its
+                                         // own pool; over an Engine, the engine's type applies)
 };
 
 struct EngineOptions {
   size_t pool_tokens = 0;  // tokens the KV pool holds, all sessions together; 0: 4 contexts of
                            // the model's context length (at most 4096)
   size_t block_tokens = KvPool::kDefaultBlockTokens;
-  TensorType kv_type = TensorType::F16;  // KV cache entries: F16 or F32
+  TensorType kv_type = TensorType::F16;  // KV cache entries: F16, I8 (int8, a scale per token
+                                         // and head: half the bytes) or F32
 };
 
 struct GenerateOptions : SamplerOptions {
@@ -121,6 +122,9 @@ class Session {
   Session& operator=(const Session&) = delete;
 
   const Model& model() const { return model_; }
+  // The engine whose pool holds this session's KV blocks (a session made from a Model has an
+  // engine of its own).
+  const Engine& engine() const { return engine_; }
   size_t n_ctx() const { return seq_.max_tokens(); }
   size_t n_past() const { return seq_.size(); }                   // tokens in the context
   const std::vector<int32_t>& tokens() const { return tokens_; }  // the context's tokens, in order
@@ -128,6 +132,15 @@ class Session {
   // Keeps the first n tokens of the context (n <= n_past()) and forgets the rest, so that a
   // different continuation can be evaluated; logits() is empty until the next evaluate.
   void truncate(size_t n);
+  // A new session of the same engine holding this one's context and logits: it shares every KV
+  // block with this session (nothing is copied or computed; a shared block is copied only when
+  // one of them writes into it), and the two go on independently, e.g. as different
+  // continuations of one prompt that compute only their own tokens. Sessions are not movable,
+  // so the fork is made in place: `Session child = session.fork();` (or
+  // `std::unique_ptr<Session> child(new Session(session.fork()));`). A session made from a
+  // Model shares its own pool, sized for one context, with its forks; an Engine's pool has
+  // room for several.
+  Session fork() const;
 
   // add_special: BOS etc. per the model's metadata; parse_special: control
   // tokens in the text.
@@ -157,6 +170,10 @@ class Session {
 
  private:
   friend class Engine;
+  struct ForkOf {
+    const Session& parent;
+  };
+  explicit Session(ForkOf fork);
   void check_fits(size_t n_tokens) const;
   Engine engine_;
   Model model_;

@@ -125,6 +125,17 @@ Session::Session(const Engine& engine, const SessionOptions& options)
       model_(engine.model()),
       seq_(engine.pool(), detail::session_context(engine.model(), options)) {}
 
+Session::Session(ForkOf fork)
+    : engine_(fork.parent.engine_),
+      model_(fork.parent.model_),
+      seq_(fork.parent.seq_.fork()),
+      tokens_(fork.parent.tokens_),
+      logits_(fork.parent.logits_) {}
+
+Session Session::fork() const {
+  return Session(ForkOf{*this});
+}
+
 void Session::reset() {
   truncate(0);
 }
