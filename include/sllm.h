@@ -448,6 +448,11 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n);
 namespace ref {
 // Per block: d = amax / 127, q = round(x * (1 / d)) (halves away from zero), d stored as f16.
 void quantize_row_q8_0(const float* x, BlockQ8_0* y, size_t n);
+// The same blocks as ggml's CPU code makes of activations on x86, where llama.cpp's results come
+// from: q = round(x * (127 / amax)), halves to even. It differs from quantize_row_q8_0 in a few
+// codes per thousand (exact halves, and where the two inverses round apart), each of which moves
+// a Q8_0 model's output by up to 1e-4 of its range.
+void quantize_activations_q8_0(const float* x, BlockQ8_0* y, size_t n);
 void dequantize_row_q8_0(const BlockQ8_0* x, float* y, size_t n);
 // Per block: m = the value of largest magnitude (the first one, with its sign), d = m / -8,
 // q = min(15, trunc(x * (1 / d) + 8.5)), d stored as f16.
@@ -545,8 +550,14 @@ void softmax(float* x, size_t n);
 // out = silu(gate) * up, silu(g) = g / (1 + exp(-g)) (out may alias gate or up).
 void swiglu(const float* gate, const float* up, size_t n, float* out);
 // out = gelu(x) with the tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))),
-// as GPT-2 and Gemma were trained with (out may alias x).
+// as GPT-2, Gemma and BERT's GGUF files run it, evaluated as llama.cpp does: at x rounded to f16,
+// the result rounded to f16 (gelu_f16_table), 0 at or below -10 and x at or above 10. Matching
+// its rounding matters where int8 quantization follows (the input of Q8_0 ffn_down): a value
+// off by an f16 ulp can move to the next int8 code, and such steps add up to 1e-3 of the
+// output (out may alias x).
 void gelu(const float* x, size_t n, float* out);
+// The f16-rounded gelu of every f16 value, by its bits (computed once, in f32 as llama.cpp).
+const float* gelu_f16_table();
 // out = gelu(gate) * up (out may alias gate or up).
 void geglu(const float* gate, const float* up, size_t n, float* out);
 // One query head over the cached tokens [begin, end) of type F32, F16 or I8:
@@ -575,6 +586,8 @@ void softmax(float* x, size_t n);
 void swiglu(const float* gate, const float* up, size_t n, float* out);
 // GELU's tanh approximation in double precision.
 double gelu(double x);
+// gelu(double) of x rounded to f16, rounded to f16, with detail::gelu's limits at +-10 (no
+// table: the roundings by f32_to_fp16).
 void gelu(const float* x, size_t n, float* out);
 void geglu(const float* gate, const float* up, size_t n, float* out);
 void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
@@ -592,8 +605,8 @@ void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
 namespace sllm {
 namespace detail {
 
-// Activation rows quantized with the values and scales of ggml's reference Q8_0 quantizer
-// (ref::quantize_row_q8_0), laid out for the kernels rather than as Q8_0 blocks: each row's
+// Activation rows quantized with the values and scales of ggml's x86 activation quantizer
+// (ref::quantize_activations_q8_0), laid out for the kernels rather than as Q8_0 blocks: each row's
 // codes are contiguous, its scales are f32, and both are padded with zeros so that the kernels
 // can read whole vectors past the last block.
 struct QuantizedActivations {
@@ -836,6 +849,15 @@ struct ArchitectureTraits {
   bool all_biases = false;              // every projection must have a bias
   bool scaled_embedding = false;        // token embeddings are multiplied by sqrt(n_embd)
   bool honours_sliding_window = false;  // attention.sliding_window limits attention
+  bool token_types = false;             // token_types.weight's row 0 (the first segment) is added
+                                        // to every embedding (BERT)
+  bool embedding_norm = false;          // token_embd_norm normalizes the summed embeddings
+  // The layers normalize after each residual addition (attn_output_norm, layer_output_norm)
+  // instead of before attention and the FFN, so there is no output norm (BERT's post-LN).
+  bool post_norm = false;
+  // false: an encoder. Each token attends to the whole text, before and after it, and the
+  // model has no LM head: it gives hidden states (embeddings), not next-token logits.
+  bool causal = true;
 };
 
 // Hyperparameters of a transformer, read from GGUF metadata (keys under "ARCH.").
@@ -880,9 +902,11 @@ class ForwardScratch {
   detail::AlignedBuffer<float> rope_cos_, rope_sin_;
   std::vector<KvSequence*> seqs_;  // the sequence and position of each token of the batch
   std::vector<size_t> pos_;
+  std::vector<size_t> end_;  // the token attends to its sequence's positions before end_
 };
 
-// A decoder-only transformer whose weights are views into an open GGUF (which must outlive it).
+// A transformer (decoder, or encoder where !traits.causal) whose weights are views into an open
+// GGUF (which must outlive it).
 // Thread safety: it is read-only after load(), so forward passes may run at the same time in
 // several threads, each with its own ForwardScratch and sequences of a pool no other thread uses.
 class Transformer {
@@ -897,7 +921,8 @@ class Transformer {
   // values to seq, and writes logits: n_vocab floats for the last position (kLast), n * n_vocab,
   // row per position (kAll), or nothing (kNone; logits may be null). Error, with seq unchanged,
   // for a token id outside the vocabulary, a KV pool of another shape, context overflow (also
-  // past the learned positions of a model that has them) or an exhausted pool.
+  // past the learned positions of a model that has them) or an exhausted pool, and for an
+  // encoder (which has no logits).
   void forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& scratch,
                float* logits, LogitsFor which = LogitsFor::kLast) const;
   // One decode step of n distinct sequences at once: seqs[i] gets tokens[i] after its own
@@ -908,12 +933,20 @@ class Transformer {
   // and leaves out those that fail.
   void forward_batch(const int32_t* tokens, KvSequence* const* seqs, size_t n,
                      ForwardScratch& scratch, float* logits) const;
+  // Several texts in one pass, for their hidden states (embeddings): text i is the next
+  // sizes[i] tokens of tokens, evaluated after those already in seqs[i] (distinct sequences).
+  // Attention stays within each text's sequence: causal in a decoder, over the whole sequence
+  // in an encoder. states gets one row of n_embd floats per token, in order: its final hidden
+  // state (the output norm's output; in post-norm encoders the last layer's). Errors as for
+  // forward (the message names the text), with every sequence's size unchanged.
+  void forward_states(const int32_t* tokens, const size_t* sizes, KvSequence* const* seqs,
+                      size_t n_texts, ForwardScratch& scratch, float* states) const;
 
  private:
   Transformer() = default;  // made by load()
   struct Norm {
-    const float* weight = nullptr;
-    const float* bias = nullptr;  // LayerNorm only
+    const float* weight = nullptr;  // null: no norm (the output of post-norm models)
+    const float* bias = nullptr;    // LayerNorm only
   };
   struct Linear {
     detail::MatrixView weight;
@@ -934,9 +967,11 @@ class Transformer {
   void prepare(ForwardScratch& s, size_t n) const;
   void check_tokens(const int32_t* tokens, size_t n) const;
   void check_sequence(const KvSequence& seq, size_t n) const;
-  // The batch's layers over scratch's sequences and positions (reserved), then logits.
-  void run(const int32_t* tokens, size_t n, ForwardScratch& s, float* logits,
-           LogitsFor which) const;
+  void check_decoder() const;
+  // The batch's layers over scratch's sequences, positions and attention ends (reserved).
+  void run(const int32_t* tokens, size_t n, ForwardScratch& s) const;
+  // The output norm and the LM head over the rows [first, n) of the batch.
+  void output_logits(ForwardScratch& s, size_t first, size_t n, float* logits) const;
   void embed(const int32_t* tokens, size_t n, ForwardScratch& s) const;
   void normalize(const Norm& norm, const float* x, size_t n, float* out) const;
   // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride.
@@ -955,6 +990,8 @@ class Transformer {
   int n_threads_ = 1;
   detail::MatrixView token_embd_;
   detail::MatrixView position_embd_;  // learned positions only
+  detail::MatrixView token_types_;    // token types only
+  Norm embedding_norm_;
   Norm output_norm_;
   Linear output_;
   const float* rope_freqs_ = nullptr;  // Llama 3.1 rope frequency factors, when present
@@ -2272,6 +2309,68 @@ class Chat {
 
 }  // namespace sllm
 
+// ---- embed.h ----
+// Embed layer: one vector per text, pooled from a model's final hidden states. Encoders (BERT:
+// bge, all-MiniLM, ...) are what embedding models usually are; decoders (the llama family) can
+// embed too, with a pooling chosen by the caller. Vectors equal llama.cpp's
+// llama_get_embeddings_seq() for the same file, tokens and pooling (before normalization).
+//
+// - Tokens: tokenizer().encode(text, add_special = true, parse_special = false): [CLS] text
+//   [SEP] in BERT, BOS text in llama. An empty text is embedded as those special tokens alone;
+//   a text that has no token at all (empty, and a vocabulary that adds none) is an Error.
+// - Length: a text of more tokens than the model has positions (<arch>.context_length) is an
+//   Error naming its length and the limit. Nothing is truncated silently; split long texts
+//   into passages first.
+// - Batching: texts are evaluated several at a time, whole, up to batch_tokens tokens per
+//   forward pass (a longer text goes alone). Each text attends only to itself, so a text's
+//   vector does not depend on the texts batched with it.
+// - Thread safety: embed() and embed_tokens() only read the Model; each call has its own
+//   activations and KV cache, so any number of threads may embed with one Model at once.
+namespace sllm {
+
+// How the final hidden states of a text's tokens become one vector.
+enum class Pooling : uint8_t {
+  kModel,  // the model's own choice (<arch>.pooling_type); Error when it has none
+  kMean,   // "mean": the average over every token, [CLS]/[SEP] or BOS included (as llama.cpp)
+  kCls,    // "cls": the first token's ([CLS])
+  kLast,   // "last": the last token's (decoder embedding models)
+};
+const char* pooling_name(Pooling pooling);  // "model", "mean", "cls", "last"
+// The pooling named "mean", "cls" or "last"; nothing for other names.
+std::optional<Pooling> pooling_from_name(std::string_view name);
+// The pooling that the model's metadata asks for: <arch>.pooling_type 1 (mean), 2 (cls) or 3
+// (last); kModel when the key is absent or 0 (none). Error for other types (4: rank, for
+// rerankers).
+Pooling model_pooling(const Model& model);
+
+struct EmbedOptions {
+  Pooling pooling = Pooling::kModel;
+  bool normalize = true;      // scale each vector to unit length (L2), as embedding users expect
+  size_t batch_tokens = 512;  // tokens per forward pass at most (whole texts; 1: one at a time)
+};
+
+// Row i is the vector of text i.
+struct Embeddings {
+  size_t n_texts = 0;
+  size_t n_embd = 0;
+  std::vector<float> data;  // n_texts rows of n_embd floats
+  const float* row(size_t i) const { return data.data() + i * n_embd; }
+};
+
+// The vectors of texts (see above for tokens, length and batching). Error for a model without
+// a pooling choice, a text that is too long or has no tokens (the message names the text), or a
+// batch_tokens of 0.
+Embeddings embed(const Model& model, const std::vector<std::string>& texts,
+                 const EmbedOptions& options = {});
+// The same from token ids (special tokens included as the caller wants them).
+Embeddings embed_tokens(const Model& model, const std::vector<std::vector<int32_t>>& texts,
+                        const EmbedOptions& options = {});
+
+// a . b / (|a| |b|) over n floats; 0 when either vector is all zeros.
+float cosine_similarity(const float* a, const float* b, size_t n);
+
+}  // namespace sllm
+
 #endif  // SLLM_H_
 
 #ifdef SLLM_IMPLEMENTATION
@@ -2728,38 +2827,62 @@ void SwiGlu(const float* gate, const float* up, size_t n, float* out) {
   for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
-// GELU's tanh approximation as x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3), which is
-// 0.5 x (1 + tanh(u)) exactly and needs only Exp. The argument of exp is clamped as in SwiGlu.
+// The f16 bits of x, rounded to nearest even, for |x| <= 10 (in 32-bit lanes). Normal halves:
+// the exponent rebiased (127 -> 15) and 13 mantissa bits dropped after adding 0xFFF and the
+// lowest kept bit; subnormal ones (|x| < 2^-14, steps of 2^-24): adding 0.5f, whose ulp is
+// 2^-24, rounds to the step and leaves the count in the low bits.
 template <class D>
-HWY_INLINE hn::Vec<D> GeluOf(D d, hn::Vec<D> x) {
-  const auto k = hn::Set(d, -2.0f * 0.7978845608f);  // -2 sqrt(2/pi)
-  const auto cubic = hn::Set(d, 0.044715f);
-  const auto u2 = hn::Mul(hn::Mul(k, x), hn::MulAdd(hn::Mul(cubic, x), x, hn::Set(d, 1.0f)));
-  const auto e = hn::Exp(d, hn::Min(u2, hn::Set(d, 88.0f)));
-  return hn::Div(x, hn::Add(hn::Set(d, 1.0f), e));
+HWY_INLINE hn::Vec<hn::RebindToSigned<D>> HalfBits(D d, hn::Vec<D> x) {
+  const hn::RebindToUnsigned<D> du;
+  const auto abs = hn::Abs(x);
+  const auto bits = hn::BitCast(du, abs);
+  const auto odd = hn::And(hn::ShiftRight<13>(bits), hn::Set(du, 1));
+  const auto normal = hn::ShiftRight<13>(
+      hn::Add(hn::Sub(bits, hn::Set(du, 112u << 23)), hn::Add(hn::Set(du, 0xFFFu), odd)));
+  const auto half_step = hn::Set(d, 0.5f);
+  const auto subnormal =
+      hn::Sub(hn::BitCast(du, hn::Add(abs, half_step)), hn::BitCast(du, half_step));
+  const auto magnitude = hn::IfThenElse(
+      hn::RebindMask(du, hn::Lt(abs, hn::Set(d, 6.103515625e-05f))), subnormal, normal);
+  const auto sign = hn::ShiftRight<16>(hn::BitCast(du, hn::And(x, hn::Set(d, -0.0f))));
+  return hn::BitCast(hn::RebindToSigned<D>(), hn::Or(magnitude, sign));
 }
 
-HWY_INLINE float GeluOf(float x) {
-  const float u2 = -2.0f * 0.7978845608f * x * (1.0f + 0.044715f * x * x);
-  return x / (1.0f + std::exp(HWY_MIN(u2, 88.0f)));
+// gelu as detail::gelu describes it: a lookup of x rounded to f16 in table, 0 at or below
+// -10, x at or above 10 (and NaN for NaN).
+template <class D>
+HWY_INLINE hn::Vec<D> GeluOf(D d, hn::Vec<D> x, const float* table) {
+  const auto limit = hn::Set(d, 10.0f);
+  const auto clamped = hn::Min(hn::Max(x, hn::Neg(limit)), limit);
+  auto y = hn::GatherIndex(d, table, HalfBits(d, clamped));
+  y = hn::IfThenElse(hn::Ge(x, limit), x, y);
+  y = hn::IfThenZeroElse(hn::Le(x, hn::Neg(limit)), y);
+  return hn::IfThenElse(hn::IsNaN(x), x, y);
+}
+
+HWY_INLINE float GeluOf(float x, const float* table) {
+  if (std::isnan(x) || x >= 10.0f) return x;
+  return x <= -10.0f ? 0.0f : table[f32_to_fp16(x)];
 }
 
 void Gelu(const float* x, size_t n, float* out) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
+  const float* table = detail::gelu_f16_table();
   size_t i = 0;
-  for (; i + N <= n; i += N) hn::StoreU(GeluOf(d, hn::LoadU(d, x + i)), d, out + i);
-  for (; i < n; ++i) out[i] = GeluOf(x[i]);
+  for (; i + N <= n; i += N) hn::StoreU(GeluOf(d, hn::LoadU(d, x + i), table), d, out + i);
+  for (; i < n; ++i) out[i] = GeluOf(x[i], table);
 }
 
 void GeGlu(const float* gate, const float* up, size_t n, float* out) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
+  const float* table = detail::gelu_f16_table();
   size_t i = 0;
   for (; i + N <= n; i += N) {
-    hn::StoreU(hn::Mul(GeluOf(d, hn::LoadU(d, gate + i)), hn::LoadU(d, up + i)), d, out + i);
+    hn::StoreU(hn::Mul(GeluOf(d, hn::LoadU(d, gate + i), table), hn::LoadU(d, up + i)), d, out + i);
   }
-  for (; i < n; ++i) out[i] = GeluOf(gate[i]) * up[i];
+  for (; i < n; ++i) out[i] = GeluOf(gate[i], table) * up[i];
 }
 
 // A KV row's elements and the scale they are multiplied by (1 but for I8 rows).
@@ -2826,17 +2949,9 @@ void Attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
 constexpr size_t kQ8Bytes = sizeof(BlockQ8_0);
 constexpr size_t kQ4Bytes = sizeof(BlockQ4_0);
 
-// roundf(v): halves away from zero (hn::Round rounds them to even). v - trunc(v) is exact, and
-// trunc(2 * frac) is -1, 0 or 1.
-template <class V>
-HWY_INLINE V RoundHalfAway(V v) {
-  const V t = hn::Trunc(v);
-  const V frac = hn::Sub(v, t);
-  return hn::Add(t, hn::Trunc(hn::Add(frac, frac)));
-}
-
 // Quantizes rows [t_begin, t_end) of x into out (already sized), bit-exact with
-// ref::quantize_row_q8_0, and zeroes the padding the kernels read.
+// ref::quantize_activations_q8_0 (hn::Round rounds halves to even), and zeroes the padding the
+// kernels read.
 void QuantizeActivationRows(const float* x, size_t x_stride, size_t t_begin, size_t t_end,
                             sllm::detail::QuantizedActivations* out) {
   const hn::CappedTag<float, kQuantBlock> df;
@@ -2856,13 +2971,12 @@ void QuantizeActivationRows(const float* x, size_t x_stride, size_t t_begin, siz
         vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, xb + i)));
       }
       const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
-      const float d = amax / 127.0f;
-      const float id = d != 0.0f ? 1.0f / d : 0.0f;
-      scale[b] = fp16_to_f32(f32_to_fp16(d));
+      const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+      scale[b] = fp16_to_f32(f32_to_fp16(amax / 127.0f));
       const auto vid = hn::Set(df, id);
       auto vsum = hn::Zero(di);
       for (size_t i = 0; i < kQuantBlock; i += N) {
-        const auto code = hn::ConvertTo(di, RoundHalfAway(hn::Mul(hn::LoadU(df, xb + i), vid)));
+        const auto code = hn::ConvertTo(di, hn::Round(hn::Mul(hn::LoadU(df, xb + i), vid)));
         vsum = hn::Add(vsum, code);
         hn::StoreU(hn::DemoteTo(d8, code), d8, q + b * kQuantBlock + i);
       }
@@ -4521,9 +4635,8 @@ inline size_t quant_blocks(TensorType type, size_t n) {
   return n / kQuantBlock;
 }
 
-// round(v) as an int8 code in [-127, 127]; NaN (from a non-finite input) gives 0.
-inline int8_t round_to_q8(float v) {
-  const float r = std::round(v);
+// A rounded value as an int8 code in [-127, 127]; NaN (from a non-finite input) gives 0.
+inline int8_t q8_code(float r) {
   if (r >= 127.0f) return 127;
   if (r <= -127.0f) return -127;
   return r == r ? static_cast<int8_t>(r) : 0;
@@ -4541,7 +4654,20 @@ void quantize_row_q8_0(const float* x, BlockQ8_0* y, size_t n) {
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[b].d = f32_to_fp16(d);
-    for (size_t i = 0; i < kQuantBlock; ++i) y[b].qs[i] = detail::round_to_q8(x[i] * id);
+    for (size_t i = 0; i < kQuantBlock; ++i) y[b].qs[i] = detail::q8_code(std::round(x[i] * id));
+  }
+}
+
+void quantize_activations_q8_0(const float* x, BlockQ8_0* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q8_0, n);
+  for (size_t b = 0; b < nb; ++b, x += kQuantBlock) {
+    float amax = 0.0f;
+    for (size_t i = 0; i < kQuantBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    y[b].d = f32_to_fp16(amax / 127.0f);
+    // nearbyint rounds halves to even (the default rounding mode).
+    for (size_t i = 0; i < kQuantBlock; ++i)
+      y[b].qs[i] = detail::q8_code(std::nearbyint(x[i] * id));
   }
 }
 
@@ -4784,6 +4910,20 @@ void gelu(const float* x, size_t n, float* out) {
   HWY_DYNAMIC_DISPATCH(Gelu)(x, n, out);
 }
 
+const float* gelu_f16_table() {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(65536);
+    for (uint32_t bits = 0; bits < t.size(); ++bits) {
+      const float x = fp16_to_f32(uint16_t(bits));
+      const float y =
+          0.5f * x * (1.0f + std::tanh(0.79788456080286535588f * x * (1.0f + 0.044715f * x * x)));
+      t[bits] = fp16_to_f32(f32_to_fp16(y));
+    }
+    return t;
+  }();
+  return table.data();
+}
+
 void geglu(const float* gate, const float* up, size_t n, float* out) {
   HWY_DYNAMIC_DISPATCH(GeGlu)(gate, up, n, out);
 }
@@ -4900,11 +5040,22 @@ double gelu(double x) {
 }
 
 void gelu(const float* x, size_t n, float* out) {
-  for (size_t i = 0; i < n; ++i) out[i] = float(gelu(double(x[i])));
+  for (size_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    if (!(v > -10.0f)) {
+      out[i] = std::isnan(v) ? v : 0.0f;
+    } else if (v >= 10.0f) {
+      out[i] = v;
+    } else {
+      const double rounded = fp16_to_f32(f32_to_fp16(v));
+      out[i] = fp16_to_f32(f32_to_fp16(float(gelu(rounded))));
+    }
+  }
 }
 
 void geglu(const float* gate, const float* up, size_t n, float* out) {
-  for (size_t i = 0; i < n; ++i) out[i] = float(gelu(double(gate[i])) * up[i]);
+  gelu(gate, n, out);
+  for (size_t i = 0; i < n; ++i) out[i] = float(double(out[i]) * up[i]);
 }
 
 void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
@@ -5421,6 +5572,19 @@ inline const std::vector<ArchitectureTraits>& architecture_traits() {
     gemma.ffn = FfnType::kGeGlu;
     gemma.scaled_embedding = true;
     all.push_back(gemma);
+
+    // BERT encoders (bge, all-MiniLM, ...): embeddings only, no rope, post-LN.
+    ArchitectureTraits bert;
+    bert.name = "bert";
+    bert.norm = NormType::kLayer;
+    bert.positions = PositionType::kLearned;
+    bert.ffn = FfnType::kGelu;
+    bert.all_biases = true;
+    bert.token_types = true;
+    bert.embedding_norm = true;
+    bert.post_norm = true;
+    bert.causal = false;
+    all.push_back(bert);
     return all;
   }();
   return table;
@@ -5645,11 +5809,18 @@ Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& option
   if (arch.positions == PositionType::kLearned) {
     t.position_embd_ = detail::weight_matrix(gguf, "position_embd.weight", d, c.context_length);
   }
-  t.output_norm_ = norm("output_norm");
-  if (gguf.find_tensor("output.weight") != nullptr) {
-    t.output_ = linear("output", d, c.n_vocab, false);
-  } else {
-    t.output_.weight = t.token_embd_;  // tied embeddings
+  if (arch.token_types) {
+    const TensorInfo& types = detail::required_tensor(gguf, "token_types.weight");
+    t.token_types_ = detail::weight_matrix(gguf, types, d, std::max<uint64_t>(types.ne[1], 1));
+  }
+  if (arch.embedding_norm) t.embedding_norm_ = norm("token_embd_norm");
+  if (!arch.post_norm) t.output_norm_ = norm("output_norm");
+  if (arch.causal) {  // an encoder has no LM head
+    if (gguf.find_tensor("output.weight") != nullptr) {
+      t.output_ = linear("output", d, c.n_vocab, false);
+    } else {
+      t.output_.weight = t.token_embd_;  // tied embeddings
+    }
   }
   if (const TensorInfo* freqs = gguf.find_tensor("rope_freqs.weight")) {
     if (arch.positions == PositionType::kRope) {
@@ -5669,14 +5840,14 @@ Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& option
   for (size_t l = 0; l < c.n_layers; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
     Layer& layer = t.layers_[l];
-    layer.attn_norm = norm(p + "attn_norm");
+    layer.attn_norm = norm(p + (arch.post_norm ? "attn_output_norm" : "attn_norm"));
     layer.qkv =
         arch.fused_qkv
             ? projection({{p + "attn_qkv", q_dim + k_dim + v_dim}}, qkv_bias)
             : projection({{p + "attn_q", q_dim}, {p + "attn_k", k_dim}, {p + "attn_v", v_dim}},
                          qkv_bias);
     layer.attn_output = linear(p + "attn_output", att_dim, d, arch.all_biases);
-    layer.ffn_norm = norm(p + "ffn_norm");
+    layer.ffn_norm = norm(p + (arch.post_norm ? "layer_output_norm" : "ffn_norm"));
     if (arch.ffn == FfnType::kGelu || arch.fused_gate_up) {
       layer.ffn_in = projection({{p + "ffn_up", ffn_rows}}, arch.all_biases);
     } else {
@@ -5727,8 +5898,16 @@ void Transformer::check_sequence(const KvSequence& seq, size_t n) const {
   }
 }
 
+void Transformer::check_decoder() const {
+  if (!config_.traits.causal) {
+    detail::fail("this " + config_.architecture +
+                 " model is an encoder: it gives embeddings (sllm::embed), not next-token logits");
+  }
+}
+
 void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& s,
                           float* logits, LogitsFor which) const {
+  check_decoder();
   check_tokens(tokens, n);
   check_sequence(seq, n);
   if (n == 0) return;
@@ -5739,13 +5918,19 @@ void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, Forw
   prepare(s, n);
   s.seqs_.assign(n, &seq);
   s.pos_.resize(n);
-  for (size_t t = 0; t < n; ++t) s.pos_[t] = pos0 + t;
-  run(tokens, n, s, logits, which);
+  s.end_.resize(n);
+  for (size_t t = 0; t < n; ++t) {
+    s.pos_[t] = pos0 + t;
+    s.end_[t] = pos0 + t + 1;
+  }
+  run(tokens, n, s);
+  if (which != LogitsFor::kNone) output_logits(s, which == LogitsFor::kAll ? 0 : n - 1, n, logits);
   seq.commit(n, tokens);
 }
 
 void Transformer::forward_batch(const int32_t* tokens, KvSequence* const* seqs, size_t n,
                                 ForwardScratch& s, float* logits) const {
+  check_decoder();
   check_tokens(tokens, n);
   for (size_t i = 0; i < n; ++i) {
     check_sequence(*seqs[i], 1);
@@ -5767,24 +5952,75 @@ void Transformer::forward_batch(const int32_t* tokens, KvSequence* const* seqs, 
   prepare(s, n);
   s.seqs_.assign(seqs, seqs + n);
   s.pos_.resize(n);
-  for (size_t t = 0; t < n; ++t) s.pos_[t] = seqs[t]->size();
-  run(tokens, n, s, logits, LogitsFor::kAll);
+  s.end_.resize(n);
+  for (size_t t = 0; t < n; ++t) {
+    s.pos_[t] = seqs[t]->size();
+    s.end_[t] = s.pos_[t] + 1;
+  }
+  run(tokens, n, s);
+  output_logits(s, 0, n, logits);
   for (size_t t = 0; t < n; ++t) seqs[t]->commit(1, tokens + t);
 }
 
-void Transformer::run(const int32_t* tokens, size_t n, ForwardScratch& s, float* logits,
-                      LogitsFor which) const {
-  const ModelConfig& c = config_;
+void Transformer::forward_states(const int32_t* tokens, const size_t* sizes,
+                                 KvSequence* const* seqs, size_t n_texts, ForwardScratch& s,
+                                 float* states) const {
+  size_t n = 0;
+  for (size_t i = 0; i < n_texts; ++i) {
+    try {
+      check_sequence(*seqs[i], sizes[i]);
+    } catch (const Error& e) {
+      detail::fail("text " + std::to_string(i) + " of the batch: " + e.what());
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (seqs[j] == seqs[i]) {
+        detail::fail("forward_states: text " + std::to_string(i) + " has the sequence of text " +
+                     std::to_string(j) + "; each text needs its own");
+      }
+    }
+    n = detail::checked_add(n, sizes[i], "batch tokens");
+  }
+  check_tokens(tokens, n);
+  if (n == 0) return;
+  for (size_t i = 0; i < n_texts; ++i) {
+    try {
+      seqs[i]->reserve(sizes[i]);
+    } catch (const Error& e) {
+      detail::fail("text " + std::to_string(i) + " of the batch: " + e.what());
+    }
+  }
+  prepare(s, n);
+  s.seqs_.resize(n);
+  s.pos_.resize(n);
+  s.end_.resize(n);
+  for (size_t i = 0, t = 0; i < n_texts; ++i) {
+    const size_t pos0 = seqs[i]->size();
+    for (size_t j = 0; j < sizes[i]; ++j, ++t) {
+      s.seqs_[t] = seqs[i];
+      s.pos_[t] = pos0 + j;
+      s.end_[t] = config_.traits.causal ? pos0 + j + 1 : pos0 + sizes[i];
+    }
+  }
+  run(tokens, n, s);
+  normalize(output_norm_, s.x_.data(), n, states);
+  for (size_t i = 0; i < n_texts; ++i) {
+    seqs[i]->commit(sizes[i], tokens);
+    tokens += sizes[i];
+  }
+}
+
+void Transformer::run(const int32_t* tokens, size_t n, ForwardScratch& s) const {
   embed(tokens, n, s);
-  for (size_t l = 0; l < c.n_layers; ++l) {
+  for (size_t l = 0; l < config_.n_layers; ++l) {
     attention_block(layers_[l], l, n, s);
     ffn_block(layers_[l], n, s);
   }
-  if (which == LogitsFor::kNone) return;
-  const size_t first = which == LogitsFor::kAll ? 0 : n - 1;
-  const size_t d = c.n_embd;
+}
+
+void Transformer::output_logits(ForwardScratch& s, size_t first, size_t n, float* logits) const {
+  const size_t d = config_.n_embd;
   normalize(output_norm_, s.x_.data() + first * d, n - first, s.xb_.data() + first * d);
-  linear(output_, s.xb_.data() + first * d, n - first, d, logits, c.n_vocab);
+  linear(output_, s.xb_.data() + first * d, n - first, d, logits, config_.n_vocab);
 }
 
 void Transformer::embed(const int32_t* tokens, size_t n, ForwardScratch& s) const {
@@ -5809,11 +6045,21 @@ void Transformer::embed(const int32_t* tokens, size_t n, ForwardScratch& s) cons
                          position_embd_.data + s.pos_[t] * position_embd_.row_bytes, d, position);
       detail::add(x, position, d);
     }
+    if (token_types_.data != nullptr) {
+      float* type = s.xb_.data() + t * d;
+      detail::row_to_f32(token_types_.type, token_types_.data, d, type);
+      detail::add(x, type, d);
+    }
+    if (embedding_norm_.weight != nullptr) normalize(embedding_norm_, x, 1, x);
   }
 }
 
 void Transformer::normalize(const Norm& norm, const float* x, size_t n, float* out) const {
   const size_t d = config_.n_embd;
+  if (norm.weight == nullptr) {
+    if (out != x) std::copy(x, x + n * d, out);
+    return;
+  }
   for (size_t t = 0; t < n; ++t) {
     if (config_.traits.norm == NormType::kRms) {
       detail::rmsnorm(x + t * d, norm.weight, d, config_.norm_eps, out + t * d);
@@ -5861,10 +6107,11 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, Forwar
   const size_t q_dim = c.n_heads * c.key_dim, k_dim = c.n_kv_heads * c.key_dim;
   const size_t att_dim = c.n_heads * c.value_dim;
   const size_t stride = layer.qkv.rows;  // a token's Q, K and V, side by side
+  const bool post_norm = c.traits.post_norm;
   float* x = s.x_.data();
   float* xb = s.xb_.data();
-  normalize(layer.attn_norm, x, n, xb);
-  project(layer.qkv, xb, n, d, s.qkv_.data());
+  if (!post_norm) normalize(layer.attn_norm, x, n, xb);
+  project(layer.qkv, post_norm ? x : xb, n, d, s.qkv_.data());
   for (size_t t = 0; t < n; ++t) {
     float* q = s.qkv_.data() + t * stride;
     float* k = q + q_dim;
@@ -5876,9 +6123,9 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, Forwar
     }
     s.seqs_[t]->write(l, s.pos_[t], k, k + k_dim);
   }
-  // Token t of the batch attends to the cache up to its own position (causal mask), or to the
-  // last sliding_window tokens of it, with each group of n_heads / n_kv_heads query heads
-  // sharing one KV head.
+  // Token t of the batch attends to its sequence's cache before end_[t] (its own position + 1
+  // in a decoder: the causal mask), or to the last sliding_window tokens of that, with each
+  // group of n_heads / n_kv_heads query heads sharing one KV head.
   const size_t group = c.n_heads / c.n_kv_heads;
   const float scale = 1.0f / std::sqrt(float(c.key_dim));
   const size_t n_tasks = n * c.n_heads;
@@ -5886,7 +6133,7 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, Forwar
   for (size_t task = 0; task < n_tasks; ++task) {
     const size_t t = task / c.n_heads, h = task % c.n_heads;
     const KvSequence& seq = *s.seqs_[t];
-    const size_t end = s.pos_[t] + 1;
+    const size_t end = s.end_[t];
     const size_t begin =
         c.sliding_window != 0 && end > c.sliding_window ? end - c.sliding_window : 0;
     detail::attention(s.qkv_.data() + t * stride + h * c.key_dim, c.key_dim, seq.keys(l, h / group),
@@ -5895,16 +6142,18 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, Forwar
   }
   linear(layer.attn_output, s.att_.data(), n, att_dim, xb, d);
   detail::add(x, xb, n * d);
+  if (post_norm) normalize(layer.attn_norm, x, n, x);
 }
 
 void Transformer::ffn_block(const Layer& layer, size_t n, ForwardScratch& s) const {
   const ModelConfig& c = config_;
   const size_t d = c.n_embd, f = c.n_ff;
   const size_t stride = layer.ffn_in.rows;  // a token's gate and up rows, or up rows
+  const bool post_norm = c.traits.post_norm;
   float* x = s.x_.data();
   float* xb = s.xb_.data();
-  normalize(layer.ffn_norm, x, n, xb);
-  project(layer.ffn_in, xb, n, d, s.ffn_.data());
+  if (!post_norm) normalize(layer.ffn_norm, x, n, xb);
+  project(layer.ffn_in, post_norm ? x : xb, n, d, s.ffn_.data());
   const FfnType type = c.traits.ffn;
 #pragma omp parallel for num_threads(n_threads_) if (n > 1)
   for (size_t t = 0; t < n; ++t) {
@@ -5923,6 +6172,7 @@ void Transformer::ffn_block(const Layer& layer, size_t n, ForwardScratch& s) con
   }
   linear(layer.ffn_down, s.ffn_.data(), n, stride, xb, d);
   detail::add(x, xb, n * d);
+  if (post_norm) normalize(layer.ffn_norm, x, n, x);
 }
 
 }  // namespace sllm
@@ -8021,6 +8271,168 @@ ChatStats Chat::respond(const GenerateOptions& options, const PieceFn& on_piece)
   stats.n_cached = keep;
   messages_.push_back({ChatRole::kAssistant, std::move(answer)});
   return stats;
+}
+
+}  // namespace sllm
+
+// ---- embed_impl.h ----
+namespace sllm {
+
+const char* pooling_name(Pooling pooling) {
+  switch (pooling) {
+    case Pooling::kModel:
+      return "model";
+    case Pooling::kMean:
+      return "mean";
+    case Pooling::kCls:
+      return "cls";
+    case Pooling::kLast:
+      return "last";
+  }
+  return "?";
+}
+
+std::optional<Pooling> pooling_from_name(std::string_view name) {
+  for (Pooling p : {Pooling::kMean, Pooling::kCls, Pooling::kLast}) {
+    if (name == pooling_name(p)) return p;
+  }
+  return std::nullopt;
+}
+
+Pooling model_pooling(const Model& model) {
+  const std::string key = model.config().architecture + ".pooling_type";
+  const uint32_t type = model.gguf().get_or<uint32_t>(key, 0);
+  switch (type) {
+    case 0:
+      return Pooling::kModel;
+    case 1:
+      return Pooling::kMean;
+    case 2:
+      return Pooling::kCls;
+    case 3:
+      return Pooling::kLast;
+  }
+  detail::fail("metadata " + key + " in " + model.gguf().path() + " is " + std::to_string(type) +
+               (type == 4 ? " (rank, a reranker's)" : "") +
+               "; sllm pools embeddings by 1 (mean), 2 (cls) or 3 (last)");
+}
+
+Embeddings embed_tokens(const Model& model, const std::vector<std::vector<int32_t>>& texts,
+                        const EmbedOptions& options) {
+  const Transformer& transformer = model.transformer();
+  const ModelConfig& c = transformer.config();
+  const Pooling pooling =
+      options.pooling == Pooling::kModel ? model_pooling(model) : options.pooling;
+  if (pooling == Pooling::kModel) {
+    detail::fail(model.gguf().path() + " does not say how to pool its embeddings (no " +
+                 c.architecture +
+                 ".pooling_type): choose mean, cls or last (EmbedOptions::pooling, "
+                 "sllm embed --pooling)");
+  }
+  if (options.batch_tokens == 0) detail::fail("EmbedOptions::batch_tokens must be at least 1");
+  for (size_t i = 0; i < texts.size(); ++i) {
+    if (texts[i].empty()) {
+      detail::fail("text " + std::to_string(i) +
+                   " (counting from 0) has no tokens: it is empty, and the vocabulary adds no "
+                   "special tokens");
+    }
+    if (texts[i].size() > c.context_length) {
+      detail::fail("text " + std::to_string(i) + " (counting from 0) has " +
+                   std::to_string(texts[i].size()) + " tokens, more than the " +
+                   std::to_string(c.context_length) + " positions of the model (" + c.architecture +
+                   ".context_length); split it into shorter passages");
+    }
+  }
+
+  // Batches of whole texts, [first[b], first[b + 1]); the KV pool holds the largest one.
+  const size_t block_tokens = KvPool::kDefaultBlockTokens;
+  const auto blocks_of = [&](size_t n) { return (n + block_tokens - 1) / block_tokens; };
+  std::vector<size_t> first{0};
+  size_t max_tokens = 0, max_blocks = 0;
+  for (size_t i = 0, tokens = 0, blocks = 0; i < texts.size(); ++i) {
+    if (i > first.back() && tokens + texts[i].size() > options.batch_tokens) {
+      first.push_back(i);
+      tokens = blocks = 0;
+    }
+    tokens += texts[i].size();
+    blocks += blocks_of(texts[i].size());
+    max_tokens = std::max(max_tokens, tokens);
+    max_blocks = std::max(max_blocks, blocks);
+  }
+  first.push_back(texts.size());
+
+  Embeddings out;
+  out.n_texts = texts.size();
+  out.n_embd = c.n_embd;
+  out.data.resize(detail::checked_mul(out.n_texts, out.n_embd, "embeddings size"));
+  if (texts.empty()) return out;
+  KvPool pool(transformer.kv_shape(), max_blocks, block_tokens, TensorType::F32);
+  ForwardScratch scratch;
+  std::vector<float> states(detail::checked_mul(max_tokens, c.n_embd, "hidden states size"));
+  std::vector<int32_t> tokens;
+  std::vector<size_t> sizes;
+  const size_t d = c.n_embd;
+  for (size_t b = 0; b + 1 < first.size(); ++b) {
+    std::vector<KvSequence> seqs;
+    std::vector<KvSequence*> seq_ptrs;
+    tokens.clear();
+    sizes.clear();
+    for (size_t i = first[b]; i < first[b + 1]; ++i) {
+      seqs.emplace_back(pool, texts[i].size());
+      tokens.insert(tokens.end(), texts[i].begin(), texts[i].end());
+      sizes.push_back(texts[i].size());
+    }
+    for (KvSequence& seq : seqs) seq_ptrs.push_back(&seq);
+    try {
+      transformer.forward_states(tokens.data(), sizes.data(), seq_ptrs.data(), sizes.size(),
+                                 scratch, states.data());
+    } catch (const Error& e) {
+      detail::fail("embedding texts " + std::to_string(first[b]) + " to " +
+                   std::to_string(first[b + 1] - 1) + ": " + e.what());
+    }
+    const float* text_states = states.data();
+    for (size_t i = first[b]; i < first[b + 1]; ++i) {
+      const size_t n = texts[i].size();
+      float* v = out.data.data() + i * d;
+      if (pooling == Pooling::kMean) {
+        std::vector<double> sum(d, 0.0);
+        for (size_t t = 0; t < n; ++t) {
+          for (size_t k = 0; k < d; ++k) sum[k] += text_states[t * d + k];
+        }
+        for (size_t k = 0; k < d; ++k) v[k] = float(sum[k] / double(n));
+      } else {
+        const float* chosen = text_states + (pooling == Pooling::kCls ? 0 : n - 1) * d;
+        std::copy(chosen, chosen + d, v);
+      }
+      if (options.normalize) {
+        const float norm = std::sqrt(detail::dot_f32(v, v, d));
+        if (norm > 0) {
+          for (size_t k = 0; k < d; ++k) v[k] /= norm;
+        }
+      }
+      text_states += n * d;
+    }
+  }
+  return out;
+}
+
+Embeddings embed(const Model& model, const std::vector<std::string>& texts,
+                 const EmbedOptions& options) {
+  std::vector<std::vector<int32_t>> tokens;
+  tokens.reserve(texts.size());
+  for (const std::string& text : texts)
+    tokens.push_back(model.tokenizer().encode(text, true, false));
+  return embed_tokens(model, tokens, options);
+}
+
+float cosine_similarity(const float* a, const float* b, size_t n) {
+  double ab = 0, aa = 0, bb = 0;
+  for (size_t i = 0; i < n; ++i) {
+    ab += double(a[i]) * b[i];
+    aa += double(a[i]) * a[i];
+    bb += double(b[i]) * b[i];
+  }
+  return aa > 0 && bb > 0 ? float(ab / std::sqrt(aa * bb)) : 0.0f;
 }
 
 }  // namespace sllm
