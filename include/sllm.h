@@ -8372,6 +8372,7 @@ Embeddings embed_tokens(const Model& model, const std::vector<std::vector<int32_
   std::vector<int32_t> tokens;
   std::vector<size_t> sizes;
   const size_t d = c.n_embd;
+  std::vector<double> sum(d);
   for (size_t b = 0; b + 1 < first.size(); ++b) {
     std::vector<KvSequence> seqs;
     std::vector<KvSequence*> seq_ptrs;
@@ -8395,7 +8396,7 @@ Embeddings embed_tokens(const Model& model, const std::vector<std::vector<int32_
       const size_t n = texts[i].size();
       float* v = out.data.data() + i * d;
       if (pooling == Pooling::kMean) {
-        std::vector<double> sum(d, 0.0);
+        std::fill(sum.begin(), sum.end(), 0.0);
         for (size_t t = 0; t < n; ++t) {
           for (size_t k = 0; k < d; ++k) sum[k] += text_states[t * d + k];
         }
