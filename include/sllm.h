@@ -486,6 +486,11 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n);
 namespace ref {
 // Per block: d = amax / 127, q = round(x * (1 / d)) (halves away from zero), d stored as f16.
 void quantize_row_q8_0(const float* x, BlockQ8_0* y, size_t n);
+// The same blocks as ggml's CPU code makes of activations on x86, where llama.cpp's results come
+// from: q = round(x * (127 / amax)), halves to even. It differs from quantize_row_q8_0 in a few
+// codes per thousand (exact halves, and where the two inverses round apart), each of which moves
+// a Q8_0 model's output by up to 1e-4 of its range.
+void quantize_activations_q8_0(const float* x, BlockQ8_0* y, size_t n);
 void dequantize_row_q8_0(const BlockQ8_0* x, float* y, size_t n);
 // Per block: m = the value of largest magnitude (the first one, with its sign), d = m / -8,
 // q = min(15, trunc(x * (1 / d) + 8.5)), d stored as f16.
@@ -586,8 +591,14 @@ void softmax(float* x, size_t n);
 // out = silu(gate) * up, silu(g) = g / (1 + exp(-g)) (out may alias gate or up).
 void swiglu(const float* gate, const float* up, size_t n, float* out);
 // out = gelu(x) with the tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))),
-// as GPT-2 and Gemma were trained with (out may alias x).
+// as GPT-2, Gemma and BERT's GGUF files run it, evaluated as llama.cpp does: at x rounded to f16,
+// the result rounded to f16 (gelu_f16_table), 0 at or below -10 and x at or above 10. Matching
+// its rounding matters where int8 quantization follows (the input of Q8_0 ffn_down): a value
+// off by an f16 ulp can move to the next int8 code, and such steps add up to 1e-3 of the
+// output (out may alias x).
 void gelu(const float* x, size_t n, float* out);
+// The f16-rounded gelu of every f16 value, by its bits (computed once, in f32 as llama.cpp).
+const float* gelu_f16_table();
 // out = gelu(gate) * up (out may alias gate or up).
 void geglu(const float* gate, const float* up, size_t n, float* out);
 // n_q query heads that share one KV head (grouped-query attention), over its cached tokens
@@ -623,6 +634,8 @@ void softmax(float* x, size_t n);
 void swiglu(const float* gate, const float* up, size_t n, float* out);
 // GELU's tanh approximation in double precision.
 double gelu(double x);
+// gelu(double) of x rounded to f16, rounded to f16, with detail::gelu's limits at +-10 (no
+// table: the roundings by f32_to_fp16).
 void gelu(const float* x, size_t n, float* out);
 void geglu(const float* gate, const float* up, size_t n, float* out);
 void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
@@ -640,8 +653,8 @@ void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
 namespace sllm {
 namespace detail {
 
-// Activation rows quantized with the values and scales of ggml's reference Q8_0 quantizer
-// (ref::quantize_row_q8_0), laid out for the kernels rather than as Q8_0 blocks: each row's
+// Activation rows quantized with the values and scales of ggml's x86 activation quantizer
+// (ref::quantize_activations_q8_0), laid out for the kernels rather than as Q8_0 blocks: each row's
 // codes are contiguous, its scales are f32, and both are padded with zeros so that the kernels
 // can read whole vectors past the last block.
 struct QuantizedActivations {
@@ -889,6 +902,15 @@ struct ArchitectureTraits {
   bool all_biases = false;              // every projection must have a bias
   bool scaled_embedding = false;        // token embeddings are multiplied by sqrt(n_embd)
   bool honours_sliding_window = false;  // attention.sliding_window limits attention
+  bool token_types = false;             // token_types.weight's row 0 (the first segment) is added
+                                        // to every embedding (BERT)
+  bool embedding_norm = false;          // token_embd_norm normalizes the summed embeddings
+  // The layers normalize after each residual addition (attn_output_norm, layer_output_norm)
+  // instead of before attention and the FFN, so there is no output norm (BERT's post-LN).
+  bool post_norm = false;
+  // false: an encoder. Each token attends to the whole text, before and after it, and the
+  // model has no LM head: it gives hidden states (embeddings), not next-token logits.
+  bool causal = true;
 };
 
 // Hyperparameters of a transformer, read from GGUF metadata (keys under "ARCH.").
@@ -933,9 +955,11 @@ class ForwardScratch {
   detail::AlignedBuffer<float> rope_cos_, rope_sin_;
   std::vector<KvSequence*> seqs_;  // the sequence and position of each token of the batch
   std::vector<size_t> pos_;
+  std::vector<size_t> end_;  // the token attends to its sequence's positions before end_
 };
 
-// A decoder-only transformer whose weights are views into an open GGUF (which must outlive it).
+// A transformer (decoder, or encoder where !traits.causal) whose weights are views into an open
+// GGUF (which must outlive it).
 // Thread safety: it is read-only after load(), so forward passes may run at the same time in
 // several threads, each with its own ForwardScratch and sequences of a pool no other thread uses.
 class Transformer {
@@ -950,7 +974,8 @@ class Transformer {
   // values to seq, and writes logits: n_vocab floats for the last position (kLast), n * n_vocab,
   // row per position (kAll), or nothing (kNone; logits may be null). Error, with seq unchanged,
   // for a token id outside the vocabulary, a KV pool of another shape, context overflow (also
-  // past the learned positions of a model that has them) or an exhausted pool.
+  // past the learned positions of a model that has them) or an exhausted pool, and for an
+  // encoder (which has no logits).
   void forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& scratch,
                float* logits, LogitsFor which = LogitsFor::kLast) const;
   // One decode step of n distinct sequences at once: seqs[i] gets tokens[i] after its own
@@ -961,12 +986,20 @@ class Transformer {
   // and leaves out those that fail.
   void forward_batch(const int32_t* tokens, KvSequence* const* seqs, size_t n,
                      ForwardScratch& scratch, float* logits) const;
+  // Several texts in one pass, for their hidden states (embeddings): text i is the next
+  // sizes[i] tokens of tokens, evaluated after those already in seqs[i] (distinct sequences).
+  // Attention stays within each text's sequence: causal in a decoder, over the whole sequence
+  // in an encoder. states gets one row of n_embd floats per token, in order: its final hidden
+  // state (the output norm's output; in post-norm encoders the last layer's). Errors as for
+  // forward (the message names the text), with every sequence's size unchanged.
+  void forward_states(const int32_t* tokens, const size_t* sizes, KvSequence* const* seqs,
+                      size_t n_texts, ForwardScratch& scratch, float* states) const;
 
  private:
   Transformer() = default;  // made by load()
   struct Norm {
-    const float* weight = nullptr;
-    const float* bias = nullptr;  // LayerNorm only
+    const float* weight = nullptr;  // null: no norm (the output of post-norm models)
+    const float* bias = nullptr;    // LayerNorm only
   };
   struct Linear {
     detail::MatrixView weight;
@@ -987,9 +1020,11 @@ class Transformer {
   void prepare(ForwardScratch& s, size_t n) const;
   void check_tokens(const int32_t* tokens, size_t n) const;
   void check_sequence(const KvSequence& seq, size_t n) const;
-  // The batch's layers over scratch's sequences and positions (reserved), then logits.
-  void run(const int32_t* tokens, size_t n, ForwardScratch& s, float* logits,
-           LogitsFor which) const;
+  void check_decoder() const;
+  // The batch's layers over scratch's sequences, positions and attention ends (reserved).
+  void run(const int32_t* tokens, size_t n, ForwardScratch& s) const;
+  // The output norm and the LM head over the rows [first, n) of the batch.
+  void output_logits(ForwardScratch& s, size_t first, size_t n, float* logits) const;
   void embed(const int32_t* tokens, size_t n, ForwardScratch& s) const;
   void normalize(const Norm& norm, const float* x, size_t n, float* out) const;
   // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride.
@@ -1008,6 +1043,8 @@ class Transformer {
   int n_threads_ = 1;
   detail::MatrixView token_embd_;
   detail::MatrixView position_embd_;  // learned positions only
+  detail::MatrixView token_types_;    // token types only
+  Norm embedding_norm_;
   Norm output_norm_;
   Linear output_;
   const float* rope_freqs_ = nullptr;  // Llama 3.1 rope frequency factors, when present
@@ -1017,8 +1054,8 @@ class Transformer {
 }  // namespace sllm
 
 // ---- unicode_tables.h ----
-// Unicode character classes for the tokenizer's pre-tokenizers: sorted ranges of code
-// points with equal classes.
+// Unicode data for the tokenizers: the character classes of the pre-tokenizers, and the
+// lower-case accent-free forms of WordPiece (BERT) normalization.
 // GENERATED by tools/gen_unicode_tables.cpp from the Unicode Character Database 15.0.0
 // (UnicodeData.txt, PropList.txt) -- do not edit. Regenerate with
 //   cmake --build BUILD_DIR --target sllm_unicode_tables      (or meson: ninja unicode_tables)
@@ -1329,6 +1366,438 @@ inline constexpr uint32_t kUnicodeRanges[2274] = {
     0x10000040, 0x10FFFE00,
 };
 
+// Lower case without accents, as BERT's normalizer makes it: the lower case (simple
+// mapping) of the canonical decomposition (NFD) with its nonspacing marks (Mn) removed.
+// Code points in no run map to themselves; Hangul syllables (U+AC00..U+D7A3) decompose
+// into their jamo by arithmetic instead.
+enum UnicodeFoldKind : uint8_t {
+  kFoldDelta = 0,     // to code point + value
+  kFoldTarget = 1,    // to code point value
+  kFoldRemove = 2,    // to nothing (a nonspacing mark)
+  kFoldSequence = 3,  // to kUnicodeFoldSequences[value >> 8 ...], value & 0xFF of them
+};
+// A run of count code points first, first + stride, ... that map alike. key is
+// first << 11 | (count - 1) << 3 | (stride - 1) << 2 | kind. Sorted; runs do not overlap.
+struct UnicodeFoldRun {
+  uint32_t key;
+  int32_t value;
+};
+inline constexpr UnicodeFoldRun kUnicodeFoldRuns[1832] = {
+    {0x208C8, 32}, {0x60029, 97}, {0x63000, 32}, {0x63800, -100}, {0x64019, 101}, {0x66019, 105},
+    {0x68000, 32}, {0x68808, -99}, {0x69819, 111}, {0x6C000, 32}, {0x6C819, 117}, {0x6E800, -100},
+    {0x6F000, 32}, {0x70029, 97}, {0x73800, -132}, {0x74019, 101}, {0x76019, 105}, {0x78808, -131},
+    {0x79819, 111}, {0x7C819, 117}, {0x7E80D, 121}, {0x80029, 97}, {0x83039, 99}, {0x87009, 100},
+    {0x88000, 1}, {0x89049, 101}, {0x8E039, 103}, {0x92009, 104}, {0x93000, 1}, {0x94041, 105},
+    {0x99000, 1}, {0x9A009, 106}, {0x9B009, 107}, {0x9C829, 108}, {0x9F80C, 1}, {0xA1829, 110},
+    {0xA5000, 1}, {0xA6029, 111}, {0xA9000, 1}, {0xAA029, 114}, {0xAD039, 115}, {0xB1019, 116},
+    {0xB3000, 1}, {0xB4059, 117}, {0xBA009, 119}, {0xBB011, 121}, {0xBC829, 122}, {0xC0800, 210},
+    {0xC100C, 1}, {0xC3000, 206}, {0xC3800, 1}, {0xC4808, 205}, {0xC5800, 1}, {0xC7000, 79},
+    {0xC7800, 202}, {0xC8000, 203}, {0xC8800, 1}, {0xC9800, 205}, {0xCA000, 207}, {0xCB000, 211},
+    {0xCB800, 209}, {0xCC000, 1}, {0xCE000, 211}, {0xCE800, 213}, {0xCF800, 214}, {0xD0009, 111},
+    {0xD100C, 1}, {0xD3000, 218}, {0xD3800, 1}, {0xD4800, 218}, {0xD6000, 1}, {0xD7000, 218},
+    {0xD7809, 117}, {0xD8808, 217}, {0xD980C, 1}, {0xDB800, 219}, {0xDC000, 1}, {0xDE000, 1},
+    {0xE2009, 454}, {0xE3809, 457}, {0xE5009, 460}, {0xE6809, 97}, {0xE7809, 105}, {0xE8809, 111},
+    {0xE9849, 117}, {0xEF019, 97}, {0xF1009, 230}, {0xF2000, 1}, {0xF3009, 103}, {0xF4009, 107},
+    {0xF5019, 111}, {0xF7009, 658}, {0xF8000, -390}, {0xF8809, 499}, {0xFA009, 103},
+    {0xFB000, -97}, {0xFB800, -56}, {0xFC009, 110}, {0xFD009, 97}, {0xFE009, 230}, {0xFF009, 248},
+    {0x100019, 97}, {0x102019, 101}, {0x104019, 105}, {0x106019, 111}, {0x108019, 114},
+    {0x10A019, 117}, {0x10C009, 115}, {0x10D009, 116}, {0x10E000, 1}, {0x10F009, 104},
+    {0x110000, -130}, {0x11100C, 1}, {0x113009, 97}, {0x114009, 101}, {0x115039, 111},
+    {0x119009, 121}, {0x11D000, 10795}, {0x11D800, 1}, {0x11E800, -163}, {0x11F000, 10792},
+    {0x120800, 1}, {0x121800, -195}, {0x122000, 69}, {0x122800, 71}, {0x123024, 1}, {0x18037A, 0},
+    {0x1B800C, 1}, {0x1BA000, -187}, {0x1BB000, 1}, {0x1BF000, -835}, {0x1BF800, 116},
+    {0x1C2800, -733}, {0x1C3000, 43}, {0x1C3800, -720}, {0x1C4000, 45}, {0x1C4800, 46},
+    {0x1C5000, 47}, {0x1C6000, 51}, {0x1C7000, 55}, {0x1C7800, 58}, {0x1C8000, 41}, {0x1C8880, 32},
+    {0x1D1830, 32}, {0x1D5000, 15}, {0x1D5800, 26}, {0x1D6000, 5}, {0x1D6800, 8}, {0x1D7000, 9},
+    {0x1D7800, 10}, {0x1D8000, 21}, {0x1E5000, -17}, {0x1E5800, -6}, {0x1E6000, -13},
+    {0x1E6800, -8}, {0x1E7000, -5}, {0x1E7800, 8}, {0x1E9809, 978}, {0x1EC05C, 1}, {0x1FA000, -60},
+    {0x1FB800, 1}, {0x1FC800, -7}, {0x1FD000, 1}, {0x1FE810, -130}, {0x200009, 1077},
+    {0x201000, 80}, {0x201800, 48}, {0x202010, 80}, {0x203800, 79}, {0x204018, 80}, {0x206000, 46},
+    {0x206800, 43}, {0x207000, 53}, {0x207800, 80}, {0x208040, 32}, {0x20C800, 31}, {0x20D0A8, 32},
+    {0x21C800, -1}, {0x228009, 1077}, {0x229800, -32}, {0x22B800, -1}, {0x22E000, -34},
+    {0x22E800, -37}, {0x22F000, -27}, {0x230054, 1}, {0x23B009, 1141}, {0x23C024, 1},
+    {0x241822, 0}, {0x2450D4, 1}, {0x260000, 15}, {0x260809, 1078}, {0x26182C, 1}, {0x268019, 1072},
+    {0x26A000, 1}, {0x26B009, 1077}, {0x26C00D, 1241}, {0x26D800, -2}, {0x26E009, 1078},
+    {0x26F009, 1079}, {0x270000, 1}, {0x271019, 1080}, {0x273009, 1086}, {0x27400D, 1257},
+    {0x275800, -2}, {0x276009, 1101}, {0x277029, 1091}, {0x27A009, 1095}, {0x27B000, 1},
+    {0x27C009, 1099}, {0x27D0D4, 1}, {0x298928, 48}, {0x2C8962, 0}, {0x2DF80E, 0}, {0x2E100E, 0},
+    {0x2E280E, 0}, {0x308052, 0}, {0x311009, 1575}, {0x312000, 36}, {0x312800, 2}, {0x313000, 36},
+    {0x3258A2, 0}, {0x338002, 0}, {0x360000, 21}, {0x361000, -1}, {0x369800, -1}, {0x36B032, 0},
+    {0x36F82A, 0}, {0x37380A, 0}, {0x37501A, 0}, {0x388802, 0}, {0x3980D2, 0}, {0x3D3052, 0},
+    {0x3F5842, 0}, {0x3FE802, 0}, {0x40B01A, 0}, {0x40D842, 0}, {0x412812, 0}, {0x414822, 0},
+    {0x42C812, 0}, {0x44C03A, 0}, {0x4650BA, 0}, {0x4718FA, 0}, {0x494800, -1}, {0x498800, -1},
+    {0x49A000, -1}, {0x49D00E, 0}, {0x4A083A, 0}, {0x4A6802, 0}, {0x4A8832, 0}, {0x4AC010, -67},
+    {0x4AD800, -63}, {0x4AE008, -59}, {0x4AF000, -51}, {0x4AF800, -48}, {0x4B100A, 0},
+    {0x4C0802, 0}, {0x4DE002, 0}, {0x4E081A, 0}, {0x4E5803, 2}, {0x4E6003, 514}, {0x4E6802, 0},
+    {0x4EE008, -59}, {0x4EF800, -48}, {0x4F100A, 0}, {0x4FF002, 0}, {0x50080A, 0}, {0x519800, -1},
+    {0x51B000, 2}, {0x51E002, 0}, {0x52080A, 0}, {0x52380A, 0}, {0x525812, 0}, {0x528802, 0},
+    {0x52C808, -67}, {0x52D800, -63}, {0x52F000, -51}, {0x53800A, 0}, {0x53A802, 0},
+    {0x54080A, 0}, {0x55E002, 0}, {0x560822, 0}, {0x56380A, 0}, {0x566802, 0}, {0x57100A, 0},
+    {0x57D02A, 0}, {0x580802, 0}, {0x59E002, 0}, {0x59F80E, 0}, {0x5A1012, 0}, {0x5A4000, -1},
+    {0x5A5803, 1026}, {0x5A6003, 1538}, {0x5A6802, 0}, {0x5AA80A, 0}, {0x5AE008, -59},
+    {0x5B100A, 0}, {0x5C1002, 0}, {0x5CA003, 2050}, {0x5E0002, 0}, {0x5E5003, 2562},
+    {0x5E5803, 3074}, {0x5E6003, 3586}, {0x5E6802, 0}, {0x600002, 0}, {0x602002, 0},
+    {0x61E00E, 0}, {0x61F80A, 0}, {0x623012, 0}, {0x62501A, 0}, {0x62A80A, 0}, {0x63100A, 0},
+    {0x640802, 0}, {0x65E002, 0}, {0x65F802, 0}, {0x660000, 21}, {0x663002, 0}, {0x663808, 14},
+    {0x665000, -8}, {0x665803, 4098}, {0x66600A, 0}, {0x67100A, 0}, {0x68000A, 0}, {0x69D80A, 0},
+    {0x6A081A, 0}, {0x6A5003, 4610}, {0x6A5803, 5122}, {0x6A6003, 5634}, {0x6A6802, 0},
+    {0x6B100A, 0}, {0x6C0802, 0}, {0x6E5002, 0}, {0x6E9012, 0}, {0x6EB002, 0}, {0x6ED000, -1},
+    {0x6EE003, 6146}, {0x6EE803, 6658}, {0x6EF003, 7170}, {0x718802, 0}, {0x71A032, 0},
+    {0x72383A, 0}, {0x758802, 0}, {0x75A042, 0}, {0x764032, 0}, {0x78C00A, 0}, {0x79A816, 0},
+    {0x7A1800, -1}, {0x7A6800, -1}, {0x7A9000, -1}, {0x7AB800, -1}, {0x7AE000, -1}, {0x7B4800, -41},
+    {0x7B886A, 0}, {0x7C0022, 0}, {0x7C300A, 0}, {0x7C6852, 0}, {0x7CC91A, 0}, {0x7E3002, 0},
+    {0x813000, -1}, {0x81681A, 0}, {0x81902A, 0}, {0x81C80A, 0}, {0x81E80A, 0}, {0x82C00A, 0},
+    {0x82F012, 0}, {0x83881A, 0}, {0x841002, 0}, {0x84280A, 0}, {0x846802, 0}, {0x84E802, 0},
+    {0x850128, 7264}, {0x863800, 7264}, {0x866800, 7264}, {0x9AE812, 0}, {0x9D0278, 38864},
+    {0x9F8028, 8}, {0xB89012, 0}, {0xB9900A, 0}, {0xBA900A, 0}, {0xBB900A, 0}, {0xBDA00A, 0},
+    {0xBDB832, 0}, {0xBE3002, 0}, {0xBE4852, 0}, {0xBEE802, 0}, {0xC05812, 0}, {0xC07802, 0},
+    {0xC4280A, 0}, {0xC54802, 0}, {0xC90012, 0}, {0xC9380A, 0}, {0xC99002, 0}, {0xC9C812, 0},
+    {0xD0B80A, 0}, {0xD0D802, 0}, {0xD2B00E, 0}, {0xD2C82A, 0}, {0xD3000E, 0}, {0xD3283A, 0},
+    {0xD3984A, 0}, {0xD3F802, 0}, {0xD5806A, 0}, {0xD5F87A, 0}, {0xD8001A, 0}, {0xD83003, 7682},
+    {0xD84003, 8194}, {0xD85003, 8706}, {0xD86003, 9218}, {0xD87003, 9730}, {0xD89003, 10242},
+    {0xD9A00E, 0}, {0xD9B81A, 0}, {0xD9D800, -6}, {0xD9E002, 0}, {0xD9E800, -8}, {0xDA0003, 10754},
+    {0xDA0803, 11266}, {0xDA1002, 0}, {0xDA1800, -14}, {0xDB5842, 0}, {0xDC000A, 0},
+    {0xDD101A, 0}, {0xDD400A, 0}, {0xDD5812, 0}, {0xDF300E, 0}, {0xDF4802, 0}, {0xDF680E, 0},
+    {0xDF800A, 0}, {0xE1603A, 0}, {0xE1B00A, 0}, {0xE48150, -3008}, {0xE5E810, -3008},
+    {0xE68012, 0}, {0xE6A062, 0}, {0xE71032, 0}, {0xE76802, 0}, {0xE7A002, 0}, {0xE7C00A, 0},
+    {0xEE01FA, 0}, {0xF00009, 97}, {0xF01029, 98}, {0xF04009, 99}, {0xF05049, 100}, {0xF0A049, 101},
+    {0xF0F009, 102}, {0xF10009, 103}, {0xF11049, 104}, {0xF16019, 105}, {0xF18029, 107},
+    {0xF1B039, 108}, {0xF1F029, 109}, {0xF22039, 110}, {0xF26039, 111}, {0xF2A019, 112},
+    {0xF2C039, 114}, {0xF30049, 115}, {0xF35039, 116}, {0xF39049, 117}, {0xF3E019, 118},
+    {0xF40049, 119}, {0xF45019, 120}, {0xF47009, 121}, {0xF48029, 122}, {0xF4B000, -7726},
+    {0xF4B800, -7715}, {0xF4C000, -7713}, {0xF4C800, -7712}, {0xF4D800, -7452}, {0xF4F000, -7615},
+    {0xF500B9, 97}, {0xF5C079, 101}, {0xF64019, 105}, {0xF660B9, 111}, {0xF72069, 117},
+    {0xF79039, 121}, {0xF7D014, 1}, {0xF80079, 945}, {0xF88029, 949}, {0xF8C029, 949},
+    {0xF90079, 951}, {0xF98079, 953}, {0xFA0029, 959}, {0xFA4029, 959}, {0xFA8039, 965},
+    {0xFAC81D, 965}, {0xFB0079, 969}, {0xFB8009, 945}, {0xFB9009, 949}, {0xFBA009, 951},
+    {0xFBB009, 953}, {0xFBC009, 959}, {0xFBD009, 965}, {0xFBE009, 969}, {0xFC0079, 945},
+    {0xFC8079, 951}, {0xFD0079, 969}, {0xFD8021, 945}, {0xFDB031, 945}, {0xFDF000, -7173},
+    {0xFE0800, -7961}, {0xFE1011, 951}, {0xFE3009, 951}, {0xFE4009, 949}, {0xFE5011, 951},
+    {0xFE6811, 8127}, {0xFE8019, 953}, {0xFEB029, 953}, {0xFEE811, 8190}, {0xFF0019, 965},
+    {0xFF2009, 961}, {0xFF3029, 965}, {0xFF6000, -7211}, {0xFF6809, 168}, {0xFF7800, -8079},
+    {0xFF9011, 969}, {0xFFB009, 969}, {0xFFC009, 959}, {0xFFD011, 969}, {0xFFE800, -8009},
+    {0x1000008, 2}, {0x1068062, 0}, {0x1070802, 0}, {0x107285A, 0}, {0x1093000, -7517},
+    {0x1095000, -8383}, {0x1095800, -8394}, {0x1099000, 28}, {0x10B0078, 16}, {0x10C1800, 1},
+    {0x10CD000, -10}, {0x10CD800, -9}, {0x10D7000, -26}, {0x10E6800, 3}, {0x10E7000, 6},
+    {0x10E7800, 3}, {0x1102000, -1}, {0x1104800, -1}, {0x1106000, -1}, {0x111200C, -1},
+    {0x1120800, -5}, {0x1122000, -1}, {0x1123800, -2}, {0x1124800, -1}, {0x1130000, -8739},
+    {0x1131000, -1}, {0x1136800, -32}, {0x1137000, -8754}, {0x1137800, -8753}, {0x1138008, -12},
+    {0x113A008, -2}, {0x113C008, -2}, {0x1140008, -6}, {0x1142008, -2}, {0x1144008, -2},
+    {0x1156000, -10}, {0x1156808, -5}, {0x1157800, -4}, {0x1170008, -100}, {0x1171008, -81},
+    {0x1175018, -56}, {0x1194808, 3295}, {0x125B0C8, 26}, {0x156E000, 1}, {0x1600178, 48},
+    {0x1630000, 1}, {0x1631000, -10743}, {0x1631800, -3814}, {0x1632000, -10727}, {0x1633814, 1},
+    {0x1636800, -10780}, {0x1637000, -10749}, {0x1637800, -10783}, {0x1638000, -10782},
+    {0x1639000, 1}, {0x163A800, 1}, {0x163F008, -10815}, {0x164018C, 1}, {0x167580C, 1},
+    {0x1677812, 0}, {0x1679000, 1}, {0x16BF802, 0}, {0x16F00FA, 0}, {0x181501A, 0}, {0x182605C, -1},
+    {0x1832814, -1}, {0x1838009, 12399}, {0x1839809, 12402}, {0x183B009, 12405}, {0x183C809, 12408},
+    {0x183E009, 12411}, {0x184A000, -78}, {0x184C80A, 0}, {0x184F000, -1}, {0x185605C, -1},
+    {0x1862814, -1}, {0x1868009, 12495}, {0x1869809, 12498}, {0x186B009, 12501}, {0x186C809, 12504},
+    {0x186E009, 12507}, {0x187A000, -78}, {0x187B818, -8}, {0x187F000, -1}, {0x53200B4, 1},
+    {0x5337802, 0}, {0x533A04A, 0}, {0x534006C, 1}, {0x534F00A, 0}, {0x537800A, 0}, {0x5391034, 1},
+    {0x53990F4, 1}, {0x53BC80C, 1}, {0x53BE800, -35332}, {0x53BF024, 1}, {0x53C5800, 1},
+    {0x53C6800, -42280}, {0x53C800C, 1}, {0x53CB04C, 1}, {0x53D5000, -42308}, {0x53D5800, -42319},
+    {0x53D6000, -42315}, {0x53D6800, -42305}, {0x53D7000, -42308}, {0x53D8000, -42258},
+    {0x53D8800, -42282}, {0x53D9000, -42261}, {0x53D9800, 928}, {0x53DA03C, 1}, {0x53E2000, -48},
+    {0x53E2800, -42307}, {0x53E3000, -35384}, {0x53E380C, 1}, {0x53E8000, 1}, {0x53EB00C, 1},
+    {0x53FA800, 1}, {0x5401002, 0}, {0x5403002, 0}, {0x5405802, 0}, {0x541280A, 0}, {0x5416002, 0},
+    {0x546200A, 0}, {0x547008A, 0}, {0x547F802, 0}, {0x549303A, 0}, {0x54A3852, 0}, {0x54C0012, 0},
+    {0x54D9802, 0}, {0x54DB01A, 0}, {0x54DE00A, 0}, {0x54F2802, 0}, {0x551482A, 0}, {0x551880A, 0},
+    {0x551A80A, 0}, {0x5521802, 0}, {0x5526002, 0}, {0x553E002, 0}, {0x555800E, 0}, {0x555980A, 0},
+    {0x555B80A, 0}, {0x555F00A, 0}, {0x5560802, 0}, {0x557600A, 0}, {0x557B002, 0}, {0x55F2802, 0},
+    {0x55F4002, 0}, {0x55F6802, 0}, {0x7C80000, -27832}, {0x7C80800, -37389}, {0x7C81000, -27192},
+    {0x7C81800, -27707}, {0x7C82000, -35379}, {0x7C82800, -43731}, {0x7C83000, -42273},
+    {0x7C83809, 40860}, {0x7C84800, -40888}, {0x7C85000, -26425}, {0x7C85800, -41860},
+    {0x7C86000, -40900}, {0x7C86800, -38679}, {0x7C87000, -33445}, {0x7C87800, -31114},
+    {0x7C88000, -29393}, {0x7C88800, -29015}, {0x7C89000, -28698}, {0x7C89800, -26756},
+    {0x7C8A000, -36626}, {0x7C8A800, -35834}, {0x7C8B000, -34877}, {0x7C8B800, -34105},
+    {0x7C8C000, -29915}, {0x7C8C800, -26543}, {0x7C8D000, -24361}, {0x7C8D800, -43673},
+    {0x7C8E000, -42407}, {0x7C8E800, -36377}, {0x7C8F000, -34563}, {0x7C8F800, -29426},
+    {0x7C90000, -23298}, {0x7C90800, -39889}, {0x7C91000, -35127}, {0x7C91800, -29526},
+    {0x7C92000, -28608}, {0x7C92800, -38492}, {0x7C93000, -30542}, {0x7C93800, -28936},
+    {0x7C94000, -39518}, {0x7C94800, -37394}, {0x7C95000, -35776}, {0x7C95800, -34351},
+    {0x7C96000, -26718}, {0x7C96800, -43431}, {0x7C97000, -42871}, {0x7C97800, -42577},
+    {0x7C98000, -37996}, {0x7C98800, -36446}, {0x7C99000, -34594}, {0x7C99800, -33356},
+    {0x7C9A000, -31027}, {0x7C9A800, -29487}, {0x7C9B000, -29402}, {0x7C9B800, -27464},
+    {0x7C9C000, -25094}, {0x7C9C800, -24010}, {0x7C9D000, -23360}, {0x7C9D800, -32943},
+    {0x7C9E000, -32701}, {0x7C9E800, -31645}, {0x7C9F000, -30069}, {0x7C9F800, -26171},
+    {0x7CA0000, -23233}, {0x7CA0800, -28267}, {0x7CA1000, -41059}, {0x7CA1800, -39487},
+    {0x7CA2000, -31972}, {0x7CA2800, -30919}, {0x7CA3000, -34532}, {0x7CA3800, -32893},
+    {0x7CA4000, -27782}, {0x7CA4800, -25170}, {0x7CA5000, -41074}, {0x7CA5800, -40169},
+    {0x7CA6000, -36665}, {0x7CA6800, -35699}, {0x7CA7000, -35391}, {0x7CA7800, -31776},
+    {0x7CA8000, -31513}, {0x7CA8800, -25350}, {0x7CA9000, -42624}, {0x7CA9800, -30920},
+    {0x7CAA000, -42872}, {0x7CAA800, -42889}, {0x7CAB000, -32570}, {0x7CAB800, -31641},
+    {0x7CAC000, -30055}, {0x7CAC800, -25316}, {0x7CAD000, -28122}, {0x7CAD800, -38540},
+    {0x7CAE000, -36698}, {0x7CAE800, -28255}, {0x7CAF000, -43813}, {0x7CAF800, -40312},
+    {0x7CB0000, -39246}, {0x7CB0800, -34266}, {0x7CB1000, -33778}, {0x7CB1800, -42572},
+    {0x7CB2000, -32873}, {0x7CB2800, -43430}, {0x7CB3000, -39357}, {0x7CB3800, -43866},
+    {0x7CB4000, -35996}, {0x7CB4800, -37873}, {0x7CB5000, -31816}, {0x7CB5800, -42408},
+    {0x7CB6000, -41230}, {0x7CB6800, -33388}, {0x7CB7000, -29989}, {0x7CB7800, -28357},
+    {0x7CB8000, -36278}, {0x7CB8800, -27073}, {0x7CB9000, -36074}, {0x7CB9800, -38517},
+    {0x7CBA000, -30351}, {0x7CBA800, -38357}, {0x7CBB000, -33809}, {0x7CBB800, -43721},
+    {0x7CBC000, -43023}, {0x7CBC800, -42928}, {0x7CBD000, -37113}, {0x7CBD800, -31892},
+    {0x7CBE000, -30477}, {0x7CBE800, -28331}, {0x7CBF000, -26543}, {0x7CBF800, -42634},
+    {0x7CC0000, -42302}, {0x7CC0800, -40974}, {0x7CC1000, -39574}, {0x7CC1800, -37822},
+    {0x7CC2000, -35206}, {0x7CC2800, -32859}, {0x7CC3000, -25561}, {0x7CC3800, -24349},
+    {0x7CC4000, -23281}, {0x7CC4800, -23227}, {0x7CC5000, -42735}, {0x7CC5800, -37573},
+    {0x7CC6000, -36373}, {0x7CC6800, -27179}, {0x7CC7000, -39706}, {0x7CC7800, -38911},
+    {0x7CC8000, -38800}, {0x7CC8800, -38135}, {0x7CC9000, -35439}, {0x7CC9800, -34890},
+    {0x7CCA000, -34059}, {0x7CCA800, -32715}, {0x7CCB000, -31650}, {0x7CCB800, -31016},
+    {0x7CCC000, -27250}, {0x7CCC800, -29867}, {0x7CCD000, -26999}, {0x7CCD800, -26193},
+    {0x7CCE000, -42885}, {0x7CCE800, -42746}, {0x7CCF000, -42209}, {0x7CCF800, -35031},
+    {0x7CD0000, -28894}, {0x7CD0800, -28407}, {0x7CD1000, -39641}, {0x7CD1800, -39342},
+    {0x7CD2000, -38441}, {0x7CD2800, -36343}, {0x7CD3000, -32104}, {0x7CD3800, -34354},
+    {0x7CD4000, -43716}, {0x7CD4800, -41648}, {0x7CD5000, -40387}, {0x7CD5800, -39921},
+    {0x7CD6000, -39312}, {0x7CD6800, -34299}, {0x7CD7000, -34117}, {0x7CD7800, -31253},
+    {0x7CD8000, -31082}, {0x7CD8800, -26493}, {0x7CD9000, -25276}, {0x7CD9800, -25195},
+    {0x7CDA000, -24988}, {0x7CDA800, -43562}, {0x7CDB000, -32776}, {0x7CDB800, -26627},
+    {0x7CDC000, -25344}, {0x7CDC800, -39128}, {0x7CDD000, -43828}, {0x7CDD800, -43233},
+    {0x7CDE000, -40398}, {0x7CDE800, -40318}, {0x7CDF000, -37925}, {0x7CDF800, -36797},
+    {0x7CE0000, -34802}, {0x7CE0800, -33663}, {0x7CE1000, -29894}, {0x7CE1800, -26951},
+    {0x7CE2000, -23095}, {0x7CE2800, -37693}, {0x7CE3000, -25496}, {0x7CE3800, -42814},
+    {0x7CE4000, -37453}, {0x7CE4800, -37334}, {0x7CE5000, -35977}, {0x7CE5800, -35631},
+    {0x7CE6000, -34243}, {0x7CE6800, -33908}, {0x7CE7000, -33123}, {0x7CE7800, -31935},
+    {0x7CE8000, -24946}, {0x7CE8800, -43108}, {0x7CE9000, -38820}, {0x7CE9800, -25435},
+    {0x7CEA000, -43433}, {0x7CEA800, -40124}, {0x7CEB000, -35820}, {0x7CEB800, -27309},
+    {0x7CEC000, -39501}, {0x7CEC800, -39061}, {0x7CED000, -37315}, {0x7CED800, -34388},
+    {0x7CEE000, -25430}, {0x7CEE800, -42932}, {0x7CEF000, -42447}, {0x7CEF800, -40314},
+    {0x7CF0000, -37837}, {0x7CF0800, -37523}, {0x7CF1000, -37178}, {0x7CF1800, -36094},
+    {0x7CF2000, -34270}, {0x7CF2800, -33795}, {0x7CF3000, -31341}, {0x7CF3800, -28952},
+    {0x7CF4000, -28935}, {0x7CF4800, -26653}, {0x7CF5000, -25352}, {0x7CF5800, -42668},
+    {0x7CF6000, -35634}, {0x7CF6800, -42448}, {0x7CF7000, -34846}, {0x7CF7800, -34135},
+    {0x7CF8000, -29686}, {0x7CF8800, -25422}, {0x7CF9000, -23963}, {0x7CF9800, -23380},
+    {0x7CFA000, -37469}, {0x7CFA800, -35882}, {0x7CFB000, -30734}, {0x7CFB800, -32556},
+    {0x7CFC000, -32472}, {0x7CFC800, -32103}, {0x7CFD000, -34618}, {0x7CFD800, -35170},
+    {0x7CFE000, -28324}, {0x7CFE800, -43837}, {0x7CFF000, -30408}, {0x7CFF800, -42949},
+    {0x7D00000, -43001}, {0x7D00800, -39771}, {0x7D01000, -38703}, {0x7D01800, -32045},
+    {0x7D02000, -40575}, {0x7D02800, -36071}, {0x7D03000, -37714}, {0x7D03800, -27340},
+    {0x7D04000, -29116}, {0x7D04800, -25532}, {0x7D05000, -28799}, {0x7D05800, -39736},
+    {0x7D06000, -43212}, {0x7D06800, -42061}, {0x7D08000, -41398}, {0x7D09000, -37790},
+    {0x7D0A800, -43063}, {0x7D0B000, -34540}, {0x7D0B800, -33613}, {0x7D0C000, -32988},
+    {0x7D0C800, -32955}, {0x7D0D000, -32949}, {0x7D0D800, -32908}, {0x7D0E000, -25286},
+    {0x7D0E800, -32095}, {0x7D0F000, -31329}, {0x7D10000, -29710}, {0x7D11000, -28458},
+    {0x7D12800, -27117}, {0x7D13000, -26921}, {0x7D15000, -24891}, {0x7D15800, -24879},
+    {0x7D16000, -24836}, {0x7D16800, -23673}, {0x7D17000, -26960}, {0x7D17800, -25464},
+    {0x7D18000, -43650}, {0x7D18800, -43338}, {0x7D19000, -43237}, {0x7D19800, -42858},
+    {0x7D1A000, -42832}, {0x7D1A800, -42724}, {0x7D1B000, -42137}, {0x7D1B800, -42033},
+    {0x7D1C000, -41936}, {0x7D1C800, -41465}, {0x7D1D000, -41362}, {0x7D1D800, -40407},
+    {0x7D1E000, -40398}, {0x7D1E800, -39337}, {0x7D1F000, -39126}, {0x7D1F800, -39089},
+    {0x7D20000, -38990}, {0x7D20800, -38130}, {0x7D21000, -37984}, {0x7D21800, -37810},
+    {0x7D22000, -37311}, {0x7D22800, -36046}, {0x7D23000, -35884}, {0x7D23800, -35621},
+    {0x7D24000, -35034}, {0x7D24800, -34846}, {0x7D25000, -34344}, {0x7D25800, -33210},
+    {0x7D26000, -33038}, {0x7D26800, -33028}, {0x7D27000, -33030}, {0x7D27800, -33023},
+    {0x7D28000, -33018}, {0x7D28800, -33012}, {0x7D29008, -32965}, {0x7D2A000, -32788},
+    {0x7D2A800, -32724}, {0x7D2B000, -32406}, {0x7D2B800, -31843}, {0x7D2C000, -31823},
+    {0x7D2C800, -31768}, {0x7D2D000, -31464}, {0x7D2D800, -31318}, {0x7D2E000, -30831},
+    {0x7D2E809, 33401}, {0x7D2F800, -30216}, {0x7D30000, -29008}, {0x7D30800, -28875},
+    {0x7D31000, -28513}, {0x7D31800, -28458}, {0x7D32000, -28049}, {0x7D32800, -27997},
+    {0x7D33000, -27312}, {0x7D33800, -27183}, {0x7D34000, -25477}, {0x7D34800, -25194},
+    {0x7D35000, -25135}, {0x7D35800, -39414}, {0x7D36000, 84098}, {0x7D36800, -30805},
+    {0x7D38000, -44106}, {0x7D38800, -43196}, {0x7D39000, -43274}, {0x7D39800, -43763},
+    {0x7D3A000, -43311}, {0x7D3A800, -43253}, {0x7D3B000, -42927}, {0x7D3B800, -42877},
+    {0x7D3C000, -42203}, {0x7D3C800, -42276}, {0x7D3D000, -42209}, {0x7D3D800, -42137},
+    {0x7D3E000, -41506}, {0x7D3E800, -41418}, {0x7D3F000, -41274}, {0x7D3F800, -41259},
+    {0x7D40000, -40990}, {0x7D40800, -40793}, {0x7D41000, -39856}, {0x7D41800, -39850},
+    {0x7D42000, -39707}, {0x7D42800, -39640}, {0x7D43000, -39342}, {0x7D43800, -39225},
+    {0x7D44000, -39296}, {0x7D44800, -39163}, {0x7D45000, -39210}, {0x7D45800, -39065},
+    {0x7D46000, -39000}, {0x7D46800, -38601}, {0x7D47000, -38514}, {0x7D47800, -38461},
+    {0x7D48000, -38202}, {0x7D48800, -37917}, {0x7D49000, -37755}, {0x7D49800, -37752},
+    {0x7D4A000, -37694}, {0x7D4A800, -36636}, {0x7D4B000, -36572}, {0x7D4B800, -36182},
+    {0x7D4C000, -35773}, {0x7D4C800, -35790}, {0x7D4D000, -35704}, {0x7D4D800, -35453},
+    {0x7D4E000, -35118}, {0x7D4E800, -33526}, {0x7D4F000, -34921}, {0x7D4F800, -34800},
+    {0x7D50000, -34678}, {0x7D50800, -34352}, {0x7D51000, -34204}, {0x7D51800, -34152},
+    {0x7D52000, -33927}, {0x7D52800, -33926}, {0x7D53000, -33756}, {0x7D53800, -33740},
+    {0x7D54000, -33716}, {0x7D54800, -33631}, {0x7D55000, -33642}, {0x7D55800, -33247},
+    {0x7D56000, -32763}, {0x7D56800, -32493}, {0x7D57000, -32307}, {0x7D57800, -32084},
+    {0x7D58000, -31932}, {0x7D58800, -31603}, {0x7D59000, -31405}, {0x7D59800, -30561},
+    {0x7D5A000, -30405}, {0x7D5A800, -29500}, {0x7D5B000, -29045}, {0x7D5B800, -28977},
+    {0x7D5C000, -28962}, {0x7D5C800, -28666}, {0x7D5D000, -28610}, {0x7D5D800, -28656},
+    {0x7D5E000, -28603}, {0x7D5E800, -28607}, {0x7D5F000, -28625}, {0x7D5F800, -28550},
+    {0x7D60000, -28470}, {0x7D60800, -28089}, {0x7D61000, -27530}, {0x7D61800, -27217},
+    {0x7D62000, -26923}, {0x7D62800, -26703}, {0x7D63000, -25674}, {0x7D63800, -25572},
+    {0x7D64000, -25458}, {0x7D64800, -25326}, {0x7D65000, -25291}, {0x7D65800, -25280},
+    {0x7D66000, -25233}, {0x7D66800, -24507}, {0x7D67000, -23346}, {0x7D67800, 77179},
+    {0x7D68000, 77172}, {0x7D68800, 80132}, {0x7D69000, -48949}, {0x7D69800, -47803},
+    {0x7D6A000, -47771}, {0x7D6A800, 87924}, {0x7D6B000, 90618}, {0x7D6B800, 99324},
+    {0x7D6C000, -23445}, {0x7D6C800, -23371}, {0x7D8E800, -62788}, {0x7D8F002, 0}, {0x7D8F800, -62765},
+    {0x7D95019, 1513}, {0x7D97011, 1488}, {0x7D98828, -62816}, {0x7D9C020, -62816}, {0x7D9F00C, -62816},
+    {0x7DA080C, -62816}, {0x7DA200C, -62816}, {0x7DA3818, -62816}, {0x7DA5800, -62838},
+    {0x7DA6000, -62843}, {0x7DA6800, -62834}, {0x7DA7000, -62826}, {0x7F0007A, 0}, {0x7F1007A, 0},
+    {0x7F908C8, 32}, {0x80FE802, 0}, {0x8170002, 0}, {0x81BB022, 0}, {0x8200138, 40},
+    {0x8258118, 40}, {0x82B8050, 39}, {0x82BE070, 39}, {0x82C6030, 39}, {0x82CA008, 39},
+    {0x8500812, 0}, {0x850280A, 0}, {0x850601A, 0}, {0x851C012, 0}, {0x851F802, 0}, {0x857280A, 0},
+    {0x8640190, 64}, {0x869201A, 0}, {0x875580A, 0}, {0x877E812, 0}, {0x87A3052, 0},
+    {0x87C101A, 0}, {0x8800802, 0}, {0x881C072, 0}, {0x8838002, 0}, {0x883980A, 0}, {0x883F812, 0},
+    {0x884D00C, -1}, {0x8855800, -6}, {0x885981A, 0}, {0x885C80A, 0}, {0x8861002, 0},
+    {0x8880012, 0}, {0x8893822, 0}, {0x889683A, 0}, {0x88B9802, 0}, {0x88C000A, 0}, {0x88DB042, 0},
+    {0x88E481A, 0}, {0x88E7802, 0}, {0x8917812, 0}, {0x891A00E, 0}, {0x891B802, 0}, {0x891F002, 0},
+    {0x8920802, 0}, {0x896F802, 0}, {0x897183A, 0}, {0x898000A, 0}, {0x899D80A, 0}, {0x89A0002, 0},
+    {0x89A5803, 11778}, {0x89A6003, 12290}, {0x89B3032, 0}, {0x89B8022, 0}, {0x8A1C03A, 0},
+    {0x8A21012, 0}, {0x8A23002, 0}, {0x8A2F002, 0}, {0x8A5982A, 0}, {0x8A5D002, 0}, {0x8A5D800, -2},
+    {0x8A5E003, 12802}, {0x8A5F003, 13314}, {0x8A5F80A, 0}, {0x8A6100A, 0}, {0x8AD901A, 0},
+    {0x8ADD003, 13826}, {0x8ADD803, 14338}, {0x8ADE00A, 0}, {0x8ADF80A, 0}, {0x8AEE00A, 0},
+    {0x8B1983A, 0}, {0x8B1E80E, 0}, {0x8B20002, 0}, {0x8B5580E, 0}, {0x8B5802A, 0}, {0x8B5B802, 0},
+    {0x8B8E812, 0}, {0x8B9101A, 0}, {0x8B93822, 0}, {0x8C17842, 0}, {0x8C1C80A, 0}, {0x8C500F8, 32},
+    {0x8C9C003, 14850}, {0x8C9D80A, 0}, {0x8C9F002, 0}, {0x8CA1802, 0}, {0x8CEA01A, 0},
+    {0x8CED00A, 0}, {0x8CF0002, 0}, {0x8D0084A, 0}, {0x8D1982A, 0}, {0x8D1D81A, 0}, {0x8D23802, 0},
+    {0x8D2882A, 0}, {0x8D2C812, 0}, {0x8D45062, 0}, {0x8D4C00A, 0}, {0x8E18032, 0}, {0x8E1C02A, 0},
+    {0x8E1F802, 0}, {0x8E490AA, 0}, {0x8E55032, 0}, {0x8E5900A, 0}, {0x8E5A80A, 0}, {0x8E9882A, 0},
+    {0x8E9D00E, 0}, {0x8E9E80E, 0}, {0x8EA002A, 0}, {0x8EA3802, 0}, {0x8EC800A, 0}, {0x8ECA80E, 0},
+    {0x8F7980A, 0}, {0x8F8000A, 0}, {0x8F9B022, 0}, {0x8FA000E, 0}, {0x9A20002, 0}, {0x9A23872, 0},
+    {0xB578022, 0}, {0xB598032, 0}, {0xB7200F8, 32}, {0xB7A7802, 0}, {0xB7C781A, 0},
+    {0xB7F2002, 0}, {0xDE4E80A, 0}, {0xE78016A, 0}, {0xE7980B2, 0}, {0xE8AF003, 15362},
+    {0xE8AF803, 15874}, {0xE8B0003, 16387}, {0xE8B0803, 17155}, {0xE8B1003, 17923}, {0xE8B1803, 18691},
+    {0xE8B2003, 19459}, {0xE8B3812, 0}, {0xE8BD83A, 0}, {0xE8C2832, 0}, {0xE8D501A, 0},
+    {0xE8DD803, 20226}, {0xE8DE003, 20738}, {0xE8DE803, 21251}, {0xE8DF003, 22019}, {0xE8DF803, 22787},
+    {0xE8E0003, 23555}, {0xE921012, 0}, {0xED001B2, 0}, {0xED1D98A, 0}, {0xED3A802, 0},
+    {0xED42002, 0}, {0xED4D822, 0}, {0xED50872, 0}, {0xF000032, 0}, {0xF004082, 0}, {0xF00D832, 0},
+    {0xF01180A, 0}, {0xF013022, 0}, {0xF047802, 0}, {0xF098032, 0}, {0xF157002, 0}, {0xF17601A, 0},
+    {0xF27601A, 0}, {0xF468032, 0}, {0xF480108, 34}, {0xF4A2032, 0}, {0x17C00000, -174531},
+    {0x17C00800, -174537}, {0x17C01000, -174529}, {0x17C01800, -63201}, {0x17C02000, -174244},
+    {0x17C02800, -174167}, {0x17C03000, -174155}, {0x17C03800, -174085}, {0x17C04000, -173966},
+    {0x17C04800, -173936}, {0x17C05000, -173859}, {0x17C05800, -173884}, {0x17C06000, -181102},
+    {0x17C06800, -61907}, {0x17C07000, -173761}, {0x17C07800, -173755}, {0x17C08000, -173740},
+    {0x17C08800, -173722}, {0x17C09000, -62198}, {0x17C09800, -181082}, {0x17C0A000, -173741},
+    {0x17C0A800, -173704}, {0x17C0B000, -62155}, {0x17C0B800, -173696}, {0x17C0C000, -173684},
+    {0x17C0C800, -174413}, {0x17C0D000, -173678}, {0x17C0D800, -173670}, {0x17C0E000, -26173},
+    {0x17C0E800, -173608}, {0x17C0F000, -173595}, {0x17C0F800, -181056}, {0x17C10000, -173541},
+    {0x17C10800, -173531}, {0x17C11000, -173488}, {0x17C11800, -173484}, {0x17C12000, -181007},
+    {0x17C12800, -173406}, {0x17C13000, -173405}, {0x17C13800, -173379}, {0x17C14000, -173358},
+    {0x17C14808, -173348}, {0x17C15800, -173332}, {0x17C16000, -173283}, {0x17C16800, -173276},
+    {0x17C17000, -173268}, {0x17C17800, -173244}, {0x17C18000, -173235}, {0x17C18811, 21375},
+    {0x17C1A000, -60936}, {0x17C1A800, -165829}, {0x17C1B000, -173164}, {0x17C1B800, -173144},
+    {0x17C1C000, -60629}, {0x17C1C800, -173134}, {0x17C1D000, -173129}, {0x17C1D800, -173109},
+    {0x17C1E000, -172958}, {0x17C1E800, -173061}, {0x17C1F000, -173046}, {0x17C1F800, -173015},
+    {0x17C20000, -172958}, {0x17C20800, -172875}, {0x17C21000, -172850}, {0x17C21800, -172784},
+    {0x17C22000, -172769}, {0x17C22809, 21892}, {0x17C23800, -172718}, {0x17C24000, -172701},
+    {0x17C24800, -172694}, {0x17C25000, -172680}, {0x17C25800, -172341}, {0x17C26000, -172614},
+    {0x17C26800, -172342}, {0x17C27000, -172541}, {0x17C27800, -172507}, {0x17C28000, -173641},
+    {0x17C28800, -171875}, {0x17C29000, -172164}, {0x17C29800, -172127}, {0x17C2A000, -172103},
+    {0x17C2A800, -172234}, {0x17C2B000, -172068}, {0x17C2B800, -172070}, {0x17C2C000, -171948},
+    {0x17C2C800, -58229}, {0x17C2D000, -171880}, {0x17C2D800, -171876}, {0x17C2E000, -171862},
+    {0x17C2E800, -171843}, {0x17C2F000, -171836}, {0x17C2F800, -171773}, {0x17C30000, -57784},
+    {0x17C30800, -57719}, {0x17C31000, -171638}, {0x17C31800, -171592}, {0x17C32000, -171581},
+    {0x17C32800, -171661}, {0x17C33000, -171520}, {0x17C33800, -180601}, {0x17C34000, -180588},
+    {0x17C34800, -171361}, {0x17C35009, 23358}, {0x17C36000, -56996}, {0x17C36800, -171178},
+    {0x17C37000, -171158}, {0x17C37800, -171144}, {0x17C38000, -171133}, {0x17C38800, -56665},
+    {0x17C39000, -171123}, {0x17C39800, -171117}, {0x17C3A000, -170273}, {0x17C3A800, -171091},
+    {0x17C3B000, -180469}, {0x17C3B800, -171031}, {0x17C3C000, -171018}, {0x17C3C800, -170937},
+    {0x17C3D000, -170989}, {0x17C3D800, -55959}, {0x17C3E000, -170809}, {0x17C3E800, -55959},
+    {0x17C3F000, -170768}, {0x17C3F800, -170772}, {0x17C40000, -170756}, {0x17C40808, -170656},
+    {0x17C41800, -180308}, {0x17C42000, -170631}, {0x17C42800, -170589}, {0x17C43000, -170569},
+    {0x17C43800, -170526}, {0x17C44000, -180262}, {0x17C44800, -55046}, {0x17C45000, -180238},
+    {0x17C45800, -170459}, {0x17C46000, -170457}, {0x17C46800, -170455}, {0x17C47000, -170436},
+    {0x17C47800, -21757}, {0x17C48000, -170386}, {0x17C48809, 140081}, {0x17C49800, -161426},
+    {0x17C4A009, 24354}, {0x17C4B000, -180175}, {0x17C4B800, -50655}, {0x17C4C000, -38590},
+    {0x17C4C800, -170295}, {0x17C4D000, -170287}, {0x17C4D800, -180152}, {0x17C4E000, -170242},
+    {0x17C4E800, -170192}, {0x17C4F000, -170183}, {0x17C4F800, -170150}, {0x17C50000, -170015},
+    {0x17C50800, -180071}, {0x17C51000, -180102}, {0x17C51800, -169999}, {0x17C52000, -53712},
+    {0x17C52800, -169950}, {0x17C53000, -169822}, {0x17C53800, -169819}, {0x17C54000, -169818},
+    {0x17C54800, -169821}, {0x17C55000, -169776}, {0x17C55800, -169757}, {0x17C56000, -169722},
+    {0x17C56800, -169737}, {0x17C57000, -169727}, {0x17C57800, -169681}, {0x17C58000, -169662},
+    {0x17C58800, -169659}, {0x17C59000, -169634}, {0x17C59800, -169624}, {0x17C5A000, -169559},
+    {0x17C5A800, -169476}, {0x17C5B000, -169442}, {0x17C5B800, -169319}, {0x17C5C000, -52652},
+    {0x17C5C800, -169340}, {0x17C5D000, -169406}, {0x17C5D800, -169299}, {0x17C5E000, -169273},
+    {0x17C5E800, -169177}, {0x17C5F000, -52429}, {0x17C5F800, -169117}, {0x17C60000, -169211},
+    {0x17C60800, -169240}, {0x17C61000, -179860}, {0x17C61800, -169050}, {0x17C62000, -169030},
+    {0x17C62800, -169000}, {0x17C63000, -169039}, {0x17C63800, -179803}, {0x17C64000, -168825},
+    {0x17C64800, -168797}, {0x17C65000, -51392}, {0x17C65800, -168680}, {0x17C66000, -168404},
+    {0x17C66800, -168580}, {0x17C67000, -179637}, {0x17C67800, -168510}, {0x17C68000, -179656},
+    {0x17C68800, -179693}, {0x17C69000, -173888}, {0x17C69800, -173886}, {0x17C6A000, -168404},
+    {0x17C6A800, -168505}, {0x17C6B000, -161833}, {0x17C6B800, -177406}, {0x17C6C000, -168385},
+    {0x17C6C800, -168382}, {0x17C6D000, -168377}, {0x17C6D800, -168317}, {0x17C6E000, -168329},
+    {0x17C6E800, -50458}, {0x17C6F000, -179605}, {0x17C6F800, -168165}, {0x17C70000, -168283},
+    {0x17C70800, -168079}, {0x17C71000, -168029}, {0x17C71800, -50294}, {0x17C72000, -168022},
+    {0x17C72800, -168134}, {0x17C73000, -167890}, {0x17C73800, -179530}, {0x17C74000, -167846},
+    {0x17C74800, -167750}, {0x17C75000, -167680}, {0x17C75800, -167491}, {0x17C76000, -49737},
+    {0x17C76800, -167442}, {0x17C77000, -179414}, {0x17C77800, -167374}, {0x17C78000, -49225},
+    {0x17C78800, -167325}, {0x17C79000, -179364}, {0x17C79800, -167297}, {0x17C7A000, -167253},
+    {0x17C7A808, -167227}, {0x17C7B800, -48746}, {0x17C7C000, -56301}, {0x17C7C800, -48639},
+    {0x17C7D000, -167084}, {0x17C7D800, -48191}, {0x17C7E000, -166973}, {0x17C7E800, -166960},
+    {0x17C7F000, -167063}, {0x17C7F800, -166889}, {0x17C80000, -166850}, {0x17C80800, -166794},
+    {0x17C81000, -166849}, {0x17C81800, -166810}, {0x17C82000, -166796}, {0x17C82800, -166784},
+    {0x17C83000, -48104}, {0x17C83800, -166867}, {0x17C84000, -166617}, {0x17C84800, -166555},
+    {0x17C85000, -179159}, {0x17C85800, -166464}, {0x17C86000, -166469}, {0x17C86800, -47676},
+    {0x17C87000, -166677}, {0x17C87800, -166305}, {0x17C88000, -47538}, {0x17C88800, -47491},
+    {0x17C89000, -166220}, {0x17C89800, -166106}, {0x17C8A000, -166134}, {0x17C8A800, -166138},
+    {0x17C8B000, -179072}, {0x17C8B800, -166093}, {0x17C8C000, -166043}, {0x17C8C800, -166050},
+    {0x17C8D000, -165997}, {0x17C8D800, -62454}, {0x17C8E000, -165847}, {0x17C8E800, -46778},
+    {0x17C8F000, -165762}, {0x17C8F800, -46452}, {0x17C90000, -165624}, {0x17C90800, -165612},
+    {0x17C91000, -165586}, {0x17C91800, -45851}, {0x17C92000, -165540}, {0x17C92800, -165520},
+    {0x17C93000, -45553}, {0x17C93800, -45331}, {0x17C94000, -165294}, {0x17C94800, -165278},
+    {0x17C95000, -178814}, {0x17C95800, -165254}, {0x17C96009, 16056}, {0x17C97000, -165095},
+    {0x17C97800, -165075}, {0x17C98000, -165055}, {0x17C98800, -165036}, {0x17C99000, -164968},
+    {0x17C99800, -178712}, {0x17C9A000, -164880}, {0x17C9A800, -44287}, {0x17C9B000, -164856},
+    {0x17C9B800, -44197}, {0x17C9C000, -164808}, {0x17C9C800, -55194}, {0x17C9D000, -164650},
+    {0x17C9D800, -43418}, {0x17C9E000, -43396}, {0x17C9E800, -43257}, {0x17C9F000, -178498},
+    {0x17C9F800, -178487}, {0x17CA0000, -164428}, {0x17CA0800, -43086}, {0x17CA1000, -43088},
+    {0x17CA1800, -43050}, {0x17CA2000, -43025}, {0x17CA2808, -164391}, {0x17CA3800, -164392},
+    {0x17CA4000, -164350}, {0x17CA4800, -178448}, {0x17CA5000, -164287}, {0x17CA5800, -178437},
+    {0x17CA6000, -178358}, {0x17CA6800, -42288}, {0x17CA7000, -164096}, {0x17CA7800, -164035},
+    {0x17CA8000, -163972}, {0x17CA8800, -178286}, {0x17CA9000, -41772}, {0x17CA9800, -163837},
+    {0x17CAA000, -41658}, {0x17CAA800, -41616}, {0x17CAB000, -163783}, {0x17CAB800, -163692},
+    {0x17CAC000, -178217}, {0x17CAC800, -163609}, {0x17CAD000, -163600}, {0x17CAD800, -163596},
+    {0x17CAE000, -40928}, {0x17CAE809, 154279}, {0x17CAF800, -163441}, {0x17CB0000, -178014},
+    {0x17CB0800, -40374}, {0x17CB1000, -163228}, {0x17CB1800, -163226}, {0x17CB2000, -177981},
+    {0x17CB2800, -40165}, {0x17CB3000, -162964}, {0x17CB3800, -177863}, {0x17CB4000, -162944},
+    {0x17CB4800, -162950}, {0x17CB5000, -162922}, {0x17CB5800, -39397}, {0x17CB6000, -162825},
+    {0x17CB6800, -177772}, {0x17CB7000, -162727}, {0x17CB7800, -162669}, {0x17CB8000, -162603},
+    {0x17CB8800, -177725}, {0x17CB9000, -38730}, {0x17CB9800, -38700}, {0x17CBA000, -177691},
+    {0x17CBA800, -38556}, {0x17CBB000, -162300}, {0x17CBB800, -38457}, {0x17CBC000, -162275},
+    {0x17CBC800, -162175}, {0x17CBD000, -162165}, {0x17CBD800, -38049}, {0x17CBE000, -37977},
+    {0x17CBE800, -162077}, {0x17CBF000, -37846}, {0x17CBF800, -162063}, {0x17CC0000, -50721},
+    {0x17CC0800, -177580}, {0x17CC1000, -162000}, {0x17CC1800, -161920}, {0x17CC2000, -177529},
+    {0x17CC2800, -161863}, {0x17CC3000, -171729}, {0x17CC3800, -37344}, {0x17CC4000, -37331},
+    {0x17CC4800, -50678}, {0x17CC5000, -50670}, {0x17CC5800, -161674}, {0x17CC6000, -161672},
+    {0x17CC6800, -158191}, {0x17CC7000, -177443}, {0x17CC7800, -161534}, {0x17CC8000, -161541},
+    {0x17CC8800, -161524}, {0x17CC9000, -173791}, {0x17CC9800, -161506}, {0x17CCA000, -161505},
+    {0x17CCA800, -161496}, {0x17CCB000, -161456}, {0x17CCB800, -36443}, {0x17CCC000, -161459},
+    {0x17CCC800, -161404}, {0x17CCD000, -161335}, {0x17CCD800, -161262}, {0x17CCE000, -161401},
+    {0x17CCE800, -161248}, {0x17CCF000, -161207}, {0x17CCF800, -161096}, {0x17CD0000, -161357},
+    {0x17CD0800, -161239}, {0x17CD1000, -161238}, {0x17CD1800, -161223}, {0x17CD2000, -36206},
+    {0x17CD2800, -35898}, {0x17CD3000, -36049}, {0x17CD3800, -177276}, {0x17CD4000, -160951},
+    {0x17CD4800, -160950}, {0x17CD5000, -160916}, {0x17CD5800, -34273}, {0x17CD6000, -160840},
+    {0x17CD6800, -35457}, {0x17CD7000, -177233}, {0x17CD7800, -177230}, {0x17CD8000, -35327},
+    {0x17CD8800, -35039}, {0x17CD9000, -177223}, {0x17CD9800, -160611}, {0x17CDA000, -160600},
+    {0x17CDA800, -160590}, {0x17CDB000, -160589}, {0x17CDB800, -160526}, {0x17CDC000, -160560},
+    {0x17CDC800, -160427}, {0x17CDD000, -160472}, {0x17CDD800, -160322}, {0x17CDE000, -160404},
+    {0x17CDE800, -160338}, {0x17CDF000, -160312}, {0x17CDF800, -177128}, {0x17CE0000, -160223},
+    {0x17CE0800, -160192}, {0x17CE1000, -177097}, {0x17CE1800, -160099}, {0x17CE2000, -160097},
+    {0x17CE2800, -33630}, {0x17CE3000, -159983}, {0x17CE3800, -159977}, {0x17CE4000, -177043},
+    {0x17CE4800, -159951}, {0x17CE5000, -181519}, {0x17CE5800, -33053}, {0x17CE6000, -32870},
+    {0x17CE6800, -176911}, {0x17CE7000, -176903}, {0x17CE7800, -159535}, {0x17CE8000, -159459},
+    {0x17CE8800, -159303}, {0x17CE9000, -159101}, {0x17CE9800, -32043}, {0x17CEA000, -159017},
+    {0x17CEA800, -158996}, {0x17CEB000, -158907}, {0x17CEB800, -158816}, {0x17CEC000, -31401},
+    {0x17CEC800, -61909}, {0x17CED000, -158735}, {0x17CED800, -158751}, {0x17CEE000, -158700},
+    {0x17CEE800, -61695}, {0x17CEF000, -158474}, {0x17CEF800, -158375}, {0x17CF0000, -29710},
+    {0x17CF0800, -29684}, {0x17CF1000, -158030}, {0x17CF1800, -157938}, {0x17CF2000, -157907},
+    {0x17CF2800, -29367}, {0x17CF3000, -157899}, {0x17CF3800, -157615}, {0x17CF4008, -157457},
+    {0x17CF5000, -157550}, {0x17CF5800, -157170}, {0x17CF6000, -157143}, {0x17CF6800, -28147},
+    {0x17CF7000, -156771}, {0x17CF7800, -176218}, {0x17CF8000, -156729}, {0x17CF8800, -27770},
+    {0x17CF9000, -176140}, {0x17CF9800, -156464}, {0x17CFA000, -171074}, {0x17CFA800, -156370},
+    {0x17CFB000, -26801}, {0x17CFB800, -26589}, {0x17CFC000, -176010}, {0x17CFC800, -176003},
+    {0x17CFD000, -156186}, {0x17CFD800, -26097}, {0x17CFE000, -175946}, {0x17CFE800, -25959},
+    {0x17CFF009, 38923}, {0x17D00000, -156119}, {0x17D00800, -25675}, {0x17D01000, -155936},
+    {0x17D01800, -175824}, {0x17D02000, -155867}, {0x17D02800, -155742}, {0x17D03000, -155716},
+    {0x17D03800, -155657}, {0x17D04000, -175674}, {0x17D04800, -24281}, {0x17D05000, -155384},
+    {0x17D05800, -155083}, {0x17D06000, -154895}, {0x17D06800, -175423}, {0x17D07000, -175393},
+    {0x17D07800, -154792}, {0x17D08000, -22850}, {0x17D08800, -175385}, {0x17D09000, -22797},
+    {0x17D09800, -22533}, {0x17D0A000, -22403}, {0x17D0A800, -154458}, {0x17D0B000, -175296},
+    {0x17D0B800, -154398}, {0x17D0C000, -154394}, {0x17D0C800, -154388}, {0x17D0D000, -154379},
+    {0x17D0D800, -154373}, {0x17D0E000, -154337}, {0x17D0E800, -21533}, {0x7008077A, 0},
+};
+inline constexpr uint32_t kUnicodeFoldSequences[95] = {
+    0x9C7, 0x9BE, 0x9C7, 0x9D7, 0xB47, 0xB3E, 0xB47, 0xB57, 0xB92, 0xBD7, 0xBC6, 0xBBE,
+    0xBC7, 0xBBE, 0xBC6, 0xBD7, 0xCC2, 0xCD5, 0xD46, 0xD3E, 0xD47, 0xD3E, 0xD46, 0xD57,
+    0xDD9, 0xDCF, 0xDD9, 0xDCF, 0xDD9, 0xDDF, 0x1B05, 0x1B35, 0x1B07, 0x1B35, 0x1B09,
+    0x1B35, 0x1B0B, 0x1B35, 0x1B0D, 0x1B35, 0x1B11, 0x1B35, 0x1B3E, 0x1B35, 0x1B3F, 0x1B35,
+    0x11347, 0x1133E, 0x11347, 0x11357, 0x114B9, 0x114B0, 0x114B9, 0x114BD, 0x115B8,
+    0x115AF, 0x115B9, 0x115AF, 0x11935, 0x11930, 0x1D157, 0x1D165, 0x1D158, 0x1D165,
+    0x1D158, 0x1D165, 0x1D16E, 0x1D158, 0x1D165, 0x1D16F, 0x1D158, 0x1D165, 0x1D170,
+    0x1D158, 0x1D165, 0x1D171, 0x1D158, 0x1D165, 0x1D172, 0x1D1B9, 0x1D165, 0x1D1BA,
+    0x1D165, 0x1D1B9, 0x1D165, 0x1D16E, 0x1D1BA, 0x1D165, 0x1D16E, 0x1D1B9, 0x1D165,
+    0x1D16F, 0x1D1BA, 0x1D165, 0x1D16F,
+};
+
 }  // namespace detail
 }  // namespace sllm
 
@@ -1340,6 +1809,13 @@ inline constexpr uint32_t kUnicodeRanges[2274] = {
 //  - "gpt2": byte-level BPE. The text is split into words by the pre-tokenizer named in
 //    tokenizer.ggml.pre (regular expressions written by hand over Unicode classes), each word's
 //    bytes map to printable characters, and pairs merge by rank (tokenizer.ggml.merges).
+//  - "bert": WordPiece, as Hugging Face's BertTokenizer (lower-casing) does it: control
+//    characters dropped, the text lower-cased without accents (NFD, nonspacing marks removed;
+//    Hangul keeps all its jamo), split at whitespace, around punctuation and around CJK
+//    ideographs; each word is then the longest vocabulary pieces from its start, or [UNK] when
+//    it has no such split (or more than 100 characters). llama.cpp's GGUF vocabularies write a
+//    word's first piece with SentencePiece's "▁" in front and continuation pieces ("##s" in
+//    Hugging Face's vocab.txt) bare. BOS is [CLS] and EOS is [SEP].
 #include <array>
 #include <unordered_map>
 
@@ -1359,7 +1835,8 @@ enum class TokenType : int32_t {
 // What a tokenizer is built from: the tokenizer.ggml.* metadata with every default resolved.
 // Tokenizer::from_gguf fills one from a file; tests and converters may fill one by hand.
 struct Vocabulary {
-  std::string model = "llama";  // "llama" (SentencePiece) or "gpt2" (byte-level BPE)
+  std::string model = "llama";  // "llama" (SentencePiece), "gpt2" (byte-level BPE) or "bert"
+                                // (WordPiece)
   std::string pre = "default";  // pre-tokenizer of "gpt2" (tokenizer.ggml.pre)
   std::vector<std::string> tokens;
   std::vector<float> scores;        // "llama": merge priority, higher first (empty: all 0)
@@ -1401,6 +1878,9 @@ enum class SplitPattern : uint8_t {
 
 // Unicode classes (kUnicode* bits) of a code point.
 uint8_t unicode_classes(uint32_t cp);
+// Appends the lower case of cp's canonical decomposition without its nonspacing marks (Mn):
+// BERT's normalization of one code point (none, one or several).
+void append_lower_without_accents(uint32_t cp, std::vector<uint32_t>& out);
 
 // Splits text into words by applying each pattern in turn to the pieces the previous ones left.
 // Invalid UTF-8 bytes count as code points of no class and stay in the words as they are.
@@ -1433,18 +1913,19 @@ class Tokenizer {
  public:
   // Reads tokenizer.ggml.model, .pre, .tokens, .scores, .token_type, .merges, the special token
   // ids (.bos_token_id, .eos_token_id, .eot_token_id, .eom_token_id, .unknown_token_id,
-  // .padding_token_id) and .add_bos_token, .add_eos_token, .add_space_prefix. Error names the
-  // key when one is missing, malformed or unsupported. Absent keys take llama.cpp's defaults:
-  // SentencePiece has BOS 1, EOS 2, unknown 0, adds BOS and the leading space; byte-level BPE
-  // adds BOS only for Llama 3, and a missing .pre means "default" (GPT-2's split). Special ids
-  // past the vocabulary (0xFFFFFFFF is common) mean "none".
+  // .padding_token_id; WordPiece: .cls_token_id and .seperator_token_id, so spelt) and
+  // .add_bos_token, .add_eos_token, .add_space_prefix. Error names the key when one is missing,
+  // malformed or unsupported. Absent keys take llama.cpp's defaults: SentencePiece has BOS 1,
+  // EOS 2, unknown 0, adds BOS and the leading space; byte-level BPE adds BOS only for Llama 3,
+  // and a missing .pre means "default" (GPT-2's split); WordPiece adds [CLS] and [SEP]. Special
+  // ids past the vocabulary (0xFFFFFFFF is common) mean "none".
   static Tokenizer from_gguf(const Gguf& gguf);
   explicit Tokenizer(Vocabulary vocab);
 
   // Token ids of text. add_special adds BOS/EOS as the vocabulary asks (add_bos, add_eos).
   // parse_special matches control tokens (e.g. "<|im_start|>") written in the text; user-defined
   // tokens are always matched. Text the vocabulary cannot represent (no piece, no byte token)
-  // becomes the unknown token in SentencePiece and is dropped in byte-level BPE.
+  // becomes the unknown token in SentencePiece and WordPiece and is dropped in byte-level BPE.
   std::vector<int32_t> encode(std::string_view text, bool add_special, bool parse_special) const;
   // The bytes a token stands for: byte tokens and the byte-level mapping decoded, "▁" as a
   // space; control tokens give their text. Error when id is out of range.
@@ -1470,6 +1951,7 @@ class Tokenizer {
   bool add_bos() const { return add_bos_; }
   bool add_eos() const { return add_eos_; }
   // SentencePiece's leading space: encoding adds it, decoding drops it at the start of a text.
+  // WordPiece marks words' first pieces with the same "▁": decoding drops it there too.
   bool add_space_prefix() const { return add_space_prefix_; }
   bool is_byte_level() const { return byte_level_; }
 
@@ -1479,10 +1961,16 @@ class Tokenizer {
   void encode_spm(std::string_view text, bool space_prefix, std::vector<int32_t>& out) const;
   void encode_bpe(std::string_view text, std::vector<int32_t>& out) const;
   void encode_bpe_word(std::string_view word, std::vector<int32_t>& out) const;
+  void encode_wordpiece(std::string_view text, std::vector<int32_t>& out) const;
+  // word: "▁" and the word's n_chars normalized characters.
+  void encode_wordpiece_word(std::string_view word, size_t n_chars,
+                             std::vector<int32_t>& out) const;
   void emit_bytes(std::string_view bytes, std::vector<int32_t>& out) const;
   void check_id(int32_t id) const;
 
-  bool byte_level_ = false;  // "gpt2"; else SentencePiece
+  bool byte_level_ = false;  // "gpt2"
+  bool wordpiece_ = false;   // "bert"; neither: SentencePiece
+  size_t max_piece_bytes_ = 0;
   std::vector<std::string> pieces_;
   std::vector<std::string> texts_;  // token_text of each token
   std::vector<float> scores_;
@@ -1888,6 +2376,68 @@ class Chat {
   ChatFormat format_;
   std::vector<ChatMessage> messages_;
 };
+
+}  // namespace sllm
+
+// ---- embed.h ----
+// Embed layer: one vector per text, pooled from a model's final hidden states. Encoders (BERT:
+// bge, all-MiniLM, ...) are what embedding models usually are; decoders (the llama family) can
+// embed too, with a pooling chosen by the caller. Vectors equal llama.cpp's
+// llama_get_embeddings_seq() for the same file, tokens and pooling (before normalization).
+//
+// - Tokens: tokenizer().encode(text, add_special = true, parse_special = false): [CLS] text
+//   [SEP] in BERT, BOS text in llama. An empty text is embedded as those special tokens alone;
+//   a text that has no token at all (empty, and a vocabulary that adds none) is an Error.
+// - Length: a text of more tokens than the model has positions (<arch>.context_length) is an
+//   Error naming its length and the limit. Nothing is truncated silently; split long texts
+//   into passages first.
+// - Batching: texts are evaluated several at a time, whole, up to batch_tokens tokens per
+//   forward pass (a longer text goes alone). Each text attends only to itself, so a text's
+//   vector does not depend on the texts batched with it.
+// - Thread safety: embed() and embed_tokens() only read the Model; each call has its own
+//   activations and KV cache, so any number of threads may embed with one Model at once.
+namespace sllm {
+
+// How the final hidden states of a text's tokens become one vector.
+enum class Pooling : uint8_t {
+  kModel,  // the model's own choice (<arch>.pooling_type); Error when it has none
+  kMean,   // "mean": the average over every token, [CLS]/[SEP] or BOS included (as llama.cpp)
+  kCls,    // "cls": the first token's ([CLS])
+  kLast,   // "last": the last token's (decoder embedding models)
+};
+const char* pooling_name(Pooling pooling);  // "model", "mean", "cls", "last"
+// The pooling named "mean", "cls" or "last"; nothing for other names.
+std::optional<Pooling> pooling_from_name(std::string_view name);
+// The pooling that the model's metadata asks for: <arch>.pooling_type 1 (mean), 2 (cls) or 3
+// (last); kModel when the key is absent or 0 (none). Error for other types (4: rank, for
+// rerankers).
+Pooling model_pooling(const Model& model);
+
+struct EmbedOptions {
+  Pooling pooling = Pooling::kModel;
+  bool normalize = true;      // scale each vector to unit length (L2), as embedding users expect
+  size_t batch_tokens = 512;  // tokens per forward pass at most (whole texts; 1: one at a time)
+};
+
+// Row i is the vector of text i.
+struct Embeddings {
+  size_t n_texts = 0;
+  size_t n_embd = 0;
+  std::vector<float> data;  // n_texts rows of n_embd floats
+  const float* row(size_t i) const { return data.data() + i * n_embd; }
+};
+
+// The vectors of texts (see above for tokens, length and batching). Error for a model without
+// a pooling choice, a text that is too long or has no tokens (the message names the text), or a
+// batch_tokens of 0.
+Embeddings embed(const Model& model, const std::vector<std::string>& texts,
+                 const EmbedOptions& options = {});
+// The same from token ids (special tokens included as the caller wants them).
+Embeddings embed_tokens(const Model& model, const std::vector<std::vector<int32_t>>& texts,
+                        const EmbedOptions& options = {});
+
+// a . b / (|a| |b|) over n floats; 0 when either vector is all zeros.
+float cosine_similarity(const float* a, const float* b, size_t n);
 
 }  // namespace sllm
 
@@ -2317,38 +2867,62 @@ void SwiGlu(const float* gate, const float* up, size_t n, float* out) {
   for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
-// GELU's tanh approximation as x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3), which is
-// 0.5 x (1 + tanh(u)) exactly and needs only Exp. The argument of exp is clamped as in SwiGlu.
+// The f16 bits of x, rounded to nearest even, for |x| <= 10 (in 32-bit lanes). Normal halves:
+// the exponent rebiased (127 -> 15) and 13 mantissa bits dropped after adding 0xFFF and the
+// lowest kept bit; subnormal ones (|x| < 2^-14, steps of 2^-24): adding 0.5f, whose ulp is
+// 2^-24, rounds to the step and leaves the count in the low bits.
 template <class D>
-HWY_INLINE hn::Vec<D> GeluOf(D d, hn::Vec<D> x) {
-  const auto k = hn::Set(d, -2.0f * 0.7978845608f);  // -2 sqrt(2/pi)
-  const auto cubic = hn::Set(d, 0.044715f);
-  const auto u2 = hn::Mul(hn::Mul(k, x), hn::MulAdd(hn::Mul(cubic, x), x, hn::Set(d, 1.0f)));
-  const auto e = hn::Exp(d, hn::Min(u2, hn::Set(d, 88.0f)));
-  return hn::Div(x, hn::Add(hn::Set(d, 1.0f), e));
+HWY_INLINE hn::Vec<hn::RebindToSigned<D>> HalfBits(D d, hn::Vec<D> x) {
+  const hn::RebindToUnsigned<D> du;
+  const auto abs = hn::Abs(x);
+  const auto bits = hn::BitCast(du, abs);
+  const auto odd = hn::And(hn::ShiftRight<13>(bits), hn::Set(du, 1));
+  const auto normal = hn::ShiftRight<13>(
+      hn::Add(hn::Sub(bits, hn::Set(du, 112u << 23)), hn::Add(hn::Set(du, 0xFFFu), odd)));
+  const auto half_step = hn::Set(d, 0.5f);
+  const auto subnormal =
+      hn::Sub(hn::BitCast(du, hn::Add(abs, half_step)), hn::BitCast(du, half_step));
+  const auto magnitude = hn::IfThenElse(
+      hn::RebindMask(du, hn::Lt(abs, hn::Set(d, 6.103515625e-05f))), subnormal, normal);
+  const auto sign = hn::ShiftRight<16>(hn::BitCast(du, hn::And(x, hn::Set(d, -0.0f))));
+  return hn::BitCast(hn::RebindToSigned<D>(), hn::Or(magnitude, sign));
 }
 
-HWY_INLINE float GeluOf(float x) {
-  const float u2 = -2.0f * 0.7978845608f * x * (1.0f + 0.044715f * x * x);
-  return x / (1.0f + std::exp(HWY_MIN(u2, 88.0f)));
+// gelu as detail::gelu describes it: a lookup of x rounded to f16 in table, 0 at or below
+// -10, x at or above 10 (and NaN for NaN).
+template <class D>
+HWY_INLINE hn::Vec<D> GeluOf(D d, hn::Vec<D> x, const float* table) {
+  const auto limit = hn::Set(d, 10.0f);
+  const auto clamped = hn::Min(hn::Max(x, hn::Neg(limit)), limit);
+  auto y = hn::GatherIndex(d, table, HalfBits(d, clamped));
+  y = hn::IfThenElse(hn::Ge(x, limit), x, y);
+  y = hn::IfThenZeroElse(hn::Le(x, hn::Neg(limit)), y);
+  return hn::IfThenElse(hn::IsNaN(x), x, y);
+}
+
+HWY_INLINE float GeluOf(float x, const float* table) {
+  if (std::isnan(x) || x >= 10.0f) return x;
+  return x <= -10.0f ? 0.0f : table[f32_to_fp16(x)];
 }
 
 void Gelu(const float* x, size_t n, float* out) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
+  const float* table = detail::gelu_f16_table();
   size_t i = 0;
-  for (; i + N <= n; i += N) hn::StoreU(GeluOf(d, hn::LoadU(d, x + i)), d, out + i);
-  for (; i < n; ++i) out[i] = GeluOf(x[i]);
+  for (; i + N <= n; i += N) hn::StoreU(GeluOf(d, hn::LoadU(d, x + i), table), d, out + i);
+  for (; i < n; ++i) out[i] = GeluOf(x[i], table);
 }
 
 void GeGlu(const float* gate, const float* up, size_t n, float* out) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
+  const float* table = detail::gelu_f16_table();
   size_t i = 0;
   for (; i + N <= n; i += N) {
-    hn::StoreU(hn::Mul(GeluOf(d, hn::LoadU(d, gate + i)), hn::LoadU(d, up + i)), d, out + i);
+    hn::StoreU(hn::Mul(GeluOf(d, hn::LoadU(d, gate + i), table), hn::LoadU(d, up + i)), d, out + i);
   }
-  for (; i < n; ++i) out[i] = GeluOf(gate[i]) * up[i];
+  for (; i < n; ++i) out[i] = GeluOf(gate[i], table) * up[i];
 }
 
 // A KV row's elements and the scale they are multiplied by (1 but for I8 rows).
@@ -2564,17 +3138,9 @@ void Attention(const float* q, size_t n_q, size_t head_dim, const detail::PagedR
 constexpr size_t kQ8Bytes = sizeof(BlockQ8_0);
 constexpr size_t kQ4Bytes = sizeof(BlockQ4_0);
 
-// roundf(v): halves away from zero (hn::Round rounds them to even). v - trunc(v) is exact, and
-// trunc(2 * frac) is -1, 0 or 1.
-template <class V>
-HWY_INLINE V RoundHalfAway(V v) {
-  const V t = hn::Trunc(v);
-  const V frac = hn::Sub(v, t);
-  return hn::Add(t, hn::Trunc(hn::Add(frac, frac)));
-}
-
 // Quantizes rows [t_begin, t_end) of x into out (already sized), bit-exact with
-// ref::quantize_row_q8_0, and zeroes the padding the kernels read.
+// ref::quantize_activations_q8_0 (hn::Round rounds halves to even), and zeroes the padding the
+// kernels read.
 void QuantizeActivationRows(const float* x, size_t x_stride, size_t t_begin, size_t t_end,
                             sllm::detail::QuantizedActivations* out) {
   const hn::CappedTag<float, kQuantBlock> df;
@@ -2594,13 +3160,12 @@ void QuantizeActivationRows(const float* x, size_t x_stride, size_t t_begin, siz
         vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, xb + i)));
       }
       const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
-      const float d = amax / 127.0f;
-      const float id = d != 0.0f ? 1.0f / d : 0.0f;
-      scale[b] = fp16_to_f32(f32_to_fp16(d));
+      const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+      scale[b] = fp16_to_f32(f32_to_fp16(amax / 127.0f));
       const auto vid = hn::Set(df, id);
       auto vsum = hn::Zero(di);
       for (size_t i = 0; i < kQuantBlock; i += N) {
-        const auto code = hn::ConvertTo(di, RoundHalfAway(hn::Mul(hn::LoadU(df, xb + i), vid)));
+        const auto code = hn::ConvertTo(di, hn::Round(hn::Mul(hn::LoadU(df, xb + i), vid)));
         vsum = hn::Add(vsum, code);
         hn::StoreU(hn::DemoteTo(d8, code), d8, q + b * kQuantBlock + i);
       }
@@ -4273,9 +4838,8 @@ inline size_t quant_blocks(TensorType type, size_t n) {
   return n / block;
 }
 
-// round(v) as an int8 code in [-127, 127]; NaN (from a non-finite input) gives 0.
-inline int8_t round_to_q8(float v) {
-  const float r = std::round(v);
+// A rounded value as an int8 code in [-127, 127]; NaN (from a non-finite input) gives 0.
+inline int8_t q8_code(float r) {
   if (r >= 127.0f) return 127;
   if (r <= -127.0f) return -127;
   return r == r ? static_cast<int8_t>(r) : 0;
@@ -4293,7 +4857,20 @@ void quantize_row_q8_0(const float* x, BlockQ8_0* y, size_t n) {
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[b].d = f32_to_fp16(d);
-    for (size_t i = 0; i < kQuantBlock; ++i) y[b].qs[i] = detail::round_to_q8(x[i] * id);
+    for (size_t i = 0; i < kQuantBlock; ++i) y[b].qs[i] = detail::q8_code(std::round(x[i] * id));
+  }
+}
+
+void quantize_activations_q8_0(const float* x, BlockQ8_0* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q8_0, n);
+  for (size_t b = 0; b < nb; ++b, x += kQuantBlock) {
+    float amax = 0.0f;
+    for (size_t i = 0; i < kQuantBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    y[b].d = f32_to_fp16(amax / 127.0f);
+    // nearbyint rounds halves to even (the default rounding mode).
+    for (size_t i = 0; i < kQuantBlock; ++i)
+      y[b].qs[i] = detail::q8_code(std::nearbyint(x[i] * id));
   }
 }
 
@@ -4576,6 +5153,20 @@ void gelu(const float* x, size_t n, float* out) {
   HWY_DYNAMIC_DISPATCH(Gelu)(x, n, out);
 }
 
+const float* gelu_f16_table() {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(65536);
+    for (uint32_t bits = 0; bits < t.size(); ++bits) {
+      const float x = fp16_to_f32(uint16_t(bits));
+      const float y =
+          0.5f * x * (1.0f + std::tanh(0.79788456080286535588f * x * (1.0f + 0.044715f * x * x)));
+      t[bits] = fp16_to_f32(f32_to_fp16(y));
+    }
+    return t;
+  }();
+  return table.data();
+}
+
 void geglu(const float* gate, const float* up, size_t n, float* out) {
   HWY_DYNAMIC_DISPATCH(GeGlu)(gate, up, n, out);
 }
@@ -4692,11 +5283,22 @@ double gelu(double x) {
 }
 
 void gelu(const float* x, size_t n, float* out) {
-  for (size_t i = 0; i < n; ++i) out[i] = float(gelu(double(x[i])));
+  for (size_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    if (!(v > -10.0f)) {
+      out[i] = std::isnan(v) ? v : 0.0f;
+    } else if (v >= 10.0f) {
+      out[i] = v;
+    } else {
+      const double rounded = fp16_to_f32(f32_to_fp16(v));
+      out[i] = fp16_to_f32(f32_to_fp16(float(gelu(rounded))));
+    }
+  }
 }
 
 void geglu(const float* gate, const float* up, size_t n, float* out) {
-  for (size_t i = 0; i < n; ++i) out[i] = float(gelu(double(gate[i])) * up[i]);
+  gelu(gate, n, out);
+  for (size_t i = 0; i < n; ++i) out[i] = float(double(out[i]) * up[i]);
 }
 
 void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
@@ -5209,6 +5811,19 @@ inline const std::vector<ArchitectureTraits>& architecture_traits() {
     gemma.ffn = FfnType::kGeGlu;
     gemma.scaled_embedding = true;
     all.push_back(gemma);
+
+    // BERT encoders (bge, all-MiniLM, ...): embeddings only, no rope, post-LN.
+    ArchitectureTraits bert;
+    bert.name = "bert";
+    bert.norm = NormType::kLayer;
+    bert.positions = PositionType::kLearned;
+    bert.ffn = FfnType::kGelu;
+    bert.all_biases = true;
+    bert.token_types = true;
+    bert.embedding_norm = true;
+    bert.post_norm = true;
+    bert.causal = false;
+    all.push_back(bert);
     return all;
   }();
   return table;
@@ -5433,11 +6048,18 @@ Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& option
   if (arch.positions == PositionType::kLearned) {
     t.position_embd_ = detail::weight_matrix(gguf, "position_embd.weight", d, c.context_length);
   }
-  t.output_norm_ = norm("output_norm");
-  if (gguf.find_tensor("output.weight") != nullptr) {
-    t.output_ = linear("output", d, c.n_vocab, false);
-  } else {
-    t.output_.weight = t.token_embd_;  // tied embeddings
+  if (arch.token_types) {
+    const TensorInfo& types = detail::required_tensor(gguf, "token_types.weight");
+    t.token_types_ = detail::weight_matrix(gguf, types, d, std::max<uint64_t>(types.ne[1], 1));
+  }
+  if (arch.embedding_norm) t.embedding_norm_ = norm("token_embd_norm");
+  if (!arch.post_norm) t.output_norm_ = norm("output_norm");
+  if (arch.causal) {  // an encoder has no LM head
+    if (gguf.find_tensor("output.weight") != nullptr) {
+      t.output_ = linear("output", d, c.n_vocab, false);
+    } else {
+      t.output_.weight = t.token_embd_;  // tied embeddings
+    }
   }
   if (const TensorInfo* freqs = gguf.find_tensor("rope_freqs.weight")) {
     if (arch.positions == PositionType::kRope) {
@@ -5457,14 +6079,14 @@ Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& option
   for (size_t l = 0; l < c.n_layers; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
     Layer& layer = t.layers_[l];
-    layer.attn_norm = norm(p + "attn_norm");
+    layer.attn_norm = norm(p + (arch.post_norm ? "attn_output_norm" : "attn_norm"));
     layer.qkv =
         arch.fused_qkv
             ? projection({{p + "attn_qkv", q_dim + k_dim + v_dim}}, qkv_bias)
             : projection({{p + "attn_q", q_dim}, {p + "attn_k", k_dim}, {p + "attn_v", v_dim}},
                          qkv_bias);
     layer.attn_output = linear(p + "attn_output", att_dim, d, arch.all_biases);
-    layer.ffn_norm = norm(p + "ffn_norm");
+    layer.ffn_norm = norm(p + (arch.post_norm ? "layer_output_norm" : "ffn_norm"));
     if (arch.ffn == FfnType::kGelu || arch.fused_gate_up) {
       layer.ffn_in = projection({{p + "ffn_up", ffn_rows}}, arch.all_biases);
     } else {
@@ -5515,8 +6137,16 @@ void Transformer::check_sequence(const KvSequence& seq, size_t n) const {
   }
 }
 
+void Transformer::check_decoder() const {
+  if (!config_.traits.causal) {
+    detail::fail("this " + config_.architecture +
+                 " model is an encoder: it gives embeddings (sllm::embed), not next-token logits");
+  }
+}
+
 void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& s,
                           float* logits, LogitsFor which) const {
+  check_decoder();
   check_tokens(tokens, n);
   check_sequence(seq, n);
   if (n == 0) return;
@@ -5527,13 +6157,19 @@ void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, Forw
   prepare(s, n);
   s.seqs_.assign(n, &seq);
   s.pos_.resize(n);
-  for (size_t t = 0; t < n; ++t) s.pos_[t] = pos0 + t;
-  run(tokens, n, s, logits, which);
+  s.end_.resize(n);
+  for (size_t t = 0; t < n; ++t) {
+    s.pos_[t] = pos0 + t;
+    s.end_[t] = pos0 + t + 1;
+  }
+  run(tokens, n, s);
+  if (which != LogitsFor::kNone) output_logits(s, which == LogitsFor::kAll ? 0 : n - 1, n, logits);
   seq.commit(n, tokens);
 }
 
 void Transformer::forward_batch(const int32_t* tokens, KvSequence* const* seqs, size_t n,
                                 ForwardScratch& s, float* logits) const {
+  check_decoder();
   check_tokens(tokens, n);
   for (size_t i = 0; i < n; ++i) {
     check_sequence(*seqs[i], 1);
@@ -5555,24 +6191,75 @@ void Transformer::forward_batch(const int32_t* tokens, KvSequence* const* seqs, 
   prepare(s, n);
   s.seqs_.assign(seqs, seqs + n);
   s.pos_.resize(n);
-  for (size_t t = 0; t < n; ++t) s.pos_[t] = seqs[t]->size();
-  run(tokens, n, s, logits, LogitsFor::kAll);
+  s.end_.resize(n);
+  for (size_t t = 0; t < n; ++t) {
+    s.pos_[t] = seqs[t]->size();
+    s.end_[t] = s.pos_[t] + 1;
+  }
+  run(tokens, n, s);
+  output_logits(s, 0, n, logits);
   for (size_t t = 0; t < n; ++t) seqs[t]->commit(1, tokens + t);
 }
 
-void Transformer::run(const int32_t* tokens, size_t n, ForwardScratch& s, float* logits,
-                      LogitsFor which) const {
-  const ModelConfig& c = config_;
+void Transformer::forward_states(const int32_t* tokens, const size_t* sizes,
+                                 KvSequence* const* seqs, size_t n_texts, ForwardScratch& s,
+                                 float* states) const {
+  size_t n = 0;
+  for (size_t i = 0; i < n_texts; ++i) {
+    try {
+      check_sequence(*seqs[i], sizes[i]);
+    } catch (const Error& e) {
+      detail::fail("text " + std::to_string(i) + " of the batch: " + e.what());
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (seqs[j] == seqs[i]) {
+        detail::fail("forward_states: text " + std::to_string(i) + " has the sequence of text " +
+                     std::to_string(j) + "; each text needs its own");
+      }
+    }
+    n = detail::checked_add(n, sizes[i], "batch tokens");
+  }
+  check_tokens(tokens, n);
+  if (n == 0) return;
+  for (size_t i = 0; i < n_texts; ++i) {
+    try {
+      seqs[i]->reserve(sizes[i]);
+    } catch (const Error& e) {
+      detail::fail("text " + std::to_string(i) + " of the batch: " + e.what());
+    }
+  }
+  prepare(s, n);
+  s.seqs_.resize(n);
+  s.pos_.resize(n);
+  s.end_.resize(n);
+  for (size_t i = 0, t = 0; i < n_texts; ++i) {
+    const size_t pos0 = seqs[i]->size();
+    for (size_t j = 0; j < sizes[i]; ++j, ++t) {
+      s.seqs_[t] = seqs[i];
+      s.pos_[t] = pos0 + j;
+      s.end_[t] = config_.traits.causal ? pos0 + j + 1 : pos0 + sizes[i];
+    }
+  }
+  run(tokens, n, s);
+  normalize(output_norm_, s.x_.data(), n, states);
+  for (size_t i = 0; i < n_texts; ++i) {
+    seqs[i]->commit(sizes[i], tokens);
+    tokens += sizes[i];
+  }
+}
+
+void Transformer::run(const int32_t* tokens, size_t n, ForwardScratch& s) const {
   embed(tokens, n, s);
-  for (size_t l = 0; l < c.n_layers; ++l) {
+  for (size_t l = 0; l < config_.n_layers; ++l) {
     attention_block(layers_[l], l, n, s);
     ffn_block(layers_[l], n, s);
   }
-  if (which == LogitsFor::kNone) return;
-  const size_t first = which == LogitsFor::kAll ? 0 : n - 1;
-  const size_t d = c.n_embd;
+}
+
+void Transformer::output_logits(ForwardScratch& s, size_t first, size_t n, float* logits) const {
+  const size_t d = config_.n_embd;
   normalize(output_norm_, s.x_.data() + first * d, n - first, s.xb_.data() + first * d);
-  linear(output_, s.xb_.data() + first * d, n - first, d, logits, c.n_vocab);
+  linear(output_, s.xb_.data() + first * d, n - first, d, logits, config_.n_vocab);
 }
 
 void Transformer::embed(const int32_t* tokens, size_t n, ForwardScratch& s) const {
@@ -5597,11 +6284,21 @@ void Transformer::embed(const int32_t* tokens, size_t n, ForwardScratch& s) cons
                          position_embd_.data + s.pos_[t] * position_embd_.row_bytes, d, position);
       detail::add(x, position, d);
     }
+    if (token_types_.data != nullptr) {
+      float* type = s.xb_.data() + t * d;
+      detail::row_to_f32(token_types_.type, token_types_.data, d, type);
+      detail::add(x, type, d);
+    }
+    if (embedding_norm_.weight != nullptr) normalize(embedding_norm_, x, 1, x);
   }
 }
 
 void Transformer::normalize(const Norm& norm, const float* x, size_t n, float* out) const {
   const size_t d = config_.n_embd;
+  if (norm.weight == nullptr) {
+    if (out != x) std::copy(x, x + n * d, out);
+    return;
+  }
   for (size_t t = 0; t < n; ++t) {
     if (config_.traits.norm == NormType::kRms) {
       detail::rmsnorm(x + t * d, norm.weight, d, config_.norm_eps, out + t * d);
@@ -5649,10 +6346,11 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, Forwar
   const size_t q_dim = c.n_heads * c.key_dim, k_dim = c.n_kv_heads * c.key_dim;
   const size_t att_dim = c.n_heads * c.value_dim;
   const size_t stride = layer.qkv.rows;  // a token's Q, K and V, side by side
+  const bool post_norm = c.traits.post_norm;
   float* x = s.x_.data();
   float* xb = s.xb_.data();
-  normalize(layer.attn_norm, x, n, xb);
-  project(layer.qkv, xb, n, d, s.qkv_.data());
+  if (!post_norm) normalize(layer.attn_norm, x, n, xb);
+  project(layer.qkv, post_norm ? x : xb, n, d, s.qkv_.data());
   for (size_t t = 0; t < n; ++t) {
     float* q = s.qkv_.data() + t * stride;
     float* k = q + q_dim;
@@ -5664,10 +6362,11 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, Forwar
     }
     s.seqs_[t]->write(l, s.pos_[t], k, k + k_dim);
   }
-  // Token t of the batch attends to the cache up to its own position (causal mask), or to the
-  // last sliding_window tokens of it, with each group of n_heads / n_kv_heads query heads
-  // sharing one KV head. A task is a group (its keys and values read once for all its heads),
-  // or a part of one when there are fewer groups than threads.
+  // Token t of the batch attends to its sequence's cache before end_[t] (its own position + 1
+  // in a decoder: the causal mask), or to the last sliding_window tokens of that, with each
+  // group of n_heads / n_kv_heads query heads sharing one KV head. A task is a group (its keys
+  // and values read once for all its heads), or a part of one when there are fewer groups than
+  // threads.
   const size_t group = c.n_heads / c.n_kv_heads;
   size_t parts = 1;
   while (parts < group && n * c.n_kv_heads * parts < size_t(n_threads_)) ++parts;
@@ -5680,7 +6379,7 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, Forwar
     const size_t h0 = kv_head * group + part * group / parts;
     const size_t h1 = kv_head * group + (part + 1) * group / parts;
     const KvSequence& seq = *s.seqs_[t];
-    const size_t end = s.pos_[t] + 1;
+    const size_t end = s.end_[t];
     const size_t begin =
         c.sliding_window != 0 && end > c.sliding_window ? end - c.sliding_window : 0;
     detail::attention(s.qkv_.data() + t * stride + h0 * c.key_dim, h1 - h0, c.key_dim,
@@ -5689,16 +6388,18 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, Forwar
   }
   linear(layer.attn_output, s.att_.data(), n, att_dim, xb, d);
   detail::add(x, xb, n * d);
+  if (post_norm) normalize(layer.attn_norm, x, n, x);
 }
 
 void Transformer::ffn_block(const Layer& layer, size_t n, ForwardScratch& s) const {
   const ModelConfig& c = config_;
   const size_t d = c.n_embd, f = c.n_ff;
   const size_t stride = layer.ffn_in.rows;  // a token's gate and up rows, or up rows
+  const bool post_norm = c.traits.post_norm;
   float* x = s.x_.data();
   float* xb = s.xb_.data();
-  normalize(layer.ffn_norm, x, n, xb);
-  project(layer.ffn_in, xb, n, d, s.ffn_.data());
+  if (!post_norm) normalize(layer.ffn_norm, x, n, xb);
+  project(layer.ffn_in, post_norm ? x : xb, n, d, s.ffn_.data());
   const FfnType type = c.traits.ffn;
 #pragma omp parallel for num_threads(n_threads_) if (n > 1)
   for (size_t t = 0; t < n; ++t) {
@@ -5717,6 +6418,7 @@ void Transformer::ffn_block(const Layer& layer, size_t n, ForwardScratch& s) con
   }
   linear(layer.ffn_down, s.ffn_.data(), n, stride, xb, d);
   detail::add(x, xb, n * d);
+  if (post_norm) normalize(layer.ffn_norm, x, n, x);
 }
 
 }  // namespace sllm
@@ -5736,6 +6438,46 @@ uint8_t unicode_classes(uint32_t cp) {
   // The first entry starts at U+0000, so the range holding cp is the one before upper_bound.
   const uint32_t* it = std::upper_bound(begin, end, cp << 8 | 0xFF);
   return uint8_t(it[-1] & 0xFF);
+}
+
+void append_lower_without_accents(uint32_t cp, std::vector<uint32_t>& out) {
+  constexpr uint32_t kHangulFirst = 0xAC00, kHangulLast = 0xD7A3;
+  if (cp >= kHangulFirst && cp <= kHangulLast) {
+    // Unicode 3.12: a syllable is leading consonant, vowel and (but for index 0) trailing
+    // consonant; all three are letters (Lo), so none is removed.
+    const uint32_t s = cp - kHangulFirst;
+    out.push_back(0x1100 + s / 588);
+    out.push_back(0x1161 + s % 588 / 28);
+    if (s % 28 != 0) out.push_back(0x11A7 + s % 28);
+    return;
+  }
+  const UnicodeFoldRun* begin = kUnicodeFoldRuns;
+  const UnicodeFoldRun* end = begin + sizeof(kUnicodeFoldRuns) / sizeof(kUnicodeFoldRuns[0]);
+  const UnicodeFoldRun* it = std::upper_bound(
+      begin, end, cp, [](uint32_t c, const UnicodeFoldRun& r) { return c < r.key >> 11; });
+  if (it != begin && cp < 0x110000) {
+    const UnicodeFoldRun& run = it[-1];
+    const uint32_t offset = cp - (run.key >> 11);
+    const uint32_t count = (run.key >> 3 & 0xFF) + 1, stride = (run.key >> 2 & 1) + 1;
+    if (offset % stride == 0 && offset / stride < count) {
+      switch (UnicodeFoldKind(run.key & 3)) {
+        case kFoldDelta:
+          out.push_back(uint32_t(int64_t(cp) + run.value));
+          return;
+        case kFoldTarget:
+          out.push_back(uint32_t(run.value));
+          return;
+        case kFoldRemove:
+          return;
+        case kFoldSequence: {
+          const uint32_t* seq = kUnicodeFoldSequences + (run.value >> 8);
+          out.insert(out.end(), seq, seq + (run.value & 0xFF));
+          return;
+        }
+      }
+    }
+  }
+  out.push_back(cp);
 }
 
 namespace {
@@ -5837,6 +6579,13 @@ bool in_ranges(const CodePointRange (&ranges)[N], uint32_t cp) {
 
 // [一-龥ࠀ-一가-퟿] of the DeepSeek pre-tokenizers.
 constexpr CodePointRange kCjkRanges[] = {{0x0800, 0x9FA5}, {0xAC00, 0xD7FF}};
+
+// The CJK ideographs that BERT's tokenizer makes words of their own (its _is_chinese_char):
+// the unified ideographs and their extensions A to F, and the compatibility ideographs.
+constexpr CodePointRange kBertCjkRanges[] = {
+    {0x3400, 0x4DBF},   {0x4E00, 0x9FFF},   {0xF900, 0xFAFF},   {0x20000, 0x2A6DF},
+    {0x2A700, 0x2B73F}, {0x2B740, 0x2B81F}, {0x2B820, 0x2CEAF}, {0x2F800, 0x2FA1F},
+};
 
 // The letters of DeepSeek LLM's word pattern: the cased scripts (Latin, Greek, Cyrillic,
 // Armenian, Georgian, Cherokee, Glagolitic, Coptic, Deseret, Osage, Old Hungarian, Warang Citi,
@@ -6266,9 +7015,10 @@ struct Tokenizer::Fragment {
 Tokenizer::Tokenizer(Vocabulary vocab) {
   using detail::fail;
   const size_t n = vocab.tokens.size();
-  if (vocab.model != "llama" && vocab.model != "gpt2") {
+  if (vocab.model != "llama" && vocab.model != "gpt2" && vocab.model != "bert") {
     fail("tokenizer model '" + vocab.model +
-         "' is not supported (sllm reads 'llama' = SentencePiece and 'gpt2' = byte-level BPE)");
+         "' is not supported (sllm reads 'llama' = SentencePiece, 'gpt2' = byte-level BPE and "
+         "'bert' = WordPiece)");
   }
   if (n == 0) fail("the vocabulary has no tokens");
   if (n > size_t(INT32_MAX)) fail("the vocabulary has too many tokens: " + std::to_string(n));
@@ -6296,6 +7046,10 @@ Tokenizer::Tokenizer(Vocabulary vocab) {
   if (vocab.add_eos && vocab.eos < 0) fail("the vocabulary asks to add EOS but has no EOS token");
 
   byte_level_ = vocab.model == "gpt2";
+  wordpiece_ = vocab.model == "bert";
+  if (wordpiece_ && vocab.unk < 0) {
+    fail("the WordPiece vocabulary has no unknown token ([UNK]) for words it cannot split");
+  }
   pieces_ = std::move(vocab.tokens);
   scores_ = std::move(vocab.scores);
   if (scores_.empty()) scores_.assign(n, 0.0f);
@@ -6308,7 +7062,9 @@ Tokenizer::Tokenizer(Vocabulary vocab) {
   pad_ = vocab.pad;
   add_bos_ = vocab.add_bos;
   add_eos_ = vocab.add_eos;
-  add_space_prefix_ = !byte_level_ && vocab.add_space_prefix;
+  add_space_prefix_ = wordpiece_ || (!byte_level_ && vocab.add_space_prefix);
+  for (const std::string& piece : pieces_)
+    max_piece_bytes_ = std::max(max_piece_bytes_, piece.size());
 
   // Byte tokens: SentencePiece's <0xNN> pieces, or the byte-level alphabet's characters.
   for (int b = 0; b < 256; ++b) {
@@ -6390,12 +7146,13 @@ Tokenizer::Tokenizer(Vocabulary vocab) {
 Tokenizer Tokenizer::from_gguf(const Gguf& gguf) {
   Vocabulary v;
   v.model = gguf.get<std::string>("tokenizer.ggml.model");
-  if (v.model != "llama" && v.model != "gpt2") {
+  if (v.model != "llama" && v.model != "gpt2" && v.model != "bert") {
     detail::fail(gguf.path() + ": tokenizer.ggml.model '" + v.model +
-                 "' is not supported (sllm reads 'llama' = SentencePiece and 'gpt2' = "
-                 "byte-level BPE)");
+                 "' is not supported (sllm reads 'llama' = SentencePiece, 'gpt2' = "
+                 "byte-level BPE and 'bert' = WordPiece)");
   }
   const bool spm = v.model == "llama";
+  const bool wordpiece = v.model == "bert";
   v.pre = gguf.get_or<std::string>("tokenizer.ggml.pre", "default");
   v.tokens = gguf.get_array<std::string>("tokenizer.ggml.tokens");
   const size_t n = v.tokens.size();
@@ -6418,7 +7175,7 @@ Tokenizer Tokenizer::from_gguf(const Gguf& gguf) {
       v.types.push_back(t >= 0 && t <= 6 ? TokenType(t) : TokenType::Undefined);
     }
   }
-  if (!spm) v.merges = gguf.get_array<std::string>("tokenizer.ggml.merges");
+  if (v.model == "gpt2") v.merges = gguf.get_array<std::string>("tokenizer.ggml.merges");
 
   // Special token ids; ids past the vocabulary (converters write 0xFFFFFFFF or -1 for "none")
   // mean the vocabulary has no such token. SentencePiece's defaults are llama's.
@@ -6436,6 +7193,10 @@ Tokenizer Tokenizer::from_gguf(const Gguf& gguf) {
   const auto default_id = [&](int32_t id) { return spm && id < int64_t(n) ? id : -1; };
   v.bos = special("tokenizer.ggml.bos_token_id", default_id(1));
   v.eos = special("tokenizer.ggml.eos_token_id", default_id(2));
+  if (wordpiece) {
+    v.bos = special("tokenizer.ggml.cls_token_id", v.bos);
+    v.eos = special("tokenizer.ggml.seperator_token_id", v.eos);
+  }
   v.unk = special("tokenizer.ggml.unknown_token_id", default_id(0));
   v.eot = special("tokenizer.ggml.eot_token_id", -1);
   v.eom = special("tokenizer.ggml.eom_token_id", -1);
@@ -6443,8 +7204,8 @@ Tokenizer Tokenizer::from_gguf(const Gguf& gguf) {
 
   const bool llama3 =
       v.pre == "llama3" || v.pre == "llama-v3" || v.pre == "llama-bpe" || v.pre == "falcon3";
-  v.add_bos = gguf.get_or<bool>("tokenizer.ggml.add_bos_token", spm || llama3);
-  v.add_eos = gguf.get_or<bool>("tokenizer.ggml.add_eos_token", false);
+  v.add_bos = gguf.get_or<bool>("tokenizer.ggml.add_bos_token", spm || llama3 || wordpiece);
+  v.add_eos = gguf.get_or<bool>("tokenizer.ggml.add_eos_token", wordpiece);
   v.add_space_prefix = spm && gguf.get_or<bool>("tokenizer.ggml.add_space_prefix", true);
   try {
     return Tokenizer(std::move(v));
@@ -6526,6 +7287,8 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special,
     }
     if (byte_level_) {
       encode_bpe(f.text, out);
+    } else if (wordpiece_) {
+      encode_wordpiece(f.text, out);
     } else {
       encode_spm(f.text, add_space_prefix_ && after_special, out);
     }
@@ -6662,6 +7425,76 @@ void Tokenizer::encode_bpe_word(std::string_view word, std::vector<int32_t>& out
       emit_bytes(word.substr(size_t(i), 1), out);
     }
   }
+}
+
+void Tokenizer::encode_wordpiece(std::string_view text, std::vector<int32_t>& out) const {
+  // Hugging Face's BertNormalizer and BertPreTokenizer, one code point at a time: control
+  // characters (and invalid bytes) go, whitespace ends a word, CJK ideographs are words of
+  // their own, and so is each punctuation character of the lower-cased accent-free text.
+  std::string word(detail::kSpmSpace);
+  size_t n_chars = 0;
+  const auto end_word = [&] {
+    if (n_chars > 0) encode_wordpiece_word(word, n_chars, out);
+    word.resize(detail::kSpmSpace.size());
+    n_chars = 0;
+  };
+  std::vector<uint32_t> folded;
+  for (size_t i = 0; i < text.size();) {
+    uint32_t cp;
+    i += detail::utf8_char(text, i, &cp);
+    const uint8_t cls = detail::unicode_classes(cp);
+    if (cp == '\t' || cp == '\n' || cp == '\r') {
+      end_word();
+      continue;
+    }
+    // Cc, Cf, Co, Cs and unassigned code points (class 0, as are invalid bytes) are dropped.
+    if (cp == 0 || cp == 0xFFFD || cls == 0 || (cls & detail::kUnicodeOther) != 0) continue;
+    const bool cjk = detail::in_ranges(detail::kBertCjkRanges, cp);
+    if (cjk) end_word();
+    folded.clear();
+    detail::append_lower_without_accents(cp, folded);
+    for (uint32_t c : folded) {
+      const uint8_t folded_cls = detail::unicode_classes(c);
+      if ((folded_cls & detail::kUnicodeWhitespace) != 0) {
+        end_word();
+        continue;
+      }
+      const bool ascii_punct = (c >= 33 && c <= 47) || (c >= 58 && c <= 64) ||
+                               (c >= 91 && c <= 96) || (c >= 123 && c <= 126);
+      const bool punct = ascii_punct || (folded_cls & detail::kUnicodePunctuation) != 0;
+      if (punct) end_word();
+      detail::append_utf8(c, word);
+      ++n_chars;
+      if (punct) end_word();
+    }
+    if (cjk) end_word();
+  }
+  end_word();
+}
+
+void Tokenizer::encode_wordpiece_word(std::string_view word, size_t n_chars,
+                                      std::vector<int32_t>& out) const {
+  constexpr size_t kMaxWordChars = 100;  // BERT's max_input_chars_per_word
+  const size_t first_piece = out.size();
+  const size_t prefix = detail::kSpmSpace.size();
+  for (size_t begin = 0; n_chars <= kMaxWordChars && begin < word.size();) {
+    // The longest piece from begin that ends at a character boundary; the first piece carries
+    // the "▁" prefix and at least one character.
+    int32_t id = -1;
+    size_t end = std::min(word.size(), begin + max_piece_bytes_);
+    for (; end > (begin == 0 ? prefix : begin); --end) {
+      if (end < word.size() && (uint8_t(word[end]) & 0xC0) == 0x80) continue;
+      id = find_piece(word.substr(begin, end - begin));
+      if (id >= 0 && detail::buildable(types_[id])) break;
+      id = -1;
+    }
+    if (id < 0) break;
+    out.push_back(id);
+    begin = end;
+    if (begin == word.size()) return;
+  }
+  out.resize(first_piece);  // no split (or too long): the whole word is unknown
+  out.push_back(unk_);
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool render_special) const {
@@ -7695,6 +8528,169 @@ ChatStats Chat::respond(const GenerateOptions& options, const PieceFn& on_piece)
   stats.n_cached = keep;
   messages_.push_back({ChatRole::kAssistant, std::move(answer)});
   return stats;
+}
+
+}  // namespace sllm
+
+// ---- embed_impl.h ----
+namespace sllm {
+
+const char* pooling_name(Pooling pooling) {
+  switch (pooling) {
+    case Pooling::kModel:
+      return "model";
+    case Pooling::kMean:
+      return "mean";
+    case Pooling::kCls:
+      return "cls";
+    case Pooling::kLast:
+      return "last";
+  }
+  return "?";
+}
+
+std::optional<Pooling> pooling_from_name(std::string_view name) {
+  for (Pooling p : {Pooling::kMean, Pooling::kCls, Pooling::kLast}) {
+    if (name == pooling_name(p)) return p;
+  }
+  return std::nullopt;
+}
+
+Pooling model_pooling(const Model& model) {
+  const std::string key = model.config().architecture + ".pooling_type";
+  const uint32_t type = model.gguf().get_or<uint32_t>(key, 0);
+  switch (type) {
+    case 0:
+      return Pooling::kModel;
+    case 1:
+      return Pooling::kMean;
+    case 2:
+      return Pooling::kCls;
+    case 3:
+      return Pooling::kLast;
+  }
+  detail::fail("metadata " + key + " in " + model.gguf().path() + " is " + std::to_string(type) +
+               (type == 4 ? " (rank, a reranker's)" : "") +
+               "; sllm pools embeddings by 1 (mean), 2 (cls) or 3 (last)");
+}
+
+Embeddings embed_tokens(const Model& model, const std::vector<std::vector<int32_t>>& texts,
+                        const EmbedOptions& options) {
+  const Transformer& transformer = model.transformer();
+  const ModelConfig& c = transformer.config();
+  const Pooling pooling =
+      options.pooling == Pooling::kModel ? model_pooling(model) : options.pooling;
+  if (pooling == Pooling::kModel) {
+    detail::fail(model.gguf().path() + " does not say how to pool its embeddings (no " +
+                 c.architecture +
+                 ".pooling_type): choose mean, cls or last (EmbedOptions::pooling, "
+                 "sllm embed --pooling)");
+  }
+  if (options.batch_tokens == 0) detail::fail("EmbedOptions::batch_tokens must be at least 1");
+  for (size_t i = 0; i < texts.size(); ++i) {
+    if (texts[i].empty()) {
+      detail::fail("text " + std::to_string(i) +
+                   " (counting from 0) has no tokens: it is empty, and the vocabulary adds no "
+                   "special tokens");
+    }
+    if (texts[i].size() > c.context_length) {
+      detail::fail("text " + std::to_string(i) + " (counting from 0) has " +
+                   std::to_string(texts[i].size()) + " tokens, more than the " +
+                   std::to_string(c.context_length) + " positions of the model (" + c.architecture +
+                   ".context_length); split it into shorter passages");
+    }
+  }
+
+  // Batches of whole texts, [first[b], first[b + 1]); the KV pool holds the largest one.
+  const size_t block_tokens = KvPool::kDefaultBlockTokens;
+  const auto blocks_of = [&](size_t n) { return (n + block_tokens - 1) / block_tokens; };
+  std::vector<size_t> first{0};
+  size_t max_tokens = 0, max_blocks = 0;
+  for (size_t i = 0, tokens = 0, blocks = 0; i < texts.size(); ++i) {
+    if (i > first.back() && tokens + texts[i].size() > options.batch_tokens) {
+      first.push_back(i);
+      tokens = blocks = 0;
+    }
+    tokens += texts[i].size();
+    blocks += blocks_of(texts[i].size());
+    max_tokens = std::max(max_tokens, tokens);
+    max_blocks = std::max(max_blocks, blocks);
+  }
+  first.push_back(texts.size());
+
+  Embeddings out;
+  out.n_texts = texts.size();
+  out.n_embd = c.n_embd;
+  out.data.resize(detail::checked_mul(out.n_texts, out.n_embd, "embeddings size"));
+  if (texts.empty()) return out;
+  KvPool pool(transformer.kv_shape(), max_blocks, block_tokens, TensorType::F32);
+  ForwardScratch scratch;
+  std::vector<float> states(detail::checked_mul(max_tokens, c.n_embd, "hidden states size"));
+  std::vector<int32_t> tokens;
+  std::vector<size_t> sizes;
+  const size_t d = c.n_embd;
+  std::vector<double> sum(d);
+  for (size_t b = 0; b + 1 < first.size(); ++b) {
+    std::vector<KvSequence> seqs;
+    std::vector<KvSequence*> seq_ptrs;
+    tokens.clear();
+    sizes.clear();
+    for (size_t i = first[b]; i < first[b + 1]; ++i) {
+      seqs.emplace_back(pool, texts[i].size());
+      tokens.insert(tokens.end(), texts[i].begin(), texts[i].end());
+      sizes.push_back(texts[i].size());
+    }
+    for (KvSequence& seq : seqs) seq_ptrs.push_back(&seq);
+    try {
+      transformer.forward_states(tokens.data(), sizes.data(), seq_ptrs.data(), sizes.size(),
+                                 scratch, states.data());
+    } catch (const Error& e) {
+      detail::fail("embedding texts " + std::to_string(first[b]) + " to " +
+                   std::to_string(first[b + 1] - 1) + ": " + e.what());
+    }
+    const float* text_states = states.data();
+    for (size_t i = first[b]; i < first[b + 1]; ++i) {
+      const size_t n = texts[i].size();
+      float* v = out.data.data() + i * d;
+      if (pooling == Pooling::kMean) {
+        std::fill(sum.begin(), sum.end(), 0.0);
+        for (size_t t = 0; t < n; ++t) {
+          for (size_t k = 0; k < d; ++k) sum[k] += text_states[t * d + k];
+        }
+        for (size_t k = 0; k < d; ++k) v[k] = float(sum[k] / double(n));
+      } else {
+        const float* chosen = text_states + (pooling == Pooling::kCls ? 0 : n - 1) * d;
+        std::copy(chosen, chosen + d, v);
+      }
+      if (options.normalize) {
+        const float norm = std::sqrt(detail::dot_f32(v, v, d));
+        if (norm > 0) {
+          for (size_t k = 0; k < d; ++k) v[k] /= norm;
+        }
+      }
+      text_states += n * d;
+    }
+  }
+  return out;
+}
+
+Embeddings embed(const Model& model, const std::vector<std::string>& texts,
+                 const EmbedOptions& options) {
+  std::vector<std::vector<int32_t>> tokens;
+  tokens.reserve(texts.size());
+  for (const std::string& text : texts)
+    tokens.push_back(model.tokenizer().encode(text, true, false));
+  return embed_tokens(model, tokens, options);
+}
+
+float cosine_similarity(const float* a, const float* b, size_t n) {
+  double ab = 0, aa = 0, bb = 0;
+  for (size_t i = 0; i < n; ++i) {
+    ab += double(a[i]) * b[i];
+    aa += double(a[i]) * a[i];
+    bb += double(b[i]) * b[i];
+  }
+  return aa > 0 && bb > 0 ? float(ab / std::sqrt(aa * bb)) : 0.0f;
 }
 
 }  // namespace sllm

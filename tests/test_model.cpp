@@ -270,18 +270,16 @@ TEST_CASE("phi3 (fused QKV, fused gate/up, NEOX rope) logits equal llama.cpp's")
 
 TEST_CASE("gpt2 (learned positions, LayerNorm, biases, GELU) logits equal llama.cpp's") {
   // llama.cpp evaluates GELU through a table indexed by the input rounded to f16, holding f16
-  // results, so every FFN activation of its reference is off by up to half an f16 ulp
-  // (2.4e-4 relative); sllm computes the tanh approximation in f32. That alone moves gpt2's
-  // logits by 6.7e-4 * max|logit|. Rounding like llama.cpp would only bring it to 2e-4: inputs
-  // that fall on f16 rounding ties flip with the last bit of the matmuls before them. The
-  // components without GELU match to 2e-7 (see the other architectures).
-  check_ref_case("d_gpt2.F32", "d_gpt2.F32.gguf", 1e-3);
+  // results, and so does sllm (detail::gelu); computing it in f32 would move gpt2's logits by
+  // 6.7e-4 * max|logit|. What is left, 2e-4: inputs that fall near f16 rounding boundaries
+  // round the other way with the last bit of the matmuls before them. The components without
+  // GELU match to 2e-7 (see the other architectures).
+  check_ref_case("d_gpt2.F32", "d_gpt2.F32.gguf", 3e-4);
 }
 
 TEST_CASE(
     "gemma (scaled embedding, head size 32, one KV head, GELU gate) logits equal llama.cpp's") {
-  // Within 1e-4, but not 1e-6 as the others: the GELU gate meets llama.cpp's f16 GELU table
-  // (see gpt2).
+  // The GELU gate is evaluated as llama.cpp's f16 table does it (see gpt2).
   check_ref_case("e_gemma.F32", "e_gemma.F32.gguf");
 }
 

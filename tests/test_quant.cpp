@@ -120,6 +120,26 @@ TEST_CASE("Q8_0 quantization of a hand-computed block") {
   CHECK(block.qs[2] == 0);
 }
 
+TEST_CASE("activation quantization (ggml's x86 code) of a hand-computed block") {
+  // amax = 127 makes 127 / amax = 1: each code is the value rounded, halves to even (where
+  // quantize_row_q8_0 rounds them away from zero).
+  float x[32] = {127, -127, 0.5f, -0.5f, 1.5f, -2.5f, 3.49f, -3.51f, 0, 100.2f, -99.7f, 2.5f};
+  for (int i = 12; i < 32; ++i) x[i] = float(i - 20);
+  BlockQ8_0 block;
+  sllm::ref::quantize_activations_q8_0(x, &block, 32);
+  const int8_t want[12] = {127, -127, 0, 0, 2, -2, 3, -4, 0, 100, -100, 2};
+  CHECK(block.d == sllm::f32_to_fp16(1.0f));
+  for (int i = 0; i < 12; ++i) CHECK(block.qs[i] == want[i]);
+  for (int i = 12; i < 32; ++i) CHECK(block.qs[i] == i - 20);
+  // Where 1 / (amax / 127) and 127 / amax round apart: with amax = 0.149999991, x =
+  // 0.00885826722 times the one is 7.50000048 (code 8), times the other 7.49999952 (code 7).
+  float y[32] = {0x1.333332p-3f, 0x1.224488p-7f};
+  sllm::ref::quantize_activations_q8_0(y, &block, 32);
+  CHECK(block.qs[1] == 7);
+  sllm::ref::quantize_row_q8_0(y, &block, 32);
+  CHECK(block.qs[1] == 8);
+}
+
 TEST_CASE("Q4_0 quantization of a hand-computed block, nibble order") {
   // The value of largest magnitude is -8, so d = -8 / -8 = 1: code = min(15, trunc(x + 8.5)).
   float x[32] = {};
@@ -273,7 +293,7 @@ TEST_CASE("activation quantization matches the reference quantizer on every targ
         CAPTURE(n);
         const size_t x_stride = cols + 7;
         auto x = random_values(rng, n * x_stride, 3.0f);
-        // A block whose step is exactly 1, with halves to round away from zero, and a zero block.
+        // A block whose step is exactly 1, with halves to round to even, and a zero block.
         for (size_t i = 0; i < 32; ++i) x[i] = i == 0 ? 127.0f : float(int(i) - 16) + 0.5f;
         if (cols >= 64) std::fill(x.begin() + 32, x.begin() + 64, 0.0f);
         QuantizedActivations q;
@@ -282,7 +302,7 @@ TEST_CASE("activation quantization matches the reference quantizer on every targ
         REQUIRE(q.cols == cols);
         std::vector<BlockQ8_0> want(cols / 32);
         for (size_t t = 0; t < n; ++t) {
-          sllm::ref::quantize_row_q8_0(x.data() + t * x_stride, want.data(), cols);
+          sllm::ref::quantize_activations_q8_0(x.data() + t * x_stride, want.data(), cols);
           bool codes_equal = true, scales_equal = true, sums_equal = true;
           for (size_t b = 0; b < cols / 32; ++b) {
             int32_t sum = 0;
@@ -303,7 +323,7 @@ TEST_CASE("activation quantization matches the reference quantizer on every targ
           }
           CHECK(padding_zero);
         }
-        if (cols == 32) CHECK(q.codes(0)[1] == -15);  // -14.5 rounds to -15, not -14
+        if (cols == 32) CHECK(q.codes(0)[1] == -14);  // -14.5 rounds to even, not to -15
       }
     }
   });
@@ -382,7 +402,7 @@ TEST_CASE("quantized matmul matches the scalar reference on every target") {
         std::vector<BlockQ8_0> xq(cols / 32);
         std::vector<Expected> want(max_tokens * rows);
         for (size_t t = 0; t < max_tokens; ++t) {
-          sllm::ref::quantize_row_q8_0(x.data() + t * x_stride, xq.data(), cols);
+          sllm::ref::quantize_activations_q8_0(x.data() + t * x_stride, xq.data(), cols);
           for (size_t r = 0; r < rows; ++r) {
             want[t * rows + r] = expected_dot(type, w.data() + r * row_bytes, xq.data(), cols);
           }

@@ -71,7 +71,7 @@ VocabVectors read_vocab_vectors(const std::string& inp_path, const std::string& 
 }
 
 size_t check_vocab_vectors(const std::string& name, const sllm::Tokenizer& tok,
-                           const VocabVectors& v) {
+                           const VocabVectors& v, bool lossless) {
   size_t passed = 0, round_trips = 0;
   for (size_t i = 0; i < v.texts.size(); ++i) {
     const std::vector<int32_t> ids = tok.encode(v.texts[i], false, false);
@@ -81,6 +81,7 @@ size_t check_vocab_vectors(const std::string& name, const sllm::Tokenizer& tok,
       MESSAGE(name << " vector " << i << " '" << v.texts[i] << "'\n  expected"
                    << ids_string(v.ids[i]) << "\n  got     " << ids_string(ids));
     }
+    if (!lossless) continue;
     const std::string text = tok.decode(v.ids[i]);
     if (text == v.texts[i]) {
       ++round_trips;
@@ -89,10 +90,12 @@ size_t check_vocab_vectors(const std::string& name, const sllm::Tokenizer& tok,
                    << "'");
     }
   }
-  MESSAGE(name << ": " << passed << "/" << v.texts.size() << " encoded exactly, " << round_trips
-               << "/" << v.texts.size() << " decoded back");
+  MESSAGE(name << ": " << passed << "/" << v.texts.size() << " encoded exactly"
+               << (lossless ? ", " + std::to_string(round_trips) + "/" +
+                                  std::to_string(v.texts.size()) + " decoded back"
+                            : std::string()));
   CHECK(passed == v.texts.size());
-  CHECK(round_trips == v.texts.size());
+  if (lossless) CHECK(round_trips == v.texts.size());
   return passed;
 }
 

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "test_support.h"
@@ -15,13 +16,13 @@ using sllm::Tokenizer;
 using sllm::TokenType;
 using sllm::Vocabulary;
 
-void check_gguf_vocab(const std::string& name) {
+void check_gguf_vocab(const std::string& name, bool lossless = true) {
   const std::string base = "vocab/ggml-vocab-" + name + ".gguf";
   const std::string gguf_path = sllm_test::fixture(base);
   if (gguf_path.empty()) return;
   const Tokenizer tok = Tokenizer::from_gguf(sllm::Gguf::open(gguf_path));
   sllm_test::check_vocab_vectors(
-      name, tok, sllm_test::read_vocab_vectors(gguf_path + ".inp", gguf_path + ".out"));
+      name, tok, sllm_test::read_vocab_vectors(gguf_path + ".inp", gguf_path + ".out"), lossless);
 }
 
 // A small SentencePiece vocabulary: <unk> <s> </s>, the 256 byte tokens, then pieces.
@@ -117,6 +118,64 @@ TEST_CASE("unicode tables agree with UnicodeData.txt for every code point") {
   CHECK(mismatches == 0);
 }
 
+TEST_CASE("lower case without accents agrees with UnicodeData.txt for every code point") {
+  std::ifstream in("/usr/share/unicode/UnicodeData.txt");
+  if (!in) {
+    MESSAGE("SKIPPED: /usr/share/unicode/UnicodeData.txt is absent (package unicode-data)");
+    return;
+  }
+  std::vector<std::vector<uint32_t>> decomposition(0x110000);
+  std::vector<uint32_t> lower(0x110000);
+  std::vector<bool> mn(0x110000);
+  for (uint32_t c = 0; c < 0x110000; ++c) lower[c] = c;
+  std::string line;
+  while (std::getline(in, line)) {
+    std::vector<std::string> f;
+    std::istringstream ls(line);
+    for (std::string field; std::getline(ls, field, ';');) f.push_back(field);
+    f.resize(15);
+    const uint32_t cp = uint32_t(std::stoul(f[0], nullptr, 16));
+    mn[cp] = f[2] == "Mn";  // no First/Last block is Mn
+    if (!f[5].empty() && f[5][0] != '<') {
+      std::istringstream parts(f[5]);
+      for (std::string part; parts >> part;) {
+        decomposition[cp].push_back(uint32_t(std::stoul(part, nullptr, 16)));
+      }
+    }
+    if (!f[13].empty()) lower[cp] = uint32_t(std::stoul(f[13], nullptr, 16));
+  }
+  // Hangul syllables by the formula of Unicode 3.12; the rest by recursive decomposition.
+  std::function<void(uint32_t, std::vector<uint32_t>&)> nfd = [&](uint32_t c, auto& out) {
+    if (c >= 0xAC00 && c <= 0xD7A3) {
+      const uint32_t s = c - 0xAC00, l = 0x1100 + s / 588, v = 0x1161 + (s % 588) / 28;
+      const uint32_t t = 0x11A7 + s % 28;
+      out.push_back(l);
+      out.push_back(v);
+      if (t != 0x11A7) out.push_back(t);
+    } else if (decomposition[c].empty()) {
+      out.push_back(c);
+    } else {
+      for (uint32_t d : decomposition[c]) nfd(d, out);
+    }
+  };
+  size_t mismatches = 0, changed = 0;
+  std::vector<uint32_t> decomposed, expected, got;
+  for (uint32_t c = 0; c < 0x110000; ++c) {
+    decomposed.clear();
+    expected.clear();
+    got.clear();
+    nfd(c, decomposed);
+    for (uint32_t d : decomposed) {
+      if (!mn[d]) expected.push_back(lower[d]);
+    }
+    sllm::detail::append_lower_without_accents(c, got);
+    changed += expected != std::vector<uint32_t>{c};
+    if (got != expected && ++mismatches <= 5) MESSAGE("U+" << std::hex << c << " differs");
+  }
+  CHECK(mismatches == 0);
+  CHECK(changed > 5000);  // 1985 marks, 1433 upper-case letters, the precomposed ones, ...
+}
+
 TEST_CASE("pre-tokenizers split as their regular expressions do") {
   using P = sllm::detail::SplitPattern;
   const auto split = [](std::string_view text, std::vector<P> patterns) {
@@ -155,6 +214,58 @@ TEST_CASE("pre-tokenizers split as their regular expressions do") {
 TEST_CASE("vocab test vectors: SentencePiece (llama-spm, phi-3)") {
   check_gguf_vocab("llama-spm");
   check_gguf_vocab("phi-3");
+}
+
+TEST_CASE("vocab test vectors: WordPiece (bert-bge)") {
+  check_gguf_vocab("bert-bge", false);  // lower-cased and without accents: not lossless
+}
+
+TEST_CASE("WordPiece: lower case without accents, Hangul jamo kept, CJK, punctuation, [UNK]") {
+  const std::string path = sllm_test::fixture("vocab/ggml-vocab-bert-bge.gguf");
+  if (path.empty()) return;
+  const Tokenizer tok = Tokenizer::from_gguf(sllm::Gguf::open(path));
+  const auto id = [&](const std::string& piece) {
+    const int32_t i = tok.find_piece(piece);
+    REQUIRE_MESSAGE(i >= 0, piece);
+    return i;
+  };
+  const int32_t cls = id("[CLS]"), sep = id("[SEP]"), unk = id("[UNK]");
+  CHECK(tok.bos() == cls);
+  CHECK(tok.eos() == sep);
+  CHECK(tok.unk() == unk);
+  using Ids = std::vector<int32_t>;
+  CHECK(tok.encode("", true, false) == Ids{cls, sep});
+  CHECK(tok.encode("Hello", true, false) == Ids{cls, id("\xE2\x96\x81hello"), sep});
+  // "Café" and "CAFE" with a combining accent: NFD, marks (Mn) dropped, lower case.
+  const Ids cafe = tok.encode("cafe", false, false);
+  CHECK(tok.encode("Caf\xC3\xA9", false, false) == cafe);
+  CHECK(tok.encode("CAFE\xCC\x81", false, false) == cafe);
+  // Punctuation and CJK ideographs are words of their own; control characters vanish.
+  CHECK(tok.encode("a,b", false, false) == Ids{id("\xE2\x96\x81"
+                                                  "a"),
+                                               id("\xE2\x96\x81,"),
+                                               id("\xE2\x96\x81"
+                                                  "b")});
+  CHECK(tok.encode("a\xE2\x80\x8B"
+                   "b",
+                   false, false) == tok.encode("ab", false, false));
+  CHECK(tok.encode("\xE4\xB8\xAD\xE5\x9B\xBD", false, false) ==  // 中国
+        Ids{id("\xE2\x96\x81\xE4\xB8\xAD"), id("\xE2\x96\x81\xE5\x9B\xBD")});
+  // Continuation pieces ("##" in Hugging Face's vocab.txt) are stored bare.
+  const Ids unbelievably = tok.encode("unbelievably", false, false);
+  REQUIRE(unbelievably.size() >= 2);
+  CHECK(tok.piece(unbelievably[0]).rfind("\xE2\x96\x81", 0) == 0);
+  CHECK(tok.piece(unbelievably[1]).rfind("\xE2\x96\x81", 0) != 0);
+  CHECK(tok.decode(unbelievably) == "unbelievably");
+  // A word with no split, or of more than 100 characters, is [UNK] as a whole.
+  CHECK(tok.encode("\xF0\x9F\xA6\x99", false, false) == Ids{unk});  // 🦙
+  CHECK(tok.encode("ab\xF0\x9F\xA6\x99", false, false) == Ids{unk});
+  CHECK(tok.encode(std::string(100, 'a'), false, false).size() > 1);
+  CHECK(tok.encode(std::string(101, 'a'), false, false) == Ids{unk});
+  // Hangul: 한 (U+D55C) is ᄒ ᅡ ᆫ after NFD; all three jamo stay (llama.cpp keeps only ᄒ).
+  const Ids han = tok.encode("\xED\x95\x9C", false, false);
+  CHECK(han == tok.encode("\xE1\x84\x92\xE1\x85\xA1\xE1\x86\xAB", false, false));
+  CHECK(han != tok.encode("\xE1\x84\x92", false, false));
 }
 
 TEST_CASE("vocab test vectors: byte-level BPE from GGUF") {
@@ -379,7 +490,7 @@ TEST_CASE("Detokenizer: characters split over byte tokens come out whole") {
 TEST_CASE("Tokenizer: bad vocabularies are errors") {
   Vocabulary v = spm_vocabulary({{"a", 0}});
   SUBCASE("unknown model") {
-    v.model = "bert";
+    v.model = "t5";
     CHECK_THROWS_AS(Tokenizer{v}, sllm::Error);
   }
   SUBCASE("duplicate token") {
@@ -417,10 +528,23 @@ TEST_CASE("Tokenizer: bad vocabularies are errors") {
 }
 
 TEST_CASE("Tokenizer: GGUF files without a usable tokenizer are errors") {
-  const std::string path = sllm_test::fixture("vocab/ggml-vocab-bert-bge.gguf");
-  if (path.empty()) return;
+  const std::string path = "tokenizer_t5.gguf";
+  sllm::GgufWriter w;
+  w.set("tokenizer.ggml.model", sllm::GgufValue::string("t5"));
+  w.set("tokenizer.ggml.tokens", sllm::GgufValue::string_array({"a", "b"}));
+  w.write(path);
   CHECK_THROWS_WITH_AS(Tokenizer::from_gguf(sllm::Gguf::open(path)),
-                       doctest::Contains("tokenizer.ggml.model 'bert'"), sllm::Error);
+                       doctest::Contains("tokenizer.ggml.model 't5'"), sllm::Error);
+  std::remove(path.c_str());
+}
+
+TEST_CASE("Tokenizer: a WordPiece vocabulary needs [UNK]") {
+  Vocabulary v;
+  v.model = "bert";
+  v.tokens = {"[CLS]", "[SEP]",
+              "\xE2\x96\x81"
+              "a"};
+  CHECK_THROWS_WITH_AS(Tokenizer{v}, doctest::Contains("unknown token"), sllm::Error);
 }
 
 TEST_CASE("Tokenizer: random texts, invalid UTF-8 included, decode to themselves") {

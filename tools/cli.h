@@ -32,6 +32,7 @@ int cmd_chat(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 int cmd_convert(int argc, char** argv);
 int cmd_quantize(int argc, char** argv);
+int cmd_embed(int argc, char** argv);
 
 // "1.13 MiB" for a byte count.
 std::string human_bytes(uint64_t n);

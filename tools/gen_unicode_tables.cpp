@@ -1,6 +1,8 @@
 // Writes include/sllm/unicode_tables.h: the Unicode character classes that the tokenizer's
 // pre-tokenizers need (letters, numbers, marks, punctuation, symbols, separators, other, and the
-// White_Space property), as sorted ranges of code points with equal classes.
+// White_Space property), as sorted ranges of code points with equal classes; and the lower-case
+// accent-free form of each code point that WordPiece (BERT) normalization needs, as runs of
+// code points that map alike.
 //
 //   gen_unicode_tables UNICODE_DIR OUTPUT
 //
@@ -87,9 +89,20 @@ uint8_t category_class(const std::string& category, const std::string& where) {
   die(where + ": bad general category '" + category + "'");
 }
 
+// What UnicodeData.txt says about each code point beyond its class.
+struct CharacterData {
+  std::vector<std::vector<uint32_t>> decomposition;  // canonical (field 5 without a <tag>)
+  std::vector<uint32_t> lowercase;                   // simple lower-case mapping (field 13)
+  std::vector<bool> nonspacing;                      // general category Mn
+  CharacterData() : decomposition(kCodePoints), lowercase(kCodePoints), nonspacing(kCodePoints) {
+    for (uint32_t c = 0; c < kCodePoints; ++c) lowercase[c] = c;
+  }
+};
+
 // UnicodeData.txt: "code;name;category;...". Large blocks are given as a pair of lines whose
 // names end in ", First>" and ", Last>".
-void read_unicode_data(const std::string& path, std::vector<uint8_t>& classes) {
+void read_unicode_data(const std::string& path, std::vector<uint8_t>& classes,
+                       CharacterData& data) {
   std::ifstream in(path);
   if (!in) die("cannot open " + path);
   std::string line;
@@ -100,7 +113,7 @@ void read_unicode_data(const std::string& path, std::vector<uint8_t>& classes) {
     if (line.empty()) continue;
     const std::string where = path + ":" + std::to_string(line_no);
     const std::vector<std::string> f = split(line, ';');
-    if (f.size() < 3) die(where + ": expected at least 3 fields");
+    if (f.size() < 14) die(where + ": expected at least 14 fields");
     const uint32_t cp = parse_code_point(f[0], where);
     const uint8_t cls = category_class(f[2], where);
     const std::string& name = f[1];
@@ -114,7 +127,99 @@ void read_unicode_data(const std::string& path, std::vector<uint8_t>& classes) {
       first = range_first;
       range_first = kCodePoints;
     }
-    for (uint32_t c = first; c <= cp; ++c) classes[c] |= cls;
+    for (uint32_t c = first; c <= cp; ++c) {
+      classes[c] |= cls;
+      data.nonspacing[c] = f[2] == "Mn";
+    }
+    if (!f[5].empty() && f[5][0] != '<') {
+      for (const std::string& part : split(f[5], ' ')) {
+        data.decomposition[cp].push_back(parse_code_point(part, where));
+      }
+    }
+    if (!f[13].empty()) data.lowercase[cp] = parse_code_point(f[13], where);
+  }
+}
+
+// Hangul syllables decompose by arithmetic (Unicode 3.12), done at run time by the tokenizer.
+constexpr uint32_t kHangulFirst = 0xAC00, kHangulLast = 0xD7A3;
+
+void append_decomposition(const CharacterData& data, uint32_t c, std::vector<uint32_t>& out) {
+  if (data.decomposition[c].empty()) {
+    out.push_back(c);
+    return;
+  }
+  for (uint32_t part : data.decomposition[c]) append_decomposition(data, part, out);
+}
+
+// The lower case of the canonical decomposition without its nonspacing marks, as Hugging
+// Face's BERT normalizer computes it (NFD, drop Mn, lower-case). Lower-casing first gives the
+// same for every code point (Python's BertTokenizer does it in that order).
+std::vector<uint32_t> lower_without_accents(const CharacterData& data, uint32_t c) {
+  std::vector<uint32_t> nfd, out;
+  append_decomposition(data, c, nfd);
+  for (uint32_t d : nfd) {
+    if (!data.nonspacing[d]) out.push_back(data.lowercase[d]);
+  }
+  return out;
+}
+
+// A run of code points first, first + stride, ... (count of them) that map alike.
+enum FoldKind : uint8_t { kDelta, kTarget, kRemove, kSequence };
+struct FoldRun {
+  uint32_t first = 0;
+  uint32_t count = 1;
+  uint32_t stride = 1;
+  FoldKind kind = kDelta;
+  int64_t value = 0;  // delta, target, or offset << 8 | length in the sequence table
+};
+
+// The code points that do not map to themselves, as runs: each greedy run is the longest of
+// the kinds that fit (same delta or same target, stride 1 or 2; removed; sequences alone).
+void fold_runs(const CharacterData& data, std::vector<FoldRun>& runs,
+               std::vector<uint32_t>& sequences) {
+  std::vector<std::pair<uint32_t, std::vector<uint32_t>>> mapped;
+  for (uint32_t c = 0; c < kCodePoints; ++c) {
+    if (c >= kHangulFirst && c <= kHangulLast) continue;
+    std::vector<uint32_t> m = lower_without_accents(data, c);
+    if (m.size() != 1 || m[0] != c) mapped.emplace_back(c, std::move(m));
+  }
+  constexpr uint32_t kMaxCount = 256;  // the key's 8 bits of count - 1
+  for (size_t i = 0; i < mapped.size();) {
+    const auto& [c, m] = mapped[i];
+    FoldRun best;
+    best.first = c;
+    best.count = 0;
+    if (m.size() > 1) {
+      best.count = 1;
+      best.kind = kSequence;
+      best.value = int64_t(sequences.size()) << 8 | int64_t(m.size());
+      sequences.insert(sequences.end(), m.begin(), m.end());
+      runs.push_back(best);
+      ++i;
+      continue;
+    }
+    for (FoldKind kind : {kDelta, kTarget, kRemove}) {
+      if ((kind == kRemove) != m.empty()) continue;
+      for (uint32_t stride : {1u, 2u}) {
+        const auto fits = [&](size_t j) {
+          const auto& [cj, mj] = mapped[j];
+          if (cj != c + (j - i) * stride || mj.size() != m.size()) return false;
+          if (kind == kDelta) return int64_t(mj[0]) - cj == int64_t(m[0]) - c;
+          return kind == kRemove || mj[0] == m[0];
+        };
+        size_t j = i + 1;
+        while (j < mapped.size() && j - i < kMaxCount && fits(j)) ++j;
+        if (j - i > best.count) {
+          best.count = uint32_t(j - i);
+          best.stride = stride;
+          best.kind = kind;
+          best.value = kind == kDelta ? int64_t(m[0]) - c : kind == kTarget ? m[0] : 0;
+        }
+      }
+    }
+    if (best.count == 1) best.stride = 1;
+    runs.push_back(best);
+    i += best.count;
   }
 }
 
@@ -179,7 +284,8 @@ int main(int argc, char** argv) {
   }
   const std::string dir = argv[1];
   std::vector<uint8_t> classes(kCodePoints, 0);
-  read_unicode_data(dir + "/UnicodeData.txt", classes);
+  CharacterData data;
+  read_unicode_data(dir + "/UnicodeData.txt", classes, data);
   const bool have_proplist = read_white_space(dir + "/PropList.txt", classes);
   if (!have_proplist) set_standard_white_space(classes);
 
@@ -189,8 +295,9 @@ int main(int argc, char** argv) {
   }
 
   std::ostringstream out;
-  out << "// Unicode character classes for the tokenizer's pre-tokenizers: sorted ranges of code\n"
-         "// points with equal classes.\n"
+  out << "// Unicode data for the tokenizers: the character classes of the pre-tokenizers, and "
+         "the\n"
+         "// lower-case accent-free forms of WordPiece (BERT) normalization.\n"
          "// GENERATED by tools/gen_unicode_tables.cpp from the Unicode Character Database "
       << unicode_version(dir) << "\n// (UnicodeData.txt"
       << (have_proplist ? ", PropList.txt" : "; White_Space: the standard list")
@@ -226,6 +333,56 @@ int main(int argc, char** argv) {
     out << buf;
     if (i % 8 == 7 || i + 1 == entries.size()) out << "\n";
   }
+  std::vector<FoldRun> runs;
+  std::vector<uint32_t> sequences;
+  fold_runs(data, runs, sequences);
+  out << "};\n"
+         "\n"
+         "// Lower case without accents, as BERT's normalizer makes it: the lower case (simple\n"
+         "// mapping) of the canonical decomposition (NFD) with its nonspacing marks (Mn) "
+         "removed.\n"
+         "// Code points in no run map to themselves; Hangul syllables (U+AC00..U+D7A3) decompose\n"
+         "// into their jamo by arithmetic instead.\n"
+         "enum UnicodeFoldKind : uint8_t {\n"
+         "  kFoldDelta = 0,     // to code point + value\n"
+         "  kFoldTarget = 1,    // to code point value\n"
+         "  kFoldRemove = 2,    // to nothing (a nonspacing mark)\n"
+         "  kFoldSequence = 3,  // to kUnicodeFoldSequences[value >> 8 ...], value & 0xFF of them\n"
+         "};\n"
+         "// A run of count code points first, first + stride, ... that map alike. key is\n"
+         "// first << 11 | (count - 1) << 3 | (stride - 1) << 2 | kind. Sorted; runs do not "
+         "overlap.\n"
+         "struct UnicodeFoldRun {\n"
+         "  uint32_t key;\n"
+         "  int32_t value;\n"
+         "};\n"
+         "inline constexpr UnicodeFoldRun kUnicodeFoldRuns["
+      << runs.size() << "] = {\n";
+  std::string line;
+  const auto flush_line = [&](bool force) {
+    if (!line.empty() && (force || line.size() > 80)) {
+      out << "   " << line << "\n";
+      line.clear();
+    }
+  };
+  for (const FoldRun& r : runs) {
+    char buf[48];
+    const uint32_t key = r.first << 11 | (r.count - 1) << 3 | (r.stride - 1) << 2 | r.kind;
+    std::snprintf(buf, sizeof buf, " {0x%X, %lld},", unsigned(key),
+                  static_cast<long long>(r.value));
+    line += buf;
+    flush_line(false);
+  }
+  flush_line(true);
+  out << "};\n"
+         "inline constexpr uint32_t kUnicodeFoldSequences["
+      << sequences.size() << "] = {\n";
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    char buf[16];
+    std::snprintf(buf, sizeof buf, " 0x%X,", unsigned(sequences[i]));
+    line += buf;
+    flush_line(i + 1 == sequences.size());
+  }
   out << "};\n"
          "\n"
          "}  // namespace detail\n"
@@ -236,6 +393,7 @@ int main(int argc, char** argv) {
   file << out.str();
   file.close();
   if (!file) die("cannot write " + path);
-  std::cout << "wrote " << path << ": " << entries.size() << " ranges\n";
+  std::cout << "wrote " << path << ": " << entries.size() << " class ranges, " << runs.size()
+            << " lower-case runs\n";
   return 0;
 }

@@ -23,6 +23,7 @@ const Command kCommands[] = {
     {"chat", sllm::cli::cmd_chat, "a conversation with a chat model, in a terminal or a pipe"},
     {"tokenize", sllm::cli::cmd_tokenize, "print the token ids of a text"},
     {"logits", sllm::cli::cmd_logits, "write the logits of token ids, for comparisons"},
+    {"embed", sllm::cli::cmd_embed, "embed lines of text as vectors (BERT and other models)"},
     {"bench", sllm::cli::cmd_bench, "measure prompt and generation speed (tokens/s)"},
     {"quantize", sllm::cli::cmd_quantize, "quantize a GGUF file's weights (q8_0, q4_0)"},
     {"info", sllm::cli::cmd_info, "show a GGUF file's metadata, tensors and sizes"},

@@ -78,8 +78,14 @@ void softmax(float* x, size_t n);
 // out = silu(gate) * up, silu(g) = g / (1 + exp(-g)) (out may alias gate or up).
 void swiglu(const float* gate, const float* up, size_t n, float* out);
 // out = gelu(x) with the tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))),
-// as GPT-2 and Gemma were trained with (out may alias x).
+// as GPT-2, Gemma and BERT's GGUF files run it, evaluated as llama.cpp does: at x rounded to f16,
+// the result rounded to f16 (gelu_f16_table), 0 at or below -10 and x at or above 10. Matching
+// its rounding matters where int8 quantization follows (the input of Q8_0 ffn_down): a value
+// off by an f16 ulp can move to the next int8 code, and such steps add up to 1e-3 of the
+// output (out may alias x).
 void gelu(const float* x, size_t n, float* out);
+// The f16-rounded gelu of every f16 value, by its bits (computed once, in f32 as llama.cpp).
+const float* gelu_f16_table();
 // out = gelu(gate) * up (out may alias gate or up).
 void geglu(const float* gate, const float* up, size_t n, float* out);
 // n_q query heads that share one KV head (grouped-query attention), over its cached tokens
@@ -115,6 +121,8 @@ void softmax(float* x, size_t n);
 void swiglu(const float* gate, const float* up, size_t n, float* out);
 // GELU's tanh approximation in double precision.
 double gelu(double x);
+// gelu(double) of x rounded to f16, rounded to f16, with detail::gelu's limits at +-10 (no
+// table: the roundings by f32_to_fp16).
 void gelu(const float* x, size_t n, float* out);
 void geglu(const float* gate, const float* up, size_t n, float* out);
 void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,

@@ -100,6 +100,20 @@ void gelu(const float* x, size_t n, float* out) {
   HWY_DYNAMIC_DISPATCH(Gelu)(x, n, out);
 }
 
+const float* gelu_f16_table() {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(65536);
+    for (uint32_t bits = 0; bits < t.size(); ++bits) {
+      const float x = fp16_to_f32(uint16_t(bits));
+      const float y =
+          0.5f * x * (1.0f + std::tanh(0.79788456080286535588f * x * (1.0f + 0.044715f * x * x)));
+      t[bits] = fp16_to_f32(f32_to_fp16(y));
+    }
+    return t;
+  }();
+  return table.data();
+}
+
 void geglu(const float* gate, const float* up, size_t n, float* out) {
   HWY_DYNAMIC_DISPATCH(GeGlu)(gate, up, n, out);
 }
@@ -216,11 +230,22 @@ double gelu(double x) {
 }
 
 void gelu(const float* x, size_t n, float* out) {
-  for (size_t i = 0; i < n; ++i) out[i] = float(gelu(double(x[i])));
+  for (size_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    if (!(v > -10.0f)) {
+      out[i] = std::isnan(v) ? v : 0.0f;
+    } else if (v >= 10.0f) {
+      out[i] = v;
+    } else {
+      const double rounded = fp16_to_f32(f32_to_fp16(v));
+      out[i] = fp16_to_f32(f32_to_fp16(float(gelu(rounded))));
+    }
+  }
 }
 
 void geglu(const float* gate, const float* up, size_t n, float* out) {
-  for (size_t i = 0; i < n; ++i) out[i] = float(gelu(double(gate[i])) * up[i]);
+  gelu(gate, n, out);
+  for (size_t i = 0; i < n; ++i) out[i] = float(double(out[i]) * up[i]);
 }
 
 void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,

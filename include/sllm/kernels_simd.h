@@ -392,38 +392,62 @@ void SwiGlu(const float* gate, const float* up, size_t n, float* out) {
   for (; i < n; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
 
-// GELU's tanh approximation as x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3), which is
-// 0.5 x (1 + tanh(u)) exactly and needs only Exp. The argument of exp is clamped as in SwiGlu.
+// The f16 bits of x, rounded to nearest even, for |x| <= 10 (in 32-bit lanes). Normal halves:
+// the exponent rebiased (127 -> 15) and 13 mantissa bits dropped after adding 0xFFF and the
+// lowest kept bit; subnormal ones (|x| < 2^-14, steps of 2^-24): adding 0.5f, whose ulp is
+// 2^-24, rounds to the step and leaves the count in the low bits.
 template <class D>
-HWY_INLINE hn::Vec<D> GeluOf(D d, hn::Vec<D> x) {
-  const auto k = hn::Set(d, -2.0f * 0.7978845608f);  // -2 sqrt(2/pi)
-  const auto cubic = hn::Set(d, 0.044715f);
-  const auto u2 = hn::Mul(hn::Mul(k, x), hn::MulAdd(hn::Mul(cubic, x), x, hn::Set(d, 1.0f)));
-  const auto e = hn::Exp(d, hn::Min(u2, hn::Set(d, 88.0f)));
-  return hn::Div(x, hn::Add(hn::Set(d, 1.0f), e));
+HWY_INLINE hn::Vec<hn::RebindToSigned<D>> HalfBits(D d, hn::Vec<D> x) {
+  const hn::RebindToUnsigned<D> du;
+  const auto abs = hn::Abs(x);
+  const auto bits = hn::BitCast(du, abs);
+  const auto odd = hn::And(hn::ShiftRight<13>(bits), hn::Set(du, 1));
+  const auto normal = hn::ShiftRight<13>(
+      hn::Add(hn::Sub(bits, hn::Set(du, 112u << 23)), hn::Add(hn::Set(du, 0xFFFu), odd)));
+  const auto half_step = hn::Set(d, 0.5f);
+  const auto subnormal =
+      hn::Sub(hn::BitCast(du, hn::Add(abs, half_step)), hn::BitCast(du, half_step));
+  const auto magnitude = hn::IfThenElse(
+      hn::RebindMask(du, hn::Lt(abs, hn::Set(d, 6.103515625e-05f))), subnormal, normal);
+  const auto sign = hn::ShiftRight<16>(hn::BitCast(du, hn::And(x, hn::Set(d, -0.0f))));
+  return hn::BitCast(hn::RebindToSigned<D>(), hn::Or(magnitude, sign));
 }
 
-HWY_INLINE float GeluOf(float x) {
-  const float u2 = -2.0f * 0.7978845608f * x * (1.0f + 0.044715f * x * x);
-  return x / (1.0f + std::exp(HWY_MIN(u2, 88.0f)));
+// gelu as detail::gelu describes it: a lookup of x rounded to f16 in table, 0 at or below
+// -10, x at or above 10 (and NaN for NaN).
+template <class D>
+HWY_INLINE hn::Vec<D> GeluOf(D d, hn::Vec<D> x, const float* table) {
+  const auto limit = hn::Set(d, 10.0f);
+  const auto clamped = hn::Min(hn::Max(x, hn::Neg(limit)), limit);
+  auto y = hn::GatherIndex(d, table, HalfBits(d, clamped));
+  y = hn::IfThenElse(hn::Ge(x, limit), x, y);
+  y = hn::IfThenZeroElse(hn::Le(x, hn::Neg(limit)), y);
+  return hn::IfThenElse(hn::IsNaN(x), x, y);
+}
+
+HWY_INLINE float GeluOf(float x, const float* table) {
+  if (std::isnan(x) || x >= 10.0f) return x;
+  return x <= -10.0f ? 0.0f : table[f32_to_fp16(x)];
 }
 
 void Gelu(const float* x, size_t n, float* out) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
+  const float* table = detail::gelu_f16_table();
   size_t i = 0;
-  for (; i + N <= n; i += N) hn::StoreU(GeluOf(d, hn::LoadU(d, x + i)), d, out + i);
-  for (; i < n; ++i) out[i] = GeluOf(x[i]);
+  for (; i + N <= n; i += N) hn::StoreU(GeluOf(d, hn::LoadU(d, x + i), table), d, out + i);
+  for (; i < n; ++i) out[i] = GeluOf(x[i], table);
 }
 
 void GeGlu(const float* gate, const float* up, size_t n, float* out) {
   const hn::ScalableTag<float> d;
   const size_t N = hn::Lanes(d);
+  const float* table = detail::gelu_f16_table();
   size_t i = 0;
   for (; i + N <= n; i += N) {
-    hn::StoreU(hn::Mul(GeluOf(d, hn::LoadU(d, gate + i)), hn::LoadU(d, up + i)), d, out + i);
+    hn::StoreU(hn::Mul(GeluOf(d, hn::LoadU(d, gate + i), table), hn::LoadU(d, up + i)), d, out + i);
   }
-  for (; i < n; ++i) out[i] = GeluOf(gate[i]) * up[i];
+  for (; i < n; ++i) out[i] = GeluOf(gate[i], table) * up[i];
 }
 
 // A KV row's elements and the scale they are multiplied by (1 but for I8 rows).

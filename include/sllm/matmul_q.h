@@ -7,8 +7,8 @@
 namespace sllm {
 namespace detail {
 
-// Activation rows quantized with the values and scales of ggml's reference Q8_0 quantizer
-// (ref::quantize_row_q8_0), laid out for the kernels rather than as Q8_0 blocks: each row's
+// Activation rows quantized with the values and scales of ggml's x86 activation quantizer
+// (ref::quantize_activations_q8_0), laid out for the kernels rather than as Q8_0 blocks: each row's
 // codes are contiguous, its scales are f32, and both are padded with zeros so that the kernels
 // can read whole vectors past the last block.
 struct QuantizedActivations {

@@ -3,17 +3,9 @@
 constexpr size_t kQ8Bytes = sizeof(BlockQ8_0);
 constexpr size_t kQ4Bytes = sizeof(BlockQ4_0);
 
-// roundf(v): halves away from zero (hn::Round rounds them to even). v - trunc(v) is exact, and
-// trunc(2 * frac) is -1, 0 or 1.
-template <class V>
-HWY_INLINE V RoundHalfAway(V v) {
-  const V t = hn::Trunc(v);
-  const V frac = hn::Sub(v, t);
-  return hn::Add(t, hn::Trunc(hn::Add(frac, frac)));
-}
-
 // Quantizes rows [t_begin, t_end) of x into out (already sized), bit-exact with
-// ref::quantize_row_q8_0, and zeroes the padding the kernels read.
+// ref::quantize_activations_q8_0 (hn::Round rounds halves to even), and zeroes the padding the
+// kernels read.
 void QuantizeActivationRows(const float* x, size_t x_stride, size_t t_begin, size_t t_end,
                             sllm::detail::QuantizedActivations* out) {
   const hn::CappedTag<float, kQuantBlock> df;
@@ -33,13 +25,12 @@ void QuantizeActivationRows(const float* x, size_t x_stride, size_t t_begin, siz
         vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, xb + i)));
       }
       const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
-      const float d = amax / 127.0f;
-      const float id = d != 0.0f ? 1.0f / d : 0.0f;
-      scale[b] = fp16_to_f32(f32_to_fp16(d));
+      const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+      scale[b] = fp16_to_f32(f32_to_fp16(amax / 127.0f));
       const auto vid = hn::Set(df, id);
       auto vsum = hn::Zero(di);
       for (size_t i = 0; i < kQuantBlock; i += N) {
-        const auto code = hn::ConvertTo(di, RoundHalfAway(hn::Mul(hn::LoadU(df, xb + i), vid)));
+        const auto code = hn::ConvertTo(di, hn::Round(hn::Mul(hn::LoadU(df, xb + i), vid)));
         vsum = hn::Add(vsum, code);
         hn::StoreU(hn::DemoteTo(d8, code), d8, q + b * kQuantBlock + i);
       }

@@ -35,6 +35,15 @@ struct ArchitectureTraits {
   bool all_biases = false;              // every projection must have a bias
   bool scaled_embedding = false;        // token embeddings are multiplied by sqrt(n_embd)
   bool honours_sliding_window = false;  // attention.sliding_window limits attention
+  bool token_types = false;             // token_types.weight's row 0 (the first segment) is added
+                                        // to every embedding (BERT)
+  bool embedding_norm = false;          // token_embd_norm normalizes the summed embeddings
+  // The layers normalize after each residual addition (attn_output_norm, layer_output_norm)
+  // instead of before attention and the FFN, so there is no output norm (BERT's post-LN).
+  bool post_norm = false;
+  // false: an encoder. Each token attends to the whole text, before and after it, and the
+  // model has no LM head: it gives hidden states (embeddings), not next-token logits.
+  bool causal = true;
 };
 
 // Hyperparameters of a transformer, read from GGUF metadata (keys under "ARCH.").
@@ -79,9 +88,11 @@ class ForwardScratch {
   detail::AlignedBuffer<float> rope_cos_, rope_sin_;
   std::vector<KvSequence*> seqs_;  // the sequence and position of each token of the batch
   std::vector<size_t> pos_;
+  std::vector<size_t> end_;  // the token attends to its sequence's positions before end_
 };
 
-// A decoder-only transformer whose weights are views into an open GGUF (which must outlive it).
+// A transformer (decoder, or encoder where !traits.causal) whose weights are views into an open
+// GGUF (which must outlive it).
 // Thread safety: it is read-only after load(), so forward passes may run at the same time in
 // several threads, each with its own ForwardScratch and sequences of a pool no other thread uses.
 class Transformer {
@@ -96,7 +107,8 @@ class Transformer {
   // values to seq, and writes logits: n_vocab floats for the last position (kLast), n * n_vocab,
   // row per position (kAll), or nothing (kNone; logits may be null). Error, with seq unchanged,
   // for a token id outside the vocabulary, a KV pool of another shape, context overflow (also
-  // past the learned positions of a model that has them) or an exhausted pool.
+  // past the learned positions of a model that has them) or an exhausted pool, and for an
+  // encoder (which has no logits).
   void forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& scratch,
                float* logits, LogitsFor which = LogitsFor::kLast) const;
   // One decode step of n distinct sequences at once: seqs[i] gets tokens[i] after its own
@@ -107,12 +119,20 @@ class Transformer {
   // and leaves out those that fail.
   void forward_batch(const int32_t* tokens, KvSequence* const* seqs, size_t n,
                      ForwardScratch& scratch, float* logits) const;
+  // Several texts in one pass, for their hidden states (embeddings): text i is the next
+  // sizes[i] tokens of tokens, evaluated after those already in seqs[i] (distinct sequences).
+  // Attention stays within each text's sequence: causal in a decoder, over the whole sequence
+  // in an encoder. states gets one row of n_embd floats per token, in order: its final hidden
+  // state (the output norm's output; in post-norm encoders the last layer's). Errors as for
+  // forward (the message names the text), with every sequence's size unchanged.
+  void forward_states(const int32_t* tokens, const size_t* sizes, KvSequence* const* seqs,
+                      size_t n_texts, ForwardScratch& scratch, float* states) const;
 
  private:
   Transformer() = default;  // made by load()
   struct Norm {
-    const float* weight = nullptr;
-    const float* bias = nullptr;  // LayerNorm only
+    const float* weight = nullptr;  // null: no norm (the output of post-norm models)
+    const float* bias = nullptr;    // LayerNorm only
   };
   struct Linear {
     detail::MatrixView weight;
@@ -133,9 +153,11 @@ class Transformer {
   void prepare(ForwardScratch& s, size_t n) const;
   void check_tokens(const int32_t* tokens, size_t n) const;
   void check_sequence(const KvSequence& seq, size_t n) const;
-  // The batch's layers over scratch's sequences and positions (reserved), then logits.
-  void run(const int32_t* tokens, size_t n, ForwardScratch& s, float* logits,
-           LogitsFor which) const;
+  void check_decoder() const;
+  // The batch's layers over scratch's sequences, positions and attention ends (reserved).
+  void run(const int32_t* tokens, size_t n, ForwardScratch& s) const;
+  // The output norm and the LM head over the rows [first, n) of the batch.
+  void output_logits(ForwardScratch& s, size_t first, size_t n, float* logits) const;
   void embed(const int32_t* tokens, size_t n, ForwardScratch& s) const;
   void normalize(const Norm& norm, const float* x, size_t n, float* out) const;
   // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride.
@@ -154,6 +176,8 @@ class Transformer {
   int n_threads_ = 1;
   detail::MatrixView token_embd_;
   detail::MatrixView position_embd_;  // learned positions only
+  detail::MatrixView token_types_;    // token types only
+  Norm embedding_norm_;
   Norm output_norm_;
   Linear output_;
   const float* rope_freqs_ = nullptr;  // Llama 3.1 rope frequency factors, when present

@@ -43,6 +43,19 @@ inline const std::vector<ArchitectureTraits>& architecture_traits() {
     gemma.ffn = FfnType::kGeGlu;
     gemma.scaled_embedding = true;
     all.push_back(gemma);
+
+    // BERT encoders (bge, all-MiniLM, ...): embeddings only, no rope, post-LN.
+    ArchitectureTraits bert;
+    bert.name = "bert";
+    bert.norm = NormType::kLayer;
+    bert.positions = PositionType::kLearned;
+    bert.ffn = FfnType::kGelu;
+    bert.all_biases = true;
+    bert.token_types = true;
+    bert.embedding_norm = true;
+    bert.post_norm = true;
+    bert.causal = false;
+    all.push_back(bert);
     return all;
   }();
   return table;
@@ -267,11 +280,18 @@ Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& option
   if (arch.positions == PositionType::kLearned) {
     t.position_embd_ = detail::weight_matrix(gguf, "position_embd.weight", d, c.context_length);
   }
-  t.output_norm_ = norm("output_norm");
-  if (gguf.find_tensor("output.weight") != nullptr) {
-    t.output_ = linear("output", d, c.n_vocab, false);
-  } else {
-    t.output_.weight = t.token_embd_;  // tied embeddings
+  if (arch.token_types) {
+    const TensorInfo& types = detail::required_tensor(gguf, "token_types.weight");
+    t.token_types_ = detail::weight_matrix(gguf, types, d, std::max<uint64_t>(types.ne[1], 1));
+  }
+  if (arch.embedding_norm) t.embedding_norm_ = norm("token_embd_norm");
+  if (!arch.post_norm) t.output_norm_ = norm("output_norm");
+  if (arch.causal) {  // an encoder has no LM head
+    if (gguf.find_tensor("output.weight") != nullptr) {
+      t.output_ = linear("output", d, c.n_vocab, false);
+    } else {
+      t.output_.weight = t.token_embd_;  // tied embeddings
+    }
   }
   if (const TensorInfo* freqs = gguf.find_tensor("rope_freqs.weight")) {
     if (arch.positions == PositionType::kRope) {
@@ -291,14 +311,14 @@ Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& option
   for (size_t l = 0; l < c.n_layers; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
     Layer& layer = t.layers_[l];
-    layer.attn_norm = norm(p + "attn_norm");
+    layer.attn_norm = norm(p + (arch.post_norm ? "attn_output_norm" : "attn_norm"));
     layer.qkv =
         arch.fused_qkv
             ? projection({{p + "attn_qkv", q_dim + k_dim + v_dim}}, qkv_bias)
             : projection({{p + "attn_q", q_dim}, {p + "attn_k", k_dim}, {p + "attn_v", v_dim}},
                          qkv_bias);
     layer.attn_output = linear(p + "attn_output", att_dim, d, arch.all_biases);
-    layer.ffn_norm = norm(p + "ffn_norm");
+    layer.ffn_norm = norm(p + (arch.post_norm ? "layer_output_norm" : "ffn_norm"));
     if (arch.ffn == FfnType::kGelu || arch.fused_gate_up) {
       layer.ffn_in = projection({{p + "ffn_up", ffn_rows}}, arch.all_biases);
     } else {
@@ -349,8 +369,16 @@ void Transformer::check_sequence(const KvSequence& seq, size_t n) const {
   }
 }
 
+void Transformer::check_decoder() const {
+  if (!config_.traits.causal) {
+    detail::fail("this " + config_.architecture +
+                 " model is an encoder: it gives embeddings (sllm::embed), not next-token logits");
+  }
+}
+
 void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, ForwardScratch& s,
                           float* logits, LogitsFor which) const {
+  check_decoder();
   check_tokens(tokens, n);
   check_sequence(seq, n);
   if (n == 0) return;
@@ -361,13 +389,19 @@ void Transformer::forward(const int32_t* tokens, size_t n, KvSequence& seq, Forw
   prepare(s, n);
   s.seqs_.assign(n, &seq);
   s.pos_.resize(n);
-  for (size_t t = 0; t < n; ++t) s.pos_[t] = pos0 + t;
-  run(tokens, n, s, logits, which);
+  s.end_.resize(n);
+  for (size_t t = 0; t < n; ++t) {
+    s.pos_[t] = pos0 + t;
+    s.end_[t] = pos0 + t + 1;
+  }
+  run(tokens, n, s);
+  if (which != LogitsFor::kNone) output_logits(s, which == LogitsFor::kAll ? 0 : n - 1, n, logits);
   seq.commit(n, tokens);
 }
 
 void Transformer::forward_batch(const int32_t* tokens, KvSequence* const* seqs, size_t n,
                                 ForwardScratch& s, float* logits) const {
+  check_decoder();
   check_tokens(tokens, n);
   for (size_t i = 0; i < n; ++i) {
     check_sequence(*seqs[i], 1);
@@ -389,24 +423,75 @@ void Transformer::forward_batch(const int32_t* tokens, KvSequence* const* seqs, 
   prepare(s, n);
   s.seqs_.assign(seqs, seqs + n);
   s.pos_.resize(n);
-  for (size_t t = 0; t < n; ++t) s.pos_[t] = seqs[t]->size();
-  run(tokens, n, s, logits, LogitsFor::kAll);
+  s.end_.resize(n);
+  for (size_t t = 0; t < n; ++t) {
+    s.pos_[t] = seqs[t]->size();
+    s.end_[t] = s.pos_[t] + 1;
+  }
+  run(tokens, n, s);
+  output_logits(s, 0, n, logits);
   for (size_t t = 0; t < n; ++t) seqs[t]->commit(1, tokens + t);
 }
 
-void Transformer::run(const int32_t* tokens, size_t n, ForwardScratch& s, float* logits,
-                      LogitsFor which) const {
-  const ModelConfig& c = config_;
+void Transformer::forward_states(const int32_t* tokens, const size_t* sizes,
+                                 KvSequence* const* seqs, size_t n_texts, ForwardScratch& s,
+                                 float* states) const {
+  size_t n = 0;
+  for (size_t i = 0; i < n_texts; ++i) {
+    try {
+      check_sequence(*seqs[i], sizes[i]);
+    } catch (const Error& e) {
+      detail::fail("text " + std::to_string(i) + " of the batch: " + e.what());
+    }
+    for (size_t j = 0; j < i; ++j) {
+      if (seqs[j] == seqs[i]) {
+        detail::fail("forward_states: text " + std::to_string(i) + " has the sequence of text " +
+                     std::to_string(j) + "; each text needs its own");
+      }
+    }
+    n = detail::checked_add(n, sizes[i], "batch tokens");
+  }
+  check_tokens(tokens, n);
+  if (n == 0) return;
+  for (size_t i = 0; i < n_texts; ++i) {
+    try {
+      seqs[i]->reserve(sizes[i]);
+    } catch (const Error& e) {
+      detail::fail("text " + std::to_string(i) + " of the batch: " + e.what());
+    }
+  }
+  prepare(s, n);
+  s.seqs_.resize(n);
+  s.pos_.resize(n);
+  s.end_.resize(n);
+  for (size_t i = 0, t = 0; i < n_texts; ++i) {
+    const size_t pos0 = seqs[i]->size();
+    for (size_t j = 0; j < sizes[i]; ++j, ++t) {
+      s.seqs_[t] = seqs[i];
+      s.pos_[t] = pos0 + j;
+      s.end_[t] = config_.traits.causal ? pos0 + j + 1 : pos0 + sizes[i];
+    }
+  }
+  run(tokens, n, s);
+  normalize(output_norm_, s.x_.data(), n, states);
+  for (size_t i = 0; i < n_texts; ++i) {
+    seqs[i]->commit(sizes[i], tokens);
+    tokens += sizes[i];
+  }
+}
+
+void Transformer::run(const int32_t* tokens, size_t n, ForwardScratch& s) const {
   embed(tokens, n, s);
-  for (size_t l = 0; l < c.n_layers; ++l) {
+  for (size_t l = 0; l < config_.n_layers; ++l) {
     attention_block(layers_[l], l, n, s);
     ffn_block(layers_[l], n, s);
   }
-  if (which == LogitsFor::kNone) return;
-  const size_t first = which == LogitsFor::kAll ? 0 : n - 1;
-  const size_t d = c.n_embd;
+}
+
+void Transformer::output_logits(ForwardScratch& s, size_t first, size_t n, float* logits) const {
+  const size_t d = config_.n_embd;
   normalize(output_norm_, s.x_.data() + first * d, n - first, s.xb_.data() + first * d);
-  linear(output_, s.xb_.data() + first * d, n - first, d, logits, c.n_vocab);
+  linear(output_, s.xb_.data() + first * d, n - first, d, logits, config_.n_vocab);
 }
 
 void Transformer::embed(const int32_t* tokens, size_t n, ForwardScratch& s) const {
@@ -431,11 +516,21 @@ void Transformer::embed(const int32_t* tokens, size_t n, ForwardScratch& s) cons
                          position_embd_.data + s.pos_[t] * position_embd_.row_bytes, d, position);
       detail::add(x, position, d);
     }
+    if (token_types_.data != nullptr) {
+      float* type = s.xb_.data() + t * d;
+      detail::row_to_f32(token_types_.type, token_types_.data, d, type);
+      detail::add(x, type, d);
+    }
+    if (embedding_norm_.weight != nullptr) normalize(embedding_norm_, x, 1, x);
   }
 }
 
 void Transformer::normalize(const Norm& norm, const float* x, size_t n, float* out) const {
   const size_t d = config_.n_embd;
+  if (norm.weight == nullptr) {
+    if (out != x) std::copy(x, x + n * d, out);
+    return;
+  }
   for (size_t t = 0; t < n; ++t) {
     if (config_.traits.norm == NormType::kRms) {
       detail::rmsnorm(x + t * d, norm.weight, d, config_.norm_eps, out + t * d);
@@ -483,10 +578,11 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, Forwar
   const size_t q_dim = c.n_heads * c.key_dim, k_dim = c.n_kv_heads * c.key_dim;
   const size_t att_dim = c.n_heads * c.value_dim;
   const size_t stride = layer.qkv.rows;  // a token's Q, K and V, side by side
+  const bool post_norm = c.traits.post_norm;
   float* x = s.x_.data();
   float* xb = s.xb_.data();
-  normalize(layer.attn_norm, x, n, xb);
-  project(layer.qkv, xb, n, d, s.qkv_.data());
+  if (!post_norm) normalize(layer.attn_norm, x, n, xb);
+  project(layer.qkv, post_norm ? x : xb, n, d, s.qkv_.data());
   for (size_t t = 0; t < n; ++t) {
     float* q = s.qkv_.data() + t * stride;
     float* k = q + q_dim;
@@ -498,10 +594,11 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, Forwar
     }
     s.seqs_[t]->write(l, s.pos_[t], k, k + k_dim);
   }
-  // Token t of the batch attends to the cache up to its own position (causal mask), or to the
-  // last sliding_window tokens of it, with each group of n_heads / n_kv_heads query heads
-  // sharing one KV head. A task is a group (its keys and values read once for all its heads),
-  // or a part of one when there are fewer groups than threads.
+  // Token t of the batch attends to its sequence's cache before end_[t] (its own position + 1
+  // in a decoder: the causal mask), or to the last sliding_window tokens of that, with each
+  // group of n_heads / n_kv_heads query heads sharing one KV head. A task is a group (its keys
+  // and values read once for all its heads), or a part of one when there are fewer groups than
+  // threads.
   const size_t group = c.n_heads / c.n_kv_heads;
   size_t parts = 1;
   while (parts < group && n * c.n_kv_heads * parts < size_t(n_threads_)) ++parts;
@@ -514,7 +611,7 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, Forwar
     const size_t h0 = kv_head * group + part * group / parts;
     const size_t h1 = kv_head * group + (part + 1) * group / parts;
     const KvSequence& seq = *s.seqs_[t];
-    const size_t end = s.pos_[t] + 1;
+    const size_t end = s.end_[t];
     const size_t begin =
         c.sliding_window != 0 && end > c.sliding_window ? end - c.sliding_window : 0;
     detail::attention(s.qkv_.data() + t * stride + h0 * c.key_dim, h1 - h0, c.key_dim,
@@ -523,16 +620,18 @@ void Transformer::attention_block(const Layer& layer, size_t l, size_t n, Forwar
   }
   linear(layer.attn_output, s.att_.data(), n, att_dim, xb, d);
   detail::add(x, xb, n * d);
+  if (post_norm) normalize(layer.attn_norm, x, n, x);
 }
 
 void Transformer::ffn_block(const Layer& layer, size_t n, ForwardScratch& s) const {
   const ModelConfig& c = config_;
   const size_t d = c.n_embd, f = c.n_ff;
   const size_t stride = layer.ffn_in.rows;  // a token's gate and up rows, or up rows
+  const bool post_norm = c.traits.post_norm;
   float* x = s.x_.data();
   float* xb = s.xb_.data();
-  normalize(layer.ffn_norm, x, n, xb);
-  project(layer.ffn_in, xb, n, d, s.ffn_.data());
+  if (!post_norm) normalize(layer.ffn_norm, x, n, xb);
+  project(layer.ffn_in, post_norm ? x : xb, n, d, s.ffn_.data());
   const FfnType type = c.traits.ffn;
 #pragma omp parallel for num_threads(n_threads_) if (n > 1)
   for (size_t t = 0; t < n; ++t) {
@@ -551,6 +650,7 @@ void Transformer::ffn_block(const Layer& layer, size_t n, ForwardScratch& s) con
   }
   linear(layer.ffn_down, s.ffn_.data(), n, stride, xb, d);
   detail::add(x, xb, n * d);
+  if (post_norm) normalize(layer.ffn_norm, x, n, x);
 }
 
 }  // namespace sllm

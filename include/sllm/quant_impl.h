@@ -13,9 +13,8 @@ inline size_t quant_blocks(TensorType type, size_t n) {
   return n / block;
 }
 
-// round(v) as an int8 code in [-127, 127]; NaN (from a non-finite input) gives 0.
-inline int8_t round_to_q8(float v) {
-  const float r = std::round(v);
+// A rounded value as an int8 code in [-127, 127]; NaN (from a non-finite input) gives 0.
+inline int8_t q8_code(float r) {
   if (r >= 127.0f) return 127;
   if (r <= -127.0f) return -127;
   return r == r ? static_cast<int8_t>(r) : 0;
@@ -33,7 +32,20 @@ void quantize_row_q8_0(const float* x, BlockQ8_0* y, size_t n) {
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     y[b].d = f32_to_fp16(d);
-    for (size_t i = 0; i < kQuantBlock; ++i) y[b].qs[i] = detail::round_to_q8(x[i] * id);
+    for (size_t i = 0; i < kQuantBlock; ++i) y[b].qs[i] = detail::q8_code(std::round(x[i] * id));
+  }
+}
+
+void quantize_activations_q8_0(const float* x, BlockQ8_0* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q8_0, n);
+  for (size_t b = 0; b < nb; ++b, x += kQuantBlock) {
+    float amax = 0.0f;
+    for (size_t i = 0; i < kQuantBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    y[b].d = f32_to_fp16(amax / 127.0f);
+    // nearbyint rounds halves to even (the default rounding mode).
+    for (size_t i = 0; i < kQuantBlock; ++i)
+      y[b].qs[i] = detail::q8_code(std::nearbyint(x[i] * id));
   }
 }
 

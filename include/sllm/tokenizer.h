@@ -5,6 +5,13 @@
 //  - "gpt2": byte-level BPE. The text is split into words by the pre-tokenizer named in
 //    tokenizer.ggml.pre (regular expressions written by hand over Unicode classes), each word's
 //    bytes map to printable characters, and pairs merge by rank (tokenizer.ggml.merges).
+//  - "bert": WordPiece, as Hugging Face's BertTokenizer (lower-casing) does it: control
+//    characters dropped, the text lower-cased without accents (NFD, nonspacing marks removed;
+//    Hangul keeps all its jamo), split at whitespace, around punctuation and around CJK
+//    ideographs; each word is then the longest vocabulary pieces from its start, or [UNK] when
+//    it has no such split (or more than 100 characters). llama.cpp's GGUF vocabularies write a
+//    word's first piece with SentencePiece's "▁" in front and continuation pieces ("##s" in
+//    Hugging Face's vocab.txt) bare. BOS is [CLS] and EOS is [SEP].
 #include <array>
 #include <unordered_map>
 
@@ -24,7 +31,8 @@ enum class TokenType : int32_t {
 // What a tokenizer is built from: the tokenizer.ggml.* metadata with every default resolved.
 // Tokenizer::from_gguf fills one from a file; tests and converters may fill one by hand.
 struct Vocabulary {
-  std::string model = "llama";  // "llama" (SentencePiece) or "gpt2" (byte-level BPE)
+  std::string model = "llama";  // "llama" (SentencePiece), "gpt2" (byte-level BPE) or "bert"
+                                // (WordPiece)
   std::string pre = "default";  // pre-tokenizer of "gpt2" (tokenizer.ggml.pre)
   std::vector<std::string> tokens;
   std::vector<float> scores;        // "llama": merge priority, higher first (empty: all 0)
@@ -66,6 +74,9 @@ enum class SplitPattern : uint8_t {
 
 // Unicode classes (kUnicode* bits) of a code point.
 uint8_t unicode_classes(uint32_t cp);
+// Appends the lower case of cp's canonical decomposition without its nonspacing marks (Mn):
+// BERT's normalization of one code point (none, one or several).
+void append_lower_without_accents(uint32_t cp, std::vector<uint32_t>& out);
 
 // Splits text into words by applying each pattern in turn to the pieces the previous ones left.
 // Invalid UTF-8 bytes count as code points of no class and stay in the words as they are.
@@ -98,18 +109,19 @@ class Tokenizer {
  public:
   // Reads tokenizer.ggml.model, .pre, .tokens, .scores, .token_type, .merges, the special token
   // ids (.bos_token_id, .eos_token_id, .eot_token_id, .eom_token_id, .unknown_token_id,
-  // .padding_token_id) and .add_bos_token, .add_eos_token, .add_space_prefix. Error names the
-  // key when one is missing, malformed or unsupported. Absent keys take llama.cpp's defaults:
-  // SentencePiece has BOS 1, EOS 2, unknown 0, adds BOS and the leading space; byte-level BPE
-  // adds BOS only for Llama 3, and a missing .pre means "default" (GPT-2's split). Special ids
-  // past the vocabulary (0xFFFFFFFF is common) mean "none".
+  // .padding_token_id; WordPiece: .cls_token_id and .seperator_token_id, so spelt) and
+  // .add_bos_token, .add_eos_token, .add_space_prefix. Error names the key when one is missing,
+  // malformed or unsupported. Absent keys take llama.cpp's defaults: SentencePiece has BOS 1,
+  // EOS 2, unknown 0, adds BOS and the leading space; byte-level BPE adds BOS only for Llama 3,
+  // and a missing .pre means "default" (GPT-2's split); WordPiece adds [CLS] and [SEP]. Special
+  // ids past the vocabulary (0xFFFFFFFF is common) mean "none".
   static Tokenizer from_gguf(const Gguf& gguf);
   explicit Tokenizer(Vocabulary vocab);
 
   // Token ids of text. add_special adds BOS/EOS as the vocabulary asks (add_bos, add_eos).
   // parse_special matches control tokens (e.g. "<|im_start|>") written in the text; user-defined
   // tokens are always matched. Text the vocabulary cannot represent (no piece, no byte token)
-  // becomes the unknown token in SentencePiece and is dropped in byte-level BPE.
+  // becomes the unknown token in SentencePiece and WordPiece and is dropped in byte-level BPE.
   std::vector<int32_t> encode(std::string_view text, bool add_special, bool parse_special) const;
   // The bytes a token stands for: byte tokens and the byte-level mapping decoded, "▁" as a
   // space; control tokens give their text. Error when id is out of range.
@@ -135,6 +147,7 @@ class Tokenizer {
   bool add_bos() const { return add_bos_; }
   bool add_eos() const { return add_eos_; }
   // SentencePiece's leading space: encoding adds it, decoding drops it at the start of a text.
+  // WordPiece marks words' first pieces with the same "▁": decoding drops it there too.
   bool add_space_prefix() const { return add_space_prefix_; }
   bool is_byte_level() const { return byte_level_; }
 
@@ -144,10 +157,16 @@ class Tokenizer {
   void encode_spm(std::string_view text, bool space_prefix, std::vector<int32_t>& out) const;
   void encode_bpe(std::string_view text, std::vector<int32_t>& out) const;
   void encode_bpe_word(std::string_view word, std::vector<int32_t>& out) const;
+  void encode_wordpiece(std::string_view text, std::vector<int32_t>& out) const;
+  // word: "▁" and the word's n_chars normalized characters.
+  void encode_wordpiece_word(std::string_view word, size_t n_chars,
+                             std::vector<int32_t>& out) const;
   void emit_bytes(std::string_view bytes, std::vector<int32_t>& out) const;
   void check_id(int32_t id) const;
 
-  bool byte_level_ = false;  // "gpt2"; else SentencePiece
+  bool byte_level_ = false;  // "gpt2"
+  bool wordpiece_ = false;   // "bert"; neither: SentencePiece
+  size_t max_piece_bytes_ = 0;
   std::vector<std::string> pieces_;
   std::vector<std::string> texts_;  // token_text of each token
   std::vector<float> scores_;

@@ -14,6 +14,46 @@ uint8_t unicode_classes(uint32_t cp) {
   return uint8_t(it[-1] & 0xFF);
 }
 
+void append_lower_without_accents(uint32_t cp, std::vector<uint32_t>& out) {
+  constexpr uint32_t kHangulFirst = 0xAC00, kHangulLast = 0xD7A3;
+  if (cp >= kHangulFirst && cp <= kHangulLast) {
+    // Unicode 3.12: a syllable is leading consonant, vowel and (but for index 0) trailing
+    // consonant; all three are letters (Lo), so none is removed.
+    const uint32_t s = cp - kHangulFirst;
+    out.push_back(0x1100 + s / 588);
+    out.push_back(0x1161 + s % 588 / 28);
+    if (s % 28 != 0) out.push_back(0x11A7 + s % 28);
+    return;
+  }
+  const UnicodeFoldRun* begin = kUnicodeFoldRuns;
+  const UnicodeFoldRun* end = begin + sizeof(kUnicodeFoldRuns) / sizeof(kUnicodeFoldRuns[0]);
+  const UnicodeFoldRun* it = std::upper_bound(
+      begin, end, cp, [](uint32_t c, const UnicodeFoldRun& r) { return c < r.key >> 11; });
+  if (it != begin && cp < 0x110000) {
+    const UnicodeFoldRun& run = it[-1];
+    const uint32_t offset = cp - (run.key >> 11);
+    const uint32_t count = (run.key >> 3 & 0xFF) + 1, stride = (run.key >> 2 & 1) + 1;
+    if (offset % stride == 0 && offset / stride < count) {
+      switch (UnicodeFoldKind(run.key & 3)) {
+        case kFoldDelta:
+          out.push_back(uint32_t(int64_t(cp) + run.value));
+          return;
+        case kFoldTarget:
+          out.push_back(uint32_t(run.value));
+          return;
+        case kFoldRemove:
+          return;
+        case kFoldSequence: {
+          const uint32_t* seq = kUnicodeFoldSequences + (run.value >> 8);
+          out.insert(out.end(), seq, seq + (run.value & 0xFF));
+          return;
+        }
+      }
+    }
+  }
+  out.push_back(cp);
+}
+
 namespace {
 
 // Bytes of the UTF-8 character at s[i], or 1 for a byte that does not start a valid one
@@ -113,6 +153,13 @@ bool in_ranges(const CodePointRange (&ranges)[N], uint32_t cp) {
 
 // [一-龥ࠀ-一가-퟿] of the DeepSeek pre-tokenizers.
 constexpr CodePointRange kCjkRanges[] = {{0x0800, 0x9FA5}, {0xAC00, 0xD7FF}};
+
+// The CJK ideographs that BERT's tokenizer makes words of their own (its _is_chinese_char):
+// the unified ideographs and their extensions A to F, and the compatibility ideographs.
+constexpr CodePointRange kBertCjkRanges[] = {
+    {0x3400, 0x4DBF},   {0x4E00, 0x9FFF},   {0xF900, 0xFAFF},   {0x20000, 0x2A6DF},
+    {0x2A700, 0x2B73F}, {0x2B740, 0x2B81F}, {0x2B820, 0x2CEAF}, {0x2F800, 0x2FA1F},
+};
 
 // The letters of DeepSeek LLM's word pattern: the cased scripts (Latin, Greek, Cyrillic,
 // Armenian, Georgian, Cherokee, Glagolitic, Coptic, Deseret, Osage, Old Hungarian, Warang Citi,
@@ -542,9 +589,10 @@ struct Tokenizer::Fragment {
 Tokenizer::Tokenizer(Vocabulary vocab) {
   using detail::fail;
   const size_t n = vocab.tokens.size();
-  if (vocab.model != "llama" && vocab.model != "gpt2") {
+  if (vocab.model != "llama" && vocab.model != "gpt2" && vocab.model != "bert") {
     fail("tokenizer model '" + vocab.model +
-         "' is not supported (sllm reads 'llama' = SentencePiece and 'gpt2' = byte-level BPE)");
+         "' is not supported (sllm reads 'llama' = SentencePiece, 'gpt2' = byte-level BPE and "
+         "'bert' = WordPiece)");
   }
   if (n == 0) fail("the vocabulary has no tokens");
   if (n > size_t(INT32_MAX)) fail("the vocabulary has too many tokens: " + std::to_string(n));
@@ -572,6 +620,10 @@ Tokenizer::Tokenizer(Vocabulary vocab) {
   if (vocab.add_eos && vocab.eos < 0) fail("the vocabulary asks to add EOS but has no EOS token");
 
   byte_level_ = vocab.model == "gpt2";
+  wordpiece_ = vocab.model == "bert";
+  if (wordpiece_ && vocab.unk < 0) {
+    fail("the WordPiece vocabulary has no unknown token ([UNK]) for words it cannot split");
+  }
   pieces_ = std::move(vocab.tokens);
   scores_ = std::move(vocab.scores);
   if (scores_.empty()) scores_.assign(n, 0.0f);
@@ -584,7 +636,9 @@ Tokenizer::Tokenizer(Vocabulary vocab) {
   pad_ = vocab.pad;
   add_bos_ = vocab.add_bos;
   add_eos_ = vocab.add_eos;
-  add_space_prefix_ = !byte_level_ && vocab.add_space_prefix;
+  add_space_prefix_ = wordpiece_ || (!byte_level_ && vocab.add_space_prefix);
+  for (const std::string& piece : pieces_)
+    max_piece_bytes_ = std::max(max_piece_bytes_, piece.size());
 
   // Byte tokens: SentencePiece's <0xNN> pieces, or the byte-level alphabet's characters.
   for (int b = 0; b < 256; ++b) {
@@ -666,12 +720,13 @@ Tokenizer::Tokenizer(Vocabulary vocab) {
 Tokenizer Tokenizer::from_gguf(const Gguf& gguf) {
   Vocabulary v;
   v.model = gguf.get<std::string>("tokenizer.ggml.model");
-  if (v.model != "llama" && v.model != "gpt2") {
+  if (v.model != "llama" && v.model != "gpt2" && v.model != "bert") {
     detail::fail(gguf.path() + ": tokenizer.ggml.model '" + v.model +
-                 "' is not supported (sllm reads 'llama' = SentencePiece and 'gpt2' = "
-                 "byte-level BPE)");
+                 "' is not supported (sllm reads 'llama' = SentencePiece, 'gpt2' = "
+                 "byte-level BPE and 'bert' = WordPiece)");
   }
   const bool spm = v.model == "llama";
+  const bool wordpiece = v.model == "bert";
   v.pre = gguf.get_or<std::string>("tokenizer.ggml.pre", "default");
   v.tokens = gguf.get_array<std::string>("tokenizer.ggml.tokens");
   const size_t n = v.tokens.size();
@@ -694,7 +749,7 @@ Tokenizer Tokenizer::from_gguf(const Gguf& gguf) {
       v.types.push_back(t >= 0 && t <= 6 ? TokenType(t) : TokenType::Undefined);
     }
   }
-  if (!spm) v.merges = gguf.get_array<std::string>("tokenizer.ggml.merges");
+  if (v.model == "gpt2") v.merges = gguf.get_array<std::string>("tokenizer.ggml.merges");
 
   // Special token ids; ids past the vocabulary (converters write 0xFFFFFFFF or -1 for "none")
   // mean the vocabulary has no such token. SentencePiece's defaults are llama's.
@@ -712,6 +767,10 @@ Tokenizer Tokenizer::from_gguf(const Gguf& gguf) {
   const auto default_id = [&](int32_t id) { return spm && id < int64_t(n) ? id : -1; };
   v.bos = special("tokenizer.ggml.bos_token_id", default_id(1));
   v.eos = special("tokenizer.ggml.eos_token_id", default_id(2));
+  if (wordpiece) {
+    v.bos = special("tokenizer.ggml.cls_token_id", v.bos);
+    v.eos = special("tokenizer.ggml.seperator_token_id", v.eos);
+  }
   v.unk = special("tokenizer.ggml.unknown_token_id", default_id(0));
   v.eot = special("tokenizer.ggml.eot_token_id", -1);
   v.eom = special("tokenizer.ggml.eom_token_id", -1);
@@ -719,8 +778,8 @@ Tokenizer Tokenizer::from_gguf(const Gguf& gguf) {
 
   const bool llama3 =
       v.pre == "llama3" || v.pre == "llama-v3" || v.pre == "llama-bpe" || v.pre == "falcon3";
-  v.add_bos = gguf.get_or<bool>("tokenizer.ggml.add_bos_token", spm || llama3);
-  v.add_eos = gguf.get_or<bool>("tokenizer.ggml.add_eos_token", false);
+  v.add_bos = gguf.get_or<bool>("tokenizer.ggml.add_bos_token", spm || llama3 || wordpiece);
+  v.add_eos = gguf.get_or<bool>("tokenizer.ggml.add_eos_token", wordpiece);
   v.add_space_prefix = spm && gguf.get_or<bool>("tokenizer.ggml.add_space_prefix", true);
   try {
     return Tokenizer(std::move(v));
@@ -802,6 +861,8 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special,
     }
     if (byte_level_) {
       encode_bpe(f.text, out);
+    } else if (wordpiece_) {
+      encode_wordpiece(f.text, out);
     } else {
       encode_spm(f.text, add_space_prefix_ && after_special, out);
     }
@@ -938,6 +999,76 @@ void Tokenizer::encode_bpe_word(std::string_view word, std::vector<int32_t>& out
       emit_bytes(word.substr(size_t(i), 1), out);
     }
   }
+}
+
+void Tokenizer::encode_wordpiece(std::string_view text, std::vector<int32_t>& out) const {
+  // Hugging Face's BertNormalizer and BertPreTokenizer, one code point at a time: control
+  // characters (and invalid bytes) go, whitespace ends a word, CJK ideographs are words of
+  // their own, and so is each punctuation character of the lower-cased accent-free text.
+  std::string word(detail::kSpmSpace);
+  size_t n_chars = 0;
+  const auto end_word = [&] {
+    if (n_chars > 0) encode_wordpiece_word(word, n_chars, out);
+    word.resize(detail::kSpmSpace.size());
+    n_chars = 0;
+  };
+  std::vector<uint32_t> folded;
+  for (size_t i = 0; i < text.size();) {
+    uint32_t cp;
+    i += detail::utf8_char(text, i, &cp);
+    const uint8_t cls = detail::unicode_classes(cp);
+    if (cp == '\t' || cp == '\n' || cp == '\r') {
+      end_word();
+      continue;
+    }
+    // Cc, Cf, Co, Cs and unassigned code points (class 0, as are invalid bytes) are dropped.
+    if (cp == 0 || cp == 0xFFFD || cls == 0 || (cls & detail::kUnicodeOther) != 0) continue;
+    const bool cjk = detail::in_ranges(detail::kBertCjkRanges, cp);
+    if (cjk) end_word();
+    folded.clear();
+    detail::append_lower_without_accents(cp, folded);
+    for (uint32_t c : folded) {
+      const uint8_t folded_cls = detail::unicode_classes(c);
+      if ((folded_cls & detail::kUnicodeWhitespace) != 0) {
+        end_word();
+        continue;
+      }
+      const bool ascii_punct = (c >= 33 && c <= 47) || (c >= 58 && c <= 64) ||
+                               (c >= 91 && c <= 96) || (c >= 123 && c <= 126);
+      const bool punct = ascii_punct || (folded_cls & detail::kUnicodePunctuation) != 0;
+      if (punct) end_word();
+      detail::append_utf8(c, word);
+      ++n_chars;
+      if (punct) end_word();
+    }
+    if (cjk) end_word();
+  }
+  end_word();
+}
+
+void Tokenizer::encode_wordpiece_word(std::string_view word, size_t n_chars,
+                                      std::vector<int32_t>& out) const {
+  constexpr size_t kMaxWordChars = 100;  // BERT's max_input_chars_per_word
+  const size_t first_piece = out.size();
+  const size_t prefix = detail::kSpmSpace.size();
+  for (size_t begin = 0; n_chars <= kMaxWordChars && begin < word.size();) {
+    // The longest piece from begin that ends at a character boundary; the first piece carries
+    // the "▁" prefix and at least one character.
+    int32_t id = -1;
+    size_t end = std::min(word.size(), begin + max_piece_bytes_);
+    for (; end > (begin == 0 ? prefix : begin); --end) {
+      if (end < word.size() && (uint8_t(word[end]) & 0xC0) == 0x80) continue;
+      id = find_piece(word.substr(begin, end - begin));
+      if (id >= 0 && detail::buildable(types_[id])) break;
+      id = -1;
+    }
+    if (id < 0) break;
+    out.push_back(id);
+    begin = end;
+    if (begin == word.size()) return;
+  }
+  out.resize(first_piece);  // no split (or too long): the whole word is unknown
+  out.push_back(unk_);
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids, bool render_special) const {
