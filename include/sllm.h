@@ -484,6 +484,15 @@ inline void unpack_q4_k_scales(const uint8_t* scales, int j, uint8_t* scale, uin
   }
 }
 
+// The inverse: stores the 6-bit scale and min codes of the 8 sub-blocks (values 0..63).
+inline void pack_q4_k_scales(const uint8_t* scale, const uint8_t* min, uint8_t* scales) {
+  for (int j = 0; j < 4; ++j) {
+    scales[j] = uint8_t((scale[j] & 63) | ((scale[j + 4] >> 4) << 6));
+    scales[j + 4] = uint8_t((min[j] & 63) | ((min[j + 4] >> 4) << 6));
+    scales[j + 8] = uint8_t((scale[j + 4] & 15) | ((min[j + 4] & 15) << 4));
+  }
+}
+
 // Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K,
 // Q6_K). F16 to Q4_0 round as ggml's reference quantizers do, so that sllm's files match
 // llama.cpp's byte for byte; the K-quants search for a smaller error than llama.cpp's.
@@ -4448,15 +4457,6 @@ inline void settle_scale_min(const float* x, const ValueSums& v, const ScaleMin&
   *lm = uint8_t(m);
 }
 
-// Stores the 6-bit scale and min codes of the 8 sub-blocks as unpack_q4_k_scales reads them.
-inline void pack_q4_k_scales(const uint8_t* ls, const uint8_t* lm, uint8_t* scales) {
-  for (int j = 0; j < 4; ++j) {
-    scales[j] = uint8_t((ls[j] & 63) | ((ls[j + 4] >> 4) << 6));
-    scales[j + 4] = uint8_t((lm[j] & 63) | ((lm[j + 4] >> 4) << 6));
-    scales[j + 8] = uint8_t((ls[j + 4] & 15) | ((lm[j + 4] & 15) << 4));
-  }
-}
-
 // One super-block of Q4_K or Q5_K (codes in [0, top]): d, dmin, the packed 6-bit scales and
 // mins, and the codes q of its 256 values.
 inline void quantize_scale_min_block(const float* x, float top, uint16_t* d16, uint16_t* dmin16,
@@ -4485,7 +4485,7 @@ inline void quantize_scale_min_block(const float* x, float top, uint16_t* d16, u
     settle_scale_min(x + j * kScaleMinSubBlock, sums[j], fits[j], d, dmin, top, &ls[j], &lm[j],
                      q + j * kScaleMinSubBlock);
   }
-  pack_q4_k_scales(ls, lm, scales);
+  sllm::pack_q4_k_scales(ls, lm, scales);
 }
 
 constexpr size_t kQ6KSubBlock = 16;

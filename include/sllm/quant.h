@@ -67,6 +67,15 @@ inline void unpack_q4_k_scales(const uint8_t* scales, int j, uint8_t* scale, uin
   }
 }
 
+// The inverse: stores the 6-bit scale and min codes of the 8 sub-blocks (values 0..63).
+inline void pack_q4_k_scales(const uint8_t* scale, const uint8_t* min, uint8_t* scales) {
+  for (int j = 0; j < 4; ++j) {
+    scales[j] = uint8_t((scale[j] & 63) | ((scale[j + 4] >> 4) << 6));
+    scales[j + 4] = uint8_t((min[j] & 63) | ((min[j + 4] >> 4) << 6));
+    scales[j + 8] = uint8_t((scale[j + 4] & 15) | ((min[j + 4] & 15) << 4));
+  }
+}
+
 // Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K,
 // Q6_K). F16 to Q4_0 round as ggml's reference quantizers do, so that sllm's files match
 // llama.cpp's byte for byte; the K-quants search for a smaller error than llama.cpp's.

@@ -326,15 +326,6 @@ inline void settle_scale_min(const float* x, const ValueSums& v, const ScaleMin&
   *lm = uint8_t(m);
 }
 
-// Stores the 6-bit scale and min codes of the 8 sub-blocks as unpack_q4_k_scales reads them.
-inline void pack_q4_k_scales(const uint8_t* ls, const uint8_t* lm, uint8_t* scales) {
-  for (int j = 0; j < 4; ++j) {
-    scales[j] = uint8_t((ls[j] & 63) | ((ls[j + 4] >> 4) << 6));
-    scales[j + 4] = uint8_t((lm[j] & 63) | ((lm[j + 4] >> 4) << 6));
-    scales[j + 8] = uint8_t((ls[j + 4] & 15) | ((lm[j + 4] & 15) << 4));
-  }
-}
-
 // One super-block of Q4_K or Q5_K (codes in [0, top]): d, dmin, the packed 6-bit scales and
 // mins, and the codes q of its 256 values.
 inline void quantize_scale_min_block(const float* x, float top, uint16_t* d16, uint16_t* dmin16,
@@ -363,7 +354,7 @@ inline void quantize_scale_min_block(const float* x, float top, uint16_t* d16, u
     settle_scale_min(x + j * kScaleMinSubBlock, sums[j], fits[j], d, dmin, top, &ls[j], &lm[j],
                      q + j * kScaleMinSubBlock);
   }
-  pack_q4_k_scales(ls, lm, scales);
+  sllm::pack_q4_k_scales(ls, lm, scales);
 }
 
 constexpr size_t kQ6KSubBlock = 16;
