@@ -5,7 +5,6 @@
 // this test; and hostile inputs, each an Error that leaves no file behind.
 #include <cmath>
 #include <cstdio>
-#include <dirent.h>
 #include <fstream>
 #include <map>
 #include <random>
@@ -29,39 +28,7 @@ using sllm::GgufValue;
 using sllm::TensorInfo;
 using sllm::TensorType;
 using sllm::TokenType;
-
-// A fresh folder, removed with its files (it holds no sub-folders) when the test ends.
-class TempDir {
- public:
-  TempDir() {
-    char name[] = "/tmp/sllm_test_convert.XXXXXX";
-    REQUIRE(::mkdtemp(name) != nullptr);
-    path_ = name;
-  }
-  ~TempDir() {
-    for (const std::string& f : files()) std::remove(path(f).c_str());
-    ::rmdir(path_.c_str());
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string path(const std::string& name) const { return path_ + "/" + name; }
-  std::vector<std::string> files() const {
-    std::vector<std::string> names;
-    DIR* d = ::opendir(path_.c_str());
-    while (const dirent* e = d ? ::readdir(d) : nullptr) {
-      if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") {
-        names.push_back(e->d_name);
-      }
-    }
-    if (d) ::closedir(d);
-    std::sort(names.begin(), names.end());
-    return names;
-  }
-
- private:
-  std::string path_;
-};
+using sllm_test::TempDir;
 
 void write_file(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

@@ -1,9 +1,13 @@
 #include "test_support.h"
 
+#include <dirent.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
-#include <sys/stat.h>
 
 namespace sllm_test {
 
@@ -97,6 +101,30 @@ size_t check_vocab_vectors(const std::string& name, const sllm::Tokenizer& tok,
   CHECK(passed == v.texts.size());
   if (lossless) CHECK(round_trips == v.texts.size());
   return passed;
+}
+
+TempDir::TempDir() {
+  char name[] = "/tmp/sllm_test.XXXXXX";
+  REQUIRE(::mkdtemp(name) != nullptr);
+  path_ = name;
+}
+
+TempDir::~TempDir() {
+  for (const std::string& f : files()) std::remove(path(f).c_str());
+  ::rmdir(path_.c_str());
+}
+
+std::vector<std::string> TempDir::files() const {
+  std::vector<std::string> names;
+  DIR* d = ::opendir(path_.c_str());
+  while (const dirent* e = d ? ::readdir(d) : nullptr) {
+    if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") {
+      names.push_back(e->d_name);
+    }
+  }
+  if (d) ::closedir(d);
+  std::sort(names.begin(), names.end());
+  return names;
 }
 
 }  // namespace sllm_test

@@ -47,6 +47,21 @@ VocabVectors read_vocab_vectors(const std::string& inp_path, const std::string& 
 size_t check_vocab_vectors(const std::string& name, const sllm::Tokenizer& tok,
                            const VocabVectors& v, bool lossless = true);
 
+// A fresh folder under /tmp, removed with its files (it holds no sub-folders) when the test ends.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string path(const std::string& name) const { return path_ + "/" + name; }
+  std::vector<std::string> files() const;  // sorted names
+
+ private:
+  std::string path_;
+};
+
 // The message of the sllm::Error that fn throws; a failed check (and "") when it throws none.
 template <typename Fn>
 std::string error_message(Fn&& fn) {

@@ -1,8 +1,10 @@
-// `sllm quantize IN.gguf OUT.gguf TYPE`: offline quantization of a GGUF file's weights.
+// `sllm quantize IN.gguf OUT.gguf TYPE`: offline quantization of a GGUF file's weights, with the
+// type names, per-tensor rules and general.file_type values of llama.cpp's llama-quantize.
 #include <sys/stat.h>
 #include <omp.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -18,11 +20,20 @@ namespace {
 const char kQuantizeUsage[] =
     "usage: sllm quantize [options] IN.gguf OUT.gguf TYPE\n"
     "\n"
-    "Writes a copy of IN with its weight matrices quantized to TYPE (q8_0 or q4_0), keeping\n"
-    "all metadata and recording the type in general.file_type. Vectors (norms, biases) stay\n"
-    "F32. With q4_0 the output matrix (or the tied token embedding that serves as it) is\n"
-    "Q8_0, since it matters most to the result. A matrix whose rows are not whole blocks of\n"
-    "32 values keeps its type (F16 if it was F32); each tensor's choice is printed.\n"
+    "Writes a copy of IN with its weight matrices quantized, keeping all metadata and recording\n"
+    "TYPE in general.file_type as llama.cpp numbers it. Vectors (norms, biases) stay F32.\n"
+    "TYPE (as llama-quantize names them; upper case works too):\n"
+    "  q8_0    Q8_0\n"
+    "  q4_0    Q4_0; the output matrix (or the tied token embedding that serves as it) Q8_0\n"
+    "  q4_k_m  Q4_K; Q6_K for the output matrix and for attn_v and ffn_down in the first and\n"
+    "          last eighth of the layers and every third layer between; Q5_K for fused\n"
+    "          attn_qkv\n"
+    "  q4_k    the same as q4_k_m\n"
+    "  q4_k_s  Q4_K; Q6_K for the output matrix, Q5_K for attn_v in the first 4 layers and\n"
+    "          for ffn_down in the first eighth of the layers\n"
+    "  q6_k    Q6_K\n"
+    "A matrix whose rows are not whole blocks of its type falls back: Q4_K to Q4_0, Q5_K and\n"
+    "Q6_K to Q8_0 (rows of 32s), else F16; each tensor's type and any fallback is printed.\n"
     "The output is written under a temporary name and renamed when complete; OUT may not be\n"
     "IN.\n"
     "\n"
@@ -31,8 +42,37 @@ const char kQuantizeUsage[] =
     "  -q, --quiet       do not list the tensors\n"
     "  -h, --help        show this help\n";
 
-// general.file_type values, as llama.cpp numbers them.
-constexpr uint32_t kFileTypeQ4_0 = 2, kFileTypeQ8_0 = 7;
+// Which tensors of a mix get more bits than its base type.
+enum class Rule { kUniform, kKM, kKS };
+
+// A quantization type of the command line.
+struct Mix {
+  const char* name;
+  TensorType base;     // the type of most weight matrices
+  TensorType output;   // the type of the output matrix
+  uint32_t file_type;  // general.file_type (llama.cpp's LLAMA_FTYPE_MOSTLY_*)
+  Rule rule;
+};
+
+const Mix kMixes[] = {
+    {"q8_0", TensorType::Q8_0, TensorType::Q8_0, 7, Rule::kUniform},
+    {"q4_0", TensorType::Q4_0, TensorType::Q8_0, 2, Rule::kUniform},
+    {"q4_k_m", TensorType::Q4_K, TensorType::Q6_K, 15, Rule::kKM},
+    {"q4_k", TensorType::Q4_K, TensorType::Q6_K, 15, Rule::kKM},
+    {"q4_k_s", TensorType::Q4_K, TensorType::Q6_K, 14, Rule::kKS},
+    {"q6_k", TensorType::Q6_K, TensorType::Q6_K, 18, Rule::kUniform},
+};
+
+const Mix& find_mix(const std::string& name) {
+  std::string lower;
+  for (char c : name) lower += char(std::tolower(static_cast<unsigned char>(c)));
+  std::string known;
+  for (const Mix& mix : kMixes) {
+    if (lower == mix.name) return mix;
+    known += std::string(known.empty() ? "" : ", ") + mix.name;
+  }
+  throw UsageError("unknown quantization type '" + name + "' (known: " + known + ")");
+}
 
 bool same_file(const std::string& a, const std::string& b) {
   struct stat sa, sb;
@@ -40,13 +80,91 @@ bool same_file(const std::string& a, const std::string& b) {
          sa.st_ino == sb.st_ino;
 }
 
-// The type a tensor is stored in: TYPE for weight matrices whose rows are whole blocks.
-TensorType choose_type(const TensorInfo& t, TensorType target, bool is_output) {
-  const bool matrix = t.n_dims >= 2 && t.type != TensorType::Q8_0 && t.type != TensorType::Q4_0;
-  if (!matrix || t.ne[0] < 32) return t.type;
-  if (t.ne[0] % kQuantBlock != 0) return t.type == TensorType::F32 ? TensorType::F16 : t.type;
-  if (target == TensorType::Q4_0 && is_output) return TensorType::Q8_0;
-  return target;
+bool contains(const std::string& s, const char* part) {
+  return s.find(part) != std::string::npos;
+}
+
+bool ends_with(const std::string& s, const std::string& end) {
+  return s.size() >= end.size() && s.compare(s.size() - end.size(), end.size(), end) == 0;
+}
+
+// N of a tensor named "blk.N....", else -1.
+int layer_of(const std::string& name) {
+  if (name.compare(0, 4, "blk.") != 0) return -1;
+  int layer = 0;
+  size_t i = 4;
+  for (; i < name.size() && std::isdigit(static_cast<unsigned char>(name[i])) && layer < 1000000;
+       ++i) {
+    layer = layer * 10 + (name[i] - '0');
+  }
+  return i > 4 && i < name.size() && name[i] == '.' ? layer : -1;
+}
+
+// Whether a tensor is a weight matrix that the mixes quantize: not a vector, a norm, a position
+// or token-type embedding, or a mixture-of-experts router (as llama-quantize decides).
+bool is_weight_matrix(const TensorInfo& t) {
+  return t.n_dims >= 2 && ends_with(t.name, "weight") && !contains(t.name, "_norm.weight") &&
+         !contains(t.name, "ffn_gate_inp.weight") && t.name != "position_embd.weight" &&
+         t.name != "token_types.weight";
+}
+
+// llama.cpp's layers that get more bits in the _M mixes: the first and last eighth, and every
+// third layer between them.
+bool more_bits_layer(int layer, int n_layers) {
+  return layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer - n_layers / 8) % 3 == 2;
+}
+
+// The type the mix wants for a weight matrix.
+TensorType wished_type(const Mix& mix, const std::string& name, bool is_output, int n_layers) {
+  if (is_output) return mix.output;
+  const int layer = layer_of(name);
+  const bool attn_v = contains(name, "attn_v.weight"), ffn_down = contains(name, "ffn_down");
+  if (mix.rule == Rule::kKM) {
+    if ((attn_v || ffn_down) && more_bits_layer(layer, n_layers)) return TensorType::Q6_K;
+    if (contains(name, "attn_qkv.weight")) return TensorType::Q5_K;
+  } else if (mix.rule == Rule::kKS) {
+    if (attn_v && layer < 4) return TensorType::Q5_K;
+    if (ffn_down && layer < n_layers / 8) return TensorType::Q5_K;
+  }
+  return mix.base;
+}
+
+uint32_t block_elems(TensorType type) {
+  return tensor_type_info(uint32_t(type))->block_elems;
+}
+
+// A tensor's type in the output, and why it is not the one the mix wanted.
+struct Choice {
+  TensorType type;
+  std::string fallback;  // empty when the tensor got the wished type or is not quantized
+};
+
+// Rows that are not whole blocks of the wished type fall back to a type of 32-value blocks
+// with at least as many bits, then to F16 (llama-quantize falls back to Q5_0/Q5_1/Q8_0, which
+// sllm does not compute with, except Q8_0).
+Choice choose_type(const TensorInfo& t, const Mix& mix, bool is_output, int n_layers) {
+  if (!is_weight_matrix(t) || block_elems(t.type) > 1) return {t.type, ""};
+  const TensorType wish = wished_type(mix, t.name, is_output, n_layers);
+  const uint64_t cols = t.ne[0];
+  if (cols % block_elems(wish) == 0) return {wish, ""};
+  TensorType type = wish == TensorType::Q4_K ? TensorType::Q4_0 : TensorType::Q8_0;
+  const bool super_block = block_elems(wish) == kSuperBlock;
+  if (cols % kQuantBlock != 0) type = t.type == TensorType::F32 ? TensorType::F16 : t.type;
+  std::string why =
+      "rows of " + std::to_string(cols) + " are not whole " +
+      (super_block && cols % kQuantBlock == 0 ? "super-blocks of 256" : "blocks of 32");
+  return {type, why + ": " + tensor_type_name(type) + " for " + tensor_type_name(wish)};
+}
+
+// The number of layers, for the per-layer rules: {arch}.block_count, else the tensor names.
+int count_layers(const Gguf& src) {
+  const std::string arch = src.get_or<std::string>("general.architecture", "");
+  if (!arch.empty() && src.has(arch + ".block_count")) {
+    return int(src.get<uint32_t>(arch + ".block_count"));
+  }
+  int n = 0;
+  for (const TensorInfo& t : src.tensors()) n = std::max(n, layer_of(t.name) + 1);
+  return n;
 }
 
 }  // namespace
@@ -71,27 +189,20 @@ int cmd_quantize(int argc, char** argv) {
     }
   }
   if (positional.size() != 3) throw UsageError("expected IN.gguf OUT.gguf TYPE");
-  const std::string &in = positional[0], &out = positional[1], &type_name = positional[2];
-  TensorType target;
-  if (type_name == "q8_0" || type_name == "Q8_0") {
-    target = TensorType::Q8_0;
-  } else if (type_name == "q4_0" || type_name == "Q4_0") {
-    target = TensorType::Q4_0;
-  } else {
-    throw UsageError("unknown quantization type '" + type_name + "' (this build: q8_0, q4_0)");
-  }
+  const std::string &in = positional[0], &out = positional[1];
+  const Mix& mix = find_mix(positional[2]);
   if (in == out || same_file(in, out)) {
     detail::fail("OUT is the input file " + in + "; write the quantized model to another path");
   }
 
   const Gguf src = Gguf::open(in);
   const bool tied = src.find_tensor("output.weight") == nullptr;
+  const int n_layers = count_layers(src);
   GgufWriter w(src.alignment());
   for (const auto& [key, value] : src.metadata()) {
     if (key != "general.alignment") w.set(key, value);
   }
-  w.set("general.file_type",
-        GgufValue::u32(target == TensorType::Q8_0 ? kFileTypeQ8_0 : kFileTypeQ4_0));
+  w.set("general.file_type", GgufValue::u32(mix.file_type));
   w.set("general.quantization_version", GgufValue::u32(2));
 
   uint64_t total = 0, done = 0;
@@ -99,28 +210,36 @@ int cmd_quantize(int argc, char** argv) {
   ProgressBar bar;
   const bool show_bar = ::isatty(STDERR_FILENO);
   uint64_t in_bytes = 0, out_bytes = 0;
+  int n_matrices = 0, n_fallbacks = 0;
   for (const TensorInfo& t : src.tensors()) {
     const bool is_output = t.name == "output.weight" || (tied && t.name == "token_embd.weight");
-    const TensorType type = choose_type(t, target, is_output);
+    const Choice choice = choose_type(t, mix, is_output, n_layers);
+    const TensorType type = choice.type;
+    n_matrices += is_weight_matrix(t);
+    n_fallbacks += !choice.fallback.empty();
     std::vector<uint64_t> dims(t.ne, t.ne + t.n_dims);
     const uint64_t rows = t.n_rows(), cols = t.ne[0];
     const uint64_t src_row = tensor_row_bytes(t.type, cols), dst_row = tensor_row_bytes(type, cols);
     in_bytes += t.n_bytes;
     out_bytes += dst_row * rows;
-    if (!quiet) {
-      std::printf("%-32s %-16s %5s -> %-5s%s\n", t.name.c_str(), t.shape_string().c_str(),
-                  tensor_type_name(t.type), tensor_type_name(type),
-                  type != target && t.n_dims >= 2 && t.ne[0] % kQuantBlock != 0
-                      ? "  (rows are not whole blocks of 32)"
-                      : "");
+    if (!quiet && choice.fallback.empty()) {
+      std::printf("%-32s %-16s %5s -> %s\n", t.name.c_str(), t.shape_string().c_str(),
+                  tensor_type_name(t.type), tensor_type_name(type));
+    } else if (!quiet) {
+      std::printf("%-32s %-16s %5s -> %-5s  fallback: %s\n", t.name.c_str(),
+                  t.shape_string().c_str(), tensor_type_name(t.type), tensor_type_name(type),
+                  choice.fallback.c_str());
     }
     if (type == t.type) {
       w.add_tensor(t.name, type, dims, t.data, t.n_bytes);
       continue;
     }
     w.add_tensor(t.name, type, dims, [&, type, rows, cols, src_row, dst_row](uint8_t* dst) {
-    // Rows are independent: quantize them in parallel, each from its own f32 copy.
-#pragma omp parallel num_threads(threads > 0 ? threads : omp_get_max_threads())
+    // Rows are independent: quantize them in parallel, each from its own f32 copy (small
+    // tensors in one thread: a team costs more than their work).
+#pragma omp parallel num_threads( \
+    threads > 0 ? threads         \
+                : omp_get_max_threads()) if (rows > 1 && rows * cols >= (uint64_t(1) << 16))
       {
         std::vector<float> row(cols);
 #pragma omp for schedule(dynamic, 16)
@@ -135,8 +254,13 @@ int cmd_quantize(int argc, char** argv) {
   }
   w.write(out);
   std::printf("wrote %s: %s of tensor data -> %s (%s)\n", out.c_str(),
-              human_bytes(in_bytes).c_str(), human_bytes(out_bytes).c_str(),
-              tensor_type_name(target));
+              human_bytes(in_bytes).c_str(), human_bytes(out_bytes).c_str(), mix.name);
+  if (n_fallbacks > 0) {
+    std::printf(
+        "%d of %d weight matrices fell back to another type: their rows are not whole "
+        "blocks of the type %s wants\n",
+        n_fallbacks, n_matrices, mix.name);
+  }
   return 0;
 }
 

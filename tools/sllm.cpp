@@ -25,7 +25,8 @@ const Command kCommands[] = {
     {"logits", sllm::cli::cmd_logits, "write the logits of token ids, for comparisons"},
     {"embed", sllm::cli::cmd_embed, "embed lines of text as vectors (BERT and other models)"},
     {"bench", sllm::cli::cmd_bench, "measure prompt and generation speed (tokens/s)"},
-    {"quantize", sllm::cli::cmd_quantize, "quantize a GGUF file's weights (q8_0, q4_0)"},
+    {"quantize", sllm::cli::cmd_quantize,
+     "quantize a GGUF file's weights (q8_0, q4_0, q4_k_m, q4_k_s, q6_k)"},
     {"info", sllm::cli::cmd_info, "show a GGUF file's metadata, tensors and sizes"},
     {"convert", sllm::cli::cmd_convert, "convert a Hugging Face checkpoint folder to GGUF"},
 };

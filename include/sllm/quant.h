@@ -42,7 +42,16 @@ struct BlockQ6_K {
   int8_t scales[kSuperBlock / 16];
   uint16_t d;  // IEEE half
 };
+// Q5_K: Q4_K with 5-bit codes; the top bit of value l of sub-block j is bit j of qh[l]. 176 bytes.
+struct BlockQ5_K {
+  uint16_t d;     // IEEE half: scale of the sub-block scales
+  uint16_t dmin;  // IEEE half: scale of the sub-block mins
+  uint8_t scales[12];
+  uint8_t qh[kSuperBlock / 8];
+  uint8_t qs[kSuperBlock / 2];
+};
 static_assert(sizeof(BlockQ4_K) == 144, "Q4_K blocks are 144 bytes in GGUF");
+static_assert(sizeof(BlockQ5_K) == 176, "Q5_K blocks are 176 bytes in GGUF");
 static_assert(sizeof(BlockQ6_K) == 210, "Q6_K blocks are 210 bytes in GGUF");
 
 // The 6-bit scale and min of sub-block j (0..7) of a Q4_K block. Sub-blocks 0-3 keep them in the
@@ -58,10 +67,20 @@ inline void unpack_q4_k_scales(const uint8_t* scales, int j, uint8_t* scale, uin
   }
 }
 
-// Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0), with the
-// rounding of ggml's reference quantizers, so that sllm's files match llama.cpp's byte for byte.
+// The inverse: stores the 6-bit scale and min codes of the 8 sub-blocks (values 0..63).
+inline void pack_q4_k_scales(const uint8_t* scale, const uint8_t* min, uint8_t* scales) {
+  for (int j = 0; j < 4; ++j) {
+    scales[j] = uint8_t((scale[j] & 63) | ((scale[j + 4] >> 4) << 6));
+    scales[j + 4] = uint8_t((min[j] & 63) | ((min[j + 4] >> 4) << 6));
+    scales[j + 8] = uint8_t((scale[j + 4] & 15) | ((min[j + 4] & 15) << 4));
+  }
+}
+
+// Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K,
+// Q6_K). F16 to Q4_0 round as ggml's reference quantizers do, so that sllm's files match
+// llama.cpp's byte for byte; the K-quants search for a smaller error than llama.cpp's.
 // dst/src hold tensor_row_bytes(type, n) bytes. Error for another type, or for a quantized type
-// when n is not a multiple of 32.
+// when n is not a whole number of its blocks (32 values, 256 for the K-quants).
 void quantize_row(TensorType type, const float* src, void* dst, size_t n);
 void dequantize_row(TensorType type, const void* src, float* dst, size_t n);
 
@@ -82,6 +101,19 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n);
 // n is a multiple of 256.
 void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n);
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n);
+// Quantizers that minimise the squared error (no importance weights), n a multiple of 256.
+// Q4_K, Q5_K: per sub-block of 32, the scale and min with the smallest error among the
+// least-squares fits of the codes of candidate grids, refined; d and dmin give the largest scale
+// and min a 6-bit code near 63 (the step with the smallest rounding error of all eight), and
+// each sub-block keeps the neighbouring pair of 6-bit codes that gives it the smallest error,
+// with its codes rounded to that pair.
+void quantize_row_q4_k(const float* x, BlockQ4_K* y, size_t n);
+void quantize_row_q5_k(const float* x, BlockQ5_K* y, size_t n);
+void dequantize_row_q5_k(const BlockQ5_K* x, float* y, size_t n);
+// Q6_K: per sub-block of 16, the scale with the smallest error among the least-squares scales
+// of candidate grids; d gives the scale of largest magnitude a code near -128, and each
+// sub-block keeps the neighbouring 8-bit code that gives it the smallest error.
+void quantize_row_q6_k(const float* x, BlockQ6_K* y, size_t n);
 
 // Integer dot product of one block with a Q8_0 block of activations.
 int32_t block_dot(const BlockQ8_0& w, const BlockQ8_0& x);

@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 namespace sllm {
 namespace detail {
@@ -130,6 +131,405 @@ void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n) {
   }
 }
 
+}  // namespace ref
+
+namespace detail {
+
+// Sums over a block of values x and their integer codes q, for least-squares fits.
+struct CodeSums {
+  float q = 0, qq = 0, qx = 0;
+};
+
+// The sum of N values (a multiple of 4) in four lanes: an order fixed by the code, so that the
+// compiler vectorizes it without reassociating float additions.
+template <size_t N>
+float lane_sum(const float* p) {
+  float lanes[4] = {p[0], p[1], p[2], p[3]};
+  for (size_t i = 4; i < N; i += 4) {
+    for (size_t l = 0; l < 4; ++l) lanes[l] += p[i + l];
+  }
+  return (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
+}
+
+// v limited to [lo, hi]; NaN gives lo. A select, not a branch.
+inline float clamp_to(float v, float lo, float hi) {
+  v = v > lo ? v : lo;
+  return v < hi ? v : hi;
+}
+
+// The largest integer not above v, and the integer nearest to v, in [lo, hi] (lo an integer);
+// NaN gives lo. Truncation of a non-negative float, which needs no rounding call.
+inline float floor_in(float v, float lo, float hi) {
+  return float(int(clamp_to(v, lo, hi) - lo)) + lo;
+}
+inline float nearest_in(float v, float lo, float hi) {
+  return floor_in(v + 0.5f, lo, hi);
+}
+
+// The step d of a super-block's sub-block values v_j (scales or mins), which it stores as codes
+// round(v_j / d) in [lo, hi]: among the steps that give the value of largest magnitude, extreme,
+// the code `end` (63 or -128) or one of the 10 half steps inside it, the one with the smallest
+// weighted rounding error sum w_j (v_j - d c_j)^2, where w_j says how fast sub-block j's error
+// grows with the error of its value. Returned as the f16 that the block stores.
+inline uint16_t pick_step(const float* v, const float* w, size_t n, float extreme, float end,
+                          float lo, float hi) {
+  uint16_t best = f32_to_fp16(extreme / end);
+  float best_err = std::numeric_limits<float>::infinity();
+  for (int k = 0; k <= 10 && extreme != 0; ++k) {
+    const uint16_t step = f32_to_fp16(extreme / (end - std::copysign(0.5f * float(k), end)));
+    const float d = fp16_to_f32(step), inv = 1.0f / d;
+    float err = 0;
+    for (size_t j = 0; j < n; ++j) {
+      const float r = v[j] - d * nearest_in(v[j] * inv, lo, hi);
+      err += w[j] * r * r;
+    }
+    if (err < best_err) {
+      best_err = err;
+      best = step;
+    }
+  }
+  return best;
+}
+
+// The codes q_i = round(clamp(scaled(x_i), 0, top)) - offset of N values, written to q, and
+// their sums. Clamping and rounding are separate loops because GCC does not vectorize a loop
+// that converts a float to int after a select.
+template <size_t N, typename Scaled>
+CodeSums code_block(const float* x, Scaled scaled, float top, float offset, float* q) {
+  for (size_t i = 0; i < N; ++i) q[i] = clamp_to(scaled(x[i]), 0.0f, top);
+  for (size_t i = 0; i < N; ++i) q[i] = float(int(q[i] + 0.5f)) - offset;
+  float qq[N], qx[N];
+  for (size_t i = 0; i < N; ++i) {
+    qq[i] = q[i] * q[i];
+    qx[i] = q[i] * x[i];
+  }
+  CodeSums s;
+  s.q = lane_sum<N>(q);
+  s.qq = lane_sum<N>(qq);
+  s.qx = lane_sum<N>(qx);
+  return s;
+}
+
+// The sums of a block's values that do not depend on the codes.
+struct ValueSums {
+  float n = 0, x = 0, xx = 0;
+};
+
+template <size_t N>
+ValueSums value_sums(const float* x) {
+  float xx[N];
+  for (size_t i = 0; i < N; ++i) xx[i] = x[i] * x[i];
+  ValueSums v;
+  v.n = float(N);
+  v.x = lane_sum<N>(x);
+  v.xx = lane_sum<N>(xx);
+  return v;
+}
+
+// Rounds to the nearest code, then settles: at most this many times, the better neighbour of
+// the least-squares fit of the current codes, then the codes nearest to it.
+constexpr int kSettlePasses = 2;
+
+// A sub-block of Q4_K or Q5_K: x_i ~ scale * q_i - min with codes in [0, top], scale >= 0 and
+// min >= 0 (the formats store both as unsigned codes of the block's d and dmin), and its squared
+// error.
+struct ScaleMin {
+  float scale = 0, min = 0;
+  float err = std::numeric_limits<float>::infinity();
+  float qq = 0;  // sum of the squared codes: how fast the error grows with that of the scale
+};
+
+inline float scale_min_error(const CodeSums& c, const ValueSums& v, float scale, float min) {
+  // sum (scale q - min - x)^2, expanded.
+  return v.xx + scale * scale * c.qq + v.n * min * min - 2 * scale * c.qx + 2 * min * v.x -
+         2 * scale * min * c.q;
+}
+
+// The least-squares scale and min for fixed codes (min clamped at 0), or an infinite error
+// where the codes cannot carry a positive scale.
+inline ScaleMin fit_scale_min(const CodeSums& c, const ValueSums& v) {
+  ScaleMin f;
+  const float det = v.n * c.qq - c.q * c.q;
+  if (det > 0) {
+    f.scale = (v.n * c.qx - c.q * v.x) / det;
+    f.min = (c.q * c.qx - c.qq * v.x) / det;
+  }
+  if (!(det > 0) || f.min < 0) {
+    f.min = 0;
+    f.scale = c.qq > 0 ? c.qx / c.qq : 0;
+  }
+  if (f.scale > 0) f.err = scale_min_error(c, v, f.scale, f.min);
+  f.qq = c.qq;
+  return f;
+}
+
+constexpr size_t kScaleMinSubBlock = 32;
+constexpr float kScaleMinCodeTop = 63;  // largest 6-bit code of a sub-block's scale or min
+
+// The codes round(clamp((x_i + min) / scale, 0, top)) of a sub-block.
+inline CodeSums scale_min_codes(const float* x, float scale, float min, float top, float* q) {
+  const float inv = scale > 0 ? 1.0f / scale : 0.0f;
+  return code_block<kScaleMinSubBlock>(
+      x, [=](float xi) { return (xi + min) * inv; }, top, 0, q);
+}
+
+// The scale and min of a sub-block that minimise the squared error: the codes of grids spanning
+// [min(x, 0), max(x)] in top - 2 to top + 4 steps, each followed by the least-squares scale and
+// min of its codes; then the codes nearest to the best fit and a refit, while that lowers the
+// error.
+inline ScaleMin search_scale_min(const float* x, const ValueSums& v, float top) {
+  float lo = 0, hi = x[0];
+  for (size_t i = 0; i < kScaleMinSubBlock; ++i) {
+    lo = x[i] < lo ? x[i] : lo;
+    hi = x[i] > hi ? x[i] : hi;
+  }
+  ScaleMin best;
+  if (!(hi > lo)) {  // constant, or not finite: all codes 0
+    best.min = -lo;
+    return best;
+  }
+  float q[kScaleMinSubBlock];
+  for (int step = -10; step <= 20; ++step) {
+    const float range = top + 0.2f * float(step);
+    const CodeSums c = scale_min_codes(x, (hi - lo) / range, -lo, top, q);
+    const ScaleMin f = fit_scale_min(c, v);
+    if (f.err < best.err) best = f;
+  }
+  for (int pass = 0; pass < 2 && best.scale > 0; ++pass) {
+    const ScaleMin f = fit_scale_min(scale_min_codes(x, best.scale, best.min, top, q), v);
+    if (!(f.err < best.err)) break;
+    best = f;
+  }
+  return best;
+}
+
+// The 6-bit scale and min codes of a sub-block once the block's d and dmin are fixed, and its
+// codes q (see kSettlePasses; the neighbours are the four pairs around the fit).
+inline void settle_scale_min(const float* x, const ValueSums& v, const ScaleMin& fit, float d,
+                             float dmin, float top, uint8_t* ls, uint8_t* lm, float* q) {
+  auto nearest = [](float value, float step) {
+    return step > 0 ? nearest_in(value / step, 0, kScaleMinCodeTop) : 0.0f;
+  };
+  auto below = [](float value, float step) {
+    return step > 0 ? floor_in(value / step, 0, kScaleMinCodeTop - 1) : 0.0f;
+  };
+  float s = nearest(fit.scale, d), m = nearest(fit.min, dmin);
+  for (int pass = 0;; ++pass) {
+    const CodeSums c = scale_min_codes(x, d * s, dmin * m, top, q);
+    if (pass == kSettlePasses) break;
+    const ScaleMin f = fit_scale_min(c, v);
+    float best_s = s, best_m = m, best_err = scale_min_error(c, v, d * s, dmin * m);
+    const float s0 = below(f.scale, d), m0 = below(f.min, dmin);
+    for (float cs = s0; cs <= s0 + 1; ++cs) {
+      for (float cm = m0; cm <= m0 + 1; ++cm) {
+        const float err = scale_min_error(c, v, d * cs, dmin * cm);
+        if (err < best_err) {
+          best_err = err;
+          best_s = cs;
+          best_m = cm;
+        }
+      }
+    }
+    if (best_s == s && best_m == m) break;
+    s = best_s;
+    m = best_m;
+  }
+  *ls = uint8_t(s);
+  *lm = uint8_t(m);
+}
+
+// One super-block of Q4_K or Q5_K (codes in [0, top]): d, dmin, the packed 6-bit scales and
+// mins, and the codes q of its 256 values.
+inline void quantize_scale_min_block(const float* x, float top, uint16_t* d16, uint16_t* dmin16,
+                                     uint8_t* scales, float* q) {
+  constexpr size_t kSubBlocks = kSuperBlock / kScaleMinSubBlock;
+  ValueSums sums[kSubBlocks];
+  ScaleMin fits[kSubBlocks];
+  float scale[kSubBlocks], min[kSubBlocks], scale_weight[kSubBlocks], min_weight[kSubBlocks];
+  float max_scale = 0, max_min = 0;
+  for (size_t j = 0; j < kSubBlocks; ++j) {
+    sums[j] = value_sums<kScaleMinSubBlock>(x + j * kScaleMinSubBlock);
+    fits[j] = search_scale_min(x + j * kScaleMinSubBlock, sums[j], top);
+    scale[j] = fits[j].scale;
+    min[j] = fits[j].min;
+    scale_weight[j] = fits[j].qq;
+    min_weight[j] = float(kScaleMinSubBlock);
+    max_scale = std::max(max_scale, scale[j]);
+    max_min = std::max(max_min, min[j]);
+  }
+  constexpr float kTop = kScaleMinCodeTop;
+  *d16 = pick_step(scale, scale_weight, kSubBlocks, max_scale, kTop, 0, kTop);
+  *dmin16 = pick_step(min, min_weight, kSubBlocks, max_min, kTop, 0, kTop);
+  const float d = fp16_to_f32(*d16), dmin = fp16_to_f32(*dmin16);
+  uint8_t ls[kSubBlocks], lm[kSubBlocks];
+  for (size_t j = 0; j < kSubBlocks; ++j) {
+    settle_scale_min(x + j * kScaleMinSubBlock, sums[j], fits[j], d, dmin, top, &ls[j], &lm[j],
+                     q + j * kScaleMinSubBlock);
+  }
+  sllm::pack_q4_k_scales(ls, lm, scales);
+}
+
+constexpr size_t kQ6KSubBlock = 16;
+
+// Q6_K codes q in [-32, 31] from x_i * inv: round(clamp(x_i * inv + 32, 0, 63)) - 32.
+inline CodeSums q6_k_codes(const float* x, float inv, float* q) {
+  return code_block<kQ6KSubBlock>(
+      x, [=](float xi) { return xi * inv + 32; }, 63, 32, q);
+}
+
+// A Q6_K sub-block: x_i ~ scale * q_i, and the sum of the squared codes.
+struct ScaleFit {
+  float scale = 0, qq = 0;
+};
+
+// The scale that minimises the squared error among the least-squares scales of candidate grids
+// that map the value of largest magnitude to -32 +- 1.8 (the long end of the range) or to
+// 31 +- 1.8.
+inline ScaleFit search_q6_k_sub_block(const float* x) {
+  float amax = 0, max = 0;
+  for (size_t i = 0; i < kQ6KSubBlock; ++i) {
+    if (std::fabs(x[i]) > amax) {
+      amax = std::fabs(x[i]);
+      max = x[i];
+    }
+  }
+  ScaleFit best;
+  if (!(amax > 0 && amax < std::numeric_limits<float>::infinity())) return best;
+  float q[kQ6KSubBlock];
+  float best_gain = 0;  // (sum q x)^2 / sum q^2: the error that the fit removes
+  for (int step = -3; step <= 3; ++step) {
+    for (const float end : {-32.0f, 31.0f}) {
+      const CodeSums c = q6_k_codes(x, (end + 0.6f * float(step)) / max, q);
+      if (c.qq > 0 && c.qx * c.qx > best_gain * c.qq) {
+        best_gain = c.qx * c.qx / c.qq;
+        best.scale = c.qx / c.qq;
+        best.qq = c.qq;
+      }
+    }
+  }
+  return best;
+}
+
+// The 8-bit scale code of a Q6_K sub-block once the block's d is fixed, and its codes q (see
+// kSettlePasses).
+inline int8_t settle_q6_k_sub_block(const float* x, const ValueSums& v, float scale, float d,
+                                    float* q) {
+  float code = d != 0 ? nearest_in(scale / d, -128, 127) : 0.0f;
+  for (int pass = 0;; ++pass) {
+    const float step = d * code;
+    const CodeSums c = q6_k_codes(x, step != 0 ? 1.0f / step : 0.0f, q);
+    if (pass == kSettlePasses || d == 0 || !(c.qq > 0)) break;
+    auto error = [&](float s) { return v.xx - 2 * s * c.qx + s * s * c.qq; };
+    float best = code, best_err = error(step);
+    const float below = floor_in(c.qx / c.qq / d, -128, 126);
+    for (float cand = below; cand <= below + 1; ++cand) {
+      const float err = error(d * cand);
+      if (err < best_err) {
+        best_err = err;
+        best = cand;
+      }
+    }
+    if (best == code) break;
+    code = best;
+  }
+  return int8_t(code);
+}
+
+}  // namespace detail
+
+namespace ref {
+
+void quantize_row_q4_k(const float* x, BlockQ4_K* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q4_K, n);
+  for (size_t b = 0; b < nb; ++b, x += kSuperBlock) {
+    float q[kSuperBlock];
+    detail::quantize_scale_min_block(x, 15, &y[b].d, &y[b].dmin, y[b].scales, q);
+    // Sub-block 2i in the low nibbles of the i-th 32 bytes, sub-block 2i + 1 in the high ones.
+    for (size_t g = 0; g < kSuperBlock / 64; ++g) {
+      for (size_t l = 0; l < 32; ++l) {
+        y[b].qs[32 * g + l] = uint8_t(int(q[64 * g + l]) | (int(q[64 * g + 32 + l]) << 4));
+      }
+    }
+  }
+}
+
+void quantize_row_q5_k(const float* x, BlockQ5_K* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q5_K, n);
+  for (size_t b = 0; b < nb; ++b, x += kSuperBlock) {
+    float q[kSuperBlock];
+    detail::quantize_scale_min_block(x, 31, &y[b].d, &y[b].dmin, y[b].scales, q);
+    // The low 4 bits as in Q4_K; the top bit of value l of sub-block j in bit j of qh[l].
+    std::memset(y[b].qh, 0, sizeof y[b].qh);
+    for (size_t g = 0; g < kSuperBlock / 64; ++g) {
+      for (size_t l = 0; l < 32; ++l) {
+        const int lo = int(q[64 * g + l]), hi = int(q[64 * g + 32 + l]);
+        y[b].qs[32 * g + l] = uint8_t((lo & 15) | ((hi & 15) << 4));
+        y[b].qh[l] = uint8_t(y[b].qh[l] | ((lo >> 4) << (2 * g)) | ((hi >> 4) << (2 * g + 1)));
+      }
+    }
+  }
+}
+
+void dequantize_row_q5_k(const BlockQ5_K* x, float* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q5_K, n);
+  for (size_t b = 0; b < nb; ++b) {
+    const float d = fp16_to_f32(x[b].d), dmin = fp16_to_f32(x[b].dmin);
+    for (int j = 0; j < 8; ++j) {
+      uint8_t scale, min;
+      unpack_q4_k_scales(x[b].scales, j, &scale, &min);
+      const uint8_t* q = x[b].qs + (j / 2) * 32;
+      const int shift = (j % 2) * 4;
+      for (int l = 0; l < 32; ++l) {
+        const int code = ((q[l] >> shift) & 0x0f) | (((x[b].qh[l] >> j) & 1) << 4);
+        *y++ = d * scale * code - dmin * min;
+      }
+    }
+  }
+}
+
+void quantize_row_q6_k(const float* x, BlockQ6_K* y, size_t n) {
+  using detail::kQ6KSubBlock;
+  const size_t nb = detail::quant_blocks(TensorType::Q6_K, n);
+  constexpr size_t kSubBlocks = kSuperBlock / kQ6KSubBlock;
+  for (size_t b = 0; b < nb; ++b, x += kSuperBlock) {
+    float scales[kSubBlocks], weights[kSubBlocks];
+    float max_scale = 0;
+    for (size_t j = 0; j < kSubBlocks; ++j) {
+      const detail::ScaleFit fit = detail::search_q6_k_sub_block(x + j * kQ6KSubBlock);
+      scales[j] = fit.scale;
+      weights[j] = fit.qq;
+      if (std::fabs(scales[j]) > std::fabs(max_scale)) max_scale = scales[j];
+    }
+    // The scale of largest magnitude gets code -128 (or nearly), the long end of the int8 range.
+    y[b].d = detail::pick_step(scales, weights, kSubBlocks, max_scale, -128, -128, 127);
+    const float d = fp16_to_f32(y[b].d);
+    float q[kSuperBlock];
+    for (size_t j = 0; j < kSubBlocks; ++j) {
+      const float* xj = x + j * kQ6KSubBlock;
+      y[b].scales[j] = detail::settle_q6_k_sub_block(xj, detail::value_sums<kQ6KSubBlock>(xj),
+                                                     scales[j], d, q + j * kQ6KSubBlock);
+    }
+    // Per half of 128 values, value l of quarter k: low 4 bits in the low (k < 2) or high nibble
+    // of ql[l + 32 * (k % 2)], top 2 bits in bits 2k, 2k + 1 of qh[l].
+    for (size_t half = 0; half < 2; ++half) {
+      const float* qq = q + 128 * half;
+      uint8_t* ql = y[b].ql + 64 * half;
+      uint8_t* qh = y[b].qh + 32 * half;
+      for (size_t l = 0; l < 32; ++l) {
+        int u[4];
+        for (size_t k = 0; k < 4; ++k) u[k] = int(qq[32 * k + l]) + 32;
+        ql[l] = uint8_t((u[0] & 15) | ((u[2] & 15) << 4));
+        ql[l + 32] = uint8_t((u[1] & 15) | ((u[3] & 15) << 4));
+        qh[l] = uint8_t((u[0] >> 4) | ((u[1] >> 4) << 2) | ((u[2] >> 4) << 4) | ((u[3] >> 4) << 6));
+      }
+    }
+  }
+}
+
+}  // namespace ref
+
+namespace ref {
+
 int32_t block_dot(const BlockQ8_0& w, const BlockQ8_0& x) {
   int32_t sum = 0;
   for (size_t i = 0; i < kQuantBlock; ++i) sum += int32_t(w.qs[i]) * x.qs[i];
@@ -186,9 +586,18 @@ void quantize_row(TensorType type, const float* src, void* dst, size_t n) {
     case TensorType::Q4_0:
       ref::quantize_row_q4_0(src, static_cast<BlockQ4_0*>(dst), n);
       return;
+    case TensorType::Q4_K:
+      ref::quantize_row_q4_k(src, static_cast<BlockQ4_K*>(dst), n);
+      return;
+    case TensorType::Q5_K:
+      ref::quantize_row_q5_k(src, static_cast<BlockQ5_K*>(dst), n);
+      return;
+    case TensorType::Q6_K:
+      ref::quantize_row_q6_k(src, static_cast<BlockQ6_K*>(dst), n);
+      return;
     default:
       detail::fail("cannot quantize to tensor type " + std::to_string(uint32_t(type)) +
-                   ": sllm writes F32, F16, BF16, Q8_0 and Q4_0");
+                   ": sllm writes F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K");
   }
 }
 
@@ -214,12 +623,15 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n) {
     case TensorType::Q4_K:
       ref::dequantize_row_q4_k(static_cast<const BlockQ4_K*>(src), dst, n);
       return;
+    case TensorType::Q5_K:
+      ref::dequantize_row_q5_k(static_cast<const BlockQ5_K*>(src), dst, n);
+      return;
     case TensorType::Q6_K:
       ref::dequantize_row_q6_k(static_cast<const BlockQ6_K*>(src), dst, n);
       return;
     default:
       detail::fail("cannot dequantize tensor type " + std::to_string(uint32_t(type)) +
-                   ": sllm reads F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K");
+                   ": sllm reads F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K");
   }
 }
 
