@@ -2,7 +2,8 @@
 // other programs made: the stories260K.gguf that llama.cpp's converter wrote from the same
 // weights and llama2.c's greedy ids; the vocabularies llama.cpp wrote and its tokenizer test
 // vectors; llama.cpp's tiny models of each architecture, turned back into Hugging Face layout by
-// this test; and hostile inputs, each an Error that leaves no file behind.
+// this test; the tiny BERT of ref-embd/ saved as a sentence-transformers folder, whose conversion
+// must embed as llama.cpp did; and hostile inputs, each an Error that leaves no file behind.
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -877,6 +878,345 @@ TEST_CASE("llama, qwen2, phi3, gpt2, gemma: llama.cpp's tensors and hyperparamet
       CHECK(*got.find(key) == kv.second);
     }
     CHECK(*got.find("tokenizer.ggml.tokens") == *ref.find("tokenizer.ggml.tokens"));
+  }
+}
+
+// ---- BERT encoders (sentence-transformers folders), from the tiny BERT of ref-embd/ ----
+
+namespace {
+
+// transformers' BertModel name of a GGUF tensor of llama.cpp's "bert" (after the model's own
+// modeling_bert.py: embeddings, then encoder.layer.N with attention.self, attention.output,
+// intermediate and output); prefix is "bert." in BertForMaskedLM-style checkpoints, "" in
+// sentence-transformers ones.
+std::string bert_hf_name(const std::string& gguf, const std::string& prefix) {
+  static const std::map<std::string, std::string> top = {
+      {"token_embd.weight", "embeddings.word_embeddings.weight"},
+      {"position_embd.weight", "embeddings.position_embeddings.weight"},
+      {"token_types.weight", "embeddings.token_type_embeddings.weight"},
+      {"token_embd_norm.weight", "embeddings.LayerNorm.weight"},
+      {"token_embd_norm.bias", "embeddings.LayerNorm.bias"}};
+  static const std::map<std::string, std::string> layer = {
+      {"attn_q", "attention.self.query"},
+      {"attn_k", "attention.self.key"},
+      {"attn_v", "attention.self.value"},
+      {"attn_output", "attention.output.dense"},
+      {"attn_output_norm", "attention.output.LayerNorm"},
+      {"ffn_up", "intermediate.dense"},
+      {"ffn_down", "output.dense"},
+      {"layer_output_norm", "output.LayerNorm"}};
+  if (gguf.compare(0, 4, "blk.") != 0) return prefix + top.at(gguf);
+  const size_t dot = gguf.find('.', 4);
+  const std::string rest = gguf.substr(dot + 1);
+  const size_t d = rest.find('.');
+  return prefix + "encoder.layer." + gguf.substr(4, dot - 4) + "." + layer.at(rest.substr(0, d)) +
+         rest.substr(d);
+}
+
+// A GGUF tensor's values as floats (Q8_0 dequantized row by row).
+std::vector<float> dequantized(const TensorInfo& t) {
+  std::vector<float> v(size_t(t.n_elements()));
+  const uint64_t row_bytes = sllm::tensor_row_bytes(t.type, t.ne[0]);
+  for (uint64_t r = 0; r < t.n_rows(); ++r) {
+    sllm::dequantize_row(t.type, t.data + r * row_bytes, v.data() + r * t.ne[0], size_t(t.ne[0]));
+  }
+  return v;
+}
+
+// tokenizer.json of BERT's WordPiece (as Hugging Face saves bert-base-uncased's) with the
+// vocabulary of a GGUF "bert" file: GGUF marks word starts with U+2581 where WordPiece marks
+// continuations with "##"; bracketed tokens are the same in both. Control tokens are the
+// special added tokens.
+json bert_tokenizer_json(const Gguf& g) {
+  const std::vector<std::string> tokens = g.get_array<std::string>("tokenizer.ggml.tokens");
+  const std::vector<int32_t> types = g.get_array<int32_t>("tokenizer.ggml.token_type");
+  const std::string start = "\xE2\x96\x81";
+  json vocab = json::object(), added = json::array();
+  for (size_t id = 0; id < tokens.size(); ++id) {
+    const std::string& t = tokens[id];
+    std::string text;
+    if (t.size() >= 2 && t.front() == '[' && t.back() == ']') {
+      text = t;
+    } else {
+      text = starts_with(t, start) ? t.substr(start.size()) : "##" + t;
+    }
+    REQUIRE_MESSAGE(!vocab.contains(text), "token " << id);
+    vocab[text] = id;
+    if (types[id] == int32_t(TokenType::Control)) {
+      added.push_back({{"id", id},
+                       {"content", text},
+                       {"single_word", false},
+                       {"lstrip", false},
+                       {"rstrip", false},
+                       {"normalized", false},
+                       {"special", true}});
+    }
+  }
+  const auto special = [](const char* t) {
+    return json{{"SpecialToken", {{"id", t}, {"type_id", 0}}}};
+  };
+  return {{"version", "1.0"},
+          {"truncation", nullptr},
+          {"padding", nullptr},
+          {"added_tokens", added},
+          {"normalizer",
+           {{"type", "BertNormalizer"},
+            {"clean_text", true},
+            {"handle_chinese_chars", true},
+            {"strip_accents", nullptr},
+            {"lowercase", true}}},
+          {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
+          {"post_processor",
+           {{"type", "TemplateProcessing"},
+            {"single",
+             {special("[CLS]"), {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}, special("[SEP]")}}}},
+          {"decoder", {{"type", "WordPiece"}, {"prefix", "##"}, {"cleanup", true}}},
+          {"model",
+           {{"type", "WordPiece"},
+            {"unk_token", "[UNK]"},
+            {"continuing_subword_prefix", "##"},
+            {"max_input_chars_per_word", 100},
+            {"vocab", vocab}}}};
+}
+
+// The folder sentence-transformers saves for a BERT encoder with the tensors of g (a GGUF
+// "bert" file): model.safetensors (F32, names with prefix), config.json, the tokenizer files,
+// modules.json and 1_Pooling/config.json (mean or CLS pooling).
+void write_bert_folder(const TempDir& dir, const Gguf& g, const std::string& prefix,
+                       bool mean_pooling) {
+  std::vector<StEntry> entries;
+  for (const TensorInfo& t : g.tensors()) {
+    StEntry e{bert_hf_name(t.name, prefix), "F32", {}, float_bytes(dequantized(t))};
+    for (uint32_t d = t.n_dims; d-- > 0;) e.shape.push_back(t.ne[d]);
+    entries.push_back(std::move(e));
+  }
+  write_safetensors(dir.path("model.safetensors"), entries);
+  const auto u = [&](const std::string& key) { return g.get<uint32_t>("bert." + key); };
+  write_json(dir.path("config.json"),
+             {{"architectures", {"BertModel"}},
+              {"model_type", "bert"},
+              {"attention_probs_dropout_prob", 0.1},
+              {"hidden_act", "gelu"},
+              {"hidden_size", u("embedding_length")},
+              {"num_hidden_layers", u("block_count")},
+              {"num_attention_heads", u("attention.head_count")},
+              {"intermediate_size", u("feed_forward_length")},
+              {"max_position_embeddings", u("context_length")},
+              {"layer_norm_eps", double(g.get<float>("bert.attention.layer_norm_epsilon"))},
+              {"type_vocab_size", g.find_tensor("token_types.weight")->ne[1]},
+              {"vocab_size", g.get_array<std::string>("tokenizer.ggml.tokens").size()},
+              {"pad_token_id", 0},
+              {"position_embedding_type", "absolute"}});
+  write_json(dir.path("tokenizer.json"), bert_tokenizer_json(g));
+  write_json(dir.path("tokenizer_config.json"), {{"tokenizer_class", "BertTokenizer"},
+                                                 {"do_lower_case", true},
+                                                 {"cls_token", "[CLS]"},
+                                                 {"sep_token", "[SEP]"},
+                                                 {"unk_token", "[UNK]"},
+                                                 {"pad_token", "[PAD]"},
+                                                 {"mask_token", "[MASK]"}});
+  write_json(dir.path("modules.json"),
+             json::array({{{"idx", 0},
+                           {"name", "0"},
+                           {"path", ""},
+                           {"type", "sentence_transformers.models.Transformer"}},
+                          {{"idx", 1},
+                           {"name", "1"},
+                           {"path", "1_Pooling"},
+                           {"type", "sentence_transformers.models.Pooling"}},
+                          {{"idx", 2},
+                           {"name", "2"},
+                           {"path", "2_Normalize"},
+                           {"type", "sentence_transformers.models.Normalize"}}}));
+  REQUIRE(::mkdir(dir.path("1_Pooling").c_str(), 0700) == 0);
+  write_json(dir.path("1_Pooling/config.json"),
+             {{"word_embedding_dimension", u("embedding_length")},
+              {"pooling_mode_cls_token", !mean_pooling},
+              {"pooling_mode_mean_tokens", mean_pooling},
+              {"pooling_mode_max_tokens", false},
+              {"pooling_mode_mean_sqrt_len_tokens", false}});
+}
+
+// The GGUF file g with its tensors dequantized to F32, written to path: the model a checkpoint
+// made from g's values is.
+void write_dequantized(const Gguf& g, const std::string& path,
+                       std::vector<std::vector<float>>& values) {
+  sllm::GgufWriter w;
+  for (const auto& [key, value] : g.metadata()) w.set(key, value);
+  w.set("general.file_type", GgufValue::u32(0));
+  for (const TensorInfo& t : g.tensors()) {
+    values.push_back(dequantized(t));
+    w.add_tensor(t.name, TensorType::F32, std::vector<uint64_t>(t.ne, t.ne + t.n_dims),
+                 values.back().data(), values.back().size() * 4);
+  }
+  w.write(path);
+}
+
+}  // namespace
+
+TEST_CASE("BertModel (sentence-transformers): llama.cpp's tensors, keys and embeddings") {
+  // The F32 model when ../shared has it, else the Q8_0 one that tests/data carries, whose
+  // dequantized values then make the checkpoint.
+  std::string source = sllm_test::fixture("ref-embd/bert_tiny_mean.F32.gguf");
+  const bool f32 = !source.empty();
+  if (!f32) source = sllm_test::fixture("ref-embd/bert_tiny_mean.Q8_0.gguf");
+  const std::string reference = sllm_test::fixture(f32 ? "ref-embd/bert_tiny_mean.F32.embd.gguf"
+                                                       : "ref-embd/bert_tiny_mean.Q8_0.embd.gguf");
+  if (source.empty() || reference.empty()) return;
+  CAPTURE(source);
+  const Gguf ref = Gguf::open(source);
+  TempDir dir, out;
+  write_bert_folder(dir, ref, "", true);
+  const hf::ConvertResult r = hf::convert_checkpoint(dir.path(), out.path("bert.gguf"), {});
+  CHECK(r.architecture == "bert");
+  CHECK(r.n_tokens == 30522);
+  const Gguf got = Gguf::open(out.path("bert.gguf"));
+
+  // Every tensor as llama.cpp's converter names and shapes it, holding the checkpoint's values.
+  CHECK(got.tensors().size() == ref.tensors().size());
+  for (const TensorInfo& w : ref.tensors()) {
+    CAPTURE(w.name);
+    const TensorInfo* g = got.find_tensor(w.name);
+    REQUIRE(g != nullptr);
+    CHECK(g->type == TensorType::F32);
+    CHECK(g->shape_string() == w.shape_string());
+    CHECK(tensor_bytes(*g) == float_bytes(dequantized(w)));
+  }
+  // The same bert.* and tokenizer.* keys with the same values: no more, no fewer.
+  const auto model_key = [](const std::string& key) {
+    return starts_with(key, "bert.") || starts_with(key, "tokenizer.") ||
+           key == "general.architecture";
+  };
+  for (const auto& [key, value] : ref.metadata()) {
+    if (!model_key(key)) continue;
+    CAPTURE(key);
+    REQUIRE(got.find(key) != nullptr);
+    CHECK(*got.find(key) == value);
+  }
+  for (const auto& kv : got.metadata()) {
+    if (model_key(kv.first)) CHECK_MESSAGE(ref.find(kv.first) != nullptr, kv.first);
+  }
+
+  // The converted model tokenizes llama.cpp's reference texts as llama.cpp did, and embeds them
+  // as llama.cpp did (the README's bounds) from the F32 model; a Q8_0 model's embeddings differ
+  // from its dequantized weights' by more than those bounds (llama.cpp quantizes activations),
+  // so from the Q8_0 model they must equal those of the fixture file with dequantized tensors.
+  const Gguf ref_embd = Gguf::open(reference);
+  const std::vector<std::string> texts = ref_embd.get_array<std::string>("ref.texts");
+  const sllm::Model model = sllm::Model::open(out.path("bert.gguf"));
+  for (size_t j = 0; j < texts.size(); ++j) {
+    CHECK(model.tokenizer().encode(texts[j], true, false) ==
+          ref_embd.get_array<int32_t>("ref.tokens." + std::to_string(j)));
+  }
+  sllm::EmbedOptions options;
+  options.normalize = false;
+  const sllm::Embeddings e = sllm::embed(model, texts, options);  // the file's pooling: mean
+  if (!f32) {
+    std::vector<std::vector<float>> values;
+    write_dequantized(ref, out.path("dequantized.gguf"), values);
+    const sllm::Embeddings want =
+        sllm::embed(sllm::Model::open(out.path("dequantized.gguf")), texts, options);
+    CHECK(e.data == want.data);
+    return;
+  }
+  const std::vector<float> want = tensor_floats(*ref_embd.find_tensor("embeddings"));
+  REQUIRE(e.n_texts == texts.size());
+  REQUIRE(e.n_embd * e.n_texts == want.size());
+  for (size_t j = 0; j < texts.size(); ++j) {
+    CAPTURE(texts[j]);
+    const float* w = want.data() + j * e.n_embd;
+    float max_ref = 0, max_diff = 0;
+    for (size_t i = 0; i < e.n_embd; ++i) {
+      max_ref = std::max(max_ref, std::fabs(w[i]));
+      max_diff = std::max(max_diff, std::fabs(e.row(j)[i] - w[i]));
+    }
+    CHECK(sllm::cosine_similarity(e.row(j), w, e.n_embd) >= 0.9999f);
+    CHECK(max_diff <= 1e-3f * max_ref);
+  }
+}
+
+TEST_CASE("BertModel: a bert. prefix, the pooler and heads left out, CLS pooling, defaults") {
+  const std::string source = sllm_test::fixture("ref-embd/bert_tiny_mean.Q8_0.gguf");
+  if (source.empty()) return;
+  const Gguf ref = Gguf::open(source);
+  TempDir dir, out;
+  write_bert_folder(dir, ref, "bert.", false);
+  // BertForPreTraining's extra tensors, and the position ids buffer older transformers save.
+  std::vector<StEntry> entries = read_safetensors(dir.path("model.safetensors"));
+  entries.push_back(
+      {"bert.pooler.dense.weight", "F32", {128, 128}, std::string(128 * 128 * 4, '\0')});
+  entries.push_back({"bert.pooler.dense.bias", "F32", {128}, std::string(128 * 4, '\0')});
+  entries.push_back({"cls.predictions.bias", "F32", {30522}, std::string(30522 * 4, '\0')});
+  entries.push_back({"bert.embeddings.position_ids", "I64", {1, 512}, std::string(512 * 8, '\0')});
+  // Checkpoints ported from TensorFlow call LayerNorm's weight and bias gamma and beta.
+  for (StEntry& e : entries) {
+    if (e.name == "bert.embeddings.LayerNorm.weight") e.name = "bert.embeddings.LayerNorm.gamma";
+  }
+  write_safetensors(dir.path("model.safetensors"), entries);
+  // Without modules.json the Pooling module is looked for in 1_Pooling; without
+  // tokenizer_config.json the special tokens are BertTokenizer's defaults.
+  std::remove(dir.path("modules.json").c_str());
+  std::remove(dir.path("tokenizer_config.json").c_str());
+  hf::convert_checkpoint(dir.path(), out.path("bert.gguf"), {});
+  const Gguf got = Gguf::open(out.path("bert.gguf"));
+  CHECK(got.tensors().size() == ref.tensors().size());
+  CHECK(tensor_bytes(*got.find_tensor("token_embd_norm.weight")) ==
+        float_bytes(dequantized(*ref.find_tensor("token_embd_norm.weight"))));
+  CHECK(got.get<uint32_t>("bert.pooling_type") == 2);
+  for (const char* key : {"unknown", "seperator", "padding", "cls", "mask"}) {
+    const std::string k = std::string("tokenizer.ggml.") + key + "_token_id";
+    CAPTURE(k);
+    CHECK(got.get<uint32_t>(k) == ref.get<uint32_t>(k));
+  }
+  // Without a Pooling module no pooling_type is written: the caller chooses.
+  remove_all(dir.path("1_Pooling"));
+  hf::convert_checkpoint(dir.path(), out.path("bert.gguf"), {});
+  CHECK(Gguf::open(out.path("bert.gguf")).find("bert.pooling_type") == nullptr);
+}
+
+TEST_CASE("BertModel: a missing tensor, a cased tokenizer, another pooling are errors") {
+  const std::string source = sllm_test::fixture("ref-embd/bert_tiny_mean.Q8_0.gguf");
+  if (source.empty()) return;
+  const Gguf ref = Gguf::open(source);
+  TempDir dir, out;
+  write_bert_folder(dir, ref, "", true);
+  SUBCASE("a missing tensor") {
+    std::vector<StEntry> entries = read_safetensors(dir.path("model.safetensors"));
+    entries.erase(std::remove_if(entries.begin(), entries.end(),
+                                 [](const StEntry& e) {
+                                   return e.name == "encoder.layer.1.output.LayerNorm.bias";
+                                 }),
+                  entries.end());
+    write_safetensors(dir.path("model.safetensors"), entries);
+    CHECK(convert_error(dir.path(), out)
+              .find("tensor 'encoder.layer.1.output.LayerNorm.bias' is missing from the "
+                    "checkpoint (a BertModel with 2 layers needs it)") != std::string::npos);
+  }
+  SUBCASE("a token type count that disagrees with the tensor") {
+    json config = json::parse(sllm_test::read_file(dir.path("config.json")));
+    config["type_vocab_size"] = 1;
+    write_json(dir.path("config.json"), config);
+    CHECK(convert_error(dir.path(), out)
+              .find("'embeddings.token_type_embeddings.weight' has shape [2, 128] but "
+                    "config.json implies [1, 128]") != std::string::npos);
+  }
+  SUBCASE("a cased tokenizer") {
+    json tok = json::parse(sllm_test::read_file(dir.path("tokenizer.json")));
+    tok["normalizer"]["lowercase"] = false;
+    write_json(dir.path("tokenizer.json"), tok);
+    CHECK(convert_error(dir.path(), out).find("a cased WordPiece tokenizer") != std::string::npos);
+  }
+  SUBCASE("max pooling") {
+    write_json(dir.path("1_Pooling/config.json"),
+               {{"pooling_mode_mean_tokens", false}, {"pooling_mode_max_tokens", true}});
+    CHECK(convert_error(dir.path(), out).find("1_Pooling/config.json: the pooling is not one") !=
+          std::string::npos);
+  }
+  SUBCASE("relative positions") {
+    json config = json::parse(sllm_test::read_file(dir.path("config.json")));
+    config["position_embedding_type"] = "relative_key";
+    write_json(dir.path("config.json"), config);
+    CHECK(convert_error(dir.path(), out).find("position_embedding_type") != std::string::npos);
   }
 }
 

@@ -109,14 +109,12 @@ TempDir::TempDir() {
   path_ = name;
 }
 
-TempDir::~TempDir() {
-  for (const std::string& f : files()) std::remove(path(f).c_str());
-  ::rmdir(path_.c_str());
-}
+namespace {
 
-std::vector<std::string> TempDir::files() const {
+// Names in folder dir, sorted, without "." and "..".
+std::vector<std::string> folder_entries(const std::string& dir) {
   std::vector<std::string> names;
-  DIR* d = ::opendir(path_.c_str());
+  DIR* d = ::opendir(dir.c_str());
   while (const dirent* e = d ? ::readdir(d) : nullptr) {
     if (std::string(e->d_name) != "." && std::string(e->d_name) != "..") {
       names.push_back(e->d_name);
@@ -125,6 +123,27 @@ std::vector<std::string> TempDir::files() const {
   if (d) ::closedir(d);
   std::sort(names.begin(), names.end());
   return names;
+}
+
+// Removes the file or folder (with what it holds) at path.
+void remove_all(const std::string& path) {
+  struct stat st;
+  if (::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+    for (const std::string& f : folder_entries(path)) remove_all(path + "/" + f);
+    ::rmdir(path.c_str());
+  } else {
+    std::remove(path.c_str());
+  }
+}
+
+}  // namespace
+
+TempDir::~TempDir() {
+  remove_all(path_);
+}
+
+std::vector<std::string> TempDir::files() const {
+  return folder_entries(path_);
 }
 
 }  // namespace sllm_test

@@ -47,7 +47,7 @@ VocabVectors read_vocab_vectors(const std::string& inp_path, const std::string& 
 size_t check_vocab_vectors(const std::string& name, const sllm::Tokenizer& tok,
                            const VocabVectors& v, bool lossless = true);
 
-// A fresh folder under /tmp, removed with its files (it holds no sub-folders) when the test ends.
+// A fresh folder under /tmp, removed with all it holds when the test ends.
 class TempDir {
  public:
   TempDir();

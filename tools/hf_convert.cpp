@@ -22,6 +22,7 @@ namespace {
 struct Hparams {
   uint64_t n_embd = 0, n_layer = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0;
   uint64_t n_vocab = 0, n_ctx = 0;
+  uint64_t n_token_types = 0;  // BERT's segment embeddings
 };
 
 // A dimension of a tensor, in terms of the hyperparameters.
@@ -35,6 +36,7 @@ enum class Dim : uint8_t {
   kFf2,    // 2 n_ff (fused gate and up)
   kVocab,  // n_vocab
   kCtx,    // n_ctx (learned positions)
+  kTypes,  // n_token_types
 };
 
 uint64_t dim_size(Dim d, const Hparams& h) {
@@ -57,6 +59,8 @@ uint64_t dim_size(Dim d, const Hparams& h) {
       return h.n_vocab;
     case Dim::kCtx:
       return h.n_ctx;
+    case Dim::kTypes:
+      return h.n_token_types;
   }
   return 0;
 }
@@ -87,7 +91,7 @@ enum class TiedOutput {
   kDuplicate,  // llama.cpp's loader requires output.weight: a copy of token_embd.weight
 };
 
-enum class Family { kLlama, kQwen2, kPhi3, kGpt2, kGemma };
+enum class Family { kLlama, kQwen2, kPhi3, kGpt2, kGemma, kBert };
 
 struct Architecture {
   const char* hf_name;
@@ -98,6 +102,9 @@ struct Architecture {
   std::vector<TensorRule> tail;    // after the blocks (lm_head is handled by tied_output)
   TiedOutput tied_output;
   bool lm_head = true;  // false: lm_head.weight is ignored (Gemma always ties)
+  // A prefix some checkpoints of the architecture put before every name ("transformer." in
+  // GPT-2's, "bert." in BERT's own; sentence-transformers saves BERT without it).
+  const char* name_prefix = "";
 };
 
 using D = Dim;
@@ -175,32 +182,32 @@ const std::vector<Architecture>& architectures() {
          },
          {kNorm},
          TiedOutput::kDuplicate});
-    // GPT-2 names, without the "transformer." prefix that some checkpoints add.
-    a.push_back(
-        {"GPT2LMHeadModel",
-         "gpt2",
-         Family::kGpt2,
-         {{"wte.weight", "token_embd.weight", D::kVocab, D::kEmbd},
-          {"wpe.weight", "position_embd.weight", D::kCtx, D::kEmbd}},
-         {
-             {"h.{}.ln_1.weight", "blk.{}.attn_norm.weight", D::kEmbd, D::kNone},
-             {"h.{}.ln_1.bias", "blk.{}.attn_norm.bias", D::kEmbd, D::kNone},
-             {"h.{}.attn.c_attn.weight", "blk.{}.attn_qkv.weight", D::kEmbd, D::kQkv,
-              T::kTranspose},
-             {"h.{}.attn.c_attn.bias", "blk.{}.attn_qkv.bias", D::kQkv, D::kNone},
-             {"h.{}.attn.c_proj.weight", "blk.{}.attn_output.weight", D::kEmbd, D::kEmbd,
-              T::kTranspose},
-             {"h.{}.attn.c_proj.bias", "blk.{}.attn_output.bias", D::kEmbd, D::kNone},
-             {"h.{}.ln_2.weight", "blk.{}.ffn_norm.weight", D::kEmbd, D::kNone},
-             {"h.{}.ln_2.bias", "blk.{}.ffn_norm.bias", D::kEmbd, D::kNone},
-             {"h.{}.mlp.c_fc.weight", "blk.{}.ffn_up.weight", D::kEmbd, D::kFf, T::kTranspose},
-             {"h.{}.mlp.c_fc.bias", "blk.{}.ffn_up.bias", D::kFf, D::kNone},
-             {"h.{}.mlp.c_proj.weight", "blk.{}.ffn_down.weight", D::kFf, D::kEmbd, T::kTranspose},
-             {"h.{}.mlp.c_proj.bias", "blk.{}.ffn_down.bias", D::kEmbd, D::kNone},
-         },
-         {{"ln_f.weight", "output_norm.weight", D::kEmbd, D::kNone},
-          {"ln_f.bias", "output_norm.bias", D::kEmbd, D::kNone}},
-         TiedOutput::kDuplicate});
+    Architecture gpt2 = {
+        "GPT2LMHeadModel",
+        "gpt2",
+        Family::kGpt2,
+        {{"wte.weight", "token_embd.weight", D::kVocab, D::kEmbd},
+         {"wpe.weight", "position_embd.weight", D::kCtx, D::kEmbd}},
+        {
+            {"h.{}.ln_1.weight", "blk.{}.attn_norm.weight", D::kEmbd, D::kNone},
+            {"h.{}.ln_1.bias", "blk.{}.attn_norm.bias", D::kEmbd, D::kNone},
+            {"h.{}.attn.c_attn.weight", "blk.{}.attn_qkv.weight", D::kEmbd, D::kQkv, T::kTranspose},
+            {"h.{}.attn.c_attn.bias", "blk.{}.attn_qkv.bias", D::kQkv, D::kNone},
+            {"h.{}.attn.c_proj.weight", "blk.{}.attn_output.weight", D::kEmbd, D::kEmbd,
+             T::kTranspose},
+            {"h.{}.attn.c_proj.bias", "blk.{}.attn_output.bias", D::kEmbd, D::kNone},
+            {"h.{}.ln_2.weight", "blk.{}.ffn_norm.weight", D::kEmbd, D::kNone},
+            {"h.{}.ln_2.bias", "blk.{}.ffn_norm.bias", D::kEmbd, D::kNone},
+            {"h.{}.mlp.c_fc.weight", "blk.{}.ffn_up.weight", D::kEmbd, D::kFf, T::kTranspose},
+            {"h.{}.mlp.c_fc.bias", "blk.{}.ffn_up.bias", D::kFf, D::kNone},
+            {"h.{}.mlp.c_proj.weight", "blk.{}.ffn_down.weight", D::kFf, D::kEmbd, T::kTranspose},
+            {"h.{}.mlp.c_proj.bias", "blk.{}.ffn_down.bias", D::kEmbd, D::kNone},
+        },
+        {{"ln_f.weight", "output_norm.weight", D::kEmbd, D::kNone},
+         {"ln_f.bias", "output_norm.bias", D::kEmbd, D::kNone}},
+        TiedOutput::kDuplicate};
+    gpt2.name_prefix = "transformer.";
+    a.push_back(gpt2);
     Architecture gemma = {
         "GemmaForCausalLM",
         "gemma",
@@ -211,18 +218,71 @@ const std::vector<Architecture>& architectures() {
         TiedOutput::kNone};
     gemma.lm_head = false;
     a.push_back(gemma);
+    // The encoder of BERT: post-LN blocks with biases everywhere; its pooler and pre-training
+    // heads are not part of what an embedding model computes (see is_ignored_tensor).
+    Architecture bert = {
+        "BertModel",
+        "bert",
+        Family::kBert,
+        {{"embeddings.word_embeddings.weight", "token_embd.weight", D::kVocab, D::kEmbd},
+         {"embeddings.token_type_embeddings.weight", "token_types.weight", D::kTypes, D::kEmbd},
+         {"embeddings.position_embeddings.weight", "position_embd.weight", D::kCtx, D::kEmbd},
+         {"embeddings.LayerNorm.weight", "token_embd_norm.weight", D::kEmbd, D::kNone},
+         {"embeddings.LayerNorm.bias", "token_embd_norm.bias", D::kEmbd, D::kNone}},
+        {
+            {"encoder.layer.{}.attention.self.query.weight", "blk.{}.attn_q.weight", D::kQ,
+             D::kEmbd},
+            {"encoder.layer.{}.attention.self.query.bias", "blk.{}.attn_q.bias", D::kQ, D::kNone},
+            {"encoder.layer.{}.attention.self.key.weight", "blk.{}.attn_k.weight", D::kKv,
+             D::kEmbd},
+            {"encoder.layer.{}.attention.self.key.bias", "blk.{}.attn_k.bias", D::kKv, D::kNone},
+            {"encoder.layer.{}.attention.self.value.weight", "blk.{}.attn_v.weight", D::kKv,
+             D::kEmbd},
+            {"encoder.layer.{}.attention.self.value.bias", "blk.{}.attn_v.bias", D::kKv, D::kNone},
+            {"encoder.layer.{}.attention.output.dense.weight", "blk.{}.attn_output.weight",
+             D::kEmbd, D::kQ},
+            {"encoder.layer.{}.attention.output.dense.bias", "blk.{}.attn_output.bias", D::kEmbd,
+             D::kNone},
+            {"encoder.layer.{}.attention.output.LayerNorm.weight", "blk.{}.attn_output_norm.weight",
+             D::kEmbd, D::kNone},
+            {"encoder.layer.{}.attention.output.LayerNorm.bias", "blk.{}.attn_output_norm.bias",
+             D::kEmbd, D::kNone},
+            {"encoder.layer.{}.intermediate.dense.weight", "blk.{}.ffn_up.weight", D::kFf,
+             D::kEmbd},
+            {"encoder.layer.{}.intermediate.dense.bias", "blk.{}.ffn_up.bias", D::kFf, D::kNone},
+            {"encoder.layer.{}.output.dense.weight", "blk.{}.ffn_down.weight", D::kEmbd, D::kFf},
+            {"encoder.layer.{}.output.dense.bias", "blk.{}.ffn_down.bias", D::kEmbd, D::kNone},
+            {"encoder.layer.{}.output.LayerNorm.weight", "blk.{}.layer_output_norm.weight",
+             D::kEmbd, D::kNone},
+            {"encoder.layer.{}.output.LayerNorm.bias", "blk.{}.layer_output_norm.bias", D::kEmbd,
+             D::kNone},
+        },
+        {},
+        TiedOutput::kNone};
+    bert.lm_head = false;
+    bert.name_prefix = "bert.";
+    a.push_back(bert);
     return a;
   }();
   return archs;
 }
 
-// Tensors of checkpoints that carry no weights (buffers saved by older transformers).
-bool is_ignored_tensor(const std::string& name) {
+bool starts_with(const std::string& s, const char* prefix) {
+  return s.compare(0, std::strlen(prefix), prefix) == 0;
+}
+
+// Tensors of checkpoints that carry no weights (buffers saved by older transformers), and
+// BERT's parts that an encoder for embeddings does not run: the pooler (a dense layer on [CLS]
+// for next-sentence prediction) and the pre-training heads, as llama.cpp's converter drops them.
+bool is_ignored_tensor(const Architecture& arch, const std::string& name) {
   for (const char* suffix : {".rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias"}) {
     const size_t n = std::strlen(suffix);
     if (name.size() >= n && name.compare(name.size() - n, n, suffix) == 0) return true;
   }
-  return false;
+  if (arch.family != Family::kBert) return false;
+  const std::string n =
+      starts_with(name, arch.name_prefix) ? name.substr(std::strlen(arch.name_prefix)) : name;
+  return n == "embeddings.position_ids" || starts_with(n, "pooler.") || starts_with(n, "cls.");
 }
 
 std::string with_block(const char* pattern, uint64_t block) {
@@ -249,6 +309,12 @@ const Architecture& find_architecture(const JsonObject& config) {
 }
 
 Hparams read_hparams(const Architecture& arch, const JsonObject& c) {
+  const auto check = [&](uint64_t v, const char* what) {
+    if (v == 0 || v >= (uint64_t(1) << 31)) {
+      detail::fail(c.origin() + ": " + what + " is " + std::to_string(v) +
+                   ", not a size between 1 and 2^31");
+    }
+  };
   Hparams h;
   if (arch.family == Family::kGpt2) {
     h.n_embd = c.get_uint({"n_embd", "hidden_size"});
@@ -265,13 +331,16 @@ Hparams read_hparams(const Architecture& arch, const JsonObject& c) {
     h.n_ff = c.get_uint({"intermediate_size"});
     h.n_ctx = c.get_uint({"max_position_embeddings"});
   }
-  h.n_vocab = c.get_uint({"vocab_size"});
-  const auto check = [&](uint64_t v, const char* what) {
-    if (v == 0 || v >= (uint64_t(1) << 31)) {
-      detail::fail(c.origin() + ": " + what + " is " + std::to_string(v) +
-                   ", not a size between 1 and 2^31");
+  if (arch.family == Family::kBert) {
+    h.n_token_types = c.find_uint({"type_vocab_size"}).value_or(2);  // BertConfig's default
+    check(h.n_token_types, "type_vocab_size");
+    const std::string positions = c.find_string("position_embedding_type").value_or("absolute");
+    if (positions != "absolute") {
+      c.fail("position_embedding_type",
+             "is '" + positions + "'; sllm's bert runs learned absolute positions only");
     }
-  };
+  }
+  h.n_vocab = c.get_uint({"vocab_size"});
   check(h.n_embd, "the embedding size");
   check(h.n_layer, "the layer count");
   check(h.n_head, "the head count");
@@ -288,7 +357,7 @@ Hparams read_hparams(const Architecture& arch, const JsonObject& c) {
                  " is not a multiple of num_key_value_heads " + std::to_string(h.n_head_kv));
   }
   if (const std::optional<uint64_t> hd = c.find_uint({"head_dim"});
-      hd && arch.family != Family::kGpt2) {
+      hd && arch.family != Family::kGpt2 && arch.family != Family::kBert) {
     h.head_dim = *hd;
   } else {
     if (h.n_embd % h.n_head != 0) {
@@ -298,7 +367,8 @@ Hparams read_hparams(const Architecture& arch, const JsonObject& c) {
     h.head_dim = h.n_embd / h.n_head;
   }
   check(h.head_dim, "head_dim");
-  if (h.head_dim % 2 != 0 && arch.family != Family::kGpt2) {
+  const bool rope = arch.family != Family::kGpt2 && arch.family != Family::kBert;
+  if (h.head_dim % 2 != 0 && rope) {
     detail::fail(c.origin() + ": head_dim " + std::to_string(h.head_dim) +
                  " is odd; rotary embeddings rotate pairs");
   }
@@ -338,7 +408,7 @@ TensorType stored_type(const std::string& gguf_name, size_t n_dims, TensorType m
     return gguf_name.size() >= n && gguf_name.compare(gguf_name.size() - n, n, s) == 0;
   };
   if (n_dims <= 1 || ends("_norm.weight") || !ends(".weight") ||
-      gguf_name == "position_embd.weight") {
+      gguf_name == "position_embd.weight" || gguf_name == "token_types.weight") {
     return TensorType::F32;
   }
   return matrix_type;
@@ -463,6 +533,42 @@ std::vector<float> float_list(const JsonObject& s, const char* key, size_t n) {
   return out;
 }
 
+// The pooling of a sentence-transformers folder as GGUF's pooling_type (1 mean, 2 CLS, 3 last
+// token), 0 when it has no Pooling module. The module is where modules.json says, else in
+// 1_Pooling (the folder sentence-transformers names it). Appends the files read to files.
+uint32_t sentence_transformers_pooling(const std::string& dir, std::vector<std::string>& files) {
+  std::string folder = "1_Pooling";
+  const std::string modules_path = path_join(dir, "modules.json");
+  if (is_regular_file(modules_path)) {
+    const nlohmann::json modules = read_json_file(modules_path);
+    files.push_back(modules_path);
+    if (!modules.is_array()) detail::fail(modules_path + ": expected a list of modules");
+    for (const nlohmann::json& m : modules) {
+      if (m.is_object() &&
+          m.value("type", nlohmann::json()) == "sentence_transformers.models.Pooling") {
+        if (!m.value("path", nlohmann::json()).is_string()) {
+          detail::fail(modules_path + ": the Pooling module has no path");
+        }
+        folder = m["path"].get<std::string>();
+      }
+    }
+  }
+  const std::string path = path_join(path_join(dir, folder), "config.json");
+  if (!is_regular_file(path)) return 0;
+  const JsonObject pooling = JsonObject::read(path);
+  files.push_back(path);
+  // In llama.cpp's converter's order: mean before CLS when a config sets both.
+  const std::pair<const char*, uint32_t> modes[] = {{"pooling_mode_mean_tokens", 1},
+                                                    {"pooling_mode_cls_token", 2},
+                                                    {"pooling_mode_lasttoken", 3}};
+  for (const auto& [key, type] : modes) {
+    if (pooling.find_bool(key).value_or(false)) return type;
+  }
+  detail::fail(path +
+               ": the pooling is not one sllm runs (it pools by mean, CLS token or last token: "
+               "pooling_mode_mean_tokens, pooling_mode_cls_token or pooling_mode_lasttoken)");
+}
+
 // ---- the conversion ----
 
 class Converter {
@@ -489,13 +595,22 @@ class Converter {
   TensorType matrix_type_ = TensorType::F32;
   std::vector<PlannedTensor> tensors_;
   std::vector<std::string> inputs_;  // files read
+  uint32_t pooling_ = 0;             // GGUF's pooling_type; 0: none given
   std::vector<std::string> used_;    // checkpoint tensors converted
 };
 
 const SafeTensor* Converter::find(const SafetensorsCheckpoint& ckpt,
                                   const std::string& name) const {
-  if (const SafeTensor* t = ckpt.find(name)) return t;
-  if (arch_->family == Family::kGpt2) return ckpt.find("transformer." + name);
+  const std::string prefixed = arch_->name_prefix + name;
+  for (const std::string& n : {name, prefixed}) {
+    if (const SafeTensor* t = ckpt.find(n)) return t;
+    // BERT checkpoints ported from TensorFlow name LayerNorm's scale and shift gamma and beta.
+    if (arch_->family == Family::kBert && n.find(".LayerNorm.") != std::string::npos) {
+      const size_t dot = n.rfind('.');
+      const std::string tf = n.substr(0, dot) + (n.substr(dot) == ".weight" ? ".gamma" : ".beta");
+      if (const SafeTensor* t = ckpt.find(tf)) return t;
+    }
+  }
   return nullptr;
 }
 
@@ -612,7 +727,7 @@ void Converter::plan_tensors(const SafetensorsCheckpoint& ckpt) {
   // the architecture that this converter would silently get wrong.
   std::sort(used_.begin(), used_.end());
   for (const auto& [name, t] : ckpt.tensors()) {
-    if (!std::binary_search(used_.begin(), used_.end(), name) && !is_ignored_tensor(name)) {
+    if (!std::binary_search(used_.begin(), used_.end(), name) && !is_ignored_tensor(a, name)) {
       detail::fail(t->file + ": tensor '" + name + "' is not part of a " + a.hf_name +
                    " as sllm converts it (" + t->dtype + " " + t->shape_string() + ")");
     }
@@ -637,10 +752,17 @@ void Converter::add_hparams(GgufWriter& w, const std::string& name) const {
   u32("embedding_length", hp_.n_embd);
   u32("feed_forward_length", hp_.n_ff);
   u32("attention.head_count", hp_.n_head);
-  u32("attention.head_count_kv", hp_.n_head_kv);
-  if (f == Family::kGpt2) {
+  if (f == Family::kBert) {
+    // llama.cpp's converter writes BERT's keys only: no key/value heads, no rope.
+    f32("attention.layer_norm_epsilon", c.get_number({"layer_norm_eps"}));
+    w.set(p + "attention.causal", GgufValue::boolean(false));
+    if (pooling_ != 0) u32("pooling_type", pooling_);
+    w.set("tokenizer.ggml.token_type_count", GgufValue::u32(uint32_t(hp_.n_token_types)));
+  } else if (f == Family::kGpt2) {
+    u32("attention.head_count_kv", hp_.n_head_kv);
     f32("attention.layer_norm_epsilon", c.get_number({"layer_norm_epsilon", "layer_norm_eps"}));
   } else {
+    u32("attention.head_count_kv", hp_.n_head_kv);
     f32("attention.layer_norm_rms_epsilon", c.get_number({"rms_norm_eps"}));
     if (const std::optional<double> theta = c.find_number({"rope_theta"})) {
       f32("rope.freq_base", *theta);
@@ -725,6 +847,9 @@ ConvertResult Converter::run(const std::string& out) {
     ckpt = SafetensorsCheckpoint::open(dir_);
     inputs_ = ckpt.files();
     plan_tensors(ckpt);
+  }
+  if (arch_ != nullptr && arch_->family == Family::kBert) {
+    pooling_ = sentence_transformers_pooling(dir_, inputs_);
   }
   const HfTokenizer tokenizer = read_hf_tokenizer(dir_, has_config ? hp_.n_vocab : 0);
   inputs_.insert(inputs_.end(), tokenizer.files.begin(), tokenizer.files.end());

@@ -1,6 +1,7 @@
 // Converts a Hugging Face checkpoint folder (config.json, *.safetensors, a tokenizer) into a GGUF
 // file that llama.cpp and sllm load: llama.cpp's tensor names, metadata keys and weight layouts
-// for Llama/Mistral, Qwen2, Phi-3, GPT-2 and Gemma.
+// for Llama/Mistral, Qwen2, Phi-3, GPT-2, Gemma and BERT encoders (sentence-transformers folders:
+// the pooling of 1_Pooling/config.json becomes bert.pooling_type).
 #pragma once
 #include <cstdint>
 #include <functional>

@@ -372,28 +372,10 @@ std::string detect_pre_tokenizer(const nlohmann::json& tokenizer, const std::str
                "give wrong token ids");
 }
 
-Vocabulary byte_level_vocabulary(const nlohmann::json& j, const std::string& path,
-                                 uint64_t n_vocab) {
-  const auto model = j.find("model");
-  if (model == j.end() || !model->is_object()) detail::fail(path + ": no \"model\" object");
-  const std::string type = model->value("type", "");
-  if (type != "BPE") {
-    detail::fail(path + ": tokenizer model type '" + type +
-                 "' is not supported (sllm converts byte-level BPE tokenizer.json files, and "
-                 "SentencePiece tokenizer.model files)");
-  }
-  std::vector<std::string> steps;
-  pre_tokenizer_steps(j.value("pre_tokenizer", nlohmann::json()), steps);
-  const bool byte_level = std::any_of(steps.begin(), steps.end(), [](const std::string& s) {
-    return s.compare(0, 9, "ByteLevel") == 0;
-  });
-  if (!byte_level) {
-    detail::fail(path +
-                 ": a BPE tokenizer without a ByteLevel pre-tokenizer (SentencePiece-"
-                 "style, byte_fallback " +
-                 std::string(model->value("byte_fallback", false) ? "true" : "false") +
-                 ") is not supported: convert it from its tokenizer.model");
-  }
+// The tokens of a tokenizer.json's model.vocab and added_tokens in id order, with their types;
+// ids that neither names (and those up to n_vocab) become unused "[PADn]" tokens.
+Vocabulary json_vocabulary(const nlohmann::json& j, const nlohmann::json::const_iterator& model,
+                           const std::string& path, uint64_t n_vocab) {
   const auto vocab = model->find("vocab");
   if (vocab == model->end() || !vocab->is_object()) detail::fail(path + ": no model.vocab object");
   const nlohmann::json added = j.value("added_tokens", nlohmann::json::array());
@@ -418,8 +400,6 @@ Vocabulary byte_level_vocabulary(const nlohmann::json& j, const std::string& pat
   if (n_vocab != 0 && n > n_vocab) fail_too_many(path, n, n_vocab);
 
   Vocabulary v;
-  v.model = "gpt2";
-  v.pre = detect_pre_tokenizer(j, path);
   v.tokens.resize(n);
   v.types.assign(n, TokenType::Unused);
   for (auto it = vocab->begin(); it != vocab->end(); ++it) {
@@ -439,6 +419,33 @@ Vocabulary byte_level_vocabulary(const nlohmann::json& j, const std::string& pat
     if (v.types[id] == TokenType::Unused) v.tokens[id] = "[PAD" + std::to_string(id) + "]";
   }
   pad_vocabulary(v, n_vocab, 0);
+  return v;
+}
+
+nlohmann::json::const_iterator json_model(const nlohmann::json& j, const std::string& path) {
+  const auto model = j.find("model");
+  if (model == j.end() || !model->is_object()) detail::fail(path + ": no \"model\" object");
+  return model;
+}
+
+Vocabulary byte_level_vocabulary(const nlohmann::json& j, const std::string& path,
+                                 uint64_t n_vocab) {
+  const auto model = json_model(j, path);
+  std::vector<std::string> steps;
+  pre_tokenizer_steps(j.value("pre_tokenizer", nlohmann::json()), steps);
+  const bool byte_level = std::any_of(steps.begin(), steps.end(), [](const std::string& s) {
+    return s.compare(0, 9, "ByteLevel") == 0;
+  });
+  if (!byte_level) {
+    detail::fail(path +
+                 ": a BPE tokenizer without a ByteLevel pre-tokenizer (SentencePiece-"
+                 "style, byte_fallback " +
+                 std::string(model->value("byte_fallback", false) ? "true" : "false") +
+                 ") is not supported: convert it from its tokenizer.model");
+  }
+  Vocabulary v = json_vocabulary(j, model, path, n_vocab);
+  v.model = "gpt2";
+  v.pre = detect_pre_tokenizer(j, path);
 
   // Merges: "a b" strings, or [a, b] pairs (tokenizers >= 0.20), whose spaces GGUF writes as
   // U+0120 as the byte-level alphabet does.
@@ -454,6 +461,49 @@ Vocabulary byte_level_vocabulary(const nlohmann::json& j, const std::string& pat
       detail::fail(path + ": model.merges entry " + json_brief(m) + " is not \"a b\" or [a, b]");
     }
   }
+  return v;
+}
+
+// A WordPiece tokenizer.json (BERT's) as GGUF's "bert" vocabulary. sllm's and llama.cpp's
+// WordPiece implement BertTokenizer with lower-casing, so the normalizer and pre-tokenizer must
+// be BERT's own; anything else would give other token ids.
+Vocabulary wordpiece_vocabulary(const nlohmann::json& j, const std::string& path,
+                                uint64_t n_vocab) {
+  const auto model = json_model(j, path);
+  const nlohmann::json normalizer = j.value("normalizer", nlohmann::json());
+  if (!normalizer.is_object() || normalizer.value("type", nlohmann::json()) != "BertNormalizer") {
+    detail::fail(path + ": the normalizer " + json_brief(normalizer) +
+                 " is not a BertNormalizer, the one sllm's WordPiece tokenizer implements");
+  }
+  // strip_accents null follows lowercase, as BertNormalizer does.
+  const nlohmann::json strip = normalizer.value("strip_accents", nlohmann::json());
+  if (normalizer.value("lowercase", nlohmann::json()) != true || strip == false) {
+    detail::fail(path +
+                 ": a cased WordPiece tokenizer (BertNormalizer lowercase false or "
+                 "strip_accents false) is not supported: sllm's WordPiece lower-cases and strips "
+                 "accents as the uncased BERT models do");
+  }
+  const nlohmann::json pre = j.value("pre_tokenizer", nlohmann::json());
+  if (!pre.is_object() || pre.value("type", nlohmann::json()) != "BertPreTokenizer") {
+    detail::fail(path + ": the pre_tokenizer " + json_brief(pre) +
+                 " is not a BertPreTokenizer, the one sllm's WordPiece tokenizer implements");
+  }
+  if (model->value("continuing_subword_prefix", nlohmann::json("##")) != "##") {
+    detail::fail(path + ": model.continuing_subword_prefix is not \"##\"");
+  }
+  Vocabulary v = json_vocabulary(j, model, path, n_vocab);
+  v.model = "bert";
+  // What llama.cpp's converter names the BERT pre-tokenization of the uncased vocabularies
+  // (its WordPiece tokenizer reads no pre-tokenizer name).
+  v.pre = "bert-bge";
+  // GGUF's WordPiece tokens mark word starts rather than continuations: "##ing" is stored as
+  // "ing" and "walk" as "\u2581walk"; bracketed tokens ("[CLS]", "[unused0]") stay as they are.
+  for (std::string& t : v.tokens) {
+    if (t.size() >= 2 && t.front() == '[' && t.back() == ']') continue;
+    t = t.compare(0, 2, "##") == 0 ? t.substr(2) : kPieceSpace + t;
+  }
+  v.add_bos = true;  // [CLS] ... [SEP], which GGUF's "bert" model implies
+  v.add_eos = true;
   return v;
 }
 
@@ -544,7 +594,17 @@ HfTokenizer read_tokenizer_files(const std::string& dir, uint64_t n_vocab, std::
     t.files.push_back(spm_path);
   } else if (!tokenizer_json.is_null()) {
     current = json_path;
-    t.vocab = byte_level_vocabulary(tokenizer_json, json_path, n_vocab);
+    const nlohmann::json& model = tokenizer_json.value("model", nlohmann::json());
+    const std::string type = model.is_object() ? model.value("type", "") : "";
+    if (type == "BPE") {
+      t.vocab = byte_level_vocabulary(tokenizer_json, json_path, n_vocab);
+    } else if (type == "WordPiece") {
+      t.vocab = wordpiece_vocabulary(tokenizer_json, json_path, n_vocab);
+    } else {
+      detail::fail(json_path + ": tokenizer model type '" + type +
+                   "' is not supported (sllm converts byte-level BPE and WordPiece "
+                   "tokenizer.json files, and SentencePiece tokenizer.model files)");
+    }
     t.files.push_back(json_path);
   } else {
     detail::fail(dir + ": no tokenizer.model or tokenizer.json");
@@ -613,7 +673,10 @@ HfTokenizer read_tokenizer_files(const std::string& dir, uint64_t n_vocab, std::
   const TokenFinder finder(v, tokenizer_json.is_object()
                                   ? tokenizer_json.value("added_tokens", nlohmann::json())
                                   : nlohmann::json());
-  const auto resolve = [&](const std::string& type, int32_t spm_id) -> int32_t {
+  const bool wordpiece = v.model == "bert";
+  // fallback: the token's text when no file names one (BertTokenizer's defaults).
+  const auto resolve = [&](const std::string& type, int32_t spm_id,
+                           const char* fallback = nullptr) -> int32_t {
     std::vector<std::pair<int64_t, std::string>> candidates;  // (id, where)
     const nlohmann::json* entry = tokenizer_config.find_any({(type + "_token").c_str()});
     if (entry != nullptr) {
@@ -628,6 +691,9 @@ HfTokenizer read_tokenizer_files(const std::string& dir, uint64_t n_vocab, std::
       }
     }
     if (spm && spm_id >= 0) candidates.emplace_back(spm_id, spm_path);
+    if (wordpiece && fallback != nullptr && finder.find(fallback) >= 0) {
+      candidates.emplace_back(finder.find(fallback), json_path);
+    }
     for (const auto& [id, where] : candidates) {
       if (id >= 0 && uint64_t(id) < v.tokens.size()) return int32_t(id);
       log(LogLevel::kWarn, where + ": " + type + " token id " + std::to_string(id) +
@@ -638,11 +704,11 @@ HfTokenizer read_tokenizer_files(const std::string& dir, uint64_t n_vocab, std::
   };
   v.bos = resolve("bos", spm_model.bos_id);
   v.eos = resolve("eos", spm_model.eos_id);
-  v.unk = resolve("unk", spm_model.unk_id);
-  t.sep = resolve("sep", -1);
-  v.pad = resolve("pad", spm_model.pad_id);
-  t.cls = resolve("cls", -1);
-  t.mask = resolve("mask", -1);
+  v.unk = resolve("unk", spm_model.unk_id, "[UNK]");
+  t.sep = resolve("sep", -1, "[SEP]");
+  v.pad = resolve("pad", spm_model.pad_id, "[PAD]");
+  t.cls = resolve("cls", -1, "[CLS]");
+  t.mask = resolve("mask", -1, "[MASK]");
 
   // Whether encoding adds BOS / EOS: tokenizer_config.json says so, else the post-processor's
   // template; else llama.cpp's defaults (SentencePiece and Llama 3 add BOS, when they have one).
@@ -656,8 +722,10 @@ HfTokenizer read_tokenizer_files(const std::string& dir, uint64_t n_vocab, std::
     }
     return fallback;
   };
-  v.add_bos = adds("add_bos_token", v.bos, true, v.bos >= 0 && (spm || v.pre == "llama-bpe"));
-  v.add_eos = adds("add_eos_token", v.eos, false, false);
+  if (!wordpiece) {  // WordPiece always adds [CLS] and [SEP]
+    v.add_bos = adds("add_bos_token", v.bos, true, v.bos >= 0 && (spm || v.pre == "llama-bpe"));
+    v.add_eos = adds("add_eos_token", v.eos, false, false);
+  }
 
   current = tc_path;
   // The chat template: tokenizer_config.json's (a string, or a list of named templates), else
@@ -724,8 +792,11 @@ void add_tokenizer_metadata(GgufWriter& w, const HfTokenizer& t) {
   for (const auto& [key, id] : ids) {
     if (id >= 0) w.set(key, GgufValue::u32(uint32_t(id)));
   }
-  w.set("tokenizer.ggml.add_bos_token", GgufValue::boolean(v.add_bos));
-  w.set("tokenizer.ggml.add_eos_token", GgufValue::boolean(v.add_eos));
+  // A "bert" vocabulary implies [CLS] ... [SEP]; llama.cpp's converter writes no flags for it.
+  if (v.model != "bert") {
+    w.set("tokenizer.ggml.add_bos_token", GgufValue::boolean(v.add_bos));
+    w.set("tokenizer.ggml.add_eos_token", GgufValue::boolean(v.add_eos));
+  }
   if (v.model == "llama") {
     w.set("tokenizer.ggml.add_space_prefix", GgufValue::boolean(v.add_space_prefix));
   }

@@ -4,6 +4,8 @@
 //  - tokenizer.json with a byte-level BPE model, as tokenizer model "gpt2", its pre-tokenizer
 //    (tokenizer.ggml.pre) named by matching the tokenizer's own pre_tokenizer (split regexes,
 //    digit and punctuation splits) against those of known families;
+//  - tokenizer.json with an uncased WordPiece model (BERT's), as tokenizer model "bert", its
+//    tokens in GGUF's form (word starts marked with U+2581, "##" continuations without it);
 // with special tokens from tokenizer_config.json, config.json and generation_config.json.
 #pragma once
 #include <string>
