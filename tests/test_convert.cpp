@@ -1169,7 +1169,7 @@ TEST_CASE("BertModel: a bert. prefix, the pooler and heads left out, CLS pooling
     CHECK(got.get<uint32_t>(k) == ref.get<uint32_t>(k));
   }
   // Without a Pooling module no pooling_type is written: the caller chooses.
-  remove_all(dir.path("1_Pooling"));
+  sllm_test::remove_all(dir.path("1_Pooling"));
   hf::convert_checkpoint(dir.path(), out.path("bert.gguf"), {});
   CHECK(Gguf::open(out.path("bert.gguf")).find("bert.pooling_type") == nullptr);
 }

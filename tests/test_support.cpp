@@ -125,7 +125,8 @@ std::vector<std::string> folder_entries(const std::string& dir) {
   return names;
 }
 
-// Removes the file or folder (with what it holds) at path.
+}  // namespace
+
 void remove_all(const std::string& path) {
   struct stat st;
   if (::lstat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
@@ -135,8 +136,6 @@ void remove_all(const std::string& path) {
     std::remove(path.c_str());
   }
 }
-
-}  // namespace
 
 TempDir::~TempDir() {
   remove_all(path_);

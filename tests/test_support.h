@@ -47,6 +47,9 @@ VocabVectors read_vocab_vectors(const std::string& inp_path, const std::string& 
 size_t check_vocab_vectors(const std::string& name, const sllm::Tokenizer& tok,
                            const VocabVectors& v, bool lossless = true);
 
+// Removes the file or folder (with all it holds) at path.
+void remove_all(const std::string& path);
+
 // A fresh folder under /tmp, removed with all it holds when the test ends.
 class TempDir {
  public:
