@@ -459,8 +459,16 @@ struct BlockQ6_K {
   int8_t scales[kSuperBlock / 16];
   uint16_t d;  // IEEE half
 };
+// Q8_K: activations for the integer dot products with K-quant weights (ggml's layout): value i
+// = qs[i] * d, and bsums[k] the sum of codes 16k..16k+15. 292 bytes.
+struct BlockQ8_K {
+  float d;
+  int8_t qs[kSuperBlock];
+  int16_t bsums[kSuperBlock / 16];
+};
 static_assert(sizeof(BlockQ4_K) == 144, "Q4_K blocks are 144 bytes in GGUF");
 static_assert(sizeof(BlockQ6_K) == 210, "Q6_K blocks are 210 bytes in GGUF");
+static_assert(sizeof(BlockQ8_K) == 292, "Q8_K blocks are 292 bytes in ggml");
 
 // The 6-bit scale and min of sub-block j (0..7) of a Q4_K block. Sub-blocks 0-3 keep them in the
 // low 6 bits of scales[j] and scales[j + 4]; sub-blocks 4-7 keep their low 4 bits in the nibbles
@@ -494,6 +502,10 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n);
 // n is a multiple of 256.
 void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n);
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n);
+// Activations for K-quant weights. Per block: d = amax / 127 kept in f32, q = round(x * (1 / d))
+// (halves away from zero), as quantize_row_q8_0 does per 32 values. (ggml's Q8_K picks the
+// value of largest magnitude and rounds halves to even; any such rule gives the same accuracy.)
+void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n);
 
 // Integer dot product of one block with a Q8_0 block of activations.
 int32_t block_dot(const BlockQ8_0& w, const BlockQ8_0& x);
@@ -624,8 +636,8 @@ void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
 }  // namespace sllm
 
 // ---- matmul_q.h ----
-// Quantized matmul, part of the kernels layer: Q8_0 and Q4_0 weight matrices, read in place,
-// times activation rows quantized to int8 per 32-value block. Products are int8 dot products
+// Quantized matmul, part of the kernels layer: Q8_0, Q4_0, Q4_K and Q6_K weight matrices, read
+// in place, times activation rows quantized to int8 codes. Products are int8 dot products
 // accumulated in int32 per block (VNNI vpdpbusd where the CPU has it), then scaled in f32.
 #include <algorithm>
 #include <cstring>
@@ -633,37 +645,50 @@ void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
 namespace sllm {
 namespace detail {
 
-// Activation rows quantized with the values and scales of ggml's reference Q8_0 quantizer
-// (ref::quantize_row_q8_0), laid out for the kernels rather than as Q8_0 blocks: each row's
-// codes are contiguous, its scales are f32, and both are padded with zeros so that the kernels
-// can read whole vectors past the last block.
-struct QuantizedActivations {
-  size_t n = 0;             // rows (tokens)
-  size_t cols = 0;          // values per row, a multiple of 32
-  size_t q_stride = 0;      // bytes from one row's codes to the next (cols rounded up to 128)
-  size_t block_stride = 0;  // entries from one row's scales or sums to the next (a multiple of 16)
-  AlignedBuffer<int8_t> q;  // codes, row t at q + t * q_stride
-  AlignedBuffer<float> scale;  // per block: the f16 scale d, widened to f32
-  AlignedBuffer<int32_t> sum;  // per block: the sum of its 32 codes
+// How activation rows are quantized for a weight type: the values that share one scale.
+enum class ActivationFormat {
+  kQ8_0,  // per 32 values, the scale rounded to f16 (ref::quantize_row_q8_0): Q8_0, Q4_0 weights
+  kQ8_K,  // per 256 values, an f32 scale (ref::quantize_row_q8_k): K-quant weights
+};
+// Error for a weight type that the quantized matmul does not read.
+ActivationFormat activation_format(TensorType weight_type);
 
+// Activation rows quantized with the values and scales of the reference quantizer of their
+// format, laid out for the kernels rather than as blocks: each row's codes are contiguous, its
+// scales are f32, and codes, scales and sums are padded with zeros so that the kernels can read
+// whole vectors past the last block.
+struct QuantizedActivations {
+  ActivationFormat format = ActivationFormat::kQ8_0;
+  size_t n = 0;                // rows (tokens)
+  size_t cols = 0;             // values per row, a multiple of block()
+  size_t q_stride = 0;         // bytes from one row's codes to the next (cols rounded up to 128)
+  size_t scale_stride = 0;     // entries from one row's scales to the next (a multiple of 16)
+  size_t sum_stride = 0;       // entries from one row's sums to the next (a multiple of 16)
+  AlignedBuffer<int8_t> q;     // codes, row t at q + t * q_stride
+  AlignedBuffer<float> scale;  // per block, f32
+  AlignedBuffer<int32_t> sum;  // per 16 codes, their sum
+
+  size_t block() const { return format == ActivationFormat::kQ8_0 ? kQuantBlock : kSuperBlock; }
   const int8_t* codes(size_t t) const { return q.data() + t * q_stride; }
-  const float* scales(size_t t) const { return scale.data() + t * block_stride; }
-  const int32_t* sums(size_t t) const { return sum.data() + t * block_stride; }
-  // Sizes the buffers for n rows of cols values (Error unless cols is a multiple of 32).
-  void resize(size_t n_rows, size_t n_cols);
+  const float* scales(size_t t) const { return scale.data() + t * scale_stride; }
+  const int32_t* sums(size_t t) const { return sum.data() + t * sum_stride; }
+  // Sizes the buffers for n rows of cols values (Error unless cols is a positive multiple of
+  // the format's block).
+  void resize(size_t n_rows, size_t n_cols, ActivationFormat row_format);
 };
 
-// Quantizes n rows of cols floats (row t at x + t * x_stride) into out, resizing it; large
-// batches are shared among n_threads OpenMP threads (0: OpenMP's default).
+// Quantizes n rows of cols floats (row t at x + t * x_stride) into out in the given format,
+// resizing it; large batches are shared among n_threads OpenMP threads (0: OpenMP's default).
 void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride,
-                          QuantizedActivations& out, int n_threads = 0);
+                          QuantizedActivations& out, int n_threads = 0,
+                          ActivationFormat format = ActivationFormat::kQ8_0);
 
 // y[t * y_stride + r] = sum_c w[r][c] * x[t][c] for the x.n activation rows t and the weight rows
 // r in [row_begin, row_end), so that a caller can share the rows among its threads. w is of type
-// Q8_0 or Q4_0, read in place (cols a multiple of 32, row_bytes at least the blocks of a row). One
-// activation row streams each weight row once (decode); many pack tiles of weights into a
-// per-thread buffer and reuse each for several tokens (prefill). Error when the shapes or the
-// type do not fit.
+// Q8_0, Q4_0, Q4_K or Q6_K, read in place (cols a whole number of blocks, row_bytes at least the
+// blocks of a row), and x quantized in activation_format(w.type). One activation row streams each
+// weight row once (decode); many pack tiles of weights into a per-thread buffer and reuse each
+// for several tokens (prefill). Error when the shapes, the type or the format do not fit.
 void matmul_q_rows(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
                    size_t row_begin, size_t row_end);
 // The same over all rows, shared among n_threads OpenMP threads (0: OpenMP's default).
@@ -2425,42 +2450,44 @@ HWY_INLINE V RoundHalfAway(V v) {
   return hn::Add(t, hn::Trunc(hn::Add(frac, frac)));
 }
 
-// Quantizes rows [t_begin, t_end) of x into out (already sized), bit-exact with
-// ref::quantize_row_q8_0, and zeroes the padding the kernels read.
+// Quantizes rows [t_begin, t_end) of x into out (already sized), bit-exact with the reference
+// quantizer of out's format, and zeroes the padding the kernels read.
 void QuantizeActivationRows(const float* x, size_t x_stride, size_t t_begin, size_t t_end,
                             sllm::detail::QuantizedActivations* out) {
-  const hn::CappedTag<float, kQuantBlock> df;
+  constexpr size_t kSumGroup = 16;
+  const hn::CappedTag<float, kSumGroup> df;
   const hn::Rebind<int32_t, decltype(df)> di;
   const hn::Rebind<int8_t, decltype(df)> d8;
   const size_t N = hn::Lanes(df);
-  const size_t cols = out->cols, nb = cols / kQuantBlock;
+  const bool f16_scale = out->format == sllm::detail::ActivationFormat::kQ8_0;
+  const size_t cols = out->cols, block = out->block(), nb = cols / block;
   for (size_t t = t_begin; t < t_end; ++t) {
     const float* xr = x + t * x_stride;
     int8_t* q = out->q.data() + t * out->q_stride;
-    float* scale = out->scale.data() + t * out->block_stride;
-    int32_t* sum = out->sum.data() + t * out->block_stride;
+    float* scale = out->scale.data() + t * out->scale_stride;
+    int32_t* sum = out->sum.data() + t * out->sum_stride;
     for (size_t b = 0; b < nb; ++b) {
-      const float* xb = xr + b * kQuantBlock;
+      const float* xb = xr + b * block;
       auto vmax = hn::Zero(df);
-      for (size_t i = 0; i < kQuantBlock; i += N) {
-        vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, xb + i)));
-      }
+      for (size_t i = 0; i < block; i += N) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, xb + i)));
       const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
       const float d = amax / 127.0f;
       const float id = d != 0.0f ? 1.0f / d : 0.0f;
-      scale[b] = fp16_to_f32(f32_to_fp16(d));
+      scale[b] = f16_scale ? fp16_to_f32(f32_to_fp16(d)) : d;
       const auto vid = hn::Set(df, id);
-      auto vsum = hn::Zero(di);
-      for (size_t i = 0; i < kQuantBlock; i += N) {
-        const auto code = hn::ConvertTo(di, RoundHalfAway(hn::Mul(hn::LoadU(df, xb + i), vid)));
-        vsum = hn::Add(vsum, code);
-        hn::StoreU(hn::DemoteTo(d8, code), d8, q + b * kQuantBlock + i);
+      for (size_t g = 0; g < block; g += kSumGroup) {
+        auto vsum = hn::Zero(di);
+        for (size_t i = g; i < g + kSumGroup; i += N) {
+          const auto code = hn::ConvertTo(di, RoundHalfAway(hn::Mul(hn::LoadU(df, xb + i), vid)));
+          vsum = hn::Add(vsum, code);
+          hn::StoreU(hn::DemoteTo(d8, code), d8, q + b * block + i);
+        }
+        sum[(b * block + g) / kSumGroup] = hn::GetLane(hn::SumOfLanes(di, vsum));
       }
-      sum[b] = hn::GetLane(hn::SumOfLanes(di, vsum));
     }
     std::memset(q + cols, 0, out->q_stride - cols);
-    std::fill(scale + nb, scale + out->block_stride, 0.0f);
-    std::fill(sum + nb, sum + out->block_stride, 0);
+    std::fill(scale + nb, scale + out->scale_stride, 0.0f);
+    std::fill(sum + cols / kSumGroup, sum + out->sum_stride, 0);
   }
 }
 
@@ -2855,7 +2882,8 @@ SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_
   if (starts.size() < x->n * nb) starts.resize(x->n * nb);
   const int32_t offset = type == TensorType::Q8_0 ? 128 : 8;
   for (size_t t = 0; t < x->n; ++t) {
-    for (size_t b = 0; b < nb; ++b) starts[t * nb + b] = -x->sums(t)[b] * offset;
+    const int32_t* sums = x->sums(t);  // per 16 codes
+    for (size_t b = 0; b < nb; ++b) starts[t * nb + b] = -(sums[2 * b] + sums[2 * b + 1]) * offset;
   }
   for (size_t r = row_begin; r < row_end; r += kPanelRows) {
     const size_t n_rows = std::min(kPanelRows, row_end - r);
@@ -4197,6 +4225,25 @@ void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n) {
   }
 }
 
+void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q8_K, n);
+  for (size_t b = 0; b < nb; ++b, x += kSuperBlock) {
+    float amax = 0.0f;
+    for (size_t i = 0; i < kSuperBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = d;
+    for (size_t k = 0; k < kSuperBlock / 16; ++k) {
+      int sum = 0;
+      for (size_t i = 16 * k; i < 16 * k + 16; ++i) {
+        y[b].qs[i] = detail::round_to_q8(x[i] * id);
+        sum += y[b].qs[i];
+      }
+      y[b].bsums[k] = int16_t(sum);
+    }
+  }
+}
+
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q6_K, n);
   for (size_t b = 0; b < nb; ++b, y += kSuperBlock) {
@@ -4577,20 +4624,37 @@ inline size_t round_up(size_t n, size_t multiple) {
   return (n + multiple - 1) / multiple * multiple;
 }
 
-void QuantizedActivations::resize(size_t n_rows, size_t n_cols) {
-  if (n_cols == 0 || n_cols % kQuantBlock != 0) {
+ActivationFormat activation_format(TensorType weight_type) {
+  switch (weight_type) {
+    case TensorType::Q8_0:
+    case TensorType::Q4_0:
+      return ActivationFormat::kQ8_0;
+    case TensorType::Q4_K:
+    case TensorType::Q6_K:
+      return ActivationFormat::kQ8_K;
+    default:
+      fail(std::string("quantized matmul: weight type ") + tensor_type_name(weight_type) +
+           " is not Q8_0, Q4_0, Q4_K or Q6_K");
+  }
+}
+
+void QuantizedActivations::resize(size_t n_rows, size_t n_cols, ActivationFormat row_format) {
+  format = row_format;
+  if (n_cols == 0 || n_cols % block() != 0) {
     fail("cannot quantize activation rows of " + std::to_string(n_cols) +
-         " values: the length must be a positive multiple of 32");
+         " values: the length must be a positive multiple of " + std::to_string(block()));
   }
   n = n_rows;
   cols = n_cols;
   q_stride = round_up(n_cols, 128);
-  block_stride = round_up(n_cols / kQuantBlock, 16);
+  scale_stride = round_up(n_cols / block(), 16);
+  sum_stride = round_up(n_cols / 16, 16);
   const size_t codes = checked_mul(n_rows, q_stride, "activation buffer");
-  const size_t blocks = checked_mul(n_rows, block_stride, "activation buffer");
+  const size_t scales = checked_mul(n_rows, scale_stride, "activation buffer");
+  const size_t sums = checked_mul(n_rows, sum_stride, "activation buffer");
   if (q.size() < codes) q.resize(codes);
-  if (scale.size() < blocks) scale.resize(blocks);
-  if (sum.size() < blocks) sum.resize(blocks);
+  if (scale.size() < scales) scale.resize(scales);
+  if (sum.size() < sums) sum.resize(sums);
 }
 
 // OpenMP's thread count for a call: n_threads if positive, else OpenMP's default.
@@ -4599,8 +4663,8 @@ inline int omp_threads(int n_threads) {
 }
 
 void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride,
-                          QuantizedActivations& out, int n_threads) {
-  out.resize(n, cols);
+                          QuantizedActivations& out, int n_threads, ActivationFormat format) {
+  out.resize(n, cols, format);
   const auto kernel = HWY_DYNAMIC_DISPATCH(QuantizeActivationRows);
   // Splitting pays only when each thread gets a few rows of real work.
   const int threads = n * cols >= 65536 ? std::min<int>(omp_threads(n_threads), int(n)) : 1;
@@ -4618,27 +4682,31 @@ void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride
 namespace {
 void check_matmul_q(const MatrixView& w, const QuantizedActivations& x, size_t row_begin,
                     size_t row_end) {
-  if (w.type != TensorType::Q8_0 && w.type != TensorType::Q4_0) {
-    fail("quantized matmul: weight type " + std::to_string(uint32_t(w.type)) +
-         " is not Q8_0 or Q4_0");
-  }
-  if (w.cols == 0 || w.cols % kQuantBlock != 0) {
+  const ActivationFormat format = activation_format(w.type);
+  const TensorTypeInfo& info = *tensor_type_info(uint32_t(w.type));
+  if (w.cols == 0 || w.cols % info.block_elems != 0) {
     fail("quantized matmul: rows of " + std::to_string(w.cols) +
-         " values are not a whole number of 32-value blocks");
+         " values are not a whole number "
+         "of " +
+         std::to_string(info.block_elems) + "-value " + info.name + " blocks");
   }
   if (x.cols != w.cols) {
     fail("quantized matmul: activation rows have " + std::to_string(x.cols) +
          " values but weight rows have " + std::to_string(w.cols));
   }
+  if (x.format != format) {
+    fail(std::string("quantized matmul: ") + info.name + " weights need activations quantized " +
+         (format == ActivationFormat::kQ8_0 ? "per 32 values (Q8_0)" : "per 256 values (Q8_K)"));
+  }
   if (row_begin > row_end || row_end > w.rows) {
     fail("quantized matmul: row range [" + std::to_string(row_begin) + ", " +
          std::to_string(row_end) + ") is outside the " + std::to_string(w.rows) + " rows");
   }
-  const size_t block_bytes = w.type == TensorType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
-  if (w.row_bytes < w.cols / kQuantBlock * block_bytes) {
+  const size_t bytes = w.cols / info.block_elems * info.block_bytes;
+  if (w.row_bytes < bytes) {
     fail("quantized matmul: rows of " + std::to_string(w.cols) + " values need " +
-         std::to_string(w.cols / kQuantBlock * block_bytes) + " bytes, but rows are " +
-         std::to_string(w.row_bytes) + " bytes apart");
+         std::to_string(bytes) + " bytes, but rows are " + std::to_string(w.row_bytes) +
+         " bytes apart");
   }
 }
 }  // namespace

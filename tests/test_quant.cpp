@@ -285,22 +285,22 @@ TEST_CASE("activation quantization matches the reference quantizer on every targ
           sllm::ref::quantize_row_q8_0(x.data() + t * x_stride, want.data(), cols);
           bool codes_equal = true, scales_equal = true, sums_equal = true;
           for (size_t b = 0; b < cols / 32; ++b) {
-            int32_t sum = 0;
+            int32_t sum[2] = {};  // of each half: the sums are per 16 codes
             for (size_t i = 0; i < 32; ++i) {
               codes_equal &= q.codes(t)[32 * b + i] == want[b].qs[i];
-              sum += want[b].qs[i];
+              sum[i / 16] += want[b].qs[i];
             }
             scales_equal &= q.scales(t)[b] == sllm::fp16_to_f32(want[b].d);
-            sums_equal &= q.sums(t)[b] == sum;
+            sums_equal &= q.sums(t)[2 * b] == sum[0] && q.sums(t)[2 * b + 1] == sum[1];
           }
           CHECK(codes_equal);
           CHECK(scales_equal);
           CHECK(sums_equal);
           bool padding_zero = true;
           for (size_t i = cols; i < q.q_stride; ++i) padding_zero &= q.codes(t)[i] == 0;
-          for (size_t b = cols / 32; b < q.block_stride; ++b) {
-            padding_zero &= q.scales(t)[b] == 0.0f && q.sums(t)[b] == 0;
-          }
+          for (size_t b = cols / 32; b < q.scale_stride; ++b)
+            padding_zero &= q.scales(t)[b] == 0.0f;
+          for (size_t k = cols / 16; k < q.sum_stride; ++k) padding_zero &= q.sums(t)[k] == 0;
           CHECK(padding_zero);
         }
         if (cols == 32) CHECK(q.codes(0)[1] == -15);  // -14.5 rounds to -15, not -14

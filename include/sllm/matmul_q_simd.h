@@ -12,42 +12,44 @@ HWY_INLINE V RoundHalfAway(V v) {
   return hn::Add(t, hn::Trunc(hn::Add(frac, frac)));
 }
 
-// Quantizes rows [t_begin, t_end) of x into out (already sized), bit-exact with
-// ref::quantize_row_q8_0, and zeroes the padding the kernels read.
+// Quantizes rows [t_begin, t_end) of x into out (already sized), bit-exact with the reference
+// quantizer of out's format, and zeroes the padding the kernels read.
 void QuantizeActivationRows(const float* x, size_t x_stride, size_t t_begin, size_t t_end,
                             sllm::detail::QuantizedActivations* out) {
-  const hn::CappedTag<float, kQuantBlock> df;
+  constexpr size_t kSumGroup = 16;
+  const hn::CappedTag<float, kSumGroup> df;
   const hn::Rebind<int32_t, decltype(df)> di;
   const hn::Rebind<int8_t, decltype(df)> d8;
   const size_t N = hn::Lanes(df);
-  const size_t cols = out->cols, nb = cols / kQuantBlock;
+  const bool f16_scale = out->format == sllm::detail::ActivationFormat::kQ8_0;
+  const size_t cols = out->cols, block = out->block(), nb = cols / block;
   for (size_t t = t_begin; t < t_end; ++t) {
     const float* xr = x + t * x_stride;
     int8_t* q = out->q.data() + t * out->q_stride;
-    float* scale = out->scale.data() + t * out->block_stride;
-    int32_t* sum = out->sum.data() + t * out->block_stride;
+    float* scale = out->scale.data() + t * out->scale_stride;
+    int32_t* sum = out->sum.data() + t * out->sum_stride;
     for (size_t b = 0; b < nb; ++b) {
-      const float* xb = xr + b * kQuantBlock;
+      const float* xb = xr + b * block;
       auto vmax = hn::Zero(df);
-      for (size_t i = 0; i < kQuantBlock; i += N) {
-        vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, xb + i)));
-      }
+      for (size_t i = 0; i < block; i += N) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, xb + i)));
       const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
       const float d = amax / 127.0f;
       const float id = d != 0.0f ? 1.0f / d : 0.0f;
-      scale[b] = fp16_to_f32(f32_to_fp16(d));
+      scale[b] = f16_scale ? fp16_to_f32(f32_to_fp16(d)) : d;
       const auto vid = hn::Set(df, id);
-      auto vsum = hn::Zero(di);
-      for (size_t i = 0; i < kQuantBlock; i += N) {
-        const auto code = hn::ConvertTo(di, RoundHalfAway(hn::Mul(hn::LoadU(df, xb + i), vid)));
-        vsum = hn::Add(vsum, code);
-        hn::StoreU(hn::DemoteTo(d8, code), d8, q + b * kQuantBlock + i);
+      for (size_t g = 0; g < block; g += kSumGroup) {
+        auto vsum = hn::Zero(di);
+        for (size_t i = g; i < g + kSumGroup; i += N) {
+          const auto code = hn::ConvertTo(di, RoundHalfAway(hn::Mul(hn::LoadU(df, xb + i), vid)));
+          vsum = hn::Add(vsum, code);
+          hn::StoreU(hn::DemoteTo(d8, code), d8, q + b * block + i);
+        }
+        sum[(b * block + g) / kSumGroup] = hn::GetLane(hn::SumOfLanes(di, vsum));
       }
-      sum[b] = hn::GetLane(hn::SumOfLanes(di, vsum));
     }
     std::memset(q + cols, 0, out->q_stride - cols);
-    std::fill(scale + nb, scale + out->block_stride, 0.0f);
-    std::fill(sum + nb, sum + out->block_stride, 0);
+    std::fill(scale + nb, scale + out->scale_stride, 0.0f);
+    std::fill(sum + cols / kSumGroup, sum + out->sum_stride, 0);
   }
 }
 
@@ -442,7 +444,8 @@ SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_
   if (starts.size() < x->n * nb) starts.resize(x->n * nb);
   const int32_t offset = type == TensorType::Q8_0 ? 128 : 8;
   for (size_t t = 0; t < x->n; ++t) {
-    for (size_t b = 0; b < nb; ++b) starts[t * nb + b] = -x->sums(t)[b] * offset;
+    const int32_t* sums = x->sums(t);  // per 16 codes
+    for (size_t b = 0; b < nb; ++b) starts[t * nb + b] = -(sums[2 * b] + sums[2 * b + 1]) * offset;
   }
   for (size_t r = row_begin; r < row_end; r += kPanelRows) {
     const size_t n_rows = std::min(kPanelRows, row_end - r);

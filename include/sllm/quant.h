@@ -42,8 +42,16 @@ struct BlockQ6_K {
   int8_t scales[kSuperBlock / 16];
   uint16_t d;  // IEEE half
 };
+// Q8_K: activations for the integer dot products with K-quant weights (ggml's layout): value i
+// = qs[i] * d, and bsums[k] the sum of codes 16k..16k+15. 292 bytes.
+struct BlockQ8_K {
+  float d;
+  int8_t qs[kSuperBlock];
+  int16_t bsums[kSuperBlock / 16];
+};
 static_assert(sizeof(BlockQ4_K) == 144, "Q4_K blocks are 144 bytes in GGUF");
 static_assert(sizeof(BlockQ6_K) == 210, "Q6_K blocks are 210 bytes in GGUF");
+static_assert(sizeof(BlockQ8_K) == 292, "Q8_K blocks are 292 bytes in ggml");
 
 // The 6-bit scale and min of sub-block j (0..7) of a Q4_K block. Sub-blocks 0-3 keep them in the
 // low 6 bits of scales[j] and scales[j + 4]; sub-blocks 4-7 keep their low 4 bits in the nibbles
@@ -77,6 +85,10 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n);
 // n is a multiple of 256.
 void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n);
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n);
+// Activations for K-quant weights. Per block: d = amax / 127 kept in f32, q = round(x * (1 / d))
+// (halves away from zero), as quantize_row_q8_0 does per 32 values. (ggml's Q8_K picks the
+// value of largest magnitude and rounds halves to even; any such rule gives the same accuracy.)
+void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n);
 
 // Integer dot product of one block with a Q8_0 block of activations.
 int32_t block_dot(const BlockQ8_0& w, const BlockQ8_0& x);

@@ -98,6 +98,25 @@ void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n) {
   }
 }
 
+void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q8_K, n);
+  for (size_t b = 0; b < nb; ++b, x += kSuperBlock) {
+    float amax = 0.0f;
+    for (size_t i = 0; i < kSuperBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    y[b].d = d;
+    for (size_t k = 0; k < kSuperBlock / 16; ++k) {
+      int sum = 0;
+      for (size_t i = 16 * k; i < 16 * k + 16; ++i) {
+        y[b].qs[i] = detail::round_to_q8(x[i] * id);
+        sum += y[b].qs[i];
+      }
+      y[b].bsums[k] = int16_t(sum);
+    }
+  }
+}
+
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q6_K, n);
   for (size_t b = 0; b < nb; ++b, y += kSuperBlock) {
