@@ -7,21 +7,14 @@
 
 #include "test_support.h"
 
+using sllm::BlockQ4_K;
+using sllm::BlockQ6_K;
 using sllm::BlockQ8_K;
 using sllm::TensorType;
 using sllm::detail::ActivationFormat;
+using sllm::detail::MatrixView;
 using sllm::detail::QuantizedActivations;
-
-namespace {
-
-std::vector<float> random_values(std::mt19937& rng, size_t n, float stddev) {
-  std::normal_distribution<float> normal(0.0f, stddev);
-  std::vector<float> v(n);
-  for (float& x : v) x = normal(rng);
-  return v;
-}
-
-}  // namespace
+using sllm_test::random_values;
 
 TEST_CASE("Q4_K and Q6_K dequantization equals llama.cpp's bit for bit") {
   // Blocks of random bytes (every scale and code pattern) and blocks that ggml's reference
@@ -126,4 +119,101 @@ TEST_CASE("Q8_K activation quantization matches the reference quantizer on every
   CHECK_THROWS_AS(
       sllm::detail::quantize_activations(x.data(), 1, 128, 128, q, 1, ActivationFormat::kQ8_K),
       sllm::Error);
+}
+
+TEST_CASE("K-quant reference dot products equal the dot product of the dequantized rows") {
+  std::mt19937 rng(23);
+  const size_t n = 256 * 9;
+  for (TensorType type : {TensorType::Q4_K, TensorType::Q6_K}) {
+    CAPTURE(type);
+    std::vector<uint8_t> w(sllm::tensor_row_bytes(type, n));
+    sllm_test::random_k_blocks(rng, type, n / 256, w.data());
+    const auto x = random_values(rng, n, 2.0f);
+    std::vector<BlockQ8_K> xq(n / 256);
+    sllm::ref::quantize_row_q8_k(x.data(), xq.data(), n);
+    std::vector<float> dw(n);
+    sllm::dequantize_row(type, w.data(), dw.data(), n);
+    double want = 0, magnitude = 0;
+    for (size_t i = 0; i < n; ++i) {
+      const double dx = double(xq[i / 256].d) * xq[i / 256].qs[i % 256];
+      want += dw[i] * dx;
+      magnitude += std::fabs(dw[i] * dx);
+    }
+    const float got =
+        type == TensorType::Q4_K
+            ? sllm::ref::dot_q4_k(reinterpret_cast<const BlockQ4_K*>(w.data()), xq.data(), n)
+            : sllm::ref::dot_q6_k(reinterpret_cast<const BlockQ6_K*>(w.data()), xq.data(), n);
+    CHECK(std::fabs(got - want) <= 1e-5 * magnitude);
+  }
+}
+
+// Exact case: scales of 1 (d, dmin and the activations'), small sub-block scales and small
+// activation codes make every product and partial sum an integer below 2^24, which f32 holds
+// exactly in any order, so the kernels must reproduce the integer dot products bit for bit.
+TEST_CASE("K-quant matmul is exact on integer data on every target") {
+  std::mt19937 rng(34);
+  std::uniform_int_distribution<int> byte(0, 255), small(0, 3), act(-15, 15);
+  const uint16_t one = sllm::f32_to_fp16(1.0f);
+  for (TensorType type : {TensorType::Q4_K, TensorType::Q6_K}) {
+    for (size_t cols : {256, 768, 1280}) {
+      const size_t rows = 37, nb = cols / 256, row_bytes = sllm::tensor_row_bytes(type, cols);
+      sllm_test::GuardedBuffer w(rows * row_bytes);
+      for (size_t b = 0; b < rows * nb; ++b) {
+        if (type == TensorType::Q4_K) {
+          BlockQ4_K blk;
+          blk.d = blk.dmin = one;
+          // 6-bit scales and mins below 4: sub-blocks 0-3 in bytes 0-7, 4-7 in the nibbles of
+          // bytes 8-11 (their high bits, in the top bits of bytes 0-7, are 0).
+          for (int j = 0; j < 4; ++j) {
+            blk.scales[j] = uint8_t(small(rng));
+            blk.scales[j + 4] = uint8_t(small(rng));
+            blk.scales[j + 8] = uint8_t(small(rng) | small(rng) << 4);
+          }
+          for (uint8_t& q : blk.qs) q = uint8_t(byte(rng));
+          std::memcpy(w.data() + b * sizeof blk, &blk, sizeof blk);
+        } else {
+          BlockQ6_K blk;
+          blk.d = one;
+          for (uint8_t& q : blk.ql) q = uint8_t(byte(rng));
+          for (uint8_t& q : blk.qh) q = uint8_t(byte(rng));
+          for (int8_t& sc : blk.scales) sc = int8_t(small(rng) * 2 - 4);  // -4..2
+          std::memcpy(w.data() + b * sizeof blk, &blk, sizeof blk);
+        }
+      }
+      // The integer weights, by the dequantizer that equals llama.cpp's.
+      std::vector<float> values(rows * cols);
+      for (size_t r = 0; r < rows; ++r) {
+        sllm::dequantize_row(type, w.data() + r * row_bytes, values.data() + r * cols, cols);
+      }
+      const size_t n = 9;
+      std::vector<float> x(n * cols);
+      for (size_t i = 0; i < x.size(); ++i) x[i] = float(i % 256 == 5 ? 127 : act(rng));
+      std::vector<float> want(n * rows);
+      for (size_t t = 0; t < n; ++t) {
+        for (size_t r = 0; r < rows; ++r) {
+          int64_t sum = 0;
+          for (size_t c = 0; c < cols; ++c) {
+            sum += int64_t(values[r * cols + c]) * int64_t(x[t * cols + c]);
+          }
+          want[t * rows + r] = float(sum);
+        }
+      }
+      sllm_test::for_each_simd_target([&] {
+        for (size_t tokens : {1, 2, 3, 4, 5, 7, 9}) {
+          CAPTURE(type);
+          CAPTURE(cols);
+          CAPTURE(tokens);
+          QuantizedActivations q;
+          sllm::detail::quantize_activations(x.data(), tokens, cols, cols, q, 1,
+                                             ActivationFormat::kQ8_K);
+          std::vector<float> y(tokens * rows, -1.0f);
+          sllm::detail::matmul_q(MatrixView{type, w.data(), rows, cols, row_bytes}, q, y.data(),
+                                 rows, 2);
+          bool exact = true;
+          for (size_t i = 0; i < tokens * rows; ++i) exact &= y[i] == want[i];
+          CHECK(exact);
+        }
+      });
+    }
+  }
 }

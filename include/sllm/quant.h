@@ -66,6 +66,18 @@ inline void unpack_q4_k_scales(const uint8_t* scales, int j, uint8_t* scale, uin
   }
 }
 
+// The 4-bit code of value i (0..255) of a Q4_K block.
+inline int q4_k_code(const BlockQ4_K& b, size_t i) {
+  return (b.qs[i / 64 * 32 + i % 32] >> (i / 32 % 2 * 4)) & 0x0f;
+}
+// The 6-bit code of value i (0..255) of a Q6_K block (value = d * scales[i / 16] * (code - 32)).
+inline int q6_k_code(const BlockQ6_K& b, size_t i) {
+  const size_t half = i / 128, quarter = i % 128 / 32, l = i % 32;
+  const int low = (b.ql[half * 64 + quarter % 2 * 32 + l] >> (quarter / 2 * 4)) & 0x0f;
+  const int high = (b.qh[half * 32 + l] >> (2 * quarter)) & 3;
+  return low | high << 4;
+}
+
 // Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0), with the
 // rounding of ggml's reference quantizers, so that sllm's files match llama.cpp's byte for byte.
 // dst/src hold tensor_row_bytes(type, n) bytes. Error for another type, or for a quantized type
@@ -97,5 +109,12 @@ int32_t block_dot(const BlockQ4_0& w, const BlockQ8_0& x);
 // dot product, then sum += isum * (d_w * d_x) in f32, as ggml's vec_dot does.
 float dot_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, size_t n);
 float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n);
+// Dot product of a K-quant weight row with an activation row quantized to Q8_K: per block, the
+// integer dot products of the sub-blocks times their integer scales (and for Q4_K the sums of the
+// activation codes times the sub-block mins) summed in int32, then sum += d_x * (d * S - dmin * M)
+// (Q4_K) or d_x * (d * S) (Q6_K, whose S counts the codes minus 32) in f32. n is a multiple of
+// 256.
+float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n);
+float dot_q6_k(const BlockQ6_K* w, const BlockQ8_K* x, size_t n);
 }  // namespace ref
 }  // namespace sllm
