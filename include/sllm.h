@@ -590,8 +590,8 @@ float dot_f32(const float* a, const float* b, size_t n);
 // n_threads OpenMP threads.
 void matmul(const MatrixView& w, const float* x, size_t n, size_t x_stride, float* y,
             size_t y_stride, int n_threads);
-// dst[i] = src[i] widened to f32 (src of type F32, F16, BF16, Q8_0 or Q4_0), e.g. an
-// embedding row.
+// dst[i] = src[i] widened to f32 (src of type F32, F16, BF16 or a quantized type that
+// dequantize_row reads), e.g. an embedding row.
 void row_to_f32(TensorType type, const uint8_t* src, size_t n, float* dst);
 // out = x / sqrt(mean(x^2) + eps) * weight (out may alias x).
 void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out);
@@ -669,6 +669,8 @@ enum class ActivationFormat {
   kQ8_0,  // per 32 values, the scale rounded to f16 (ref::quantize_row_q8_0): Q8_0, Q4_0 weights
   kQ8_K,  // per 256 values, an f32 scale (ref::quantize_row_q8_k): K-quant weights
 };
+// Whether the quantized matmul reads weights of this type (Q8_0, Q4_0, Q4_K, Q6_K).
+bool matmul_q_reads(TensorType weight_type);
 // Error for a weight type that the quantized matmul does not read.
 ActivationFormat activation_format(TensorType weight_type);
 
@@ -1026,7 +1028,8 @@ class Transformer {
   void normalize(const Norm& norm, const float* x, size_t n, float* out) const;
   // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride.
   // y = W x (+ bias) for n rows of x; x_quantized says whether the thread's quantized input
-  // already holds x (set once a quantized weight has needed it).
+  // already holds x (set once a quantized weight has needed it; a weight whose type needs the
+  // other activation format quantizes x again).
   void multiply(const Linear& l, const float* x, size_t n, size_t x_stride, bool& x_quantized,
                 float* y, size_t y_stride) const;
   void linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
@@ -5061,10 +5064,10 @@ void matmul(const MatrixView& w, const float* x, size_t n, size_t x_stride, floa
 }
 
 void row_to_f32(TensorType type, const uint8_t* src, size_t n, float* dst) {
-  if (type == TensorType::Q8_0 || type == TensorType::Q4_0) {
-    dequantize_row(type, src, dst, n);  // one row per token: the reference code is fast enough
-  } else {
+  if (type == TensorType::F32 || type == TensorType::F16 || type == TensorType::BF16) {
     HWY_DYNAMIC_DISPATCH(RowToF32)(type, src, n, dst);
+  } else {
+    dequantize_row(type, src, dst, n);  // one row per token: the reference code is fast enough
   }
 }
 
@@ -5276,18 +5279,19 @@ inline size_t round_up(size_t n, size_t multiple) {
   return (n + multiple - 1) / multiple * multiple;
 }
 
+bool matmul_q_reads(TensorType weight_type) {
+  return weight_type == TensorType::Q8_0 || weight_type == TensorType::Q4_0 ||
+         weight_type == TensorType::Q4_K || weight_type == TensorType::Q6_K;
+}
+
 ActivationFormat activation_format(TensorType weight_type) {
-  switch (weight_type) {
-    case TensorType::Q8_0:
-    case TensorType::Q4_0:
-      return ActivationFormat::kQ8_0;
-    case TensorType::Q4_K:
-    case TensorType::Q6_K:
-      return ActivationFormat::kQ8_K;
-    default:
-      fail(std::string("quantized matmul: weight type ") + tensor_type_name(weight_type) +
-           " is not Q8_0, Q4_0, Q4_K or Q6_K");
+  if (!matmul_q_reads(weight_type)) {
+    fail(std::string("quantized matmul: weight type ") + tensor_type_name(weight_type) +
+         " is not Q8_0, Q4_0, Q4_K or Q6_K");
   }
+  return weight_type == TensorType::Q8_0 || weight_type == TensorType::Q4_0
+             ? ActivationFormat::kQ8_0
+             : ActivationFormat::kQ8_K;
 }
 
 void QuantizedActivations::resize(size_t n_rows, size_t n_cols, ActivationFormat row_format) {
@@ -5793,21 +5797,22 @@ inline const TensorInfo& required_tensor(const Gguf& gguf, const std::string& na
 // A 2-D weight of cols x rows (ggml order: ne[0] = cols) read in place. The one place that
 // decides which tensor types the matmul runs.
 inline MatrixView weight_matrix(const Gguf& gguf, const TensorInfo& t, size_t cols, size_t rows) {
-  const bool quantized = t.type == TensorType::Q8_0 || t.type == TensorType::Q4_0;
+  const bool quantized = matmul_q_reads(t.type);
   if (t.type != TensorType::F32 && t.type != TensorType::F16 && t.type != TensorType::BF16 &&
       !quantized) {
     fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
-         ", which this build cannot run yet (supported: F32, F16, BF16, Q8_0, Q4_0)");
+         ", which this build cannot run yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)");
   }
   if (t.n_dims != 2 || t.ne[0] != cols || t.ne[1] != rows) {
     fail("tensor " + t.name + " in " + gguf.path() + " has shape " + t.shape_string() +
          ", but the model's metadata implies " + shape_of(cols, rows));
   }
-  if (quantized && cols % kQuantBlock != 0) {
+  const size_t block = tensor_type_info(uint32_t(t.type))->block_elems;
+  if (quantized && cols % block != 0) {
     // Old ggml let blocks run across rows (the Q8_0 stories260K file); sllm reads rows in place.
     fail("tensor " + t.name + " in " + gguf.path() + " has rows of " + std::to_string(cols) +
-         " values, not a whole number of " + tensor_type_name(t.type) +
-         " blocks of 32; re-quantize the model with a current tool");
+         " values, not a whole number of " + tensor_type_name(t.type) + " blocks of " +
+         std::to_string(block) + "; re-quantize the model with a current tool");
   }
   const size_t elem = t.type == TensorType::F32 ? 4 : 2;  // quantized blocks start with an f16
   if (reinterpret_cast<uintptr_t>(t.data) % elem != 0) {
@@ -6176,10 +6181,11 @@ void Transformer::normalize(const Norm& norm, const float* x, size_t n, float* o
 
 void Transformer::multiply(const Linear& l, const float* x, size_t n, size_t x_stride,
                            bool& x_quantized, float* y, size_t y_stride) const {
-  if (l.weight.type == TensorType::Q8_0 || l.weight.type == TensorType::Q4_0) {
+  if (detail::matmul_q_reads(l.weight.type)) {
     detail::QuantizedActivations& xq = detail::thread_quantized_input();
-    if (!x_quantized) {
-      detail::quantize_activations(x, n, l.weight.cols, x_stride, xq, n_threads_);
+    const detail::ActivationFormat format = detail::activation_format(l.weight.type);
+    if (!x_quantized || xq.format != format) {
+      detail::quantize_activations(x, n, l.weight.cols, x_stride, xq, n_threads_, format);
       x_quantized = true;
     }
     detail::matmul_q(l.weight, xq, y, y_stride, n_threads_);

@@ -12,6 +12,8 @@ enum class ActivationFormat {
   kQ8_0,  // per 32 values, the scale rounded to f16 (ref::quantize_row_q8_0): Q8_0, Q4_0 weights
   kQ8_K,  // per 256 values, an f32 scale (ref::quantize_row_q8_k): K-quant weights
 };
+// Whether the quantized matmul reads weights of this type (Q8_0, Q4_0, Q4_K, Q6_K).
+bool matmul_q_reads(TensorType weight_type);
 // Error for a weight type that the quantized matmul does not read.
 ActivationFormat activation_format(TensorType weight_type);
 

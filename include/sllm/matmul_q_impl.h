@@ -10,18 +10,19 @@ inline size_t round_up(size_t n, size_t multiple) {
   return (n + multiple - 1) / multiple * multiple;
 }
 
+bool matmul_q_reads(TensorType weight_type) {
+  return weight_type == TensorType::Q8_0 || weight_type == TensorType::Q4_0 ||
+         weight_type == TensorType::Q4_K || weight_type == TensorType::Q6_K;
+}
+
 ActivationFormat activation_format(TensorType weight_type) {
-  switch (weight_type) {
-    case TensorType::Q8_0:
-    case TensorType::Q4_0:
-      return ActivationFormat::kQ8_0;
-    case TensorType::Q4_K:
-    case TensorType::Q6_K:
-      return ActivationFormat::kQ8_K;
-    default:
-      fail(std::string("quantized matmul: weight type ") + tensor_type_name(weight_type) +
-           " is not Q8_0, Q4_0, Q4_K or Q6_K");
+  if (!matmul_q_reads(weight_type)) {
+    fail(std::string("quantized matmul: weight type ") + tensor_type_name(weight_type) +
+         " is not Q8_0, Q4_0, Q4_K or Q6_K");
   }
+  return weight_type == TensorType::Q8_0 || weight_type == TensorType::Q4_0
+             ? ActivationFormat::kQ8_0
+             : ActivationFormat::kQ8_K;
 }
 
 void QuantizedActivations::resize(size_t n_rows, size_t n_cols, ActivationFormat row_format) {
