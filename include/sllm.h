@@ -2764,12 +2764,15 @@ struct Q4KStep {
   }
   static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
     const __m512i zero = _mm512_setzero_si512();
-    __m512i sum = zero;
+    __m512i sums[2] = {zero, zero};  // two chains of vpdpwssd, half as long
     for (int k = 0; k < 4; ++k) {
-      sum = Dpwssd(sum, Dpbusd(zero, w.codes[k], _mm512_load_si512(x + k)), w.scales[k]);
+      sums[k % 2] =
+          Dpwssd(sums[k % 2], Dpbusd(zero, w.codes[k], _mm512_load_si512(x + k)), w.scales[k]);
     }
-    // Lanes 8..15: min times the sum of the sub-block's activation codes (lanes 0..7 are 0).
-    const __m512i mins = _mm512_mullo_epi32(w.mins, _mm512_load_si512(x + 4));
+    const __m512i sum = _mm512_add_epi32(sums[0], sums[1]);
+    // Lanes 8..15: min times the sum of the sub-block's activation codes (both below 2^15;
+    // lanes 0..7 are 0).
+    const __m512i mins = Dpwssd(zero, w.mins, _mm512_load_si512(x + 4));
     const __m128 dx = _mm_mul_ps(w.d, _mm_set1_ps(StepXScale<Q4KStep>(x)));  // d dx, dmin dx
     const __m512 d = _mm512_broadcastss_ps(dx);
     const __m512 dmin = _mm512_broadcastss_ps(_mm_movehdup_ps(dx));
