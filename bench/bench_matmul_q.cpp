@@ -1,7 +1,7 @@
 // Quantized matmul speed at the shapes of a 1.1B Llama (TinyLlama): GB/s of weights read for
 // decode (1 token), GOP/s (2 * rows * cols * tokens per second) for prefill, and tokens per second
 // of all the matrix products of a forward pass (BM_tinyllama_matmuls).
-//   bench_matmul_q --benchmark_filter=Q4_0
+//   bench_matmul_q --benchmark_filter=Q4_K
 #define SLLM_IMPLEMENTATION
 #include "sllm.h"
 
@@ -13,21 +13,53 @@
 
 namespace {
 
+using sllm::TensorType;
+
+bool is_k_quant(TensorType type) {
+  return type == TensorType::Q4_K || type == TensorType::Q6_K;
+}
+
+// Blocks of random codes and sub-block scales with fixed f16 block scales, for the K-quants
+// (sllm has no K-quant quantizer) and for whole models.
+void random_blocks(TensorType type, uint64_t& state, uint8_t* data, size_t bytes) {
+  for (size_t i = 0; i < bytes; i += 8) {
+    state ^= state << 13, state ^= state >> 7, state ^= state << 17;
+    std::memcpy(data + i, &state, std::min<size_t>(8, bytes - i));
+  }
+  const sllm::TensorTypeInfo& info = *sllm::tensor_type_info(uint32_t(type));
+  const uint16_t scale = sllm::f32_to_fp16(type == TensorType::Q4_K   ? 0.001f
+                                           : type == TensorType::Q6_K ? 0.0005f
+                                                                      : 0.01f);
+  // Where a block keeps its scale: Q6_K last, the others first (Q4_K's dmin after it).
+  const size_t at = type == TensorType::Q6_K ? 208 : 0;
+  for (size_t i = 0; i < bytes; i += info.block_bytes) {
+    std::memcpy(data + i + at, &scale, 2);
+    if (type == TensorType::Q4_K) std::memcpy(data + i + 2, &scale, 2);
+  }
+}
+
 struct Weights {
   sllm::TensorType type;
   size_t rows, cols;
   std::vector<uint8_t> data;
 };
 
-// Random weights quantized with the reference quantizer, made once per shape and type.
+// Random weights quantized with the reference quantizer (K-quants: random blocks), made once per
+// shape and type.
 const Weights& weights(sllm::TensorType type, size_t rows, size_t cols) {
   static std::vector<std::unique_ptr<Weights>> cache;
   for (const auto& w : cache) {
     if (w->type == type && w->rows == rows && w->cols == cols) return *w;
   }
-  const size_t row_bytes = cols / 32 * (type == sllm::TensorType::Q8_0 ? 34 : 18);
+  const size_t row_bytes = sllm::tensor_row_bytes(type, cols);
   auto w = std::make_unique<Weights>(Weights{type, rows, cols, {}});
   w->data.resize(rows * row_bytes);
+  if (is_k_quant(type)) {
+    uint64_t state = 88172645463325252ull;
+    random_blocks(type, state, w->data.data(), w->data.size());
+    cache.push_back(std::move(w));
+    return *cache.back();
+  }
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.0f, 0.02f);
   std::vector<float> row(cols);
@@ -50,7 +82,8 @@ void BM_matmul_q(benchmark::State& state, sllm::TensorType type) {
   std::vector<float> x(tokens * cols);
   for (float& v : x) v = normal(rng);
   sllm::detail::QuantizedActivations qx;
-  sllm::detail::quantize_activations(x.data(), tokens, cols, cols, qx, threads);
+  sllm::detail::quantize_activations(x.data(), tokens, cols, cols, qx, threads,
+                                     sllm::detail::activation_format(type));
   std::vector<float> y(tokens * rows);
   const sllm::detail::MatrixView m{type, w.data.data(), rows, cols, w.data.size() / rows};
   for (auto _ : state) {
@@ -81,60 +114,70 @@ void BM_quantize_activations(benchmark::State& state) {
 }
 
 // The weight matrices of TinyLlama 1.1B (22 layers of q, k, v, o, gate, up and down, then the
-// output), separate buffers as in a model file, filled with random codes and a fixed scale.
+// output), separate buffers as in a model file, filled with random codes and a fixed scale. A
+// file type names the type of each matrix: Q8_0 and Q4_0 all of that type, Q4_K_M as
+// llama-quantize makes it (Q6_K for the output, and for attn_v and ffn_down in layers 0, 1, 4, 7,
+// 10, 13, 16, 19, 20 and 21; Q4_K for the rest).
 struct ModelMatrices {
   struct Matrix {
+    TensorType type;
     size_t rows, cols;
     std::vector<uint8_t> data;
   };
   std::vector<Matrix> layers;  // 7 per layer
   Matrix output;
 };
-const ModelMatrices& tinyllama(sllm::TensorType type) {
-  static std::map<sllm::TensorType, ModelMatrices> cache;
-  auto it = cache.find(type);
+const ModelMatrices& tinyllama(const std::string& file_type) {
+  static std::map<std::string, ModelMatrices> cache;
+  auto it = cache.find(file_type);
   if (it != cache.end()) return it->second;
-  const size_t block = type == sllm::TensorType::Q8_0 ? 34 : 18;
   uint64_t state = 88172645463325252ull;
-  const uint16_t scale = sllm::f32_to_fp16(0.01f);
-  auto make = [&](size_t rows, size_t cols) {
-    ModelMatrices::Matrix m{rows, cols, std::vector<uint8_t>(rows * cols / 32 * block)};
-    for (size_t i = 0; i < m.data.size(); i += 8) {
-      state ^= state << 13, state ^= state >> 7, state ^= state << 17;
-      std::memcpy(m.data.data() + i, &state, std::min<size_t>(8, m.data.size() - i));
-    }
-    for (size_t i = 0; i < m.data.size(); i += block) std::memcpy(m.data.data() + i, &scale, 2);
+  auto make = [&](TensorType type, size_t rows, size_t cols) {
+    ModelMatrices::Matrix m{type, rows, cols,
+                            std::vector<uint8_t>(rows * sllm::tensor_row_bytes(type, cols))};
+    random_blocks(type, state, m.data.data(), m.data.size());
     return m;
   };
-  ModelMatrices& model = cache[type];
+  const bool k_mix = file_type == "Q4_K_M";
+  const TensorType base = k_mix                 ? TensorType::Q4_K
+                          : file_type == "Q8_0" ? TensorType::Q8_0
+                                                : TensorType::Q4_0;
+  ModelMatrices& model = cache[file_type];
   const size_t dim = 2048, kv = 256, ffn = 5632;
   for (int layer = 0; layer < 22; ++layer) {
-    for (auto shape : {std::pair<size_t, size_t>{dim, dim},
-                       {kv, dim},
-                       {kv, dim},
-                       {dim, dim},
-                       {ffn, dim},
-                       {ffn, dim},
-                       {dim, ffn}}) {
-      model.layers.push_back(make(shape.first, shape.second));
-    }
+    const bool more_bits = layer < 2 || layer >= 20 || (layer - 2) % 3 == 2;
+    const TensorType wide = k_mix && more_bits ? TensorType::Q6_K : base;  // attn_v, ffn_down
+    model.layers.push_back(make(base, dim, dim));
+    model.layers.push_back(make(base, kv, dim));
+    model.layers.push_back(make(wide, kv, dim));
+    model.layers.push_back(make(base, dim, dim));
+    model.layers.push_back(make(base, ffn, dim));
+    model.layers.push_back(make(base, ffn, dim));
+    model.layers.push_back(make(wide, dim, ffn));
   }
-  model.output = make(32000, dim);
+  model.output = make(k_mix ? TensorType::Q6_K : base, 32000, dim);
   return model;
 }
 
 // Args: threads, tokens. Per layer the activations are quantized as a forward pass does (once
-// for q/k/v, once for o, once for gate/up, once for down); the output row is computed for the
-// last token only, as for a prompt.
-void BM_tinyllama_matmuls(benchmark::State& state, sllm::TensorType type) {
+// for q/k/v, once for o, once for gate/up, once for down, and again where the weight type needs
+// the other activation format); the output row is computed for the last token only, as for a
+// prompt.
+void BM_tinyllama_matmuls(benchmark::State& state, const std::string& file_type) {
   const int threads = int(state.range(0));
   const size_t tokens = size_t(state.range(1));
-  const ModelMatrices& model = tinyllama(type);
+  const ModelMatrices& model = tinyllama(file_type);
   std::vector<float> x(tokens * 5632, 0.5f), y(tokens * 32000);
   for (size_t i = 0; i < x.size(); ++i) x[i] = float(int(i * 7919 % 255) - 127) / 64.0f;
   sllm::detail::QuantizedActivations qx;
-  auto multiply = [&](const ModelMatrices::Matrix& m) {
-    sllm::detail::matmul_q({type, m.data.data(), m.rows, m.cols, m.data.size() / m.rows}, qx,
+  bool quantized = false;
+  auto multiply = [&](const ModelMatrices::Matrix& m, size_t n) {
+    const auto format = sllm::detail::activation_format(m.type);
+    if (!quantized || qx.format != format || qx.n != n) {
+      sllm::detail::quantize_activations(x.data(), n, m.cols, m.cols, qx, threads, format);
+      quantized = true;
+    }
+    sllm::detail::matmul_q({m.type, m.data.data(), m.rows, m.cols, m.data.size() / m.rows}, qx,
                            y.data(), m.rows, threads);
   };
   size_t weight_bytes = model.output.data.size();
@@ -142,15 +185,13 @@ void BM_tinyllama_matmuls(benchmark::State& state, sllm::TensorType type) {
   for (auto _ : state) {
     for (size_t i = 0; i < model.layers.size(); i += 7) {
       for (size_t j = 0; j < 7; ++j) {
-        const auto& m = model.layers[i + j];
-        if (j == 0 || j == 3 || j == 4 || j == 6) {  // a new input: q/k/v, o, gate/up, down
-          sllm::detail::quantize_activations(x.data(), tokens, m.cols, m.cols, qx, threads);
-        }
-        multiply(m);
+        quantized &=
+            !(j == 0 || j == 3 || j == 4 || j == 6);  // a new input: q/k/v, o, gate/up, down
+        multiply(model.layers[i + j], tokens);
       }
     }
-    sllm::detail::quantize_activations(x.data(), 1, 2048, 2048, qx, threads);
-    multiply(model.output);
+    quantized = false;
+    multiply(model.output, 1);
     benchmark::DoNotOptimize(y.data());
   }
   state.counters["tokens/s"] =
@@ -175,12 +216,19 @@ void shapes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK_CAPTURE(BM_matmul_q, Q8_0, sllm::TensorType::Q8_0)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_matmul_q, Q4_0, sllm::TensorType::Q4_0)->Apply(shapes);
-BENCHMARK_CAPTURE(BM_tinyllama_matmuls, Q8_0, sllm::TensorType::Q8_0)
+BENCHMARK_CAPTURE(BM_matmul_q, Q4_K, sllm::TensorType::Q4_K)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_matmul_q, Q6_K, sllm::TensorType::Q6_K)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_tinyllama_matmuls, Q8_0, std::string("Q8_0"))
     ->ArgsProduct({{1, 2}, {1, 512}})
     ->ArgNames({"threads", "tokens"})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
-BENCHMARK_CAPTURE(BM_tinyllama_matmuls, Q4_0, sllm::TensorType::Q4_0)
+BENCHMARK_CAPTURE(BM_tinyllama_matmuls, Q4_0, std::string("Q4_0"))
+    ->ArgsProduct({{1, 2}, {1, 4, 512}})
+    ->ArgNames({"threads", "tokens"})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK_CAPTURE(BM_tinyllama_matmuls, Q4_K_M, std::string("Q4_K_M"))
     ->ArgsProduct({{1, 2}, {1, 4, 512}})
     ->ArgNames({"threads", "tokens"})
     ->UseRealTime()

@@ -467,9 +467,17 @@ struct BlockQ5_K {
   uint8_t qh[kSuperBlock / 8];
   uint8_t qs[kSuperBlock / 2];
 };
+// Q8_K: activations for the integer dot products with K-quant weights (ggml's layout): value i
+// = qs[i] * d, and bsums[k] the sum of codes 16k..16k+15. 292 bytes.
+struct BlockQ8_K {
+  float d;
+  int8_t qs[kSuperBlock];
+  int16_t bsums[kSuperBlock / 16];
+};
 static_assert(sizeof(BlockQ4_K) == 144, "Q4_K blocks are 144 bytes in GGUF");
 static_assert(sizeof(BlockQ5_K) == 176, "Q5_K blocks are 176 bytes in GGUF");
 static_assert(sizeof(BlockQ6_K) == 210, "Q6_K blocks are 210 bytes in GGUF");
+static_assert(sizeof(BlockQ8_K) == 292, "Q8_K blocks are 292 bytes in ggml");
 
 // The 6-bit scale and min of sub-block j (0..7) of a Q4_K block. Sub-blocks 0-3 keep them in the
 // low 6 bits of scales[j] and scales[j + 4]; sub-blocks 4-7 keep their low 4 bits in the nibbles
@@ -491,6 +499,18 @@ inline void pack_q4_k_scales(const uint8_t* scale, const uint8_t* min, uint8_t* 
     scales[j + 4] = uint8_t((min[j] & 63) | ((min[j + 4] >> 4) << 6));
     scales[j + 8] = uint8_t((scale[j + 4] & 15) | ((min[j + 4] & 15) << 4));
   }
+}
+
+// The 4-bit code of value i (0..255) of a Q4_K block.
+inline int q4_k_code(const BlockQ4_K& b, size_t i) {
+  return (b.qs[i / 64 * 32 + i % 32] >> (i / 32 % 2 * 4)) & 0x0f;
+}
+// The 6-bit code of value i (0..255) of a Q6_K block (value = d * scales[i / 16] * (code - 32)).
+inline int q6_k_code(const BlockQ6_K& b, size_t i) {
+  const size_t half = i / 128, quarter = i % 128 / 32, l = i % 32;
+  const int low = (b.ql[half * 64 + quarter % 2 * 32 + l] >> (quarter / 2 * 4)) & 0x0f;
+  const int high = (b.qh[half * 32 + l] >> (2 * quarter)) & 3;
+  return low | high << 4;
 }
 
 // Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K,
@@ -531,6 +551,10 @@ void dequantize_row_q5_k(const BlockQ5_K* x, float* y, size_t n);
 // of candidate grids; d gives the scale of largest magnitude a code near -128, and each
 // sub-block keeps the neighbouring 8-bit code that gives it the smallest error.
 void quantize_row_q6_k(const float* x, BlockQ6_K* y, size_t n);
+// Activations for K-quant weights, as ggml's x86 code quantizes them: per block d = amax / 127
+// kept in f32, q = round(x * (127 / amax)) with halves to even (as quantize_activations_q8_0
+// does per 32 values), and the sums of each 16 codes.
+void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n);
 
 // Integer dot product of one block with a Q8_0 block of activations.
 int32_t block_dot(const BlockQ8_0& w, const BlockQ8_0& x);
@@ -539,6 +563,13 @@ int32_t block_dot(const BlockQ4_0& w, const BlockQ8_0& x);
 // dot product, then sum += isum * (d_w * d_x) in f32, as ggml's vec_dot does.
 float dot_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, size_t n);
 float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n);
+// Dot product of a K-quant weight row with an activation row quantized to Q8_K: per block, the
+// integer dot products of the sub-blocks times their integer scales (and for Q4_K the sums of the
+// activation codes times the sub-block mins) summed in int32, then sum += d_x * (d * S - dmin * M)
+// (Q4_K) or d_x * (d * S) (Q6_K, whose S counts the codes minus 32) in f32. n is a multiple of
+// 256.
+float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n);
+float dot_q6_k(const BlockQ6_K* w, const BlockQ8_K* x, size_t n);
 }  // namespace ref
 }  // namespace sllm
 
@@ -596,8 +627,8 @@ float dot_f32(const float* a, const float* b, size_t n);
 // n_threads OpenMP threads.
 void matmul(const MatrixView& w, const float* x, size_t n, size_t x_stride, float* y,
             size_t y_stride, int n_threads);
-// dst[i] = src[i] widened to f32 (src of type F32, F16, BF16, Q8_0 or Q4_0), e.g. an
-// embedding row.
+// dst[i] = src[i] widened to f32 (src of type F32, F16, BF16 or a quantized type that
+// dequantize_row reads), e.g. an embedding row.
 void row_to_f32(TensorType type, const uint8_t* src, size_t n, float* dst);
 // out = x / sqrt(mean(x^2) + eps) * weight (out may alias x).
 void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out);
@@ -676,8 +707,8 @@ void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
 }  // namespace sllm
 
 // ---- matmul_q.h ----
-// Quantized matmul, part of the kernels layer: Q8_0 and Q4_0 weight matrices, read in place,
-// times activation rows quantized to int8 per 32-value block. Products are int8 dot products
+// Quantized matmul, part of the kernels layer: Q8_0, Q4_0, Q4_K and Q6_K weight matrices, read
+// in place, times activation rows quantized to int8 codes. Products are int8 dot products
 // accumulated in int32 per block (VNNI vpdpbusd where the CPU has it), then scaled in f32.
 #include <algorithm>
 #include <cstring>
@@ -685,37 +716,53 @@ void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
 namespace sllm {
 namespace detail {
 
-// Activation rows quantized with the values and scales of ggml's x86 activation quantizer
-// (ref::quantize_activations_q8_0), laid out for the kernels rather than as Q8_0 blocks: each row's
-// codes are contiguous, its scales are f32, and both are padded with zeros so that the kernels
-// can read whole vectors past the last block.
-struct QuantizedActivations {
-  size_t n = 0;             // rows (tokens)
-  size_t cols = 0;          // values per row, a multiple of 32
-  size_t q_stride = 0;      // bytes from one row's codes to the next (cols rounded up to 128)
-  size_t block_stride = 0;  // entries from one row's scales or sums to the next (a multiple of 16)
-  AlignedBuffer<int8_t> q;  // codes, row t at q + t * q_stride
-  AlignedBuffer<float> scale;  // per block: the f16 scale d, widened to f32
-  AlignedBuffer<int32_t> sum;  // per block: the sum of its 32 codes
+// How activation rows are quantized for a weight type: the values that share one scale.
+enum class ActivationFormat {
+  kQ8_0,  // per 32 values, the scale rounded to f16 (ref::quantize_activations_q8_0): Q8_0, Q4_0
+  kQ8_K,  // per 256 values, an f32 scale (ref::quantize_row_q8_k): K-quant weights
+};
+// Whether the quantized matmul reads weights of this type (Q8_0, Q4_0, Q4_K, Q6_K).
+bool matmul_q_reads(TensorType weight_type);
+// Error for a weight type that the quantized matmul does not read.
+ActivationFormat activation_format(TensorType weight_type);
 
+// Activation rows quantized with the values and scales of the reference quantizer of their
+// format (ref::quantize_activations_q8_0, ref::quantize_row_q8_k: ggml's x86 rounding), laid out
+// for the kernels rather than as blocks: each row's codes are contiguous, its scales are f32, and
+// codes, scales and sums are padded with zeros so that the kernels can read whole vectors past the
+// last block.
+struct QuantizedActivations {
+  ActivationFormat format = ActivationFormat::kQ8_0;
+  size_t n = 0;                // rows (tokens)
+  size_t cols = 0;             // values per row, a multiple of block()
+  size_t q_stride = 0;         // bytes from one row's codes to the next (cols rounded up to 128)
+  size_t scale_stride = 0;     // entries from one row's scales to the next (a multiple of 16)
+  size_t sum_stride = 0;       // entries from one row's sums to the next (a multiple of 16)
+  AlignedBuffer<int8_t> q;     // codes, row t at q + t * q_stride
+  AlignedBuffer<float> scale;  // per block, f32
+  AlignedBuffer<int32_t> sum;  // per 16 codes, their sum
+
+  size_t block() const { return format == ActivationFormat::kQ8_0 ? kQuantBlock : kSuperBlock; }
   const int8_t* codes(size_t t) const { return q.data() + t * q_stride; }
-  const float* scales(size_t t) const { return scale.data() + t * block_stride; }
-  const int32_t* sums(size_t t) const { return sum.data() + t * block_stride; }
-  // Sizes the buffers for n rows of cols values (Error unless cols is a multiple of 32).
-  void resize(size_t n_rows, size_t n_cols);
+  const float* scales(size_t t) const { return scale.data() + t * scale_stride; }
+  const int32_t* sums(size_t t) const { return sum.data() + t * sum_stride; }
+  // Sizes the buffers for n rows of cols values (Error unless cols is a positive multiple of
+  // the format's block).
+  void resize(size_t n_rows, size_t n_cols, ActivationFormat row_format);
 };
 
-// Quantizes n rows of cols floats (row t at x + t * x_stride) into out, resizing it; large
-// batches are shared among n_threads OpenMP threads (0: OpenMP's default).
+// Quantizes n rows of cols floats (row t at x + t * x_stride) into out in the given format,
+// resizing it; large batches are shared among n_threads OpenMP threads (0: OpenMP's default).
 void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride,
-                          QuantizedActivations& out, int n_threads = 0);
+                          QuantizedActivations& out, int n_threads = 0,
+                          ActivationFormat format = ActivationFormat::kQ8_0);
 
 // y[t * y_stride + r] = sum_c w[r][c] * x[t][c] for the x.n activation rows t and the weight rows
 // r in [row_begin, row_end), so that a caller can share the rows among its threads. w is of type
-// Q8_0 or Q4_0, read in place (cols a multiple of 32, row_bytes at least the blocks of a row). One
-// activation row streams each weight row once (decode); many pack tiles of weights into a
-// per-thread buffer and reuse each for several tokens (prefill). Error when the shapes or the
-// type do not fit.
+// Q8_0, Q4_0, Q4_K or Q6_K, read in place (cols a whole number of blocks, row_bytes at least the
+// blocks of a row), and x quantized in activation_format(w.type). One activation row streams each
+// weight row once (decode); many pack tiles of weights into a per-thread buffer and reuse each
+// for several tokens (prefill). Error when the shapes, the type or the format do not fit.
 void matmul_q_rows(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
                    size_t row_begin, size_t row_end);
 // The same over all rows, shared among n_threads OpenMP threads (0: OpenMP's default).
@@ -1061,7 +1108,8 @@ class Transformer {
   void normalize(const Norm& norm, const float* x, size_t n, float* out) const;
   // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride.
   // y = W x (+ bias) for n rows of x; x_quantized says whether the thread's quantized input
-  // already holds x (set once a quantized weight has needed it).
+  // already holds x (set once a quantized weight has needed it; a weight whose type needs the
+  // other activation format quantizes x again).
   void multiply(const Linear& l, const float* x, size_t n, size_t x_stride, bool& x_quantized,
                 float* y, size_t y_stride) const;
   void linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
@@ -3170,42 +3218,44 @@ void Attention(const float* q, size_t n_q, size_t head_dim, const detail::PagedR
 constexpr size_t kQ8Bytes = sizeof(BlockQ8_0);
 constexpr size_t kQ4Bytes = sizeof(BlockQ4_0);
 
-// Quantizes rows [t_begin, t_end) of x into out (already sized), bit-exact with
-// ref::quantize_activations_q8_0 (hn::Round rounds halves to even), and zeroes the padding the
-// kernels read.
+// Quantizes rows [t_begin, t_end) of x into out (already sized), bit-exact with the reference
+// quantizer of out's format (ref::quantize_activations_q8_0 or ref::quantize_row_q8_k: hn::Round
+// rounds halves to even, as they do), and zeroes the padding the kernels read.
 void QuantizeActivationRows(const float* x, size_t x_stride, size_t t_begin, size_t t_end,
                             sllm::detail::QuantizedActivations* out) {
-  const hn::CappedTag<float, kQuantBlock> df;
+  constexpr size_t kSumGroup = 16;
+  const hn::CappedTag<float, kSumGroup> df;
   const hn::Rebind<int32_t, decltype(df)> di;
   const hn::Rebind<int8_t, decltype(df)> d8;
   const size_t N = hn::Lanes(df);
-  const size_t cols = out->cols, nb = cols / kQuantBlock;
+  const bool f16_scale = out->format == sllm::detail::ActivationFormat::kQ8_0;
+  const size_t cols = out->cols, block = out->block(), nb = cols / block;
   for (size_t t = t_begin; t < t_end; ++t) {
     const float* xr = x + t * x_stride;
     int8_t* q = out->q.data() + t * out->q_stride;
-    float* scale = out->scale.data() + t * out->block_stride;
-    int32_t* sum = out->sum.data() + t * out->block_stride;
+    float* scale = out->scale.data() + t * out->scale_stride;
+    int32_t* sum = out->sum.data() + t * out->sum_stride;
     for (size_t b = 0; b < nb; ++b) {
-      const float* xb = xr + b * kQuantBlock;
+      const float* xb = xr + b * block;
       auto vmax = hn::Zero(df);
-      for (size_t i = 0; i < kQuantBlock; i += N) {
-        vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, xb + i)));
-      }
+      for (size_t i = 0; i < block; i += N) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, xb + i)));
       const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
       const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-      scale[b] = fp16_to_f32(f32_to_fp16(amax / 127.0f));
+      scale[b] = f16_scale ? fp16_to_f32(f32_to_fp16(amax / 127.0f)) : amax / 127.0f;
       const auto vid = hn::Set(df, id);
-      auto vsum = hn::Zero(di);
-      for (size_t i = 0; i < kQuantBlock; i += N) {
-        const auto code = hn::ConvertTo(di, hn::Round(hn::Mul(hn::LoadU(df, xb + i), vid)));
-        vsum = hn::Add(vsum, code);
-        hn::StoreU(hn::DemoteTo(d8, code), d8, q + b * kQuantBlock + i);
+      for (size_t g = 0; g < block; g += kSumGroup) {
+        auto vsum = hn::Zero(di);
+        for (size_t i = g; i < g + kSumGroup; i += N) {
+          const auto code = hn::ConvertTo(di, hn::Round(hn::Mul(hn::LoadU(df, xb + i), vid)));
+          vsum = hn::Add(vsum, code);
+          hn::StoreU(hn::DemoteTo(d8, code), d8, q + b * block + i);
+        }
+        sum[(b * block + g) / kSumGroup] = hn::GetLane(hn::SumOfLanes(di, vsum));
       }
-      sum[b] = hn::GetLane(hn::SumOfLanes(di, vsum));
     }
     std::memset(q + cols, 0, out->q_stride - cols);
-    std::fill(scale + nb, scale + out->block_stride, 0.0f);
-    std::fill(sum + nb, sum + out->block_stride, 0);
+    std::fill(scale + nb, scale + out->scale_stride, 0.0f);
+    std::fill(sum + cols / kSumGroup, sum + out->sum_stride, 0);
   }
 }
 
@@ -3236,20 +3286,40 @@ SLLM_VNNI HWY_INLINE __m128 StepScales(const uint8_t* p, size_t count) {
 SLLM_VNNI HWY_INLINE __m512i Dpbusd(__m512i acc, __m512i u8, __m512i s8) {
   return _mm512_dpbusd_epi32(acc, u8, s8);
 }
+// vpdpwssd: adds the products of the int16 pairs of each lane.
+SLLM_VNNI HWY_INLINE __m512i Dpwssd(__m512i acc, __m512i a, __m512i b) {
+  return _mm512_dpwssd_epi32(acc, a, b);
+}
 
 // The direct kernel (decode and small batches) streams the weight rows in their GGUF layout, one
 // row after another so that the hardware prefetcher sees one sequential stream, and takes a step
-// of 64 activation codes (2 Q8_0 blocks) or 128 (4 Q4_0 blocks) at a time. The int32 sums of a
-// step fill 16 lanes: lanes 8k..8k+7 belong to block k of the step for Q8_0, lanes 4k..4k+3 for
-// Q4_0 (Lanes() gives the block of each lane). What depends only on the activations is prepared
-// once per call, kXVectors vectors per step and token: the codes, the negated correction that
-// starts the accumulator, and the step's activation scales (in the low lanes of the last).
+// of kBlocks blocks of kBlockValues values at a time: 64 activation codes (2 Q8_0 blocks), 128 (4
+// Q4_0 blocks) or 256 (1 K-quant block). What depends only on the activations is prepared once
+// per call, kXVectors vectors per step and token (PrepareX), and Accumulate adds a step of one
+// weight row times one token to a vector of f32 partial sums.
+//
+// Q8_0 and Q4_0: the int32 sums of a step fill 16 lanes: lanes 8k..8k+7 belong to block k of the
+// step for Q8_0, lanes 4k..4k+3 for Q4_0 (Lanes() gives the block of each lane). The prepared
+// vectors are the codes, the negated correction that starts the accumulator, and the step's
+// activation scales (in the low lanes of the last).
+template <class Step>
+SLLM_VNNI HWY_INLINE __m512 AddScaledBlocks(const typename Step::W& w, const __m512i* x,
+                                            __m512 acc) {
+  // The products of the few block scales, then spread over the lanes.
+  const __m128 dwdx =
+      _mm_mul_ps(w.scales, _mm_load_ps(reinterpret_cast<const float*>(x + Step::kXVectors - 1)));
+  const __m512 scale = _mm512_permutexvar_ps(Step::Lanes(), _mm512_castps128_ps512(dwdx));
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(Step::Dot(w, x)), scale, acc);
+}
+
 struct Q8Step {
   static constexpr size_t kBlockBytes = kQ8Bytes;
+  static constexpr size_t kBlockValues = kQuantBlock;
   static constexpr size_t kBlocks = 2;
   static constexpr size_t kXVectors = 3;
   // The correction is 128 times the sum of each lane's 4 codes (the weights' offset of 128).
-  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales, __m512i* x) {
+  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
+                                            const int32_t* /*sums*/, __m512i* x) {
     const __m512i v = _mm512_loadu_si512(codes);
     const __m512i bias = Dpbusd(_mm512_setzero_si512(), _mm512_set1_epi8(char(0x80)), v);
     const __m512 dx = _mm512_castps128_ps512(_mm_setr_ps(scales[0], scales[1], 0.0f, 0.0f));
@@ -3282,16 +3352,21 @@ struct Q8Step {
   static SLLM_VNNI HWY_INLINE __m512i Dot(const W& w, const __m512i* x) {
     return Dpbusd(_mm512_load_si512(x + 1), w.u8, _mm512_load_si512(x));
   }
+  static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
+    return AddScaledBlocks<Q8Step>(w, x, acc);
+  }
 };
 
 struct Q4Step {
   static constexpr size_t kBlockBytes = kQ4Bytes;
+  static constexpr size_t kBlockValues = kQuantBlock;
   static constexpr size_t kBlocks = 4;
   static constexpr size_t kXVectors = 4;
   // Byte k of a block's codes holds values k (low nibble) and k + 16 (high nibble), so the
   // activation codes are regrouped to match: lo = values 0-15 of the 4 blocks, hi = 16-31. The
   // correction is 8 times the sum of each lane's 8 codes (the weight codes are value + 8).
-  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales, __m512i* x) {
+  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
+                                            const int32_t* /*sums*/, __m512i* x) {
     const __m512i x0 = _mm512_loadu_si512(codes);
     const __m512i x1 = _mm512_loadu_si512(codes + 64);
     const __m512i lo = _mm512_shuffle_i64x2(x0, x1, 0x88);
@@ -3334,6 +3409,179 @@ struct Q4Step {
     return Dpbusd(Dpbusd(_mm512_load_si512(x + 2), w.lo, _mm512_load_si512(x)), w.hi,
                   _mm512_load_si512(x + 1));
   }
+  static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
+    return AddScaledBlocks<Q4Step>(w, x, acc);
+  }
+};
+
+// K-quants: a step is one 256-value block. Each int32 lane of vpdpbusd sums 4 products of a code
+// below 64 and an activation code of magnitude at most 127, so it stays below 2^15 and vpdpwssd
+// can multiply it by its sub-block's scale (the low int16 of a lane whose high int16 is 0) and add
+// the product to the block's sum in one instruction. The block's f32 scales multiply that sum
+// once per block and token.
+//
+// The scales of the lanes of each of 4 code vectors, from the 16 int32 lanes of `all`: lane i of
+// vector k takes lane kFirst[k] + i / kLanesPerScale, plus 2 for the upper 8 lanes when
+// kLanesPerScale is 8 (Q4_K's vectors hold sub-blocks j and j + 2).
+template <int kLanesPerScale>
+SLLM_VNNI HWY_INLINE void SpreadScales(__m512i all, __m512i (&out)[4]) {
+  for (int k = 0; k < 4; ++k) {
+    alignas(64) int32_t index[16];
+    for (int i = 0; i < 16; ++i) {
+      index[i] = kLanesPerScale == 8 ? (k / 2 * 4 + k % 2 + (i / 8) * 2) : 4 * k + i / 4;
+    }
+    out[k] = _mm512_permutexvar_epi32(_mm512_load_si512(index), all);
+  }
+}
+
+// The block's activation scale, from lane 0 of its last prepared vector.
+template <class Step>
+SLLM_VNNI HWY_INLINE float StepXScale(const __m512i* x) {
+  return reinterpret_cast<const float*>(x + Step::kXVectors - 1)[0];
+}
+
+// The 8 scales and 8 mins of a Q4_K block as bytes 0..7 and 8..15, from its 12 scale bytes (and 4
+// bytes after them, unused): see unpack_q4_k_scales.
+SLLM_VNNI HWY_INLINE __m128i UnpackQ4KScales(const uint8_t* scales) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales));
+  // Low bits: scales 0-3 and mins 0-3 are the low 6 bits of bytes 0-3 and 4-7; scales 4-7 and
+  // mins 4-7 the low and high nibbles of bytes 8-11.
+  const __m128i low =
+      _mm_shuffle_epi8(b, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+  const __m128i low_bits = _mm_or_si128(
+      _mm_and_si128(low, _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0)),
+      _mm_and_si128(_mm_srli_epi16(low, 4),
+                    _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15)));
+  // High bits of scales 4-7 and mins 4-7: the top 2 bits of bytes 0-3 and 4-7, as bits 4-5.
+  const __m128i high =
+      _mm_shuffle_epi8(b, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+  return _mm_or_si128(low_bits, _mm_and_si128(_mm_srli_epi16(high, 2), _mm_set1_epi8(0x30)));
+}
+
+struct Q4KStep {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ4_K);
+  static constexpr size_t kBlockValues = kSuperBlock;
+  static constexpr size_t kBlocks = 1;
+  static constexpr size_t kXVectors = 6;
+  // Each 32 bytes of codes hold sub-block 2k in their low nibbles and 2k + 1 in their high ones,
+  // and a 64-byte load two such groups, so the activation codes are regrouped to match: vector 2h
+  // holds sub-blocks 4h and 4h + 2, vector 2h + 1 sub-blocks 4h + 1 and 4h + 3. Vector 4 holds the
+  // sums of the 8 sub-blocks' codes in lanes 8..15 (where the weights keep their mins), vector 5
+  // the scale in lane 0.
+  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
+                                            const int32_t* sums, __m512i* x) {
+    auto pair = [codes](size_t a, size_t b) SLLM_VNNI {
+      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + a));
+      const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b));
+      return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    };
+    _mm512_store_si512(x, pair(0, 64));
+    _mm512_store_si512(x + 1, pair(32, 96));
+    _mm512_store_si512(x + 2, pair(128, 192));
+    _mm512_store_si512(x + 3, pair(160, 224));
+    // The sums are per 16 codes: lane 2j + lane 2j + 1 is sub-block j's, moved to lane 8 + j.
+    const __m512i s16 = _mm512_loadu_si512(sums);
+    const __m512i s32 = _mm512_add_epi32(s16, _mm512_srli_epi64(s16, 32));
+    const __m512i to_upper = _mm512_set_epi32(14, 12, 10, 8, 6, 4, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_store_si512(x + 4, _mm512_maskz_permutexvar_epi32(0xff00, to_upper, s32));
+    _mm512_store_si512(x + 5, _mm512_castps_si512(_mm512_set1_ps(scales[0])));
+  }
+  struct W {
+    __m512i codes[4];
+    __m512i scales[4];  // of each lane's sub-block
+    __m512i mins;       // lanes 8..15: the mins of sub-blocks 0..7 (lanes 0..7: their scales)
+    __m128 d;           // d, dmin
+  };
+  template <bool kWhole>
+  static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t /*bytes*/) {
+    W w;
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    for (int h = 0; h < 2; ++h) {
+      const __m512i v = _mm512_loadu_si512(p + 16 + 64 * h);
+      w.codes[2 * h] = _mm512_and_si512(v, low4);
+      w.codes[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+    }
+    w.mins = _mm512_cvtepu8_epi32(UnpackQ4KScales(p + 4));
+    SpreadScales<8>(w.mins, w.scales);
+    uint32_t d;
+    std::memcpy(&d, p, 4);
+    w.d = _mm_cvtph_ps(_mm_cvtsi32_si128(int(d)));
+    return w;
+  }
+  static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i sums[2] = {zero, zero};  // two chains of vpdpwssd, half as long
+    for (int k = 0; k < 4; ++k) {
+      sums[k % 2] =
+          Dpwssd(sums[k % 2], Dpbusd(zero, w.codes[k], _mm512_load_si512(x + k)), w.scales[k]);
+    }
+    const __m512i sum = _mm512_add_epi32(sums[0], sums[1]);
+    // Lanes 8..15: min times the sum of the sub-block's activation codes (both below 2^15;
+    // lanes 0..7 are 0).
+    const __m512i mins = Dpwssd(zero, w.mins, _mm512_load_si512(x + 4));
+    const __m128 dx = _mm_mul_ps(w.d, _mm_set1_ps(StepXScale<Q4KStep>(x)));  // d dx, dmin dx
+    const __m512 d = _mm512_broadcastss_ps(dx);
+    const __m512 dmin = _mm512_broadcastss_ps(_mm_movehdup_ps(dx));
+    return _mm512_add_ps(acc, _mm512_fmsub_ps(_mm512_cvtepi32_ps(sum), d,
+                                              _mm512_mul_ps(_mm512_cvtepi32_ps(mins), dmin)));
+  }
+};
+
+struct Q6KStep {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ6_K);
+  static constexpr size_t kBlockValues = kSuperBlock;
+  static constexpr size_t kBlocks = 1;
+  static constexpr size_t kXVectors = 6;
+  // The codes in their order, the sums of the 16 sub-blocks' codes, the scale in lane 0.
+  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
+                                            const int32_t* sums, __m512i* x) {
+    for (int k = 0; k < 4; ++k) _mm512_store_si512(x + k, _mm512_loadu_si512(codes + 64 * k));
+    _mm512_store_si512(x + 4, _mm512_loadu_si512(sums));
+    _mm512_store_si512(x + 5, _mm512_castps_si512(_mm512_set1_ps(scales[0])));
+  }
+  struct W {
+    __m512i codes[4];   // code + 32, unsigned
+    __m512i scales[4];  // of each lane's sub-block
+    __m512i all;        // lane j: the scale of sub-block j
+    float d;
+  };
+  // Codes 64h..64h+63 of half h: the low nibbles of ql[64h..], and values 128h + 64.. the high
+  // ones; their top 2 bits are bit pairs of qh[32h..32h+31], 0-1 and 2-3 for the first 64, 4-5
+  // and 6-7 for the next (per 32 values), shifted to bits 4-5.
+  template <bool kWhole>
+  static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t /*bytes*/) {
+    W w;
+    const __m512i low4 = _mm512_set1_epi8(0x0f), bits45 = _mm512_set1_epi8(0x30);
+    const __m512i left = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+    const __m512i right = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    for (int h = 0; h < 2; ++h) {
+      const __m512i ql = _mm512_loadu_si512(p + 64 * h);
+      const __m512i qh = _mm512_broadcast_i64x4(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 128 + 32 * h)));
+      w.codes[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, low4),
+                                       _mm512_and_si512(_mm512_sllv_epi16(qh, left), bits45));
+      w.codes[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), low4),
+                                           _mm512_and_si512(_mm512_srlv_epi16(qh, right), bits45));
+    }
+    const __m128i scales = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192));
+    w.all = _mm512_cvtepu16_epi32(_mm256_cvtepi8_epi16(scales));
+    SpreadScales<4>(w.all, w.scales);
+    uint16_t d;
+    std::memcpy(&d, p + 208, 2);
+    w.d = fp16_to_f32(d);
+    return w;
+  }
+  static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
+    const __m512i zero = _mm512_setzero_si512();
+    // The codes are stored plus 32: 32 times the scaled code sums come off.
+    const __m512i offset = Dpwssd(zero, w.all, _mm512_load_si512(x + 4));
+    __m512i sum = _mm512_sub_epi32(zero, _mm512_slli_epi32(offset, 5));
+    for (int k = 0; k < 4; ++k) {
+      sum = Dpwssd(sum, Dpbusd(zero, w.codes[k], _mm512_load_si512(x + k)), w.scales[k]);
+    }
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(w.d * StepXScale<Q6KStep>(x)),
+                           acc);
+  }
 };
 
 // The prepared activation vectors of n tokens from t0: token t, step s at
@@ -3341,10 +3589,12 @@ struct Q4Step {
 template <class Step>
 SLLM_VNNI void PrepareTokens(const sllm::detail::QuantizedActivations& x, size_t t0, size_t n,
                              size_t steps, __m512i* out) {
+  constexpr size_t kStepValues = Step::kBlocks * Step::kBlockValues;
   for (size_t t = 0; t < n; ++t) {
     for (size_t s = 0; s < steps; ++s) {
-      Step::PrepareX(x.codes(t0 + t) + s * Step::kBlocks * kQuantBlock,
-                     x.scales(t0 + t) + s * Step::kBlocks, out + (t * steps + s) * Step::kXVectors);
+      Step::PrepareX(x.codes(t0 + t) + s * kStepValues, x.scales(t0 + t) + s * Step::kBlocks,
+                     x.sums(t0 + t) + s * kStepValues / 16,
+                     out + (t * steps + s) * Step::kXVectors);
     }
   }
 }
@@ -3354,14 +3604,7 @@ template <class Step, int T, bool kWhole>
 SLLM_VNNI HWY_INLINE void DirectStep(const uint8_t* p, size_t bytes, const __m512i* const (&xp)[T],
                                      size_t s, __m512 (&acc)[T]) {
   const typename Step::W wv = Step::template LoadW<kWhole>(p, bytes);
-  for (int t = 0; t < T; ++t) {
-    const __m512i* x = xp[t] + s * Step::kXVectors;
-    // The products of the few block scales, then spread over the lanes.
-    const __m128 dwdx =
-        _mm_mul_ps(wv.scales, _mm_load_ps(reinterpret_cast<const float*>(x + Step::kXVectors - 1)));
-    const __m512 scale = _mm512_permutexvar_ps(Step::Lanes(), _mm512_castps128_ps512(dwdx));
-    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(Step::Dot(wv, x)), scale, acc[t]);
-  }
+  for (int t = 0; t < T; ++t) acc[t] = Step::Accumulate(wv, xp[t] + s * Step::kXVectors, acc[t]);
 }
 
 // Row r of the weights times T prepared tokens from t0. Even and odd steps add to separate
@@ -3429,15 +3672,15 @@ SLLM_VNNI void DirectMatmul(const uint8_t* w, size_t row_bytes, size_t nb,
   }
 }
 
-// Packed kernel (prefill). A panel of 16 * kPanelVectors weight rows is repacked per block into
+// Packed kernels (prefill). A panel of 16 * kPanelVectors weight rows is repacked per block into
 // vectors whose lane i holds 4 consecutive unsigned codes of row i, so that one vpdpbusd with a
-// broadcast group of 4 activation codes advances 16 rows at once and the int32 lane of each row
-// holds the whole block's sum after 8 of them. Per block the panel holds 8 code groups and then
-// the f32 scales, each as kPanelVectors vectors of 64 bytes.
+// broadcast group of 4 activation codes advances 16 rows at once. Per block a panel holds kItems
+// items (code groups, then the rows' scales), each kPanelVectors vectors of 64 bytes. A panel type
+// has Pack (a panel from the matrix), Starts (what a tile needs of each token and block, kStarts
+// int32 values, prepared once per call) and Tile<T> (T tokens times a panel, T <= kTokens).
 constexpr size_t kPanelVectors = 2;
 constexpr size_t kPanelRows = 16 * kPanelVectors;
-constexpr size_t kPanelBlockBytes = 9 * kPanelVectors * 64;
-constexpr int kPanelTokens = 6;
+constexpr size_t kItemBytes = kPanelVectors * 64;
 
 // Transposes the 4x4 matrices of 32-bit lanes in each 128-bit chunk of a, b, c, d.
 SLLM_VNNI HWY_INLINE void Transpose4x4(__m512i& a, __m512i& b, __m512i& c, __m512i& d) {
@@ -3469,97 +3712,28 @@ SLLM_VNNI HWY_INLINE void TransposeRows(const uint8_t* rows, size_t row_bytes, s
   Transpose4x4(out[0], out[1], out[2], out[3]);
 }
 
-// Packs rows [r0, r0 + n_rows) (n_rows <= kPanelRows) of a Q8_0 or Q4_0 matrix; lanes of rows
-// past n_rows hold zeros.
-SLLM_VNNI void PackPanel(TensorType type, const uint8_t* w, size_t row_bytes, size_t nb, size_t r0,
-                         size_t n_rows, uint8_t* panel) {
-  const bool q8 = type == TensorType::Q8_0;
-  const size_t block_bytes = q8 ? kQ8Bytes : kQ4Bytes;
-  const __m512i flip = _mm512_set1_epi8(char(0x80));
-  const __m512i low4 = _mm512_set1_epi8(0x0f);
-  constexpr size_t kGroupStride = kPanelVectors * 64;
-  for (size_t v = 0; v < kPanelVectors; ++v) {
-    const size_t first = v * 16;
-    const size_t live = first < n_rows ? std::min<size_t>(16, n_rows - first) : 0;
-    const uint8_t* base = w + (r0 + first) * row_bytes;
-    for (size_t b = 0; b < nb; ++b) {
-      const uint8_t* p = base + b * block_bytes;
-      uint8_t* out = panel + b * kPanelBlockBytes + v * 64;
-      __m512i groups[4];
-      if (q8) {
-        for (size_t half = 0; half < 2; ++half) {
-          TransposeRows(p, row_bytes, live, 2 + 16 * half, groups);
-          for (size_t g = 0; g < 4; ++g) {
-            _mm512_store_si512(out + (4 * half + g) * kGroupStride,
-                               _mm512_xor_si512(groups[g], flip));
-          }
-        }
-      } else {
-        TransposeRows(p, row_bytes, live, 2, groups);
-        for (size_t g = 0; g < 4; ++g) {
-          _mm512_store_si512(out + g * kGroupStride, _mm512_and_si512(groups[g], low4));
-          _mm512_store_si512(out + (g + 4) * kGroupStride,
-                             _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4));
-        }
-      }
-      alignas(32) uint16_t d[16] = {};
-      for (size_t i = 0; i < live; ++i) std::memcpy(&d[i], p + i * row_bytes, 2);
-      _mm512_store_ps(out + 8 * kGroupStride,
-                      _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(d))));
-    }
+// How many lanes of panel vector v hold rows of the matrix, of a panel of n_rows.
+inline size_t PanelLive(size_t n_rows, size_t v) {
+  const size_t first = 16 * v;
+  return first < n_rows ? std::min<size_t>(16, n_rows - first) : 0;
+}
+
+// Per-row values of a block (scales, mins) for the lanes of a panel vector: item k, lane i.
+template <size_t kCount, typename T>
+SLLM_VNNI HWY_INLINE void StoreLanes(const T (&lanes)[kCount][16], uint8_t* out) {
+  static_assert(sizeof(T) == 4, "a lane is 32 bits");
+  for (size_t k = 0; k < kCount; ++k) {
+    _mm512_store_si512(out + k * kItemBytes, _mm512_loadu_si512(lanes[k]));
   }
 }
 
-// T tokens from t0 times a packed panel of rows [r0, r0 + n_rows). starts: per token and block,
-// minus the sum of its codes times what packing added to the weight codes (128 for Q8_0, 8 for
-// Q4_0 whose codes are value + 8), nb entries per token.
+// y of tokens t0.. and rows r0.. from a tile's sums: lane i of acc[t][v] is row r0 + 16v + i.
 template <int T>
-SLLM_VNNI void PanelTile(const uint8_t* panel, size_t nb, const int32_t* starts,
-                         const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
-                         size_t y_stride, size_t r0, size_t n_rows) {
-  constexpr size_t V = kPanelVectors;
-  const int8_t* xq[T];
-  const float* xs[T];
-  const int32_t* xstart[T];
-  for (int t = 0; t < T; ++t) {
-    xq[t] = x.codes(t0 + t);
-    xs[t] = x.scales(t0 + t);
-    xstart[t] = starts + (t0 + t) * nb;
-  }
-  __m512 acc[T][V];
-  for (int t = 0; t < T; ++t) {
-    for (size_t v = 0; v < V; ++v) acc[t][v] = _mm512_setzero_ps();
-  }
-  for (size_t b = 0; b < nb; ++b) {
-    const uint8_t* pb = panel + b * kPanelBlockBytes;
-    __m512i isum[T][V];
-    for (int t = 0; t < T; ++t) {
-      const __m512i start = _mm512_set1_epi32(xstart[t][b]);
-      for (size_t v = 0; v < V; ++v) isum[t][v] = start;
-    }
-    for (size_t g = 0; g < 8; ++g) {
-      __m512i wv[V];
-      for (size_t v = 0; v < V; ++v) wv[v] = _mm512_load_si512(pb + (g * V + v) * 64);
-      for (int t = 0; t < T; ++t) {
-        int32_t group;
-        std::memcpy(&group, xq[t] + b * kQuantBlock + 4 * g, 4);
-        const __m512i xb = _mm512_set1_epi32(group);
-        for (size_t v = 0; v < V; ++v) isum[t][v] = Dpbusd(isum[t][v], wv[v], xb);
-      }
-    }
-    __m512 dw[V];
-    for (size_t v = 0; v < V; ++v) dw[v] = _mm512_load_ps(pb + (8 * V + v) * 64);
-    for (int t = 0; t < T; ++t) {
-      const __m512 dx = _mm512_set1_ps(xs[t][b]);
-      for (size_t v = 0; v < V; ++v) {
-        acc[t][v] =
-            _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t][v]), _mm512_mul_ps(dw[v], dx), acc[t][v]);
-      }
-    }
-  }
-  for (size_t v = 0; v < V; ++v) {
-    if (16 * v >= n_rows) break;
-    const size_t live = std::min<size_t>(16, n_rows - 16 * v);
+SLLM_VNNI HWY_INLINE void StoreTile(const __m512 (&acc)[T][kPanelVectors], float* y,
+                                    size_t y_stride, size_t t0, size_t r0, size_t n_rows) {
+  for (size_t v = 0; v < kPanelVectors; ++v) {
+    const size_t live = PanelLive(n_rows, v);
+    if (live == 0) break;
     const __mmask16 valid = live == 16 ? __mmask16(0xffff) : __mmask16((1u << live) - 1);
     for (int t = 0; t < T; ++t) {
       _mm512_mask_storeu_ps(y + (t0 + t) * y_stride + r0 + 16 * v, valid, acc[t][v]);
@@ -3567,58 +3741,459 @@ SLLM_VNNI void PanelTile(const uint8_t* panel, size_t nb, const int32_t* starts,
   }
 }
 
-// The last rem < kPanelTokens tokens, with a tile of exactly that many.
-template <int T>
+// The 4 activation codes from p, in every lane.
+SLLM_VNNI HWY_INLINE __m512i BroadcastGroup(const int8_t* p) {
+  int32_t group;
+  std::memcpy(&group, p, 4);
+  return _mm512_set1_epi32(group);
+}
+
+// Q8_0 and Q4_0: per block 8 code groups, after which the int32 lane of each row holds the whole
+// block's sum, then the rows' f32 scales.
+struct BlockPanel {
+  static constexpr size_t kItems = 9;
+  static constexpr size_t kStarts = 1;
+  static constexpr int kTokens = 6;
+
+  static SLLM_VNNI void Pack(TensorType type, const uint8_t* w, size_t row_bytes, size_t nb,
+                             size_t r0, size_t n_rows, uint8_t* panel) {
+    const bool q8 = type == TensorType::Q8_0;
+    const size_t block_bytes = q8 ? kQ8Bytes : kQ4Bytes;
+    const __m512i flip = _mm512_set1_epi8(char(0x80));
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    for (size_t v = 0; v < kPanelVectors; ++v) {
+      const size_t live = PanelLive(n_rows, v);
+      const uint8_t* base = w + (r0 + 16 * v) * row_bytes;
+      for (size_t b = 0; b < nb; ++b) {
+        const uint8_t* p = base + b * block_bytes;
+        uint8_t* out = panel + b * kItems * kItemBytes + v * 64;
+        __m512i groups[4];
+        if (q8) {
+          for (size_t half = 0; half < 2; ++half) {
+            TransposeRows(p, row_bytes, live, 2 + 16 * half, groups);
+            for (size_t g = 0; g < 4; ++g) {
+              _mm512_store_si512(out + (4 * half + g) * kItemBytes,
+                                 _mm512_xor_si512(groups[g], flip));
+            }
+          }
+        } else {
+          TransposeRows(p, row_bytes, live, 2, groups);
+          for (size_t g = 0; g < 4; ++g) {
+            _mm512_store_si512(out + g * kItemBytes, _mm512_and_si512(groups[g], low4));
+            _mm512_store_si512(out + (g + 4) * kItemBytes,
+                               _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4));
+          }
+        }
+        alignas(32) uint16_t d[16] = {};
+        for (size_t i = 0; i < live; ++i) std::memcpy(&d[i], p + i * row_bytes, 2);
+        _mm512_store_ps(out + 8 * kItemBytes,
+                        _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(d))));
+      }
+    }
+  }
+
+  // Per token and block, minus the sum of its codes times what packing added to the weight codes
+  // (128 for Q8_0, 8 for Q4_0 whose codes are value + 8).
+  static void Starts(TensorType type, const sllm::detail::QuantizedActivations& x, size_t nb,
+                     int32_t* starts) {
+    const int32_t offset = type == TensorType::Q8_0 ? 128 : 8;
+    for (size_t t = 0; t < x.n; ++t) {
+      const int32_t* sums = x.sums(t);  // per 16 codes
+      for (size_t b = 0; b < nb; ++b) {
+        starts[t * nb + b] = -(sums[2 * b] + sums[2 * b + 1]) * offset;
+      }
+    }
+  }
+
+  template <int T>
+  static SLLM_VNNI void Tile(const uint8_t* panel, size_t nb, const int32_t* starts,
+                             const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
+                             size_t y_stride, size_t r0, size_t n_rows) {
+    constexpr size_t V = kPanelVectors;
+    const int8_t* xq[T];
+    const float* xs[T];
+    const int32_t* xstart[T];
+    for (int t = 0; t < T; ++t) {
+      xq[t] = x.codes(t0 + t);
+      xs[t] = x.scales(t0 + t);
+      xstart[t] = starts + (t0 + t) * nb;
+    }
+    __m512 acc[T][V];
+    for (int t = 0; t < T; ++t) {
+      for (size_t v = 0; v < V; ++v) acc[t][v] = _mm512_setzero_ps();
+    }
+    for (size_t b = 0; b < nb; ++b) {
+      const uint8_t* pb = panel + b * kItems * kItemBytes;
+      __m512i isum[T][V];
+      for (int t = 0; t < T; ++t) {
+        const __m512i start = _mm512_set1_epi32(xstart[t][b]);
+        for (size_t v = 0; v < V; ++v) isum[t][v] = start;
+      }
+      for (size_t g = 0; g < 8; ++g) {
+        __m512i wv[V];
+        for (size_t v = 0; v < V; ++v) wv[v] = _mm512_load_si512(pb + g * kItemBytes + v * 64);
+        for (int t = 0; t < T; ++t) {
+          const __m512i xb = BroadcastGroup(xq[t] + b * kQuantBlock + 4 * g);
+          for (size_t v = 0; v < V; ++v) isum[t][v] = Dpbusd(isum[t][v], wv[v], xb);
+        }
+      }
+      __m512 dw[V];
+      for (size_t v = 0; v < V; ++v) dw[v] = _mm512_load_ps(pb + 8 * kItemBytes + v * 64);
+      for (int t = 0; t < T; ++t) {
+        const __m512 dx = _mm512_set1_ps(xs[t][b]);
+        for (size_t v = 0; v < V; ++v) {
+          acc[t][v] =
+              _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t][v]), _mm512_mul_ps(dw[v], dx), acc[t][v]);
+        }
+      }
+    }
+    StoreTile<T>(acc, y, y_stride, t0, r0, n_rows);
+  }
+};
+
+// Q4_K: per block the 64 code groups in value order (group 8j + g: values 4g..4g+3 of sub-block
+// j), the rows' 8 sub-block scales (int32), their mins as 4 pairs (sub-blocks 2k and 2k + 1 as the
+// low and high int16 of a lane), d and dmin (f32). Each sub-block's int32 sum is multiplied by its
+// scale; the mins are multiplied by the pairs of activation code sums (kStarts) with vpdpwssd.
+struct Q4KPanel {
+  static constexpr size_t kItems = 64 + 8 + 4 + 2;
+  static constexpr size_t kStarts = 4;
+  static constexpr int kTokens = 4;
+  static constexpr size_t kScales = 64, kMins = 72, kD = 76;
+
+  static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
+                             size_t r0, size_t n_rows, uint8_t* panel) {
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    for (size_t v = 0; v < kPanelVectors; ++v) {
+      const size_t live = PanelLive(n_rows, v);
+      const uint8_t* base = w + (r0 + 16 * v) * row_bytes;
+      for (size_t b = 0; b < nb; ++b) {
+        const uint8_t* p = base + b * sizeof(BlockQ4_K);
+        uint8_t* out = panel + b * kItems * kItemBytes + v * 64;
+        // Bytes 16c..16c+15 of the codes: values 16 (c % 2).. of sub-blocks 2 (c / 2) (low
+        // nibbles) and 2 (c / 2) + 1 (high nibbles).
+        for (size_t c = 0; c < 8; ++c) {
+          __m512i groups[4];
+          TransposeRows(p, row_bytes, live, 16 + 16 * c, groups);
+          const size_t first = 16 * (c / 2) + 4 * (c % 2);
+          for (size_t g = 0; g < 4; ++g) {
+            _mm512_store_si512(out + (first + g) * kItemBytes, _mm512_and_si512(groups[g], low4));
+            _mm512_store_si512(out + (first + 8 + g) * kItemBytes,
+                               _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4));
+          }
+        }
+        alignas(64) int32_t scales[8][16] = {}, mins[4][16] = {};
+        alignas(64) float d[2][16] = {};
+        for (size_t i = 0; i < live; ++i) {
+          const uint8_t* row = p + i * row_bytes;
+          uint8_t scale[8], min[8];
+          for (int j = 0; j < 8; ++j) unpack_q4_k_scales(row + 4, j, &scale[j], &min[j]);
+          for (int j = 0; j < 8; ++j) scales[j][i] = scale[j];
+          for (int k = 0; k < 4; ++k) mins[k][i] = min[2 * k] | min[2 * k + 1] << 16;
+          uint16_t h[2];
+          std::memcpy(h, row, 4);
+          d[0][i] = fp16_to_f32(h[0]);
+          d[1][i] = fp16_to_f32(h[1]);
+        }
+        StoreLanes(scales, out + kScales * kItemBytes);
+        StoreLanes(mins, out + kMins * kItemBytes);
+        StoreLanes(d, out + kD * kItemBytes);
+      }
+    }
+  }
+
+  // Per token, block and pair k of sub-blocks: the sums of the codes of sub-blocks 2k and 2k + 1
+  // as the low and high int16.
+  static void Starts(TensorType /*type*/, const sllm::detail::QuantizedActivations& x, size_t nb,
+                     int32_t* starts) {
+    for (size_t t = 0; t < x.n; ++t) {
+      const int32_t* sums = x.sums(t);  // per 16 codes
+      for (size_t k = 0; k < 4 * nb; ++k) {
+        const int32_t low = sums[4 * k] + sums[4 * k + 1], high = sums[4 * k + 2] + sums[4 * k + 3];
+        starts[t * 4 * nb + k] = int32_t(uint32_t(uint16_t(low)) | uint32_t(high) << 16);
+      }
+    }
+  }
+
+  template <int T>
+  static SLLM_VNNI void Tile(const uint8_t* panel, size_t nb, const int32_t* starts,
+                             const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
+                             size_t y_stride, size_t r0, size_t n_rows) {
+    constexpr size_t V = kPanelVectors;
+    const int8_t* xq[T];
+    const float* xs[T];
+    const int32_t* xsums[T];
+    for (int t = 0; t < T; ++t) {
+      xq[t] = x.codes(t0 + t);
+      xs[t] = x.scales(t0 + t);
+      xsums[t] = starts + (t0 + t) * 4 * nb;
+    }
+    __m512 acc[T][V];
+    for (int t = 0; t < T; ++t) {
+      for (size_t v = 0; v < V; ++v) acc[t][v] = _mm512_setzero_ps();
+    }
+    for (size_t b = 0; b < nb; ++b) {
+      const uint8_t* pb = panel + b * kItems * kItemBytes;
+      __m512i sum[T][V];
+      for (int t = 0; t < T; ++t) {
+        for (size_t v = 0; v < V; ++v) sum[t][v] = _mm512_setzero_si512();
+      }
+      for (size_t j = 0; j < 8; ++j) {
+        __m512i isum[T][V];
+        for (int t = 0; t < T; ++t) {
+          for (size_t v = 0; v < V; ++v) isum[t][v] = _mm512_setzero_si512();
+        }
+        for (size_t g = 0; g < 8; ++g) {
+          __m512i wv[V];
+          for (size_t v = 0; v < V; ++v) {
+            wv[v] = _mm512_load_si512(pb + (8 * j + g) * kItemBytes + v * 64);
+          }
+          for (int t = 0; t < T; ++t) {
+            const __m512i xb = BroadcastGroup(xq[t] + b * kSuperBlock + 32 * j + 4 * g);
+            for (size_t v = 0; v < V; ++v) isum[t][v] = Dpbusd(isum[t][v], wv[v], xb);
+          }
+        }
+        for (size_t v = 0; v < V; ++v) {
+          const __m512i scale = _mm512_load_si512(pb + (kScales + j) * kItemBytes + v * 64);
+          for (int t = 0; t < T; ++t) {
+            sum[t][v] = _mm512_add_epi32(sum[t][v], _mm512_mullo_epi32(isum[t][v], scale));
+          }
+        }
+      }
+      for (int t = 0; t < T; ++t) {
+        const __m512 dx = _mm512_set1_ps(xs[t][b]);
+        for (size_t v = 0; v < V; ++v) {
+          __m512i mins = _mm512_setzero_si512();
+          for (size_t k = 0; k < 4; ++k) {
+            mins = Dpwssd(mins, _mm512_load_si512(pb + (kMins + k) * kItemBytes + v * 64),
+                          _mm512_set1_epi32(xsums[t][4 * b + k]));
+          }
+          const __m512 d = _mm512_load_ps(pb + kD * kItemBytes + v * 64);
+          const __m512 dmin = _mm512_load_ps(pb + (kD + 1) * kItemBytes + v * 64);
+          acc[t][v] =
+              _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t][v]), _mm512_mul_ps(d, dx), acc[t][v]);
+          acc[t][v] =
+              _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, dx), acc[t][v]);
+        }
+      }
+    }
+    StoreTile<T>(acc, y, y_stride, t0, r0, n_rows);
+  }
+};
+
+// Q6_K: per block the 64 code groups in value order, stored plus 32 (unsigned; group 4j + g:
+// values 4g..4g+3 of sub-block j of 16), the rows' 16 sub-block scales (int32) and d (f32). Each
+// sub-block's sum starts at minus 32 times its activation codes' sum (kStarts) and is multiplied
+// by its scale.
+struct Q6KPanel {
+  static constexpr size_t kItems = 64 + 16 + 1;
+  static constexpr size_t kStarts = 16;
+  static constexpr int kTokens = 4;
+  static constexpr size_t kScales = 64, kD = 80;
+
+  static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
+                             size_t r0, size_t n_rows, uint8_t* panel) {
+    const __m512i low4 = _mm512_set1_epi8(0x0f), bits45 = _mm512_set1_epi8(0x30);
+    for (size_t v = 0; v < kPanelVectors; ++v) {
+      const size_t live = PanelLive(n_rows, v);
+      const uint8_t* base = w + (r0 + 16 * v) * row_bytes;
+      for (size_t b = 0; b < nb; ++b) {
+        const uint8_t* p = base + b * sizeof(BlockQ6_K);
+        uint8_t* out = panel + b * kItems * kItemBytes + v * 64;
+        // Values l..l+15 (l = 16 c) of the 4 quarters of half h: the low nibbles of ql[64h + l..]
+        // and ql[64h + 32 + l..], then their high nibbles; the top bits are bit pairs of
+        // qh[32h + l..].
+        for (size_t h = 0; h < 2; ++h) {
+          for (size_t c = 0; c < 2; ++c) {
+            __m512i ql0[4], ql1[4], qh[4];
+            TransposeRows(p, row_bytes, live, 64 * h + 16 * c, ql0);
+            TransposeRows(p, row_bytes, live, 64 * h + 32 + 16 * c, ql1);
+            TransposeRows(p, row_bytes, live, 128 + 32 * h + 16 * c, qh);
+            for (size_t g = 0; g < 4; ++g) {
+              const __m512i quarters[4] = {
+                  _mm512_or_si512(_mm512_and_si512(ql0[g], low4),
+                                  _mm512_and_si512(_mm512_slli_epi32(qh[g], 4), bits45)),
+                  _mm512_or_si512(_mm512_and_si512(ql1[g], low4),
+                                  _mm512_and_si512(_mm512_slli_epi32(qh[g], 2), bits45)),
+                  _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(ql0[g], 4), low4),
+                                  _mm512_and_si512(qh[g], bits45)),
+                  _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(ql1[g], 4), low4),
+                                  _mm512_and_si512(_mm512_srli_epi32(qh[g], 2), bits45))};
+              for (size_t k = 0; k < 4; ++k) {
+                const size_t group = 32 * h + 8 * k + 4 * c + g;  // values 4 group..
+                _mm512_store_si512(out + group * kItemBytes, quarters[k]);
+              }
+            }
+          }
+        }
+        alignas(64) int32_t scales[16][16] = {};
+        alignas(64) float d[1][16] = {};
+        for (size_t i = 0; i < live; ++i) {
+          const uint8_t* row = p + i * row_bytes;
+          for (size_t j = 0; j < 16; ++j) scales[j][i] = int8_t(row[192 + j]);
+          uint16_t h;
+          std::memcpy(&h, row + 208, 2);
+          d[0][i] = fp16_to_f32(h);
+        }
+        StoreLanes(scales, out + kScales * kItemBytes);
+        StoreLanes(d, out + kD * kItemBytes);
+      }
+    }
+  }
+
+  // Per token, block and sub-block: minus 32 times the sum of its activation codes.
+  static void Starts(TensorType /*type*/, const sllm::detail::QuantizedActivations& x, size_t nb,
+                     int32_t* starts) {
+    for (size_t t = 0; t < x.n; ++t) {
+      const int32_t* sums = x.sums(t);
+      for (size_t j = 0; j < 16 * nb; ++j) starts[t * 16 * nb + j] = -32 * sums[j];
+    }
+  }
+
+  template <int T>
+  static SLLM_VNNI void Tile(const uint8_t* panel, size_t nb, const int32_t* starts,
+                             const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
+                             size_t y_stride, size_t r0, size_t n_rows) {
+    constexpr size_t V = kPanelVectors;
+    const int8_t* xq[T];
+    const float* xs[T];
+    const int32_t* xstart[T];
+    for (int t = 0; t < T; ++t) {
+      xq[t] = x.codes(t0 + t);
+      xs[t] = x.scales(t0 + t);
+      xstart[t] = starts + (t0 + t) * 16 * nb;
+    }
+    __m512 acc[T][V];
+    for (int t = 0; t < T; ++t) {
+      for (size_t v = 0; v < V; ++v) acc[t][v] = _mm512_setzero_ps();
+    }
+    for (size_t b = 0; b < nb; ++b) {
+      const uint8_t* pb = panel + b * kItems * kItemBytes;
+      __m512i sum[T][V];
+      for (int t = 0; t < T; ++t) {
+        for (size_t v = 0; v < V; ++v) sum[t][v] = _mm512_setzero_si512();
+      }
+      for (size_t j = 0; j < 16; ++j) {
+        __m512i isum[T][V];
+        for (int t = 0; t < T; ++t) {
+          const __m512i start = _mm512_set1_epi32(xstart[t][16 * b + j]);
+          for (size_t v = 0; v < V; ++v) isum[t][v] = start;
+        }
+        for (size_t g = 0; g < 4; ++g) {
+          __m512i wv[V];
+          for (size_t v = 0; v < V; ++v) {
+            wv[v] = _mm512_load_si512(pb + (4 * j + g) * kItemBytes + v * 64);
+          }
+          for (int t = 0; t < T; ++t) {
+            const __m512i xb = BroadcastGroup(xq[t] + b * kSuperBlock + 16 * j + 4 * g);
+            for (size_t v = 0; v < V; ++v) isum[t][v] = Dpbusd(isum[t][v], wv[v], xb);
+          }
+        }
+        for (size_t v = 0; v < V; ++v) {
+          const __m512i scale = _mm512_load_si512(pb + (kScales + j) * kItemBytes + v * 64);
+          for (int t = 0; t < T; ++t) {
+            sum[t][v] = _mm512_add_epi32(sum[t][v], _mm512_mullo_epi32(isum[t][v], scale));
+          }
+        }
+      }
+      for (int t = 0; t < T; ++t) {
+        const __m512 dx = _mm512_set1_ps(xs[t][b]);
+        for (size_t v = 0; v < V; ++v) {
+          const __m512 d = _mm512_load_ps(pb + kD * kItemBytes + v * 64);
+          acc[t][v] =
+              _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t][v]), _mm512_mul_ps(d, dx), acc[t][v]);
+        }
+      }
+    }
+    StoreTile<T>(acc, y, y_stride, t0, r0, n_rows);
+  }
+};
+
+// The last rem < Panel::kTokens tokens, with a tile of exactly that many.
+template <class Panel, int T>
 SLLM_VNNI void PanelRemainder(size_t rem, const uint8_t* panel, size_t nb, const int32_t* starts,
                               const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
                               size_t y_stride, size_t r0, size_t n_rows) {
   if (rem == T) {
-    PanelTile<T>(panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
+    Panel::template Tile<T>(panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
   } else if constexpr (T > 1) {
-    PanelRemainder<T - 1>(rem, panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
+    PanelRemainder<Panel, T - 1>(rem, panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
   }
 }
 
+template <class Panel>
 SLLM_VNNI void PanelTokens(const uint8_t* panel, size_t nb, const int32_t* starts,
                            const sllm::detail::QuantizedActivations& x, float* y, size_t y_stride,
                            size_t r0, size_t n_rows) {
   size_t t0 = 0;
-  for (; t0 + kPanelTokens <= x.n; t0 += kPanelTokens) {
-    PanelTile<kPanelTokens>(panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
+  for (; t0 + Panel::kTokens <= x.n; t0 += Panel::kTokens) {
+    Panel::template Tile<Panel::kTokens>(panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
   }
   if (t0 < x.n) {
-    PanelRemainder<kPanelTokens - 1>(x.n - t0, panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
+    PanelRemainder<Panel, Panel::kTokens - 1>(x.n - t0, panel, nb, starts, x, t0, y, y_stride, r0,
+                                              n_rows);
+  }
+}
+
+// The per-thread buffers of the packed kernels: they only grow, as matrices of different widths
+// and types alternate.
+struct PanelBuffers {
+  sllm::detail::AlignedBuffer<uint8_t> panel;
+  sllm::detail::AlignedBuffer<int32_t> starts;
+};
+inline PanelBuffers& ThreadPanelBuffers() {
+  static thread_local PanelBuffers buffers;
+  return buffers;
+}
+
+template <class Panel>
+SLLM_VNNI void PackedMatmul(TensorType type, const uint8_t* w, size_t row_bytes, size_t nb,
+                            const sllm::detail::QuantizedActivations& x, float* y, size_t y_stride,
+                            size_t row_begin, size_t row_end) {
+  PanelBuffers& buf = ThreadPanelBuffers();
+  const size_t panel_bytes = nb * Panel::kItems * kItemBytes;
+  const size_t n_starts = x.n * nb * Panel::kStarts;
+  if (buf.panel.size() < panel_bytes) buf.panel.resize(panel_bytes);
+  if (buf.starts.size() < n_starts) buf.starts.resize(n_starts);
+  Panel::Starts(type, x, nb, buf.starts.data());
+  for (size_t r = row_begin; r < row_end; r += kPanelRows) {
+    const size_t n_rows = std::min(kPanelRows, row_end - r);
+    Panel::Pack(type, w, row_bytes, nb, r, n_rows, buf.panel.data());
+    PanelTokens<Panel>(buf.panel.data(), nb, buf.starts.data(), x, y, y_stride, r, n_rows);
   }
 }
 
 // From this many activation rows on, packing panels is faster than streaming the weights.
 constexpr size_t kPackedMinTokens = 5;
 
+template <class Step, class Panel>
+SLLM_VNNI void MatmulType(TensorType type, const uint8_t* w, size_t cols, size_t row_bytes,
+                          const sllm::detail::QuantizedActivations& x, float* y, size_t y_stride,
+                          size_t row_begin, size_t row_end) {
+  const size_t nb = cols / Step::kBlockValues;
+  if (x.n < kPackedMinTokens) {
+    DirectMatmul<Step>(w, row_bytes, nb, x, y, y_stride, row_begin, row_end);
+  } else {
+    PackedMatmul<Panel>(type, w, row_bytes, nb, x, y, y_stride, row_begin, row_end);
+  }
+}
+
 SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_bytes,
                            const sllm::detail::QuantizedActivations* x, float* y, size_t y_stride,
                            size_t row_begin, size_t row_end) {
-  const size_t nb = cols / kQuantBlock;
-  if (x->n < kPackedMinTokens) {
-    if (type == TensorType::Q8_0) {
-      DirectMatmul<Q8Step>(w, row_bytes, nb, *x, y, y_stride, row_begin, row_end);
-    } else {
-      DirectMatmul<Q4Step>(w, row_bytes, nb, *x, y, y_stride, row_begin, row_end);
-    }
-    return;
-  }
-  static thread_local sllm::detail::AlignedBuffer<uint8_t> panel;
-  static thread_local sllm::detail::AlignedBuffer<int32_t> starts;
-  // The buffers only grow: matrices of different widths alternate.
-  if (panel.size() < nb * kPanelBlockBytes) panel.resize(nb * kPanelBlockBytes);
-  if (starts.size() < x->n * nb) starts.resize(x->n * nb);
-  const int32_t offset = type == TensorType::Q8_0 ? 128 : 8;
-  for (size_t t = 0; t < x->n; ++t) {
-    for (size_t b = 0; b < nb; ++b) starts[t * nb + b] = -x->sums(t)[b] * offset;
-  }
-  for (size_t r = row_begin; r < row_end; r += kPanelRows) {
-    const size_t n_rows = std::min(kPanelRows, row_end - r);
-    PackPanel(type, w, row_bytes, nb, r, n_rows, panel.data());
-    PanelTokens(panel.data(), nb, starts.data(), *x, y, y_stride, r, n_rows);
+  switch (type) {
+    case TensorType::Q8_0:
+      return MatmulType<Q8Step, BlockPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
+                                            row_end);
+    case TensorType::Q4_0:
+      return MatmulType<Q4Step, BlockPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
+                                            row_end);
+    case TensorType::Q4_K:
+      return MatmulType<Q4KStep, Q4KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
+                                           row_end);
+    default:
+      return MatmulType<Q6KStep, Q6KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
+                                           row_end);
   }
 }
 
@@ -3679,16 +4254,101 @@ HWY_INLINE float RowDotQ4(const uint8_t* w, size_t nb, const int8_t* xq, const f
   return hn::GetLane(hn::SumOfLanes(df, acc));
 }
 
+// K-quants: per sub-block the int32 sum of the products, times the sub-block's scale in int32
+// lanes; per block the sums and the f32 scales combined as ref::dot_q4_k and ref::dot_q6_k do.
+HWY_INLINE float RowDotQ4K(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs,
+                           const int32_t* xsums) {
+  const hn::CappedTag<int16_t, 16> d16;
+  const hn::Rebind<int8_t, decltype(d16)> d8;
+  const hn::Rebind<uint8_t, decltype(d16)> du8;
+  const hn::Repartition<int32_t, decltype(d16)> d32;
+  const size_t N = hn::Lanes(d16);
+  const auto low4 = hn::Set(du8, uint8_t{0x0f});
+  float sum = 0.0f;
+  for (size_t b = 0; b < nb; ++b, w += sizeof(BlockQ4_K), xq += kSuperBlock, xsums += 16) {
+    auto scaled = hn::Zero(d32);
+    int32_t mins = 0;
+    for (int j = 0; j < 8; ++j) {
+      uint8_t scale, min;
+      unpack_q4_k_scales(w + 4, j, &scale, &min);
+      const uint8_t* q = w + 16 + j / 2 * 32;  // sub-block j in the low (even j) or high nibbles
+      auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
+      for (size_t i = 0; i < 32; i += N) {
+        const auto packed = hn::LoadU(du8, q + i);
+        const auto codes = j % 2 ? hn::ShiftRight<4>(packed) : hn::And(packed, low4);
+        sum0 = hn::ReorderWidenMulAccumulate(d32, hn::PromoteTo(d16, codes),
+                                             hn::PromoteTo(d16, hn::LoadU(d8, xq + 32 * j + i)),
+                                             sum0, sum1);
+      }
+      scaled = hn::Add(scaled, hn::Mul(hn::Add(sum0, sum1), hn::Set(d32, int32_t{scale})));
+      mins += min * (xsums[2 * j] + xsums[2 * j + 1]);
+    }
+    uint16_t d[2];
+    std::memcpy(d, w, 4);
+    sum += xs[b] * (fp16_to_f32(d[0]) * float(hn::GetLane(hn::SumOfLanes(d32, scaled))) -
+                    fp16_to_f32(d[1]) * float(mins));
+  }
+  return sum;
+}
+
+HWY_INLINE float RowDotQ6K(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs) {
+  const hn::CappedTag<int16_t, 16> d16;
+  const hn::Rebind<int8_t, decltype(d16)> d8;
+  const hn::Rebind<uint8_t, decltype(d16)> du8;
+  const hn::Repartition<int32_t, decltype(d16)> d32;
+  const size_t N = hn::Lanes(d16);
+  const auto low4 = hn::Set(d16, int16_t{0x0f});
+  const auto low2 = hn::Set(d16, int16_t{3});
+  const auto offset = hn::Set(d16, int16_t{32});
+  float sum = 0.0f;
+  for (size_t b = 0; b < nb; ++b, w += sizeof(BlockQ6_K), xq += kSuperBlock) {
+    auto scaled = hn::Zero(d32);
+    // Sub-block j: values 16j.., in quarter k of half h (see BlockQ6_K).
+    for (size_t j = 0; j < kSuperBlock / 16; ++j) {
+      const size_t h = j / 8, k = j % 8 / 2, l = j % 2 * 16;
+      const uint8_t* ql = w + 64 * h + 32 * (k % 2) + l;
+      const uint8_t* qh = w + 128 + 32 * h + l;
+      auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
+      for (size_t i = 0; i < 16; i += N) {
+        const auto low = hn::And(
+            hn::ShiftRightSame(hn::PromoteTo(d16, hn::LoadU(du8, ql + i)), int(k / 2 * 4)), low4);
+        const auto high = hn::And(
+            hn::ShiftRightSame(hn::PromoteTo(d16, hn::LoadU(du8, qh + i)), int(2 * k)), low2);
+        const auto codes = hn::Sub(hn::Or(low, hn::ShiftLeft<4>(high)), offset);
+        sum0 = hn::ReorderWidenMulAccumulate(
+            d32, codes, hn::PromoteTo(d16, hn::LoadU(d8, xq + 16 * j + i)), sum0, sum1);
+      }
+      const int32_t scale = int8_t(w[192 + j]);
+      scaled = hn::Add(scaled, hn::Mul(hn::Add(sum0, sum1), hn::Set(d32, scale)));
+    }
+    uint16_t d;
+    std::memcpy(&d, w + 208, 2);
+    sum += xs[b] * (fp16_to_f32(d) * float(hn::GetLane(hn::SumOfLanes(d32, scaled))));
+  }
+  return sum;
+}
+
 void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_bytes,
                  const sllm::detail::QuantizedActivations* x, float* y, size_t y_stride,
                  size_t row_begin, size_t row_end) {
-  const size_t nb = cols / kQuantBlock;
-  const bool q8 = type == TensorType::Q8_0;
   for (size_t r = row_begin; r < row_end; ++r) {
     const uint8_t* wr = w + r * row_bytes;
     for (size_t t = 0; t < x->n; ++t) {
-      y[t * y_stride + r] = q8 ? RowDotQ8(wr, nb, x->codes(t), x->scales(t))
-                               : RowDotQ4(wr, nb, x->codes(t), x->scales(t));
+      float dot;
+      switch (type) {
+        case TensorType::Q8_0:
+          dot = RowDotQ8(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
+          break;
+        case TensorType::Q4_0:
+          dot = RowDotQ4(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
+          break;
+        case TensorType::Q4_K:
+          dot = RowDotQ4K(wr, cols / kSuperBlock, x->codes(t), x->scales(t), x->sums(t));
+          break;
+        default:
+          dot = RowDotQ6K(wr, cols / kSuperBlock, x->codes(t), x->scales(t));
+      }
+      y[t * y_stride + r] = dot;
     }
   }
 }
@@ -4961,30 +5621,37 @@ void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n) {
     for (int j = 0; j < 8; ++j) {
       uint8_t scale, min;
       unpack_q4_k_scales(x[b].scales, j, &scale, &min);
-      const uint8_t* q = x[b].qs + (j / 2) * 32;
-      const int shift = (j % 2) * 4;
-      for (int l = 0; l < 32; ++l) *y++ = d * scale * ((q[l] >> shift) & 0x0f) - dmin * min;
+      for (size_t i = 32 * size_t(j); i < 32 * size_t(j) + 32; ++i) {
+        *y++ = d * scale * q4_k_code(x[b], i) - dmin * min;
+      }
+    }
+  }
+}
+
+void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q8_K, n);
+  for (size_t b = 0; b < nb; ++b, x += kSuperBlock) {
+    float amax = 0.0f;
+    for (size_t i = 0; i < kSuperBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    y[b].d = amax / 127.0f;
+    for (size_t k = 0; k < kSuperBlock / 16; ++k) {
+      int sum = 0;
+      for (size_t i = 16 * k; i < 16 * k + 16; ++i) {
+        y[b].qs[i] = detail::q8_code(std::nearbyint(x[i] * id));
+        sum += y[b].qs[i];
+      }
+      y[b].bsums[k] = int16_t(sum);
     }
   }
 }
 
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q6_K, n);
-  for (size_t b = 0; b < nb; ++b, y += kSuperBlock) {
+  for (size_t b = 0; b < nb; ++b) {
     const float d = fp16_to_f32(x[b].d);
-    for (int half = 0; half < 2; ++half) {
-      const uint8_t* ql = x[b].ql + half * 64;
-      const uint8_t* qh = x[b].qh + half * 32;
-      for (int quarter = 0; quarter < 4; ++quarter) {
-        const uint8_t* low = ql + (quarter % 2) * 32;
-        const int low_shift = (quarter / 2) * 4;
-        for (int l = 0; l < 32; ++l) {
-          const int q = ((low[l] >> low_shift) & 0x0f) | (((qh[l] >> (2 * quarter)) & 3) << 4);
-          const int i = half * 128 + quarter * 32 + l;
-          y[i] = d * x[b].scales[i / 16] * (q - 32);
-        }
-      }
-    }
+    for (size_t i = 0; i < kSuperBlock; ++i)
+      *y++ = d * x[b].scales[i / 16] * (q6_k_code(x[b], i) - 32);
   }
 }
 
@@ -5422,6 +6089,44 @@ float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n) {
   return dot_blocks(TensorType::Q4_0, w, x, n);
 }
 
+float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q4_K, n);
+  float sum = 0.0f;
+  for (size_t b = 0; b < nb; ++b) {
+    int32_t scaled = 0, mins = 0;
+    for (int j = 0; j < 8; ++j) {
+      uint8_t scale, min;
+      unpack_q4_k_scales(w[b].scales, j, &scale, &min);
+      int32_t dot = 0, codes = 0;
+      for (size_t i = 32 * size_t(j); i < 32 * size_t(j) + 32; ++i) {
+        dot += q4_k_code(w[b], i) * int32_t(x[b].qs[i]);
+        codes += x[b].qs[i];
+      }
+      scaled += scale * dot;
+      mins += min * codes;
+    }
+    sum += x[b].d * (fp16_to_f32(w[b].d) * float(scaled) - fp16_to_f32(w[b].dmin) * float(mins));
+  }
+  return sum;
+}
+
+float dot_q6_k(const BlockQ6_K* w, const BlockQ8_K* x, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q6_K, n);
+  float sum = 0.0f;
+  for (size_t b = 0; b < nb; ++b) {
+    int32_t scaled = 0;
+    for (size_t j = 0; j < kSuperBlock / 16; ++j) {
+      int32_t dot = 0;
+      for (size_t i = 16 * j; i < 16 * j + 16; ++i) {
+        dot += (q6_k_code(w[b], i) - 32) * int32_t(x[b].qs[i]);
+      }
+      scaled += w[b].scales[j] * dot;
+    }
+    sum += x[b].d * (fp16_to_f32(w[b].d) * float(scaled));
+  }
+  return sum;
+}
+
 }  // namespace ref
 
 void quantize_row(TensorType type, const float* src, void* dst, size_t n) {
@@ -5544,10 +6249,10 @@ void matmul(const MatrixView& w, const float* x, size_t n, size_t x_stride, floa
 }
 
 void row_to_f32(TensorType type, const uint8_t* src, size_t n, float* dst) {
-  if (type == TensorType::Q8_0 || type == TensorType::Q4_0) {
-    dequantize_row(type, src, dst, n);  // one row per token: the reference code is fast enough
-  } else {
+  if (type == TensorType::F32 || type == TensorType::F16 || type == TensorType::BF16) {
     HWY_DYNAMIC_DISPATCH(RowToF32)(type, src, n, dst);
+  } else {
+    dequantize_row(type, src, dst, n);  // one row per token: the reference code is fast enough
   }
 }
 
@@ -5784,20 +6489,38 @@ inline size_t round_up(size_t n, size_t multiple) {
   return (n + multiple - 1) / multiple * multiple;
 }
 
-void QuantizedActivations::resize(size_t n_rows, size_t n_cols) {
-  if (n_cols == 0 || n_cols % kQuantBlock != 0) {
+bool matmul_q_reads(TensorType weight_type) {
+  return weight_type == TensorType::Q8_0 || weight_type == TensorType::Q4_0 ||
+         weight_type == TensorType::Q4_K || weight_type == TensorType::Q6_K;
+}
+
+ActivationFormat activation_format(TensorType weight_type) {
+  if (!matmul_q_reads(weight_type)) {
+    fail(std::string("quantized matmul: weight type ") + tensor_type_name(weight_type) +
+         " is not Q8_0, Q4_0, Q4_K or Q6_K");
+  }
+  return weight_type == TensorType::Q8_0 || weight_type == TensorType::Q4_0
+             ? ActivationFormat::kQ8_0
+             : ActivationFormat::kQ8_K;
+}
+
+void QuantizedActivations::resize(size_t n_rows, size_t n_cols, ActivationFormat row_format) {
+  format = row_format;
+  if (n_cols == 0 || n_cols % block() != 0) {
     fail("cannot quantize activation rows of " + std::to_string(n_cols) +
-         " values: the length must be a positive multiple of 32");
+         " values: the length must be a positive multiple of " + std::to_string(block()));
   }
   n = n_rows;
   cols = n_cols;
   q_stride = round_up(n_cols, 128);
-  block_stride = round_up(n_cols / kQuantBlock, 16);
+  scale_stride = round_up(n_cols / block(), 16);
+  sum_stride = round_up(n_cols / 16, 16);
   const size_t codes = checked_mul(n_rows, q_stride, "activation buffer");
-  const size_t blocks = checked_mul(n_rows, block_stride, "activation buffer");
+  const size_t scales = checked_mul(n_rows, scale_stride, "activation buffer");
+  const size_t sums = checked_mul(n_rows, sum_stride, "activation buffer");
   if (q.size() < codes) q.resize(codes);
-  if (scale.size() < blocks) scale.resize(blocks);
-  if (sum.size() < blocks) sum.resize(blocks);
+  if (scale.size() < scales) scale.resize(scales);
+  if (sum.size() < sums) sum.resize(sums);
 }
 
 // OpenMP's thread count for a call: n_threads if positive, else OpenMP's default.
@@ -5806,8 +6529,8 @@ inline int omp_threads(int n_threads) {
 }
 
 void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride,
-                          QuantizedActivations& out, int n_threads) {
-  out.resize(n, cols);
+                          QuantizedActivations& out, int n_threads, ActivationFormat format) {
+  out.resize(n, cols, format);
   const auto kernel = HWY_DYNAMIC_DISPATCH(QuantizeActivationRows);
   // Splitting pays only when each thread gets a few rows of real work.
   const int threads = n * cols >= 65536 ? std::min<int>(omp_threads(n_threads), int(n)) : 1;
@@ -5825,27 +6548,31 @@ void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride
 namespace {
 void check_matmul_q(const MatrixView& w, const QuantizedActivations& x, size_t row_begin,
                     size_t row_end) {
-  if (w.type != TensorType::Q8_0 && w.type != TensorType::Q4_0) {
-    fail("quantized matmul: weight type " + std::to_string(uint32_t(w.type)) +
-         " is not Q8_0 or Q4_0");
-  }
-  if (w.cols == 0 || w.cols % kQuantBlock != 0) {
+  const ActivationFormat format = activation_format(w.type);
+  const TensorTypeInfo& info = *tensor_type_info(uint32_t(w.type));
+  if (w.cols == 0 || w.cols % info.block_elems != 0) {
     fail("quantized matmul: rows of " + std::to_string(w.cols) +
-         " values are not a whole number of 32-value blocks");
+         " values are not a whole number "
+         "of " +
+         std::to_string(info.block_elems) + "-value " + info.name + " blocks");
   }
   if (x.cols != w.cols) {
     fail("quantized matmul: activation rows have " + std::to_string(x.cols) +
          " values but weight rows have " + std::to_string(w.cols));
   }
+  if (x.format != format) {
+    fail(std::string("quantized matmul: ") + info.name + " weights need activations quantized " +
+         (format == ActivationFormat::kQ8_0 ? "per 32 values (Q8_0)" : "per 256 values (Q8_K)"));
+  }
   if (row_begin > row_end || row_end > w.rows) {
     fail("quantized matmul: row range [" + std::to_string(row_begin) + ", " +
          std::to_string(row_end) + ") is outside the " + std::to_string(w.rows) + " rows");
   }
-  const size_t block_bytes = w.type == TensorType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
-  if (w.row_bytes < w.cols / kQuantBlock * block_bytes) {
+  const size_t bytes = w.cols / info.block_elems * info.block_bytes;
+  if (w.row_bytes < bytes) {
     fail("quantized matmul: rows of " + std::to_string(w.cols) + " values need " +
-         std::to_string(w.cols / kQuantBlock * block_bytes) + " bytes, but rows are " +
-         std::to_string(w.row_bytes) + " bytes apart");
+         std::to_string(bytes) + " bytes, but rows are " + std::to_string(w.row_bytes) +
+         " bytes apart");
   }
 }
 }  // namespace
@@ -6289,21 +7016,22 @@ inline const TensorInfo& required_tensor(const Gguf& gguf, const std::string& na
 // A 2-D weight of cols x rows (ggml order: ne[0] = cols) read in place. The one place that
 // decides which tensor types the matmul runs.
 inline MatrixView weight_matrix(const Gguf& gguf, const TensorInfo& t, size_t cols, size_t rows) {
-  const bool quantized = t.type == TensorType::Q8_0 || t.type == TensorType::Q4_0;
+  const bool quantized = matmul_q_reads(t.type);
   if (t.type != TensorType::F32 && t.type != TensorType::F16 && t.type != TensorType::BF16 &&
       !quantized) {
     fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
-         ", which this build cannot run yet (supported: F32, F16, BF16, Q8_0, Q4_0)");
+         ", which this build cannot run yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)");
   }
   if (t.n_dims != 2 || t.ne[0] != cols || t.ne[1] != rows) {
     fail("tensor " + t.name + " in " + gguf.path() + " has shape " + t.shape_string() +
          ", but the model's metadata implies " + shape_of(cols, rows));
   }
-  if (quantized && cols % kQuantBlock != 0) {
+  const size_t block = tensor_type_info(uint32_t(t.type))->block_elems;
+  if (quantized && cols % block != 0) {
     // Old ggml let blocks run across rows (the Q8_0 stories260K file); sllm reads rows in place.
     fail("tensor " + t.name + " in " + gguf.path() + " has rows of " + std::to_string(cols) +
-         " values, not a whole number of " + tensor_type_name(t.type) +
-         " blocks of 32; re-quantize the model with a current tool");
+         " values, not a whole number of " + tensor_type_name(t.type) + " blocks of " +
+         std::to_string(block) + "; re-quantize the model with a current tool");
   }
   const size_t elem = t.type == TensorType::F32 ? 4 : 2;  // quantized blocks start with an f16
   if (reinterpret_cast<uintptr_t>(t.data) % elem != 0) {
@@ -6754,10 +7482,11 @@ void Transformer::normalize(const Norm& norm, const float* x, size_t n, float* o
 
 void Transformer::multiply(const Linear& l, const float* x, size_t n, size_t x_stride,
                            bool& x_quantized, float* y, size_t y_stride) const {
-  if (l.weight.type == TensorType::Q8_0 || l.weight.type == TensorType::Q4_0) {
+  if (detail::matmul_q_reads(l.weight.type)) {
     detail::QuantizedActivations& xq = detail::thread_quantized_input();
-    if (!x_quantized) {
-      detail::quantize_activations(x, n, l.weight.cols, x_stride, xq, n_threads_);
+    const detail::ActivationFormat format = detail::activation_format(l.weight.type);
+    if (!x_quantized || xq.format != format) {
+      detail::quantize_activations(x, n, l.weight.cols, x_stride, xq, n_threads_, format);
       x_quantized = true;
     }
     detail::matmul_q(l.weight, xq, y, y_stride, n_threads_);

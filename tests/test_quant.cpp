@@ -16,6 +16,8 @@ using sllm::BlockQ8_0;
 using sllm::TensorType;
 using sllm::detail::MatrixView;
 using sllm::detail::QuantizedActivations;
+using sllm_test::GuardedBuffer;
+using sllm_test::random_values;
 
 namespace {
 
@@ -28,58 +30,75 @@ size_t block_bytes(TensorType type) {
   return type == TensorType::Q8_0 ? 34 : 18;
 }
 
-// Weights in a buffer that ends right before an inaccessible page, so that any read past the
-// last row faults.
-class GuardedBuffer {
- public:
-  explicit GuardedBuffer(size_t size) : size_(size) {
-    const size_t page = size_t(sysconf(_SC_PAGESIZE));
-    map_bytes_ = (size + page - 1) / page * page + page;
-    map_ = static_cast<uint8_t*>(
-        mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-    REQUIRE(map_ != MAP_FAILED);
-    REQUIRE(mprotect(map_ + map_bytes_ - page, page, PROT_NONE) == 0);
-    data_ = map_ + map_bytes_ - page - size;
-  }
-  ~GuardedBuffer() { munmap(map_, map_bytes_); }
-  GuardedBuffer(const GuardedBuffer&) = delete;
-  GuardedBuffer& operator=(const GuardedBuffer&) = delete;
-  uint8_t* data() { return data_; }
-  size_t size() const { return size_; }
+bool is_k_quant(TensorType type) {
+  return type == TensorType::Q4_K || type == TensorType::Q6_K;
+}
+size_t block_values(TensorType type) {
+  return is_k_quant(type) ? sllm::kSuperBlock : 32;
+}
+size_t row_bytes_of(TensorType type, size_t cols) {
+  return size_t(sllm::tensor_row_bytes(type, cols));
+}
+// Row lengths for the kernel tests: one block, a few, and many with an odd count.
+std::vector<size_t> test_cols(TensorType type) {
+  if (is_k_quant(type)) return {256, 512, 2048 + 256};
+  return {32, 64, 96, 4096 + 32};
+}
 
- private:
-  uint8_t* map_ = nullptr;
-  uint8_t* data_ = nullptr;
-  size_t map_bytes_ = 0;
-  size_t size_ = 0;
-};
+void quantize_for(TensorType type, const float* x, size_t n, size_t cols, size_t x_stride,
+                  QuantizedActivations& q, int threads = 0) {
+  sllm::detail::quantize_activations(x, n, cols, x_stride, q, threads,
+                                     sllm::detail::activation_format(type));
+}
 
-// The reference result for row r, token t: ref::dot on the weight row and the activation row
-// quantized by the reference quantizer, and a bound on the float rounding of any summation
-// order (kernels sum parts of blocks in separate lanes): a few ulps of the sum of the
-// magnitudes of all products.
+// The reference result for a weight row and an activation row: ref::dot on the weight row and
+// the activation row quantized by the reference quantizer of the type's activation format, and
+// a bound on the float rounding of any summation order (kernels sum parts of blocks in separate
+// lanes): a few ulps of the sum of the magnitudes of all the products that the integer sums are
+// made of. For Q4_K these are the scaled codes and the mins apart, for Q6_K the codes before
+// their offset of 32 is taken off.
 struct Expected {
   float value;
   float tolerance;
 };
-Expected expected_dot(TensorType type, const uint8_t* w_row, const BlockQ8_0* x_row, size_t cols) {
-  std::vector<float> w(cols), x(cols);
-  sllm::dequantize_row(type, w_row, w.data(), cols);
-  sllm::ref::dequantize_row_q8_0(x_row, x.data(), cols);
+Expected expected_dot(TensorType type, const uint8_t* w_row, const float* x_row, size_t cols) {
   double magnitude = 0;
-  for (size_t i = 0; i < cols; ++i) magnitude += std::fabs(double(w[i]) * x[i]);
-  const float value =
-      type == TensorType::Q8_0
-          ? sllm::ref::dot_q8_0(reinterpret_cast<const BlockQ8_0*>(w_row), x_row, cols)
-          : sllm::ref::dot_q4_0(reinterpret_cast<const BlockQ4_0*>(w_row), x_row, cols);
+  float value;
+  if (is_k_quant(type)) {
+    std::vector<sllm::BlockQ8_K> xq(cols / 256);
+    sllm::ref::quantize_row_q8_k(x_row, xq.data(), cols);
+    for (size_t b = 0; b < cols / 256; ++b) {
+      for (size_t i = 0; i < 256; ++i) {
+        const double x = std::fabs(double(xq[b].d) * xq[b].qs[i]);
+        if (type == TensorType::Q4_K) {
+          const auto& w = reinterpret_cast<const sllm::BlockQ4_K*>(w_row)[b];
+          uint8_t scale, min;
+          sllm::unpack_q4_k_scales(w.scales, int(i / 32), &scale, &min);
+          magnitude += x * (sllm::fp16_to_f32(w.d) * scale * sllm::q4_k_code(w, i) +
+                            sllm::fp16_to_f32(w.dmin) * min);
+        } else {
+          const auto& w = reinterpret_cast<const sllm::BlockQ6_K*>(w_row)[b];
+          magnitude += x * std::fabs(sllm::fp16_to_f32(w.d) * w.scales[i / 16]) *
+                       (sllm::q6_k_code(w, i) + 32);
+        }
+      }
+    }
+    value =
+        type == TensorType::Q4_K
+            ? sllm::ref::dot_q4_k(reinterpret_cast<const sllm::BlockQ4_K*>(w_row), xq.data(), cols)
+            : sllm::ref::dot_q6_k(reinterpret_cast<const sllm::BlockQ6_K*>(w_row), xq.data(), cols);
+  } else {
+    std::vector<BlockQ8_0> xq(cols / 32);
+    sllm::ref::quantize_activations_q8_0(x_row, xq.data(), cols);
+    std::vector<float> w(cols), x(cols);
+    sllm::dequantize_row(type, w_row, w.data(), cols);
+    sllm::ref::dequantize_row_q8_0(xq.data(), x.data(), cols);
+    for (size_t i = 0; i < cols; ++i) magnitude += std::fabs(double(w[i]) * x[i]);
+    value = type == TensorType::Q8_0
+                ? sllm::ref::dot_q8_0(reinterpret_cast<const BlockQ8_0*>(w_row), xq.data(), cols)
+                : sllm::ref::dot_q4_0(reinterpret_cast<const BlockQ4_0*>(w_row), xq.data(), cols);
+  }
   return {value, float(magnitude * 4e-6 + 1e-30)};
-}
-
-std::vector<float> random_values(std::mt19937& rng, size_t n, float stddev) {
-  std::normal_distribution<float> normal(0.0f, stddev);
-  std::vector<float> v(n);
-  for (float& x : v) x = normal(rng);
-  return v;
 }
 
 // Values drawn with sllm::Rng (a fixed algorithm, so every platform draws the same ones):
@@ -128,14 +147,22 @@ std::vector<float> round_trip(TensorType type, const std::vector<float>& x) {
   return back;
 }
 
-// Random quantized rows of the given type.
+// Random quantized rows of the given type: Q8_0 and Q4_0 quantized from normal values, K-quant
+// blocks of random bytes.
 void fill_weights(std::mt19937& rng, TensorType type, size_t rows, size_t cols, uint8_t* out) {
-  const size_t row_bytes = cols / 32 * block_bytes(type);
+  const size_t row_bytes = row_bytes_of(type, cols);
+  if (is_k_quant(type)) {
+    sllm_test::random_k_blocks(rng, type, rows * cols / 256, out);
+    return;
+  }
   for (size_t r = 0; r < rows; ++r) {
     const auto values = random_values(rng, cols, 0.05f);
     sllm::quantize_row(type, values.data(), out + r * row_bytes, cols);
   }
 }
+
+const TensorType kKernelTypes[] = {TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_K,
+                                   TensorType::Q6_K};
 
 }  // namespace
 
@@ -537,22 +564,22 @@ TEST_CASE("activation quantization matches the reference quantizer on every targ
           sllm::ref::quantize_activations_q8_0(x.data() + t * x_stride, want.data(), cols);
           bool codes_equal = true, scales_equal = true, sums_equal = true;
           for (size_t b = 0; b < cols / 32; ++b) {
-            int32_t sum = 0;
+            int32_t sum[2] = {};  // of each half: the sums are per 16 codes
             for (size_t i = 0; i < 32; ++i) {
               codes_equal &= q.codes(t)[32 * b + i] == want[b].qs[i];
-              sum += want[b].qs[i];
+              sum[i / 16] += want[b].qs[i];
             }
             scales_equal &= q.scales(t)[b] == sllm::fp16_to_f32(want[b].d);
-            sums_equal &= q.sums(t)[b] == sum;
+            sums_equal &= q.sums(t)[2 * b] == sum[0] && q.sums(t)[2 * b + 1] == sum[1];
           }
           CHECK(codes_equal);
           CHECK(scales_equal);
           CHECK(sums_equal);
           bool padding_zero = true;
           for (size_t i = cols; i < q.q_stride; ++i) padding_zero &= q.codes(t)[i] == 0;
-          for (size_t b = cols / 32; b < q.block_stride; ++b) {
-            padding_zero &= q.scales(t)[b] == 0.0f && q.sums(t)[b] == 0;
-          }
+          for (size_t b = cols / 32; b < q.scale_stride; ++b)
+            padding_zero &= q.scales(t)[b] == 0.0f;
+          for (size_t k = cols / 16; k < q.sum_stride; ++k) padding_zero &= q.sums(t)[k] == 0;
           CHECK(padding_zero);
         }
         if (cols == 32) CHECK(q.codes(0)[1] == -14);  // -14.5 rounds to even, not to -15
@@ -623,20 +650,19 @@ TEST_CASE("quantized matmul is exact on integer data on every target") {
 
 TEST_CASE("quantized matmul matches the scalar reference on every target") {
   std::mt19937 rng(44);
-  for (TensorType type : {TensorType::Q8_0, TensorType::Q4_0}) {
-    for (size_t cols : {32, 64, 96, 4096 + 32}) {
+  for (TensorType type : kKernelTypes) {
+    for (size_t cols : test_cols(type)) {
       for (size_t rows : {1, 3, 33, 67, 259}) {
-        const size_t row_bytes = cols / 32 * block_bytes(type);
+        const size_t row_bytes = row_bytes_of(type, cols);
         GuardedBuffer w(rows * row_bytes);
         fill_weights(rng, type, rows, cols, w.data());
         const size_t max_tokens = 13, x_stride = cols + 32;
         const auto x = random_values(rng, max_tokens * x_stride, 1.0f);
-        std::vector<BlockQ8_0> xq(cols / 32);
         std::vector<Expected> want(max_tokens * rows);
         for (size_t t = 0; t < max_tokens; ++t) {
-          sllm::ref::quantize_activations_q8_0(x.data() + t * x_stride, xq.data(), cols);
           for (size_t r = 0; r < rows; ++r) {
-            want[t * rows + r] = expected_dot(type, w.data() + r * row_bytes, xq.data(), cols);
+            want[t * rows + r] =
+                expected_dot(type, w.data() + r * row_bytes, x.data() + t * x_stride, cols);
           }
         }
         sllm_test::for_each_simd_target([&] {
@@ -648,7 +674,7 @@ TEST_CASE("quantized matmul matches the scalar reference on every target") {
               CAPTURE(tokens);
               CAPTURE(threads);
               QuantizedActivations q;
-              sllm::detail::quantize_activations(x.data(), tokens, cols, x_stride, q, threads);
+              quantize_for(type, x.data(), tokens, cols, x_stride, q, threads);
               const size_t y_stride = rows + 5;
               std::vector<float> y(tokens * y_stride, NAN);
               sllm::detail::matmul_q(MatrixView{type, w.data(), rows, cols, row_bytes}, q, y.data(),
@@ -675,16 +701,16 @@ TEST_CASE("quantized matmul matches the scalar reference on every target") {
 
 TEST_CASE("row ranges write only their rows") {
   std::mt19937 rng(55);
-  const size_t rows = 71, cols = 160;
-  for (TensorType type : {TensorType::Q8_0, TensorType::Q4_0}) {
-    const size_t row_bytes = cols / 32 * block_bytes(type);
+  const size_t rows = 71;
+  for (TensorType type : kKernelTypes) {
+    const size_t cols = 5 * block_values(type), row_bytes = row_bytes_of(type, cols);
     GuardedBuffer w(rows * row_bytes);
     fill_weights(rng, type, rows, cols, w.data());
     const auto x = random_values(rng, 10 * cols, 1.0f);
     sllm_test::for_each_simd_target([&] {
       for (size_t tokens : {1, 10}) {
         QuantizedActivations q;
-        sllm::detail::quantize_activations(x.data(), tokens, cols, cols, q);
+        quantize_for(type, x.data(), tokens, cols, cols, q);
         std::vector<float> all(tokens * rows);
         const MatrixView m{type, w.data(), rows, cols, row_bytes};
         sllm::detail::matmul_q(m, q, all.data(), rows, 1);
@@ -699,6 +725,7 @@ TEST_CASE("row ranges write only their rows") {
               ok &= r >= cuts[i] && r < cuts[i + 1] ? got == all[t * rows + r] : std::isnan(got);
             }
           }
+          CAPTURE(type);
           CAPTURE(tokens);
           CAPTURE(i);
           CHECK(ok);
@@ -710,8 +737,8 @@ TEST_CASE("row ranges write only their rows") {
 
 TEST_CASE("rows may lie further apart than their blocks") {
   std::mt19937 rng(66);
-  for (TensorType type : {TensorType::Q8_0, TensorType::Q4_0}) {
-    const size_t rows = 35, cols = 96, blocks_bytes = cols / 32 * block_bytes(type);
+  for (TensorType type : kKernelTypes) {
+    const size_t rows = 35, cols = 3 * block_values(type), blocks_bytes = row_bytes_of(type, cols);
     const size_t row_bytes = blocks_bytes + 10;
     GuardedBuffer w(rows * row_bytes);
     std::vector<uint8_t> dense(rows * blocks_bytes);
@@ -724,12 +751,13 @@ TEST_CASE("rows may lie further apart than their blocks") {
     sllm_test::for_each_simd_target([&] {
       for (size_t tokens : {1, 2, 8}) {
         QuantizedActivations q;
-        sllm::detail::quantize_activations(x.data(), tokens, cols, cols, q);
+        quantize_for(type, x.data(), tokens, cols, cols, q);
         std::vector<float> strided(tokens * rows), packed(tokens * rows);
         sllm::detail::matmul_q(MatrixView{type, w.data(), rows, cols, row_bytes}, q, strided.data(),
                                rows, 2);
         sllm::detail::matmul_q(MatrixView{type, dense.data(), rows, cols, blocks_bytes}, q,
                                packed.data(), rows, 2);
+        CAPTURE(type);
         CAPTURE(tokens);
         CHECK(strided == packed);
       }
@@ -749,7 +777,7 @@ TEST_CASE("quantized matmul refuses shapes and types it cannot compute") {
   };
   CHECK_NOTHROW(run(TensorType::Q8_0, 4, 64, 68));
   CHECK_THROWS_AS(run(TensorType::F16, 4, 64, 128), sllm::Error);
-  CHECK_THROWS_AS(run(TensorType::Q4_K, 1, 256, 144), sllm::Error);
+  CHECK_THROWS_AS(run(TensorType::Q4_K, 1, 64, 36), sllm::Error);    // not whole blocks of 256
   CHECK_THROWS_AS(run(TensorType::Q8_0, 4, 48, 51), sllm::Error);    // not whole blocks
   CHECK_THROWS_AS(run(TensorType::Q8_0, 2, 128, 136), sllm::Error);  // activations are 64 wide
   CHECK_THROWS_AS(run(TensorType::Q8_0, 4, 64, 67), sllm::Error);    // rows overlap
@@ -757,4 +785,22 @@ TEST_CASE("quantized matmul refuses shapes and types it cannot compute") {
   CHECK_THROWS_AS(sllm::detail::matmul_q_rows(m, q, y.data(), 4, 3, 5), sllm::Error);
   CHECK_THROWS_AS(sllm::detail::matmul_q_rows(m, q, y.data(), 4, 3, 2), sllm::Error);
   CHECK_NOTHROW(sllm::detail::matmul_q_rows(m, q, y.data(), 4, 2, 2));
+  // K-quant weights need activations quantized per 256 values, and the others per 32.
+  std::vector<uint8_t> wk(2 * 210);
+  std::vector<float> xk(256, 1.0f);
+  QuantizedActivations q32, q256;
+  sllm::detail::quantize_activations(xk.data(), 1, 256, 256, q32);
+  sllm::detail::quantize_activations(xk.data(), 1, 256, 256, q256, 1,
+                                     sllm::detail::ActivationFormat::kQ8_K);
+  const MatrixView q4k{TensorType::Q4_K, wk.data(), 2, 256, 144};
+  const MatrixView q6k{TensorType::Q6_K, wk.data(), 2, 256, 210};
+  const MatrixView q8{TensorType::Q8_0, wk.data(), 2, 256, 272};
+  CHECK(sllm_test::error_message([&] {
+          sllm::detail::matmul_q(q4k, q32, y.data(), 2, 1);
+        }).find("Q4_K weights need activations quantized per 256 values") != std::string::npos);
+  CHECK_THROWS_AS(sllm::detail::matmul_q(q6k, q32, y.data(), 2, 1), sllm::Error);
+  CHECK_THROWS_AS(sllm::detail::matmul_q(q8, q256, y.data(), 2, 1), sllm::Error);
+  CHECK_NOTHROW(sllm::detail::matmul_q(q4k, q256, y.data(), 2, 1));
+  CHECK_NOTHROW(sllm::detail::matmul_q(q6k, q256, y.data(), 2, 1));
+  CHECK_THROWS_AS(sllm::detail::activation_format(TensorType::Q5_K), sllm::Error);
 }

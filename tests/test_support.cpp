@@ -1,11 +1,14 @@
 #include "test_support.h"
 
 #include <dirent.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 
@@ -14,6 +17,50 @@ namespace sllm_test {
 static bool exists(const std::string& path) {
   struct stat st;
   return ::stat(path.c_str(), &st) == 0;
+}
+
+std::vector<float> random_values(std::mt19937& rng, size_t n, float stddev) {
+  std::normal_distribution<float> normal(0.0f, stddev);
+  std::vector<float> v(n);
+  for (float& x : v) x = normal(rng);
+  return v;
+}
+
+void random_k_blocks(std::mt19937& rng, sllm::TensorType type, size_t n_blocks, uint8_t* out) {
+  REQUIRE((type == sllm::TensorType::Q4_K || type == sllm::TensorType::Q6_K));
+  const bool q4 = type == sllm::TensorType::Q4_K;
+  const size_t block_bytes = q4 ? sizeof(sllm::BlockQ4_K) : sizeof(sllm::BlockQ6_K);
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::uniform_real_distribution<float> magnitude(1.0f, 2.0f);
+  auto scale = [&](bool any_sign) {
+    const float v = std::ldexp(magnitude(rng), -12);
+    return sllm::f32_to_fp16(any_sign && byte(rng) % 2 ? -v : v);
+  };
+  for (size_t b = 0; b < n_blocks; ++b) {
+    uint8_t* p = out + b * block_bytes;
+    for (size_t i = 0; i < block_bytes; ++i) p[i] = uint8_t(byte(rng));
+    if (q4) {
+      const uint16_t d[2] = {scale(false), scale(false)};
+      std::memcpy(p, d, 4);
+    } else {
+      const uint16_t d = scale(true);
+      std::memcpy(p + 208, &d, 2);
+    }
+  }
+}
+
+GuardedBuffer::GuardedBuffer(size_t size) : size_(size) {
+  const size_t page = size_t(sysconf(_SC_PAGESIZE));
+  map_bytes_ = (size + page - 1) / page * page + page;
+  map_ = static_cast<uint8_t*>(
+      mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+  REQUIRE(map_ != MAP_FAILED);
+  REQUIRE(mprotect(map_ + map_bytes_ - page, page, PROT_NONE) == 0);
+  data_ = map_ + map_bytes_ - page - size;
+}
+
+GuardedBuffer::~GuardedBuffer() {
+  munmap(map_, map_bytes_);
 }
 
 std::string fixture(const std::string& relative) {

@@ -1,6 +1,7 @@
 // Helpers shared by the tests.
 #pragma once
 #include <cstdlib>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,31 @@ void for_each_simd_target(Body&& body) {
   }
   sllm::detail::force_simd_target(0);
 }
+
+// n values from a normal distribution.
+std::vector<float> random_values(std::mt19937& rng, size_t n, float stddev);
+
+// n_blocks random Q4_K or Q6_K blocks: random bytes (every code and sub-block scale), with f16
+// scales of magnitude 2^-12..2^-11 (d and dmin of Q4_K positive, Q6_K's d of either sign), so
+// that values are of the size of a model's weights.
+void random_k_blocks(std::mt19937& rng, sllm::TensorType type, size_t n_blocks, uint8_t* out);
+
+// Bytes that end right before an inaccessible page, so that any read past the end faults.
+class GuardedBuffer {
+ public:
+  explicit GuardedBuffer(size_t size);
+  ~GuardedBuffer();
+  GuardedBuffer(const GuardedBuffer&) = delete;
+  GuardedBuffer& operator=(const GuardedBuffer&) = delete;
+  uint8_t* data() { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  uint8_t* map_ = nullptr;
+  uint8_t* data_ = nullptr;
+  size_t map_bytes_ = 0;
+  size_t size_ = 0;
+};
 
 // Path of a file under ../shared/fixtures, else of its copy under tests/data/fixtures (the freely
 // licensed ones), else "" with a SKIPPED message. CI sets SLLM_REQUIRE_FIXTURES=1 so that

@@ -51,8 +51,8 @@ float dot_f32(const float* a, const float* b, size_t n);
 // n_threads OpenMP threads.
 void matmul(const MatrixView& w, const float* x, size_t n, size_t x_stride, float* y,
             size_t y_stride, int n_threads);
-// dst[i] = src[i] widened to f32 (src of type F32, F16, BF16, Q8_0 or Q4_0), e.g. an
-// embedding row.
+// dst[i] = src[i] widened to f32 (src of type F32, F16, BF16 or a quantized type that
+// dequantize_row reads), e.g. an embedding row.
 void row_to_f32(TensorType type, const uint8_t* src, size_t n, float* dst);
 // out = x / sqrt(mean(x^2) + eps) * weight (out may alias x).
 void rmsnorm(const float* x, const float* weight, size_t n, float eps, float* out);

@@ -47,10 +47,10 @@ void matmul(const MatrixView& w, const float* x, size_t n, size_t x_stride, floa
 }
 
 void row_to_f32(TensorType type, const uint8_t* src, size_t n, float* dst) {
-  if (type == TensorType::Q8_0 || type == TensorType::Q4_0) {
-    dequantize_row(type, src, dst, n);  // one row per token: the reference code is fast enough
-  } else {
+  if (type == TensorType::F32 || type == TensorType::F16 || type == TensorType::BF16) {
     HWY_DYNAMIC_DISPATCH(RowToF32)(type, src, n, dst);
+  } else {
+    dequantize_row(type, src, dst, n);  // one row per token: the reference code is fast enough
   }
 }
 

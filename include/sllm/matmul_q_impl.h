@@ -10,20 +10,38 @@ inline size_t round_up(size_t n, size_t multiple) {
   return (n + multiple - 1) / multiple * multiple;
 }
 
-void QuantizedActivations::resize(size_t n_rows, size_t n_cols) {
-  if (n_cols == 0 || n_cols % kQuantBlock != 0) {
+bool matmul_q_reads(TensorType weight_type) {
+  return weight_type == TensorType::Q8_0 || weight_type == TensorType::Q4_0 ||
+         weight_type == TensorType::Q4_K || weight_type == TensorType::Q6_K;
+}
+
+ActivationFormat activation_format(TensorType weight_type) {
+  if (!matmul_q_reads(weight_type)) {
+    fail(std::string("quantized matmul: weight type ") + tensor_type_name(weight_type) +
+         " is not Q8_0, Q4_0, Q4_K or Q6_K");
+  }
+  return weight_type == TensorType::Q8_0 || weight_type == TensorType::Q4_0
+             ? ActivationFormat::kQ8_0
+             : ActivationFormat::kQ8_K;
+}
+
+void QuantizedActivations::resize(size_t n_rows, size_t n_cols, ActivationFormat row_format) {
+  format = row_format;
+  if (n_cols == 0 || n_cols % block() != 0) {
     fail("cannot quantize activation rows of " + std::to_string(n_cols) +
-         " values: the length must be a positive multiple of 32");
+         " values: the length must be a positive multiple of " + std::to_string(block()));
   }
   n = n_rows;
   cols = n_cols;
   q_stride = round_up(n_cols, 128);
-  block_stride = round_up(n_cols / kQuantBlock, 16);
+  scale_stride = round_up(n_cols / block(), 16);
+  sum_stride = round_up(n_cols / 16, 16);
   const size_t codes = checked_mul(n_rows, q_stride, "activation buffer");
-  const size_t blocks = checked_mul(n_rows, block_stride, "activation buffer");
+  const size_t scales = checked_mul(n_rows, scale_stride, "activation buffer");
+  const size_t sums = checked_mul(n_rows, sum_stride, "activation buffer");
   if (q.size() < codes) q.resize(codes);
-  if (scale.size() < blocks) scale.resize(blocks);
-  if (sum.size() < blocks) sum.resize(blocks);
+  if (scale.size() < scales) scale.resize(scales);
+  if (sum.size() < sums) sum.resize(sums);
 }
 
 // OpenMP's thread count for a call: n_threads if positive, else OpenMP's default.
@@ -32,8 +50,8 @@ inline int omp_threads(int n_threads) {
 }
 
 void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride,
-                          QuantizedActivations& out, int n_threads) {
-  out.resize(n, cols);
+                          QuantizedActivations& out, int n_threads, ActivationFormat format) {
+  out.resize(n, cols, format);
   const auto kernel = HWY_DYNAMIC_DISPATCH(QuantizeActivationRows);
   // Splitting pays only when each thread gets a few rows of real work.
   const int threads = n * cols >= 65536 ? std::min<int>(omp_threads(n_threads), int(n)) : 1;
@@ -51,27 +69,31 @@ void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride
 namespace {
 void check_matmul_q(const MatrixView& w, const QuantizedActivations& x, size_t row_begin,
                     size_t row_end) {
-  if (w.type != TensorType::Q8_0 && w.type != TensorType::Q4_0) {
-    fail("quantized matmul: weight type " + std::to_string(uint32_t(w.type)) +
-         " is not Q8_0 or Q4_0");
-  }
-  if (w.cols == 0 || w.cols % kQuantBlock != 0) {
+  const ActivationFormat format = activation_format(w.type);
+  const TensorTypeInfo& info = *tensor_type_info(uint32_t(w.type));
+  if (w.cols == 0 || w.cols % info.block_elems != 0) {
     fail("quantized matmul: rows of " + std::to_string(w.cols) +
-         " values are not a whole number of 32-value blocks");
+         " values are not a whole number "
+         "of " +
+         std::to_string(info.block_elems) + "-value " + info.name + " blocks");
   }
   if (x.cols != w.cols) {
     fail("quantized matmul: activation rows have " + std::to_string(x.cols) +
          " values but weight rows have " + std::to_string(w.cols));
   }
+  if (x.format != format) {
+    fail(std::string("quantized matmul: ") + info.name + " weights need activations quantized " +
+         (format == ActivationFormat::kQ8_0 ? "per 32 values (Q8_0)" : "per 256 values (Q8_K)"));
+  }
   if (row_begin > row_end || row_end > w.rows) {
     fail("quantized matmul: row range [" + std::to_string(row_begin) + ", " +
          std::to_string(row_end) + ") is outside the " + std::to_string(w.rows) + " rows");
   }
-  const size_t block_bytes = w.type == TensorType::Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
-  if (w.row_bytes < w.cols / kQuantBlock * block_bytes) {
+  const size_t bytes = w.cols / info.block_elems * info.block_bytes;
+  if (w.row_bytes < bytes) {
     fail("quantized matmul: rows of " + std::to_string(w.cols) + " values need " +
-         std::to_string(w.cols / kQuantBlock * block_bytes) + " bytes, but rows are " +
-         std::to_string(w.row_bytes) + " bytes apart");
+         std::to_string(bytes) + " bytes, but rows are " + std::to_string(w.row_bytes) +
+         " bytes apart");
   }
 }
 }  // namespace

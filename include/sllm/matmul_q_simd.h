@@ -3,42 +3,44 @@
 constexpr size_t kQ8Bytes = sizeof(BlockQ8_0);
 constexpr size_t kQ4Bytes = sizeof(BlockQ4_0);
 
-// Quantizes rows [t_begin, t_end) of x into out (already sized), bit-exact with
-// ref::quantize_activations_q8_0 (hn::Round rounds halves to even), and zeroes the padding the
-// kernels read.
+// Quantizes rows [t_begin, t_end) of x into out (already sized), bit-exact with the reference
+// quantizer of out's format (ref::quantize_activations_q8_0 or ref::quantize_row_q8_k: hn::Round
+// rounds halves to even, as they do), and zeroes the padding the kernels read.
 void QuantizeActivationRows(const float* x, size_t x_stride, size_t t_begin, size_t t_end,
                             sllm::detail::QuantizedActivations* out) {
-  const hn::CappedTag<float, kQuantBlock> df;
+  constexpr size_t kSumGroup = 16;
+  const hn::CappedTag<float, kSumGroup> df;
   const hn::Rebind<int32_t, decltype(df)> di;
   const hn::Rebind<int8_t, decltype(df)> d8;
   const size_t N = hn::Lanes(df);
-  const size_t cols = out->cols, nb = cols / kQuantBlock;
+  const bool f16_scale = out->format == sllm::detail::ActivationFormat::kQ8_0;
+  const size_t cols = out->cols, block = out->block(), nb = cols / block;
   for (size_t t = t_begin; t < t_end; ++t) {
     const float* xr = x + t * x_stride;
     int8_t* q = out->q.data() + t * out->q_stride;
-    float* scale = out->scale.data() + t * out->block_stride;
-    int32_t* sum = out->sum.data() + t * out->block_stride;
+    float* scale = out->scale.data() + t * out->scale_stride;
+    int32_t* sum = out->sum.data() + t * out->sum_stride;
     for (size_t b = 0; b < nb; ++b) {
-      const float* xb = xr + b * kQuantBlock;
+      const float* xb = xr + b * block;
       auto vmax = hn::Zero(df);
-      for (size_t i = 0; i < kQuantBlock; i += N) {
-        vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, xb + i)));
-      }
+      for (size_t i = 0; i < block; i += N) vmax = hn::Max(vmax, hn::Abs(hn::LoadU(df, xb + i)));
       const float amax = hn::GetLane(hn::MaxOfLanes(df, vmax));
       const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-      scale[b] = fp16_to_f32(f32_to_fp16(amax / 127.0f));
+      scale[b] = f16_scale ? fp16_to_f32(f32_to_fp16(amax / 127.0f)) : amax / 127.0f;
       const auto vid = hn::Set(df, id);
-      auto vsum = hn::Zero(di);
-      for (size_t i = 0; i < kQuantBlock; i += N) {
-        const auto code = hn::ConvertTo(di, hn::Round(hn::Mul(hn::LoadU(df, xb + i), vid)));
-        vsum = hn::Add(vsum, code);
-        hn::StoreU(hn::DemoteTo(d8, code), d8, q + b * kQuantBlock + i);
+      for (size_t g = 0; g < block; g += kSumGroup) {
+        auto vsum = hn::Zero(di);
+        for (size_t i = g; i < g + kSumGroup; i += N) {
+          const auto code = hn::ConvertTo(di, hn::Round(hn::Mul(hn::LoadU(df, xb + i), vid)));
+          vsum = hn::Add(vsum, code);
+          hn::StoreU(hn::DemoteTo(d8, code), d8, q + b * block + i);
+        }
+        sum[(b * block + g) / kSumGroup] = hn::GetLane(hn::SumOfLanes(di, vsum));
       }
-      sum[b] = hn::GetLane(hn::SumOfLanes(di, vsum));
     }
     std::memset(q + cols, 0, out->q_stride - cols);
-    std::fill(scale + nb, scale + out->block_stride, 0.0f);
-    std::fill(sum + nb, sum + out->block_stride, 0);
+    std::fill(scale + nb, scale + out->scale_stride, 0.0f);
+    std::fill(sum + cols / kSumGroup, sum + out->sum_stride, 0);
   }
 }
 
@@ -69,20 +71,40 @@ SLLM_VNNI HWY_INLINE __m128 StepScales(const uint8_t* p, size_t count) {
 SLLM_VNNI HWY_INLINE __m512i Dpbusd(__m512i acc, __m512i u8, __m512i s8) {
   return _mm512_dpbusd_epi32(acc, u8, s8);
 }
+// vpdpwssd: adds the products of the int16 pairs of each lane.
+SLLM_VNNI HWY_INLINE __m512i Dpwssd(__m512i acc, __m512i a, __m512i b) {
+  return _mm512_dpwssd_epi32(acc, a, b);
+}
 
 // The direct kernel (decode and small batches) streams the weight rows in their GGUF layout, one
 // row after another so that the hardware prefetcher sees one sequential stream, and takes a step
-// of 64 activation codes (2 Q8_0 blocks) or 128 (4 Q4_0 blocks) at a time. The int32 sums of a
-// step fill 16 lanes: lanes 8k..8k+7 belong to block k of the step for Q8_0, lanes 4k..4k+3 for
-// Q4_0 (Lanes() gives the block of each lane). What depends only on the activations is prepared
-// once per call, kXVectors vectors per step and token: the codes, the negated correction that
-// starts the accumulator, and the step's activation scales (in the low lanes of the last).
+// of kBlocks blocks of kBlockValues values at a time: 64 activation codes (2 Q8_0 blocks), 128 (4
+// Q4_0 blocks) or 256 (1 K-quant block). What depends only on the activations is prepared once
+// per call, kXVectors vectors per step and token (PrepareX), and Accumulate adds a step of one
+// weight row times one token to a vector of f32 partial sums.
+//
+// Q8_0 and Q4_0: the int32 sums of a step fill 16 lanes: lanes 8k..8k+7 belong to block k of the
+// step for Q8_0, lanes 4k..4k+3 for Q4_0 (Lanes() gives the block of each lane). The prepared
+// vectors are the codes, the negated correction that starts the accumulator, and the step's
+// activation scales (in the low lanes of the last).
+template <class Step>
+SLLM_VNNI HWY_INLINE __m512 AddScaledBlocks(const typename Step::W& w, const __m512i* x,
+                                            __m512 acc) {
+  // The products of the few block scales, then spread over the lanes.
+  const __m128 dwdx =
+      _mm_mul_ps(w.scales, _mm_load_ps(reinterpret_cast<const float*>(x + Step::kXVectors - 1)));
+  const __m512 scale = _mm512_permutexvar_ps(Step::Lanes(), _mm512_castps128_ps512(dwdx));
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(Step::Dot(w, x)), scale, acc);
+}
+
 struct Q8Step {
   static constexpr size_t kBlockBytes = kQ8Bytes;
+  static constexpr size_t kBlockValues = kQuantBlock;
   static constexpr size_t kBlocks = 2;
   static constexpr size_t kXVectors = 3;
   // The correction is 128 times the sum of each lane's 4 codes (the weights' offset of 128).
-  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales, __m512i* x) {
+  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
+                                            const int32_t* /*sums*/, __m512i* x) {
     const __m512i v = _mm512_loadu_si512(codes);
     const __m512i bias = Dpbusd(_mm512_setzero_si512(), _mm512_set1_epi8(char(0x80)), v);
     const __m512 dx = _mm512_castps128_ps512(_mm_setr_ps(scales[0], scales[1], 0.0f, 0.0f));
@@ -115,16 +137,21 @@ struct Q8Step {
   static SLLM_VNNI HWY_INLINE __m512i Dot(const W& w, const __m512i* x) {
     return Dpbusd(_mm512_load_si512(x + 1), w.u8, _mm512_load_si512(x));
   }
+  static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
+    return AddScaledBlocks<Q8Step>(w, x, acc);
+  }
 };
 
 struct Q4Step {
   static constexpr size_t kBlockBytes = kQ4Bytes;
+  static constexpr size_t kBlockValues = kQuantBlock;
   static constexpr size_t kBlocks = 4;
   static constexpr size_t kXVectors = 4;
   // Byte k of a block's codes holds values k (low nibble) and k + 16 (high nibble), so the
   // activation codes are regrouped to match: lo = values 0-15 of the 4 blocks, hi = 16-31. The
   // correction is 8 times the sum of each lane's 8 codes (the weight codes are value + 8).
-  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales, __m512i* x) {
+  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
+                                            const int32_t* /*sums*/, __m512i* x) {
     const __m512i x0 = _mm512_loadu_si512(codes);
     const __m512i x1 = _mm512_loadu_si512(codes + 64);
     const __m512i lo = _mm512_shuffle_i64x2(x0, x1, 0x88);
@@ -167,6 +194,179 @@ struct Q4Step {
     return Dpbusd(Dpbusd(_mm512_load_si512(x + 2), w.lo, _mm512_load_si512(x)), w.hi,
                   _mm512_load_si512(x + 1));
   }
+  static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
+    return AddScaledBlocks<Q4Step>(w, x, acc);
+  }
+};
+
+// K-quants: a step is one 256-value block. Each int32 lane of vpdpbusd sums 4 products of a code
+// below 64 and an activation code of magnitude at most 127, so it stays below 2^15 and vpdpwssd
+// can multiply it by its sub-block's scale (the low int16 of a lane whose high int16 is 0) and add
+// the product to the block's sum in one instruction. The block's f32 scales multiply that sum
+// once per block and token.
+//
+// The scales of the lanes of each of 4 code vectors, from the 16 int32 lanes of `all`: lane i of
+// vector k takes lane kFirst[k] + i / kLanesPerScale, plus 2 for the upper 8 lanes when
+// kLanesPerScale is 8 (Q4_K's vectors hold sub-blocks j and j + 2).
+template <int kLanesPerScale>
+SLLM_VNNI HWY_INLINE void SpreadScales(__m512i all, __m512i (&out)[4]) {
+  for (int k = 0; k < 4; ++k) {
+    alignas(64) int32_t index[16];
+    for (int i = 0; i < 16; ++i) {
+      index[i] = kLanesPerScale == 8 ? (k / 2 * 4 + k % 2 + (i / 8) * 2) : 4 * k + i / 4;
+    }
+    out[k] = _mm512_permutexvar_epi32(_mm512_load_si512(index), all);
+  }
+}
+
+// The block's activation scale, from lane 0 of its last prepared vector.
+template <class Step>
+SLLM_VNNI HWY_INLINE float StepXScale(const __m512i* x) {
+  return reinterpret_cast<const float*>(x + Step::kXVectors - 1)[0];
+}
+
+// The 8 scales and 8 mins of a Q4_K block as bytes 0..7 and 8..15, from its 12 scale bytes (and 4
+// bytes after them, unused): see unpack_q4_k_scales.
+SLLM_VNNI HWY_INLINE __m128i UnpackQ4KScales(const uint8_t* scales) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(scales));
+  // Low bits: scales 0-3 and mins 0-3 are the low 6 bits of bytes 0-3 and 4-7; scales 4-7 and
+  // mins 4-7 the low and high nibbles of bytes 8-11.
+  const __m128i low =
+      _mm_shuffle_epi8(b, _mm_setr_epi8(0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11));
+  const __m128i low_bits = _mm_or_si128(
+      _mm_and_si128(low, _mm_setr_epi8(63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 0, 0, 0, 0)),
+      _mm_and_si128(_mm_srli_epi16(low, 4),
+                    _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15)));
+  // High bits of scales 4-7 and mins 4-7: the top 2 bits of bytes 0-3 and 4-7, as bits 4-5.
+  const __m128i high =
+      _mm_shuffle_epi8(b, _mm_setr_epi8(-1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, 4, 5, 6, 7));
+  return _mm_or_si128(low_bits, _mm_and_si128(_mm_srli_epi16(high, 2), _mm_set1_epi8(0x30)));
+}
+
+struct Q4KStep {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ4_K);
+  static constexpr size_t kBlockValues = kSuperBlock;
+  static constexpr size_t kBlocks = 1;
+  static constexpr size_t kXVectors = 6;
+  // Each 32 bytes of codes hold sub-block 2k in their low nibbles and 2k + 1 in their high ones,
+  // and a 64-byte load two such groups, so the activation codes are regrouped to match: vector 2h
+  // holds sub-blocks 4h and 4h + 2, vector 2h + 1 sub-blocks 4h + 1 and 4h + 3. Vector 4 holds the
+  // sums of the 8 sub-blocks' codes in lanes 8..15 (where the weights keep their mins), vector 5
+  // the scale in lane 0.
+  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
+                                            const int32_t* sums, __m512i* x) {
+    auto pair = [codes](size_t a, size_t b) SLLM_VNNI {
+      const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + a));
+      const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + b));
+      return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    };
+    _mm512_store_si512(x, pair(0, 64));
+    _mm512_store_si512(x + 1, pair(32, 96));
+    _mm512_store_si512(x + 2, pair(128, 192));
+    _mm512_store_si512(x + 3, pair(160, 224));
+    // The sums are per 16 codes: lane 2j + lane 2j + 1 is sub-block j's, moved to lane 8 + j.
+    const __m512i s16 = _mm512_loadu_si512(sums);
+    const __m512i s32 = _mm512_add_epi32(s16, _mm512_srli_epi64(s16, 32));
+    const __m512i to_upper = _mm512_set_epi32(14, 12, 10, 8, 6, 4, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_store_si512(x + 4, _mm512_maskz_permutexvar_epi32(0xff00, to_upper, s32));
+    _mm512_store_si512(x + 5, _mm512_castps_si512(_mm512_set1_ps(scales[0])));
+  }
+  struct W {
+    __m512i codes[4];
+    __m512i scales[4];  // of each lane's sub-block
+    __m512i mins;       // lanes 8..15: the mins of sub-blocks 0..7 (lanes 0..7: their scales)
+    __m128 d;           // d, dmin
+  };
+  template <bool kWhole>
+  static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t /*bytes*/) {
+    W w;
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    for (int h = 0; h < 2; ++h) {
+      const __m512i v = _mm512_loadu_si512(p + 16 + 64 * h);
+      w.codes[2 * h] = _mm512_and_si512(v, low4);
+      w.codes[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+    }
+    w.mins = _mm512_cvtepu8_epi32(UnpackQ4KScales(p + 4));
+    SpreadScales<8>(w.mins, w.scales);
+    uint32_t d;
+    std::memcpy(&d, p, 4);
+    w.d = _mm_cvtph_ps(_mm_cvtsi32_si128(int(d)));
+    return w;
+  }
+  static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
+    const __m512i zero = _mm512_setzero_si512();
+    __m512i sums[2] = {zero, zero};  // two chains of vpdpwssd, half as long
+    for (int k = 0; k < 4; ++k) {
+      sums[k % 2] =
+          Dpwssd(sums[k % 2], Dpbusd(zero, w.codes[k], _mm512_load_si512(x + k)), w.scales[k]);
+    }
+    const __m512i sum = _mm512_add_epi32(sums[0], sums[1]);
+    // Lanes 8..15: min times the sum of the sub-block's activation codes (both below 2^15;
+    // lanes 0..7 are 0).
+    const __m512i mins = Dpwssd(zero, w.mins, _mm512_load_si512(x + 4));
+    const __m128 dx = _mm_mul_ps(w.d, _mm_set1_ps(StepXScale<Q4KStep>(x)));  // d dx, dmin dx
+    const __m512 d = _mm512_broadcastss_ps(dx);
+    const __m512 dmin = _mm512_broadcastss_ps(_mm_movehdup_ps(dx));
+    return _mm512_add_ps(acc, _mm512_fmsub_ps(_mm512_cvtepi32_ps(sum), d,
+                                              _mm512_mul_ps(_mm512_cvtepi32_ps(mins), dmin)));
+  }
+};
+
+struct Q6KStep {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ6_K);
+  static constexpr size_t kBlockValues = kSuperBlock;
+  static constexpr size_t kBlocks = 1;
+  static constexpr size_t kXVectors = 6;
+  // The codes in their order, the sums of the 16 sub-blocks' codes, the scale in lane 0.
+  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
+                                            const int32_t* sums, __m512i* x) {
+    for (int k = 0; k < 4; ++k) _mm512_store_si512(x + k, _mm512_loadu_si512(codes + 64 * k));
+    _mm512_store_si512(x + 4, _mm512_loadu_si512(sums));
+    _mm512_store_si512(x + 5, _mm512_castps_si512(_mm512_set1_ps(scales[0])));
+  }
+  struct W {
+    __m512i codes[4];   // code + 32, unsigned
+    __m512i scales[4];  // of each lane's sub-block
+    __m512i all;        // lane j: the scale of sub-block j
+    float d;
+  };
+  // Codes 64h..64h+63 of half h: the low nibbles of ql[64h..], and values 128h + 64.. the high
+  // ones; their top 2 bits are bit pairs of qh[32h..32h+31], 0-1 and 2-3 for the first 64, 4-5
+  // and 6-7 for the next (per 32 values), shifted to bits 4-5.
+  template <bool kWhole>
+  static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t /*bytes*/) {
+    W w;
+    const __m512i low4 = _mm512_set1_epi8(0x0f), bits45 = _mm512_set1_epi8(0x30);
+    const __m512i left = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+    const __m512i right = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    for (int h = 0; h < 2; ++h) {
+      const __m512i ql = _mm512_loadu_si512(p + 64 * h);
+      const __m512i qh = _mm512_broadcast_i64x4(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 128 + 32 * h)));
+      w.codes[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, low4),
+                                       _mm512_and_si512(_mm512_sllv_epi16(qh, left), bits45));
+      w.codes[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), low4),
+                                           _mm512_and_si512(_mm512_srlv_epi16(qh, right), bits45));
+    }
+    const __m128i scales = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192));
+    w.all = _mm512_cvtepu16_epi32(_mm256_cvtepi8_epi16(scales));
+    SpreadScales<4>(w.all, w.scales);
+    uint16_t d;
+    std::memcpy(&d, p + 208, 2);
+    w.d = fp16_to_f32(d);
+    return w;
+  }
+  static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
+    const __m512i zero = _mm512_setzero_si512();
+    // The codes are stored plus 32: 32 times the scaled code sums come off.
+    const __m512i offset = Dpwssd(zero, w.all, _mm512_load_si512(x + 4));
+    __m512i sum = _mm512_sub_epi32(zero, _mm512_slli_epi32(offset, 5));
+    for (int k = 0; k < 4; ++k) {
+      sum = Dpwssd(sum, Dpbusd(zero, w.codes[k], _mm512_load_si512(x + k)), w.scales[k]);
+    }
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(w.d * StepXScale<Q6KStep>(x)),
+                           acc);
+  }
 };
 
 // The prepared activation vectors of n tokens from t0: token t, step s at
@@ -174,10 +374,12 @@ struct Q4Step {
 template <class Step>
 SLLM_VNNI void PrepareTokens(const sllm::detail::QuantizedActivations& x, size_t t0, size_t n,
                              size_t steps, __m512i* out) {
+  constexpr size_t kStepValues = Step::kBlocks * Step::kBlockValues;
   for (size_t t = 0; t < n; ++t) {
     for (size_t s = 0; s < steps; ++s) {
-      Step::PrepareX(x.codes(t0 + t) + s * Step::kBlocks * kQuantBlock,
-                     x.scales(t0 + t) + s * Step::kBlocks, out + (t * steps + s) * Step::kXVectors);
+      Step::PrepareX(x.codes(t0 + t) + s * kStepValues, x.scales(t0 + t) + s * Step::kBlocks,
+                     x.sums(t0 + t) + s * kStepValues / 16,
+                     out + (t * steps + s) * Step::kXVectors);
     }
   }
 }
@@ -187,14 +389,7 @@ template <class Step, int T, bool kWhole>
 SLLM_VNNI HWY_INLINE void DirectStep(const uint8_t* p, size_t bytes, const __m512i* const (&xp)[T],
                                      size_t s, __m512 (&acc)[T]) {
   const typename Step::W wv = Step::template LoadW<kWhole>(p, bytes);
-  for (int t = 0; t < T; ++t) {
-    const __m512i* x = xp[t] + s * Step::kXVectors;
-    // The products of the few block scales, then spread over the lanes.
-    const __m128 dwdx =
-        _mm_mul_ps(wv.scales, _mm_load_ps(reinterpret_cast<const float*>(x + Step::kXVectors - 1)));
-    const __m512 scale = _mm512_permutexvar_ps(Step::Lanes(), _mm512_castps128_ps512(dwdx));
-    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(Step::Dot(wv, x)), scale, acc[t]);
-  }
+  for (int t = 0; t < T; ++t) acc[t] = Step::Accumulate(wv, xp[t] + s * Step::kXVectors, acc[t]);
 }
 
 // Row r of the weights times T prepared tokens from t0. Even and odd steps add to separate
@@ -262,15 +457,15 @@ SLLM_VNNI void DirectMatmul(const uint8_t* w, size_t row_bytes, size_t nb,
   }
 }
 
-// Packed kernel (prefill). A panel of 16 * kPanelVectors weight rows is repacked per block into
+// Packed kernels (prefill). A panel of 16 * kPanelVectors weight rows is repacked per block into
 // vectors whose lane i holds 4 consecutive unsigned codes of row i, so that one vpdpbusd with a
-// broadcast group of 4 activation codes advances 16 rows at once and the int32 lane of each row
-// holds the whole block's sum after 8 of them. Per block the panel holds 8 code groups and then
-// the f32 scales, each as kPanelVectors vectors of 64 bytes.
+// broadcast group of 4 activation codes advances 16 rows at once. Per block a panel holds kItems
+// items (code groups, then the rows' scales), each kPanelVectors vectors of 64 bytes. A panel type
+// has Pack (a panel from the matrix), Starts (what a tile needs of each token and block, kStarts
+// int32 values, prepared once per call) and Tile<T> (T tokens times a panel, T <= kTokens).
 constexpr size_t kPanelVectors = 2;
 constexpr size_t kPanelRows = 16 * kPanelVectors;
-constexpr size_t kPanelBlockBytes = 9 * kPanelVectors * 64;
-constexpr int kPanelTokens = 6;
+constexpr size_t kItemBytes = kPanelVectors * 64;
 
 // Transposes the 4x4 matrices of 32-bit lanes in each 128-bit chunk of a, b, c, d.
 SLLM_VNNI HWY_INLINE void Transpose4x4(__m512i& a, __m512i& b, __m512i& c, __m512i& d) {
@@ -302,97 +497,28 @@ SLLM_VNNI HWY_INLINE void TransposeRows(const uint8_t* rows, size_t row_bytes, s
   Transpose4x4(out[0], out[1], out[2], out[3]);
 }
 
-// Packs rows [r0, r0 + n_rows) (n_rows <= kPanelRows) of a Q8_0 or Q4_0 matrix; lanes of rows
-// past n_rows hold zeros.
-SLLM_VNNI void PackPanel(TensorType type, const uint8_t* w, size_t row_bytes, size_t nb, size_t r0,
-                         size_t n_rows, uint8_t* panel) {
-  const bool q8 = type == TensorType::Q8_0;
-  const size_t block_bytes = q8 ? kQ8Bytes : kQ4Bytes;
-  const __m512i flip = _mm512_set1_epi8(char(0x80));
-  const __m512i low4 = _mm512_set1_epi8(0x0f);
-  constexpr size_t kGroupStride = kPanelVectors * 64;
-  for (size_t v = 0; v < kPanelVectors; ++v) {
-    const size_t first = v * 16;
-    const size_t live = first < n_rows ? std::min<size_t>(16, n_rows - first) : 0;
-    const uint8_t* base = w + (r0 + first) * row_bytes;
-    for (size_t b = 0; b < nb; ++b) {
-      const uint8_t* p = base + b * block_bytes;
-      uint8_t* out = panel + b * kPanelBlockBytes + v * 64;
-      __m512i groups[4];
-      if (q8) {
-        for (size_t half = 0; half < 2; ++half) {
-          TransposeRows(p, row_bytes, live, 2 + 16 * half, groups);
-          for (size_t g = 0; g < 4; ++g) {
-            _mm512_store_si512(out + (4 * half + g) * kGroupStride,
-                               _mm512_xor_si512(groups[g], flip));
-          }
-        }
-      } else {
-        TransposeRows(p, row_bytes, live, 2, groups);
-        for (size_t g = 0; g < 4; ++g) {
-          _mm512_store_si512(out + g * kGroupStride, _mm512_and_si512(groups[g], low4));
-          _mm512_store_si512(out + (g + 4) * kGroupStride,
-                             _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4));
-        }
-      }
-      alignas(32) uint16_t d[16] = {};
-      for (size_t i = 0; i < live; ++i) std::memcpy(&d[i], p + i * row_bytes, 2);
-      _mm512_store_ps(out + 8 * kGroupStride,
-                      _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(d))));
-    }
+// How many lanes of panel vector v hold rows of the matrix, of a panel of n_rows.
+inline size_t PanelLive(size_t n_rows, size_t v) {
+  const size_t first = 16 * v;
+  return first < n_rows ? std::min<size_t>(16, n_rows - first) : 0;
+}
+
+// Per-row values of a block (scales, mins) for the lanes of a panel vector: item k, lane i.
+template <size_t kCount, typename T>
+SLLM_VNNI HWY_INLINE void StoreLanes(const T (&lanes)[kCount][16], uint8_t* out) {
+  static_assert(sizeof(T) == 4, "a lane is 32 bits");
+  for (size_t k = 0; k < kCount; ++k) {
+    _mm512_store_si512(out + k * kItemBytes, _mm512_loadu_si512(lanes[k]));
   }
 }
 
-// T tokens from t0 times a packed panel of rows [r0, r0 + n_rows). starts: per token and block,
-// minus the sum of its codes times what packing added to the weight codes (128 for Q8_0, 8 for
-// Q4_0 whose codes are value + 8), nb entries per token.
+// y of tokens t0.. and rows r0.. from a tile's sums: lane i of acc[t][v] is row r0 + 16v + i.
 template <int T>
-SLLM_VNNI void PanelTile(const uint8_t* panel, size_t nb, const int32_t* starts,
-                         const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
-                         size_t y_stride, size_t r0, size_t n_rows) {
-  constexpr size_t V = kPanelVectors;
-  const int8_t* xq[T];
-  const float* xs[T];
-  const int32_t* xstart[T];
-  for (int t = 0; t < T; ++t) {
-    xq[t] = x.codes(t0 + t);
-    xs[t] = x.scales(t0 + t);
-    xstart[t] = starts + (t0 + t) * nb;
-  }
-  __m512 acc[T][V];
-  for (int t = 0; t < T; ++t) {
-    for (size_t v = 0; v < V; ++v) acc[t][v] = _mm512_setzero_ps();
-  }
-  for (size_t b = 0; b < nb; ++b) {
-    const uint8_t* pb = panel + b * kPanelBlockBytes;
-    __m512i isum[T][V];
-    for (int t = 0; t < T; ++t) {
-      const __m512i start = _mm512_set1_epi32(xstart[t][b]);
-      for (size_t v = 0; v < V; ++v) isum[t][v] = start;
-    }
-    for (size_t g = 0; g < 8; ++g) {
-      __m512i wv[V];
-      for (size_t v = 0; v < V; ++v) wv[v] = _mm512_load_si512(pb + (g * V + v) * 64);
-      for (int t = 0; t < T; ++t) {
-        int32_t group;
-        std::memcpy(&group, xq[t] + b * kQuantBlock + 4 * g, 4);
-        const __m512i xb = _mm512_set1_epi32(group);
-        for (size_t v = 0; v < V; ++v) isum[t][v] = Dpbusd(isum[t][v], wv[v], xb);
-      }
-    }
-    __m512 dw[V];
-    for (size_t v = 0; v < V; ++v) dw[v] = _mm512_load_ps(pb + (8 * V + v) * 64);
-    for (int t = 0; t < T; ++t) {
-      const __m512 dx = _mm512_set1_ps(xs[t][b]);
-      for (size_t v = 0; v < V; ++v) {
-        acc[t][v] =
-            _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t][v]), _mm512_mul_ps(dw[v], dx), acc[t][v]);
-      }
-    }
-  }
-  for (size_t v = 0; v < V; ++v) {
-    if (16 * v >= n_rows) break;
-    const size_t live = std::min<size_t>(16, n_rows - 16 * v);
+SLLM_VNNI HWY_INLINE void StoreTile(const __m512 (&acc)[T][kPanelVectors], float* y,
+                                    size_t y_stride, size_t t0, size_t r0, size_t n_rows) {
+  for (size_t v = 0; v < kPanelVectors; ++v) {
+    const size_t live = PanelLive(n_rows, v);
+    if (live == 0) break;
     const __mmask16 valid = live == 16 ? __mmask16(0xffff) : __mmask16((1u << live) - 1);
     for (int t = 0; t < T; ++t) {
       _mm512_mask_storeu_ps(y + (t0 + t) * y_stride + r0 + 16 * v, valid, acc[t][v]);
@@ -400,58 +526,459 @@ SLLM_VNNI void PanelTile(const uint8_t* panel, size_t nb, const int32_t* starts,
   }
 }
 
-// The last rem < kPanelTokens tokens, with a tile of exactly that many.
-template <int T>
+// The 4 activation codes from p, in every lane.
+SLLM_VNNI HWY_INLINE __m512i BroadcastGroup(const int8_t* p) {
+  int32_t group;
+  std::memcpy(&group, p, 4);
+  return _mm512_set1_epi32(group);
+}
+
+// Q8_0 and Q4_0: per block 8 code groups, after which the int32 lane of each row holds the whole
+// block's sum, then the rows' f32 scales.
+struct BlockPanel {
+  static constexpr size_t kItems = 9;
+  static constexpr size_t kStarts = 1;
+  static constexpr int kTokens = 6;
+
+  static SLLM_VNNI void Pack(TensorType type, const uint8_t* w, size_t row_bytes, size_t nb,
+                             size_t r0, size_t n_rows, uint8_t* panel) {
+    const bool q8 = type == TensorType::Q8_0;
+    const size_t block_bytes = q8 ? kQ8Bytes : kQ4Bytes;
+    const __m512i flip = _mm512_set1_epi8(char(0x80));
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    for (size_t v = 0; v < kPanelVectors; ++v) {
+      const size_t live = PanelLive(n_rows, v);
+      const uint8_t* base = w + (r0 + 16 * v) * row_bytes;
+      for (size_t b = 0; b < nb; ++b) {
+        const uint8_t* p = base + b * block_bytes;
+        uint8_t* out = panel + b * kItems * kItemBytes + v * 64;
+        __m512i groups[4];
+        if (q8) {
+          for (size_t half = 0; half < 2; ++half) {
+            TransposeRows(p, row_bytes, live, 2 + 16 * half, groups);
+            for (size_t g = 0; g < 4; ++g) {
+              _mm512_store_si512(out + (4 * half + g) * kItemBytes,
+                                 _mm512_xor_si512(groups[g], flip));
+            }
+          }
+        } else {
+          TransposeRows(p, row_bytes, live, 2, groups);
+          for (size_t g = 0; g < 4; ++g) {
+            _mm512_store_si512(out + g * kItemBytes, _mm512_and_si512(groups[g], low4));
+            _mm512_store_si512(out + (g + 4) * kItemBytes,
+                               _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4));
+          }
+        }
+        alignas(32) uint16_t d[16] = {};
+        for (size_t i = 0; i < live; ++i) std::memcpy(&d[i], p + i * row_bytes, 2);
+        _mm512_store_ps(out + 8 * kItemBytes,
+                        _mm512_cvtph_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(d))));
+      }
+    }
+  }
+
+  // Per token and block, minus the sum of its codes times what packing added to the weight codes
+  // (128 for Q8_0, 8 for Q4_0 whose codes are value + 8).
+  static void Starts(TensorType type, const sllm::detail::QuantizedActivations& x, size_t nb,
+                     int32_t* starts) {
+    const int32_t offset = type == TensorType::Q8_0 ? 128 : 8;
+    for (size_t t = 0; t < x.n; ++t) {
+      const int32_t* sums = x.sums(t);  // per 16 codes
+      for (size_t b = 0; b < nb; ++b) {
+        starts[t * nb + b] = -(sums[2 * b] + sums[2 * b + 1]) * offset;
+      }
+    }
+  }
+
+  template <int T>
+  static SLLM_VNNI void Tile(const uint8_t* panel, size_t nb, const int32_t* starts,
+                             const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
+                             size_t y_stride, size_t r0, size_t n_rows) {
+    constexpr size_t V = kPanelVectors;
+    const int8_t* xq[T];
+    const float* xs[T];
+    const int32_t* xstart[T];
+    for (int t = 0; t < T; ++t) {
+      xq[t] = x.codes(t0 + t);
+      xs[t] = x.scales(t0 + t);
+      xstart[t] = starts + (t0 + t) * nb;
+    }
+    __m512 acc[T][V];
+    for (int t = 0; t < T; ++t) {
+      for (size_t v = 0; v < V; ++v) acc[t][v] = _mm512_setzero_ps();
+    }
+    for (size_t b = 0; b < nb; ++b) {
+      const uint8_t* pb = panel + b * kItems * kItemBytes;
+      __m512i isum[T][V];
+      for (int t = 0; t < T; ++t) {
+        const __m512i start = _mm512_set1_epi32(xstart[t][b]);
+        for (size_t v = 0; v < V; ++v) isum[t][v] = start;
+      }
+      for (size_t g = 0; g < 8; ++g) {
+        __m512i wv[V];
+        for (size_t v = 0; v < V; ++v) wv[v] = _mm512_load_si512(pb + g * kItemBytes + v * 64);
+        for (int t = 0; t < T; ++t) {
+          const __m512i xb = BroadcastGroup(xq[t] + b * kQuantBlock + 4 * g);
+          for (size_t v = 0; v < V; ++v) isum[t][v] = Dpbusd(isum[t][v], wv[v], xb);
+        }
+      }
+      __m512 dw[V];
+      for (size_t v = 0; v < V; ++v) dw[v] = _mm512_load_ps(pb + 8 * kItemBytes + v * 64);
+      for (int t = 0; t < T; ++t) {
+        const __m512 dx = _mm512_set1_ps(xs[t][b]);
+        for (size_t v = 0; v < V; ++v) {
+          acc[t][v] =
+              _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t][v]), _mm512_mul_ps(dw[v], dx), acc[t][v]);
+        }
+      }
+    }
+    StoreTile<T>(acc, y, y_stride, t0, r0, n_rows);
+  }
+};
+
+// Q4_K: per block the 64 code groups in value order (group 8j + g: values 4g..4g+3 of sub-block
+// j), the rows' 8 sub-block scales (int32), their mins as 4 pairs (sub-blocks 2k and 2k + 1 as the
+// low and high int16 of a lane), d and dmin (f32). Each sub-block's int32 sum is multiplied by its
+// scale; the mins are multiplied by the pairs of activation code sums (kStarts) with vpdpwssd.
+struct Q4KPanel {
+  static constexpr size_t kItems = 64 + 8 + 4 + 2;
+  static constexpr size_t kStarts = 4;
+  static constexpr int kTokens = 4;
+  static constexpr size_t kScales = 64, kMins = 72, kD = 76;
+
+  static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
+                             size_t r0, size_t n_rows, uint8_t* panel) {
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    for (size_t v = 0; v < kPanelVectors; ++v) {
+      const size_t live = PanelLive(n_rows, v);
+      const uint8_t* base = w + (r0 + 16 * v) * row_bytes;
+      for (size_t b = 0; b < nb; ++b) {
+        const uint8_t* p = base + b * sizeof(BlockQ4_K);
+        uint8_t* out = panel + b * kItems * kItemBytes + v * 64;
+        // Bytes 16c..16c+15 of the codes: values 16 (c % 2).. of sub-blocks 2 (c / 2) (low
+        // nibbles) and 2 (c / 2) + 1 (high nibbles).
+        for (size_t c = 0; c < 8; ++c) {
+          __m512i groups[4];
+          TransposeRows(p, row_bytes, live, 16 + 16 * c, groups);
+          const size_t first = 16 * (c / 2) + 4 * (c % 2);
+          for (size_t g = 0; g < 4; ++g) {
+            _mm512_store_si512(out + (first + g) * kItemBytes, _mm512_and_si512(groups[g], low4));
+            _mm512_store_si512(out + (first + 8 + g) * kItemBytes,
+                               _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4));
+          }
+        }
+        alignas(64) int32_t scales[8][16] = {}, mins[4][16] = {};
+        alignas(64) float d[2][16] = {};
+        for (size_t i = 0; i < live; ++i) {
+          const uint8_t* row = p + i * row_bytes;
+          uint8_t scale[8], min[8];
+          for (int j = 0; j < 8; ++j) unpack_q4_k_scales(row + 4, j, &scale[j], &min[j]);
+          for (int j = 0; j < 8; ++j) scales[j][i] = scale[j];
+          for (int k = 0; k < 4; ++k) mins[k][i] = min[2 * k] | min[2 * k + 1] << 16;
+          uint16_t h[2];
+          std::memcpy(h, row, 4);
+          d[0][i] = fp16_to_f32(h[0]);
+          d[1][i] = fp16_to_f32(h[1]);
+        }
+        StoreLanes(scales, out + kScales * kItemBytes);
+        StoreLanes(mins, out + kMins * kItemBytes);
+        StoreLanes(d, out + kD * kItemBytes);
+      }
+    }
+  }
+
+  // Per token, block and pair k of sub-blocks: the sums of the codes of sub-blocks 2k and 2k + 1
+  // as the low and high int16.
+  static void Starts(TensorType /*type*/, const sllm::detail::QuantizedActivations& x, size_t nb,
+                     int32_t* starts) {
+    for (size_t t = 0; t < x.n; ++t) {
+      const int32_t* sums = x.sums(t);  // per 16 codes
+      for (size_t k = 0; k < 4 * nb; ++k) {
+        const int32_t low = sums[4 * k] + sums[4 * k + 1], high = sums[4 * k + 2] + sums[4 * k + 3];
+        starts[t * 4 * nb + k] = int32_t(uint32_t(uint16_t(low)) | uint32_t(high) << 16);
+      }
+    }
+  }
+
+  template <int T>
+  static SLLM_VNNI void Tile(const uint8_t* panel, size_t nb, const int32_t* starts,
+                             const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
+                             size_t y_stride, size_t r0, size_t n_rows) {
+    constexpr size_t V = kPanelVectors;
+    const int8_t* xq[T];
+    const float* xs[T];
+    const int32_t* xsums[T];
+    for (int t = 0; t < T; ++t) {
+      xq[t] = x.codes(t0 + t);
+      xs[t] = x.scales(t0 + t);
+      xsums[t] = starts + (t0 + t) * 4 * nb;
+    }
+    __m512 acc[T][V];
+    for (int t = 0; t < T; ++t) {
+      for (size_t v = 0; v < V; ++v) acc[t][v] = _mm512_setzero_ps();
+    }
+    for (size_t b = 0; b < nb; ++b) {
+      const uint8_t* pb = panel + b * kItems * kItemBytes;
+      __m512i sum[T][V];
+      for (int t = 0; t < T; ++t) {
+        for (size_t v = 0; v < V; ++v) sum[t][v] = _mm512_setzero_si512();
+      }
+      for (size_t j = 0; j < 8; ++j) {
+        __m512i isum[T][V];
+        for (int t = 0; t < T; ++t) {
+          for (size_t v = 0; v < V; ++v) isum[t][v] = _mm512_setzero_si512();
+        }
+        for (size_t g = 0; g < 8; ++g) {
+          __m512i wv[V];
+          for (size_t v = 0; v < V; ++v) {
+            wv[v] = _mm512_load_si512(pb + (8 * j + g) * kItemBytes + v * 64);
+          }
+          for (int t = 0; t < T; ++t) {
+            const __m512i xb = BroadcastGroup(xq[t] + b * kSuperBlock + 32 * j + 4 * g);
+            for (size_t v = 0; v < V; ++v) isum[t][v] = Dpbusd(isum[t][v], wv[v], xb);
+          }
+        }
+        for (size_t v = 0; v < V; ++v) {
+          const __m512i scale = _mm512_load_si512(pb + (kScales + j) * kItemBytes + v * 64);
+          for (int t = 0; t < T; ++t) {
+            sum[t][v] = _mm512_add_epi32(sum[t][v], _mm512_mullo_epi32(isum[t][v], scale));
+          }
+        }
+      }
+      for (int t = 0; t < T; ++t) {
+        const __m512 dx = _mm512_set1_ps(xs[t][b]);
+        for (size_t v = 0; v < V; ++v) {
+          __m512i mins = _mm512_setzero_si512();
+          for (size_t k = 0; k < 4; ++k) {
+            mins = Dpwssd(mins, _mm512_load_si512(pb + (kMins + k) * kItemBytes + v * 64),
+                          _mm512_set1_epi32(xsums[t][4 * b + k]));
+          }
+          const __m512 d = _mm512_load_ps(pb + kD * kItemBytes + v * 64);
+          const __m512 dmin = _mm512_load_ps(pb + (kD + 1) * kItemBytes + v * 64);
+          acc[t][v] =
+              _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t][v]), _mm512_mul_ps(d, dx), acc[t][v]);
+          acc[t][v] =
+              _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, dx), acc[t][v]);
+        }
+      }
+    }
+    StoreTile<T>(acc, y, y_stride, t0, r0, n_rows);
+  }
+};
+
+// Q6_K: per block the 64 code groups in value order, stored plus 32 (unsigned; group 4j + g:
+// values 4g..4g+3 of sub-block j of 16), the rows' 16 sub-block scales (int32) and d (f32). Each
+// sub-block's sum starts at minus 32 times its activation codes' sum (kStarts) and is multiplied
+// by its scale.
+struct Q6KPanel {
+  static constexpr size_t kItems = 64 + 16 + 1;
+  static constexpr size_t kStarts = 16;
+  static constexpr int kTokens = 4;
+  static constexpr size_t kScales = 64, kD = 80;
+
+  static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
+                             size_t r0, size_t n_rows, uint8_t* panel) {
+    const __m512i low4 = _mm512_set1_epi8(0x0f), bits45 = _mm512_set1_epi8(0x30);
+    for (size_t v = 0; v < kPanelVectors; ++v) {
+      const size_t live = PanelLive(n_rows, v);
+      const uint8_t* base = w + (r0 + 16 * v) * row_bytes;
+      for (size_t b = 0; b < nb; ++b) {
+        const uint8_t* p = base + b * sizeof(BlockQ6_K);
+        uint8_t* out = panel + b * kItems * kItemBytes + v * 64;
+        // Values l..l+15 (l = 16 c) of the 4 quarters of half h: the low nibbles of ql[64h + l..]
+        // and ql[64h + 32 + l..], then their high nibbles; the top bits are bit pairs of
+        // qh[32h + l..].
+        for (size_t h = 0; h < 2; ++h) {
+          for (size_t c = 0; c < 2; ++c) {
+            __m512i ql0[4], ql1[4], qh[4];
+            TransposeRows(p, row_bytes, live, 64 * h + 16 * c, ql0);
+            TransposeRows(p, row_bytes, live, 64 * h + 32 + 16 * c, ql1);
+            TransposeRows(p, row_bytes, live, 128 + 32 * h + 16 * c, qh);
+            for (size_t g = 0; g < 4; ++g) {
+              const __m512i quarters[4] = {
+                  _mm512_or_si512(_mm512_and_si512(ql0[g], low4),
+                                  _mm512_and_si512(_mm512_slli_epi32(qh[g], 4), bits45)),
+                  _mm512_or_si512(_mm512_and_si512(ql1[g], low4),
+                                  _mm512_and_si512(_mm512_slli_epi32(qh[g], 2), bits45)),
+                  _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(ql0[g], 4), low4),
+                                  _mm512_and_si512(qh[g], bits45)),
+                  _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(ql1[g], 4), low4),
+                                  _mm512_and_si512(_mm512_srli_epi32(qh[g], 2), bits45))};
+              for (size_t k = 0; k < 4; ++k) {
+                const size_t group = 32 * h + 8 * k + 4 * c + g;  // values 4 group..
+                _mm512_store_si512(out + group * kItemBytes, quarters[k]);
+              }
+            }
+          }
+        }
+        alignas(64) int32_t scales[16][16] = {};
+        alignas(64) float d[1][16] = {};
+        for (size_t i = 0; i < live; ++i) {
+          const uint8_t* row = p + i * row_bytes;
+          for (size_t j = 0; j < 16; ++j) scales[j][i] = int8_t(row[192 + j]);
+          uint16_t h;
+          std::memcpy(&h, row + 208, 2);
+          d[0][i] = fp16_to_f32(h);
+        }
+        StoreLanes(scales, out + kScales * kItemBytes);
+        StoreLanes(d, out + kD * kItemBytes);
+      }
+    }
+  }
+
+  // Per token, block and sub-block: minus 32 times the sum of its activation codes.
+  static void Starts(TensorType /*type*/, const sllm::detail::QuantizedActivations& x, size_t nb,
+                     int32_t* starts) {
+    for (size_t t = 0; t < x.n; ++t) {
+      const int32_t* sums = x.sums(t);
+      for (size_t j = 0; j < 16 * nb; ++j) starts[t * 16 * nb + j] = -32 * sums[j];
+    }
+  }
+
+  template <int T>
+  static SLLM_VNNI void Tile(const uint8_t* panel, size_t nb, const int32_t* starts,
+                             const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
+                             size_t y_stride, size_t r0, size_t n_rows) {
+    constexpr size_t V = kPanelVectors;
+    const int8_t* xq[T];
+    const float* xs[T];
+    const int32_t* xstart[T];
+    for (int t = 0; t < T; ++t) {
+      xq[t] = x.codes(t0 + t);
+      xs[t] = x.scales(t0 + t);
+      xstart[t] = starts + (t0 + t) * 16 * nb;
+    }
+    __m512 acc[T][V];
+    for (int t = 0; t < T; ++t) {
+      for (size_t v = 0; v < V; ++v) acc[t][v] = _mm512_setzero_ps();
+    }
+    for (size_t b = 0; b < nb; ++b) {
+      const uint8_t* pb = panel + b * kItems * kItemBytes;
+      __m512i sum[T][V];
+      for (int t = 0; t < T; ++t) {
+        for (size_t v = 0; v < V; ++v) sum[t][v] = _mm512_setzero_si512();
+      }
+      for (size_t j = 0; j < 16; ++j) {
+        __m512i isum[T][V];
+        for (int t = 0; t < T; ++t) {
+          const __m512i start = _mm512_set1_epi32(xstart[t][16 * b + j]);
+          for (size_t v = 0; v < V; ++v) isum[t][v] = start;
+        }
+        for (size_t g = 0; g < 4; ++g) {
+          __m512i wv[V];
+          for (size_t v = 0; v < V; ++v) {
+            wv[v] = _mm512_load_si512(pb + (4 * j + g) * kItemBytes + v * 64);
+          }
+          for (int t = 0; t < T; ++t) {
+            const __m512i xb = BroadcastGroup(xq[t] + b * kSuperBlock + 16 * j + 4 * g);
+            for (size_t v = 0; v < V; ++v) isum[t][v] = Dpbusd(isum[t][v], wv[v], xb);
+          }
+        }
+        for (size_t v = 0; v < V; ++v) {
+          const __m512i scale = _mm512_load_si512(pb + (kScales + j) * kItemBytes + v * 64);
+          for (int t = 0; t < T; ++t) {
+            sum[t][v] = _mm512_add_epi32(sum[t][v], _mm512_mullo_epi32(isum[t][v], scale));
+          }
+        }
+      }
+      for (int t = 0; t < T; ++t) {
+        const __m512 dx = _mm512_set1_ps(xs[t][b]);
+        for (size_t v = 0; v < V; ++v) {
+          const __m512 d = _mm512_load_ps(pb + kD * kItemBytes + v * 64);
+          acc[t][v] =
+              _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t][v]), _mm512_mul_ps(d, dx), acc[t][v]);
+        }
+      }
+    }
+    StoreTile<T>(acc, y, y_stride, t0, r0, n_rows);
+  }
+};
+
+// The last rem < Panel::kTokens tokens, with a tile of exactly that many.
+template <class Panel, int T>
 SLLM_VNNI void PanelRemainder(size_t rem, const uint8_t* panel, size_t nb, const int32_t* starts,
                               const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
                               size_t y_stride, size_t r0, size_t n_rows) {
   if (rem == T) {
-    PanelTile<T>(panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
+    Panel::template Tile<T>(panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
   } else if constexpr (T > 1) {
-    PanelRemainder<T - 1>(rem, panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
+    PanelRemainder<Panel, T - 1>(rem, panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
   }
 }
 
+template <class Panel>
 SLLM_VNNI void PanelTokens(const uint8_t* panel, size_t nb, const int32_t* starts,
                            const sllm::detail::QuantizedActivations& x, float* y, size_t y_stride,
                            size_t r0, size_t n_rows) {
   size_t t0 = 0;
-  for (; t0 + kPanelTokens <= x.n; t0 += kPanelTokens) {
-    PanelTile<kPanelTokens>(panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
+  for (; t0 + Panel::kTokens <= x.n; t0 += Panel::kTokens) {
+    Panel::template Tile<Panel::kTokens>(panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
   }
   if (t0 < x.n) {
-    PanelRemainder<kPanelTokens - 1>(x.n - t0, panel, nb, starts, x, t0, y, y_stride, r0, n_rows);
+    PanelRemainder<Panel, Panel::kTokens - 1>(x.n - t0, panel, nb, starts, x, t0, y, y_stride, r0,
+                                              n_rows);
+  }
+}
+
+// The per-thread buffers of the packed kernels: they only grow, as matrices of different widths
+// and types alternate.
+struct PanelBuffers {
+  sllm::detail::AlignedBuffer<uint8_t> panel;
+  sllm::detail::AlignedBuffer<int32_t> starts;
+};
+inline PanelBuffers& ThreadPanelBuffers() {
+  static thread_local PanelBuffers buffers;
+  return buffers;
+}
+
+template <class Panel>
+SLLM_VNNI void PackedMatmul(TensorType type, const uint8_t* w, size_t row_bytes, size_t nb,
+                            const sllm::detail::QuantizedActivations& x, float* y, size_t y_stride,
+                            size_t row_begin, size_t row_end) {
+  PanelBuffers& buf = ThreadPanelBuffers();
+  const size_t panel_bytes = nb * Panel::kItems * kItemBytes;
+  const size_t n_starts = x.n * nb * Panel::kStarts;
+  if (buf.panel.size() < panel_bytes) buf.panel.resize(panel_bytes);
+  if (buf.starts.size() < n_starts) buf.starts.resize(n_starts);
+  Panel::Starts(type, x, nb, buf.starts.data());
+  for (size_t r = row_begin; r < row_end; r += kPanelRows) {
+    const size_t n_rows = std::min(kPanelRows, row_end - r);
+    Panel::Pack(type, w, row_bytes, nb, r, n_rows, buf.panel.data());
+    PanelTokens<Panel>(buf.panel.data(), nb, buf.starts.data(), x, y, y_stride, r, n_rows);
   }
 }
 
 // From this many activation rows on, packing panels is faster than streaming the weights.
 constexpr size_t kPackedMinTokens = 5;
 
+template <class Step, class Panel>
+SLLM_VNNI void MatmulType(TensorType type, const uint8_t* w, size_t cols, size_t row_bytes,
+                          const sllm::detail::QuantizedActivations& x, float* y, size_t y_stride,
+                          size_t row_begin, size_t row_end) {
+  const size_t nb = cols / Step::kBlockValues;
+  if (x.n < kPackedMinTokens) {
+    DirectMatmul<Step>(w, row_bytes, nb, x, y, y_stride, row_begin, row_end);
+  } else {
+    PackedMatmul<Panel>(type, w, row_bytes, nb, x, y, y_stride, row_begin, row_end);
+  }
+}
+
 SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_bytes,
                            const sllm::detail::QuantizedActivations* x, float* y, size_t y_stride,
                            size_t row_begin, size_t row_end) {
-  const size_t nb = cols / kQuantBlock;
-  if (x->n < kPackedMinTokens) {
-    if (type == TensorType::Q8_0) {
-      DirectMatmul<Q8Step>(w, row_bytes, nb, *x, y, y_stride, row_begin, row_end);
-    } else {
-      DirectMatmul<Q4Step>(w, row_bytes, nb, *x, y, y_stride, row_begin, row_end);
-    }
-    return;
-  }
-  static thread_local sllm::detail::AlignedBuffer<uint8_t> panel;
-  static thread_local sllm::detail::AlignedBuffer<int32_t> starts;
-  // The buffers only grow: matrices of different widths alternate.
-  if (panel.size() < nb * kPanelBlockBytes) panel.resize(nb * kPanelBlockBytes);
-  if (starts.size() < x->n * nb) starts.resize(x->n * nb);
-  const int32_t offset = type == TensorType::Q8_0 ? 128 : 8;
-  for (size_t t = 0; t < x->n; ++t) {
-    for (size_t b = 0; b < nb; ++b) starts[t * nb + b] = -x->sums(t)[b] * offset;
-  }
-  for (size_t r = row_begin; r < row_end; r += kPanelRows) {
-    const size_t n_rows = std::min(kPanelRows, row_end - r);
-    PackPanel(type, w, row_bytes, nb, r, n_rows, panel.data());
-    PanelTokens(panel.data(), nb, starts.data(), *x, y, y_stride, r, n_rows);
+  switch (type) {
+    case TensorType::Q8_0:
+      return MatmulType<Q8Step, BlockPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
+                                            row_end);
+    case TensorType::Q4_0:
+      return MatmulType<Q4Step, BlockPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
+                                            row_end);
+    case TensorType::Q4_K:
+      return MatmulType<Q4KStep, Q4KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
+                                           row_end);
+    default:
+      return MatmulType<Q6KStep, Q6KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
+                                           row_end);
   }
 }
 
@@ -512,16 +1039,101 @@ HWY_INLINE float RowDotQ4(const uint8_t* w, size_t nb, const int8_t* xq, const f
   return hn::GetLane(hn::SumOfLanes(df, acc));
 }
 
+// K-quants: per sub-block the int32 sum of the products, times the sub-block's scale in int32
+// lanes; per block the sums and the f32 scales combined as ref::dot_q4_k and ref::dot_q6_k do.
+HWY_INLINE float RowDotQ4K(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs,
+                           const int32_t* xsums) {
+  const hn::CappedTag<int16_t, 16> d16;
+  const hn::Rebind<int8_t, decltype(d16)> d8;
+  const hn::Rebind<uint8_t, decltype(d16)> du8;
+  const hn::Repartition<int32_t, decltype(d16)> d32;
+  const size_t N = hn::Lanes(d16);
+  const auto low4 = hn::Set(du8, uint8_t{0x0f});
+  float sum = 0.0f;
+  for (size_t b = 0; b < nb; ++b, w += sizeof(BlockQ4_K), xq += kSuperBlock, xsums += 16) {
+    auto scaled = hn::Zero(d32);
+    int32_t mins = 0;
+    for (int j = 0; j < 8; ++j) {
+      uint8_t scale, min;
+      unpack_q4_k_scales(w + 4, j, &scale, &min);
+      const uint8_t* q = w + 16 + j / 2 * 32;  // sub-block j in the low (even j) or high nibbles
+      auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
+      for (size_t i = 0; i < 32; i += N) {
+        const auto packed = hn::LoadU(du8, q + i);
+        const auto codes = j % 2 ? hn::ShiftRight<4>(packed) : hn::And(packed, low4);
+        sum0 = hn::ReorderWidenMulAccumulate(d32, hn::PromoteTo(d16, codes),
+                                             hn::PromoteTo(d16, hn::LoadU(d8, xq + 32 * j + i)),
+                                             sum0, sum1);
+      }
+      scaled = hn::Add(scaled, hn::Mul(hn::Add(sum0, sum1), hn::Set(d32, int32_t{scale})));
+      mins += min * (xsums[2 * j] + xsums[2 * j + 1]);
+    }
+    uint16_t d[2];
+    std::memcpy(d, w, 4);
+    sum += xs[b] * (fp16_to_f32(d[0]) * float(hn::GetLane(hn::SumOfLanes(d32, scaled))) -
+                    fp16_to_f32(d[1]) * float(mins));
+  }
+  return sum;
+}
+
+HWY_INLINE float RowDotQ6K(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs) {
+  const hn::CappedTag<int16_t, 16> d16;
+  const hn::Rebind<int8_t, decltype(d16)> d8;
+  const hn::Rebind<uint8_t, decltype(d16)> du8;
+  const hn::Repartition<int32_t, decltype(d16)> d32;
+  const size_t N = hn::Lanes(d16);
+  const auto low4 = hn::Set(d16, int16_t{0x0f});
+  const auto low2 = hn::Set(d16, int16_t{3});
+  const auto offset = hn::Set(d16, int16_t{32});
+  float sum = 0.0f;
+  for (size_t b = 0; b < nb; ++b, w += sizeof(BlockQ6_K), xq += kSuperBlock) {
+    auto scaled = hn::Zero(d32);
+    // Sub-block j: values 16j.., in quarter k of half h (see BlockQ6_K).
+    for (size_t j = 0; j < kSuperBlock / 16; ++j) {
+      const size_t h = j / 8, k = j % 8 / 2, l = j % 2 * 16;
+      const uint8_t* ql = w + 64 * h + 32 * (k % 2) + l;
+      const uint8_t* qh = w + 128 + 32 * h + l;
+      auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
+      for (size_t i = 0; i < 16; i += N) {
+        const auto low = hn::And(
+            hn::ShiftRightSame(hn::PromoteTo(d16, hn::LoadU(du8, ql + i)), int(k / 2 * 4)), low4);
+        const auto high = hn::And(
+            hn::ShiftRightSame(hn::PromoteTo(d16, hn::LoadU(du8, qh + i)), int(2 * k)), low2);
+        const auto codes = hn::Sub(hn::Or(low, hn::ShiftLeft<4>(high)), offset);
+        sum0 = hn::ReorderWidenMulAccumulate(
+            d32, codes, hn::PromoteTo(d16, hn::LoadU(d8, xq + 16 * j + i)), sum0, sum1);
+      }
+      const int32_t scale = int8_t(w[192 + j]);
+      scaled = hn::Add(scaled, hn::Mul(hn::Add(sum0, sum1), hn::Set(d32, scale)));
+    }
+    uint16_t d;
+    std::memcpy(&d, w + 208, 2);
+    sum += xs[b] * (fp16_to_f32(d) * float(hn::GetLane(hn::SumOfLanes(d32, scaled))));
+  }
+  return sum;
+}
+
 void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_bytes,
                  const sllm::detail::QuantizedActivations* x, float* y, size_t y_stride,
                  size_t row_begin, size_t row_end) {
-  const size_t nb = cols / kQuantBlock;
-  const bool q8 = type == TensorType::Q8_0;
   for (size_t r = row_begin; r < row_end; ++r) {
     const uint8_t* wr = w + r * row_bytes;
     for (size_t t = 0; t < x->n; ++t) {
-      y[t * y_stride + r] = q8 ? RowDotQ8(wr, nb, x->codes(t), x->scales(t))
-                               : RowDotQ4(wr, nb, x->codes(t), x->scales(t));
+      float dot;
+      switch (type) {
+        case TensorType::Q8_0:
+          dot = RowDotQ8(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
+          break;
+        case TensorType::Q4_0:
+          dot = RowDotQ4(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
+          break;
+        case TensorType::Q4_K:
+          dot = RowDotQ4K(wr, cols / kSuperBlock, x->codes(t), x->scales(t), x->sums(t));
+          break;
+        default:
+          dot = RowDotQ6K(wr, cols / kSuperBlock, x->codes(t), x->scales(t));
+      }
+      y[t * y_stride + r] = dot;
     }
   }
 }

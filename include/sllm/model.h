@@ -162,7 +162,8 @@ class Transformer {
   void normalize(const Norm& norm, const float* x, size_t n, float* out) const;
   // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride.
   // y = W x (+ bias) for n rows of x; x_quantized says whether the thread's quantized input
-  // already holds x (set once a quantized weight has needed it).
+  // already holds x (set once a quantized weight has needed it; a weight whose type needs the
+  // other activation format quantizes x again).
   void multiply(const Linear& l, const float* x, size_t n, size_t x_stride, bool& x_quantized,
                 float* y, size_t y_stride) const;
   void linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,

@@ -77,21 +77,22 @@ inline const TensorInfo& required_tensor(const Gguf& gguf, const std::string& na
 // A 2-D weight of cols x rows (ggml order: ne[0] = cols) read in place. The one place that
 // decides which tensor types the matmul runs.
 inline MatrixView weight_matrix(const Gguf& gguf, const TensorInfo& t, size_t cols, size_t rows) {
-  const bool quantized = t.type == TensorType::Q8_0 || t.type == TensorType::Q4_0;
+  const bool quantized = matmul_q_reads(t.type);
   if (t.type != TensorType::F32 && t.type != TensorType::F16 && t.type != TensorType::BF16 &&
       !quantized) {
     fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
-         ", which this build cannot run yet (supported: F32, F16, BF16, Q8_0, Q4_0)");
+         ", which this build cannot run yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)");
   }
   if (t.n_dims != 2 || t.ne[0] != cols || t.ne[1] != rows) {
     fail("tensor " + t.name + " in " + gguf.path() + " has shape " + t.shape_string() +
          ", but the model's metadata implies " + shape_of(cols, rows));
   }
-  if (quantized && cols % kQuantBlock != 0) {
+  const size_t block = tensor_type_info(uint32_t(t.type))->block_elems;
+  if (quantized && cols % block != 0) {
     // Old ggml let blocks run across rows (the Q8_0 stories260K file); sllm reads rows in place.
     fail("tensor " + t.name + " in " + gguf.path() + " has rows of " + std::to_string(cols) +
-         " values, not a whole number of " + tensor_type_name(t.type) +
-         " blocks of 32; re-quantize the model with a current tool");
+         " values, not a whole number of " + tensor_type_name(t.type) + " blocks of " +
+         std::to_string(block) + "; re-quantize the model with a current tool");
   }
   const size_t elem = t.type == TensorType::F32 ? 4 : 2;  // quantized blocks start with an f16
   if (reinterpret_cast<uintptr_t>(t.data) % elem != 0) {
@@ -542,10 +543,11 @@ void Transformer::normalize(const Norm& norm, const float* x, size_t n, float* o
 
 void Transformer::multiply(const Linear& l, const float* x, size_t n, size_t x_stride,
                            bool& x_quantized, float* y, size_t y_stride) const {
-  if (l.weight.type == TensorType::Q8_0 || l.weight.type == TensorType::Q4_0) {
+  if (detail::matmul_q_reads(l.weight.type)) {
     detail::QuantizedActivations& xq = detail::thread_quantized_input();
-    if (!x_quantized) {
-      detail::quantize_activations(x, n, l.weight.cols, x_stride, xq, n_threads_);
+    const detail::ActivationFormat format = detail::activation_format(l.weight.type);
+    if (!x_quantized || xq.format != format) {
+      detail::quantize_activations(x, n, l.weight.cols, x_stride, xq, n_threads_, format);
       x_quantized = true;
     }
     detail::matmul_q(l.weight, xq, y, y_stride, n_threads_);

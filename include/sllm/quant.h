@@ -50,9 +50,17 @@ struct BlockQ5_K {
   uint8_t qh[kSuperBlock / 8];
   uint8_t qs[kSuperBlock / 2];
 };
+// Q8_K: activations for the integer dot products with K-quant weights (ggml's layout): value i
+// = qs[i] * d, and bsums[k] the sum of codes 16k..16k+15. 292 bytes.
+struct BlockQ8_K {
+  float d;
+  int8_t qs[kSuperBlock];
+  int16_t bsums[kSuperBlock / 16];
+};
 static_assert(sizeof(BlockQ4_K) == 144, "Q4_K blocks are 144 bytes in GGUF");
 static_assert(sizeof(BlockQ5_K) == 176, "Q5_K blocks are 176 bytes in GGUF");
 static_assert(sizeof(BlockQ6_K) == 210, "Q6_K blocks are 210 bytes in GGUF");
+static_assert(sizeof(BlockQ8_K) == 292, "Q8_K blocks are 292 bytes in ggml");
 
 // The 6-bit scale and min of sub-block j (0..7) of a Q4_K block. Sub-blocks 0-3 keep them in the
 // low 6 bits of scales[j] and scales[j + 4]; sub-blocks 4-7 keep their low 4 bits in the nibbles
@@ -74,6 +82,18 @@ inline void pack_q4_k_scales(const uint8_t* scale, const uint8_t* min, uint8_t* 
     scales[j + 4] = uint8_t((min[j] & 63) | ((min[j + 4] >> 4) << 6));
     scales[j + 8] = uint8_t((scale[j + 4] & 15) | ((min[j + 4] & 15) << 4));
   }
+}
+
+// The 4-bit code of value i (0..255) of a Q4_K block.
+inline int q4_k_code(const BlockQ4_K& b, size_t i) {
+  return (b.qs[i / 64 * 32 + i % 32] >> (i / 32 % 2 * 4)) & 0x0f;
+}
+// The 6-bit code of value i (0..255) of a Q6_K block (value = d * scales[i / 16] * (code - 32)).
+inline int q6_k_code(const BlockQ6_K& b, size_t i) {
+  const size_t half = i / 128, quarter = i % 128 / 32, l = i % 32;
+  const int low = (b.ql[half * 64 + quarter % 2 * 32 + l] >> (quarter / 2 * 4)) & 0x0f;
+  const int high = (b.qh[half * 32 + l] >> (2 * quarter)) & 3;
+  return low | high << 4;
 }
 
 // Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K,
@@ -114,6 +134,10 @@ void dequantize_row_q5_k(const BlockQ5_K* x, float* y, size_t n);
 // of candidate grids; d gives the scale of largest magnitude a code near -128, and each
 // sub-block keeps the neighbouring 8-bit code that gives it the smallest error.
 void quantize_row_q6_k(const float* x, BlockQ6_K* y, size_t n);
+// Activations for K-quant weights, as ggml's x86 code quantizes them: per block d = amax / 127
+// kept in f32, q = round(x * (127 / amax)) with halves to even (as quantize_activations_q8_0
+// does per 32 values), and the sums of each 16 codes.
+void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n);
 
 // Integer dot product of one block with a Q8_0 block of activations.
 int32_t block_dot(const BlockQ8_0& w, const BlockQ8_0& x);
@@ -122,5 +146,12 @@ int32_t block_dot(const BlockQ4_0& w, const BlockQ8_0& x);
 // dot product, then sum += isum * (d_w * d_x) in f32, as ggml's vec_dot does.
 float dot_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, size_t n);
 float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n);
+// Dot product of a K-quant weight row with an activation row quantized to Q8_K: per block, the
+// integer dot products of the sub-blocks times their integer scales (and for Q4_K the sums of the
+// activation codes times the sub-block mins) summed in int32, then sum += d_x * (d * S - dmin * M)
+// (Q4_K) or d_x * (d * S) (Q6_K, whose S counts the codes minus 32) in f32. n is a multiple of
+// 256.
+float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n);
+float dot_q6_k(const BlockQ6_K* w, const BlockQ8_K* x, size_t n);
 }  // namespace ref
 }  // namespace sllm

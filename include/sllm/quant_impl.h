@@ -104,30 +104,37 @@ void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n) {
     for (int j = 0; j < 8; ++j) {
       uint8_t scale, min;
       unpack_q4_k_scales(x[b].scales, j, &scale, &min);
-      const uint8_t* q = x[b].qs + (j / 2) * 32;
-      const int shift = (j % 2) * 4;
-      for (int l = 0; l < 32; ++l) *y++ = d * scale * ((q[l] >> shift) & 0x0f) - dmin * min;
+      for (size_t i = 32 * size_t(j); i < 32 * size_t(j) + 32; ++i) {
+        *y++ = d * scale * q4_k_code(x[b], i) - dmin * min;
+      }
+    }
+  }
+}
+
+void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q8_K, n);
+  for (size_t b = 0; b < nb; ++b, x += kSuperBlock) {
+    float amax = 0.0f;
+    for (size_t i = 0; i < kSuperBlock; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    y[b].d = amax / 127.0f;
+    for (size_t k = 0; k < kSuperBlock / 16; ++k) {
+      int sum = 0;
+      for (size_t i = 16 * k; i < 16 * k + 16; ++i) {
+        y[b].qs[i] = detail::q8_code(std::nearbyint(x[i] * id));
+        sum += y[b].qs[i];
+      }
+      y[b].bsums[k] = int16_t(sum);
     }
   }
 }
 
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q6_K, n);
-  for (size_t b = 0; b < nb; ++b, y += kSuperBlock) {
+  for (size_t b = 0; b < nb; ++b) {
     const float d = fp16_to_f32(x[b].d);
-    for (int half = 0; half < 2; ++half) {
-      const uint8_t* ql = x[b].ql + half * 64;
-      const uint8_t* qh = x[b].qh + half * 32;
-      for (int quarter = 0; quarter < 4; ++quarter) {
-        const uint8_t* low = ql + (quarter % 2) * 32;
-        const int low_shift = (quarter / 2) * 4;
-        for (int l = 0; l < 32; ++l) {
-          const int q = ((low[l] >> low_shift) & 0x0f) | (((qh[l] >> (2 * quarter)) & 3) << 4);
-          const int i = half * 128 + quarter * 32 + l;
-          y[i] = d * x[b].scales[i / 16] * (q - 32);
-        }
-      }
-    }
+    for (size_t i = 0; i < kSuperBlock; ++i)
+      *y++ = d * x[b].scales[i / 16] * (q6_k_code(x[b], i) - 32);
   }
 }
 
@@ -563,6 +570,44 @@ float dot_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, size_t n) {
 
 float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n) {
   return dot_blocks(TensorType::Q4_0, w, x, n);
+}
+
+float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q4_K, n);
+  float sum = 0.0f;
+  for (size_t b = 0; b < nb; ++b) {
+    int32_t scaled = 0, mins = 0;
+    for (int j = 0; j < 8; ++j) {
+      uint8_t scale, min;
+      unpack_q4_k_scales(w[b].scales, j, &scale, &min);
+      int32_t dot = 0, codes = 0;
+      for (size_t i = 32 * size_t(j); i < 32 * size_t(j) + 32; ++i) {
+        dot += q4_k_code(w[b], i) * int32_t(x[b].qs[i]);
+        codes += x[b].qs[i];
+      }
+      scaled += scale * dot;
+      mins += min * codes;
+    }
+    sum += x[b].d * (fp16_to_f32(w[b].d) * float(scaled) - fp16_to_f32(w[b].dmin) * float(mins));
+  }
+  return sum;
+}
+
+float dot_q6_k(const BlockQ6_K* w, const BlockQ8_K* x, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q6_K, n);
+  float sum = 0.0f;
+  for (size_t b = 0; b < nb; ++b) {
+    int32_t scaled = 0;
+    for (size_t j = 0; j < kSuperBlock / 16; ++j) {
+      int32_t dot = 0;
+      for (size_t i = 16 * j; i < 16 * j + 16; ++i) {
+        dot += (q6_k_code(w[b], i) - 32) * int32_t(x[b].qs[i]);
+      }
+      scaled += w[b].scales[j] * dot;
+    }
+    sum += x[b].d * (fp16_to_f32(w[b].d) * float(scaled));
+  }
+  return sum;
 }
 
 }  // namespace ref
