@@ -182,6 +182,21 @@ TEST_CASE("a tied token embedding gets the output matrix's type") {
   CHECK(out.tensor("blk.4.attn_v.weight").type == TensorType::Q4_K);
 }
 
+TEST_CASE("a fused attn_qkv matrix gets Q5_K in q4_k_m, as llama-quantize gives it") {
+  TempDir dir;
+  sllm::GgufWriter w;
+  w.set("general.architecture", GgufValue::string("phi3"));
+  w.set("phi3.block_count", GgufValue::u32(1));
+  const std::vector<float> values(256 * 3, 0.5f);
+  w.add_tensor("blk.0.attn_qkv.weight", TensorType::F32, {256, 3}, values.data(), 4 * 768);
+  w.add_tensor("blk.0.attn_output.weight", TensorType::F32, {256, 3}, values.data(), 4 * 768);
+  w.write(dir.path("in.gguf"));
+  REQUIRE(quantize({"-q", dir.path("in.gguf"), dir.path("out.gguf"), "q4_k_m"}) == 0);
+  const Gguf out = Gguf::open(dir.path("out.gguf"));
+  CHECK(out.tensor("blk.0.attn_qkv.weight").type == TensorType::Q5_K);
+  CHECK(out.tensor("blk.0.attn_output.weight").type == TensorType::Q4_K);
+}
+
 TEST_CASE("rows that are not whole blocks fall back: Q4_0 or Q8_0 for rows of 32s, else F16") {
   TempDir dir;
   // Rows of 288 (9 blocks of 32, not whole super-blocks) and ffn_down rows of 100.

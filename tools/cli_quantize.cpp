@@ -139,11 +139,14 @@ struct Choice {
   std::string fallback;  // empty when the tensor got the wished type or is not quantized
 };
 
-// Rows that are not whole blocks of the wished type fall back to a type of 32-value blocks
-// with at least as many bits, then to F16 (llama-quantize falls back to Q5_0/Q5_1/Q8_0, which
-// sllm does not compute with, except Q8_0).
+// Weight matrices in a float type get the mix's type; other tensors, and matrices already
+// quantized, are copied. Rows that are not whole blocks of the wished type fall back to a type
+// of 32-value blocks with at least as many bits, then to F16 (llama-quantize falls back to
+// Q5_0/Q5_1/Q8_0, which sllm does not compute with, except Q8_0).
 Choice choose_type(const TensorInfo& t, const Mix& mix, bool is_output, int n_layers) {
-  if (!is_weight_matrix(t) || block_elems(t.type) > 1) return {t.type, ""};
+  const bool float_type =
+      t.type == TensorType::F32 || t.type == TensorType::F16 || t.type == TensorType::BF16;
+  if (!is_weight_matrix(t) || !float_type) return {t.type, ""};
   const TensorType wish = wished_type(mix, t.name, is_output, n_layers);
   const uint64_t cols = t.ne[0];
   if (cols % block_elems(wish) == 0) return {wish, ""};
