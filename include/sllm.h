@@ -2348,7 +2348,7 @@ HWY_INLINE void ForEachRow(const detail::PagedRows& rows, size_t j0, size_t n, c
 }
 
 // Rows [j0, j0 + n) of a paged view widened to f32 into out (n rows of stride floats: the dim
-// elements, then zeros), and for I8 their row scales into scales.
+// elements, then zeros), and their row scales (1 but for I8) into scales.
 template <typename KV, class D>
 HWY_INLINE void WidenRows(D d, const detail::PagedRows& rows, size_t j0, size_t n, size_t dim,
                           size_t stride, float* HWY_RESTRICT out, float* HWY_RESTRICT scales) {
@@ -2363,9 +2363,10 @@ HWY_INLINE void WidenRows(D d, const detail::PagedRows& rows, size_t j0, size_t 
   });
 }
 
-// Asks for the cache lines of rows [j0, j0 + n) of a paged view, row_bytes each. A KV head's
-// rows of one layer lie in short runs (a block's tokens) far apart, which the hardware
-// prefetcher does not follow, so attention asks for the next chunk's while it computes one.
+// Asks for the cache lines of rows [j0, j0 + n) of a paged view, row_bytes each. A sequence's
+// blocks need not be adjacent (sequences take blocks in turn), so a KV head's rows may lie in
+// short runs (a block's tokens) far apart, which the hardware prefetcher does not follow:
+// attention asks for the next chunk's rows while it computes one.
 HWY_INLINE void PrefetchRows(const detail::PagedRows& rows, size_t j0, size_t n, size_t row_bytes) {
   ForEachRow(rows, j0, n, [row_bytes](size_t, const uint8_t* row) {
     for (size_t b = 0; b < row_bytes; b += 64) hwy::Prefetch(row + b);
