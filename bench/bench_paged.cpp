@@ -145,6 +145,7 @@ int main(int argc, char** argv) {
                  "[--depth N] [--steps N]\n");
     return 2;
   }
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // each repetition's line as it ends
   int threads = 2;
   size_t reps = 3, prefix = 1000, depth = 2048, steps = 16;
   for (int i = 2; i + 1 < argc; i += 2) {

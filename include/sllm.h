@@ -805,9 +805,11 @@ struct KvShape {
 
 // The blocks of one model's KV cache, allocated once. Entries are F16 (default), I8 or F32; an I8
 // head row is an f32 scale and the int8 elements (see detail::PagedRows).
-// Layout of a block, per layer: the keys, then the values, each as n_kv_heads runs of
-// block_tokens head rows (key_dim or value_dim elements of one token). A head's rows of
-// consecutive tokens lie side by side because attention reads one KV head at a time.
+// Layout: the memory is n_layers * 2 * n_kv_heads slices (per layer, the keys of each KV head,
+// then the values of each), and every slice holds a run of block_tokens head rows (key_dim or
+// value_dim elements of one token; row_bytes, the larger of the two) for every block, in block
+// order. Attention reads one KV head of one layer at a time, so a sequence whose blocks were
+// taken in order is one contiguous stream for it, which the hardware prefetches.
 class KvPool {
  public:
   static constexpr size_t kDefaultBlockTokens = 16;
@@ -825,7 +827,7 @@ class KvPool {
   // Blocks that allocate() can take: unused ones and cached ones that no sequence holds.
   size_t free_blocks() const { return free_.size() + lru_.size(); }
   size_t cached_blocks() const { return lru_.size(); }  // of those, the ones still cached
-  size_t block_bytes() const { return block_bytes_; }
+  size_t block_bytes() const { return block_bytes_; }   // all its runs, every layer and head
   // Bytes of one token's keys and values, all layers.
   size_t token_bytes() const { return block_bytes_ / block_tokens_; }
 
@@ -837,7 +839,9 @@ class KvPool {
   // Drops a reference; a block nobody holds becomes free, or stays cached when it is keyed.
   void release(uint32_t block);
   uint32_t ref_count(uint32_t block) const { return refs_[block]; }
-  uint8_t* block_data(uint32_t block) { return data_.data() + size_t{block} * block_bytes_; }
+  // Where a block's run starts in the first slice: key_offset() and value_offset() lead from
+  // there to the block's run of a layer's KV head.
+  uint8_t* block_data(uint32_t block) { return data_.data() + size_t{block} * run_bytes_; }
   void copy_block(uint32_t dst, uint32_t src);
 
   // Prefix cache. key_of() chains a full block's tokens to its parent's key (kRootKey for the
@@ -853,24 +857,23 @@ class KvPool {
   bool published(uint32_t block) const { return meta_[block].published; }
   uint32_t find(uint64_t key, uint64_t parent, const int32_t* tokens);
 
-  // Byte offsets inside a block of the first key and value rows of a layer's KV head, and
-  // between the rows of consecutive tokens.
+  // Byte offsets from block_data() of a block's first key and value rows of a layer's KV head,
+  // and between the rows of consecutive tokens.
   size_t key_offset(size_t layer, size_t kv_head) const {
-    return layer * layer_bytes_ + kv_head * block_tokens_ * key_row_bytes_;
+    return (layer * 2 * shape_.n_kv_heads + kv_head) * slice_bytes_;
   }
   size_t value_offset(size_t layer, size_t kv_head) const {
-    return layer * layer_bytes_ + key_bytes_ + kv_head * block_tokens_ * value_row_bytes_;
+    return ((layer * 2 + 1) * shape_.n_kv_heads + kv_head) * slice_bytes_;
   }
-  size_t key_stride() const { return key_row_bytes_; }
-  size_t value_stride() const { return value_row_bytes_; }
+  size_t key_stride() const { return row_bytes_; }
+  size_t value_stride() const { return row_bytes_; }
 
  private:
   KvShape shape_;
   TensorType type_;
   size_t block_tokens_;
   size_t n_blocks_;
-  size_t key_row_bytes_ = 0, value_row_bytes_ = 0;
-  size_t key_bytes_ = 0, layer_bytes_ = 0, block_bytes_ = 0;
+  size_t row_bytes_ = 0, run_bytes_ = 0, slice_bytes_ = 0, n_slices_ = 0, block_bytes_ = 0;
   detail::AlignedBuffer<uint8_t> data_;
   std::vector<uint32_t> free_;  // a stack; the lowest ids are handed out first
   std::vector<uint32_t> refs_;
@@ -2538,6 +2541,7 @@ float cosine_similarity(const float* a, const float* b, size_t n);
 #define HWY_TARGET_INCLUDE SLLM_SELF_INCLUDE
 #include <hwy/foreach_target.h>
 #endif  // SLLM_HWY_SETUP_
+#include <hwy/cache_control.h>        // Prefetch
 #include <hwy/highway.h>
 #include <hwy/contrib/math/math-inl.h>  // Exp, per target like the code below
 
@@ -3024,29 +3028,44 @@ constexpr size_t kAttentionLanes = 16;
 // maximum moves once per chunk.
 constexpr size_t kAttentionChunk = 2 * kAttentionLanes;
 
-// Rows [j0, j0 + n) of a paged view widened to f32, each times its row scale (times extra),
-// into out: n rows of stride floats, the dim elements then zeros. The block table is walked,
-// not divided per row.
-template <typename KV, class D>
-HWY_INLINE void WidenRows(D d, const detail::PagedRows& rows, size_t j0, size_t n, size_t dim,
-                          size_t stride, float extra, float* HWY_RESTRICT out) {
-  const size_t N = hn::Lanes(d);
+// Calls f(c, row) for the rows of tokens j0 + c, c < n, of a paged view, walking the block table
+// rather than dividing per row.
+template <class F>
+HWY_INLINE void ForEachRow(const detail::PagedRows& rows, size_t j0, size_t n, const F& f) {
   size_t block = j0 / rows.block_tokens, in_block = j0 % rows.block_tokens;
-  for (size_t c = 0; c < n; ++c, out += stride) {
-    float row_scale;
-    const KV* e =
-        KvElements<KV>(rows.blocks[block] + rows.offset + in_block * rows.token_stride, row_scale);
+  for (size_t c = 0; c < n; ++c) {
+    f(c, rows.blocks[block] + rows.offset + in_block * rows.token_stride);
     if (++in_block == rows.block_tokens) {
       in_block = 0;
       ++block;
     }
-    const float a = row_scale * extra;
-    const auto va = hn::Set(d, a);
-    size_t i = 0;
-    for (; i + N <= dim; i += N) hn::StoreU(hn::Mul(va, LoadAsF32(d, e + i)), d, out + i);
-    for (; i < dim; ++i) out[i] = a * ElementAsF32(e[i]);
-    for (; i < stride; ++i) out[i] = 0.0f;
   }
+}
+
+// Rows [j0, j0 + n) of a paged view widened to f32 into out (n rows of stride floats: the dim
+// elements, then zeros), and their row scales (1 but for I8) into scales.
+template <typename KV, class D>
+HWY_INLINE void WidenRows(D d, const detail::PagedRows& rows, size_t j0, size_t n, size_t dim,
+                          size_t stride, float* HWY_RESTRICT out, float* HWY_RESTRICT scales) {
+  const size_t N = hn::Lanes(d);
+  ForEachRow(rows, j0, n, [&](size_t c, const uint8_t* row) {
+    const KV* e = KvElements<KV>(row, scales[c]);
+    float* HWY_RESTRICT o = out + c * stride;
+    size_t i = 0;
+    for (; i + N <= dim; i += N) hn::StoreU(LoadAsF32(d, e + i), d, o + i);
+    for (; i < dim; ++i) o[i] = ElementAsF32(e[i]);
+    for (; i < stride; ++i) o[i] = 0.0f;
+  });
+}
+
+// Asks for the cache lines of rows [j0, j0 + n) of a paged view, row_bytes each. A sequence's
+// blocks need not be adjacent (sequences take blocks in turn), so a KV head's rows may lie in
+// short runs (a block's tokens) far apart, which the hardware prefetcher does not follow:
+// attention asks for the next chunk's rows while it computes one.
+HWY_INLINE void PrefetchRows(const detail::PagedRows& rows, size_t j0, size_t n, size_t row_bytes) {
+  ForEachRow(rows, j0, n, [row_bytes](size_t, const uint8_t* row) {
+    for (size_t b = 0; b < row_bytes; b += 64) hwy::Prefetch(row + b);
+  });
 }
 
 // Neighbouring lanes of a, then of b, added: a0 + a1, a2 + a3, ..., b0 + b1, b2 + b3, ...
@@ -3107,39 +3126,48 @@ void AttentionOfType(const float* HWY_RESTRICT q, size_t n_q, size_t dim,
   const hn::CappedTag<float, kAttentionLanes> d;
   const size_t N = hn::Lanes(d);
   constexpr size_t C = kAttentionChunk;
+  constexpr bool kScaledRows = std::is_same<KV, int8_t>::value;
   const size_t stride = (dim + N - 1) / N * N;  // rows padded with zeros to whole vectors
-  // The chunk's keys (times scale) and values, the query heads and their output sums (padded
-  // rows), the chunk's scores of one head (turned into weights in place), and per head the
-  // running maximum and sum.
+  // The chunk's keys and values in f32 and their row scales, the query heads times scale and
+  // their output sums (padded rows), the chunk's scores of one head (turned into weights in
+  // place), and per head the running maximum and sum.
   static thread_local std::vector<float> buffer;
-  const size_t need = (2 * C + 2 * n_q) * stride + C + 2 * n_q;
+  const size_t need = (2 * C + 2 * n_q) * stride + 3 * C + 2 * n_q;
   if (buffer.size() < need) buffer.resize(need);
   float* HWY_RESTRICT k = buffer.data();
   float* HWY_RESTRICT v = k + C * stride;
   float* HWY_RESTRICT qs = v + C * stride;
   float* HWY_RESTRICT acc = qs + n_q * stride;
-  float* HWY_RESTRICT p = acc + n_q * stride;
+  float* HWY_RESTRICT k_scales = acc + n_q * stride;
+  float* HWY_RESTRICT v_scales = k_scales + C;
+  float* HWY_RESTRICT p = v_scales + C;
   float* HWY_RESTRICT max = p + C;
   float* HWY_RESTRICT sum = max + n_q;
   for (size_t h = 0; h < n_q; ++h) {
-    std::copy(q + h * dim, q + (h + 1) * dim, qs + h * stride);
+    for (size_t i = 0; i < dim; ++i) qs[h * stride + i] = q[h * dim + i] * scale;
     std::fill(qs + h * stride + dim, qs + (h + 1) * stride, 0.0f);
   }
   std::fill(acc, acc + n_q * stride, 0.0f);
   std::fill(max, max + n_q, -INFINITY);
   std::fill(sum, sum + n_q, 0.0f);
   const auto minus_inf = hn::Set(d, -INFINITY);
+  const size_t row_bytes = dim * sizeof(KV) + (kScaledRows ? sizeof(float) : 0);
   for (size_t j0 = begin; j0 < end; j0 += C) {
     const size_t n = HWY_MIN(C, end - j0);
-    WidenRows<KV>(d, keys, j0, n, dim, stride, scale, k);
-    WidenRows<KV>(d, values, j0, n, dim, stride, 1.0f, v);
+    if (j0 + n < end) {
+      PrefetchRows(keys, j0 + n, HWY_MIN(C, end - j0 - n), row_bytes);
+      PrefetchRows(values, j0 + n, HWY_MIN(C, end - j0 - n), row_bytes);
+    }
+    WidenRows<KV>(d, keys, j0, n, dim, stride, k, k_scales);
+    WidenRows<KV>(d, values, j0, n, dim, stride, v, v_scales);
     for (size_t h = 0; h < n_q; ++h) {
       float* HWY_RESTRICT ah = acc + h * stride;
       // Scores, N tokens at a time; lanes past the chunk's n tokens (rows of an earlier chunk or
       // zeros) are left out of the maximum and weigh nothing.
       auto vmax = minus_inf;
       for (size_t c = 0; c < n; c += N) {
-        const auto s = ChunkDots(d, k + c * stride, stride, qs + h * stride);
+        auto s = ChunkDots(d, k + c * stride, stride, qs + h * stride);
+        if (kScaledRows) s = hn::Mul(s, hn::LoadU(d, k_scales + c));
         hn::StoreU(s, d, p + c);
         vmax = hn::Max(vmax, hn::IfThenElse(hn::FirstN(d, n - c), s, minus_inf));
       }
@@ -3154,13 +3182,14 @@ void AttentionOfType(const float* HWY_RESTRICT q, size_t n_q, size_t dim,
         }
         max[h] = chunk_max;
       }
+      // The weights exp(s - max), summed; each then times its value row's scale.
       const auto vm = hn::Set(d, max[h]);
       auto vsum = hn::Zero(d);
       for (size_t c = 0; c < n; c += N) {
         const auto e =
             hn::IfThenElseZero(hn::FirstN(d, n - c), hn::Exp(d, hn::Sub(hn::LoadU(d, p + c), vm)));
         vsum = hn::Add(vsum, e);
-        hn::StoreU(e, d, p + c);
+        hn::StoreU(kScaledRows ? hn::Mul(e, hn::LoadU(d, v_scales + c)) : e, d, p + c);
       }
       sum[h] += ReduceSumF32(d, vsum);
       // acc_h += sum_c p_c v_c over the chunk's tokens, four vectors of acc_h at a time (four
@@ -6632,14 +6661,12 @@ KvPool::KvPool(const KvShape& shape, size_t n_blocks, size_t block_tokens, Tenso
     if (type == TensorType::I8) return checked_add(dim, sizeof(float), "KV row");
     return checked_mul(dim, type == TensorType::F32 ? 4 : 2, "KV row");
   };
-  key_row_bytes_ = head_bytes(shape.key_dim);
-  value_row_bytes_ = head_bytes(shape.value_dim);
-  const size_t rows = checked_mul(block_tokens, shape.n_kv_heads, "KV block");
-  key_bytes_ = checked_mul(rows, key_row_bytes_, "KV block");
-  layer_bytes_ =
-      checked_add(key_bytes_, checked_mul(rows, value_row_bytes_, "KV block"), "KV block");
-  block_bytes_ = checked_mul(layer_bytes_, shape.n_layers, "KV block");
-  data_.resize(checked_mul(block_bytes_, n_blocks, "KV cache pool"));
+  row_bytes_ = std::max(head_bytes(shape.key_dim), head_bytes(shape.value_dim));
+  run_bytes_ = checked_mul(block_tokens, row_bytes_, "KV block");
+  n_slices_ = checked_mul(checked_mul(shape.n_layers, 2, "KV block"), shape.n_kv_heads, "KV block");
+  block_bytes_ = checked_mul(run_bytes_, n_slices_, "KV block");
+  slice_bytes_ = checked_mul(run_bytes_, n_blocks, "KV cache pool");
+  data_.resize(checked_mul(slice_bytes_, n_slices_, "KV cache pool"));
   free_.resize(n_blocks);
   for (size_t i = 0; i < n_blocks; ++i) free_[i] = uint32_t(n_blocks - 1 - i);
   refs_.assign(n_blocks, 0);
@@ -6679,7 +6706,9 @@ void KvPool::release(uint32_t block) {
 }
 
 void KvPool::copy_block(uint32_t dst, uint32_t src) {
-  std::memcpy(block_data(dst), block_data(src), block_bytes_);
+  for (size_t s = 0; s < n_slices_; ++s) {
+    std::memcpy(block_data(dst) + s * slice_bytes_, block_data(src) + s * slice_bytes_, run_bytes_);
+  }
 }
 
 uint64_t KvPool::key_of(uint64_t parent, const int32_t* tokens, size_t n) {

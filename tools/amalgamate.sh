@@ -42,6 +42,7 @@ generate() {
 #define HWY_TARGET_INCLUDE SLLM_SELF_INCLUDE
 #include <hwy/foreach_target.h>
 #endif  // SLLM_HWY_SETUP_
+#include <hwy/cache_control.h>        // Prefetch
 #include <hwy/highway.h>
 #include <hwy/contrib/math/math-inl.h>  // Exp, per target like the code below
 

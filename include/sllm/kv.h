@@ -30,9 +30,11 @@ struct KvShape {
 
 // The blocks of one model's KV cache, allocated once. Entries are F16 (default), I8 or F32; an I8
 // head row is an f32 scale and the int8 elements (see detail::PagedRows).
-// Layout of a block, per layer: the keys, then the values, each as n_kv_heads runs of
-// block_tokens head rows (key_dim or value_dim elements of one token). A head's rows of
-// consecutive tokens lie side by side because attention reads one KV head at a time.
+// Layout: the memory is n_layers * 2 * n_kv_heads slices (per layer, the keys of each KV head,
+// then the values of each), and every slice holds a run of block_tokens head rows (key_dim or
+// value_dim elements of one token; row_bytes, the larger of the two) for every block, in block
+// order. Attention reads one KV head of one layer at a time, so a sequence whose blocks were
+// taken in order is one contiguous stream for it, which the hardware prefetches.
 class KvPool {
  public:
   static constexpr size_t kDefaultBlockTokens = 16;
@@ -50,7 +52,7 @@ class KvPool {
   // Blocks that allocate() can take: unused ones and cached ones that no sequence holds.
   size_t free_blocks() const { return free_.size() + lru_.size(); }
   size_t cached_blocks() const { return lru_.size(); }  // of those, the ones still cached
-  size_t block_bytes() const { return block_bytes_; }
+  size_t block_bytes() const { return block_bytes_; }   // all its runs, every layer and head
   // Bytes of one token's keys and values, all layers.
   size_t token_bytes() const { return block_bytes_ / block_tokens_; }
 
@@ -62,7 +64,9 @@ class KvPool {
   // Drops a reference; a block nobody holds becomes free, or stays cached when it is keyed.
   void release(uint32_t block);
   uint32_t ref_count(uint32_t block) const { return refs_[block]; }
-  uint8_t* block_data(uint32_t block) { return data_.data() + size_t{block} * block_bytes_; }
+  // Where a block's run starts in the first slice: key_offset() and value_offset() lead from
+  // there to the block's run of a layer's KV head.
+  uint8_t* block_data(uint32_t block) { return data_.data() + size_t{block} * run_bytes_; }
   void copy_block(uint32_t dst, uint32_t src);
 
   // Prefix cache. key_of() chains a full block's tokens to its parent's key (kRootKey for the
@@ -78,24 +82,23 @@ class KvPool {
   bool published(uint32_t block) const { return meta_[block].published; }
   uint32_t find(uint64_t key, uint64_t parent, const int32_t* tokens);
 
-  // Byte offsets inside a block of the first key and value rows of a layer's KV head, and
-  // between the rows of consecutive tokens.
+  // Byte offsets from block_data() of a block's first key and value rows of a layer's KV head,
+  // and between the rows of consecutive tokens.
   size_t key_offset(size_t layer, size_t kv_head) const {
-    return layer * layer_bytes_ + kv_head * block_tokens_ * key_row_bytes_;
+    return (layer * 2 * shape_.n_kv_heads + kv_head) * slice_bytes_;
   }
   size_t value_offset(size_t layer, size_t kv_head) const {
-    return layer * layer_bytes_ + key_bytes_ + kv_head * block_tokens_ * value_row_bytes_;
+    return ((layer * 2 + 1) * shape_.n_kv_heads + kv_head) * slice_bytes_;
   }
-  size_t key_stride() const { return key_row_bytes_; }
-  size_t value_stride() const { return value_row_bytes_; }
+  size_t key_stride() const { return row_bytes_; }
+  size_t value_stride() const { return row_bytes_; }
 
  private:
   KvShape shape_;
   TensorType type_;
   size_t block_tokens_;
   size_t n_blocks_;
-  size_t key_row_bytes_ = 0, value_row_bytes_ = 0;
-  size_t key_bytes_ = 0, layer_bytes_ = 0, block_bytes_ = 0;
+  size_t row_bytes_ = 0, run_bytes_ = 0, slice_bytes_ = 0, n_slices_ = 0, block_bytes_ = 0;
   detail::AlignedBuffer<uint8_t> data_;
   std::vector<uint32_t> free_;  // a stack; the lowest ids are handed out first
   std::vector<uint32_t> refs_;

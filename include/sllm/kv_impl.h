@@ -18,14 +18,12 @@ KvPool::KvPool(const KvShape& shape, size_t n_blocks, size_t block_tokens, Tenso
     if (type == TensorType::I8) return checked_add(dim, sizeof(float), "KV row");
     return checked_mul(dim, type == TensorType::F32 ? 4 : 2, "KV row");
   };
-  key_row_bytes_ = head_bytes(shape.key_dim);
-  value_row_bytes_ = head_bytes(shape.value_dim);
-  const size_t rows = checked_mul(block_tokens, shape.n_kv_heads, "KV block");
-  key_bytes_ = checked_mul(rows, key_row_bytes_, "KV block");
-  layer_bytes_ =
-      checked_add(key_bytes_, checked_mul(rows, value_row_bytes_, "KV block"), "KV block");
-  block_bytes_ = checked_mul(layer_bytes_, shape.n_layers, "KV block");
-  data_.resize(checked_mul(block_bytes_, n_blocks, "KV cache pool"));
+  row_bytes_ = std::max(head_bytes(shape.key_dim), head_bytes(shape.value_dim));
+  run_bytes_ = checked_mul(block_tokens, row_bytes_, "KV block");
+  n_slices_ = checked_mul(checked_mul(shape.n_layers, 2, "KV block"), shape.n_kv_heads, "KV block");
+  block_bytes_ = checked_mul(run_bytes_, n_slices_, "KV block");
+  slice_bytes_ = checked_mul(run_bytes_, n_blocks, "KV cache pool");
+  data_.resize(checked_mul(slice_bytes_, n_slices_, "KV cache pool"));
   free_.resize(n_blocks);
   for (size_t i = 0; i < n_blocks; ++i) free_[i] = uint32_t(n_blocks - 1 - i);
   refs_.assign(n_blocks, 0);
@@ -65,7 +63,9 @@ void KvPool::release(uint32_t block) {
 }
 
 void KvPool::copy_block(uint32_t dst, uint32_t src) {
-  std::memcpy(block_data(dst), block_data(src), block_bytes_);
+  for (size_t s = 0; s < n_slices_; ++s) {
+    std::memcpy(block_data(dst) + s * slice_bytes_, block_data(src) + s * slice_bytes_, run_bytes_);
+  }
 }
 
 uint64_t KvPool::key_of(uint64_t parent, const int32_t* tokens, size_t n) {
