@@ -98,15 +98,13 @@ uint64_t ggml_row_bytes(TensorType type, uint64_t cols) {
 // F32 for vectors), ggml's size, and (with check_data) data equal to the reference quantizer's
 // output for the source rows (vectors copied).
 void check_quantized(const Gguf& in, const Gguf& out, const std::map<std::string, TensorType>& want,
-                     bool check_data = true) {
+                     TensorType rest = TensorType::Q4_K, bool check_data = true) {
   REQUIRE(out.tensors().size() == in.tensors().size());
   for (const TensorInfo& t : in.tensors()) {
     CAPTURE(t.name);
     const TensorInfo& q = out.tensor(t.name);
     const auto it = want.find(t.name);
-    const TensorType type = t.n_dims == 1      ? TensorType::F32
-                            : it != want.end() ? it->second
-                                               : TensorType::Q4_K;
+    const TensorType type = t.n_dims == 1 ? TensorType::F32 : it != want.end() ? it->second : rest;
     CHECK(sllm::tensor_type_name(q.type) == std::string(sllm::tensor_type_name(type)));
     CHECK(q.n_dims == t.n_dims);
     CHECK(q.ne[0] == t.ne[0]);
@@ -143,7 +141,7 @@ std::map<std::string, TensorType> llama_quantize_choices(const std::string& type
 
 }  // namespace
 
-TEST_CASE("q4_k_m, q4_k_s and q6_k store tinyllama's tensors in llama-quantize's types") {
+TEST_CASE("q4_0, q4_k_m, q4_k_s and q6_k store tinyllama's tensors in llama-quantize's types") {
   TempDir dir;
   const Shape tinyllama{2048, 256, 5632, 32000, 22, false};
   write_model(dir.path("in.gguf"), tinyllama);
@@ -152,8 +150,8 @@ TEST_CASE("q4_k_m, q4_k_s and q6_k store tinyllama's tensors in llama-quantize's
     const char* type;
     uint32_t file_type;  // llama.cpp's LLAMA_FTYPE_MOSTLY_*
   };
-  for (const Case& c :
-       {Case{"q4_k_m", 15}, Case{"Q4_K", 15}, Case{"q4_k_s", 14}, Case{"q6_k", 18}}) {
+  for (const Case& c : {Case{"q4_0", 2}, Case{"q4_k_m", 15}, Case{"Q4_K", 15}, Case{"q4_k_s", 14},
+                        Case{"q6_k", 18}}) {
     CAPTURE(c.type);
     const std::string out_path = dir.path(std::string(c.type) + ".gguf");
     REQUIRE(quantize({"-q", "-t", "2", dir.path("in.gguf"), out_path, c.type}) == 0);
@@ -163,10 +161,13 @@ TEST_CASE("q4_k_m, q4_k_s and q6_k store tinyllama's tensors in llama-quantize's
     std::map<std::string, TensorType> want;
     if (std::string(c.type) == "q6_k") {
       for (const TensorInfo& t : in.tensors()) want[t.name] = TensorType::Q6_K;
+    } else if (c.file_type == 2) {
+      want["output.weight"] = TensorType::Q6_K;
     } else {
       want = llama_quantize_choices(std::string(c.type) == "Q4_K" ? "q4_k_m" : c.type);
     }
-    check_quantized(in, out, want, c.file_type == 15);
+    const TensorType rest = c.file_type == 2 ? TensorType::Q4_0 : TensorType::Q4_K;
+    check_quantized(in, out, want, rest, c.file_type == 15 || c.file_type == 2);
   }
 }
 

@@ -24,7 +24,7 @@ const char kQuantizeUsage[] =
     "TYPE in general.file_type as llama.cpp numbers it. Vectors (norms, biases) stay F32.\n"
     "TYPE (as llama-quantize names them; upper case works too):\n"
     "  q8_0    Q8_0\n"
-    "  q4_0    Q4_0; the output matrix (or the tied token embedding that serves as it) Q8_0\n"
+    "  q4_0    Q4_0; the output matrix (or the tied token embedding that serves as it) Q6_K\n"
     "  q4_k_m  Q4_K; Q6_K for the output matrix and for attn_v and ffn_down in the first and\n"
     "          last eighth of the layers and every third layer between; Q5_K for fused\n"
     "          attn_qkv\n"
@@ -56,7 +56,7 @@ struct Mix {
 
 const Mix kMixes[] = {
     {"q8_0", TensorType::Q8_0, TensorType::Q8_0, 7, Rule::kUniform},
-    {"q4_0", TensorType::Q4_0, TensorType::Q8_0, 2, Rule::kUniform},
+    {"q4_0", TensorType::Q4_0, TensorType::Q6_K, 2, Rule::kUniform},
     {"q4_k_m", TensorType::Q4_K, TensorType::Q6_K, 15, Rule::kKM},
     {"q4_k", TensorType::Q4_K, TensorType::Q6_K, 15, Rule::kKM},
     {"q4_k_s", TensorType::Q4_K, TensorType::Q6_K, 14, Rule::kKS},
