@@ -768,6 +768,12 @@ void matmul_q_rows(const MatrixView& w, const QuantizedActivations& x, float* y,
 // The same over all rows, shared among n_threads OpenMP threads (0: OpenMP's default).
 void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
               int n_threads);
+// matmul_q of several matrices that read the same activations (a layer's Q, K and V, or its gate
+// and up), their rows side by side in each output row: part i's row r lands in column r plus the
+// rows of the parts before it. All rows are shared among the threads in one parallel region, so
+// that the threads wait for each other once, not once per matrix.
+void matmul_q_parts(const MatrixView* parts, size_t n_parts, const QuantizedActivations& x,
+                    float* y, size_t y_stride, int n_threads);
 
 }  // namespace detail
 }  // namespace sllm
@@ -1090,7 +1096,8 @@ class Transformer {
   // A projection whose output is its parts' outputs side by side: one fused matrix or several.
   struct Projection {
     std::vector<Linear> parts;
-    size_t rows = 0;  // all parts' rows
+    std::vector<detail::MatrixView> weights;  // the parts' weights, for matmul_q_parts
+    size_t rows = 0;                          // all parts' rows
   };
   struct Layer {
     Norm attn_norm, ffn_norm;
@@ -1109,12 +1116,14 @@ class Transformer {
   void output_logits(ForwardScratch& s, size_t first, size_t n, float* logits) const;
   void embed(const int32_t* tokens, size_t n, ForwardScratch& s) const;
   void normalize(const Norm& norm, const float* x, size_t n, float* out) const;
-  // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride.
-  // y = W x (+ bias) for n rows of x; x_quantized says whether the thread's quantized input
-  // already holds x (set once a quantized weight has needed it; a weight whose type needs the
-  // other activation format quantizes x again).
-  void multiply(const Linear& l, const float* x, size_t n, size_t x_stride, bool& x_quantized,
-                float* y, size_t y_stride) const;
+  // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride, for
+  // n_parts linears side by side in y (weights: theirs; all quantized in one activation format,
+  // or none quantized). x_quantized says whether the thread's quantized input already holds x
+  // (set once a quantized weight has needed it; a weight whose type needs the other activation
+  // format quantizes x again).
+  void multiply(const Linear* parts, const detail::MatrixView* weights, size_t n_parts,
+                const float* x, size_t n, size_t x_stride, bool& x_quantized, float* y,
+                size_t y_stride) const;
   void linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
               size_t y_stride) const;
   // The same for every part, side by side in rows of p.rows floats.
@@ -6616,24 +6625,45 @@ void matmul_q_rows(const MatrixView& w, const QuantizedActivations& x, float* y,
 
 void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
               int n_threads) {
-  check_matmul_q(w, x, 0, w.rows);
-  if (x.n == 0 || w.rows == 0) return;
+  matmul_q_parts(&w, 1, x, y, y_stride, n_threads);
+}
+
+void matmul_q_parts(const MatrixView* parts, size_t n_parts, const QuantizedActivations& x,
+                    float* y, size_t y_stride, int n_threads) {
+  size_t rows = 0;
+  for (size_t i = 0; i < n_parts; ++i) {
+    check_matmul_q(parts[i], x, 0, parts[i].rows);
+    rows += parts[i].rows;
+  }
+  if (x.n == 0 || rows == 0) return;
   const auto kernel = HWY_DYNAMIC_DISPATCH(MatmulQRows);
-  const int threads = std::min<int>(omp_threads(n_threads), int((w.rows + 31) / 32));
+  const auto run = [&](size_t i, size_t begin, size_t end, float* out) {
+    const MatrixView& w = parts[i];
+    kernel(w.type, w.data, w.cols, w.row_bytes, &x, out, y_stride, begin, end);
+  };
+  const int threads = std::min<int>(omp_threads(n_threads), int((rows + 31) / 32));
   if (threads == 1) {
-    kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, 0, w.rows);
+    for (size_t i = 0, offset = 0; i < n_parts; offset += parts[i].rows, ++i) {
+      run(i, 0, parts[i].rows, y + offset);
+    }
     return;
   }
   // Threads take chunks of rows (multiples of 32, a packed panel of the prefill kernel), about
   // four each, as they finish: a thread slowed down by another process on its core then holds
-  // the others up for one chunk at most. Each chunk is a contiguous part of the matrix, which
+  // the others up for one chunk at most. Each chunk is a contiguous part of one matrix, which
   // the hardware prefetcher streams well.
-  const size_t chunk = round_up(std::max<size_t>(1, w.rows / (4 * size_t(threads))), 32);
-  const size_t chunks = (w.rows + chunk - 1) / chunk;
+  const size_t chunk = round_up(std::max<size_t>(1, rows / (4 * size_t(threads))), 32);
+  size_t chunks = 0;
+  for (size_t i = 0; i < n_parts; ++i) chunks += (parts[i].rows + chunk - 1) / chunk;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (size_t c = 0; c < chunks; ++c) {
-    const size_t begin = c * chunk, end = std::min(w.rows, begin + chunk);
-    kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, begin, end);
+    size_t i = 0, first = c, offset = 0;  // chunk c is chunk `first` of part i
+    for (size_t n_chunks; first >= (n_chunks = (parts[i].rows + chunk - 1) / chunk); ++i) {
+      first -= n_chunks;
+      offset += parts[i].rows;
+    }
+    const size_t begin = first * chunk, end = std::min(parts[i].rows, begin + chunk);
+    run(i, begin, end, y + offset);
   }
 }
 
@@ -7234,6 +7264,7 @@ Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& option
     Projection p;
     for (const Part& part : parts) {
       p.parts.push_back(linear(part.first, d, part.second, bias));
+      p.weights.push_back(p.parts.back().weight);
       p.rows += part.second;
     }
     return p;
@@ -7509,36 +7540,50 @@ void Transformer::normalize(const Norm& norm, const float* x, size_t n, float* o
   }
 }
 
-void Transformer::multiply(const Linear& l, const float* x, size_t n, size_t x_stride,
-                           bool& x_quantized, float* y, size_t y_stride) const {
-  if (detail::matmul_q_reads(l.weight.type)) {
+void Transformer::multiply(const Linear* parts, const detail::MatrixView* weights, size_t n_parts,
+                           const float* x, size_t n, size_t x_stride, bool& x_quantized, float* y,
+                           size_t y_stride) const {
+  if (detail::matmul_q_reads(weights[0].type)) {
     detail::QuantizedActivations& xq = detail::thread_quantized_input();
-    const detail::ActivationFormat format = detail::activation_format(l.weight.type);
+    const detail::ActivationFormat format = detail::activation_format(weights[0].type);
     if (!x_quantized || xq.format != format) {
-      detail::quantize_activations(x, n, l.weight.cols, x_stride, xq, n_threads_, format);
+      detail::quantize_activations(x, n, weights[0].cols, x_stride, xq, n_threads_, format);
       x_quantized = true;
     }
-    detail::matmul_q(l.weight, xq, y, y_stride, n_threads_);
+    detail::matmul_q_parts(weights, n_parts, xq, y, y_stride, n_threads_);
   } else {
-    detail::matmul(l.weight, x, n, x_stride, y, y_stride, n_threads_);
+    for (size_t i = 0, offset = 0; i < n_parts; offset += weights[i].rows, ++i) {
+      detail::matmul(weights[i], x, n, x_stride, y + offset, y_stride, n_threads_);
+    }
   }
-  if (l.bias == nullptr) return;
-  for (size_t t = 0; t < n; ++t) detail::add(y + t * y_stride, l.bias, l.weight.rows);
+  for (size_t i = 0, offset = 0; i < n_parts; offset += weights[i].rows, ++i) {
+    if (parts[i].bias == nullptr) continue;
+    for (size_t t = 0; t < n; ++t) {
+      detail::add(y + t * y_stride + offset, parts[i].bias, weights[i].rows);
+    }
+  }
 }
 
 void Transformer::linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
                          size_t y_stride) const {
   bool x_quantized = false;
-  multiply(l, x, n, x_stride, x_quantized, y, y_stride);
+  multiply(&l, &l.weight, 1, x, n, x_stride, x_quantized, y, y_stride);
 }
 
 void Transformer::project(const Projection& p, const float* x, size_t n, size_t x_stride,
                           float* y) const {
+  // Parts that read the same activations (quantized alike, or all floats) run together, so
+  // that the threads meet once for, say, Q, K and V.
+  const auto format = [](const detail::MatrixView& w) {
+    return detail::matmul_q_reads(w.type) ? int(detail::activation_format(w.type)) : -1;
+  };
   bool x_quantized = false;
   size_t offset = 0;
-  for (const Linear& part : p.parts) {
-    multiply(part, x, n, x_stride, x_quantized, y + offset, p.rows);
-    offset += part.weight.rows;
+  for (size_t i = 0, j; i < p.parts.size(); i = j) {
+    for (j = i + 1; j < p.parts.size() && format(p.weights[j]) == format(p.weights[i]); ++j) {
+    }
+    multiply(&p.parts[i], &p.weights[i], j - i, x, n, x_stride, x_quantized, y + offset, p.rows);
+    for (size_t k = i; k < j; ++k) offset += p.weights[k].rows;
   }
 }
 

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <random>
 #include <vector>
 
@@ -733,6 +734,79 @@ TEST_CASE("row ranges write only their rows") {
       }
     });
   }
+}
+
+TEST_CASE("several matrices in one call land side by side and match the scalar reference") {
+  std::mt19937 rng(77);
+  struct Part {
+    TensorType type;
+    size_t rows;
+  };
+  // Parts of one activation format each: row counts that split into uneven chunks.
+  const std::vector<std::vector<Part>> groups = {
+      {{TensorType::Q4_0, 33}, {TensorType::Q8_0, 5}, {TensorType::Q4_0, 70}},
+      {{TensorType::Q4_K, 3}, {TensorType::Q6_K, 40}}};
+  for (const auto& group : groups) {
+    const size_t cols = 256, max_tokens = 8;
+    std::deque<GuardedBuffer> weights;  // not movable: a deque keeps them in place
+    std::vector<MatrixView> views;
+    size_t total = 0;
+    for (const Part& part : group) {
+      const size_t row_bytes = row_bytes_of(part.type, cols);
+      weights.emplace_back(part.rows * row_bytes);
+      fill_weights(rng, part.type, part.rows, cols, weights.back().data());
+      views.push_back(MatrixView{part.type, weights.back().data(), part.rows, cols, row_bytes});
+      total += part.rows;
+    }
+    const auto x = random_values(rng, max_tokens * cols, 1.0f);
+    std::vector<Expected> want;  // token by token, the parts' rows one after another
+    for (size_t t = 0; t < max_tokens; ++t) {
+      for (const MatrixView& v : views) {
+        for (size_t r = 0; r < v.rows; ++r) {
+          want.push_back(expected_dot(v.type, v.data + r * v.row_bytes, x.data() + t * cols, cols));
+        }
+      }
+    }
+    sllm_test::for_each_simd_target([&] {
+      for (size_t tokens : {1, 3, 8}) {
+        for (int threads : {1, 2, 3}) {
+          CAPTURE(group[0].type);
+          CAPTURE(tokens);
+          CAPTURE(threads);
+          QuantizedActivations q;
+          quantize_for(group[0].type, x.data(), tokens, cols, cols, q);
+          const size_t y_stride = total + 3;
+          std::vector<float> y(tokens * y_stride, NAN);
+          sllm::detail::matmul_q_parts(views.data(), views.size(), q, y.data(), y_stride, threads);
+          int bad = 0;
+          for (size_t t = 0; t < tokens; ++t) {
+            for (size_t r = 0; r < y_stride; ++r) {
+              const float got = y[t * y_stride + r];
+              if (r >= total) {
+                bad += !std::isnan(got);
+                continue;
+              }
+              const Expected& e = want[t * total + r];
+              if (!(std::fabs(got - e.value) <= e.tolerance)) {
+                if (bad++ < 3) CHECK(got == doctest::Approx(e.value));
+              }
+            }
+          }
+          CHECK(bad == 0);
+        }
+      }
+    });
+  }
+  // A part that needs the other activation format is refused.
+  GuardedBuffer q4(row_bytes_of(TensorType::Q4_0, 256)), q4k(row_bytes_of(TensorType::Q4_K, 256));
+  const MatrixView mixed[] = {
+      {TensorType::Q4_0, q4.data(), 1, 256, row_bytes_of(TensorType::Q4_0, 256)},
+      {TensorType::Q4_K, q4k.data(), 1, 256, row_bytes_of(TensorType::Q4_K, 256)}};
+  const auto x = random_values(rng, 256, 1.0f);
+  QuantizedActivations q;
+  quantize_for(TensorType::Q4_0, x.data(), 1, 256, 256, q);
+  std::vector<float> y(2);
+  CHECK_THROWS_AS(sllm::detail::matmul_q_parts(mixed, 2, q, y.data(), 2, 1), sllm::Error);
 }
 
 TEST_CASE("rows may lie further apart than their blocks") {

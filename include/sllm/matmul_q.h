@@ -59,6 +59,12 @@ void matmul_q_rows(const MatrixView& w, const QuantizedActivations& x, float* y,
 // The same over all rows, shared among n_threads OpenMP threads (0: OpenMP's default).
 void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
               int n_threads);
+// matmul_q of several matrices that read the same activations (a layer's Q, K and V, or its gate
+// and up), their rows side by side in each output row: part i's row r lands in column r plus the
+// rows of the parts before it. All rows are shared among the threads in one parallel region, so
+// that the threads wait for each other once, not once per matrix.
+void matmul_q_parts(const MatrixView* parts, size_t n_parts, const QuantizedActivations& x,
+                    float* y, size_t y_stride, int n_threads);
 
 }  // namespace detail
 }  // namespace sllm

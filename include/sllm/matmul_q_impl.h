@@ -108,24 +108,45 @@ void matmul_q_rows(const MatrixView& w, const QuantizedActivations& x, float* y,
 
 void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
               int n_threads) {
-  check_matmul_q(w, x, 0, w.rows);
-  if (x.n == 0 || w.rows == 0) return;
+  matmul_q_parts(&w, 1, x, y, y_stride, n_threads);
+}
+
+void matmul_q_parts(const MatrixView* parts, size_t n_parts, const QuantizedActivations& x,
+                    float* y, size_t y_stride, int n_threads) {
+  size_t rows = 0;
+  for (size_t i = 0; i < n_parts; ++i) {
+    check_matmul_q(parts[i], x, 0, parts[i].rows);
+    rows += parts[i].rows;
+  }
+  if (x.n == 0 || rows == 0) return;
   const auto kernel = HWY_DYNAMIC_DISPATCH(MatmulQRows);
-  const int threads = std::min<int>(omp_threads(n_threads), int((w.rows + 31) / 32));
+  const auto run = [&](size_t i, size_t begin, size_t end, float* out) {
+    const MatrixView& w = parts[i];
+    kernel(w.type, w.data, w.cols, w.row_bytes, &x, out, y_stride, begin, end);
+  };
+  const int threads = std::min<int>(omp_threads(n_threads), int((rows + 31) / 32));
   if (threads == 1) {
-    kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, 0, w.rows);
+    for (size_t i = 0, offset = 0; i < n_parts; offset += parts[i].rows, ++i) {
+      run(i, 0, parts[i].rows, y + offset);
+    }
     return;
   }
   // Threads take chunks of rows (multiples of 32, a packed panel of the prefill kernel), about
   // four each, as they finish: a thread slowed down by another process on its core then holds
-  // the others up for one chunk at most. Each chunk is a contiguous part of the matrix, which
+  // the others up for one chunk at most. Each chunk is a contiguous part of one matrix, which
   // the hardware prefetcher streams well.
-  const size_t chunk = round_up(std::max<size_t>(1, w.rows / (4 * size_t(threads))), 32);
-  const size_t chunks = (w.rows + chunk - 1) / chunk;
+  const size_t chunk = round_up(std::max<size_t>(1, rows / (4 * size_t(threads))), 32);
+  size_t chunks = 0;
+  for (size_t i = 0; i < n_parts; ++i) chunks += (parts[i].rows + chunk - 1) / chunk;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
   for (size_t c = 0; c < chunks; ++c) {
-    const size_t begin = c * chunk, end = std::min(w.rows, begin + chunk);
-    kernel(w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, begin, end);
+    size_t i = 0, first = c, offset = 0;  // chunk c is chunk `first` of part i
+    for (size_t n_chunks; first >= (n_chunks = (parts[i].rows + chunk - 1) / chunk); ++i) {
+      first -= n_chunks;
+      offset += parts[i].rows;
+    }
+    const size_t begin = first * chunk, end = std::min(parts[i].rows, begin + chunk);
+    run(i, begin, end, y + offset);
   }
 }
 

@@ -141,7 +141,8 @@ class Transformer {
   // A projection whose output is its parts' outputs side by side: one fused matrix or several.
   struct Projection {
     std::vector<Linear> parts;
-    size_t rows = 0;  // all parts' rows
+    std::vector<detail::MatrixView> weights;  // the parts' weights, for matmul_q_parts
+    size_t rows = 0;                          // all parts' rows
   };
   struct Layer {
     Norm attn_norm, ffn_norm;
@@ -160,12 +161,14 @@ class Transformer {
   void output_logits(ForwardScratch& s, size_t first, size_t n, float* logits) const;
   void embed(const int32_t* tokens, size_t n, ForwardScratch& s) const;
   void normalize(const Norm& norm, const float* x, size_t n, float* out) const;
-  // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride.
-  // y = W x (+ bias) for n rows of x; x_quantized says whether the thread's quantized input
-  // already holds x (set once a quantized weight has needed it; a weight whose type needs the
-  // other activation format quantizes x again).
-  void multiply(const Linear& l, const float* x, size_t n, size_t x_stride, bool& x_quantized,
-                float* y, size_t y_stride) const;
+  // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride, for
+  // n_parts linears side by side in y (weights: theirs; all quantized in one activation format,
+  // or none quantized). x_quantized says whether the thread's quantized input already holds x
+  // (set once a quantized weight has needed it; a weight whose type needs the other activation
+  // format quantizes x again).
+  void multiply(const Linear* parts, const detail::MatrixView* weights, size_t n_parts,
+                const float* x, size_t n, size_t x_stride, bool& x_quantized, float* y,
+                size_t y_stride) const;
   void linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
               size_t y_stride) const;
   // The same for every part, side by side in rows of p.rows floats.

@@ -266,6 +266,7 @@ Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& option
     Projection p;
     for (const Part& part : parts) {
       p.parts.push_back(linear(part.first, d, part.second, bias));
+      p.weights.push_back(p.parts.back().weight);
       p.rows += part.second;
     }
     return p;
@@ -541,36 +542,50 @@ void Transformer::normalize(const Norm& norm, const float* x, size_t n, float* o
   }
 }
 
-void Transformer::multiply(const Linear& l, const float* x, size_t n, size_t x_stride,
-                           bool& x_quantized, float* y, size_t y_stride) const {
-  if (detail::matmul_q_reads(l.weight.type)) {
+void Transformer::multiply(const Linear* parts, const detail::MatrixView* weights, size_t n_parts,
+                           const float* x, size_t n, size_t x_stride, bool& x_quantized, float* y,
+                           size_t y_stride) const {
+  if (detail::matmul_q_reads(weights[0].type)) {
     detail::QuantizedActivations& xq = detail::thread_quantized_input();
-    const detail::ActivationFormat format = detail::activation_format(l.weight.type);
+    const detail::ActivationFormat format = detail::activation_format(weights[0].type);
     if (!x_quantized || xq.format != format) {
-      detail::quantize_activations(x, n, l.weight.cols, x_stride, xq, n_threads_, format);
+      detail::quantize_activations(x, n, weights[0].cols, x_stride, xq, n_threads_, format);
       x_quantized = true;
     }
-    detail::matmul_q(l.weight, xq, y, y_stride, n_threads_);
+    detail::matmul_q_parts(weights, n_parts, xq, y, y_stride, n_threads_);
   } else {
-    detail::matmul(l.weight, x, n, x_stride, y, y_stride, n_threads_);
+    for (size_t i = 0, offset = 0; i < n_parts; offset += weights[i].rows, ++i) {
+      detail::matmul(weights[i], x, n, x_stride, y + offset, y_stride, n_threads_);
+    }
   }
-  if (l.bias == nullptr) return;
-  for (size_t t = 0; t < n; ++t) detail::add(y + t * y_stride, l.bias, l.weight.rows);
+  for (size_t i = 0, offset = 0; i < n_parts; offset += weights[i].rows, ++i) {
+    if (parts[i].bias == nullptr) continue;
+    for (size_t t = 0; t < n; ++t) {
+      detail::add(y + t * y_stride + offset, parts[i].bias, weights[i].rows);
+    }
+  }
 }
 
 void Transformer::linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
                          size_t y_stride) const {
   bool x_quantized = false;
-  multiply(l, x, n, x_stride, x_quantized, y, y_stride);
+  multiply(&l, &l.weight, 1, x, n, x_stride, x_quantized, y, y_stride);
 }
 
 void Transformer::project(const Projection& p, const float* x, size_t n, size_t x_stride,
                           float* y) const {
+  // Parts that read the same activations (quantized alike, or all floats) run together, so
+  // that the threads meet once for, say, Q, K and V.
+  const auto format = [](const detail::MatrixView& w) {
+    return detail::matmul_q_reads(w.type) ? int(detail::activation_format(w.type)) : -1;
+  };
   bool x_quantized = false;
   size_t offset = 0;
-  for (const Linear& part : p.parts) {
-    multiply(part, x, n, x_stride, x_quantized, y + offset, p.rows);
-    offset += part.weight.rows;
+  for (size_t i = 0, j; i < p.parts.size(); i = j) {
+    for (j = i + 1; j < p.parts.size() && format(p.weights[j]) == format(p.weights[i]); ++j) {
+    }
+    multiply(&p.parts[i], &p.weights[i], j - i, x, n, x_stride, x_quantized, y + offset, p.rows);
+    for (size_t k = i; k < j; ++k) offset += p.weights[k].rows;
   }
 }
 
