@@ -499,15 +499,40 @@ HWY_INLINE void WidenRows(D d, const detail::PagedRows& rows, size_t j0, size_t 
   });
 }
 
-// Asks for the cache lines of rows [j0, j0 + n) of a paged view, row_bytes each. A sequence's
-// blocks need not be adjacent (sequences take blocks in turn), so a KV head's rows may lie in
-// short runs (a block's tokens) far apart, which the hardware prefetcher does not follow:
-// attention asks for the next chunk's rows while it computes one.
-HWY_INLINE void PrefetchRows(const detail::PagedRows& rows, size_t j0, size_t n, size_t row_bytes) {
-  ForEachRow(rows, j0, n, [row_bytes](size_t, const uint8_t* row) {
-    for (size_t b = 0; b < row_bytes; b += 64) hwy::Prefetch(row + b);
-  });
-}
+// Asks for the cache lines of a paged view's rows, in order from a token on, a few rows at a
+// time. A sequence's blocks need not be adjacent (sequences take blocks in turn), so a KV head's
+// rows may lie in short runs (a block's tokens) far apart, which the hardware prefetcher does not
+// follow: attention asks for the rows kPrefetchChunks chunks ahead while it computes one. The
+// lines go to L2 (locality 2), not L1, where they would evict the chunk's widened rows; and a few
+// rows at a time, between score computations, since a burst of requests stalls on the full miss
+// queue.
+constexpr size_t kPrefetchChunks = 2;
+class RowPrefetcher {
+ public:
+  RowPrefetcher(const detail::PagedRows& rows, size_t j, size_t end, size_t row_bytes)
+      : rows_(rows),
+        block_(j / rows.block_tokens),
+        in_block_(j % rows.block_tokens),
+        next_(j),
+        end_(end),
+        row_bytes_(row_bytes) {}
+  // Asks for the rows before token j not asked for yet.
+  HWY_INLINE void ask_until(size_t j) {
+    for (j = HWY_MIN(j, end_); next_ < j; ++next_) {
+      const uint8_t* row = rows_.blocks[block_] + rows_.offset + in_block_ * rows_.token_stride;
+      for (size_t b = 0; b < row_bytes_; b += 64) __builtin_prefetch(row + b, 0, 2);
+      if (++in_block_ == rows_.block_tokens) {
+        in_block_ = 0;
+        ++block_;
+      }
+    }
+  }
+
+ private:
+  const detail::PagedRows& rows_;
+  size_t block_, in_block_, next_, end_;
+  size_t row_bytes_;
+};
 
 // Neighbouring lanes of a, then of b, added: a0 + a1, a2 + a3, ..., b0 + b1, b2 + b3, ...
 template <class D>
@@ -522,41 +547,129 @@ HWY_INLINE hn::Vec<D> PairSums(D d, hn::Vec<D> a, hn::Vec<D> b) {
 }
 
 // Lane j of the result: the dot product of q with row j of k, for kRows = Lanes(d) rows of
-// stride floats (a multiple of Lanes(d)). Each row's products are summed lane by lane, then the
-// vectors of the rows are halved in a tree of pairwise sums: ConcatEven + ConcatOdd of two
-// vectors adds neighbouring lanes of each, which leaves the sum of each row in its own lane,
-// in order, without a reduction per row.
-template <size_t kRows, class D>
+// stride floats (a multiple of Lanes(d)), of which kVecs vectors (0: stride / Lanes(d), known
+// only at run time). Each row's products are summed lane by lane, then the vectors of the rows
+// are halved in a tree of pairwise sums: ConcatEven + ConcatOdd of two vectors adds neighbouring
+// lanes of each, which leaves the sum of each row in its own lane, in order, without a reduction
+// per row. With kVecs known, the loops unroll and q's vectors are loaded once for all rows.
+template <size_t kRows, size_t kVecs, class D>
 HWY_INLINE hn::Vec<D> RowDots(D d, const float* HWY_RESTRICT k, size_t stride,
                               const float* HWY_RESTRICT q) {
   if constexpr (kRows == 1) {
     const size_t N = hn::Lanes(d);
+    const size_t n_vecs = kVecs != 0 ? kVecs : stride / N;
     auto acc = hn::Mul(hn::LoadU(d, k), hn::LoadU(d, q));
-    for (size_t i = N; i < stride; i += N) {
-      acc = hn::MulAdd(hn::LoadU(d, k + i), hn::LoadU(d, q + i), acc);
+    for (size_t x = 1; x < n_vecs; ++x) {
+      acc = hn::MulAdd(hn::LoadU(d, k + x * N), hn::LoadU(d, q + x * N), acc);
     }
     return acc;
   } else {
-    return PairSums(d, RowDots<kRows / 2>(d, k, stride, q),
-                    RowDots<kRows / 2>(d, k + kRows / 2 * stride, stride, q));
+    return PairSums(d, RowDots<kRows / 2, kVecs>(d, k, stride, q),
+                    RowDots<kRows / 2, kVecs>(d, k + kRows / 2 * stride, stride, q));
   }
 }
 
-template <class D>
+template <size_t kVecs, class D>
 HWY_INLINE hn::Vec<D> ChunkDots(D d, const float* HWY_RESTRICT k, size_t stride,
                                 const float* HWY_RESTRICT q) {
   static_assert(kAttentionLanes == 16, "RowDots is instantiated for up to 16 lanes");
   switch (hn::Lanes(d)) {
     case 16:
-      return RowDots<16>(d, k, stride, q);
+      return RowDots<16, kVecs>(d, k, stride, q);
     case 8:
-      return RowDots<8>(d, k, stride, q);
+      return RowDots<8, kVecs>(d, k, stride, q);
     case 4:
-      return RowDots<4>(d, k, stride, q);
+      return RowDots<4, kVecs>(d, k, stride, q);
     case 2:
-      return RowDots<2>(d, k, stride, q);
+      return RowDots<2, kVecs>(d, k, stride, q);
     default:
-      return RowDots<1>(d, k, stride, q);
+      return RowDots<1, kVecs>(d, k, stride, q);
+  }
+}
+
+// Scores of the n_q heads qs (rows of stride floats) with the chunk's n keys k, into the rows
+// of p (kAttentionChunk floats per head), N tokens at a time; lanes past the n tokens (rows of
+// an earlier chunk or zeros) are -inf, so they are left out of the maximum.
+template <size_t kVecs, class D>
+HWY_INLINE void ChunkScores(D d, const float* HWY_RESTRICT k, const float* HWY_RESTRICT k_scales,
+                            bool scaled_rows, size_t n, size_t stride, const float* HWY_RESTRICT qs,
+                            size_t n_q, float* HWY_RESTRICT p, size_t ahead,
+                            RowPrefetcher& keys_ahead, RowPrefetcher& values_ahead) {
+  const size_t N = hn::Lanes(d);
+  const auto minus_inf = hn::Set(d, -INFINITY);
+  // The rows of a chunk [ahead, ahead + kAttentionChunk) are asked for in pieces, one before each
+  // score vector.
+  const size_t pieces = (n + N - 1) / N * n_q;
+  size_t piece = 0;
+  for (size_t c = 0; c < n; c += N) {
+    const auto valid = hn::FirstN(d, n - c);
+    for (size_t h = 0; h < n_q; ++h) {
+      const size_t until = ahead + ++piece * kAttentionChunk / pieces;
+      keys_ahead.ask_until(until);
+      values_ahead.ask_until(until);
+      auto s = ChunkDots<kVecs>(d, k + c * stride, stride, qs + h * stride);
+      if (scaled_rows) s = hn::Mul(s, hn::LoadU(d, k_scales + c));
+      hn::StoreU(hn::IfThenElse(valid, s, minus_inf), d, p + h * kAttentionChunk + c);
+    }
+  }
+}
+
+// acc_h += sum_c p_hc v_c over the chunk's n tokens for four heads: rows h of acc (stride floats)
+// and of p (kAttentionChunk floats). A vector of each value row is loaded once for the four
+// heads, whose sums are four independent chains of multiply-adds.
+template <class D>
+HWY_INLINE void AddWeightedRows4(D d, const float* HWY_RESTRICT p, const float* HWY_RESTRICT v,
+                                 size_t n, size_t stride, float* HWY_RESTRICT acc) {
+  const size_t N = hn::Lanes(d);
+  constexpr size_t C = kAttentionChunk;
+  float* HWY_RESTRICT acc1 = acc + stride;
+  float* HWY_RESTRICT acc2 = acc + 2 * stride;
+  float* HWY_RESTRICT acc3 = acc + 3 * stride;
+  for (size_t i = 0; i < stride; i += N) {
+    auto a0 = hn::LoadU(d, acc + i), a1 = hn::LoadU(d, acc1 + i);
+    auto a2 = hn::LoadU(d, acc2 + i), a3 = hn::LoadU(d, acc3 + i);
+    for (size_t c = 0; c < n; ++c) {
+      const auto vc = hn::LoadU(d, v + c * stride + i);
+      a0 = hn::MulAdd(hn::Set(d, p[c]), vc, a0);
+      a1 = hn::MulAdd(hn::Set(d, p[C + c]), vc, a1);
+      a2 = hn::MulAdd(hn::Set(d, p[2 * C + c]), vc, a2);
+      a3 = hn::MulAdd(hn::Set(d, p[3 * C + c]), vc, a3);
+    }
+    hn::StoreU(a0, d, acc + i);
+    hn::StoreU(a1, d, acc1 + i);
+    hn::StoreU(a2, d, acc2 + i);
+    hn::StoreU(a3, d, acc3 + i);
+  }
+}
+
+// The same for one head, four vectors of acc at a time (four independent chains), then one.
+template <class D>
+HWY_INLINE void AddWeightedRows1(D d, const float* HWY_RESTRICT p, const float* HWY_RESTRICT v,
+                                 size_t n, size_t stride, float* HWY_RESTRICT acc) {
+  const size_t N = hn::Lanes(d);
+  size_t i = 0;
+  for (; i + 4 * N <= stride; i += 4 * N) {
+    auto a0 = hn::LoadU(d, acc + i), a1 = hn::LoadU(d, acc + i + N);
+    auto a2 = hn::LoadU(d, acc + i + 2 * N), a3 = hn::LoadU(d, acc + i + 3 * N);
+    for (size_t c = 0; c < n; ++c) {
+      const auto pc = hn::Set(d, p[c]);
+      const float* HWY_RESTRICT vc = v + c * stride + i;
+      a0 = hn::MulAdd(pc, hn::LoadU(d, vc), a0);
+      a1 = hn::MulAdd(pc, hn::LoadU(d, vc + N), a1);
+      a2 = hn::MulAdd(pc, hn::LoadU(d, vc + 2 * N), a2);
+      a3 = hn::MulAdd(pc, hn::LoadU(d, vc + 3 * N), a3);
+    }
+    hn::StoreU(a0, d, acc + i);
+    hn::StoreU(a1, d, acc + i + N);
+    hn::StoreU(a2, d, acc + i + 2 * N);
+    hn::StoreU(a3, d, acc + i + 3 * N);
+  }
+  for (; i < stride; i += N) {
+    auto a = hn::LoadU(d, acc + i);
+    for (size_t c = 0; c < n; ++c) {
+      a = hn::MulAdd(hn::Set(d, p[c]), hn::LoadU(d, v + c * stride + i), a);
+    }
+    hn::StoreU(a, d, acc + i);
   }
 }
 
@@ -570,10 +683,10 @@ void AttentionOfType(const float* HWY_RESTRICT q, size_t n_q, size_t dim,
   constexpr bool kScaledRows = std::is_same<KV, int8_t>::value;
   const size_t stride = (dim + N - 1) / N * N;  // rows padded with zeros to whole vectors
   // The chunk's keys and values in f32 and their row scales, the query heads times scale and
-  // their output sums (padded rows), the chunk's scores of one head (turned into weights in
+  // their output sums (padded rows), the chunk's scores of each head (turned into weights in
   // place), and per head the running maximum and sum.
   static thread_local std::vector<float> buffer;
-  const size_t need = (2 * C + 2 * n_q) * stride + 3 * C + 2 * n_q;
+  const size_t need = (2 * C + 2 * n_q) * stride + 2 * C + n_q * C + 2 * n_q;
   if (buffer.size() < need) buffer.resize(need);
   float* HWY_RESTRICT k = buffer.data();
   float* HWY_RESTRICT v = k + C * stride;
@@ -582,7 +695,7 @@ void AttentionOfType(const float* HWY_RESTRICT q, size_t n_q, size_t dim,
   float* HWY_RESTRICT k_scales = acc + n_q * stride;
   float* HWY_RESTRICT v_scales = k_scales + C;
   float* HWY_RESTRICT p = v_scales + C;
-  float* HWY_RESTRICT max = p + C;
+  float* HWY_RESTRICT max = p + n_q * C;
   float* HWY_RESTRICT sum = max + n_q;
   for (size_t h = 0; h < n_q; ++h) {
     for (size_t i = 0; i < dim; ++i) qs[h * stride + i] = q[h * dim + i] * scale;
@@ -591,33 +704,40 @@ void AttentionOfType(const float* HWY_RESTRICT q, size_t n_q, size_t dim,
   std::fill(acc, acc + n_q * stride, 0.0f);
   std::fill(max, max + n_q, -INFINITY);
   std::fill(sum, sum + n_q, 0.0f);
-  const auto minus_inf = hn::Set(d, -INFINITY);
   const size_t row_bytes = dim * sizeof(KV) + (kScaledRows ? sizeof(float) : 0);
+  RowPrefetcher keys_ahead(keys, begin + kPrefetchChunks * C, end, row_bytes);
+  RowPrefetcher values_ahead(values, begin + kPrefetchChunks * C, end, row_bytes);
   for (size_t j0 = begin; j0 < end; j0 += C) {
     const size_t n = HWY_MIN(C, end - j0);
-    if (j0 + n < end) {
-      PrefetchRows(keys, j0 + n, HWY_MIN(C, end - j0 - n), row_bytes);
-      PrefetchRows(values, j0 + n, HWY_MIN(C, end - j0 - n), row_bytes);
-    }
     WidenRows<KV>(d, keys, j0, n, dim, stride, k, k_scales);
     WidenRows<KV>(d, values, j0, n, dim, stride, v, v_scales);
+    // Head dimensions of whole vectors that models use get unrolled dot products.
+    const size_t ahead = j0 + kPrefetchChunks * C;
+    switch (stride / N) {
+      case 4:
+        ChunkScores<4>(d, k, k_scales, kScaledRows, n, stride, qs, n_q, p, ahead, keys_ahead,
+                       values_ahead);
+        break;
+      case 8:
+        ChunkScores<8>(d, k, k_scales, kScaledRows, n, stride, qs, n_q, p, ahead, keys_ahead,
+                       values_ahead);
+        break;
+      default:
+        ChunkScores<0>(d, k, k_scales, kScaledRows, n, stride, qs, n_q, p, ahead, keys_ahead,
+                       values_ahead);
+        break;
+    }
     for (size_t h = 0; h < n_q; ++h) {
-      float* HWY_RESTRICT ah = acc + h * stride;
-      // Scores, N tokens at a time; lanes past the chunk's n tokens (rows of an earlier chunk or
-      // zeros) are left out of the maximum and weigh nothing.
-      auto vmax = minus_inf;
-      for (size_t c = 0; c < n; c += N) {
-        auto s = ChunkDots(d, k + c * stride, stride, qs + h * stride);
-        if (kScaledRows) s = hn::Mul(s, hn::LoadU(d, k_scales + c));
-        hn::StoreU(s, d, p + c);
-        vmax = hn::Max(vmax, hn::IfThenElse(hn::FirstN(d, n - c), s, minus_inf));
-      }
+      float* HWY_RESTRICT ph = p + h * C;
+      auto vmax = hn::LoadU(d, ph);
+      for (size_t c = N; c < n; c += N) vmax = hn::Max(vmax, hn::LoadU(d, ph + c));
       const float chunk_max = hn::GetLane(hn::MaxOfLanes(d, vmax));
       if (chunk_max > max[h]) {
         // A new maximum: what was summed so far was weighted by exp(. - max) of the old one.
         const float rescale = std::exp(max[h] - chunk_max);
         sum[h] *= rescale;
         const auto vr = hn::Set(d, rescale);
+        float* HWY_RESTRICT ah = acc + h * stride;
         for (size_t i = 0; i < stride; i += N) {
           hn::StoreU(hn::Mul(hn::LoadU(d, ah + i), vr), d, ah + i);
         }
@@ -628,38 +748,15 @@ void AttentionOfType(const float* HWY_RESTRICT q, size_t n_q, size_t dim,
       auto vsum = hn::Zero(d);
       for (size_t c = 0; c < n; c += N) {
         const auto e =
-            hn::IfThenElseZero(hn::FirstN(d, n - c), hn::Exp(d, hn::Sub(hn::LoadU(d, p + c), vm)));
+            hn::IfThenElseZero(hn::FirstN(d, n - c), hn::Exp(d, hn::Sub(hn::LoadU(d, ph + c), vm)));
         vsum = hn::Add(vsum, e);
-        hn::StoreU(kScaledRows ? hn::Mul(e, hn::LoadU(d, v_scales + c)) : e, d, p + c);
+        hn::StoreU(kScaledRows ? hn::Mul(e, hn::LoadU(d, v_scales + c)) : e, d, ph + c);
       }
       sum[h] += ReduceSumF32(d, vsum);
-      // acc_h += sum_c p_c v_c over the chunk's tokens, four vectors of acc_h at a time (four
-      // independent chains of multiply-adds), then one at a time.
-      size_t i = 0;
-      for (; i + 4 * N <= stride; i += 4 * N) {
-        auto a0 = hn::LoadU(d, ah + i), a1 = hn::LoadU(d, ah + i + N);
-        auto a2 = hn::LoadU(d, ah + i + 2 * N), a3 = hn::LoadU(d, ah + i + 3 * N);
-        for (size_t c = 0; c < n; ++c) {
-          const auto pc = hn::Set(d, p[c]);
-          const float* HWY_RESTRICT vc = v + c * stride + i;
-          a0 = hn::MulAdd(pc, hn::LoadU(d, vc), a0);
-          a1 = hn::MulAdd(pc, hn::LoadU(d, vc + N), a1);
-          a2 = hn::MulAdd(pc, hn::LoadU(d, vc + 2 * N), a2);
-          a3 = hn::MulAdd(pc, hn::LoadU(d, vc + 3 * N), a3);
-        }
-        hn::StoreU(a0, d, ah + i);
-        hn::StoreU(a1, d, ah + i + N);
-        hn::StoreU(a2, d, ah + i + 2 * N);
-        hn::StoreU(a3, d, ah + i + 3 * N);
-      }
-      for (; i < stride; i += N) {
-        auto a = hn::LoadU(d, ah + i);
-        for (size_t c = 0; c < n; ++c) {
-          a = hn::MulAdd(hn::Set(d, p[c]), hn::LoadU(d, v + c * stride + i), a);
-        }
-        hn::StoreU(a, d, ah + i);
-      }
     }
+    size_t h = 0;
+    for (; h + 4 <= n_q; h += 4) AddWeightedRows4(d, p + h * C, v, n, stride, acc + h * stride);
+    for (; h < n_q; ++h) AddWeightedRows1(d, p + h * C, v, n, stride, acc + h * stride);
   }
   for (size_t h = 0; h < n_q; ++h) {
     const float inv = 1.0f / sum[h];
