@@ -224,7 +224,7 @@ BENCHMARK_CAPTURE(BM_tinyllama_matmuls, Q8_0, std::string("Q8_0"))
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK_CAPTURE(BM_tinyllama_matmuls, Q4_0, std::string("Q4_0"))
-    ->ArgsProduct({{1, 2}, {1, 4, 512}})
+    ->ArgsProduct({{1, 2}, {1, 4, 8, 512}})
     ->ArgNames({"threads", "tokens"})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);

@@ -735,7 +735,7 @@ struct QuantizedActivations {
   ActivationFormat format = ActivationFormat::kQ8_0;
   size_t n = 0;                // rows (tokens)
   size_t cols = 0;             // values per row, a multiple of block()
-  size_t q_stride = 0;         // bytes from one row's codes to the next (cols rounded up to 128)
+  size_t q_stride = 0;         // bytes from one row's codes to the next (cols rounded up to 512)
   size_t scale_stride = 0;     // entries from one row's scales to the next (a multiple of 16)
   size_t sum_stride = 0;       // entries from one row's sums to the next (a multiple of 16)
   AlignedBuffer<int8_t> q;     // codes, row t at q + t * q_stride
@@ -3402,21 +3402,9 @@ void QuantizeActivationRows(const float* x, size_t x_stride, size_t t_begin, siz
 // starting the accumulator at its negative, which keeps every block's int32 sum exact.
 //
 // Highway 1.0.3 compiles this target without the avx512vnni feature although it only selects it
-// on CPUs that have it, so the functions that use the instruction add the feature.
-#define SLLM_VNNI __attribute__((target(HWY_TARGET_STR ",avx512vnni")))
-
-// The f16 scales of the kBlocks blocks from p (block_bytes apart; zero past `count`), as f32.
-// Scalar loads: gathers, or permutes of the vector loads, cost more here.
-template <size_t kBlocks, size_t kBlockBytes>
-SLLM_VNNI HWY_INLINE __m128 StepScales(const uint8_t* p, size_t count) {
-  uint64_t words = 0;
-  for (size_t k = 0; k < kBlocks; ++k) {
-    uint16_t d = 0;
-    if (k < count) std::memcpy(&d, p + k * kBlockBytes, 2);
-    words |= uint64_t{d} << (16 * k);
-  }
-  return _mm_cvtph_ps(_mm_cvtsi64_si128(int64_t(words)));
-}
+// on CPUs that have it, so the functions that use the instruction add the feature; likewise GFNI
+// (vgf2p8affineqb), which every CPU with this target's features has (Ice Lake, Zen 4 and later).
+#define SLLM_VNNI __attribute__((target(HWY_TARGET_STR ",avx512vnni,gfni")))
 
 SLLM_VNNI HWY_INLINE __m512i Dpbusd(__m512i acc, __m512i u8, __m512i s8) {
   return _mm512_dpbusd_epi32(acc, u8, s8);
@@ -3426,100 +3414,191 @@ SLLM_VNNI HWY_INLINE __m512i Dpwssd(__m512i acc, __m512i a, __m512i b) {
   return _mm512_dpwssd_epi32(acc, a, b);
 }
 
+// Transposes the 4x4 matrices of 32-bit lanes in each 128-bit chunk of a, b, c, d.
+SLLM_VNNI HWY_INLINE void Transpose4x4(__m512i& a, __m512i& b, __m512i& c, __m512i& d) {
+  const __m512i ab_lo = _mm512_unpacklo_epi32(a, b);
+  const __m512i ab_hi = _mm512_unpackhi_epi32(a, b);
+  const __m512i cd_lo = _mm512_unpacklo_epi32(c, d);
+  const __m512i cd_hi = _mm512_unpackhi_epi32(c, d);
+  a = _mm512_unpacklo_epi64(ab_lo, cd_lo);
+  b = _mm512_unpackhi_epi64(ab_lo, cd_lo);
+  c = _mm512_unpacklo_epi64(ab_hi, cd_hi);
+  d = _mm512_unpackhi_epi64(ab_hi, cd_hi);
+}
+
+// The 64 bytes at p + offset of a step whose first `bytes` belong to the row (zeros past them
+// unless kWhole).
+template <bool kWhole>
+SLLM_VNNI HWY_INLINE __m512i LoadStepBytes(const uint8_t* p, size_t offset, size_t bytes) {
+  if (kWhole) return _mm512_loadu_si512(p + offset);
+  const size_t n = bytes > offset ? std::min<size_t>(64, bytes - offset) : 0;
+  return _mm512_maskz_loadu_epi8(_bzhi_u64(~0ull, unsigned(n)), p + offset);
+}
+
 // The direct kernel (decode and small batches) streams the weight rows in their GGUF layout, one
 // row after another so that the hardware prefetcher sees one sequential stream, and takes a step
-// of kBlocks blocks of kBlockValues values at a time: 64 activation codes (2 Q8_0 blocks), 128 (4
-// Q4_0 blocks) or 256 (1 K-quant block). What depends only on the activations is prepared once
+// of kBlocks blocks of kBlockValues values at a time: 256 activation codes (8 Q8_0 blocks), 512
+// (16 Q4_0 blocks) or 256 (1 K-quant block). What depends only on the activations is prepared once
 // per call, kXVectors vectors per step and token (PrepareX), and Accumulate adds a step of one
 // weight row times one token to a vector of f32 partial sums.
 //
-// Q8_0 and Q4_0: the int32 sums of a step fill 16 lanes: lanes 8k..8k+7 belong to block k of the
-// step for Q8_0, lanes 4k..4k+3 for Q4_0 (Lanes() gives the block of each lane). The prepared
-// vectors are the codes, the negated correction that starts the accumulator, and the step's
-// activation scales (in the low lanes of the last).
+// Q8_0 and Q4_0: the weights of a step are transposed so that every int32 lane of vpdpbusd adds
+// the products of one block only, over all the step's code vectors: lane i of a Q4_0 step sums
+// the 32 products of block LaneBlock(i), lane i of a Q8_0 step 16 products, half of block
+// LaneBlock(i). The int32 sums are then converted and scaled once per step and token, for all 16
+// lanes at once, by the product of each lane's weight and activation block scales. The prepared
+// vectors are the activation codes transposed alike, the negated correction that starts the
+// accumulator, and the activation scale of each lane's block.
+
+// A step's f16 weight scales for the lanes (of LaneBlock), as f32: the blocks of each half of
+// the step lie within 128 bytes, whose scales one permute picks.
 template <class Step>
-SLLM_VNNI HWY_INLINE __m512 AddScaledBlocks(const typename Step::W& w, const __m512i* x,
-                                            __m512 acc) {
-  // The products of the few block scales, then spread over the lanes.
-  const __m128 dwdx =
-      _mm_mul_ps(w.scales, _mm_load_ps(reinterpret_cast<const float*>(x + Step::kXVectors - 1)));
-  const __m512 scale = _mm512_permutexvar_ps(Step::Lanes(), _mm512_castps128_ps512(dwdx));
-  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(Step::Dot(w, x)), scale, acc);
+struct LaneTables {
+  alignas(64) uint16_t scale_words[2][32] = {};  // per half of the step, the word of each lane
+  alignas(64) int32_t blocks[16] = {};           // the block of each lane
+  uint32_t upper = 0;                            // lanes whose block is in the second half
+  constexpr LaneTables() {
+    constexpr size_t kHalf = Step::kBlocks / 2;
+    for (size_t i = 0; i < 16; ++i) {
+      const size_t block = Step::LaneBlock(i);
+      blocks[i] = int32_t(block);
+      scale_words[block / kHalf][i] = uint16_t(block % kHalf * Step::kBlockBytes / 2);
+      if (block >= kHalf) upper |= 1u << i;
+    }
+  }
+};
+template <class Step>
+constexpr LaneTables<Step> kLaneTables{};
+
+template <class Step, bool kWhole>
+SLLM_VNNI HWY_INLINE __m512 LaneWeightScales(const uint8_t* p, size_t bytes) {
+  constexpr size_t kUpper = Step::kBlocks / 2 * Step::kBlockBytes;
+  const LaneTables<Step>& lanes = kLaneTables<Step>;
+  const __m512i low = _mm512_permutex2var_epi16(LoadStepBytes<kWhole>(p, 0, bytes),
+                                                _mm512_load_si512(lanes.scale_words[0]),
+                                                LoadStepBytes<kWhole>(p, 64, bytes));
+  const __m512i high = _mm512_permutex2var_epi16(LoadStepBytes<kWhole>(p, kUpper, bytes),
+                                                 _mm512_load_si512(lanes.scale_words[1]),
+                                                 LoadStepBytes<kWhole>(p, kUpper + 64, bytes));
+  const __m512i words = _mm512_mask_blend_epi16(lanes.upper, low, high);
+  return _mm512_cvtph_ps(_mm512_castsi512_si256(words));
 }
 
+// The prepared vectors after the kCodeVectors code vectors x[0..): the correction (minus
+// `offset` times the sum of each lane's activation codes) and each lane's activation scale.
+template <class Step>
+SLLM_VNNI HWY_INLINE void PrepareLaneTerms(const float* scales, uint8_t offset, __m512i* x) {
+  __m512i sum = _mm512_setzero_si512();
+  for (size_t k = 0; k < Step::kCodeVectors; ++k) {
+    sum = Dpbusd(sum, _mm512_set1_epi8(char(offset)), _mm512_load_si512(x + k));
+  }
+  const __m512 dx = Step::kBlocks == 16
+                        ? _mm512_loadu_ps(scales)
+                        : _mm512_castps256_ps512(_mm256_loadu_ps(scales));  // 8 blocks
+  _mm512_store_si512(x + Step::kCodeVectors, _mm512_sub_epi32(_mm512_setzero_si512(), sum));
+  _mm512_store_ps(reinterpret_cast<float*>(x + Step::kCodeVectors + 1),
+                  _mm512_permutexvar_ps(_mm512_load_si512(kLaneTables<Step>.blocks), dx));
+}
+
+template <size_t kCodeVectors>
+struct LaneBlockW {
+  __m512i codes[kCodeVectors];
+  __m512 scales;  // the weight scale of each lane's block
+};
+
+template <class Step>
+SLLM_VNNI HWY_INLINE __m512 AccumulateLanes(const typename Step::W& w, const __m512i* x,
+                                            __m512 acc) {
+  __m512i sum = _mm512_load_si512(x + Step::kCodeVectors);
+  for (size_t k = 0; k < Step::kCodeVectors; ++k) {
+    sum = Dpbusd(sum, w.codes[k], _mm512_load_si512(x + k));
+  }
+  const __m512 scale = _mm512_mul_ps(
+      w.scales, _mm512_load_ps(reinterpret_cast<const float*>(x + Step::kXVectors - 1)));
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc);
+}
+
+// Q8_0: 8 blocks. Code vector j of a pair of blocks (2j, 2j + 1) holds their 64 codes in order;
+// transposing the 4x4 int32 lanes of each 128-bit chunk of the 4 vectors gives lane 4c + m of
+// vector k codes 4(c % 2) + k.. of block 2m + c / 2: each lane keeps to half of one block.
 struct Q8Step {
   static constexpr size_t kBlockBytes = kQ8Bytes;
   static constexpr size_t kBlockValues = kQuantBlock;
-  static constexpr size_t kBlocks = 2;
-  static constexpr size_t kXVectors = 3;
-  // The correction is 128 times the sum of each lane's 4 codes (the weights' offset of 128).
+  static constexpr size_t kBlocks = 8;
+  static constexpr size_t kCodeVectors = 4;
+  static constexpr size_t kXVectors = kCodeVectors + 2;
+  static constexpr size_t LaneBlock(size_t i) { return 2 * (i % 4) + i / 8; }
+  // The correction is 128 times the sum of each lane's codes (the weights' offset of 128).
   static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
                                             const int32_t* /*sums*/, __m512i* x) {
-    const __m512i v = _mm512_loadu_si512(codes);
-    const __m512i bias = Dpbusd(_mm512_setzero_si512(), _mm512_set1_epi8(char(0x80)), v);
-    const __m512 dx = _mm512_castps128_ps512(_mm_setr_ps(scales[0], scales[1], 0.0f, 0.0f));
-    _mm512_store_si512(x, v);
-    _mm512_store_si512(x + 1, _mm512_sub_epi32(_mm512_setzero_si512(), bias));
-    _mm512_store_si512(x + 2, _mm512_castps_si512(dx));
+    __m512i v[4];
+    for (size_t j = 0; j < 4; ++j) v[j] = _mm512_loadu_si512(codes + 64 * j);
+    Transpose4x4(v[0], v[1], v[2], v[3]);
+    for (size_t k = 0; k < 4; ++k) _mm512_store_si512(x + k, v[k]);
+    PrepareLaneTerms<Q8Step>(scales, 0x80, x);
   }
-  struct W {
-    __m512i u8;
-    __m128 scales;  // of the step's blocks
-  };
-  // The codes of the step's 2 blocks, by two 32-byte loads. A lone last block leaves the upper
-  // half to 128 (zero plus the offset); the activation codes there are zero padding, and so are
-  // their correction and their scale, so it adds nothing.
+  using W = LaneBlockW<kCodeVectors>;
+  // The codes made unsigned (xor 0x80). Past the row's `bytes` of a partial step the codes are
+  // 128 (zero plus the offset) and the scales zero; the activation codes there are zero padding,
+  // and so are their correction and their scale, so they add nothing.
   template <bool kWhole>
-  static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t /*bytes*/) {
-    const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2));
-    const __m512i codes =
-        kWhole ? _mm512_inserti64x4(
-                     _mm512_castsi256_si512(lo),
-                     _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + kQ8Bytes + 2)), 1)
-               : _mm512_zextsi256_si512(lo);
-    return {_mm512_xor_si512(codes, _mm512_set1_epi8(char(0x80))),
-            StepScales<2, kQ8Bytes>(p, kWhole ? 2 : 1)};
-  }
-  // The block of each lane.
-  static SLLM_VNNI HWY_INLINE __m512i Lanes() {
-    return _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-  }
-  static SLLM_VNNI HWY_INLINE __m512i Dot(const W& w, const __m512i* x) {
-    return Dpbusd(_mm512_load_si512(x + 1), w.u8, _mm512_load_si512(x));
+  static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t bytes) {
+    W w;
+    for (size_t j = 0; j < 4; ++j) {
+      auto half = [&](size_t block) SLLM_VNNI {
+        const uint8_t* codes = p + block * kQ8Bytes + 2;
+        if (kWhole) return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes));
+        const size_t offset = block * kQ8Bytes + 2;
+        const size_t n = bytes > offset ? std::min<size_t>(32, bytes - offset) : 0;
+        return _mm256_maskz_loadu_epi8(_bzhi_u32(~0u, unsigned(n)), codes);
+      };
+      w.codes[j] = _mm512_inserti64x4(_mm512_castsi256_si512(half(2 * j)), half(2 * j + 1), 1);
+    }
+    Transpose4x4(w.codes[0], w.codes[1], w.codes[2], w.codes[3]);
+    for (size_t k = 0; k < 4; ++k) {
+      w.codes[k] = _mm512_xor_si512(w.codes[k], _mm512_set1_epi8(char(0x80)));
+    }
+    w.scales = LaneWeightScales<Q8Step, kWhole>(p, bytes);
+    return w;
   }
   static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
-    return AddScaledBlocks<Q8Step>(w, x, acc);
+    return AccumulateLanes<Q8Step>(w, x, acc);
   }
 };
 
+// Q4_0: 16 blocks. Byte k of a block's codes holds values k (low nibble) and k + 16 (high
+// nibble). Vector j holds the 16 code bytes of blocks 4j..4j+3, one per 128-bit chunk; transposed
+// as for Q8_0, lane 4c + m of vector k holds code bytes 4k..4k+3 of block 4m + c, and their low
+// and high nibbles make the 8 code vectors. The activation codes are regrouped to match (values
+// 4k.. and 16 + 4k.. of the lane's block). The correction is 8 times the sum of each lane's codes
+// (the weight codes are value + 8).
 struct Q4Step {
   static constexpr size_t kBlockBytes = kQ4Bytes;
   static constexpr size_t kBlockValues = kQuantBlock;
-  static constexpr size_t kBlocks = 4;
-  static constexpr size_t kXVectors = 4;
-  // Byte k of a block's codes holds values k (low nibble) and k + 16 (high nibble), so the
-  // activation codes are regrouped to match: lo = values 0-15 of the 4 blocks, hi = 16-31. The
-  // correction is 8 times the sum of each lane's 8 codes (the weight codes are value + 8).
+  static constexpr size_t kBlocks = 16;
+  static constexpr size_t kCodeVectors = 8;
+  static constexpr size_t kXVectors = kCodeVectors + 2;
+  static constexpr size_t LaneBlock(size_t i) { return 4 * (i % 4) + i / 4; }
   static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
                                             const int32_t* /*sums*/, __m512i* x) {
-    const __m512i x0 = _mm512_loadu_si512(codes);
-    const __m512i x1 = _mm512_loadu_si512(codes + 64);
-    const __m512i lo = _mm512_shuffle_i64x2(x0, x1, 0x88);
-    const __m512i hi = _mm512_shuffle_i64x2(x0, x1, 0xdd);
-    const __m512i eight = _mm512_set1_epi8(8);
-    const __m512i bias = Dpbusd(Dpbusd(_mm512_setzero_si512(), eight, lo), eight, hi);
-    const __m512 dx = _mm512_castps128_ps512(_mm_loadu_ps(scales));
-    _mm512_store_si512(x, lo);
-    _mm512_store_si512(x + 1, hi);
-    _mm512_store_si512(x + 2, _mm512_sub_epi32(_mm512_setzero_si512(), bias));
-    _mm512_store_si512(x + 3, _mm512_castps_si512(dx));
+    __m512i lo[4], hi[4];
+    for (size_t j = 0; j < 4; ++j) {
+      const __m512i x0 = _mm512_loadu_si512(codes + 128 * j);
+      const __m512i x1 = _mm512_loadu_si512(codes + 128 * j + 64);
+      lo[j] = _mm512_shuffle_i64x2(x0, x1, 0x88);  // values 0-15 of blocks 4j..4j+3
+      hi[j] = _mm512_shuffle_i64x2(x0, x1, 0xdd);  // values 16-31
+    }
+    Transpose4x4(lo[0], lo[1], lo[2], lo[3]);
+    Transpose4x4(hi[0], hi[1], hi[2], hi[3]);
+    for (size_t k = 0; k < 4; ++k) {
+      _mm512_store_si512(x + k, lo[k]);
+      _mm512_store_si512(x + 4 + k, hi[k]);
+    }
+    PrepareLaneTerms<Q4Step>(scales, 8, x);
   }
-  struct W {
-    __m512i lo, hi;
-    __m128 scales;  // of the step's blocks
-  };
-  // The 16 code bytes of each of the 4 blocks, picked from loads at +0 and +8 (72 bytes); a
-  // partial step reads only its `bytes` and leaves zeros.
+  using W = LaneBlockW<kCodeVectors>;
+  // Each block's 16 code bytes, picked from loads at +0 and +8 of 4 blocks (72 bytes); past the
+  // row's `bytes` of a partial step codes and scales are zero.
   template <bool kWhole>
   static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t bytes) {
     alignas(64) static constexpr uint8_t kCodeBytes[64] = {
@@ -3527,25 +3606,27 @@ struct Q4Step {
         20,  21,  22,  23,  24,  25,  26,  27,  28,  29,  30,  31,  32,  33,  34,  35,
         38,  39,  40,  41,  42,  43,  44,  45,  46,  47,  48,  49,  50,  51,  52,  53,
         112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127};
-    const __m512i v0 = kWhole ? _mm512_loadu_si512(p)
-                              : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ull, unsigned(bytes)), p);
-    const __m512i v1 = kWhole
-                           ? _mm512_loadu_si512(p + 8)
-                           : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ull, unsigned(bytes - 8)), p + 8);
-    const __m512i codes = _mm512_permutex2var_epi8(v0, _mm512_load_si512(kCodeBytes), v1);
+    __m512i v[4];
+    for (size_t j = 0; j < 4; ++j) {
+      v[j] = _mm512_permutex2var_epi8(LoadStepBytes<kWhole>(p, 4 * j * kQ4Bytes, bytes),
+                                      _mm512_load_si512(kCodeBytes),
+                                      LoadStepBytes<kWhole>(p, 4 * j * kQ4Bytes + 8, bytes));
+    }
+    Transpose4x4(v[0], v[1], v[2], v[3]);
+    W w;
     const __m512i low4 = _mm512_set1_epi8(0x0f);
-    return {_mm512_and_si512(codes, low4), _mm512_and_si512(_mm512_srli_epi16(codes, 4), low4),
-            StepScales<4, kQ4Bytes>(p, bytes / kQ4Bytes)};
-  }
-  static SLLM_VNNI HWY_INLINE __m512i Lanes() {
-    return _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-  }
-  static SLLM_VNNI HWY_INLINE __m512i Dot(const W& w, const __m512i* x) {
-    return Dpbusd(Dpbusd(_mm512_load_si512(x + 2), w.lo, _mm512_load_si512(x)), w.hi,
-                  _mm512_load_si512(x + 1));
+    for (size_t k = 0; k < 4; ++k) {
+      w.codes[k] = _mm512_and_si512(v[k], low4);
+      // The high nibbles by one affine map of each byte's bits (bit i of the result is bit i + 4),
+      // instead of a shift and a mask.
+      w.codes[4 + k] =
+          _mm512_gf2p8affine_epi64_epi8(v[k], _mm512_set1_epi64(0x1020408000000000ll), 0);
+    }
+    w.scales = LaneWeightScales<Q4Step, kWhole>(p, bytes);
+    return w;
   }
   static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
-    return AddScaledBlocks<Q4Step>(w, x, acc);
+    return AccumulateLanes<Q4Step>(w, x, acc);
   }
 };
 
@@ -3742,6 +3823,20 @@ SLLM_VNNI HWY_INLINE void DirectStep(const uint8_t* p, size_t bytes, const __m51
   for (int t = 0; t < T; ++t) acc[t] = Step::Accumulate(wv, xp[t] + s * Step::kXVectors, acc[t]);
 }
 
+// The sums of the lanes of a, b, c and d, in lanes 0..3: one reduction for all four costs
+// less than four, which matters for short rows.
+SLLM_VNNI HWY_INLINE __m128 SumLanes4(__m512 a, __m512 b, __m512 c, __m512 d) {
+  // Per 128-bit chunk: a0+a2, b0+b2, a1+a3, b1+b3 (ab), likewise cd, then each chunk's sums.
+  const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+  const __m512 chunks = _mm512_add_ps(
+      _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))),
+      _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(ab), _mm512_castps_pd(cd))));
+  const __m256 half =
+      _mm256_add_ps(_mm512_castps512_ps256(chunks), _mm512_extractf32x8_ps(chunks, 1));
+  return _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
+}
+
 // Row r of the weights times T prepared tokens from t0. Even and odd steps add to separate
 // accumulators, which halves the chain of dependent additions.
 template <class Step, int T>
@@ -3766,9 +3861,11 @@ SLLM_VNNI void DirectRow(const uint8_t* row, size_t nb, const __m512i* prepared,
     DirectStep<Step, T, false>(row + s * kStepBytes, (nb - s * Step::kBlocks) * Step::kBlockBytes,
                                xp, s, odd);
   }
-  for (int t = 0; t < T; ++t) {
-    y[(t0 + t) * y_stride + r] = _mm512_reduce_add_ps(_mm512_add_ps(even[t], odd[t]));
-  }
+  __m512 sum[4];
+  for (int t = 0; t < 4; ++t) sum[t] = t < T ? _mm512_add_ps(even[t], odd[t]) : _mm512_setzero_ps();
+  alignas(16) float dots[4];
+  _mm_store_ps(dots, SumLanes4(sum[0], sum[1], sum[2], sum[3]));
+  for (int t = 0; t < T; ++t) y[(t0 + t) * y_stride + r] = dots[t];
 }
 
 // Rows [row_begin, row_end) for x's tokens, up to four at a time: each weight row is read from
@@ -3816,18 +3913,6 @@ SLLM_VNNI void DirectMatmul(const uint8_t* w, size_t row_bytes, size_t nb,
 constexpr size_t kPanelVectors = 2;
 constexpr size_t kPanelRows = 16 * kPanelVectors;
 constexpr size_t kItemBytes = kPanelVectors * 64;
-
-// Transposes the 4x4 matrices of 32-bit lanes in each 128-bit chunk of a, b, c, d.
-SLLM_VNNI HWY_INLINE void Transpose4x4(__m512i& a, __m512i& b, __m512i& c, __m512i& d) {
-  const __m512i ab_lo = _mm512_unpacklo_epi32(a, b);
-  const __m512i ab_hi = _mm512_unpackhi_epi32(a, b);
-  const __m512i cd_lo = _mm512_unpacklo_epi32(c, d);
-  const __m512i cd_hi = _mm512_unpackhi_epi32(c, d);
-  a = _mm512_unpacklo_epi64(ab_lo, cd_lo);
-  b = _mm512_unpackhi_epi64(ab_lo, cd_lo);
-  c = _mm512_unpacklo_epi64(ab_hi, cd_hi);
-  d = _mm512_unpackhi_epi64(ab_hi, cd_hi);
-}
 
 // 16 bytes at offset of each of 16 rows (row i at rows + i * row_bytes; zeros for i >= live),
 // as 4 vectors: vector g holds bytes 4g..4g+3 of row i in lane i.
@@ -6647,7 +6732,7 @@ void QuantizedActivations::resize(size_t n_rows, size_t n_cols, ActivationFormat
   }
   n = n_rows;
   cols = n_cols;
-  q_stride = round_up(n_cols, 128);
+  q_stride = round_up(n_cols, 512);
   scale_stride = round_up(n_cols / block(), 16);
   sum_stride = round_up(n_cols / 16, 16);
   const size_t codes = checked_mul(n_rows, q_stride, "activation buffer");

@@ -40,10 +40,11 @@ size_t block_values(TensorType type) {
 size_t row_bytes_of(TensorType type, size_t cols) {
   return size_t(sllm::tensor_row_bytes(type, cols));
 }
-// Row lengths for the kernel tests: one block, a few, and many with an odd count.
+// Row lengths for the kernel tests: one block, a few, and many with an odd count. Q8_0 and Q4_0
+// decode takes steps of 8 and 16 blocks: 31 blocks end with a step short of 7 and 15 blocks.
 std::vector<size_t> test_cols(TensorType type) {
   if (is_k_quant(type)) return {256, 512, 2048 + 256};
-  return {32, 64, 96, 4096 + 32};
+  return {32, 64, 96, 31 * 32, 4096 + 32};
 }
 
 void quantize_for(TensorType type, const float* x, size_t n, size_t cols, size_t x_stride,

@@ -26,7 +26,7 @@ struct QuantizedActivations {
   ActivationFormat format = ActivationFormat::kQ8_0;
   size_t n = 0;                // rows (tokens)
   size_t cols = 0;             // values per row, a multiple of block()
-  size_t q_stride = 0;         // bytes from one row's codes to the next (cols rounded up to 128)
+  size_t q_stride = 0;         // bytes from one row's codes to the next (cols rounded up to 512)
   size_t scale_stride = 0;     // entries from one row's scales to the next (a multiple of 16)
   size_t sum_stride = 0;       // entries from one row's sums to the next (a multiple of 16)
   AlignedBuffer<int8_t> q;     // codes, row t at q + t * q_stride

@@ -33,7 +33,7 @@ void QuantizedActivations::resize(size_t n_rows, size_t n_cols, ActivationFormat
   }
   n = n_rows;
   cols = n_cols;
-  q_stride = round_up(n_cols, 128);
+  q_stride = round_up(n_cols, 512);
   scale_stride = round_up(n_cols / block(), 16);
   sum_stride = round_up(n_cols / 16, 16);
   const size_t codes = checked_mul(n_rows, q_stride, "activation buffer");
