@@ -3880,14 +3880,83 @@ struct BlockPanel {
   }
 };
 
+// The K-quant panels' tile (Panel derives from SubBlockPanel<Panel>): per block and sub-block the
+// int32 sum of its code groups times the rows' scale of the sub-block (item kScales + j), added up
+// over the block in int32; then Panel::AddBlock adds the block's f32 terms. A sub-block's sum
+// starts at zero, or where Panel::kSubBlockStarts at the token's starts entry of the sub-block.
+template <class Panel>
+struct SubBlockPanel {
+  template <int T>
+  static SLLM_VNNI void Tile(const uint8_t* panel, size_t nb, const int32_t* starts,
+                             const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
+                             size_t y_stride, size_t r0, size_t n_rows) {
+    constexpr size_t V = kPanelVectors;
+    constexpr size_t kValues = kSuperBlock / Panel::kSubBlocks, kGroups = kValues / 4;
+    const int8_t* xq[T];
+    const float* xs[T];
+    const int32_t* xstarts[T];
+    for (int t = 0; t < T; ++t) {
+      xq[t] = x.codes(t0 + t);
+      xs[t] = x.scales(t0 + t);
+      xstarts[t] = starts + (t0 + t) * Panel::kStarts * nb;
+    }
+    __m512 acc[T][V];
+    for (int t = 0; t < T; ++t) {
+      for (size_t v = 0; v < V; ++v) acc[t][v] = _mm512_setzero_ps();
+    }
+    for (size_t b = 0; b < nb; ++b) {
+      const uint8_t* pb = panel + b * Panel::kItems * kItemBytes;
+      __m512i sum[T][V];
+      for (int t = 0; t < T; ++t) {
+        for (size_t v = 0; v < V; ++v) sum[t][v] = _mm512_setzero_si512();
+      }
+      for (size_t j = 0; j < Panel::kSubBlocks; ++j) {
+        __m512i isum[T][V];
+        for (int t = 0; t < T; ++t) {
+          const __m512i start = Panel::kSubBlockStarts
+                                    ? _mm512_set1_epi32(xstarts[t][Panel::kStarts * b + j])
+                                    : _mm512_setzero_si512();
+          for (size_t v = 0; v < V; ++v) isum[t][v] = start;
+        }
+        for (size_t g = 0; g < kGroups; ++g) {
+          __m512i wv[V];
+          for (size_t v = 0; v < V; ++v) {
+            wv[v] = _mm512_load_si512(pb + (kGroups * j + g) * kItemBytes + v * 64);
+          }
+          for (int t = 0; t < T; ++t) {
+            const __m512i xb = BroadcastGroup(xq[t] + b * kSuperBlock + kValues * j + 4 * g);
+            for (size_t v = 0; v < V; ++v) isum[t][v] = Dpbusd(isum[t][v], wv[v], xb);
+          }
+        }
+        for (size_t v = 0; v < V; ++v) {
+          const __m512i scale = _mm512_load_si512(pb + (Panel::kScales + j) * kItemBytes + v * 64);
+          for (int t = 0; t < T; ++t) {
+            sum[t][v] = _mm512_add_epi32(sum[t][v], _mm512_mullo_epi32(isum[t][v], scale));
+          }
+        }
+      }
+      for (int t = 0; t < T; ++t) {
+        const __m512 dx = _mm512_set1_ps(xs[t][b]);
+        const int32_t* block_starts = xstarts[t] + Panel::kStarts * b;
+        for (size_t v = 0; v < V; ++v) {
+          acc[t][v] = Panel::AddBlock(pb + v * 64, sum[t][v], dx, block_starts, acc[t][v]);
+        }
+      }
+    }
+    StoreTile<T>(acc, y, y_stride, t0, r0, n_rows);
+  }
+};
+
 // Q4_K: per block the 64 code groups in value order (group 8j + g: values 4g..4g+3 of sub-block
 // j), the rows' 8 sub-block scales (int32), their mins as 4 pairs (sub-blocks 2k and 2k + 1 as the
 // low and high int16 of a lane), d and dmin (f32). Each sub-block's int32 sum is multiplied by its
 // scale; the mins are multiplied by the pairs of activation code sums (kStarts) with vpdpwssd.
-struct Q4KPanel {
+struct Q4KPanel : SubBlockPanel<Q4KPanel> {
   static constexpr size_t kItems = 64 + 8 + 4 + 2;
   static constexpr size_t kStarts = 4;
   static constexpr int kTokens = 4;
+  static constexpr size_t kSubBlocks = 8;
+  static constexpr bool kSubBlockStarts = false;
   static constexpr size_t kScales = 64, kMins = 72, kD = 76;
 
   static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
@@ -3944,69 +4013,19 @@ struct Q4KPanel {
     }
   }
 
-  template <int T>
-  static SLLM_VNNI void Tile(const uint8_t* panel, size_t nb, const int32_t* starts,
-                             const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
-                             size_t y_stride, size_t r0, size_t n_rows) {
-    constexpr size_t V = kPanelVectors;
-    const int8_t* xq[T];
-    const float* xs[T];
-    const int32_t* xsums[T];
-    for (int t = 0; t < T; ++t) {
-      xq[t] = x.codes(t0 + t);
-      xs[t] = x.scales(t0 + t);
-      xsums[t] = starts + (t0 + t) * 4 * nb;
+  // The block's sum times d dx, less the mins times the pairs of sub-block code sums times dmin dx
+  // (pv: the panel vector's lanes of the block).
+  static SLLM_VNNI HWY_INLINE __m512 AddBlock(const uint8_t* pv, __m512i sum, __m512 dx,
+                                              const int32_t* block_starts, __m512 acc) {
+    __m512i mins = _mm512_setzero_si512();
+    for (size_t k = 0; k < 4; ++k) {
+      mins = Dpwssd(mins, _mm512_load_si512(pv + (kMins + k) * kItemBytes),
+                    _mm512_set1_epi32(block_starts[k]));
     }
-    __m512 acc[T][V];
-    for (int t = 0; t < T; ++t) {
-      for (size_t v = 0; v < V; ++v) acc[t][v] = _mm512_setzero_ps();
-    }
-    for (size_t b = 0; b < nb; ++b) {
-      const uint8_t* pb = panel + b * kItems * kItemBytes;
-      __m512i sum[T][V];
-      for (int t = 0; t < T; ++t) {
-        for (size_t v = 0; v < V; ++v) sum[t][v] = _mm512_setzero_si512();
-      }
-      for (size_t j = 0; j < 8; ++j) {
-        __m512i isum[T][V];
-        for (int t = 0; t < T; ++t) {
-          for (size_t v = 0; v < V; ++v) isum[t][v] = _mm512_setzero_si512();
-        }
-        for (size_t g = 0; g < 8; ++g) {
-          __m512i wv[V];
-          for (size_t v = 0; v < V; ++v) {
-            wv[v] = _mm512_load_si512(pb + (8 * j + g) * kItemBytes + v * 64);
-          }
-          for (int t = 0; t < T; ++t) {
-            const __m512i xb = BroadcastGroup(xq[t] + b * kSuperBlock + 32 * j + 4 * g);
-            for (size_t v = 0; v < V; ++v) isum[t][v] = Dpbusd(isum[t][v], wv[v], xb);
-          }
-        }
-        for (size_t v = 0; v < V; ++v) {
-          const __m512i scale = _mm512_load_si512(pb + (kScales + j) * kItemBytes + v * 64);
-          for (int t = 0; t < T; ++t) {
-            sum[t][v] = _mm512_add_epi32(sum[t][v], _mm512_mullo_epi32(isum[t][v], scale));
-          }
-        }
-      }
-      for (int t = 0; t < T; ++t) {
-        const __m512 dx = _mm512_set1_ps(xs[t][b]);
-        for (size_t v = 0; v < V; ++v) {
-          __m512i mins = _mm512_setzero_si512();
-          for (size_t k = 0; k < 4; ++k) {
-            mins = Dpwssd(mins, _mm512_load_si512(pb + (kMins + k) * kItemBytes + v * 64),
-                          _mm512_set1_epi32(xsums[t][4 * b + k]));
-          }
-          const __m512 d = _mm512_load_ps(pb + kD * kItemBytes + v * 64);
-          const __m512 dmin = _mm512_load_ps(pb + (kD + 1) * kItemBytes + v * 64);
-          acc[t][v] =
-              _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t][v]), _mm512_mul_ps(d, dx), acc[t][v]);
-          acc[t][v] =
-              _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, dx), acc[t][v]);
-        }
-      }
-    }
-    StoreTile<T>(acc, y, y_stride, t0, r0, n_rows);
+    const __m512 d = _mm512_load_ps(pv + kD * kItemBytes);
+    const __m512 dmin = _mm512_load_ps(pv + (kD + 1) * kItemBytes);
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, dx), acc);
+    return _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, dx), acc);
   }
 };
 
@@ -4014,10 +4033,12 @@ struct Q4KPanel {
 // values 4g..4g+3 of sub-block j of 16), the rows' 16 sub-block scales (int32) and d (f32). Each
 // sub-block's sum starts at minus 32 times its activation codes' sum (kStarts) and is multiplied
 // by its scale.
-struct Q6KPanel {
+struct Q6KPanel : SubBlockPanel<Q6KPanel> {
   static constexpr size_t kItems = 64 + 16 + 1;
   static constexpr size_t kStarts = 16;
   static constexpr int kTokens = 4;
+  static constexpr size_t kSubBlocks = 16;
+  static constexpr bool kSubBlockStarts = true;
   static constexpr size_t kScales = 64, kD = 80;
 
   static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
@@ -4079,62 +4100,11 @@ struct Q6KPanel {
     }
   }
 
-  template <int T>
-  static SLLM_VNNI void Tile(const uint8_t* panel, size_t nb, const int32_t* starts,
-                             const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
-                             size_t y_stride, size_t r0, size_t n_rows) {
-    constexpr size_t V = kPanelVectors;
-    const int8_t* xq[T];
-    const float* xs[T];
-    const int32_t* xstart[T];
-    for (int t = 0; t < T; ++t) {
-      xq[t] = x.codes(t0 + t);
-      xs[t] = x.scales(t0 + t);
-      xstart[t] = starts + (t0 + t) * 16 * nb;
-    }
-    __m512 acc[T][V];
-    for (int t = 0; t < T; ++t) {
-      for (size_t v = 0; v < V; ++v) acc[t][v] = _mm512_setzero_ps();
-    }
-    for (size_t b = 0; b < nb; ++b) {
-      const uint8_t* pb = panel + b * kItems * kItemBytes;
-      __m512i sum[T][V];
-      for (int t = 0; t < T; ++t) {
-        for (size_t v = 0; v < V; ++v) sum[t][v] = _mm512_setzero_si512();
-      }
-      for (size_t j = 0; j < 16; ++j) {
-        __m512i isum[T][V];
-        for (int t = 0; t < T; ++t) {
-          const __m512i start = _mm512_set1_epi32(xstart[t][16 * b + j]);
-          for (size_t v = 0; v < V; ++v) isum[t][v] = start;
-        }
-        for (size_t g = 0; g < 4; ++g) {
-          __m512i wv[V];
-          for (size_t v = 0; v < V; ++v) {
-            wv[v] = _mm512_load_si512(pb + (4 * j + g) * kItemBytes + v * 64);
-          }
-          for (int t = 0; t < T; ++t) {
-            const __m512i xb = BroadcastGroup(xq[t] + b * kSuperBlock + 16 * j + 4 * g);
-            for (size_t v = 0; v < V; ++v) isum[t][v] = Dpbusd(isum[t][v], wv[v], xb);
-          }
-        }
-        for (size_t v = 0; v < V; ++v) {
-          const __m512i scale = _mm512_load_si512(pb + (kScales + j) * kItemBytes + v * 64);
-          for (int t = 0; t < T; ++t) {
-            sum[t][v] = _mm512_add_epi32(sum[t][v], _mm512_mullo_epi32(isum[t][v], scale));
-          }
-        }
-      }
-      for (int t = 0; t < T; ++t) {
-        const __m512 dx = _mm512_set1_ps(xs[t][b]);
-        for (size_t v = 0; v < V; ++v) {
-          const __m512 d = _mm512_load_ps(pb + kD * kItemBytes + v * 64);
-          acc[t][v] =
-              _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t][v]), _mm512_mul_ps(d, dx), acc[t][v]);
-        }
-      }
-    }
-    StoreTile<T>(acc, y, y_stride, t0, r0, n_rows);
+  // The block's sum (with the offset taken off by the starts) times d dx.
+  static SLLM_VNNI HWY_INLINE __m512 AddBlock(const uint8_t* pv, __m512i sum, __m512 dx,
+                                              const int32_t* /*block_starts*/, __m512 acc) {
+    const __m512 d = _mm512_load_ps(pv + kD * kItemBytes);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, dx), acc);
   }
 };
 
