@@ -4087,13 +4087,13 @@ struct ScaleMinPanel : SubBlockPanel<ScaleMinPanel<kHighBit>> {
   }
 };
 
+using Q4KPanel = ScaleMinPanel<false>;
+using Q5KPanel = ScaleMinPanel<true>;
+
 // Q6_K: per block the 64 code groups in value order, stored plus 32 (unsigned; group 4j + g:
 // values 4g..4g+3 of sub-block j of 16), the rows' 16 sub-block scales (int32) and d (f32). Each
 // sub-block's sum starts at minus 32 times its activation codes' sum (kStarts) and is multiplied
 // by its scale.
-using Q4KPanel = ScaleMinPanel<false>;
-using Q5KPanel = ScaleMinPanel<true>;
-
 struct Q6KPanel : SubBlockPanel<Q6KPanel> {
   static constexpr size_t kItems = 64 + 16 + 1;
   static constexpr size_t kStarts = 16;
