@@ -501,9 +501,17 @@ inline void pack_q4_k_scales(const uint8_t* scale, const uint8_t* min, uint8_t* 
   }
 }
 
-// The 4-bit code of value i (0..255) of a Q4_K block.
+// The 4-bit code of value i (0..255) of a Q4_K block, and the low 4 bits of a Q5_K code: byte
+// i / 64 * 32 + i % 32 of qs, low nibble for even sub-blocks i / 32, high for odd ones.
+inline int k_nibble(const uint8_t* qs, size_t i) {
+  return (qs[i / 64 * 32 + i % 32] >> (i / 32 % 2 * 4)) & 0x0f;
+}
 inline int q4_k_code(const BlockQ4_K& b, size_t i) {
-  return (b.qs[i / 64 * 32 + i % 32] >> (i / 32 % 2 * 4)) & 0x0f;
+  return k_nibble(b.qs, i);
+}
+// The 5-bit code of value i (0..255) of a Q5_K block (value = d * scale_j * code - dmin * min_j).
+inline int q5_k_code(const BlockQ5_K& b, size_t i) {
+  return k_nibble(b.qs, i) | ((b.qh[i % 32] >> (i / 32)) & 1) << 4;
 }
 // The 6-bit code of value i (0..255) of a Q6_K block (value = d * scales[i / 16] * (code - 32)).
 inline int q6_k_code(const BlockQ6_K& b, size_t i) {
@@ -564,11 +572,12 @@ int32_t block_dot(const BlockQ4_0& w, const BlockQ8_0& x);
 float dot_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, size_t n);
 float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n);
 // Dot product of a K-quant weight row with an activation row quantized to Q8_K: per block, the
-// integer dot products of the sub-blocks times their integer scales (and for Q4_K the sums of the
-// activation codes times the sub-block mins) summed in int32, then sum += d_x * (d * S - dmin * M)
-// (Q4_K) or d_x * (d * S) (Q6_K, whose S counts the codes minus 32) in f32. n is a multiple of
-// 256.
+// integer dot products of the sub-blocks times their integer scales (and for Q4_K and Q5_K the
+// sums of the activation codes times the sub-block mins) summed in int32, then sum += d_x * (d * S
+// - dmin * M) (Q4_K, Q5_K) or d_x * (d * S) (Q6_K, whose S counts the codes minus 32) in f32. n is
+// a multiple of 256.
 float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n);
+float dot_q5_k(const BlockQ5_K* w, const BlockQ8_K* x, size_t n);
 float dot_q6_k(const BlockQ6_K* w, const BlockQ8_K* x, size_t n);
 }  // namespace ref
 }  // namespace sllm
@@ -707,8 +716,8 @@ void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
 }  // namespace sllm
 
 // ---- matmul_q.h ----
-// Quantized matmul, part of the kernels layer: Q8_0, Q4_0, Q4_K and Q6_K weight matrices, read
-// in place, times activation rows quantized to int8 codes. Products are int8 dot products
+// Quantized matmul, part of the kernels layer: Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weight matrices,
+// read in place, times activation rows quantized to int8 codes. Products are int8 dot products
 // accumulated in int32 per block (VNNI vpdpbusd where the CPU has it), then scaled in f32.
 #include <algorithm>
 #include <cstring>
@@ -721,7 +730,7 @@ enum class ActivationFormat {
   kQ8_0,  // per 32 values, the scale rounded to f16 (ref::quantize_activations_q8_0): Q8_0, Q4_0
   kQ8_K,  // per 256 values, an f32 scale (ref::quantize_row_q8_k): K-quant weights
 };
-// Whether the quantized matmul reads weights of this type (Q8_0, Q4_0, Q4_K, Q6_K).
+// Whether the quantized matmul reads weights of this type (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K).
 bool matmul_q_reads(TensorType weight_type);
 // Error for a weight type that the quantized matmul does not read.
 ActivationFormat activation_format(TensorType weight_type);
@@ -759,9 +768,9 @@ void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride
 
 // y[t * y_stride + r] = sum_c w[r][c] * x[t][c] for the x.n activation rows t and the weight rows
 // r in [row_begin, row_end), so that a caller can share the rows among its threads. w is of type
-// Q8_0, Q4_0, Q4_K or Q6_K, read in place (cols a whole number of blocks, row_bytes at least the
-// blocks of a row), and x quantized in activation_format(w.type). One activation row streams each
-// weight row once (decode); many pack tiles of weights into a per-thread buffer and reuse each
+// Q8_0, Q4_0, Q4_K, Q5_K or Q6_K, read in place (cols a whole number of blocks, row_bytes at least
+// the blocks of a row), and x quantized in activation_format(w.type). One activation row streams
+// each weight row once (decode); many pack tiles of weights into a per-thread buffer and reuse each
 // for several tokens (prefill). Error when the shapes, the type or the format do not fit.
 void matmul_q_rows(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
                    size_t row_begin, size_t row_end);
@@ -3394,6 +3403,16 @@ void QuantizeActivationRows(const float* x, size_t x_stride, size_t t_begin, siz
   }
 }
 
+// Q4_K and Q5_K blocks (kHighBit: Q5_K, whose codes have a fifth bit) both start with d, dmin and
+// the 12 scale bytes and differ only in their codes: Q5_K has the top bits (qh) before the low 4
+// bits (qs), which are laid out as Q4_K's.
+template <bool kHighBit>
+struct ScaleMinBlock {
+  static constexpr size_t kBytes = kHighBit ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
+  static constexpr size_t kQs = kHighBit ? offsetof(BlockQ5_K, qs) : offsetof(BlockQ4_K, qs);
+  static constexpr size_t kQh = offsetof(BlockQ5_K, qh);
+};
+
 #if HWY_TARGET == HWY_AVX3_DL
 // ---- quantized matmul with AVX-512 VNNI ----
 // vpdpbusd multiplies unsigned by signed bytes and adds groups of four products to int32 lanes,
@@ -3631,10 +3650,10 @@ struct Q4Step {
 };
 
 // K-quants: a step is one 256-value block. Each int32 lane of vpdpbusd sums 4 products of a code
-// below 64 and an activation code of magnitude at most 127, so it stays below 2^15 and vpdpwssd
-// can multiply it by its sub-block's scale (the low int16 of a lane whose high int16 is 0) and add
-// the product to the block's sum in one instruction. The block's f32 scales multiply that sum
-// once per block and token.
+// below 64 (Q6_K; below 32 for Q5_K, 16 for Q4_K) and an activation code of magnitude at most 127,
+// so it stays below 2^15 and vpdpwssd can multiply it by its sub-block's scale (the low int16 of a
+// lane whose high int16 is 0) and add the product to the block's sum in one instruction. The
+// block's f32 scales multiply that sum once per block and token.
 //
 // The scales of the lanes of each of 4 code vectors, from the 16 int32 lanes of `all`: lane i of
 // vector k takes lane kFirst[k] + i / kLanesPerScale, plus 2 for the upper 8 lanes when
@@ -3674,8 +3693,16 @@ SLLM_VNNI HWY_INLINE __m128i UnpackQ4KScales(const uint8_t* scales) {
   return _mm_or_si128(low_bits, _mm_and_si128(_mm_srli_epi16(high, 2), _mm_set1_epi8(0x30)));
 }
 
-struct Q4KStep {
-  static constexpr size_t kBlockBytes = sizeof(BlockQ4_K);
+// Q5_K's codes: codes plus 16 in the bytes whose bit `bit` is set in qh (the codes are below 16).
+SLLM_VNNI HWY_INLINE __m512i WithTopBit(__m512i codes, __m512i qh, __m512i bit) {
+  return _mm512_mask_add_epi8(codes, _mm512_test_epi8_mask(qh, bit), codes, _mm512_set1_epi8(16));
+}
+
+// Q4_K and Q5_K (kHighBit: its codes, below 32, are the only difference).
+template <bool kHighBit>
+struct ScaleMinStep {
+  using Block = ScaleMinBlock<kHighBit>;
+  static constexpr size_t kBlockBytes = Block::kBytes;
   static constexpr size_t kBlockValues = kSuperBlock;
   static constexpr size_t kBlocks = 1;
   static constexpr size_t kXVectors = 6;
@@ -3713,9 +3740,21 @@ struct Q4KStep {
     W w;
     const __m512i low4 = _mm512_set1_epi8(0x0f);
     for (int h = 0; h < 2; ++h) {
-      const __m512i v = _mm512_loadu_si512(p + 16 + 64 * h);
+      const __m512i v = _mm512_loadu_si512(p + Block::kQs + 64 * h);
       w.codes[2 * h] = _mm512_and_si512(v, low4);
       w.codes[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+    }
+    if constexpr (kHighBit) {
+      // Code vector k holds sub-blocks j = 4 (k / 2) + k % 2 and j + 2 in its halves, value l of
+      // each at byte l; the top bit of value l of sub-block j is bit j of qh[l].
+      const __m512i qh = _mm512_broadcast_i64x4(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + Block::kQh)));
+      for (int k = 0; k < 4; ++k) {
+        const int j = 4 * (k / 2) + k % 2;
+        const __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8(char(1 << j)),
+                                               _mm256_set1_epi8(char(1 << (j + 2))), 1);
+        w.codes[k] = WithTopBit(w.codes[k], qh, bit);
+      }
     }
     w.mins = _mm512_cvtepu8_epi32(UnpackQ4KScales(p + 4));
     SpreadScales<8>(w.mins, w.scales);
@@ -3735,13 +3774,16 @@ struct Q4KStep {
     // Lanes 8..15: min times the sum of the sub-block's activation codes (both below 2^15;
     // lanes 0..7 are 0).
     const __m512i mins = Dpwssd(zero, w.mins, _mm512_load_si512(x + 4));
-    const __m128 dx = _mm_mul_ps(w.d, _mm_set1_ps(StepXScale<Q4KStep>(x)));  // d dx, dmin dx
+    const __m128 dx = _mm_mul_ps(w.d, _mm_set1_ps(StepXScale<ScaleMinStep>(x)));  // d dx, dmin dx
     const __m512 d = _mm512_broadcastss_ps(dx);
     const __m512 dmin = _mm512_broadcastss_ps(_mm_movehdup_ps(dx));
     return _mm512_add_ps(acc, _mm512_fmsub_ps(_mm512_cvtepi32_ps(sum), d,
                                               _mm512_mul_ps(_mm512_cvtepi32_ps(mins), dmin)));
   }
 };
+
+using Q4KStep = ScaleMinStep<false>;
+using Q5KStep = ScaleMinStep<true>;
 
 struct Q6KStep {
   static constexpr size_t kBlockBytes = sizeof(BlockQ6_K);
@@ -4071,14 +4113,86 @@ struct BlockPanel {
   }
 };
 
-// Q4_K: per block the 64 code groups in value order (group 8j + g: values 4g..4g+3 of sub-block
-// j), the rows' 8 sub-block scales (int32), their mins as 4 pairs (sub-blocks 2k and 2k + 1 as the
-// low and high int16 of a lane), d and dmin (f32). Each sub-block's int32 sum is multiplied by its
-// scale; the mins are multiplied by the pairs of activation code sums (kStarts) with vpdpwssd.
-struct Q4KPanel {
+// The K-quant panels' tile (Panel derives from SubBlockPanel<Panel>): per block and sub-block the
+// int32 sum of its code groups times the rows' scale of the sub-block (item kScales + j), added up
+// over the block in int32; then Panel::AddBlock adds the block's f32 terms. A sub-block's sum
+// starts at zero, or where Panel::kSubBlockStarts at the token's starts entry of the sub-block.
+template <class Panel>
+struct SubBlockPanel {
+  template <int T>
+  static SLLM_VNNI void Tile(const uint8_t* panel, size_t nb, const int32_t* starts,
+                             const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
+                             size_t y_stride, size_t r0, size_t n_rows) {
+    constexpr size_t V = kPanelVectors;
+    constexpr size_t kValues = kSuperBlock / Panel::kSubBlocks, kGroups = kValues / 4;
+    const int8_t* xq[T];
+    const float* xs[T];
+    const int32_t* xstarts[T];
+    for (int t = 0; t < T; ++t) {
+      xq[t] = x.codes(t0 + t);
+      xs[t] = x.scales(t0 + t);
+      xstarts[t] = starts + (t0 + t) * Panel::kStarts * nb;
+    }
+    __m512 acc[T][V];
+    for (int t = 0; t < T; ++t) {
+      for (size_t v = 0; v < V; ++v) acc[t][v] = _mm512_setzero_ps();
+    }
+    for (size_t b = 0; b < nb; ++b) {
+      const uint8_t* pb = panel + b * Panel::kItems * kItemBytes;
+      __m512i sum[T][V];
+      for (int t = 0; t < T; ++t) {
+        for (size_t v = 0; v < V; ++v) sum[t][v] = _mm512_setzero_si512();
+      }
+      for (size_t j = 0; j < Panel::kSubBlocks; ++j) {
+        __m512i isum[T][V];
+        for (int t = 0; t < T; ++t) {
+          const __m512i start = Panel::kSubBlockStarts
+                                    ? _mm512_set1_epi32(xstarts[t][Panel::kStarts * b + j])
+                                    : _mm512_setzero_si512();
+          for (size_t v = 0; v < V; ++v) isum[t][v] = start;
+        }
+        for (size_t g = 0; g < kGroups; ++g) {
+          __m512i wv[V];
+          for (size_t v = 0; v < V; ++v) {
+            wv[v] = _mm512_load_si512(pb + (kGroups * j + g) * kItemBytes + v * 64);
+          }
+          for (int t = 0; t < T; ++t) {
+            const __m512i xb = BroadcastGroup(xq[t] + b * kSuperBlock + kValues * j + 4 * g);
+            for (size_t v = 0; v < V; ++v) isum[t][v] = Dpbusd(isum[t][v], wv[v], xb);
+          }
+        }
+        for (size_t v = 0; v < V; ++v) {
+          const __m512i scale = _mm512_load_si512(pb + (Panel::kScales + j) * kItemBytes + v * 64);
+          for (int t = 0; t < T; ++t) {
+            sum[t][v] = _mm512_add_epi32(sum[t][v], _mm512_mullo_epi32(isum[t][v], scale));
+          }
+        }
+      }
+      for (int t = 0; t < T; ++t) {
+        const __m512 dx = _mm512_set1_ps(xs[t][b]);
+        const int32_t* block_starts = xstarts[t] + Panel::kStarts * b;
+        for (size_t v = 0; v < V; ++v) {
+          acc[t][v] = Panel::AddBlock(pb + v * 64, sum[t][v], dx, block_starts, acc[t][v]);
+        }
+      }
+    }
+    StoreTile<T>(acc, y, y_stride, t0, r0, n_rows);
+  }
+};
+
+// Q4_K and Q5_K (kHighBit; the codes with their fifth bit): per block the 64 code groups in value
+// order (group 8j + g: values 4g..4g+3 of sub-block j), the rows' 8 sub-block scales (int32), their
+// mins as 4 pairs (sub-blocks 2k and 2k + 1 as the low and high int16 of a lane), d and dmin (f32).
+// Each sub-block's int32 sum is multiplied by its scale; the mins are multiplied by the pairs of
+// activation code sums (kStarts) with vpdpwssd.
+template <bool kHighBit>
+struct ScaleMinPanel : SubBlockPanel<ScaleMinPanel<kHighBit>> {
+  using Block = ScaleMinBlock<kHighBit>;
   static constexpr size_t kItems = 64 + 8 + 4 + 2;
   static constexpr size_t kStarts = 4;
   static constexpr int kTokens = 4;
+  static constexpr size_t kSubBlocks = 8;
+  static constexpr bool kSubBlockStarts = false;
   static constexpr size_t kScales = 64, kMins = 72, kD = 76;
 
   static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
@@ -4088,18 +4202,31 @@ struct Q4KPanel {
       const size_t live = PanelLive(n_rows, v);
       const uint8_t* base = w + (r0 + 16 * v) * row_bytes;
       for (size_t b = 0; b < nb; ++b) {
-        const uint8_t* p = base + b * sizeof(BlockQ4_K);
+        const uint8_t* p = base + b * Block::kBytes;
         uint8_t* out = panel + b * kItems * kItemBytes + v * 64;
+        // Q5_K: the top bits of values 16 half.. (bit j of qh[l] for value l of sub-block j).
+        __m512i qh[2][4] = {};
+        if constexpr (kHighBit) {
+          for (size_t half = 0; half < 2; ++half) {
+            TransposeRows(p, row_bytes, live, Block::kQh + 16 * half, qh[half]);
+          }
+        }
         // Bytes 16c..16c+15 of the codes: values 16 (c % 2).. of sub-blocks 2 (c / 2) (low
         // nibbles) and 2 (c / 2) + 1 (high nibbles).
         for (size_t c = 0; c < 8; ++c) {
           __m512i groups[4];
-          TransposeRows(p, row_bytes, live, 16 + 16 * c, groups);
+          TransposeRows(p, row_bytes, live, Block::kQs + 16 * c, groups);
           const size_t first = 16 * (c / 2) + 4 * (c % 2);
           for (size_t g = 0; g < 4; ++g) {
-            _mm512_store_si512(out + (first + g) * kItemBytes, _mm512_and_si512(groups[g], low4));
-            _mm512_store_si512(out + (first + 8 + g) * kItemBytes,
-                               _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4));
+            __m512i low = _mm512_and_si512(groups[g], low4);
+            __m512i high = _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4);
+            if constexpr (kHighBit) {
+              const int j = int(2 * (c / 2));
+              low = WithTopBit(low, qh[c % 2][g], _mm512_set1_epi8(char(1 << j)));
+              high = WithTopBit(high, qh[c % 2][g], _mm512_set1_epi8(char(1 << (j + 1))));
+            }
+            _mm512_store_si512(out + (first + g) * kItemBytes, low);
+            _mm512_store_si512(out + (first + 8 + g) * kItemBytes, high);
           }
         }
         alignas(64) int32_t scales[8][16] = {}, mins[4][16] = {};
@@ -4135,80 +4262,35 @@ struct Q4KPanel {
     }
   }
 
-  template <int T>
-  static SLLM_VNNI void Tile(const uint8_t* panel, size_t nb, const int32_t* starts,
-                             const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
-                             size_t y_stride, size_t r0, size_t n_rows) {
-    constexpr size_t V = kPanelVectors;
-    const int8_t* xq[T];
-    const float* xs[T];
-    const int32_t* xsums[T];
-    for (int t = 0; t < T; ++t) {
-      xq[t] = x.codes(t0 + t);
-      xs[t] = x.scales(t0 + t);
-      xsums[t] = starts + (t0 + t) * 4 * nb;
+  // The block's sum times d dx, less the mins times the pairs of sub-block code sums times dmin dx
+  // (pv: the panel vector's lanes of the block).
+  static SLLM_VNNI HWY_INLINE __m512 AddBlock(const uint8_t* pv, __m512i sum, __m512 dx,
+                                              const int32_t* block_starts, __m512 acc) {
+    __m512i mins = _mm512_setzero_si512();
+    for (size_t k = 0; k < 4; ++k) {
+      mins = Dpwssd(mins, _mm512_load_si512(pv + (kMins + k) * kItemBytes),
+                    _mm512_set1_epi32(block_starts[k]));
     }
-    __m512 acc[T][V];
-    for (int t = 0; t < T; ++t) {
-      for (size_t v = 0; v < V; ++v) acc[t][v] = _mm512_setzero_ps();
-    }
-    for (size_t b = 0; b < nb; ++b) {
-      const uint8_t* pb = panel + b * kItems * kItemBytes;
-      __m512i sum[T][V];
-      for (int t = 0; t < T; ++t) {
-        for (size_t v = 0; v < V; ++v) sum[t][v] = _mm512_setzero_si512();
-      }
-      for (size_t j = 0; j < 8; ++j) {
-        __m512i isum[T][V];
-        for (int t = 0; t < T; ++t) {
-          for (size_t v = 0; v < V; ++v) isum[t][v] = _mm512_setzero_si512();
-        }
-        for (size_t g = 0; g < 8; ++g) {
-          __m512i wv[V];
-          for (size_t v = 0; v < V; ++v) {
-            wv[v] = _mm512_load_si512(pb + (8 * j + g) * kItemBytes + v * 64);
-          }
-          for (int t = 0; t < T; ++t) {
-            const __m512i xb = BroadcastGroup(xq[t] + b * kSuperBlock + 32 * j + 4 * g);
-            for (size_t v = 0; v < V; ++v) isum[t][v] = Dpbusd(isum[t][v], wv[v], xb);
-          }
-        }
-        for (size_t v = 0; v < V; ++v) {
-          const __m512i scale = _mm512_load_si512(pb + (kScales + j) * kItemBytes + v * 64);
-          for (int t = 0; t < T; ++t) {
-            sum[t][v] = _mm512_add_epi32(sum[t][v], _mm512_mullo_epi32(isum[t][v], scale));
-          }
-        }
-      }
-      for (int t = 0; t < T; ++t) {
-        const __m512 dx = _mm512_set1_ps(xs[t][b]);
-        for (size_t v = 0; v < V; ++v) {
-          __m512i mins = _mm512_setzero_si512();
-          for (size_t k = 0; k < 4; ++k) {
-            mins = Dpwssd(mins, _mm512_load_si512(pb + (kMins + k) * kItemBytes + v * 64),
-                          _mm512_set1_epi32(xsums[t][4 * b + k]));
-          }
-          const __m512 d = _mm512_load_ps(pb + kD * kItemBytes + v * 64);
-          const __m512 dmin = _mm512_load_ps(pb + (kD + 1) * kItemBytes + v * 64);
-          acc[t][v] =
-              _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t][v]), _mm512_mul_ps(d, dx), acc[t][v]);
-          acc[t][v] =
-              _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, dx), acc[t][v]);
-        }
-      }
-    }
-    StoreTile<T>(acc, y, y_stride, t0, r0, n_rows);
+    const __m512 d = _mm512_load_ps(pv + kD * kItemBytes);
+    const __m512 dmin = _mm512_load_ps(pv + (kD + 1) * kItemBytes);
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, dx), acc);
+    return _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, dx), acc);
   }
 };
+
+using Q4KPanel = ScaleMinPanel<false>;
+using Q5KPanel = ScaleMinPanel<true>;
 
 // Q6_K: per block the 64 code groups in value order, stored plus 32 (unsigned; group 4j + g:
 // values 4g..4g+3 of sub-block j of 16), the rows' 16 sub-block scales (int32) and d (f32). Each
 // sub-block's sum starts at minus 32 times its activation codes' sum (kStarts) and is multiplied
 // by its scale.
-struct Q6KPanel {
+struct Q6KPanel : SubBlockPanel<Q6KPanel> {
   static constexpr size_t kItems = 64 + 16 + 1;
   static constexpr size_t kStarts = 16;
   static constexpr int kTokens = 4;
+  static constexpr size_t kSubBlocks = 16;
+  static constexpr bool kSubBlockStarts = true;
   static constexpr size_t kScales = 64, kD = 80;
 
   static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
@@ -4270,62 +4352,11 @@ struct Q6KPanel {
     }
   }
 
-  template <int T>
-  static SLLM_VNNI void Tile(const uint8_t* panel, size_t nb, const int32_t* starts,
-                             const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
-                             size_t y_stride, size_t r0, size_t n_rows) {
-    constexpr size_t V = kPanelVectors;
-    const int8_t* xq[T];
-    const float* xs[T];
-    const int32_t* xstart[T];
-    for (int t = 0; t < T; ++t) {
-      xq[t] = x.codes(t0 + t);
-      xs[t] = x.scales(t0 + t);
-      xstart[t] = starts + (t0 + t) * 16 * nb;
-    }
-    __m512 acc[T][V];
-    for (int t = 0; t < T; ++t) {
-      for (size_t v = 0; v < V; ++v) acc[t][v] = _mm512_setzero_ps();
-    }
-    for (size_t b = 0; b < nb; ++b) {
-      const uint8_t* pb = panel + b * kItems * kItemBytes;
-      __m512i sum[T][V];
-      for (int t = 0; t < T; ++t) {
-        for (size_t v = 0; v < V; ++v) sum[t][v] = _mm512_setzero_si512();
-      }
-      for (size_t j = 0; j < 16; ++j) {
-        __m512i isum[T][V];
-        for (int t = 0; t < T; ++t) {
-          const __m512i start = _mm512_set1_epi32(xstart[t][16 * b + j]);
-          for (size_t v = 0; v < V; ++v) isum[t][v] = start;
-        }
-        for (size_t g = 0; g < 4; ++g) {
-          __m512i wv[V];
-          for (size_t v = 0; v < V; ++v) {
-            wv[v] = _mm512_load_si512(pb + (4 * j + g) * kItemBytes + v * 64);
-          }
-          for (int t = 0; t < T; ++t) {
-            const __m512i xb = BroadcastGroup(xq[t] + b * kSuperBlock + 16 * j + 4 * g);
-            for (size_t v = 0; v < V; ++v) isum[t][v] = Dpbusd(isum[t][v], wv[v], xb);
-          }
-        }
-        for (size_t v = 0; v < V; ++v) {
-          const __m512i scale = _mm512_load_si512(pb + (kScales + j) * kItemBytes + v * 64);
-          for (int t = 0; t < T; ++t) {
-            sum[t][v] = _mm512_add_epi32(sum[t][v], _mm512_mullo_epi32(isum[t][v], scale));
-          }
-        }
-      }
-      for (int t = 0; t < T; ++t) {
-        const __m512 dx = _mm512_set1_ps(xs[t][b]);
-        for (size_t v = 0; v < V; ++v) {
-          const __m512 d = _mm512_load_ps(pb + kD * kItemBytes + v * 64);
-          acc[t][v] =
-              _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[t][v]), _mm512_mul_ps(d, dx), acc[t][v]);
-        }
-      }
-    }
-    StoreTile<T>(acc, y, y_stride, t0, r0, n_rows);
+  // The block's sum (with the offset taken off by the starts) times d dx.
+  static SLLM_VNNI HWY_INLINE __m512 AddBlock(const uint8_t* pv, __m512i sum, __m512 dx,
+                                              const int32_t* /*block_starts*/, __m512 acc) {
+    const __m512 d = _mm512_load_ps(pv + kD * kItemBytes);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, dx), acc);
   }
 };
 
@@ -4411,6 +4442,9 @@ SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_
     case TensorType::Q4_K:
       return MatmulType<Q4KStep, Q4KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
                                            row_end);
+    case TensorType::Q5_K:
+      return MatmulType<Q5KStep, Q5KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
+                                           row_end);
     default:
       return MatmulType<Q6KStep, Q6KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
                                            row_end);
@@ -4475,30 +4509,39 @@ HWY_INLINE float RowDotQ4(const uint8_t* w, size_t nb, const int8_t* xq, const f
 }
 
 // K-quants: per sub-block the int32 sum of the products, times the sub-block's scale in int32
-// lanes; per block the sums and the f32 scales combined as ref::dot_q4_k and ref::dot_q6_k do.
-HWY_INLINE float RowDotQ4K(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs,
-                           const int32_t* xsums) {
+// lanes; per block the sums and the f32 scales combined as ref::dot_q4_k, ref::dot_q5_k and
+// ref::dot_q6_k do. RowDotScaleMin: Q4_K, and Q5_K (kHighBit).
+template <bool kHighBit>
+HWY_INLINE float RowDotScaleMin(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs,
+                                const int32_t* xsums) {
+  using Block = ScaleMinBlock<kHighBit>;
   const hn::CappedTag<int16_t, 16> d16;
   const hn::Rebind<int8_t, decltype(d16)> d8;
   const hn::Rebind<uint8_t, decltype(d16)> du8;
   const hn::Repartition<int32_t, decltype(d16)> d32;
   const size_t N = hn::Lanes(d16);
   const auto low4 = hn::Set(du8, uint8_t{0x0f});
+  const auto one = hn::Set(d16, int16_t{1});
   float sum = 0.0f;
-  for (size_t b = 0; b < nb; ++b, w += sizeof(BlockQ4_K), xq += kSuperBlock, xsums += 16) {
+  for (size_t b = 0; b < nb; ++b, w += Block::kBytes, xq += kSuperBlock, xsums += 16) {
     auto scaled = hn::Zero(d32);
     int32_t mins = 0;
     for (int j = 0; j < 8; ++j) {
       uint8_t scale, min;
       unpack_q4_k_scales(w + 4, j, &scale, &min);
-      const uint8_t* q = w + 16 + j / 2 * 32;  // sub-block j in the low (even j) or high nibbles
+      // Sub-block j in the low (even j) or high nibbles; Q5_K's top bit of value l in bit j of
+      // qh[l].
+      const uint8_t* q = w + Block::kQs + j / 2 * 32;
       auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
       for (size_t i = 0; i < 32; i += N) {
         const auto packed = hn::LoadU(du8, q + i);
-        const auto codes = j % 2 ? hn::ShiftRight<4>(packed) : hn::And(packed, low4);
-        sum0 = hn::ReorderWidenMulAccumulate(d32, hn::PromoteTo(d16, codes),
-                                             hn::PromoteTo(d16, hn::LoadU(d8, xq + 32 * j + i)),
-                                             sum0, sum1);
+        auto codes = hn::PromoteTo(d16, j % 2 ? hn::ShiftRight<4>(packed) : hn::And(packed, low4));
+        if constexpr (kHighBit) {
+          const auto qh = hn::PromoteTo(d16, hn::LoadU(du8, w + Block::kQh + i));
+          codes = hn::Or(codes, hn::ShiftLeft<4>(hn::And(hn::ShiftRightSame(qh, j), one)));
+        }
+        sum0 = hn::ReorderWidenMulAccumulate(
+            d32, codes, hn::PromoteTo(d16, hn::LoadU(d8, xq + 32 * j + i)), sum0, sum1);
       }
       scaled = hn::Add(scaled, hn::Mul(hn::Add(sum0, sum1), hn::Set(d32, int32_t{scale})));
       mins += min * (xsums[2 * j] + xsums[2 * j + 1]);
@@ -4563,7 +4606,11 @@ void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_byte
           dot = RowDotQ4(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
           break;
         case TensorType::Q4_K:
-          dot = RowDotQ4K(wr, cols / kSuperBlock, x->codes(t), x->scales(t), x->sums(t));
+          dot =
+              RowDotScaleMin<false>(wr, cols / kSuperBlock, x->codes(t), x->scales(t), x->sums(t));
+          break;
+        case TensorType::Q5_K:
+          dot = RowDotScaleMin<true>(wr, cols / kSuperBlock, x->codes(t), x->scales(t), x->sums(t));
           break;
         default:
           dot = RowDotQ6K(wr, cols / kSuperBlock, x->codes(t), x->scales(t));
@@ -5834,18 +5881,25 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n) {
   }
 }
 
-void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n) {
-  const size_t nb = detail::quant_blocks(TensorType::Q4_K, n);
+// Q4_K and Q5_K differ only in their codes.
+template <typename Block>
+void dequantize_scale_min(TensorType type, const Block* x, float* y, size_t n,
+                          int (*code)(const Block&, size_t)) {
+  const size_t nb = detail::quant_blocks(type, n);
   for (size_t b = 0; b < nb; ++b) {
     const float d = fp16_to_f32(x[b].d), dmin = fp16_to_f32(x[b].dmin);
     for (int j = 0; j < 8; ++j) {
       uint8_t scale, min;
       unpack_q4_k_scales(x[b].scales, j, &scale, &min);
       for (size_t i = 32 * size_t(j); i < 32 * size_t(j) + 32; ++i) {
-        *y++ = d * scale * q4_k_code(x[b], i) - dmin * min;
+        *y++ = d * scale * code(x[b], i) - dmin * min;
       }
     }
   }
+}
+
+void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n) {
+  dequantize_scale_min(TensorType::Q4_K, x, y, n, q4_k_code);
 }
 
 void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n) {
@@ -6215,20 +6269,7 @@ void quantize_row_q5_k(const float* x, BlockQ5_K* y, size_t n) {
 }
 
 void dequantize_row_q5_k(const BlockQ5_K* x, float* y, size_t n) {
-  const size_t nb = detail::quant_blocks(TensorType::Q5_K, n);
-  for (size_t b = 0; b < nb; ++b) {
-    const float d = fp16_to_f32(x[b].d), dmin = fp16_to_f32(x[b].dmin);
-    for (int j = 0; j < 8; ++j) {
-      uint8_t scale, min;
-      unpack_q4_k_scales(x[b].scales, j, &scale, &min);
-      const uint8_t* q = x[b].qs + (j / 2) * 32;
-      const int shift = (j % 2) * 4;
-      for (int l = 0; l < 32; ++l) {
-        const int code = ((q[l] >> shift) & 0x0f) | (((x[b].qh[l] >> j) & 1) << 4);
-        *y++ = d * scale * code - dmin * min;
-      }
-    }
-  }
+  dequantize_scale_min(TensorType::Q5_K, x, y, n, q5_k_code);
 }
 
 void quantize_row_q6_k(const float* x, BlockQ6_K* y, size_t n) {
@@ -6309,8 +6350,11 @@ float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n) {
   return dot_blocks(TensorType::Q4_0, w, x, n);
 }
 
-float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n) {
-  const size_t nb = detail::quant_blocks(TensorType::Q4_K, n);
+// Q4_K and Q5_K differ only in their codes.
+template <typename Block>
+float dot_scale_min(TensorType type, const Block* w, const BlockQ8_K* x, size_t n,
+                    int (*code)(const Block&, size_t)) {
+  const size_t nb = detail::quant_blocks(type, n);
   float sum = 0.0f;
   for (size_t b = 0; b < nb; ++b) {
     int32_t scaled = 0, mins = 0;
@@ -6319,7 +6363,7 @@ float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n) {
       unpack_q4_k_scales(w[b].scales, j, &scale, &min);
       int32_t dot = 0, codes = 0;
       for (size_t i = 32 * size_t(j); i < 32 * size_t(j) + 32; ++i) {
-        dot += q4_k_code(w[b], i) * int32_t(x[b].qs[i]);
+        dot += code(w[b], i) * int32_t(x[b].qs[i]);
         codes += x[b].qs[i];
       }
       scaled += scale * dot;
@@ -6328,6 +6372,14 @@ float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n) {
     sum += x[b].d * (fp16_to_f32(w[b].d) * float(scaled) - fp16_to_f32(w[b].dmin) * float(mins));
   }
   return sum;
+}
+
+float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n) {
+  return dot_scale_min(TensorType::Q4_K, w, x, n, q4_k_code);
+}
+
+float dot_q5_k(const BlockQ5_K* w, const BlockQ8_K* x, size_t n) {
+  return dot_scale_min(TensorType::Q5_K, w, x, n, q5_k_code);
 }
 
 float dot_q6_k(const BlockQ6_K* w, const BlockQ8_K* x, size_t n) {
@@ -6711,13 +6763,14 @@ inline size_t round_up(size_t n, size_t multiple) {
 
 bool matmul_q_reads(TensorType weight_type) {
   return weight_type == TensorType::Q8_0 || weight_type == TensorType::Q4_0 ||
-         weight_type == TensorType::Q4_K || weight_type == TensorType::Q6_K;
+         weight_type == TensorType::Q4_K || weight_type == TensorType::Q5_K ||
+         weight_type == TensorType::Q6_K;
 }
 
 ActivationFormat activation_format(TensorType weight_type) {
   if (!matmul_q_reads(weight_type)) {
     fail(std::string("quantized matmul: weight type ") + tensor_type_name(weight_type) +
-         " is not Q8_0, Q4_0, Q4_K or Q6_K");
+         " is not Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
   }
   return weight_type == TensorType::Q8_0 || weight_type == TensorType::Q4_0
              ? ActivationFormat::kQ8_0
@@ -7261,7 +7314,8 @@ inline MatrixView weight_matrix(const Gguf& gguf, const TensorInfo& t, size_t co
   if (t.type != TensorType::F32 && t.type != TensorType::F16 && t.type != TensorType::BF16 &&
       !quantized) {
     fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
-         ", which this build cannot run yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)");
+         ", which this build cannot run yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, "
+         "Q6_K)");
   }
   if (t.n_dims != 2 || t.ne[0] != cols || t.ne[1] != rows) {
     fail("tensor " + t.name + " in " + gguf.path() + " has shape " + t.shape_string() +

@@ -1,5 +1,7 @@
-// K-quant formats (Q4_K, Q6_K): dequantization against llama.cpp's output, the Q8_K-style
-// activation quantization and the int8 kernels against the scalar references on every target.
+// K-quant formats (Q4_K, Q5_K, Q6_K): dequantization against llama.cpp's output, the Q8_K-style
+// activation quantization, the scalar dot products against float arithmetic, and the int8 kernels
+// exact on integer data on every target (test_quant.cpp compares them with the scalar references
+// on random data, with the other quantized types).
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -8,6 +10,7 @@
 #include "test_support.h"
 
 using sllm::BlockQ4_K;
+using sllm::BlockQ5_K;
 using sllm::BlockQ6_K;
 using sllm::BlockQ8_K;
 using sllm::TensorType;
@@ -125,26 +128,32 @@ TEST_CASE("Q8_K activation quantization matches the reference quantizer on every
 TEST_CASE("K-quant reference dot products equal the dot product of the dequantized rows") {
   std::mt19937 rng(23);
   const size_t n = 256 * 9;
-  for (TensorType type : {TensorType::Q4_K, TensorType::Q6_K}) {
-    CAPTURE(type);
-    std::vector<uint8_t> w(sllm::tensor_row_bytes(type, n));
-    sllm_test::random_k_blocks(rng, type, n / 256, w.data());
-    const auto x = random_values(rng, n, 2.0f);
-    std::vector<BlockQ8_K> xq(n / 256);
-    sllm::ref::quantize_row_q8_k(x.data(), xq.data(), n);
-    std::vector<float> dw(n);
-    sllm::dequantize_row(type, w.data(), dw.data(), n);
-    double want = 0, magnitude = 0;
-    for (size_t i = 0; i < n; ++i) {
-      const double dx = double(xq[i / 256].d) * xq[i / 256].qs[i % 256];
-      want += dw[i] * dx;
-      magnitude += std::fabs(dw[i] * dx);
+  for (TensorType type : {TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K}) {
+    for (int trial = 0; trial < 4; ++trial) {
+      CAPTURE(type);
+      CAPTURE(trial);
+      std::vector<uint8_t> w(sllm::tensor_row_bytes(type, n));
+      sllm_test::random_k_blocks(rng, type, n / 256, w.data());
+      const auto x = random_values(rng, n, 2.0f);
+      std::vector<BlockQ8_K> xq(n / 256);
+      sllm::ref::quantize_row_q8_k(x.data(), xq.data(), n);
+      std::vector<float> dw(n);
+      sllm::dequantize_row(type, w.data(), dw.data(), n);
+      // With the quantized activations: the same sum up to f32 rounding. With the activations
+      // themselves: within the activation codes' rounding, half a step of each block times the
+      // weights' magnitudes (plus a little for 127 / amax and amax / 127 not being inverses).
+      double want = 0, magnitude = 0, want_f32 = 0, rounding = 0;
+      for (size_t i = 0; i < n; ++i) {
+        const double step = xq[i / 256].d, dx = step * xq[i / 256].qs[i % 256];
+        want += dw[i] * dx;
+        magnitude += std::fabs(dw[i] * dx);
+        want_f32 += double(dw[i]) * x[i];
+        rounding += std::fabs(dw[i]) * step * 0.5 * (1 + 1e-5);
+      }
+      const float got = sllm_test::ref_dot_k(type, w.data(), xq.data(), n);
+      CHECK(std::fabs(got - want) <= 1e-5 * magnitude);
+      CHECK(std::fabs(got - want_f32) <= rounding + 1e-5 * magnitude);
     }
-    const float got =
-        type == TensorType::Q4_K
-            ? sllm::ref::dot_q4_k(reinterpret_cast<const BlockQ4_K*>(w.data()), xq.data(), n)
-            : sllm::ref::dot_q6_k(reinterpret_cast<const BlockQ6_K*>(w.data()), xq.data(), n);
-    CHECK(std::fabs(got - want) <= 1e-5 * magnitude);
   }
 }
 
@@ -155,21 +164,31 @@ TEST_CASE("K-quant matmul is exact on integer data on every target") {
   std::mt19937 rng(34);
   std::uniform_int_distribution<int> byte(0, 255), small(0, 3), act(-15, 15);
   const uint16_t one = sllm::f32_to_fp16(1.0f);
-  for (TensorType type : {TensorType::Q4_K, TensorType::Q6_K}) {
+  for (TensorType type : {TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K}) {
     for (size_t cols : {256, 768, 1280}) {
       const size_t rows = 37, nb = cols / 256, row_bytes = sllm::tensor_row_bytes(type, cols);
       sllm_test::GuardedBuffer w(rows * row_bytes);
       for (size_t b = 0; b < rows * nb; ++b) {
+        // Q4_K, Q5_K: 6-bit scales and mins below 4: sub-blocks 0-3 in bytes 0-7, 4-7 in the
+        // nibbles of bytes 8-11 (their high bits, in the top bits of bytes 0-7, are 0).
+        auto small_scales = [&](uint8_t* scales) {
+          for (int j = 0; j < 4; ++j) {
+            scales[j] = uint8_t(small(rng));
+            scales[j + 4] = uint8_t(small(rng));
+            scales[j + 8] = uint8_t(small(rng) | small(rng) << 4);
+          }
+        };
         if (type == TensorType::Q4_K) {
           BlockQ4_K blk;
           blk.d = blk.dmin = one;
-          // 6-bit scales and mins below 4: sub-blocks 0-3 in bytes 0-7, 4-7 in the nibbles of
-          // bytes 8-11 (their high bits, in the top bits of bytes 0-7, are 0).
-          for (int j = 0; j < 4; ++j) {
-            blk.scales[j] = uint8_t(small(rng));
-            blk.scales[j + 4] = uint8_t(small(rng));
-            blk.scales[j + 8] = uint8_t(small(rng) | small(rng) << 4);
-          }
+          small_scales(blk.scales);
+          for (uint8_t& q : blk.qs) q = uint8_t(byte(rng));
+          std::memcpy(w.data() + b * sizeof blk, &blk, sizeof blk);
+        } else if (type == TensorType::Q5_K) {
+          BlockQ5_K blk;
+          blk.d = blk.dmin = one;
+          small_scales(blk.scales);
+          for (uint8_t& q : blk.qh) q = uint8_t(byte(rng));
           for (uint8_t& q : blk.qs) q = uint8_t(byte(rng));
           std::memcpy(w.data() + b * sizeof blk, &blk, sizeof blk);
         } else {

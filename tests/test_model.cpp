@@ -166,6 +166,7 @@ struct CopyEdits {
   TensorType matrix_type = TensorType::F32;
   bool dequantize = false;  // quantized tensors to F32
   std::vector<std::pair<std::string, std::vector<float>>> added_vectors;  // 1-D F32 tensors
+  std::pair<std::string, TensorType> retyped;  // a tensor stored as zero bytes of another type
 };
 
 void write_copy(const Gguf& src, const std::string& path, const CopyEdits& edits) {
@@ -178,7 +179,13 @@ void write_copy(const Gguf& src, const std::string& path, const CopyEdits& edits
   for (const sllm::TensorInfo& t : src.tensors()) {
     if (t.name == edits.drop_tensor) continue;
     const std::vector<uint64_t> dims(t.ne, t.ne + t.n_dims);
-    if (edits.dequantize && sllm::tensor_type_info(uint32_t(t.type))->block_elems > 1) {
+    if (t.name == edits.retyped.first) {
+      const TensorType type = edits.retyped.second;
+      auto bytes = std::make_unique<std::vector<uint8_t>>(sllm::tensor_row_bytes(type, t.ne[0]) *
+                                                          (t.n_elements() / t.ne[0]));
+      w.add_tensor(t.name, type, dims, bytes->data(), bytes->size());
+      converted.push_back(std::move(bytes));
+    } else if (edits.dequantize && sllm::tensor_type_info(uint32_t(t.type))->block_elems > 1) {
       auto bytes = std::make_unique<std::vector<uint8_t>>(t.n_elements() * 4);
       sllm::dequantize_row(t.type, t.data, reinterpret_cast<float*>(bytes->data()), t.n_elements());
       w.add_tensor(t.name, TensorType::F32, dims, bytes->data(), bytes->size());
@@ -251,6 +258,78 @@ void check_ref_case(const std::string& ref_name, const std::string& model_name,
         last = run.step(ref.greedy[i]);
       }
       CHECK(checked >= ref.greedy.size() / 2);
+    }
+  }
+}
+
+// A K-quant model of tests/data/kquants (a random llama, dim 256, FFN 512, 2 layers, logits up
+// to 11, that llama-quantize made from F32) against llama.cpp's logits for it, NAME.ref.gguf, and
+// for its weights dequantized to F32, NAME.f32.ref.gguf (exact: no int8 activations).
+void check_kquant_model(const std::string& name) {
+  const std::string model_path = sllm_test::test_data("kquants/llama." + name + ".gguf");
+  const RefCase ref =
+      read_ref(sllm_test::test_data("kquants/llama." + name + ".ref.gguf"), model_path);
+  const RefCase exact =
+      read_ref(sllm_test::test_data("kquants/llama." + name + ".f32.ref.gguf"), model_path);
+  REQUIRE(exact.tokens == ref.tokens);
+  const Gguf gguf = Gguf::open(model_path);
+  CAPTURE(name);
+
+  // The weights dequantized to F32 (sllm's dequantizers equal ggml's bit for bit): the ref
+  // README's bound for F32 weights with an F16 KV cache.
+  {
+    TempFile file("kquant_f32_" + name + ".gguf");
+    CopyEdits edits;
+    edits.dequantize = true;
+    write_copy(gguf, file.path, edits);
+    const Gguf f32 = Gguf::open(file.path);
+    const Transformer tf = Transformer::load(f32);
+    Runner run(tf, TensorType::F16);
+    bool same_top1 = false;
+    const double kl = mean_kl(run.logits_in_chunks(exact.tokens, {exact.tokens.size()}),
+                              exact.logits, exact.n_vocab, &same_top1);
+    MESSAGE(name << " dequantized to F32: mean KL = " << kl);
+    CHECK(kl <= 5e-6);
+    CHECK(same_top1);
+  }
+
+  // With int8 activations per 256 values, llama.cpp's logits move from the exact ones by a mean
+  // KL of 2.2e-3 on the Q4_K_M model, 2.5e-3 on the Q5_K_M one (a scale per 256 activations is
+  // coarser than Q8_0's per 32, and the logits are large). sllm rounds the activations by another
+  // rule, so its logits carry a noise of the same size but not the same noise: they must stay as
+  // close to the exact logits as llama.cpp's (within 1.5x), and within 2x that noise of llama.cpp's
+  // own.
+  bool unused = false;
+  const double noise = mean_kl(ref.logits, exact.logits, exact.n_vocab, &unused);
+  MESSAGE("llama.cpp " << name << " vs exact: mean KL = " << noise);
+  for (int threads : {1, 2}) {
+    sllm::TransformerOptions options;
+    options.n_threads = threads;
+    const Transformer tf = Transformer::load(gguf, options);
+    for (const std::vector<size_t>& chunks :
+         {std::vector<size_t>{ref.tokens.size()}, std::vector<size_t>{1}, {3, 1, 5, 2}}) {
+      CAPTURE(threads);
+      CAPTURE(chunks.size());
+      Runner run(tf, TensorType::F16);
+      const std::vector<float> got = run.logits_in_chunks(ref.tokens, chunks);
+      const double to_exact = mean_kl(got, exact.logits, exact.n_vocab, &unused);
+      bool same_top1 = false;
+      const double to_llama = mean_kl(got, ref.logits, ref.n_vocab, &same_top1);
+      size_t agree = 0;
+      for (size_t t = 0; t < ref.tokens.size(); ++t) {
+        agree += argmax(got.data() + t * ref.n_vocab, ref.n_vocab) ==
+                 argmax(ref.logits.data() + t * ref.n_vocab, ref.n_vocab);
+      }
+      MESSAGE(name << ": mean KL to exact " << to_exact << ", to llama.cpp's " << to_llama
+                   << ", top-1 agreement " << agree << "/" << ref.tokens.size());
+      CHECK(to_exact <= 1.5 * noise);
+      CHECK(to_llama <= 2 * noise);
+      // Greedy continuation fed llama.cpp's ids, where its top-2 gap is clear.
+      std::vector<float> last(got.end() - ptrdiff_t(ref.n_vocab), got.end());
+      for (size_t i = 0; i < ref.greedy.size(); ++i) {
+        if (ref.gaps[i] >= 0.05f) CHECK(argmax(last.data(), last.size()) == ref.greedy[i]);
+        last = run.step(ref.greedy[i]);
+      }
     }
   }
 }
@@ -704,78 +783,30 @@ TEST_CASE("Q8_0 and Q4_0 models stay within llama.cpp's quantized-model noise of
 }
 
 TEST_CASE("a Q4_K_M model made by llama-quantize: logits within llama.cpp's int8 noise of its") {
-  // tests/data/kquants: a random llama (dim 256, FFN 512, 2 layers, logits up to 11) that
-  // llama-quantize made Q4_K_M (Q4_K matrices and embeddings; Q6_K for the output and for layer
-  // 1's attn_v and ffn_down), with llama.cpp's logits for it and for its weights dequantized to
-  // F32 (exact: no int8 activations).
-  const std::string model_path = sllm_test::test_data("kquants/llama.Q4_K_M.gguf");
-  const RefCase ref = read_ref(sllm_test::test_data("kquants/llama.Q4_K_M.ref.gguf"), model_path);
-  const RefCase exact =
-      read_ref(sllm_test::test_data("kquants/llama.Q4_K_M.f32.ref.gguf"), model_path);
-  REQUIRE(exact.tokens == ref.tokens);
-  const Gguf gguf = Gguf::open(model_path);
+  // Q4_K matrices and embeddings; Q6_K for the output and for layer 1's attn_v and ffn_down.
+  const Gguf gguf = Gguf::open(sllm_test::test_data("kquants/llama.Q4_K_M.gguf"));
   CHECK(gguf.tensor("blk.0.ffn_down.weight").type == TensorType::Q4_K);
   CHECK(gguf.tensor("blk.1.ffn_down.weight").type == TensorType::Q6_K);
   CHECK(gguf.tensor("token_embd.weight").type == TensorType::Q4_K);
   CHECK(gguf.tensor("output.weight").type == TensorType::Q6_K);
+  check_kquant_model("Q4_K_M");
+}
 
-  // The weights dequantized to F32 (sllm's dequantizers equal ggml's bit for bit): the ref
-  // README's bound for F32 weights with an F16 KV cache.
-  {
-    TempFile file("kquant_f32.gguf");
-    CopyEdits edits;
-    edits.dequantize = true;
-    write_copy(gguf, file.path, edits);
-    const Gguf f32 = Gguf::open(file.path);
-    const Transformer tf = Transformer::load(f32);
-    Runner run(tf, TensorType::F16);
-    bool same_top1 = false;
-    const double kl = mean_kl(run.logits_in_chunks(exact.tokens, {exact.tokens.size()}),
-                              exact.logits, exact.n_vocab, &same_top1);
-    MESSAGE("Q4_K_M dequantized to F32: mean KL = " << kl);
-    CHECK(kl <= 5e-6);
-    CHECK(same_top1);
-  }
-
-  // With int8 activations per 256 values, llama.cpp's logits move from the exact ones by a mean
-  // KL of 2.2e-3 on this model (a scale per 256 activations is coarser than Q8_0's per 32, and
-  // the logits are large). sllm rounds the activations by another rule, so its logits carry a
-  // noise of the same size but not the same noise: they must stay as close to the exact logits
-  // as llama.cpp's (within 1.5x), and within 2x that noise of llama.cpp's own.
-  bool unused = false;
-  const double noise = mean_kl(ref.logits, exact.logits, exact.n_vocab, &unused);
-  MESSAGE("llama.cpp Q4_K_M vs exact: mean KL = " << noise);
-  for (int threads : {1, 2}) {
-    sllm::TransformerOptions options;
-    options.n_threads = threads;
-    const Transformer tf = Transformer::load(gguf, options);
-    for (const std::vector<size_t>& chunks :
-         {std::vector<size_t>{ref.tokens.size()}, std::vector<size_t>{1}, {3, 1, 5, 2}}) {
-      CAPTURE(threads);
-      CAPTURE(chunks.size());
-      Runner run(tf, TensorType::F16);
-      const std::vector<float> got = run.logits_in_chunks(ref.tokens, chunks);
-      const double to_exact = mean_kl(got, exact.logits, exact.n_vocab, &unused);
-      bool same_top1 = false;
-      const double to_llama = mean_kl(got, ref.logits, ref.n_vocab, &same_top1);
-      size_t agree = 0;
-      for (size_t t = 0; t < ref.tokens.size(); ++t) {
-        agree += argmax(got.data() + t * ref.n_vocab, ref.n_vocab) ==
-                 argmax(ref.logits.data() + t * ref.n_vocab, ref.n_vocab);
-      }
-      MESSAGE("Q4_K_M: mean KL to exact " << to_exact << ", to llama.cpp's " << to_llama
-                                          << ", top-1 agreement " << agree << "/"
-                                          << ref.tokens.size());
-      CHECK(to_exact <= 1.5 * noise);
-      CHECK(to_llama <= 2 * noise);
-      // Greedy continuation fed llama.cpp's ids, where its top-2 gap is clear.
-      std::vector<float> last(got.end() - ptrdiff_t(ref.n_vocab), got.end());
-      for (size_t i = 0; i < ref.greedy.size(); ++i) {
-        if (ref.gaps[i] >= 0.05f) CHECK(argmax(last.data(), last.size()) == ref.greedy[i]);
-        last = run.step(ref.greedy[i]);
-      }
-    }
-  }
+TEST_CASE("a Q5_K_M model made by llama-quantize: logits within llama.cpp's int8 noise of its") {
+  // Q5_K matrices and embeddings; Q6_K for the output and for layer 1's attn_v and ffn_down.
+  const Gguf gguf = Gguf::open(sllm_test::test_data("kquants/llama.Q5_K_M.gguf"));
+  CHECK(gguf.tensor("blk.0.ffn_down.weight").type == TensorType::Q5_K);
+  CHECK(gguf.tensor("blk.0.attn_v.weight").type == TensorType::Q5_K);
+  CHECK(gguf.tensor("blk.1.ffn_down.weight").type == TensorType::Q6_K);
+  CHECK(gguf.tensor("token_embd.weight").type == TensorType::Q5_K);
+  CHECK(gguf.tensor("output.weight").type == TensorType::Q6_K);
+  check_kquant_model("Q5_K_M");
+  // A type the matmul does not compute is refused by the tensor's name.
+  CopyEdits q3k;
+  q3k.retyped = {"blk.1.attn_k.weight", TensorType::Q3_K};
+  const std::string msg = load_error(gguf, "q3k.gguf", q3k);
+  CAPTURE(msg);
+  CHECK(contains(msg, "tensor blk.1.attn_k.weight has type Q3_K, which this build cannot run"));
 }
 
 TEST_CASE("bad input to forward: token ids, context overflow, pool exhaustion") {

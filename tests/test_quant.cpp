@@ -32,7 +32,7 @@ size_t block_bytes(TensorType type) {
 }
 
 bool is_k_quant(TensorType type) {
-  return type == TensorType::Q4_K || type == TensorType::Q6_K;
+  return type == TensorType::Q4_K || type == TensorType::Q5_K || type == TensorType::Q6_K;
 }
 size_t block_values(TensorType type) {
   return is_k_quant(type) ? sllm::kSuperBlock : 32;
@@ -57,8 +57,8 @@ void quantize_for(TensorType type, const float* x, size_t n, size_t cols, size_t
 // the activation row quantized by the reference quantizer of the type's activation format, and
 // a bound on the float rounding of any summation order (kernels sum parts of blocks in separate
 // lanes): a few ulps of the sum of the magnitudes of all the products that the integer sums are
-// made of. For Q4_K these are the scaled codes and the mins apart, for Q6_K the codes before
-// their offset of 32 is taken off.
+// made of. For Q4_K and Q5_K these are the scaled codes and the mins apart, for Q6_K the codes
+// before their offset of 32 is taken off.
 struct Expected {
   float value;
   float tolerance;
@@ -78,6 +78,12 @@ Expected expected_dot(TensorType type, const uint8_t* w_row, const float* x_row,
           sllm::unpack_q4_k_scales(w.scales, int(i / 32), &scale, &min);
           magnitude += x * (sllm::fp16_to_f32(w.d) * scale * sllm::q4_k_code(w, i) +
                             sllm::fp16_to_f32(w.dmin) * min);
+        } else if (type == TensorType::Q5_K) {
+          const auto& w = reinterpret_cast<const sllm::BlockQ5_K*>(w_row)[b];
+          uint8_t scale, min;
+          sllm::unpack_q4_k_scales(w.scales, int(i / 32), &scale, &min);
+          magnitude += x * (sllm::fp16_to_f32(w.d) * scale * sllm::q5_k_code(w, i) +
+                            sllm::fp16_to_f32(w.dmin) * min);
         } else {
           const auto& w = reinterpret_cast<const sllm::BlockQ6_K*>(w_row)[b];
           magnitude += x * std::fabs(sllm::fp16_to_f32(w.d) * w.scales[i / 16]) *
@@ -85,10 +91,7 @@ Expected expected_dot(TensorType type, const uint8_t* w_row, const float* x_row,
         }
       }
     }
-    value =
-        type == TensorType::Q4_K
-            ? sllm::ref::dot_q4_k(reinterpret_cast<const sllm::BlockQ4_K*>(w_row), xq.data(), cols)
-            : sllm::ref::dot_q6_k(reinterpret_cast<const sllm::BlockQ6_K*>(w_row), xq.data(), cols);
+    value = sllm_test::ref_dot_k(type, w_row, xq.data(), cols);
   } else {
     std::vector<BlockQ8_0> xq(cols / 32);
     sllm::ref::quantize_activations_q8_0(x_row, xq.data(), cols);
@@ -164,7 +167,7 @@ void fill_weights(std::mt19937& rng, TensorType type, size_t rows, size_t cols, 
 }
 
 const TensorType kKernelTypes[] = {TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_K,
-                                   TensorType::Q6_K};
+                                   TensorType::Q5_K, TensorType::Q6_K};
 
 }  // namespace
 
@@ -877,5 +880,8 @@ TEST_CASE("quantized matmul refuses shapes and types it cannot compute") {
   CHECK_THROWS_AS(sllm::detail::matmul_q(q8, q256, y.data(), 2, 1), sllm::Error);
   CHECK_NOTHROW(sllm::detail::matmul_q(q4k, q256, y.data(), 2, 1));
   CHECK_NOTHROW(sllm::detail::matmul_q(q6k, q256, y.data(), 2, 1));
-  CHECK_THROWS_AS(sllm::detail::activation_format(TensorType::Q5_K), sllm::Error);
+  CHECK(sllm::detail::activation_format(TensorType::Q5_K) == sllm::detail::ActivationFormat::kQ8_K);
+  CHECK(sllm_test::error_message([&] {
+          sllm::detail::activation_format(TensorType::Q3_K);
+        }).find("weight type Q3_K is not") != std::string::npos);
 }

@@ -27,9 +27,10 @@ std::vector<float> random_values(std::mt19937& rng, size_t n, float stddev) {
 }
 
 void random_k_blocks(std::mt19937& rng, sllm::TensorType type, size_t n_blocks, uint8_t* out) {
-  REQUIRE((type == sllm::TensorType::Q4_K || type == sllm::TensorType::Q6_K));
-  const bool q4 = type == sllm::TensorType::Q4_K;
-  const size_t block_bytes = q4 ? sizeof(sllm::BlockQ4_K) : sizeof(sllm::BlockQ6_K);
+  REQUIRE((type == sllm::TensorType::Q4_K || type == sllm::TensorType::Q5_K ||
+           type == sllm::TensorType::Q6_K));
+  const bool scale_min = type != sllm::TensorType::Q6_K;  // Q4_K, Q5_K: d and dmin first
+  const size_t block_bytes = sllm::tensor_row_bytes(type, 256);
   std::uniform_int_distribution<int> byte(0, 255);
   std::uniform_real_distribution<float> magnitude(1.0f, 2.0f);
   auto scale = [&](bool any_sign) {
@@ -39,13 +40,25 @@ void random_k_blocks(std::mt19937& rng, sllm::TensorType type, size_t n_blocks, 
   for (size_t b = 0; b < n_blocks; ++b) {
     uint8_t* p = out + b * block_bytes;
     for (size_t i = 0; i < block_bytes; ++i) p[i] = uint8_t(byte(rng));
-    if (q4) {
+    if (scale_min) {
       const uint16_t d[2] = {scale(false), scale(false)};
       std::memcpy(p, d, 4);
     } else {
       const uint16_t d = scale(true);
       std::memcpy(p + 208, &d, 2);
     }
+  }
+}
+
+float ref_dot_k(sllm::TensorType type, const uint8_t* w, const sllm::BlockQ8_K* x, size_t n) {
+  switch (type) {
+    case sllm::TensorType::Q4_K:
+      return sllm::ref::dot_q4_k(reinterpret_cast<const sllm::BlockQ4_K*>(w), x, n);
+    case sllm::TensorType::Q5_K:
+      return sllm::ref::dot_q5_k(reinterpret_cast<const sllm::BlockQ5_K*>(w), x, n);
+    default:
+      REQUIRE(type == sllm::TensorType::Q6_K);
+      return sllm::ref::dot_q6_k(reinterpret_cast<const sllm::BlockQ6_K*>(w), x, n);
   }
 }
 

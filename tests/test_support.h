@@ -26,10 +26,12 @@ void for_each_simd_target(Body&& body) {
 // n values from a normal distribution.
 std::vector<float> random_values(std::mt19937& rng, size_t n, float stddev);
 
-// n_blocks random Q4_K or Q6_K blocks: random bytes (every code and sub-block scale), with f16
-// scales of magnitude 2^-12..2^-11 (d and dmin of Q4_K positive, Q6_K's d of either sign), so
-// that values are of the size of a model's weights.
+// n_blocks random Q4_K, Q5_K or Q6_K blocks: random bytes (every code and sub-block scale), with
+// f16 scales of magnitude 2^-12..2^-11 (d and dmin of Q4_K and Q5_K positive, Q6_K's d of either
+// sign), so that values are of the size of a model's weights.
 void random_k_blocks(std::mt19937& rng, sllm::TensorType type, size_t n_blocks, uint8_t* out);
+// ref::dot_q4_k, dot_q5_k or dot_q6_k of a row of n values of that type.
+float ref_dot_k(sllm::TensorType type, const uint8_t* w, const sllm::BlockQ8_K* x, size_t n);
 
 // Bytes that end right before an inaccessible page, so that any read past the end faults.
 class GuardedBuffer {

@@ -84,9 +84,17 @@ inline void pack_q4_k_scales(const uint8_t* scale, const uint8_t* min, uint8_t* 
   }
 }
 
-// The 4-bit code of value i (0..255) of a Q4_K block.
+// The 4-bit code of value i (0..255) of a Q4_K block, and the low 4 bits of a Q5_K code: byte
+// i / 64 * 32 + i % 32 of qs, low nibble for even sub-blocks i / 32, high for odd ones.
+inline int k_nibble(const uint8_t* qs, size_t i) {
+  return (qs[i / 64 * 32 + i % 32] >> (i / 32 % 2 * 4)) & 0x0f;
+}
 inline int q4_k_code(const BlockQ4_K& b, size_t i) {
-  return (b.qs[i / 64 * 32 + i % 32] >> (i / 32 % 2 * 4)) & 0x0f;
+  return k_nibble(b.qs, i);
+}
+// The 5-bit code of value i (0..255) of a Q5_K block (value = d * scale_j * code - dmin * min_j).
+inline int q5_k_code(const BlockQ5_K& b, size_t i) {
+  return k_nibble(b.qs, i) | ((b.qh[i % 32] >> (i / 32)) & 1) << 4;
 }
 // The 6-bit code of value i (0..255) of a Q6_K block (value = d * scales[i / 16] * (code - 32)).
 inline int q6_k_code(const BlockQ6_K& b, size_t i) {
@@ -147,11 +155,12 @@ int32_t block_dot(const BlockQ4_0& w, const BlockQ8_0& x);
 float dot_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, size_t n);
 float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n);
 // Dot product of a K-quant weight row with an activation row quantized to Q8_K: per block, the
-// integer dot products of the sub-blocks times their integer scales (and for Q4_K the sums of the
-// activation codes times the sub-block mins) summed in int32, then sum += d_x * (d * S - dmin * M)
-// (Q4_K) or d_x * (d * S) (Q6_K, whose S counts the codes minus 32) in f32. n is a multiple of
-// 256.
+// integer dot products of the sub-blocks times their integer scales (and for Q4_K and Q5_K the
+// sums of the activation codes times the sub-block mins) summed in int32, then sum += d_x * (d * S
+// - dmin * M) (Q4_K, Q5_K) or d_x * (d * S) (Q6_K, whose S counts the codes minus 32) in f32. n is
+// a multiple of 256.
 float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n);
+float dot_q5_k(const BlockQ5_K* w, const BlockQ8_K* x, size_t n);
 float dot_q6_k(const BlockQ6_K* w, const BlockQ8_K* x, size_t n);
 }  // namespace ref
 }  // namespace sllm

@@ -97,18 +97,25 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n) {
   }
 }
 
-void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n) {
-  const size_t nb = detail::quant_blocks(TensorType::Q4_K, n);
+// Q4_K and Q5_K differ only in their codes.
+template <typename Block>
+void dequantize_scale_min(TensorType type, const Block* x, float* y, size_t n,
+                          int (*code)(const Block&, size_t)) {
+  const size_t nb = detail::quant_blocks(type, n);
   for (size_t b = 0; b < nb; ++b) {
     const float d = fp16_to_f32(x[b].d), dmin = fp16_to_f32(x[b].dmin);
     for (int j = 0; j < 8; ++j) {
       uint8_t scale, min;
       unpack_q4_k_scales(x[b].scales, j, &scale, &min);
       for (size_t i = 32 * size_t(j); i < 32 * size_t(j) + 32; ++i) {
-        *y++ = d * scale * q4_k_code(x[b], i) - dmin * min;
+        *y++ = d * scale * code(x[b], i) - dmin * min;
       }
     }
   }
+}
+
+void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n) {
+  dequantize_scale_min(TensorType::Q4_K, x, y, n, q4_k_code);
 }
 
 void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n) {
@@ -478,20 +485,7 @@ void quantize_row_q5_k(const float* x, BlockQ5_K* y, size_t n) {
 }
 
 void dequantize_row_q5_k(const BlockQ5_K* x, float* y, size_t n) {
-  const size_t nb = detail::quant_blocks(TensorType::Q5_K, n);
-  for (size_t b = 0; b < nb; ++b) {
-    const float d = fp16_to_f32(x[b].d), dmin = fp16_to_f32(x[b].dmin);
-    for (int j = 0; j < 8; ++j) {
-      uint8_t scale, min;
-      unpack_q4_k_scales(x[b].scales, j, &scale, &min);
-      const uint8_t* q = x[b].qs + (j / 2) * 32;
-      const int shift = (j % 2) * 4;
-      for (int l = 0; l < 32; ++l) {
-        const int code = ((q[l] >> shift) & 0x0f) | (((x[b].qh[l] >> j) & 1) << 4);
-        *y++ = d * scale * code - dmin * min;
-      }
-    }
-  }
+  dequantize_scale_min(TensorType::Q5_K, x, y, n, q5_k_code);
 }
 
 void quantize_row_q6_k(const float* x, BlockQ6_K* y, size_t n) {
@@ -572,8 +566,11 @@ float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n) {
   return dot_blocks(TensorType::Q4_0, w, x, n);
 }
 
-float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n) {
-  const size_t nb = detail::quant_blocks(TensorType::Q4_K, n);
+// Q4_K and Q5_K differ only in their codes.
+template <typename Block>
+float dot_scale_min(TensorType type, const Block* w, const BlockQ8_K* x, size_t n,
+                    int (*code)(const Block&, size_t)) {
+  const size_t nb = detail::quant_blocks(type, n);
   float sum = 0.0f;
   for (size_t b = 0; b < nb; ++b) {
     int32_t scaled = 0, mins = 0;
@@ -582,7 +579,7 @@ float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n) {
       unpack_q4_k_scales(w[b].scales, j, &scale, &min);
       int32_t dot = 0, codes = 0;
       for (size_t i = 32 * size_t(j); i < 32 * size_t(j) + 32; ++i) {
-        dot += q4_k_code(w[b], i) * int32_t(x[b].qs[i]);
+        dot += code(w[b], i) * int32_t(x[b].qs[i]);
         codes += x[b].qs[i];
       }
       scaled += scale * dot;
@@ -591,6 +588,14 @@ float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n) {
     sum += x[b].d * (fp16_to_f32(w[b].d) * float(scaled) - fp16_to_f32(w[b].dmin) * float(mins));
   }
   return sum;
+}
+
+float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n) {
+  return dot_scale_min(TensorType::Q4_K, w, x, n, q4_k_code);
+}
+
+float dot_q5_k(const BlockQ5_K* w, const BlockQ8_K* x, size_t n) {
+  return dot_scale_min(TensorType::Q5_K, w, x, n, q5_k_code);
 }
 
 float dot_q6_k(const BlockQ6_K* w, const BlockQ8_K* x, size_t n) {
