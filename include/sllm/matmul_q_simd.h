@@ -2,6 +2,7 @@
 
 constexpr size_t kQ8Bytes = sizeof(BlockQ8_0);
 constexpr size_t kQ4Bytes = sizeof(BlockQ4_0);
+constexpr size_t kQ5Bytes = sizeof(BlockQ5_0);
 
 // Quantizes rows [t_begin, t_end) of x into out (already sized), bit-exact with the reference
 // quantizer of out's format (ref::quantize_activations_q8_0 or ref::quantize_row_q8_k: hn::Round
@@ -196,6 +197,54 @@ struct Q4Step {
   }
   static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
     return AddScaledBlocks<Q4Step>(w, x, acc);
+  }
+};
+
+// Q5_0: Q4_0's codes plus a fifth bit (16) per value, so they are value + 16: Q4Step's lanes,
+// dot products and scales, with the correction for 8 counted twice.
+struct Q5Step : Q4Step {
+  static constexpr size_t kBlockBytes = kQ5Bytes;
+  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
+                                            const int32_t* sums, __m512i* x) {
+    Q4Step::PrepareX(codes, scales, sums, x);
+    const __m512i eight = _mm512_set1_epi8(8);
+    const __m512i bias = Dpbusd(Dpbusd(_mm512_setzero_si512(), eight, _mm512_load_si512(x)), eight,
+                                _mm512_load_si512(x + 1));
+    _mm512_store_si512(x + 2, _mm512_sub_epi32(_mm512_load_si512(x + 2), bias));
+  }
+  // The 16 code bytes of each of the 4 blocks (at 22k + 6), picked from loads at +0 and +24 (88
+  // bytes), and the fifth bits as byte masks: bits 0-15 of block k's qh for lo's bytes 16k..,
+  // bits 16-31 for hi's. A partial step reads only its `bytes` and leaves zeros.
+  template <bool kWhole>
+  static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t bytes) {
+    alignas(64) static constexpr uint8_t kCodeBytes[64] = {
+        6,   7,   8,   9,   10,  11,  12,  13,  14,  15,  16,  17,  18,  19,  20,  21,
+        28,  29,  30,  31,  32,  33,  34,  35,  36,  37,  38,  39,  40,  41,  42,  43,
+        50,  51,  52,  53,  54,  55,  56,  57,  58,  59,  60,  61,  62,  63,  104, 105,
+        112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127};
+    constexpr size_t kSecond = 24;
+    const __m512i v0 = kWhole ? _mm512_loadu_si512(p)
+                              : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ull, unsigned(bytes)), p);
+    const __m512i v1 =
+        kWhole
+            ? _mm512_loadu_si512(p + kSecond)
+            : _mm512_maskz_loadu_epi8(
+                  _bzhi_u64(~0ull, unsigned(bytes > kSecond ? bytes - kSecond : 0)), p + kSecond);
+    const __m512i codes = _mm512_permutex2var_epi8(v0, _mm512_load_si512(kCodeBytes), v1);
+    const size_t count = kWhole ? kBlocks : bytes / kQ5Bytes;
+    uint64_t lo_bits = 0, hi_bits = 0;
+    for (size_t k = 0; k < count; ++k) {
+      uint32_t qh;
+      std::memcpy(&qh, p + k * kQ5Bytes + 2, 4);
+      lo_bits |= uint64_t(qh & 0xffff) << (16 * k);
+      hi_bits |= uint64_t(qh >> 16) << (16 * k);
+    }
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    const __m512i sixteen = _mm512_set1_epi8(16);
+    const __m512i lo = _mm512_and_si512(codes, low4);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(codes, 4), low4);
+    return {_mm512_mask_add_epi8(lo, lo_bits, lo, sixteen),
+            _mm512_mask_add_epi8(hi, hi_bits, hi, sixteen), StepScales<4, kQ5Bytes>(p, count)};
   }
 };
 
@@ -533,8 +582,18 @@ SLLM_VNNI HWY_INLINE __m512i BroadcastGroup(const int8_t* p) {
   return _mm512_set1_epi32(group);
 }
 
-// Q8_0 and Q4_0: per block 8 code groups, after which the int32 lane of each row holds the whole
-// block's sum, then the rows' f32 scales.
+// The fifth bits of 4 Q5_0 values from bit `first` of each lane's qh, as 16 in each of the
+// lane's 4 bytes where set: multiplying spreads the 4 bits to bits 0, 8, 16 and 24.
+SLLM_VNNI HWY_INLINE __m512i FifthBits(__m512i qh, unsigned first) {
+  const __m512i bits = _mm512_and_si512(_mm512_srl_epi32(qh, _mm_cvtsi32_si128(int(first))),
+                                        _mm512_set1_epi32(0x0f));
+  const __m512i spread = _mm512_and_si512(_mm512_mullo_epi32(bits, _mm512_set1_epi32(0x00204081)),
+                                          _mm512_set1_epi32(0x01010101));
+  return _mm512_slli_epi32(spread, 4);
+}
+
+// Q8_0, Q4_0 and Q5_0: per block 8 code groups, after which the int32 lane of each row holds the
+// whole block's sum, then the rows' f32 scales.
 struct BlockPanel {
   static constexpr size_t kItems = 9;
   static constexpr size_t kStarts = 1;
@@ -542,8 +601,8 @@ struct BlockPanel {
 
   static SLLM_VNNI void Pack(TensorType type, const uint8_t* w, size_t row_bytes, size_t nb,
                              size_t r0, size_t n_rows, uint8_t* panel) {
-    const bool q8 = type == TensorType::Q8_0;
-    const size_t block_bytes = q8 ? kQ8Bytes : kQ4Bytes;
+    const bool q8 = type == TensorType::Q8_0, q5 = type == TensorType::Q5_0;
+    const size_t block_bytes = q8 ? kQ8Bytes : q5 ? kQ5Bytes : kQ4Bytes;
     const __m512i flip = _mm512_set1_epi8(char(0x80));
     const __m512i low4 = _mm512_set1_epi8(0x0f);
     for (size_t v = 0; v < kPanelVectors; ++v) {
@@ -562,11 +621,21 @@ struct BlockPanel {
             }
           }
         } else {
-          TransposeRows(p, row_bytes, live, 2, groups);
+          TransposeRows(p, row_bytes, live, q5 ? 6 : 2, groups);
+          alignas(64) uint32_t qh[16] = {};
+          if (q5) {
+            for (size_t i = 0; i < live; ++i) std::memcpy(&qh[i], p + i * row_bytes + 2, 4);
+          }
+          const __m512i qhv = _mm512_load_si512(qh);
           for (size_t g = 0; g < 4; ++g) {
-            _mm512_store_si512(out + g * kItemBytes, _mm512_and_si512(groups[g], low4));
-            _mm512_store_si512(out + (g + 4) * kItemBytes,
-                               _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4));
+            __m512i lo = _mm512_and_si512(groups[g], low4);
+            __m512i hi = _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4);
+            if (q5) {
+              lo = _mm512_or_si512(lo, FifthBits(qhv, unsigned(4 * g)));
+              hi = _mm512_or_si512(hi, FifthBits(qhv, unsigned(16 + 4 * g)));
+            }
+            _mm512_store_si512(out + g * kItemBytes, lo);
+            _mm512_store_si512(out + (g + 4) * kItemBytes, hi);
           }
         }
         alignas(32) uint16_t d[16] = {};
@@ -578,10 +647,10 @@ struct BlockPanel {
   }
 
   // Per token and block, minus the sum of its codes times what packing added to the weight codes
-  // (128 for Q8_0, 8 for Q4_0 whose codes are value + 8).
+  // (128 for Q8_0, 8 for Q4_0 whose codes are value + 8, 16 for Q5_0).
   static void Starts(TensorType type, const sllm::detail::QuantizedActivations& x, size_t nb,
                      int32_t* starts) {
-    const int32_t offset = type == TensorType::Q8_0 ? 128 : 8;
+    const int32_t offset = type == TensorType::Q8_0 ? 128 : type == TensorType::Q5_0 ? 16 : 8;
     for (size_t t = 0; t < x.n; ++t) {
       const int32_t* sums = x.sums(t);  // per 16 codes
       for (size_t b = 0; b < nb; ++b) {
@@ -973,6 +1042,9 @@ SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_
     case TensorType::Q4_0:
       return MatmulType<Q4Step, BlockPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
                                             row_end);
+    case TensorType::Q5_0:
+      return MatmulType<Q5Step, BlockPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
+                                            row_end);
     case TensorType::Q4_K:
       return MatmulType<Q4KStep, Q4KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
                                            row_end);
@@ -1009,7 +1081,10 @@ HWY_INLINE float RowDotQ8(const uint8_t* w, size_t nb, const int8_t* xq, const f
   return hn::GetLane(hn::SumOfLanes(df, acc));
 }
 
-HWY_INLINE float RowDotQ4(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs) {
+// Q4_0 and Q5_0 (kFifthBit): the low 4 bits of code j and j + 16 in the nibbles of byte j, for
+// Q5_0 the fifth bits in the 4 bytes before them. The codes are value + 8 (Q4_0) or value + 16.
+template <bool kFifthBit>
+HWY_INLINE float RowDotNibbles(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs) {
   const hn::CappedTag<int16_t, 16> d16;
   const hn::Rebind<int8_t, decltype(d16)> d8;
   const hn::Rebind<uint8_t, decltype(d16)> du8;
@@ -1017,15 +1092,28 @@ HWY_INLINE float RowDotQ4(const uint8_t* w, size_t nb, const int8_t* xq, const f
   const hn::Repartition<float, decltype(d16)> df;
   const size_t N = hn::Lanes(d16);
   constexpr size_t kHalf = kQuantBlock / 2;
+  constexpr size_t kBlockBytes = kFifthBit ? kQ5Bytes : kQ4Bytes;
+  constexpr size_t kCodes = kBlockBytes - kHalf;
+  // Q5_0 subtracts 16 where the fifth bit is clear; lane i tests bit i of the block's qh shifted.
+  alignas(64) static constexpr int16_t kLaneBits[16] = {
+      1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, -32768};
+  const auto lane_bits = hn::Load(d16, kLaneBits);
+  const auto offset = hn::Set(d16, int16_t{kFifthBit ? 16 : 8});
   const auto low4 = hn::Set(du8, uint8_t{0x0f});
-  const auto eight = hn::Set(d16, int16_t{8});
   auto acc = hn::Zero(df);
-  for (size_t b = 0; b < nb; ++b, w += kQ4Bytes, xq += kQuantBlock) {
+  for (size_t b = 0; b < nb; ++b, w += kBlockBytes, xq += kQuantBlock) {
+    uint32_t qh = 0;
+    if (kFifthBit) std::memcpy(&qh, w + 2, 4);
+    const auto minus_offset = [&](decltype(offset) low, uint32_t bits) {
+      if (!kFifthBit) return hn::Sub(low, offset);
+      const auto set = hn::TestBit(hn::Set(d16, int16_t(uint16_t(bits))), lane_bits);
+      return hn::Sub(low, hn::IfThenZeroElse(set, offset));
+    };
     auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
     for (size_t i = 0; i < kHalf; i += N) {
-      const auto packed = hn::LoadU(du8, w + 2 + i);
-      const auto lo = hn::Sub(hn::PromoteTo(d16, hn::And(packed, low4)), eight);
-      const auto hi = hn::Sub(hn::PromoteTo(d16, hn::ShiftRight<4>(packed)), eight);
+      const auto packed = hn::LoadU(du8, w + kCodes + i);
+      const auto lo = minus_offset(hn::PromoteTo(d16, hn::And(packed, low4)), qh >> i);
+      const auto hi = minus_offset(hn::PromoteTo(d16, hn::ShiftRight<4>(packed)), qh >> (16 + i));
       const auto x_lo = hn::PromoteTo(d16, hn::LoadU(d8, xq + i));
       const auto x_hi = hn::PromoteTo(d16, hn::LoadU(d8, xq + kHalf + i));
       sum0 = hn::ReorderWidenMulAccumulate(d32, lo, x_lo, sum0, sum1);
@@ -1125,7 +1213,10 @@ void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_byte
           dot = RowDotQ8(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
           break;
         case TensorType::Q4_0:
-          dot = RowDotQ4(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
+          dot = RowDotNibbles<false>(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
+          break;
+        case TensorType::Q5_0:
+          dot = RowDotNibbles<true>(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
           break;
         case TensorType::Q4_K:
           dot = RowDotQ4K(wr, cols / kSuperBlock, x->codes(t), x->scales(t), x->sums(t));
