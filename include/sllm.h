@@ -420,7 +420,7 @@ class GgufWriter {
 // The SIMD kernels (matmul_q) are tested against these.
 namespace sllm {
 
-// Elements per block of the Q8_0 and Q4_0 formats.
+// Elements per block of the Q8_0, Q4_0 and Q5_0 formats.
 constexpr size_t kQuantBlock = 32;
 
 // Q8_0: value i = qs[i] * d. 34 bytes.
@@ -434,8 +434,22 @@ struct BlockQ4_0 {
   uint16_t d;  // IEEE half scale
   uint8_t qs[kQuantBlock / 2];
 };
+// Q5_0: value i = (q_i - 16) * d, q_i a 5-bit code; its low 4 bits are packed as Q4_0's codes,
+// and its top bit is bit i of qh (a little-endian uint32). 22 bytes.
+struct BlockQ5_0 {
+  uint16_t d;  // IEEE half scale
+  uint8_t qh[4];
+  uint8_t qs[kQuantBlock / 2];
+};
 static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 blocks are 34 bytes in GGUF");
 static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 blocks are 18 bytes in GGUF");
+static_assert(sizeof(BlockQ5_0) == 22, "Q5_0 blocks are 22 bytes in GGUF");
+
+// The 5-bit code of value i (0..31) of a Q5_0 block.
+inline int q5_0_code(const BlockQ5_0& b, size_t i) {
+  const int low = (b.qs[i % 16] >> (i / 16 * 4)) & 0x0f;
+  return low | ((b.qh[i / 8] >> (i % 8)) & 1) << 4;
+}
 
 // Elements per super-block of the K-quant formats.
 constexpr size_t kSuperBlock = 256;
@@ -513,8 +527,8 @@ inline int q6_k_code(const BlockQ6_K& b, size_t i) {
   return low | high << 4;
 }
 
-// Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K,
-// Q6_K). F16 to Q4_0 round as ggml's reference quantizers do, so that sllm's files match
+// Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K,
+// Q5_K, Q6_K). F16 to Q5_0 round as ggml's reference quantizers do, so that sllm's files match
 // llama.cpp's byte for byte; the K-quants search for a smaller error than llama.cpp's.
 // dst/src hold tensor_row_bytes(type, n) bytes. Error for another type, or for a quantized type
 // when n is not a whole number of its blocks (32 values, 256 for the K-quants).
@@ -535,6 +549,9 @@ void dequantize_row_q8_0(const BlockQ8_0* x, float* y, size_t n);
 // q = min(15, trunc(x * (1 / d) + 8.5)), d stored as f16.
 void quantize_row_q4_0(const float* x, BlockQ4_0* y, size_t n);
 void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n);
+// Q5_0 likewise with d = m / -16 and q = min(31, trunc(x * (1 / d) + 16.5)).
+void quantize_row_q5_0(const float* x, BlockQ5_0* y, size_t n);
+void dequantize_row_q5_0(const BlockQ5_0* x, float* y, size_t n);
 // n is a multiple of 256.
 void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n);
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n);
@@ -559,10 +576,12 @@ void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n);
 // Integer dot product of one block with a Q8_0 block of activations.
 int32_t block_dot(const BlockQ8_0& w, const BlockQ8_0& x);
 int32_t block_dot(const BlockQ4_0& w, const BlockQ8_0& x);
+int32_t block_dot(const BlockQ5_0& w, const BlockQ8_0& x);
 // Dot product of a weight row with an activation row quantized to Q8_0: per block the integer
 // dot product, then sum += isum * (d_w * d_x) in f32, as ggml's vec_dot does.
 float dot_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, size_t n);
 float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n);
+float dot_q5_0(const BlockQ5_0* w, const BlockQ8_0* x, size_t n);
 // Dot product of a K-quant weight row with an activation row quantized to Q8_K: per block, the
 // integer dot products of the sub-blocks times their integer scales (and for Q4_K the sums of the
 // activation codes times the sub-block mins) summed in int32, then sum += d_x * (d * S - dmin * M)
@@ -707,8 +726,8 @@ void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
 }  // namespace sllm
 
 // ---- matmul_q.h ----
-// Quantized matmul, part of the kernels layer: Q8_0, Q4_0, Q4_K and Q6_K weight matrices, read
-// in place, times activation rows quantized to int8 codes. Products are int8 dot products
+// Quantized matmul, part of the kernels layer: Q8_0, Q4_0, Q5_0, Q4_K and Q6_K weight matrices,
+// read in place, times activation rows quantized to int8 codes. Products are int8 dot products
 // accumulated in int32 per block (VNNI vpdpbusd where the CPU has it), then scaled in f32.
 #include <algorithm>
 #include <cstring>
@@ -718,10 +737,11 @@ namespace detail {
 
 // How activation rows are quantized for a weight type: the values that share one scale.
 enum class ActivationFormat {
-  kQ8_0,  // per 32 values, the scale rounded to f16 (ref::quantize_activations_q8_0): Q8_0, Q4_0
+  kQ8_0,  // per 32 values, the scale rounded to f16 (ref::quantize_activations_q8_0): Q8_0, Q4_0,
+          // Q5_0
   kQ8_K,  // per 256 values, an f32 scale (ref::quantize_row_q8_k): K-quant weights
 };
-// Whether the quantized matmul reads weights of this type (Q8_0, Q4_0, Q4_K, Q6_K).
+// Whether the quantized matmul reads weights of this type (Q8_0, Q4_0, Q5_0, Q4_K, Q6_K).
 bool matmul_q_reads(TensorType weight_type);
 // Error for a weight type that the quantized matmul does not read.
 ActivationFormat activation_format(TensorType weight_type);
@@ -759,9 +779,9 @@ void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride
 
 // y[t * y_stride + r] = sum_c w[r][c] * x[t][c] for the x.n activation rows t and the weight rows
 // r in [row_begin, row_end), so that a caller can share the rows among its threads. w is of type
-// Q8_0, Q4_0, Q4_K or Q6_K, read in place (cols a whole number of blocks, row_bytes at least the
-// blocks of a row), and x quantized in activation_format(w.type). One activation row streams each
-// weight row once (decode); many pack tiles of weights into a per-thread buffer and reuse each
+// Q8_0, Q4_0, Q5_0, Q4_K or Q6_K, read in place (cols a whole number of blocks, row_bytes at least
+// the blocks of a row), and x quantized in activation_format(w.type). One activation row streams
+// each weight row once (decode); many pack tiles of weights into a per-thread buffer and reuse each
 // for several tokens (prefill). Error when the shapes, the type or the format do not fit.
 void matmul_q_rows(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
                    size_t row_begin, size_t row_end);
@@ -3255,6 +3275,7 @@ void Attention(const float* q, size_t n_q, size_t head_dim, const detail::PagedR
 
 constexpr size_t kQ8Bytes = sizeof(BlockQ8_0);
 constexpr size_t kQ4Bytes = sizeof(BlockQ4_0);
+constexpr size_t kQ5Bytes = sizeof(BlockQ5_0);
 
 // Quantizes rows [t_begin, t_end) of x into out (already sized), bit-exact with the reference
 // quantizer of out's format (ref::quantize_activations_q8_0 or ref::quantize_row_q8_k: hn::Round
@@ -3449,6 +3470,54 @@ struct Q4Step {
   }
   static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
     return AddScaledBlocks<Q4Step>(w, x, acc);
+  }
+};
+
+// Q5_0: Q4_0's codes plus a fifth bit (16) per value, so they are value + 16: Q4Step's lanes,
+// dot products and scales, with the correction for 8 counted twice.
+struct Q5Step : Q4Step {
+  static constexpr size_t kBlockBytes = kQ5Bytes;
+  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
+                                            const int32_t* sums, __m512i* x) {
+    Q4Step::PrepareX(codes, scales, sums, x);
+    const __m512i eight = _mm512_set1_epi8(8);
+    const __m512i bias = Dpbusd(Dpbusd(_mm512_setzero_si512(), eight, _mm512_load_si512(x)), eight,
+                                _mm512_load_si512(x + 1));
+    _mm512_store_si512(x + 2, _mm512_sub_epi32(_mm512_load_si512(x + 2), bias));
+  }
+  // The 16 code bytes of each of the 4 blocks (at 22k + 6), picked from loads at +0 and +24 (88
+  // bytes), and the fifth bits as byte masks: bits 0-15 of block k's qh for lo's bytes 16k..,
+  // bits 16-31 for hi's. A partial step reads only its `bytes` and leaves zeros.
+  template <bool kWhole>
+  static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t bytes) {
+    alignas(64) static constexpr uint8_t kCodeBytes[64] = {
+        6,   7,   8,   9,   10,  11,  12,  13,  14,  15,  16,  17,  18,  19,  20,  21,
+        28,  29,  30,  31,  32,  33,  34,  35,  36,  37,  38,  39,  40,  41,  42,  43,
+        50,  51,  52,  53,  54,  55,  56,  57,  58,  59,  60,  61,  62,  63,  104, 105,
+        112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127};
+    constexpr size_t kSecond = 24;
+    const __m512i v0 = kWhole ? _mm512_loadu_si512(p)
+                              : _mm512_maskz_loadu_epi8(_bzhi_u64(~0ull, unsigned(bytes)), p);
+    const __m512i v1 =
+        kWhole
+            ? _mm512_loadu_si512(p + kSecond)
+            : _mm512_maskz_loadu_epi8(
+                  _bzhi_u64(~0ull, unsigned(bytes > kSecond ? bytes - kSecond : 0)), p + kSecond);
+    const __m512i codes = _mm512_permutex2var_epi8(v0, _mm512_load_si512(kCodeBytes), v1);
+    const size_t count = kWhole ? kBlocks : bytes / kQ5Bytes;
+    uint64_t lo_bits = 0, hi_bits = 0;
+    for (size_t k = 0; k < count; ++k) {
+      uint32_t qh;
+      std::memcpy(&qh, p + k * kQ5Bytes + 2, 4);
+      lo_bits |= uint64_t(qh & 0xffff) << (16 * k);
+      hi_bits |= uint64_t(qh >> 16) << (16 * k);
+    }
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    const __m512i sixteen = _mm512_set1_epi8(16);
+    const __m512i lo = _mm512_and_si512(codes, low4);
+    const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(codes, 4), low4);
+    return {_mm512_mask_add_epi8(lo, lo_bits, lo, sixteen),
+            _mm512_mask_add_epi8(hi, hi_bits, hi, sixteen), StepScales<4, kQ5Bytes>(p, count)};
   }
 };
 
@@ -3786,8 +3855,18 @@ SLLM_VNNI HWY_INLINE __m512i BroadcastGroup(const int8_t* p) {
   return _mm512_set1_epi32(group);
 }
 
-// Q8_0 and Q4_0: per block 8 code groups, after which the int32 lane of each row holds the whole
-// block's sum, then the rows' f32 scales.
+// The fifth bits of 4 Q5_0 values from bit `first` of each lane's qh, as 16 in each of the
+// lane's 4 bytes where set: multiplying spreads the 4 bits to bits 0, 8, 16 and 24.
+SLLM_VNNI HWY_INLINE __m512i FifthBits(__m512i qh, unsigned first) {
+  const __m512i bits = _mm512_and_si512(_mm512_srl_epi32(qh, _mm_cvtsi32_si128(int(first))),
+                                        _mm512_set1_epi32(0x0f));
+  const __m512i spread = _mm512_and_si512(_mm512_mullo_epi32(bits, _mm512_set1_epi32(0x00204081)),
+                                          _mm512_set1_epi32(0x01010101));
+  return _mm512_slli_epi32(spread, 4);
+}
+
+// Q8_0, Q4_0 and Q5_0: per block 8 code groups, after which the int32 lane of each row holds the
+// whole block's sum, then the rows' f32 scales.
 struct BlockPanel {
   static constexpr size_t kItems = 9;
   static constexpr size_t kStarts = 1;
@@ -3795,8 +3874,8 @@ struct BlockPanel {
 
   static SLLM_VNNI void Pack(TensorType type, const uint8_t* w, size_t row_bytes, size_t nb,
                              size_t r0, size_t n_rows, uint8_t* panel) {
-    const bool q8 = type == TensorType::Q8_0;
-    const size_t block_bytes = q8 ? kQ8Bytes : kQ4Bytes;
+    const bool q8 = type == TensorType::Q8_0, q5 = type == TensorType::Q5_0;
+    const size_t block_bytes = q8 ? kQ8Bytes : q5 ? kQ5Bytes : kQ4Bytes;
     const __m512i flip = _mm512_set1_epi8(char(0x80));
     const __m512i low4 = _mm512_set1_epi8(0x0f);
     for (size_t v = 0; v < kPanelVectors; ++v) {
@@ -3815,11 +3894,21 @@ struct BlockPanel {
             }
           }
         } else {
-          TransposeRows(p, row_bytes, live, 2, groups);
+          TransposeRows(p, row_bytes, live, q5 ? 6 : 2, groups);
+          alignas(64) uint32_t qh[16] = {};
+          if (q5) {
+            for (size_t i = 0; i < live; ++i) std::memcpy(&qh[i], p + i * row_bytes + 2, 4);
+          }
+          const __m512i qhv = _mm512_load_si512(qh);
           for (size_t g = 0; g < 4; ++g) {
-            _mm512_store_si512(out + g * kItemBytes, _mm512_and_si512(groups[g], low4));
-            _mm512_store_si512(out + (g + 4) * kItemBytes,
-                               _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4));
+            __m512i lo = _mm512_and_si512(groups[g], low4);
+            __m512i hi = _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4);
+            if (q5) {
+              lo = _mm512_or_si512(lo, FifthBits(qhv, unsigned(4 * g)));
+              hi = _mm512_or_si512(hi, FifthBits(qhv, unsigned(16 + 4 * g)));
+            }
+            _mm512_store_si512(out + g * kItemBytes, lo);
+            _mm512_store_si512(out + (g + 4) * kItemBytes, hi);
           }
         }
         alignas(32) uint16_t d[16] = {};
@@ -3831,10 +3920,10 @@ struct BlockPanel {
   }
 
   // Per token and block, minus the sum of its codes times what packing added to the weight codes
-  // (128 for Q8_0, 8 for Q4_0 whose codes are value + 8).
+  // (128 for Q8_0, 8 for Q4_0 whose codes are value + 8, 16 for Q5_0).
   static void Starts(TensorType type, const sllm::detail::QuantizedActivations& x, size_t nb,
                      int32_t* starts) {
-    const int32_t offset = type == TensorType::Q8_0 ? 128 : 8;
+    const int32_t offset = type == TensorType::Q8_0 ? 128 : type == TensorType::Q5_0 ? 16 : 8;
     for (size_t t = 0; t < x.n; ++t) {
       const int32_t* sums = x.sums(t);  // per 16 codes
       for (size_t b = 0; b < nb; ++b) {
@@ -4226,6 +4315,9 @@ SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_
     case TensorType::Q4_0:
       return MatmulType<Q4Step, BlockPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
                                             row_end);
+    case TensorType::Q5_0:
+      return MatmulType<Q5Step, BlockPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
+                                            row_end);
     case TensorType::Q4_K:
       return MatmulType<Q4KStep, Q4KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
                                            row_end);
@@ -4262,7 +4354,10 @@ HWY_INLINE float RowDotQ8(const uint8_t* w, size_t nb, const int8_t* xq, const f
   return hn::GetLane(hn::SumOfLanes(df, acc));
 }
 
-HWY_INLINE float RowDotQ4(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs) {
+// Q4_0 and Q5_0 (kFifthBit): the low 4 bits of code j and j + 16 in the nibbles of byte j, for
+// Q5_0 the fifth bits in the 4 bytes before them. The codes are value + 8 (Q4_0) or value + 16.
+template <bool kFifthBit>
+HWY_INLINE float RowDotNibbles(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs) {
   const hn::CappedTag<int16_t, 16> d16;
   const hn::Rebind<int8_t, decltype(d16)> d8;
   const hn::Rebind<uint8_t, decltype(d16)> du8;
@@ -4270,15 +4365,28 @@ HWY_INLINE float RowDotQ4(const uint8_t* w, size_t nb, const int8_t* xq, const f
   const hn::Repartition<float, decltype(d16)> df;
   const size_t N = hn::Lanes(d16);
   constexpr size_t kHalf = kQuantBlock / 2;
+  constexpr size_t kBlockBytes = kFifthBit ? kQ5Bytes : kQ4Bytes;
+  constexpr size_t kCodes = kBlockBytes - kHalf;
+  // Q5_0 subtracts 16 where the fifth bit is clear; lane i tests bit i of the block's qh shifted.
+  alignas(64) static constexpr int16_t kLaneBits[16] = {
+      1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, -32768};
+  const auto lane_bits = hn::Load(d16, kLaneBits);
+  const auto offset = hn::Set(d16, int16_t{kFifthBit ? 16 : 8});
   const auto low4 = hn::Set(du8, uint8_t{0x0f});
-  const auto eight = hn::Set(d16, int16_t{8});
   auto acc = hn::Zero(df);
-  for (size_t b = 0; b < nb; ++b, w += kQ4Bytes, xq += kQuantBlock) {
+  for (size_t b = 0; b < nb; ++b, w += kBlockBytes, xq += kQuantBlock) {
+    uint32_t qh = 0;
+    if (kFifthBit) std::memcpy(&qh, w + 2, 4);
+    const auto minus_offset = [&](decltype(offset) low, uint32_t bits) {
+      if (!kFifthBit) return hn::Sub(low, offset);
+      const auto set = hn::TestBit(hn::Set(d16, int16_t(uint16_t(bits))), lane_bits);
+      return hn::Sub(low, hn::IfThenZeroElse(set, offset));
+    };
     auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
     for (size_t i = 0; i < kHalf; i += N) {
-      const auto packed = hn::LoadU(du8, w + 2 + i);
-      const auto lo = hn::Sub(hn::PromoteTo(d16, hn::And(packed, low4)), eight);
-      const auto hi = hn::Sub(hn::PromoteTo(d16, hn::ShiftRight<4>(packed)), eight);
+      const auto packed = hn::LoadU(du8, w + kCodes + i);
+      const auto lo = minus_offset(hn::PromoteTo(d16, hn::And(packed, low4)), qh >> i);
+      const auto hi = minus_offset(hn::PromoteTo(d16, hn::ShiftRight<4>(packed)), qh >> (16 + i));
       const auto x_lo = hn::PromoteTo(d16, hn::LoadU(d8, xq + i));
       const auto x_hi = hn::PromoteTo(d16, hn::LoadU(d8, xq + kHalf + i));
       sum0 = hn::ReorderWidenMulAccumulate(d32, lo, x_lo, sum0, sum1);
@@ -4378,7 +4486,10 @@ void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_byte
           dot = RowDotQ8(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
           break;
         case TensorType::Q4_0:
-          dot = RowDotQ4(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
+          dot = RowDotNibbles<false>(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
+          break;
+        case TensorType::Q5_0:
+          dot = RowDotNibbles<true>(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
           break;
         case TensorType::Q4_K:
           dot = RowDotQ4K(wr, cols / kSuperBlock, x->codes(t), x->scales(t), x->sums(t));
@@ -5576,6 +5687,28 @@ inline int8_t q8_code(float r) {
   return r == r ? static_cast<int8_t>(r) : 0;
 }
 
+// Q4_0 and Q5_0 as ggml's reference quantizers make them: the scale maps the value of largest
+// magnitude to code 0 (-offset * d), so that its sign decides which end of the asymmetric range
+// [-offset, offset - 1] is used exactly. Returns d; codes[i] in [0, 2 * offset - 1].
+inline float offset_codes(const float* x, int offset, int (&codes)[kQuantBlock]) {
+  float amax = 0.0f, max = 0.0f;
+  for (size_t i = 0; i < kQuantBlock; ++i) {
+    if (std::fabs(x[i]) > amax) {
+      amax = std::fabs(x[i]);
+      max = x[i];
+    }
+  }
+  const float d = max / -float(offset);
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  const float half_up = float(offset) + 0.5f;  // truncation below rounds to nearest
+  const int top = 2 * offset - 1;
+  for (size_t i = 0; i < kQuantBlock; ++i) {
+    const float shifted = x[i] * id + half_up;
+    codes[i] = !(shifted > 0.0f) ? 0 : shifted >= float(top) ? top : static_cast<int>(shifted);
+  }
+  return d;
+}
+
 }  // namespace detail
 
 namespace ref {
@@ -5617,26 +5750,10 @@ void quantize_row_q4_0(const float* x, BlockQ4_0* y, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q4_0, n);
   constexpr size_t kHalf = kQuantBlock / 2;
   for (size_t b = 0; b < nb; ++b, x += kQuantBlock) {
-    // The scale maps the value of largest magnitude to code 0 (-8 * d), so that its sign decides
-    // which end of the asymmetric range [-8, 7] is used exactly.
-    float amax = 0.0f, max = 0.0f;
-    for (size_t i = 0; i < kQuantBlock; ++i) {
-      if (std::fabs(x[i]) > amax) {
-        amax = std::fabs(x[i]);
-        max = x[i];
-      }
-    }
-    const float d = max / -8.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    y[b].d = f32_to_fp16(d);
-    auto code = [id](float v) {
-      const float shifted = v * id + 8.5f;  // truncation below rounds to nearest
-      if (!(shifted > 0.0f)) return 0;      // also NaN
-      return shifted >= 15.0f ? 15 : static_cast<int>(shifted);
-    };
-    for (size_t j = 0; j < kHalf; ++j) {
-      y[b].qs[j] = static_cast<uint8_t>(code(x[j]) | (code(x[j + kHalf]) << 4));
-    }
+    int q[kQuantBlock];
+    y[b].d = f32_to_fp16(detail::offset_codes(x, 8, q));
+    for (size_t j = 0; j < kHalf; ++j)
+      y[b].qs[j] = static_cast<uint8_t>(q[j] | (q[j + kHalf] << 4));
   }
 }
 
@@ -5649,6 +5766,30 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n) {
       y[j] = float((x[b].qs[j] & 0x0f) - 8) * d;
       y[j + kHalf] = float((x[b].qs[j] >> 4) - 8) * d;
     }
+  }
+}
+
+void quantize_row_q5_0(const float* x, BlockQ5_0* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q5_0, n);
+  constexpr size_t kHalf = kQuantBlock / 2;
+  for (size_t b = 0; b < nb; ++b, x += kQuantBlock) {
+    int q[kQuantBlock];
+    y[b].d = f32_to_fp16(detail::offset_codes(x, 16, q));
+    std::memset(y[b].qh, 0, sizeof(y[b].qh));
+    for (size_t j = 0; j < kHalf; ++j) {
+      y[b].qs[j] = static_cast<uint8_t>((q[j] & 0x0f) | ((q[j + kHalf] & 0x0f) << 4));
+    }
+    for (size_t i = 0; i < kQuantBlock; ++i) {
+      y[b].qh[i / 8] = static_cast<uint8_t>(y[b].qh[i / 8] | (q[i] >> 4) << (i % 8));
+    }
+  }
+}
+
+void dequantize_row_q5_0(const BlockQ5_0* x, float* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q5_0, n);
+  for (size_t b = 0; b < nb; ++b) {
+    const float d = fp16_to_f32(x[b].d);
+    for (size_t i = 0; i < kQuantBlock; ++i) *y++ = float(q5_0_code(x[b], i) - 16) * d;
   }
 }
 
@@ -6108,6 +6249,12 @@ int32_t block_dot(const BlockQ4_0& w, const BlockQ8_0& x) {
   return sum;
 }
 
+int32_t block_dot(const BlockQ5_0& w, const BlockQ8_0& x) {
+  int32_t sum = 0;
+  for (size_t i = 0; i < kQuantBlock; ++i) sum += (q5_0_code(w, i) - 16) * int32_t(x.qs[i]);
+  return sum;
+}
+
 // Per block the integer dot product, scaled by both blocks' scales and summed in f32.
 template <typename Block>
 float dot_blocks(TensorType type, const Block* w, const BlockQ8_0* x, size_t n) {
@@ -6125,6 +6272,10 @@ float dot_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, size_t n) {
 
 float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n) {
   return dot_blocks(TensorType::Q4_0, w, x, n);
+}
+
+float dot_q5_0(const BlockQ5_0* w, const BlockQ8_0* x, size_t n) {
+  return dot_blocks(TensorType::Q5_0, w, x, n);
 }
 
 float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n) {
@@ -6186,6 +6337,9 @@ void quantize_row(TensorType type, const float* src, void* dst, size_t n) {
     case TensorType::Q4_0:
       ref::quantize_row_q4_0(src, static_cast<BlockQ4_0*>(dst), n);
       return;
+    case TensorType::Q5_0:
+      ref::quantize_row_q5_0(src, static_cast<BlockQ5_0*>(dst), n);
+      return;
     case TensorType::Q4_K:
       ref::quantize_row_q4_k(src, static_cast<BlockQ4_K*>(dst), n);
       return;
@@ -6197,7 +6351,7 @@ void quantize_row(TensorType type, const float* src, void* dst, size_t n) {
       return;
     default:
       detail::fail("cannot quantize to tensor type " + std::to_string(uint32_t(type)) +
-                   ": sllm writes F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K");
+                   ": sllm writes F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K");
   }
 }
 
@@ -6220,6 +6374,9 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n) {
     case TensorType::Q4_0:
       ref::dequantize_row_q4_0(static_cast<const BlockQ4_0*>(src), dst, n);
       return;
+    case TensorType::Q5_0:
+      ref::dequantize_row_q5_0(static_cast<const BlockQ5_0*>(src), dst, n);
+      return;
     case TensorType::Q4_K:
       ref::dequantize_row_q4_k(static_cast<const BlockQ4_K*>(src), dst, n);
       return;
@@ -6231,7 +6388,7 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n) {
       return;
     default:
       detail::fail("cannot dequantize tensor type " + std::to_string(uint32_t(type)) +
-                   ": sllm reads F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K");
+                   ": sllm reads F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K");
   }
 }
 
@@ -6529,17 +6686,18 @@ inline size_t round_up(size_t n, size_t multiple) {
 
 bool matmul_q_reads(TensorType weight_type) {
   return weight_type == TensorType::Q8_0 || weight_type == TensorType::Q4_0 ||
-         weight_type == TensorType::Q4_K || weight_type == TensorType::Q6_K;
+         weight_type == TensorType::Q5_0 || weight_type == TensorType::Q4_K ||
+         weight_type == TensorType::Q6_K;
 }
 
 ActivationFormat activation_format(TensorType weight_type) {
   if (!matmul_q_reads(weight_type)) {
     fail(std::string("quantized matmul: weight type ") + tensor_type_name(weight_type) +
-         " is not Q8_0, Q4_0, Q4_K or Q6_K");
+         " is not Q8_0, Q4_0, Q5_0, Q4_K or Q6_K");
   }
-  return weight_type == TensorType::Q8_0 || weight_type == TensorType::Q4_0
-             ? ActivationFormat::kQ8_0
-             : ActivationFormat::kQ8_K;
+  return weight_type == TensorType::Q4_K || weight_type == TensorType::Q6_K
+             ? ActivationFormat::kQ8_K
+             : ActivationFormat::kQ8_0;
 }
 
 void QuantizedActivations::resize(size_t n_rows, size_t n_cols, ActivationFormat row_format) {
@@ -7079,7 +7237,8 @@ inline MatrixView weight_matrix(const Gguf& gguf, const TensorInfo& t, size_t co
   if (t.type != TensorType::F32 && t.type != TensorType::F16 && t.type != TensorType::BF16 &&
       !quantized) {
     fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
-         ", which this build cannot run yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)");
+         ", which this build cannot run yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, "
+         "Q6_K)");
   }
   if (t.n_dims != 2 || t.ne[0] != cols || t.ne[1] != rows) {
     fail("tensor " + t.name + " in " + gguf.path() + " has shape " + t.shape_string() +
