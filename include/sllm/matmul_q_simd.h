@@ -213,8 +213,9 @@ struct Q5Step : Q4Step {
     _mm512_store_si512(x + 2, _mm512_sub_epi32(_mm512_load_si512(x + 2), bias));
   }
   // The 16 code bytes of each of the 4 blocks (at 22k + 6), picked from loads at +0 and +24 (88
-  // bytes), and the fifth bits as byte masks: bits 0-15 of block k's qh for lo's bytes 16k..,
-  // bits 16-31 for hi's. A partial step reads only its `bytes` and leaves zeros.
+  // bytes), and the fifth bits as byte masks: bits 0-15 of block k's qh (at 22k + 2) for lo's
+  // bytes 16k.., bits 16-31 for hi's, picked from the same loads into the two halves of a
+  // 128-bit word. A partial step reads only its `bytes` and leaves zeros.
   template <bool kWhole>
   static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t bytes) {
     alignas(64) static constexpr uint8_t kCodeBytes[64] = {
@@ -230,15 +231,14 @@ struct Q5Step : Q4Step {
             ? _mm512_loadu_si512(p + kSecond)
             : _mm512_maskz_loadu_epi8(
                   _bzhi_u64(~0ull, unsigned(bytes > kSecond ? bytes - kSecond : 0)), p + kSecond);
+    alignas(64) static constexpr uint8_t kHighBytes[64] = {2, 3, 24, 25, 46, 47, 108, 109,
+                                                           4, 5, 26, 27, 48, 49, 110, 111};
     const __m512i codes = _mm512_permutex2var_epi8(v0, _mm512_load_si512(kCodeBytes), v1);
+    const __m128i high =
+        _mm512_castsi512_si128(_mm512_permutex2var_epi8(v0, _mm512_load_si512(kHighBytes), v1));
+    const __mmask64 lo_bits = __mmask64(_mm_cvtsi128_si64(high));
+    const __mmask64 hi_bits = __mmask64(_mm_extract_epi64(high, 1));
     const size_t count = kWhole ? kBlocks : bytes / kQ5Bytes;
-    uint64_t lo_bits = 0, hi_bits = 0;
-    for (size_t k = 0; k < count; ++k) {
-      uint32_t qh;
-      std::memcpy(&qh, p + k * kQ5Bytes + 2, 4);
-      lo_bits |= uint64_t(qh & 0xffff) << (16 * k);
-      hi_bits |= uint64_t(qh >> 16) << (16 * k);
-    }
     const __m512i low4 = _mm512_set1_epi8(0x0f);
     const __m512i sixteen = _mm512_set1_epi8(16);
     const __m512i lo = _mm512_and_si512(codes, low4);
