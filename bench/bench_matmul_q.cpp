@@ -217,6 +217,7 @@ void shapes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK_CAPTURE(BM_matmul_q, Q8_0, sllm::TensorType::Q8_0)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_matmul_q, Q4_0, sllm::TensorType::Q4_0)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_matmul_q, Q5_0, sllm::TensorType::Q5_0)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_matmul_q, Q4_K, sllm::TensorType::Q4_K)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_matmul_q, Q5_K, sllm::TensorType::Q5_K)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_matmul_q, Q6_K, sllm::TensorType::Q6_K)->Apply(shapes);

@@ -420,7 +420,7 @@ class GgufWriter {
 // The SIMD kernels (matmul_q) are tested against these.
 namespace sllm {
 
-// Elements per block of the Q8_0 and Q4_0 formats.
+// Elements per block of the Q8_0, Q4_0 and Q5_0 formats.
 constexpr size_t kQuantBlock = 32;
 
 // Q8_0: value i = qs[i] * d. 34 bytes.
@@ -434,8 +434,22 @@ struct BlockQ4_0 {
   uint16_t d;  // IEEE half scale
   uint8_t qs[kQuantBlock / 2];
 };
+// Q5_0: value i = (q_i - 16) * d, q_i a 5-bit code; its low 4 bits are packed as Q4_0's codes,
+// and its top bit is bit i of qh (a little-endian uint32). 22 bytes.
+struct BlockQ5_0 {
+  uint16_t d;  // IEEE half scale
+  uint8_t qh[4];
+  uint8_t qs[kQuantBlock / 2];
+};
 static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 blocks are 34 bytes in GGUF");
 static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 blocks are 18 bytes in GGUF");
+static_assert(sizeof(BlockQ5_0) == 22, "Q5_0 blocks are 22 bytes in GGUF");
+
+// The 5-bit code of value i (0..31) of a Q5_0 block.
+inline int q5_0_code(const BlockQ5_0& b, size_t i) {
+  const int low = (b.qs[i % 16] >> (i / 16 * 4)) & 0x0f;
+  return low | ((b.qh[i / 8] >> (i % 8)) & 1) << 4;
+}
 
 // Elements per super-block of the K-quant formats.
 constexpr size_t kSuperBlock = 256;
@@ -521,8 +535,8 @@ inline int q6_k_code(const BlockQ6_K& b, size_t i) {
   return low | high << 4;
 }
 
-// Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K,
-// Q6_K). F16 to Q4_0 round as ggml's reference quantizers do, so that sllm's files match
+// Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K,
+// Q5_K, Q6_K). F16 to Q5_0 round as ggml's reference quantizers do, so that sllm's files match
 // llama.cpp's byte for byte; the K-quants search for a smaller error than llama.cpp's.
 // dst/src hold tensor_row_bytes(type, n) bytes. Error for another type, or for a quantized type
 // when n is not a whole number of its blocks (32 values, 256 for the K-quants).
@@ -543,6 +557,9 @@ void dequantize_row_q8_0(const BlockQ8_0* x, float* y, size_t n);
 // q = min(15, trunc(x * (1 / d) + 8.5)), d stored as f16.
 void quantize_row_q4_0(const float* x, BlockQ4_0* y, size_t n);
 void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n);
+// Q5_0 likewise with d = m / -16 and q = min(31, trunc(x * (1 / d) + 16.5)).
+void quantize_row_q5_0(const float* x, BlockQ5_0* y, size_t n);
+void dequantize_row_q5_0(const BlockQ5_0* x, float* y, size_t n);
 // n is a multiple of 256.
 void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n);
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n);
@@ -567,10 +584,12 @@ void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n);
 // Integer dot product of one block with a Q8_0 block of activations.
 int32_t block_dot(const BlockQ8_0& w, const BlockQ8_0& x);
 int32_t block_dot(const BlockQ4_0& w, const BlockQ8_0& x);
+int32_t block_dot(const BlockQ5_0& w, const BlockQ8_0& x);
 // Dot product of a weight row with an activation row quantized to Q8_0: per block the integer
 // dot product, then sum += isum * (d_w * d_x) in f32, as ggml's vec_dot does.
 float dot_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, size_t n);
 float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n);
+float dot_q5_0(const BlockQ5_0* w, const BlockQ8_0* x, size_t n);
 // Dot product of a K-quant weight row with an activation row quantized to Q8_K: per block, the
 // integer dot products of the sub-blocks times their integer scales (and for Q4_K and Q5_K the
 // sums of the activation codes times the sub-block mins) summed in int32, then sum += d_x * (d * S
@@ -716,9 +735,9 @@ void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
 }  // namespace sllm
 
 // ---- matmul_q.h ----
-// Quantized matmul, part of the kernels layer: Q8_0, Q4_0, Q4_K, Q5_K and Q6_K weight matrices,
-// read in place, times activation rows quantized to int8 codes. Products are int8 dot products
-// accumulated in int32 per block (VNNI vpdpbusd where the CPU has it), then scaled in f32.
+// Quantized matmul, part of the kernels layer: Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K weight
+// matrices, read in place, times activation rows quantized to int8 codes. Products are int8 dot
+// products accumulated in int32 per block (VNNI vpdpbusd where the CPU has it), then scaled in f32.
 #include <algorithm>
 #include <cstring>
 
@@ -727,10 +746,11 @@ namespace detail {
 
 // How activation rows are quantized for a weight type: the values that share one scale.
 enum class ActivationFormat {
-  kQ8_0,  // per 32 values, the scale rounded to f16 (ref::quantize_activations_q8_0): Q8_0, Q4_0
+  kQ8_0,  // per 32 values, the scale rounded to f16 (ref::quantize_activations_q8_0): Q8_0, Q4_0,
+          // Q5_0
   kQ8_K,  // per 256 values, an f32 scale (ref::quantize_row_q8_k): K-quant weights
 };
-// Whether the quantized matmul reads weights of this type (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K).
+// Whether the quantized matmul reads weights of this type (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K).
 bool matmul_q_reads(TensorType weight_type);
 // Error for a weight type that the quantized matmul does not read.
 ActivationFormat activation_format(TensorType weight_type);
@@ -768,10 +788,11 @@ void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride
 
 // y[t * y_stride + r] = sum_c w[r][c] * x[t][c] for the x.n activation rows t and the weight rows
 // r in [row_begin, row_end), so that a caller can share the rows among its threads. w is of type
-// Q8_0, Q4_0, Q4_K, Q5_K or Q6_K, read in place (cols a whole number of blocks, row_bytes at least
-// the blocks of a row), and x quantized in activation_format(w.type). One activation row streams
-// each weight row once (decode); many pack tiles of weights into a per-thread buffer and reuse each
-// for several tokens (prefill). Error when the shapes, the type or the format do not fit.
+// Q8_0, Q4_0, Q5_0, Q4_K, Q5_K or Q6_K, read in place (cols a whole number of blocks, row_bytes at
+// least the blocks of a row), and x quantized in activation_format(w.type). One activation row
+// streams each weight row once (decode); many pack tiles of weights into a per-thread buffer and
+// reuse each for several tokens (prefill). Error when the shapes, the type or the format do not
+// fit.
 void matmul_q_rows(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
                    size_t row_begin, size_t row_end);
 // The same over all rows, shared among n_threads OpenMP threads (0: OpenMP's default).
@@ -3361,6 +3382,7 @@ void Attention(const float* q, size_t n_q, size_t head_dim, const detail::PagedR
 
 constexpr size_t kQ8Bytes = sizeof(BlockQ8_0);
 constexpr size_t kQ4Bytes = sizeof(BlockQ4_0);
+constexpr size_t kQ5Bytes = sizeof(BlockQ5_0);
 
 // Quantizes rows [t_begin, t_end) of x into out (already sized), bit-exact with the reference
 // quantizer of out's format (ref::quantize_activations_q8_0 or ref::quantize_row_q8_k: hn::Round
@@ -3585,6 +3607,68 @@ struct Q8Step {
   }
 };
 
+// Q4_0 and Q5_0, whose codes are value + offset: the activation codes of a step regrouped as
+// LoadNibbles lays out the weights (values 4k.. and 16 + 4k.. of each lane's block), then the
+// correction and scales.
+template <class Step>
+SLLM_VNNI HWY_INLINE void PrepareNibbleX(const int8_t* codes, const float* scales, uint8_t offset,
+                                         __m512i* x) {
+  __m512i lo[4], hi[4];
+  for (size_t j = 0; j < 4; ++j) {
+    const __m512i x0 = _mm512_loadu_si512(codes + 128 * j);
+    const __m512i x1 = _mm512_loadu_si512(codes + 128 * j + 64);
+    lo[j] = _mm512_shuffle_i64x2(x0, x1, 0x88);  // values 0-15 of blocks 4j..4j+3
+    hi[j] = _mm512_shuffle_i64x2(x0, x1, 0xdd);  // values 16-31
+  }
+  Transpose4x4(lo[0], lo[1], lo[2], lo[3]);
+  Transpose4x4(hi[0], hi[1], hi[2], hi[3]);
+  for (size_t k = 0; k < 4; ++k) {
+    _mm512_store_si512(x + k, lo[k]);
+    _mm512_store_si512(x + 4 + k, hi[k]);
+  }
+  PrepareLaneTerms<Step>(scales, offset, x);
+}
+
+// The byte of two 64-byte loads (at +0 and +kSecond of 4 blocks of kBlockBytes) that holds code
+// byte i of block q (at kCodeOffset in its block), for _mm512_permutex2var_epi8: from the first
+// load when all of the block's 16 code bytes are in it.
+template <size_t kBlockBytes, size_t kCodeOffset, size_t kSecond>
+struct NibbleTable {
+  alignas(64) uint8_t index[64] = {};
+  constexpr NibbleTable() {
+    for (size_t q = 0; q < 4; ++q) {
+      const size_t start = q * kBlockBytes + kCodeOffset;
+      for (size_t i = 0; i < 16; ++i) {
+        index[16 * q + i] = uint8_t(start + 16 <= 64 ? start + i : 64 + start + i - kSecond);
+      }
+    }
+  }
+};
+
+// The 8 code vectors of a step of 16 blocks whose 16 code bytes hold values k (low nibble) and
+// k + 16 (high nibble) at kCodeOffset: each group of 4 blocks picked from two loads, one 128-bit
+// chunk per block, then transposed, so that lane 4c + m of vector k holds code bytes 4k..4k+3 of
+// block 4m + c; vectors 0-3 are their low nibbles, 4-7 the high ones.
+template <size_t kBlockBytes, size_t kCodeOffset, bool kWhole>
+SLLM_VNNI HWY_INLINE void LoadNibbles(const uint8_t* p, size_t bytes, __m512i (&codes)[8]) {
+  constexpr size_t kSecond = 4 * kBlockBytes - 64;  // the second load ends with the 4th block
+  static constexpr NibbleTable<kBlockBytes, kCodeOffset, kSecond> kTable{};
+  __m512i v[4];
+  for (size_t j = 0; j < 4; ++j) {
+    v[j] = _mm512_permutex2var_epi8(LoadStepBytes<kWhole>(p, 4 * j * kBlockBytes, bytes),
+                                    _mm512_load_si512(kTable.index),
+                                    LoadStepBytes<kWhole>(p, 4 * j * kBlockBytes + kSecond, bytes));
+  }
+  Transpose4x4(v[0], v[1], v[2], v[3]);
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  for (size_t k = 0; k < 4; ++k) {
+    codes[k] = _mm512_and_si512(v[k], low4);
+    // The high nibbles by one affine map of each byte's bits (bit i of the result is bit i + 4),
+    // instead of a shift and a mask.
+    codes[4 + k] = _mm512_gf2p8affine_epi64_epi8(v[k], _mm512_set1_epi64(0x1020408000000000ll), 0);
+  }
+}
+
 // Q4_0: 16 blocks. Byte k of a block's codes holds values k (low nibble) and k + 16 (high
 // nibble). Vector j holds the 16 code bytes of blocks 4j..4j+3, one per 128-bit chunk; transposed
 // as for Q8_0, lane 4c + m of vector k holds code bytes 4k..4k+3 of block 4m + c, and their low
@@ -3600,52 +3684,57 @@ struct Q4Step {
   static constexpr size_t LaneBlock(size_t i) { return 4 * (i % 4) + i / 4; }
   static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
                                             const int32_t* /*sums*/, __m512i* x) {
-    __m512i lo[4], hi[4];
-    for (size_t j = 0; j < 4; ++j) {
-      const __m512i x0 = _mm512_loadu_si512(codes + 128 * j);
-      const __m512i x1 = _mm512_loadu_si512(codes + 128 * j + 64);
-      lo[j] = _mm512_shuffle_i64x2(x0, x1, 0x88);  // values 0-15 of blocks 4j..4j+3
-      hi[j] = _mm512_shuffle_i64x2(x0, x1, 0xdd);  // values 16-31
-    }
-    Transpose4x4(lo[0], lo[1], lo[2], lo[3]);
-    Transpose4x4(hi[0], hi[1], hi[2], hi[3]);
-    for (size_t k = 0; k < 4; ++k) {
-      _mm512_store_si512(x + k, lo[k]);
-      _mm512_store_si512(x + 4 + k, hi[k]);
-    }
-    PrepareLaneTerms<Q4Step>(scales, 8, x);
+    PrepareNibbleX<Q4Step>(codes, scales, 8, x);
   }
   using W = LaneBlockW<kCodeVectors>;
-  // Each block's 16 code bytes, picked from loads at +0 and +8 of 4 blocks (72 bytes); past the
-  // row's `bytes` of a partial step codes and scales are zero.
+  // Past the row's `bytes` of a partial step codes and scales are zero.
   template <bool kWhole>
   static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t bytes) {
-    alignas(64) static constexpr uint8_t kCodeBytes[64] = {
-        2,   3,   4,   5,   6,   7,   8,   9,   10,  11,  12,  13,  14,  15,  16,  17,
-        20,  21,  22,  23,  24,  25,  26,  27,  28,  29,  30,  31,  32,  33,  34,  35,
-        38,  39,  40,  41,  42,  43,  44,  45,  46,  47,  48,  49,  50,  51,  52,  53,
-        112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127};
-    __m512i v[4];
-    for (size_t j = 0; j < 4; ++j) {
-      v[j] = _mm512_permutex2var_epi8(LoadStepBytes<kWhole>(p, 4 * j * kQ4Bytes, bytes),
-                                      _mm512_load_si512(kCodeBytes),
-                                      LoadStepBytes<kWhole>(p, 4 * j * kQ4Bytes + 8, bytes));
-    }
-    Transpose4x4(v[0], v[1], v[2], v[3]);
     W w;
-    const __m512i low4 = _mm512_set1_epi8(0x0f);
-    for (size_t k = 0; k < 4; ++k) {
-      w.codes[k] = _mm512_and_si512(v[k], low4);
-      // The high nibbles by one affine map of each byte's bits (bit i of the result is bit i + 4),
-      // instead of a shift and a mask.
-      w.codes[4 + k] =
-          _mm512_gf2p8affine_epi64_epi8(v[k], _mm512_set1_epi64(0x1020408000000000ll), 0);
-    }
+    LoadNibbles<kQ4Bytes, 2, kWhole>(p, bytes, w.codes);
     w.scales = LaneWeightScales<Q4Step, kWhole>(p, bytes);
     return w;
   }
   static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
     return AccumulateLanes<Q4Step>(w, x, acc);
+  }
+};
+
+// Q5_0: 16 blocks of 22 bytes (f16 d, 4 bytes qh, 16 code bytes as Q4_0's), laid out as Q4_0's
+// with each value's fifth bit (16) added from qh: the codes are value + 16. A gather gives each
+// lane its block's d (the low half of the word at the block's start) and another its qh, whose
+// bits vpshufbitqmb turns into a byte mask per code vector: byte b of lane i in vector k takes
+// bit 4k + b (16 + 4k + b for the high nibbles) of lane i's qh.
+struct Q5Step : Q4Step {
+  static constexpr size_t kBlockBytes = kQ5Bytes;
+  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
+                                            const int32_t* /*sums*/, __m512i* x) {
+    PrepareNibbleX<Q5Step>(codes, scales, 16, x);
+  }
+  // Past the row's `bytes` of a partial step codes and scales are zero.
+  template <bool kWhole>
+  static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t bytes) {
+    W w;
+    LoadNibbles<kQ5Bytes, 6, kWhole>(p, bytes, w.codes);
+    const __m512i offsets =
+        _mm512_mullo_epi32(_mm512_load_si512(kLaneTables<Q5Step>.blocks), _mm512_set1_epi32(22));
+    const __mmask16 live =
+        kWhole ? __mmask16(0xffff)
+               : _mm512_cmplt_epi32_mask(_mm512_load_si512(kLaneTables<Q5Step>.blocks),
+                                         _mm512_set1_epi32(int(bytes / kQ5Bytes)));
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i d = _mm512_mask_i32gather_epi32(zero, live, offsets, p, 1);
+    const __m512i qh = _mm512_mask_i32gather_epi32(zero, live, offsets, p + 2, 1);
+    const __m512i sixteen = _mm512_set1_epi8(16);
+    for (size_t k = 0; k < 8; ++k) {
+      const uint64_t bit = k < 4 ? 4 * k : 16 + 4 * (k - 4);
+      const uint64_t lane = bit | (bit + 1) << 8 | (bit + 2) << 16 | (bit + 3) << 24;
+      const __m512i select = _mm512_set1_epi64(int64_t(lane | (lane + 0x20202020ull) << 32));
+      const __mmask64 fifth = _mm512_bitshuffle_epi64_mask(qh, select);
+      w.codes[k] = _mm512_mask_add_epi8(w.codes[k], fifth, w.codes[k], sixteen);
+    }
+    w.scales = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(d));
+    return w;
   }
 };
 
@@ -4010,8 +4099,18 @@ SLLM_VNNI HWY_INLINE __m512i BroadcastGroup(const int8_t* p) {
   return _mm512_set1_epi32(group);
 }
 
-// Q8_0 and Q4_0: per block 8 code groups, after which the int32 lane of each row holds the whole
-// block's sum, then the rows' f32 scales.
+// The fifth bits of 4 Q5_0 values from bit `first` of each lane's qh, as 16 in each of the
+// lane's 4 bytes where set: multiplying spreads the 4 bits to bits 0, 8, 16 and 24.
+SLLM_VNNI HWY_INLINE __m512i FifthBits(__m512i qh, unsigned first) {
+  const __m512i bits = _mm512_and_si512(_mm512_srl_epi32(qh, _mm_cvtsi32_si128(int(first))),
+                                        _mm512_set1_epi32(0x0f));
+  const __m512i spread = _mm512_and_si512(_mm512_mullo_epi32(bits, _mm512_set1_epi32(0x00204081)),
+                                          _mm512_set1_epi32(0x01010101));
+  return _mm512_slli_epi32(spread, 4);
+}
+
+// Q8_0, Q4_0 and Q5_0: per block 8 code groups, after which the int32 lane of each row holds the
+// whole block's sum, then the rows' f32 scales.
 struct BlockPanel {
   static constexpr size_t kItems = 9;
   static constexpr size_t kStarts = 1;
@@ -4019,8 +4118,8 @@ struct BlockPanel {
 
   static SLLM_VNNI void Pack(TensorType type, const uint8_t* w, size_t row_bytes, size_t nb,
                              size_t r0, size_t n_rows, uint8_t* panel) {
-    const bool q8 = type == TensorType::Q8_0;
-    const size_t block_bytes = q8 ? kQ8Bytes : kQ4Bytes;
+    const bool q8 = type == TensorType::Q8_0, q5 = type == TensorType::Q5_0;
+    const size_t block_bytes = q8 ? kQ8Bytes : q5 ? kQ5Bytes : kQ4Bytes;
     const __m512i flip = _mm512_set1_epi8(char(0x80));
     const __m512i low4 = _mm512_set1_epi8(0x0f);
     for (size_t v = 0; v < kPanelVectors; ++v) {
@@ -4039,11 +4138,21 @@ struct BlockPanel {
             }
           }
         } else {
-          TransposeRows(p, row_bytes, live, 2, groups);
+          TransposeRows(p, row_bytes, live, q5 ? 6 : 2, groups);
+          alignas(64) uint32_t qh[16] = {};
+          if (q5) {
+            for (size_t i = 0; i < live; ++i) std::memcpy(&qh[i], p + i * row_bytes + 2, 4);
+          }
+          const __m512i qhv = _mm512_load_si512(qh);
           for (size_t g = 0; g < 4; ++g) {
-            _mm512_store_si512(out + g * kItemBytes, _mm512_and_si512(groups[g], low4));
-            _mm512_store_si512(out + (g + 4) * kItemBytes,
-                               _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4));
+            __m512i lo = _mm512_and_si512(groups[g], low4);
+            __m512i hi = _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4);
+            if (q5) {
+              lo = _mm512_or_si512(lo, FifthBits(qhv, unsigned(4 * g)));
+              hi = _mm512_or_si512(hi, FifthBits(qhv, unsigned(16 + 4 * g)));
+            }
+            _mm512_store_si512(out + g * kItemBytes, lo);
+            _mm512_store_si512(out + (g + 4) * kItemBytes, hi);
           }
         }
         alignas(32) uint16_t d[16] = {};
@@ -4055,10 +4164,10 @@ struct BlockPanel {
   }
 
   // Per token and block, minus the sum of its codes times what packing added to the weight codes
-  // (128 for Q8_0, 8 for Q4_0 whose codes are value + 8).
+  // (128 for Q8_0, 8 for Q4_0 whose codes are value + 8, 16 for Q5_0).
   static void Starts(TensorType type, const sllm::detail::QuantizedActivations& x, size_t nb,
                      int32_t* starts) {
-    const int32_t offset = type == TensorType::Q8_0 ? 128 : 8;
+    const int32_t offset = type == TensorType::Q8_0 ? 128 : type == TensorType::Q5_0 ? 16 : 8;
     for (size_t t = 0; t < x.n; ++t) {
       const int32_t* sums = x.sums(t);  // per 16 codes
       for (size_t b = 0; b < nb; ++b) {
@@ -4439,6 +4548,9 @@ SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_
     case TensorType::Q4_0:
       return MatmulType<Q4Step, BlockPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
                                             row_end);
+    case TensorType::Q5_0:
+      return MatmulType<Q5Step, BlockPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
+                                            row_end);
     case TensorType::Q4_K:
       return MatmulType<Q4KStep, Q4KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
                                            row_end);
@@ -4478,7 +4590,10 @@ HWY_INLINE float RowDotQ8(const uint8_t* w, size_t nb, const int8_t* xq, const f
   return hn::GetLane(hn::SumOfLanes(df, acc));
 }
 
-HWY_INLINE float RowDotQ4(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs) {
+// Q4_0 and Q5_0 (kFifthBit): the low 4 bits of code j and j + 16 in the nibbles of byte j, for
+// Q5_0 the fifth bits in the 4 bytes before them. The codes are value + 8 (Q4_0) or value + 16.
+template <bool kFifthBit>
+HWY_INLINE float RowDotNibbles(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs) {
   const hn::CappedTag<int16_t, 16> d16;
   const hn::Rebind<int8_t, decltype(d16)> d8;
   const hn::Rebind<uint8_t, decltype(d16)> du8;
@@ -4486,15 +4601,28 @@ HWY_INLINE float RowDotQ4(const uint8_t* w, size_t nb, const int8_t* xq, const f
   const hn::Repartition<float, decltype(d16)> df;
   const size_t N = hn::Lanes(d16);
   constexpr size_t kHalf = kQuantBlock / 2;
+  constexpr size_t kBlockBytes = kFifthBit ? kQ5Bytes : kQ4Bytes;
+  constexpr size_t kCodes = kBlockBytes - kHalf;
+  // Q5_0 subtracts 16 where the fifth bit is clear; lane i tests bit i of the block's qh shifted.
+  alignas(64) static constexpr int16_t kLaneBits[16] = {
+      1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, -32768};
+  const auto lane_bits = hn::Load(d16, kLaneBits);
+  const auto offset = hn::Set(d16, int16_t{kFifthBit ? 16 : 8});
   const auto low4 = hn::Set(du8, uint8_t{0x0f});
-  const auto eight = hn::Set(d16, int16_t{8});
   auto acc = hn::Zero(df);
-  for (size_t b = 0; b < nb; ++b, w += kQ4Bytes, xq += kQuantBlock) {
+  for (size_t b = 0; b < nb; ++b, w += kBlockBytes, xq += kQuantBlock) {
+    uint32_t qh = 0;
+    if (kFifthBit) std::memcpy(&qh, w + 2, 4);
+    const auto minus_offset = [&](decltype(offset) low, uint32_t bits) {
+      if (!kFifthBit) return hn::Sub(low, offset);
+      const auto set = hn::TestBit(hn::Set(d16, int16_t(uint16_t(bits))), lane_bits);
+      return hn::Sub(low, hn::IfThenZeroElse(set, offset));
+    };
     auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
     for (size_t i = 0; i < kHalf; i += N) {
-      const auto packed = hn::LoadU(du8, w + 2 + i);
-      const auto lo = hn::Sub(hn::PromoteTo(d16, hn::And(packed, low4)), eight);
-      const auto hi = hn::Sub(hn::PromoteTo(d16, hn::ShiftRight<4>(packed)), eight);
+      const auto packed = hn::LoadU(du8, w + kCodes + i);
+      const auto lo = minus_offset(hn::PromoteTo(d16, hn::And(packed, low4)), qh >> i);
+      const auto hi = minus_offset(hn::PromoteTo(d16, hn::ShiftRight<4>(packed)), qh >> (16 + i));
       const auto x_lo = hn::PromoteTo(d16, hn::LoadU(d8, xq + i));
       const auto x_hi = hn::PromoteTo(d16, hn::LoadU(d8, xq + kHalf + i));
       sum0 = hn::ReorderWidenMulAccumulate(d32, lo, x_lo, sum0, sum1);
@@ -4603,7 +4731,10 @@ void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_byte
           dot = RowDotQ8(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
           break;
         case TensorType::Q4_0:
-          dot = RowDotQ4(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
+          dot = RowDotNibbles<false>(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
+          break;
+        case TensorType::Q5_0:
+          dot = RowDotNibbles<true>(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
           break;
         case TensorType::Q4_K:
           dot =
@@ -5805,6 +5936,28 @@ inline int8_t q8_code(float r) {
   return r == r ? static_cast<int8_t>(r) : 0;
 }
 
+// Q4_0 and Q5_0 as ggml's reference quantizers make them: the scale maps the value of largest
+// magnitude to code 0 (-offset * d), so that its sign decides which end of the asymmetric range
+// [-offset, offset - 1] is used exactly. Returns d; codes[i] in [0, 2 * offset - 1].
+inline float offset_codes(const float* x, int offset, int (&codes)[kQuantBlock]) {
+  float amax = 0.0f, max = 0.0f;
+  for (size_t i = 0; i < kQuantBlock; ++i) {
+    if (std::fabs(x[i]) > amax) {
+      amax = std::fabs(x[i]);
+      max = x[i];
+    }
+  }
+  const float d = max / -float(offset);
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  const float half_up = float(offset) + 0.5f;  // truncation below rounds to nearest
+  const int top = 2 * offset - 1;
+  for (size_t i = 0; i < kQuantBlock; ++i) {
+    const float shifted = x[i] * id + half_up;
+    codes[i] = !(shifted > 0.0f) ? 0 : shifted >= float(top) ? top : static_cast<int>(shifted);
+  }
+  return d;
+}
+
 }  // namespace detail
 
 namespace ref {
@@ -5846,26 +5999,10 @@ void quantize_row_q4_0(const float* x, BlockQ4_0* y, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q4_0, n);
   constexpr size_t kHalf = kQuantBlock / 2;
   for (size_t b = 0; b < nb; ++b, x += kQuantBlock) {
-    // The scale maps the value of largest magnitude to code 0 (-8 * d), so that its sign decides
-    // which end of the asymmetric range [-8, 7] is used exactly.
-    float amax = 0.0f, max = 0.0f;
-    for (size_t i = 0; i < kQuantBlock; ++i) {
-      if (std::fabs(x[i]) > amax) {
-        amax = std::fabs(x[i]);
-        max = x[i];
-      }
-    }
-    const float d = max / -8.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    y[b].d = f32_to_fp16(d);
-    auto code = [id](float v) {
-      const float shifted = v * id + 8.5f;  // truncation below rounds to nearest
-      if (!(shifted > 0.0f)) return 0;      // also NaN
-      return shifted >= 15.0f ? 15 : static_cast<int>(shifted);
-    };
-    for (size_t j = 0; j < kHalf; ++j) {
-      y[b].qs[j] = static_cast<uint8_t>(code(x[j]) | (code(x[j + kHalf]) << 4));
-    }
+    int q[kQuantBlock];
+    y[b].d = f32_to_fp16(detail::offset_codes(x, 8, q));
+    for (size_t j = 0; j < kHalf; ++j)
+      y[b].qs[j] = static_cast<uint8_t>(q[j] | (q[j + kHalf] << 4));
   }
 }
 
@@ -5878,6 +6015,30 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n) {
       y[j] = float((x[b].qs[j] & 0x0f) - 8) * d;
       y[j + kHalf] = float((x[b].qs[j] >> 4) - 8) * d;
     }
+  }
+}
+
+void quantize_row_q5_0(const float* x, BlockQ5_0* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q5_0, n);
+  constexpr size_t kHalf = kQuantBlock / 2;
+  for (size_t b = 0; b < nb; ++b, x += kQuantBlock) {
+    int q[kQuantBlock];
+    y[b].d = f32_to_fp16(detail::offset_codes(x, 16, q));
+    std::memset(y[b].qh, 0, sizeof(y[b].qh));
+    for (size_t j = 0; j < kHalf; ++j) {
+      y[b].qs[j] = static_cast<uint8_t>((q[j] & 0x0f) | ((q[j + kHalf] & 0x0f) << 4));
+    }
+    for (size_t i = 0; i < kQuantBlock; ++i) {
+      y[b].qh[i / 8] = static_cast<uint8_t>(y[b].qh[i / 8] | (q[i] >> 4) << (i % 8));
+    }
+  }
+}
+
+void dequantize_row_q5_0(const BlockQ5_0* x, float* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q5_0, n);
+  for (size_t b = 0; b < nb; ++b) {
+    const float d = fp16_to_f32(x[b].d);
+    for (size_t i = 0; i < kQuantBlock; ++i) *y++ = float(q5_0_code(x[b], i) - 16) * d;
   }
 }
 
@@ -6331,6 +6492,12 @@ int32_t block_dot(const BlockQ4_0& w, const BlockQ8_0& x) {
   return sum;
 }
 
+int32_t block_dot(const BlockQ5_0& w, const BlockQ8_0& x) {
+  int32_t sum = 0;
+  for (size_t i = 0; i < kQuantBlock; ++i) sum += (q5_0_code(w, i) - 16) * int32_t(x.qs[i]);
+  return sum;
+}
+
 // Per block the integer dot product, scaled by both blocks' scales and summed in f32.
 template <typename Block>
 float dot_blocks(TensorType type, const Block* w, const BlockQ8_0* x, size_t n) {
@@ -6348,6 +6515,10 @@ float dot_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, size_t n) {
 
 float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n) {
   return dot_blocks(TensorType::Q4_0, w, x, n);
+}
+
+float dot_q5_0(const BlockQ5_0* w, const BlockQ8_0* x, size_t n) {
+  return dot_blocks(TensorType::Q5_0, w, x, n);
 }
 
 // Q4_K and Q5_K differ only in their codes.
@@ -6420,6 +6591,9 @@ void quantize_row(TensorType type, const float* src, void* dst, size_t n) {
     case TensorType::Q4_0:
       ref::quantize_row_q4_0(src, static_cast<BlockQ4_0*>(dst), n);
       return;
+    case TensorType::Q5_0:
+      ref::quantize_row_q5_0(src, static_cast<BlockQ5_0*>(dst), n);
+      return;
     case TensorType::Q4_K:
       ref::quantize_row_q4_k(src, static_cast<BlockQ4_K*>(dst), n);
       return;
@@ -6431,7 +6605,7 @@ void quantize_row(TensorType type, const float* src, void* dst, size_t n) {
       return;
     default:
       detail::fail("cannot quantize to tensor type " + std::to_string(uint32_t(type)) +
-                   ": sllm writes F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K");
+                   ": sllm writes F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K");
   }
 }
 
@@ -6454,6 +6628,9 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n) {
     case TensorType::Q4_0:
       ref::dequantize_row_q4_0(static_cast<const BlockQ4_0*>(src), dst, n);
       return;
+    case TensorType::Q5_0:
+      ref::dequantize_row_q5_0(static_cast<const BlockQ5_0*>(src), dst, n);
+      return;
     case TensorType::Q4_K:
       ref::dequantize_row_q4_k(static_cast<const BlockQ4_K*>(src), dst, n);
       return;
@@ -6465,7 +6642,7 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n) {
       return;
     default:
       detail::fail("cannot dequantize tensor type " + std::to_string(uint32_t(type)) +
-                   ": sllm reads F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K");
+                   ": sllm reads F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K");
   }
 }
 
@@ -6763,18 +6940,19 @@ inline size_t round_up(size_t n, size_t multiple) {
 
 bool matmul_q_reads(TensorType weight_type) {
   return weight_type == TensorType::Q8_0 || weight_type == TensorType::Q4_0 ||
-         weight_type == TensorType::Q4_K || weight_type == TensorType::Q5_K ||
-         weight_type == TensorType::Q6_K;
+         weight_type == TensorType::Q5_0 || weight_type == TensorType::Q4_K ||
+         weight_type == TensorType::Q5_K || weight_type == TensorType::Q6_K;
 }
 
 ActivationFormat activation_format(TensorType weight_type) {
   if (!matmul_q_reads(weight_type)) {
     fail(std::string("quantized matmul: weight type ") + tensor_type_name(weight_type) +
-         " is not Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
+         " is not Q8_0, Q4_0, Q5_0, Q4_K, Q5_K or Q6_K");
   }
-  return weight_type == TensorType::Q8_0 || weight_type == TensorType::Q4_0
-             ? ActivationFormat::kQ8_0
-             : ActivationFormat::kQ8_K;
+  return weight_type == TensorType::Q4_K || weight_type == TensorType::Q5_K ||
+                 weight_type == TensorType::Q6_K
+             ? ActivationFormat::kQ8_K
+             : ActivationFormat::kQ8_0;
 }
 
 void QuantizedActivations::resize(size_t n_rows, size_t n_cols, ActivationFormat row_format) {
@@ -7314,8 +7492,8 @@ inline MatrixView weight_matrix(const Gguf& gguf, const TensorInfo& t, size_t co
   if (t.type != TensorType::F32 && t.type != TensorType::F16 && t.type != TensorType::BF16 &&
       !quantized) {
     fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
-         ", which this build cannot run yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, "
-         "Q6_K)");
+         ", which this build cannot run yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, "
+         "Q5_K, Q6_K)");
   }
   if (t.n_dims != 2 || t.ne[0] != cols || t.ne[1] != rows) {
     fail("tensor " + t.name + " in " + gguf.path() + " has shape " + t.shape_string() +

@@ -325,11 +325,23 @@ void check_kquant_model(const std::string& name) {
       CHECK(to_exact <= 1.5 * noise);
       CHECK(to_llama <= 2 * noise);
       // Greedy continuation fed llama.cpp's ids, where its top-2 gap is clear.
+      // Clear means more than twice the largest logit difference between the two on the prompt:
+      // two int8 roundings of the same model differ by up to ~0.2 on these large logits.
+      float differ = 0;
+      for (size_t i = 0; i < got.size(); ++i) {
+        differ = std::max(differ, std::fabs(got[i] - ref.logits[i]));
+      }
       std::vector<float> last(got.end() - ptrdiff_t(ref.n_vocab), got.end());
+      size_t checked = 0;
       for (size_t i = 0; i < ref.greedy.size(); ++i) {
-        if (ref.gaps[i] >= 0.05f) CHECK(argmax(last.data(), last.size()) == ref.greedy[i]);
+        if (ref.gaps[i] >= 2 * differ) {
+          CHECK(argmax(last.data(), last.size()) == ref.greedy[i]);
+          ++checked;
+        }
         last = run.step(ref.greedy[i]);
       }
+      CAPTURE(differ);
+      CHECK(checked >= ref.greedy.size() / 4);  // the check must not fade away
     }
   }
 }
@@ -807,6 +819,104 @@ TEST_CASE("a Q5_K_M model made by llama-quantize: logits within llama.cpp's int8
   const std::string msg = load_error(gguf, "q3k.gguf", q3k);
   CAPTURE(msg);
   CHECK(contains(msg, "tensor blk.1.attn_k.weight has type Q3_K, which this build cannot run"));
+}
+
+TEST_CASE("a Q4_K_M model 192 wide, Q5_0 and Q8_0 where llama-quantize falls back: llama.cpp's") {
+  // tests/data/q5_0: a random llama (dim 192, FFN 544, 2 layers) that llama-quantize made
+  // Q4_K_M. No row is whole super-blocks of 256, so its Q4_K matrices and token embeddings are
+  // Q5_0 and its Q6_K ones (the output, layer 1's attn_v and ffn_down) Q8_0, as in the Q4_K_M
+  // files of Qwen2.5-0.5B or SmolLM2. With llama.cpp's logits for it and for its weights
+  // dequantized to F32 (exact: no int8 activations).
+  const std::string model_path = sllm_test::test_data("q5_0/llama.Q4_K_M.gguf");
+  const RefCase ref = read_ref(sllm_test::test_data("q5_0/llama.Q4_K_M.ref.gguf"), model_path);
+  const RefCase exact =
+      read_ref(sllm_test::test_data("q5_0/llama.Q4_K_M.f32.ref.gguf"), model_path);
+  REQUIRE(exact.tokens == ref.tokens);
+  const Gguf gguf = Gguf::open(model_path);
+  CHECK(gguf.tensor("token_embd.weight").type == TensorType::Q5_0);
+  CHECK(gguf.tensor("blk.0.ffn_down.weight").type == TensorType::Q5_0);
+  CHECK(gguf.tensor("blk.1.attn_q.weight").type == TensorType::Q5_0);
+  CHECK(gguf.tensor("blk.1.ffn_down.weight").type == TensorType::Q8_0);
+  CHECK(gguf.tensor("output.weight").type == TensorType::Q8_0);
+
+  // The weights dequantized to F32 (sllm's Q5_0 dequantizer equals ggml's bit for bit): the
+  // ref README's bound for F32 weights with an F16 KV cache.
+  {
+    TempFile file("q5_0_f32.gguf");
+    CopyEdits edits;
+    edits.dequantize = true;
+    write_copy(gguf, file.path, edits);
+    const Gguf f32 = Gguf::open(file.path);
+    const Transformer tf = Transformer::load(f32);
+    Runner run(tf, TensorType::F16);
+    bool same_top1 = false;
+    const double kl = mean_kl(run.logits_in_chunks(exact.tokens, {exact.tokens.size()}),
+                              exact.logits, exact.n_vocab, &same_top1);
+    MESSAGE("Q5_0/Q8_0 dequantized to F32: mean KL = " << kl);
+    CHECK(kl <= 5e-6);
+    CHECK(same_top1);
+  }
+
+  // With int8 activations per 32 values, llama.cpp's logits move from the exact ones by a mean
+  // KL of 8.4e-4 on this model (its logits are large, so it is more sensitive than the ref
+  // fixtures, where the README's bound of 3e-4 holds). sllm rounds the activations as llama.cpp
+  // does, but any float difference before a rounding moves it, so its logits carry a noise of
+  // the same size but not the same noise: they must stay as close to the exact logits as
+  // llama.cpp's (within 1.5x), within that noise of llama.cpp's own, and agree on the top-1
+  // token at >= 95% of the positions and wherever llama.cpp's top-2 gap is clear. Whole
+  // prompts run the packed kernels, single tokens the direct ones.
+  bool unused = false;
+  const double noise = mean_kl(ref.logits, exact.logits, exact.n_vocab, &unused);
+  MESSAGE("llama.cpp Q5_0/Q8_0 vs exact: mean KL = " << noise);
+  for (int threads : {1, 2}) {
+    sllm::TransformerOptions options;
+    options.n_threads = threads;
+    const Transformer tf = Transformer::load(gguf, options);
+    for (const std::vector<size_t>& chunks :
+         {std::vector<size_t>{ref.tokens.size()}, std::vector<size_t>{1}, {3, 1, 5, 2}}) {
+      CAPTURE(threads);
+      CAPTURE(chunks.size());
+      Runner run(tf, TensorType::F16);
+      const std::vector<float> got = run.logits_in_chunks(ref.tokens, chunks);
+      const double to_exact = mean_kl(got, exact.logits, exact.n_vocab, &unused);
+      const double to_llama = mean_kl(got, ref.logits, ref.n_vocab, &unused);
+      size_t agree = 0;
+      for (size_t t = 0; t < ref.tokens.size(); ++t) {
+        const float* want = ref.logits.data() + t * ref.n_vocab;
+        const size_t top = size_t(argmax(want, ref.n_vocab));
+        const bool same = size_t(argmax(got.data() + t * ref.n_vocab, ref.n_vocab)) == top;
+        agree += same;
+        float second = -INFINITY;
+        for (size_t i = 0; i < ref.n_vocab; ++i)
+          if (i != top) second = std::max(second, want[i]);
+        if (want[top] - second >= 0.05f) CHECK(same);
+      }
+      MESSAGE("Q5_0/Q8_0: mean KL to exact " << to_exact << ", to llama.cpp's " << to_llama
+                                             << ", top-1 agreement " << agree << "/"
+                                             << ref.tokens.size());
+      CHECK(to_exact <= 1.5 * noise);
+      CHECK(to_llama <= noise);
+      CHECK(double(agree) >= 0.95 * double(ref.tokens.size()));
+      // Greedy continuation fed llama.cpp's ids, where its top-2 gap is clear.
+      // Clear means more than twice the largest logit difference between the two on the prompt:
+      // two int8 roundings of the same model differ by up to ~0.2 on these large logits.
+      float differ = 0;
+      for (size_t i = 0; i < got.size(); ++i) {
+        differ = std::max(differ, std::fabs(got[i] - ref.logits[i]));
+      }
+      std::vector<float> last(got.end() - ptrdiff_t(ref.n_vocab), got.end());
+      size_t checked = 0;
+      for (size_t i = 0; i < ref.greedy.size(); ++i) {
+        if (ref.gaps[i] >= 2 * differ) {
+          CHECK(argmax(last.data(), last.size()) == ref.greedy[i]);
+          ++checked;
+        }
+        last = run.step(ref.greedy[i]);
+      }
+      CAPTURE(differ);
+      CHECK(checked >= ref.greedy.size() / 4);  // the check must not fade away
+    }
+  }
 }
 
 TEST_CASE("bad input to forward: token ids, context overflow, pool exhaustion") {

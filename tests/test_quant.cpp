@@ -1,4 +1,4 @@
-// Quantized block formats (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) and the int8 matmul kernels, against
+// Quantized block formats (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K) and the int8 matmul kernels, against
 // hand-computed blocks, independent error bounds, llama.cpp's quantizers' error and the scalar
 // references, on every SIMD target.
 #include <sys/mman.h>
@@ -13,6 +13,7 @@
 #include "test_support.h"
 
 using sllm::BlockQ4_0;
+using sllm::BlockQ5_0;
 using sllm::BlockQ8_0;
 using sllm::TensorType;
 using sllm::detail::MatrixView;
@@ -28,7 +29,7 @@ std::vector<uint8_t> bytes_of(const void* p, size_t n) {
 }
 
 size_t block_bytes(TensorType type) {
-  return type == TensorType::Q8_0 ? 34 : 18;
+  return type == TensorType::Q8_0 ? 34 : type == TensorType::Q5_0 ? 22 : 18;
 }
 
 bool is_k_quant(TensorType type) {
@@ -101,6 +102,8 @@ Expected expected_dot(TensorType type, const uint8_t* w_row, const float* x_row,
     for (size_t i = 0; i < cols; ++i) magnitude += std::fabs(double(w[i]) * x[i]);
     value = type == TensorType::Q8_0
                 ? sllm::ref::dot_q8_0(reinterpret_cast<const BlockQ8_0*>(w_row), xq.data(), cols)
+            : type == TensorType::Q5_0
+                ? sllm::ref::dot_q5_0(reinterpret_cast<const BlockQ5_0*>(w_row), xq.data(), cols)
                 : sllm::ref::dot_q4_0(reinterpret_cast<const BlockQ4_0*>(w_row), xq.data(), cols);
   }
   return {value, float(magnitude * 4e-6 + 1e-30)};
@@ -152,8 +155,8 @@ std::vector<float> round_trip(TensorType type, const std::vector<float>& x) {
   return back;
 }
 
-// Random quantized rows of the given type: Q8_0 and Q4_0 quantized from normal values, K-quant
-// blocks of random bytes.
+// Random quantized rows of the given type: Q8_0, Q4_0 and Q5_0 quantized from normal values,
+// K-quant blocks of random bytes.
 void fill_weights(std::mt19937& rng, TensorType type, size_t rows, size_t cols, uint8_t* out) {
   const size_t row_bytes = row_bytes_of(type, cols);
   if (is_k_quant(type)) {
@@ -166,8 +169,8 @@ void fill_weights(std::mt19937& rng, TensorType type, size_t rows, size_t cols, 
   }
 }
 
-const TensorType kKernelTypes[] = {TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_K,
-                                   TensorType::Q5_K, TensorType::Q6_K};
+const TensorType kKernelTypes[] = {TensorType::Q8_0, TensorType::Q4_0, TensorType::Q5_0,
+                                   TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K};
 
 }  // namespace
 
@@ -255,6 +258,81 @@ TEST_CASE("Q4_0 quantization of a hand-computed block, nibble order") {
   CHECK(block.qs[2] == (0x04 | 0x80));  // 4 -> -4 + 8.5 -> 4
 }
 
+TEST_CASE("Q5_0 quantization of a hand-computed block, nibble and fifth-bit order") {
+  // The value of largest magnitude is -16, so d = -16 / -16 = 1: code = min(31, trunc(x + 16.5)).
+  float x[32] = {};
+  x[0] = -16.0f;  // code 0
+  x[1] = 15.4f;   // 31.9 -> 31 = 0x1f
+  x[2] = 0.5f;    // 17 = 0x11
+  x[3] = -0.5f;   // 16 = 0x10
+  x[4] = -6.3f;   // 10.2 -> 10 = 0x0a
+  x[9] = -15.6f;  // 0.9 -> 0
+  x[16] = 15.0f;  // 31
+  x[17] = -3.0f;  // 13 = 0x0d
+  x[30] = -1.0f;  // 15 = 0x0f
+  x[31] = 1.0f;   // 17 = 0x11
+  BlockQ5_0 block;
+  sllm::ref::quantize_row_q5_0(x, &block, 32);
+  // Codes 16 (zeros) have the fifth bit and low nibble 0. Fifth bits: values 1, 2, 3, all zeros
+  // except 0, 4, 9, 17, 30; bit i of the little-endian qh is value i's.
+  uint32_t qh = 0xffffffffu;
+  for (int i : {0, 4, 9, 17, 30}) qh &= ~(1u << i);
+  std::vector<uint8_t> want = {0x00, 0x3c};  // f16 1.0
+  for (int k = 0; k < 4; ++k) want.push_back(uint8_t(qh >> (8 * k)));
+  const uint8_t qs[16] = {0xf0, 0xdf, 0x01, 0x00, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xf0, 0x10};
+  want.insert(want.end(), qs, qs + 16);
+  CHECK(bytes_of(&block, sizeof block) == want);
+  CHECK(sllm::q5_0_code(block, 1) == 31);
+  CHECK(sllm::q5_0_code(block, 17) == 13);
+  CHECK(sllm::q5_0_code(block, 30) == 15);
+
+  float back[32];
+  sllm::ref::dequantize_row_q5_0(&block, back, 32);
+  const float want_back[] = {-16, 15, 1, 0, -6};
+  for (int i = 0; i < 5; ++i) CHECK(back[i] == want_back[i]);
+  CHECK(back[9] == -16.0f);
+  CHECK(back[16] == 15.0f);
+  CHECK(back[17] == -3.0f);
+  CHECK(back[30] == -1.0f);
+  CHECK(back[31] == 1.0f);
+  CHECK(back[5] == 0.0f);
+
+  // A positive extreme gives a negative scale; -max clamps to code 31.
+  float y[32] = {16.0f, -16.0f, 8.0f};
+  sllm::ref::quantize_row_q5_0(y, &block, 32);
+  CHECK(block.d == sllm::f32_to_fp16(-1.0f));
+  CHECK(sllm::q5_0_code(block, 0) == 0);
+  CHECK(sllm::q5_0_code(block, 1) == 31);  // 32.5 -> clamped
+  CHECK(sllm::q5_0_code(block, 2) == 8);   // -8 + 16.5 -> 8
+  CHECK(sllm::q5_0_code(block, 3) == 16);
+}
+
+TEST_CASE("Q5_0 quantization and dequantization equal ggml's bit for bit") {
+  // Rows of normal values at 16 scales (with a zero block, all-positive rows, rounding ties and
+  // -max), the Q5_0 blocks ggml's quantizer made of them as llama-quantize does, and ggml's
+  // dequantization of those (tests/data/README.md).
+  const sllm::Gguf g = sllm::Gguf::open(sllm_test::test_data("q5_0/blocks.gguf"));
+  const sllm::TensorInfo& x = g.tensor("x");
+  const sllm::TensorInfo& q = g.tensor("q5_0");
+  const sllm::TensorInfo& want = g.tensor("q5_0.f32");
+  REQUIRE(x.type == TensorType::F32);
+  REQUIRE(q.type == TensorType::Q5_0);
+  REQUIRE(want.type == TensorType::F32);
+  const size_t n = x.n_elements();
+  REQUIRE(q.n_elements() == n);
+  REQUIRE(want.n_elements() == n);
+  std::vector<float> values(n), got(n), back(n);
+  std::memcpy(values.data(), x.data, 4 * n);
+  std::vector<uint8_t> blocks(q.n_bytes);
+  sllm::quantize_row(TensorType::Q5_0, values.data(), blocks.data(), n);
+  CHECK(bytes_of(blocks.data(), blocks.size()) == bytes_of(q.data, q.n_bytes));
+  sllm::dequantize_row(TensorType::Q5_0, q.data, got.data(), n);
+  std::memcpy(back.data(), want.data, 4 * n);
+  size_t differ = 0;
+  for (size_t i = 0; i < n; ++i) differ += std::memcmp(&got[i], &back[i], 4) != 0;
+  CHECK(differ == 0);
+}
+
 TEST_CASE("quantize/dequantize round trips stay within the format's error bound") {
   std::mt19937 rng(11);
   for (float scale : {1e-4f, 0.02f, 1.0f, 300.0f}) {
@@ -323,7 +401,7 @@ TEST_CASE("quantize_row and dequantize_row by tensor type") {
   CHECK_THROWS_AS(sllm::quantize_row(TensorType::Q4_0, x.data(), buf.data(), 48), sllm::Error);
   CHECK_THROWS_AS(sllm::dequantize_row(TensorType::Q8_0, buf.data(), back.data(), 33), sllm::Error);
   CHECK_THROWS_AS(sllm::quantize_row(TensorType::Q4_K, x.data(), buf.data(), 64), sllm::Error);
-  CHECK_THROWS_AS(sllm::dequantize_row(TensorType::Q5_0, buf.data(), back.data(), 64), sllm::Error);
+  CHECK_THROWS_AS(sllm::dequantize_row(TensorType::Q5_1, buf.data(), back.data(), 64), sllm::Error);
 }
 
 TEST_CASE("K-quant quantizers: smaller error than llama.cpp's reference quantizers") {
@@ -533,6 +611,13 @@ TEST_CASE("reference dot products equal the dot product of the dequantized rows"
   }
   CHECK(std::fabs(sllm::ref::dot_q8_0(w8.data(), x8.data(), n) - want8) <= 1e-5 * magnitude);
   CHECK(std::fabs(sllm::ref::dot_q4_0(w4.data(), x8.data(), n) - want4) <= 1e-5 * magnitude);
+  std::vector<BlockQ5_0> w5(n / 32);
+  sllm::ref::quantize_row_q5_0(w.data(), w5.data(), n);
+  std::vector<float> dw5(n);
+  sllm::ref::dequantize_row_q5_0(w5.data(), dw5.data(), n);
+  double want5 = 0;
+  for (size_t i = 0; i < n; ++i) want5 += double(dw5[i]) * dx[i];
+  CHECK(std::fabs(sllm::ref::dot_q5_0(w5.data(), x8.data(), n) - want5) <= 1e-5 * magnitude);
   // The integer block sums of extreme codes (a file may hold -128 in Q8_0).
   BlockQ8_0 a{}, b{};
   BlockQ4_0 c{};
@@ -546,6 +631,16 @@ TEST_CASE("reference dot products equal the dot product of the dequantized rows"
   CHECK(sllm::ref::block_dot(c, b) == 7 * 0 + (-8) * 0);  // each half sums to 0
   b.qs[0] = 127;
   CHECK(sllm::ref::block_dot(c, b) == 7 * 254);
+  // Q5_0 codes 31 (low half) and 0 (high half): values 15 and -16.
+  BlockQ5_0 e{};
+  for (int j = 0; j < 16; ++j) e.qs[j] = 0x0f;
+  e.qh[0] = e.qh[1] = 0xff;
+  b.qs[0] = -127;
+  CHECK(sllm::ref::block_dot(e, b) == 0);  // each half sums to 0
+  b.qs[0] = 127;
+  CHECK(sllm::ref::block_dot(e, b) == 15 * 254);
+  b.qs[16] = 127;  // was -127
+  CHECK(sllm::ref::block_dot(e, b) == 15 * 254 - 16 * 254);
 }
 
 TEST_CASE("activation quantization matches the reference quantizer on every target") {
@@ -597,8 +692,8 @@ TEST_CASE("activation quantization matches the reference quantizer on every targ
 // exactly in any order, so the kernels must reproduce the integer dot products bit for bit.
 TEST_CASE("quantized matmul is exact on integer data on every target") {
   std::mt19937 rng(33);
-  std::uniform_int_distribution<int> code8(-128, 127), code4(0, 15), act(-127, 127);
-  for (TensorType type : {TensorType::Q8_0, TensorType::Q4_0}) {
+  std::uniform_int_distribution<int> code8(-128, 127), code5(0, 31), act(-127, 127);
+  for (TensorType type : {TensorType::Q8_0, TensorType::Q4_0, TensorType::Q5_0}) {
     for (size_t cols : {32, 64, 96, 4096 + 32}) {
       const size_t rows = 37, nb = cols / 32, row_bytes = nb * block_bytes(type);
       GuardedBuffer w(rows * row_bytes);
@@ -614,10 +709,14 @@ TEST_CASE("quantized matmul is exact on integer data on every target") {
               v = code8(rng);
               blk[2 + i] = uint8_t(int8_t(v));
             } else {
-              const int c = code4(rng);
-              v = c - 8;
-              uint8_t& byte = blk[2 + i % 16];
-              byte = i < 16 ? uint8_t((byte & 0xf0) | c) : uint8_t((byte & 0x0f) | (c << 4));
+              const bool q5 = type == TensorType::Q5_0;
+              const int c = q5 ? code5(rng) : code5(rng) & 15;
+              v = c - (q5 ? 16 : 8);
+              uint8_t& byte = blk[(q5 ? 6 : 2) + i % 16];
+              byte = i < 16 ? uint8_t((byte & 0xf0) | (c & 15))
+                            : uint8_t((byte & 0x0f) | ((c & 15) << 4));
+              if (q5)
+                blk[2 + i / 8] = uint8_t((blk[2 + i / 8] & ~(1 << i % 8)) | (c >> 4) << i % 8);
             }
             values[r * cols + b * 32 + i] = v;
           }

@@ -87,6 +87,8 @@ uint64_t ggml_row_bytes(TensorType type, uint64_t cols) {
       return cols / 32 * 34;
     case TensorType::Q4_0:
       return cols / 32 * 18;
+    case TensorType::Q5_0:
+      return cols / 32 * 22;
     case TensorType::F16:
       return cols * 2;
     default:
@@ -141,7 +143,8 @@ std::map<std::string, TensorType> llama_quantize_choices(const std::string& type
 
 }  // namespace
 
-TEST_CASE("q4_0, q4_k_m, q4_k_s and q6_k store tinyllama's tensors in llama-quantize's types") {
+TEST_CASE(
+    "q4_0, q5_0, q4_k_m, q4_k_s and q6_k store tinyllama's tensors in llama-quantize's types") {
   TempDir dir;
   const Shape tinyllama{2048, 256, 5632, 32000, 22, false};
   write_model(dir.path("in.gguf"), tinyllama);
@@ -150,8 +153,8 @@ TEST_CASE("q4_0, q4_k_m, q4_k_s and q6_k store tinyllama's tensors in llama-quan
     const char* type;
     uint32_t file_type;  // llama.cpp's LLAMA_FTYPE_MOSTLY_*
   };
-  for (const Case& c : {Case{"q4_0", 2}, Case{"q4_k_m", 15}, Case{"Q4_K", 15}, Case{"q4_k_s", 14},
-                        Case{"q6_k", 18}}) {
+  for (const Case& c : {Case{"q4_0", 2}, Case{"q5_0", 8}, Case{"q4_k_m", 15}, Case{"Q4_K", 15},
+                        Case{"q4_k_s", 14}, Case{"q6_k", 18}}) {
     CAPTURE(c.type);
     const std::string out_path = dir.path(std::string(c.type) + ".gguf");
     REQUIRE(quantize({"-q", "-t", "2", dir.path("in.gguf"), out_path, c.type}) == 0);
@@ -161,12 +164,14 @@ TEST_CASE("q4_0, q4_k_m, q4_k_s and q6_k store tinyllama's tensors in llama-quan
     std::map<std::string, TensorType> want;
     if (std::string(c.type) == "q6_k") {
       for (const TensorInfo& t : in.tensors()) want[t.name] = TensorType::Q6_K;
-    } else if (c.file_type == 2) {
+    } else if (c.file_type == 2 || c.file_type == 8) {
       want["output.weight"] = TensorType::Q6_K;
     } else {
       want = llama_quantize_choices(std::string(c.type) == "Q4_K" ? "q4_k_m" : c.type);
     }
-    const TensorType rest = c.file_type == 2 ? TensorType::Q4_0 : TensorType::Q4_K;
+    const TensorType rest = c.file_type == 2   ? TensorType::Q4_0
+                            : c.file_type == 8 ? TensorType::Q5_0
+                                               : TensorType::Q4_K;
     check_quantized(in, out, want, rest, c.file_type == 15 || c.file_type == 2);
   }
 }
@@ -198,15 +203,16 @@ TEST_CASE("a fused attn_qkv matrix gets Q5_K in q4_k_m, as llama-quantize gives 
   CHECK(out.tensor("blk.0.attn_output.weight").type == TensorType::Q4_K);
 }
 
-TEST_CASE("rows that are not whole blocks fall back: Q4_0 or Q8_0 for rows of 32s, else F16") {
+TEST_CASE("rows that are not whole blocks fall back: Q5_0 or Q8_0 for rows of 32s, else F16") {
   TempDir dir;
   // Rows of 288 (9 blocks of 32, not whole super-blocks) and ffn_down rows of 100.
   write_model(dir.path("in.gguf"), Shape{288, 288, 100, 512, 8, false});
   const Gguf in = Gguf::open(dir.path("in.gguf"));
   REQUIRE(quantize({"-q", dir.path("in.gguf"), dir.path("km.gguf"), "q4_k_m"}) == 0);
-  // Q6_K wishes (the output, attn_v of layers 0, 3, 6, 7) become Q8_0, Q4_K ones Q4_0.
+  // Q6_K wishes (the output, attn_v of layers 0, 3, 6, 7) become Q8_0, Q4_K ones Q5_0, as
+  // llama-quantize makes them.
   std::map<std::string, TensorType> want;
-  for (const TensorInfo& t : in.tensors()) want[t.name] = TensorType::Q4_0;
+  for (const TensorInfo& t : in.tensors()) want[t.name] = TensorType::Q5_0;
   want["output.weight"] = TensorType::Q8_0;
   for (int l : {0, 3, 6, 7}) want["blk." + std::to_string(l) + ".attn_v.weight"] = TensorType::Q8_0;
   for (int l = 0; l < 8; ++l)
@@ -228,7 +234,7 @@ TEST_CASE("an unknown type is a usage error that lists the known ones, and write
     FAIL("no error");
   } catch (const sllm::cli::UsageError& e) {
     CHECK(std::string(e.what()) ==
-          "unknown quantization type 'q3_k' (known: q8_0, q4_0, q4_k_m, q4_k, q4_k_s, q6_k)");
+          "unknown quantization type 'q3_k' (known: q8_0, q4_0, q5_0, q4_k_m, q4_k, q4_k_s, q6_k)");
   }
   CHECK(dir.files() == std::vector<std::string>{"in.gguf"});
 }

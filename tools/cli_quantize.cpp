@@ -25,6 +25,7 @@ const char kQuantizeUsage[] =
     "TYPE (as llama-quantize names them; upper case works too):\n"
     "  q8_0    Q8_0\n"
     "  q4_0    Q4_0; the output matrix (or the tied token embedding that serves as it) Q6_K\n"
+    "  q5_0    Q5_0; the output matrix Q6_K\n"
     "  q4_k_m  Q4_K; Q6_K for the output matrix and for attn_v and ffn_down in the first and\n"
     "          last eighth of the layers and every third layer between; Q5_K for fused\n"
     "          attn_qkv\n"
@@ -32,7 +33,7 @@ const char kQuantizeUsage[] =
     "  q4_k_s  Q4_K; Q6_K for the output matrix, Q5_K for attn_v in the first 4 layers and\n"
     "          for ffn_down in the first eighth of the layers\n"
     "  q6_k    Q6_K\n"
-    "A matrix whose rows are not whole blocks of its type falls back: Q4_K to Q4_0, Q5_K and\n"
+    "A matrix whose rows are not whole blocks of its type falls back: Q4_K to Q5_0, Q5_K and\n"
     "Q6_K to Q8_0 (rows of 32s), else F16; each tensor's type and any fallback is printed.\n"
     "The output is written under a temporary name and renamed when complete; OUT may not be\n"
     "IN.\n"
@@ -57,6 +58,7 @@ struct Mix {
 const Mix kMixes[] = {
     {"q8_0", TensorType::Q8_0, TensorType::Q8_0, 7, Rule::kUniform},
     {"q4_0", TensorType::Q4_0, TensorType::Q6_K, 2, Rule::kUniform},
+    {"q5_0", TensorType::Q5_0, TensorType::Q6_K, 8, Rule::kUniform},
     {"q4_k_m", TensorType::Q4_K, TensorType::Q6_K, 15, Rule::kKM},
     {"q4_k", TensorType::Q4_K, TensorType::Q6_K, 15, Rule::kKM},
     {"q4_k_s", TensorType::Q4_K, TensorType::Q6_K, 14, Rule::kKS},
@@ -141,8 +143,8 @@ struct Choice {
 
 // Weight matrices in a float type get the mix's type; other tensors, and matrices already
 // quantized, are copied. Rows that are not whole blocks of the wished type fall back to a type
-// of 32-value blocks with at least as many bits, then to F16 (llama-quantize falls back to
-// Q5_0/Q5_1/Q8_0, which sllm does not compute with, except Q8_0).
+// of 32-value blocks with at least as many bits, as llama-quantize's: Q4_K to Q5_0, Q6_K to
+// Q8_0, and Q5_K to Q8_0 (llama-quantize's Q5_1 is not computed by sllm); then to F16.
 Choice choose_type(const TensorInfo& t, const Mix& mix, bool is_output, int n_layers) {
   const bool float_type =
       t.type == TensorType::F32 || t.type == TensorType::F16 || t.type == TensorType::BF16;
@@ -150,7 +152,7 @@ Choice choose_type(const TensorInfo& t, const Mix& mix, bool is_output, int n_la
   const TensorType wish = wished_type(mix, t.name, is_output, n_layers);
   const uint64_t cols = t.ne[0];
   if (cols % block_elems(wish) == 0) return {wish, ""};
-  TensorType type = wish == TensorType::Q4_K ? TensorType::Q4_0 : TensorType::Q8_0;
+  TensorType type = wish == TensorType::Q4_K ? TensorType::Q5_0 : TensorType::Q8_0;
   const bool super_block = block_elems(wish) == kSuperBlock;
   if (cols % kQuantBlock != 0) type = t.type == TensorType::F32 ? TensorType::F16 : t.type;
   std::string why =

@@ -12,18 +12,19 @@ inline size_t round_up(size_t n, size_t multiple) {
 
 bool matmul_q_reads(TensorType weight_type) {
   return weight_type == TensorType::Q8_0 || weight_type == TensorType::Q4_0 ||
-         weight_type == TensorType::Q4_K || weight_type == TensorType::Q5_K ||
-         weight_type == TensorType::Q6_K;
+         weight_type == TensorType::Q5_0 || weight_type == TensorType::Q4_K ||
+         weight_type == TensorType::Q5_K || weight_type == TensorType::Q6_K;
 }
 
 ActivationFormat activation_format(TensorType weight_type) {
   if (!matmul_q_reads(weight_type)) {
     fail(std::string("quantized matmul: weight type ") + tensor_type_name(weight_type) +
-         " is not Q8_0, Q4_0, Q4_K, Q5_K or Q6_K");
+         " is not Q8_0, Q4_0, Q5_0, Q4_K, Q5_K or Q6_K");
   }
-  return weight_type == TensorType::Q8_0 || weight_type == TensorType::Q4_0
-             ? ActivationFormat::kQ8_0
-             : ActivationFormat::kQ8_K;
+  return weight_type == TensorType::Q4_K || weight_type == TensorType::Q5_K ||
+                 weight_type == TensorType::Q6_K
+             ? ActivationFormat::kQ8_K
+             : ActivationFormat::kQ8_0;
 }
 
 void QuantizedActivations::resize(size_t n_rows, size_t n_cols, ActivationFormat row_format) {

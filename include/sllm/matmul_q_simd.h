@@ -2,6 +2,7 @@
 
 constexpr size_t kQ8Bytes = sizeof(BlockQ8_0);
 constexpr size_t kQ4Bytes = sizeof(BlockQ4_0);
+constexpr size_t kQ5Bytes = sizeof(BlockQ5_0);
 
 // Quantizes rows [t_begin, t_end) of x into out (already sized), bit-exact with the reference
 // quantizer of out's format (ref::quantize_activations_q8_0 or ref::quantize_row_q8_k: hn::Round
@@ -226,6 +227,68 @@ struct Q8Step {
   }
 };
 
+// Q4_0 and Q5_0, whose codes are value + offset: the activation codes of a step regrouped as
+// LoadNibbles lays out the weights (values 4k.. and 16 + 4k.. of each lane's block), then the
+// correction and scales.
+template <class Step>
+SLLM_VNNI HWY_INLINE void PrepareNibbleX(const int8_t* codes, const float* scales, uint8_t offset,
+                                         __m512i* x) {
+  __m512i lo[4], hi[4];
+  for (size_t j = 0; j < 4; ++j) {
+    const __m512i x0 = _mm512_loadu_si512(codes + 128 * j);
+    const __m512i x1 = _mm512_loadu_si512(codes + 128 * j + 64);
+    lo[j] = _mm512_shuffle_i64x2(x0, x1, 0x88);  // values 0-15 of blocks 4j..4j+3
+    hi[j] = _mm512_shuffle_i64x2(x0, x1, 0xdd);  // values 16-31
+  }
+  Transpose4x4(lo[0], lo[1], lo[2], lo[3]);
+  Transpose4x4(hi[0], hi[1], hi[2], hi[3]);
+  for (size_t k = 0; k < 4; ++k) {
+    _mm512_store_si512(x + k, lo[k]);
+    _mm512_store_si512(x + 4 + k, hi[k]);
+  }
+  PrepareLaneTerms<Step>(scales, offset, x);
+}
+
+// The byte of two 64-byte loads (at +0 and +kSecond of 4 blocks of kBlockBytes) that holds code
+// byte i of block q (at kCodeOffset in its block), for _mm512_permutex2var_epi8: from the first
+// load when all of the block's 16 code bytes are in it.
+template <size_t kBlockBytes, size_t kCodeOffset, size_t kSecond>
+struct NibbleTable {
+  alignas(64) uint8_t index[64] = {};
+  constexpr NibbleTable() {
+    for (size_t q = 0; q < 4; ++q) {
+      const size_t start = q * kBlockBytes + kCodeOffset;
+      for (size_t i = 0; i < 16; ++i) {
+        index[16 * q + i] = uint8_t(start + 16 <= 64 ? start + i : 64 + start + i - kSecond);
+      }
+    }
+  }
+};
+
+// The 8 code vectors of a step of 16 blocks whose 16 code bytes hold values k (low nibble) and
+// k + 16 (high nibble) at kCodeOffset: each group of 4 blocks picked from two loads, one 128-bit
+// chunk per block, then transposed, so that lane 4c + m of vector k holds code bytes 4k..4k+3 of
+// block 4m + c; vectors 0-3 are their low nibbles, 4-7 the high ones.
+template <size_t kBlockBytes, size_t kCodeOffset, bool kWhole>
+SLLM_VNNI HWY_INLINE void LoadNibbles(const uint8_t* p, size_t bytes, __m512i (&codes)[8]) {
+  constexpr size_t kSecond = 4 * kBlockBytes - 64;  // the second load ends with the 4th block
+  static constexpr NibbleTable<kBlockBytes, kCodeOffset, kSecond> kTable{};
+  __m512i v[4];
+  for (size_t j = 0; j < 4; ++j) {
+    v[j] = _mm512_permutex2var_epi8(LoadStepBytes<kWhole>(p, 4 * j * kBlockBytes, bytes),
+                                    _mm512_load_si512(kTable.index),
+                                    LoadStepBytes<kWhole>(p, 4 * j * kBlockBytes + kSecond, bytes));
+  }
+  Transpose4x4(v[0], v[1], v[2], v[3]);
+  const __m512i low4 = _mm512_set1_epi8(0x0f);
+  for (size_t k = 0; k < 4; ++k) {
+    codes[k] = _mm512_and_si512(v[k], low4);
+    // The high nibbles by one affine map of each byte's bits (bit i of the result is bit i + 4),
+    // instead of a shift and a mask.
+    codes[4 + k] = _mm512_gf2p8affine_epi64_epi8(v[k], _mm512_set1_epi64(0x1020408000000000ll), 0);
+  }
+}
+
 // Q4_0: 16 blocks. Byte k of a block's codes holds values k (low nibble) and k + 16 (high
 // nibble). Vector j holds the 16 code bytes of blocks 4j..4j+3, one per 128-bit chunk; transposed
 // as for Q8_0, lane 4c + m of vector k holds code bytes 4k..4k+3 of block 4m + c, and their low
@@ -241,52 +304,57 @@ struct Q4Step {
   static constexpr size_t LaneBlock(size_t i) { return 4 * (i % 4) + i / 4; }
   static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
                                             const int32_t* /*sums*/, __m512i* x) {
-    __m512i lo[4], hi[4];
-    for (size_t j = 0; j < 4; ++j) {
-      const __m512i x0 = _mm512_loadu_si512(codes + 128 * j);
-      const __m512i x1 = _mm512_loadu_si512(codes + 128 * j + 64);
-      lo[j] = _mm512_shuffle_i64x2(x0, x1, 0x88);  // values 0-15 of blocks 4j..4j+3
-      hi[j] = _mm512_shuffle_i64x2(x0, x1, 0xdd);  // values 16-31
-    }
-    Transpose4x4(lo[0], lo[1], lo[2], lo[3]);
-    Transpose4x4(hi[0], hi[1], hi[2], hi[3]);
-    for (size_t k = 0; k < 4; ++k) {
-      _mm512_store_si512(x + k, lo[k]);
-      _mm512_store_si512(x + 4 + k, hi[k]);
-    }
-    PrepareLaneTerms<Q4Step>(scales, 8, x);
+    PrepareNibbleX<Q4Step>(codes, scales, 8, x);
   }
   using W = LaneBlockW<kCodeVectors>;
-  // Each block's 16 code bytes, picked from loads at +0 and +8 of 4 blocks (72 bytes); past the
-  // row's `bytes` of a partial step codes and scales are zero.
+  // Past the row's `bytes` of a partial step codes and scales are zero.
   template <bool kWhole>
   static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t bytes) {
-    alignas(64) static constexpr uint8_t kCodeBytes[64] = {
-        2,   3,   4,   5,   6,   7,   8,   9,   10,  11,  12,  13,  14,  15,  16,  17,
-        20,  21,  22,  23,  24,  25,  26,  27,  28,  29,  30,  31,  32,  33,  34,  35,
-        38,  39,  40,  41,  42,  43,  44,  45,  46,  47,  48,  49,  50,  51,  52,  53,
-        112, 113, 114, 115, 116, 117, 118, 119, 120, 121, 122, 123, 124, 125, 126, 127};
-    __m512i v[4];
-    for (size_t j = 0; j < 4; ++j) {
-      v[j] = _mm512_permutex2var_epi8(LoadStepBytes<kWhole>(p, 4 * j * kQ4Bytes, bytes),
-                                      _mm512_load_si512(kCodeBytes),
-                                      LoadStepBytes<kWhole>(p, 4 * j * kQ4Bytes + 8, bytes));
-    }
-    Transpose4x4(v[0], v[1], v[2], v[3]);
     W w;
-    const __m512i low4 = _mm512_set1_epi8(0x0f);
-    for (size_t k = 0; k < 4; ++k) {
-      w.codes[k] = _mm512_and_si512(v[k], low4);
-      // The high nibbles by one affine map of each byte's bits (bit i of the result is bit i + 4),
-      // instead of a shift and a mask.
-      w.codes[4 + k] =
-          _mm512_gf2p8affine_epi64_epi8(v[k], _mm512_set1_epi64(0x1020408000000000ll), 0);
-    }
+    LoadNibbles<kQ4Bytes, 2, kWhole>(p, bytes, w.codes);
     w.scales = LaneWeightScales<Q4Step, kWhole>(p, bytes);
     return w;
   }
   static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
     return AccumulateLanes<Q4Step>(w, x, acc);
+  }
+};
+
+// Q5_0: 16 blocks of 22 bytes (f16 d, 4 bytes qh, 16 code bytes as Q4_0's), laid out as Q4_0's
+// with each value's fifth bit (16) added from qh: the codes are value + 16. A gather gives each
+// lane its block's d (the low half of the word at the block's start) and another its qh, whose
+// bits vpshufbitqmb turns into a byte mask per code vector: byte b of lane i in vector k takes
+// bit 4k + b (16 + 4k + b for the high nibbles) of lane i's qh.
+struct Q5Step : Q4Step {
+  static constexpr size_t kBlockBytes = kQ5Bytes;
+  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
+                                            const int32_t* /*sums*/, __m512i* x) {
+    PrepareNibbleX<Q5Step>(codes, scales, 16, x);
+  }
+  // Past the row's `bytes` of a partial step codes and scales are zero.
+  template <bool kWhole>
+  static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t bytes) {
+    W w;
+    LoadNibbles<kQ5Bytes, 6, kWhole>(p, bytes, w.codes);
+    const __m512i offsets =
+        _mm512_mullo_epi32(_mm512_load_si512(kLaneTables<Q5Step>.blocks), _mm512_set1_epi32(22));
+    const __mmask16 live =
+        kWhole ? __mmask16(0xffff)
+               : _mm512_cmplt_epi32_mask(_mm512_load_si512(kLaneTables<Q5Step>.blocks),
+                                         _mm512_set1_epi32(int(bytes / kQ5Bytes)));
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i d = _mm512_mask_i32gather_epi32(zero, live, offsets, p, 1);
+    const __m512i qh = _mm512_mask_i32gather_epi32(zero, live, offsets, p + 2, 1);
+    const __m512i sixteen = _mm512_set1_epi8(16);
+    for (size_t k = 0; k < 8; ++k) {
+      const uint64_t bit = k < 4 ? 4 * k : 16 + 4 * (k - 4);
+      const uint64_t lane = bit | (bit + 1) << 8 | (bit + 2) << 16 | (bit + 3) << 24;
+      const __m512i select = _mm512_set1_epi64(int64_t(lane | (lane + 0x20202020ull) << 32));
+      const __mmask64 fifth = _mm512_bitshuffle_epi64_mask(qh, select);
+      w.codes[k] = _mm512_mask_add_epi8(w.codes[k], fifth, w.codes[k], sixteen);
+    }
+    w.scales = _mm512_cvtph_ps(_mm512_cvtepi32_epi16(d));
+    return w;
   }
 };
 
@@ -651,8 +719,18 @@ SLLM_VNNI HWY_INLINE __m512i BroadcastGroup(const int8_t* p) {
   return _mm512_set1_epi32(group);
 }
 
-// Q8_0 and Q4_0: per block 8 code groups, after which the int32 lane of each row holds the whole
-// block's sum, then the rows' f32 scales.
+// The fifth bits of 4 Q5_0 values from bit `first` of each lane's qh, as 16 in each of the
+// lane's 4 bytes where set: multiplying spreads the 4 bits to bits 0, 8, 16 and 24.
+SLLM_VNNI HWY_INLINE __m512i FifthBits(__m512i qh, unsigned first) {
+  const __m512i bits = _mm512_and_si512(_mm512_srl_epi32(qh, _mm_cvtsi32_si128(int(first))),
+                                        _mm512_set1_epi32(0x0f));
+  const __m512i spread = _mm512_and_si512(_mm512_mullo_epi32(bits, _mm512_set1_epi32(0x00204081)),
+                                          _mm512_set1_epi32(0x01010101));
+  return _mm512_slli_epi32(spread, 4);
+}
+
+// Q8_0, Q4_0 and Q5_0: per block 8 code groups, after which the int32 lane of each row holds the
+// whole block's sum, then the rows' f32 scales.
 struct BlockPanel {
   static constexpr size_t kItems = 9;
   static constexpr size_t kStarts = 1;
@@ -660,8 +738,8 @@ struct BlockPanel {
 
   static SLLM_VNNI void Pack(TensorType type, const uint8_t* w, size_t row_bytes, size_t nb,
                              size_t r0, size_t n_rows, uint8_t* panel) {
-    const bool q8 = type == TensorType::Q8_0;
-    const size_t block_bytes = q8 ? kQ8Bytes : kQ4Bytes;
+    const bool q8 = type == TensorType::Q8_0, q5 = type == TensorType::Q5_0;
+    const size_t block_bytes = q8 ? kQ8Bytes : q5 ? kQ5Bytes : kQ4Bytes;
     const __m512i flip = _mm512_set1_epi8(char(0x80));
     const __m512i low4 = _mm512_set1_epi8(0x0f);
     for (size_t v = 0; v < kPanelVectors; ++v) {
@@ -680,11 +758,21 @@ struct BlockPanel {
             }
           }
         } else {
-          TransposeRows(p, row_bytes, live, 2, groups);
+          TransposeRows(p, row_bytes, live, q5 ? 6 : 2, groups);
+          alignas(64) uint32_t qh[16] = {};
+          if (q5) {
+            for (size_t i = 0; i < live; ++i) std::memcpy(&qh[i], p + i * row_bytes + 2, 4);
+          }
+          const __m512i qhv = _mm512_load_si512(qh);
           for (size_t g = 0; g < 4; ++g) {
-            _mm512_store_si512(out + g * kItemBytes, _mm512_and_si512(groups[g], low4));
-            _mm512_store_si512(out + (g + 4) * kItemBytes,
-                               _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4));
+            __m512i lo = _mm512_and_si512(groups[g], low4);
+            __m512i hi = _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4);
+            if (q5) {
+              lo = _mm512_or_si512(lo, FifthBits(qhv, unsigned(4 * g)));
+              hi = _mm512_or_si512(hi, FifthBits(qhv, unsigned(16 + 4 * g)));
+            }
+            _mm512_store_si512(out + g * kItemBytes, lo);
+            _mm512_store_si512(out + (g + 4) * kItemBytes, hi);
           }
         }
         alignas(32) uint16_t d[16] = {};
@@ -696,10 +784,10 @@ struct BlockPanel {
   }
 
   // Per token and block, minus the sum of its codes times what packing added to the weight codes
-  // (128 for Q8_0, 8 for Q4_0 whose codes are value + 8).
+  // (128 for Q8_0, 8 for Q4_0 whose codes are value + 8, 16 for Q5_0).
   static void Starts(TensorType type, const sllm::detail::QuantizedActivations& x, size_t nb,
                      int32_t* starts) {
-    const int32_t offset = type == TensorType::Q8_0 ? 128 : 8;
+    const int32_t offset = type == TensorType::Q8_0 ? 128 : type == TensorType::Q5_0 ? 16 : 8;
     for (size_t t = 0; t < x.n; ++t) {
       const int32_t* sums = x.sums(t);  // per 16 codes
       for (size_t b = 0; b < nb; ++b) {
@@ -1080,6 +1168,9 @@ SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_
     case TensorType::Q4_0:
       return MatmulType<Q4Step, BlockPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
                                             row_end);
+    case TensorType::Q5_0:
+      return MatmulType<Q5Step, BlockPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
+                                            row_end);
     case TensorType::Q4_K:
       return MatmulType<Q4KStep, Q4KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
                                            row_end);
@@ -1119,7 +1210,10 @@ HWY_INLINE float RowDotQ8(const uint8_t* w, size_t nb, const int8_t* xq, const f
   return hn::GetLane(hn::SumOfLanes(df, acc));
 }
 
-HWY_INLINE float RowDotQ4(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs) {
+// Q4_0 and Q5_0 (kFifthBit): the low 4 bits of code j and j + 16 in the nibbles of byte j, for
+// Q5_0 the fifth bits in the 4 bytes before them. The codes are value + 8 (Q4_0) or value + 16.
+template <bool kFifthBit>
+HWY_INLINE float RowDotNibbles(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs) {
   const hn::CappedTag<int16_t, 16> d16;
   const hn::Rebind<int8_t, decltype(d16)> d8;
   const hn::Rebind<uint8_t, decltype(d16)> du8;
@@ -1127,15 +1221,28 @@ HWY_INLINE float RowDotQ4(const uint8_t* w, size_t nb, const int8_t* xq, const f
   const hn::Repartition<float, decltype(d16)> df;
   const size_t N = hn::Lanes(d16);
   constexpr size_t kHalf = kQuantBlock / 2;
+  constexpr size_t kBlockBytes = kFifthBit ? kQ5Bytes : kQ4Bytes;
+  constexpr size_t kCodes = kBlockBytes - kHalf;
+  // Q5_0 subtracts 16 where the fifth bit is clear; lane i tests bit i of the block's qh shifted.
+  alignas(64) static constexpr int16_t kLaneBits[16] = {
+      1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, -32768};
+  const auto lane_bits = hn::Load(d16, kLaneBits);
+  const auto offset = hn::Set(d16, int16_t{kFifthBit ? 16 : 8});
   const auto low4 = hn::Set(du8, uint8_t{0x0f});
-  const auto eight = hn::Set(d16, int16_t{8});
   auto acc = hn::Zero(df);
-  for (size_t b = 0; b < nb; ++b, w += kQ4Bytes, xq += kQuantBlock) {
+  for (size_t b = 0; b < nb; ++b, w += kBlockBytes, xq += kQuantBlock) {
+    uint32_t qh = 0;
+    if (kFifthBit) std::memcpy(&qh, w + 2, 4);
+    const auto minus_offset = [&](decltype(offset) low, uint32_t bits) {
+      if (!kFifthBit) return hn::Sub(low, offset);
+      const auto set = hn::TestBit(hn::Set(d16, int16_t(uint16_t(bits))), lane_bits);
+      return hn::Sub(low, hn::IfThenZeroElse(set, offset));
+    };
     auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
     for (size_t i = 0; i < kHalf; i += N) {
-      const auto packed = hn::LoadU(du8, w + 2 + i);
-      const auto lo = hn::Sub(hn::PromoteTo(d16, hn::And(packed, low4)), eight);
-      const auto hi = hn::Sub(hn::PromoteTo(d16, hn::ShiftRight<4>(packed)), eight);
+      const auto packed = hn::LoadU(du8, w + kCodes + i);
+      const auto lo = minus_offset(hn::PromoteTo(d16, hn::And(packed, low4)), qh >> i);
+      const auto hi = minus_offset(hn::PromoteTo(d16, hn::ShiftRight<4>(packed)), qh >> (16 + i));
       const auto x_lo = hn::PromoteTo(d16, hn::LoadU(d8, xq + i));
       const auto x_hi = hn::PromoteTo(d16, hn::LoadU(d8, xq + kHalf + i));
       sum0 = hn::ReorderWidenMulAccumulate(d32, lo, x_lo, sum0, sum1);
@@ -1244,7 +1351,10 @@ void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_byte
           dot = RowDotQ8(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
           break;
         case TensorType::Q4_0:
-          dot = RowDotQ4(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
+          dot = RowDotNibbles<false>(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
+          break;
+        case TensorType::Q5_0:
+          dot = RowDotNibbles<true>(wr, cols / kQuantBlock, x->codes(t), x->scales(t));
           break;
         case TensorType::Q4_K:
           dot =

@@ -3,7 +3,7 @@
 // The SIMD kernels (matmul_q) are tested against these.
 namespace sllm {
 
-// Elements per block of the Q8_0 and Q4_0 formats.
+// Elements per block of the Q8_0, Q4_0 and Q5_0 formats.
 constexpr size_t kQuantBlock = 32;
 
 // Q8_0: value i = qs[i] * d. 34 bytes.
@@ -17,8 +17,22 @@ struct BlockQ4_0 {
   uint16_t d;  // IEEE half scale
   uint8_t qs[kQuantBlock / 2];
 };
+// Q5_0: value i = (q_i - 16) * d, q_i a 5-bit code; its low 4 bits are packed as Q4_0's codes,
+// and its top bit is bit i of qh (a little-endian uint32). 22 bytes.
+struct BlockQ5_0 {
+  uint16_t d;  // IEEE half scale
+  uint8_t qh[4];
+  uint8_t qs[kQuantBlock / 2];
+};
 static_assert(sizeof(BlockQ8_0) == 34, "Q8_0 blocks are 34 bytes in GGUF");
 static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 blocks are 18 bytes in GGUF");
+static_assert(sizeof(BlockQ5_0) == 22, "Q5_0 blocks are 22 bytes in GGUF");
+
+// The 5-bit code of value i (0..31) of a Q5_0 block.
+inline int q5_0_code(const BlockQ5_0& b, size_t i) {
+  const int low = (b.qs[i % 16] >> (i / 16 * 4)) & 0x0f;
+  return low | ((b.qh[i / 8] >> (i % 8)) & 1) << 4;
+}
 
 // Elements per super-block of the K-quant formats.
 constexpr size_t kSuperBlock = 256;
@@ -104,8 +118,8 @@ inline int q6_k_code(const BlockQ6_K& b, size_t i) {
   return low | high << 4;
 }
 
-// Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K,
-// Q6_K). F16 to Q4_0 round as ggml's reference quantizers do, so that sllm's files match
+// Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K,
+// Q5_K, Q6_K). F16 to Q5_0 round as ggml's reference quantizers do, so that sllm's files match
 // llama.cpp's byte for byte; the K-quants search for a smaller error than llama.cpp's.
 // dst/src hold tensor_row_bytes(type, n) bytes. Error for another type, or for a quantized type
 // when n is not a whole number of its blocks (32 values, 256 for the K-quants).
@@ -126,6 +140,9 @@ void dequantize_row_q8_0(const BlockQ8_0* x, float* y, size_t n);
 // q = min(15, trunc(x * (1 / d) + 8.5)), d stored as f16.
 void quantize_row_q4_0(const float* x, BlockQ4_0* y, size_t n);
 void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n);
+// Q5_0 likewise with d = m / -16 and q = min(31, trunc(x * (1 / d) + 16.5)).
+void quantize_row_q5_0(const float* x, BlockQ5_0* y, size_t n);
+void dequantize_row_q5_0(const BlockQ5_0* x, float* y, size_t n);
 // n is a multiple of 256.
 void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n);
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n);
@@ -150,10 +167,12 @@ void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n);
 // Integer dot product of one block with a Q8_0 block of activations.
 int32_t block_dot(const BlockQ8_0& w, const BlockQ8_0& x);
 int32_t block_dot(const BlockQ4_0& w, const BlockQ8_0& x);
+int32_t block_dot(const BlockQ5_0& w, const BlockQ8_0& x);
 // Dot product of a weight row with an activation row quantized to Q8_0: per block the integer
 // dot product, then sum += isum * (d_w * d_x) in f32, as ggml's vec_dot does.
 float dot_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, size_t n);
 float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n);
+float dot_q5_0(const BlockQ5_0* w, const BlockQ8_0* x, size_t n);
 // Dot product of a K-quant weight row with an activation row quantized to Q8_K: per block, the
 // integer dot products of the sub-blocks times their integer scales (and for Q4_K and Q5_K the
 // sums of the activation codes times the sub-block mins) summed in int32, then sum += d_x * (d * S

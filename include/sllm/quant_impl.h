@@ -21,6 +21,28 @@ inline int8_t q8_code(float r) {
   return r == r ? static_cast<int8_t>(r) : 0;
 }
 
+// Q4_0 and Q5_0 as ggml's reference quantizers make them: the scale maps the value of largest
+// magnitude to code 0 (-offset * d), so that its sign decides which end of the asymmetric range
+// [-offset, offset - 1] is used exactly. Returns d; codes[i] in [0, 2 * offset - 1].
+inline float offset_codes(const float* x, int offset, int (&codes)[kQuantBlock]) {
+  float amax = 0.0f, max = 0.0f;
+  for (size_t i = 0; i < kQuantBlock; ++i) {
+    if (std::fabs(x[i]) > amax) {
+      amax = std::fabs(x[i]);
+      max = x[i];
+    }
+  }
+  const float d = max / -float(offset);
+  const float id = d != 0.0f ? 1.0f / d : 0.0f;
+  const float half_up = float(offset) + 0.5f;  // truncation below rounds to nearest
+  const int top = 2 * offset - 1;
+  for (size_t i = 0; i < kQuantBlock; ++i) {
+    const float shifted = x[i] * id + half_up;
+    codes[i] = !(shifted > 0.0f) ? 0 : shifted >= float(top) ? top : static_cast<int>(shifted);
+  }
+  return d;
+}
+
 }  // namespace detail
 
 namespace ref {
@@ -62,26 +84,10 @@ void quantize_row_q4_0(const float* x, BlockQ4_0* y, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q4_0, n);
   constexpr size_t kHalf = kQuantBlock / 2;
   for (size_t b = 0; b < nb; ++b, x += kQuantBlock) {
-    // The scale maps the value of largest magnitude to code 0 (-8 * d), so that its sign decides
-    // which end of the asymmetric range [-8, 7] is used exactly.
-    float amax = 0.0f, max = 0.0f;
-    for (size_t i = 0; i < kQuantBlock; ++i) {
-      if (std::fabs(x[i]) > amax) {
-        amax = std::fabs(x[i]);
-        max = x[i];
-      }
-    }
-    const float d = max / -8.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    y[b].d = f32_to_fp16(d);
-    auto code = [id](float v) {
-      const float shifted = v * id + 8.5f;  // truncation below rounds to nearest
-      if (!(shifted > 0.0f)) return 0;      // also NaN
-      return shifted >= 15.0f ? 15 : static_cast<int>(shifted);
-    };
-    for (size_t j = 0; j < kHalf; ++j) {
-      y[b].qs[j] = static_cast<uint8_t>(code(x[j]) | (code(x[j + kHalf]) << 4));
-    }
+    int q[kQuantBlock];
+    y[b].d = f32_to_fp16(detail::offset_codes(x, 8, q));
+    for (size_t j = 0; j < kHalf; ++j)
+      y[b].qs[j] = static_cast<uint8_t>(q[j] | (q[j + kHalf] << 4));
   }
 }
 
@@ -94,6 +100,30 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n) {
       y[j] = float((x[b].qs[j] & 0x0f) - 8) * d;
       y[j + kHalf] = float((x[b].qs[j] >> 4) - 8) * d;
     }
+  }
+}
+
+void quantize_row_q5_0(const float* x, BlockQ5_0* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q5_0, n);
+  constexpr size_t kHalf = kQuantBlock / 2;
+  for (size_t b = 0; b < nb; ++b, x += kQuantBlock) {
+    int q[kQuantBlock];
+    y[b].d = f32_to_fp16(detail::offset_codes(x, 16, q));
+    std::memset(y[b].qh, 0, sizeof(y[b].qh));
+    for (size_t j = 0; j < kHalf; ++j) {
+      y[b].qs[j] = static_cast<uint8_t>((q[j] & 0x0f) | ((q[j + kHalf] & 0x0f) << 4));
+    }
+    for (size_t i = 0; i < kQuantBlock; ++i) {
+      y[b].qh[i / 8] = static_cast<uint8_t>(y[b].qh[i / 8] | (q[i] >> 4) << (i % 8));
+    }
+  }
+}
+
+void dequantize_row_q5_0(const BlockQ5_0* x, float* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q5_0, n);
+  for (size_t b = 0; b < nb; ++b) {
+    const float d = fp16_to_f32(x[b].d);
+    for (size_t i = 0; i < kQuantBlock; ++i) *y++ = float(q5_0_code(x[b], i) - 16) * d;
   }
 }
 
@@ -547,6 +577,12 @@ int32_t block_dot(const BlockQ4_0& w, const BlockQ8_0& x) {
   return sum;
 }
 
+int32_t block_dot(const BlockQ5_0& w, const BlockQ8_0& x) {
+  int32_t sum = 0;
+  for (size_t i = 0; i < kQuantBlock; ++i) sum += (q5_0_code(w, i) - 16) * int32_t(x.qs[i]);
+  return sum;
+}
+
 // Per block the integer dot product, scaled by both blocks' scales and summed in f32.
 template <typename Block>
 float dot_blocks(TensorType type, const Block* w, const BlockQ8_0* x, size_t n) {
@@ -564,6 +600,10 @@ float dot_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, size_t n) {
 
 float dot_q4_0(const BlockQ4_0* w, const BlockQ8_0* x, size_t n) {
   return dot_blocks(TensorType::Q4_0, w, x, n);
+}
+
+float dot_q5_0(const BlockQ5_0* w, const BlockQ8_0* x, size_t n) {
+  return dot_blocks(TensorType::Q5_0, w, x, n);
 }
 
 // Q4_K and Q5_K differ only in their codes.
@@ -636,6 +676,9 @@ void quantize_row(TensorType type, const float* src, void* dst, size_t n) {
     case TensorType::Q4_0:
       ref::quantize_row_q4_0(src, static_cast<BlockQ4_0*>(dst), n);
       return;
+    case TensorType::Q5_0:
+      ref::quantize_row_q5_0(src, static_cast<BlockQ5_0*>(dst), n);
+      return;
     case TensorType::Q4_K:
       ref::quantize_row_q4_k(src, static_cast<BlockQ4_K*>(dst), n);
       return;
@@ -647,7 +690,7 @@ void quantize_row(TensorType type, const float* src, void* dst, size_t n) {
       return;
     default:
       detail::fail("cannot quantize to tensor type " + std::to_string(uint32_t(type)) +
-                   ": sllm writes F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K");
+                   ": sllm writes F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K");
   }
 }
 
@@ -670,6 +713,9 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n) {
     case TensorType::Q4_0:
       ref::dequantize_row_q4_0(static_cast<const BlockQ4_0*>(src), dst, n);
       return;
+    case TensorType::Q5_0:
+      ref::dequantize_row_q5_0(static_cast<const BlockQ5_0*>(src), dst, n);
+      return;
     case TensorType::Q4_K:
       ref::dequantize_row_q4_k(static_cast<const BlockQ4_K*>(src), dst, n);
       return;
@@ -681,7 +727,7 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n) {
       return;
     default:
       detail::fail("cannot dequantize tensor type " + std::to_string(uint32_t(type)) +
-                   ": sllm reads F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K and Q6_K");
+                   ": sllm reads F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K");
   }
 }
 
