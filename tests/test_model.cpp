@@ -262,23 +262,26 @@ void check_ref_case(const std::string& ref_name, const std::string& model_name,
   }
 }
 
-// A K-quant model of tests/data/kquants (a random llama, dim 256, FFN 512, 2 layers, logits up
-// to 11, that llama-quantize made from F32) against llama.cpp's logits for it, NAME.ref.gguf, and
-// for its weights dequantized to F32, NAME.f32.ref.gguf (exact: no int8 activations).
-void check_kquant_model(const std::string& name) {
-  const std::string model_path = sllm_test::test_data("kquants/llama." + name + ".gguf");
-  const RefCase ref =
-      read_ref(sllm_test::test_data("kquants/llama." + name + ".ref.gguf"), model_path);
-  const RefCase exact =
-      read_ref(sllm_test::test_data("kquants/llama." + name + ".f32.ref.gguf"), model_path);
+// A random llama that llama-quantize made from F32 (tests/data/STEM.gguf) against llama.cpp's
+// logits for it, STEM.ref.gguf, and for its weights dequantized to F32, STEM.f32.ref.gguf (exact:
+// no int8 activations). With int8 activations llama.cpp's logits move from the exact ones by a
+// mean KL `noise` (these models' logits are large). sllm's logits carry a noise of the same size
+// but not the same noise: they must stay as close to the exact logits as llama.cpp's (within
+// 1.5x), within llama_bound times that noise of llama.cpp's own, and agree on the top-1 token
+// wherever llama.cpp's top-2 gap is clear, and at top1_share of all positions when that is not 0.
+// Whole prompts run the packed kernels, single tokens the direct ones.
+void check_llama_quantized_model(const std::string& stem, double llama_bound, double top1_share) {
+  const std::string model_path = sllm_test::test_data(stem + ".gguf");
+  const RefCase ref = read_ref(sllm_test::test_data(stem + ".ref.gguf"), model_path);
+  const RefCase exact = read_ref(sllm_test::test_data(stem + ".f32.ref.gguf"), model_path);
   REQUIRE(exact.tokens == ref.tokens);
   const Gguf gguf = Gguf::open(model_path);
-  CAPTURE(name);
+  CAPTURE(stem);
 
   // The weights dequantized to F32 (sllm's dequantizers equal ggml's bit for bit): the ref
   // README's bound for F32 weights with an F16 KV cache.
   {
-    TempFile file("kquant_f32_" + name + ".gguf");
+    TempFile file("quantized_f32.gguf");
     CopyEdits edits;
     edits.dequantize = true;
     write_copy(gguf, file.path, edits);
@@ -288,20 +291,14 @@ void check_kquant_model(const std::string& name) {
     bool same_top1 = false;
     const double kl = mean_kl(run.logits_in_chunks(exact.tokens, {exact.tokens.size()}),
                               exact.logits, exact.n_vocab, &same_top1);
-    MESSAGE(name << " dequantized to F32: mean KL = " << kl);
+    MESSAGE(stem << " dequantized to F32: mean KL = " << kl);
     CHECK(kl <= 5e-6);
     CHECK(same_top1);
   }
 
-  // With int8 activations per 256 values, llama.cpp's logits move from the exact ones by a mean
-  // KL of 2.2e-3 on the Q4_K_M model, 2.5e-3 on the Q5_K_M one (a scale per 256 activations is
-  // coarser than Q8_0's per 32, and the logits are large). sllm rounds the activations by another
-  // rule, so its logits carry a noise of the same size but not the same noise: they must stay as
-  // close to the exact logits as llama.cpp's (within 1.5x), and within 2x that noise of llama.cpp's
-  // own.
   bool unused = false;
   const double noise = mean_kl(ref.logits, exact.logits, exact.n_vocab, &unused);
-  MESSAGE("llama.cpp " << name << " vs exact: mean KL = " << noise);
+  MESSAGE("llama.cpp " << stem << " vs exact: mean KL = " << noise);
   for (int threads : {1, 2}) {
     sllm::TransformerOptions options;
     options.n_threads = threads;
@@ -313,20 +310,26 @@ void check_kquant_model(const std::string& name) {
       Runner run(tf, TensorType::F16);
       const std::vector<float> got = run.logits_in_chunks(ref.tokens, chunks);
       const double to_exact = mean_kl(got, exact.logits, exact.n_vocab, &unused);
-      bool same_top1 = false;
-      const double to_llama = mean_kl(got, ref.logits, ref.n_vocab, &same_top1);
+      const double to_llama = mean_kl(got, ref.logits, ref.n_vocab, &unused);
       size_t agree = 0;
       for (size_t t = 0; t < ref.tokens.size(); ++t) {
-        agree += argmax(got.data() + t * ref.n_vocab, ref.n_vocab) ==
-                 argmax(ref.logits.data() + t * ref.n_vocab, ref.n_vocab);
+        const float* want = ref.logits.data() + t * ref.n_vocab;
+        const size_t top = size_t(argmax(want, ref.n_vocab));
+        const bool same = size_t(argmax(got.data() + t * ref.n_vocab, ref.n_vocab)) == top;
+        agree += same;
+        float second = -INFINITY;
+        for (size_t i = 0; i < ref.n_vocab; ++i)
+          if (i != top) second = std::max(second, want[i]);
+        if (want[top] - second >= 0.05f) CHECK(same);
       }
-      MESSAGE(name << ": mean KL to exact " << to_exact << ", to llama.cpp's " << to_llama
+      MESSAGE(stem << ": mean KL to exact " << to_exact << ", to llama.cpp's " << to_llama
                    << ", top-1 agreement " << agree << "/" << ref.tokens.size());
       CHECK(to_exact <= 1.5 * noise);
-      CHECK(to_llama <= 2 * noise);
-      // Greedy continuation fed llama.cpp's ids, where its top-2 gap is clear.
-      // Clear means more than twice the largest logit difference between the two on the prompt:
-      // two int8 roundings of the same model differ by up to ~0.2 on these large logits.
+      CHECK(to_llama <= llama_bound * noise);
+      if (top1_share > 0) CHECK(double(agree) >= top1_share * double(ref.tokens.size()));
+      // Greedy continuation fed llama.cpp's ids, where its top-2 gap is clear: more than twice
+      // the largest logit difference between the two on the prompt (two int8 roundings of the
+      // same model differ by up to ~0.3 on these large logits).
       float differ = 0;
       for (size_t i = 0; i < got.size(); ++i) {
         differ = std::max(differ, std::fabs(got[i] - ref.logits[i]));
@@ -801,7 +804,11 @@ TEST_CASE("a Q4_K_M model made by llama-quantize: logits within llama.cpp's int8
   CHECK(gguf.tensor("blk.1.ffn_down.weight").type == TensorType::Q6_K);
   CHECK(gguf.tensor("token_embd.weight").type == TensorType::Q4_K);
   CHECK(gguf.tensor("output.weight").type == TensorType::Q6_K);
-  check_kquant_model("Q4_K_M");
+  // Activations per 256 values (Q8_K): llama.cpp's logits are a mean KL of 2.2e-3 from the
+  // exact ones (a scale per 256 is coarser than Q8_0's per 32). sllm rounds them by another rule,
+  // so within 2x that noise of llama.cpp's. At that noise the top-1 token may differ wherever
+  // the top-2 gap is small, so it is required only where the gap is clear.
+  check_llama_quantized_model("kquants/llama.Q4_K_M", 2, 0);
 }
 
 TEST_CASE("a Q5_K_M model made by llama-quantize: logits within llama.cpp's int8 noise of its") {
@@ -812,7 +819,8 @@ TEST_CASE("a Q5_K_M model made by llama-quantize: logits within llama.cpp's int8
   CHECK(gguf.tensor("blk.1.ffn_down.weight").type == TensorType::Q6_K);
   CHECK(gguf.tensor("token_embd.weight").type == TensorType::Q5_K);
   CHECK(gguf.tensor("output.weight").type == TensorType::Q6_K);
-  check_kquant_model("Q5_K_M");
+  // As Q4_K_M: llama.cpp's noise here is a mean KL of 2.5e-3.
+  check_llama_quantized_model("kquants/llama.Q5_K_M", 2, 0);
   // A type the matmul does not compute is refused by the tensor's name.
   CopyEdits q3k;
   q3k.retyped = {"blk.1.attn_k.weight", TensorType::Q3_K};
@@ -825,98 +833,17 @@ TEST_CASE("a Q4_K_M model 192 wide, Q5_0 and Q8_0 where llama-quantize falls bac
   // tests/data/q5_0: a random llama (dim 192, FFN 544, 2 layers) that llama-quantize made
   // Q4_K_M. No row is whole super-blocks of 256, so its Q4_K matrices and token embeddings are
   // Q5_0 and its Q6_K ones (the output, layer 1's attn_v and ffn_down) Q8_0, as in the Q4_K_M
-  // files of Qwen2.5-0.5B or SmolLM2. With llama.cpp's logits for it and for its weights
-  // dequantized to F32 (exact: no int8 activations).
-  const std::string model_path = sllm_test::test_data("q5_0/llama.Q4_K_M.gguf");
-  const RefCase ref = read_ref(sllm_test::test_data("q5_0/llama.Q4_K_M.ref.gguf"), model_path);
-  const RefCase exact =
-      read_ref(sllm_test::test_data("q5_0/llama.Q4_K_M.f32.ref.gguf"), model_path);
-  REQUIRE(exact.tokens == ref.tokens);
-  const Gguf gguf = Gguf::open(model_path);
+  // files of Qwen2.5-0.5B or SmolLM2.
+  const Gguf gguf = Gguf::open(sllm_test::test_data("q5_0/llama.Q4_K_M.gguf"));
   CHECK(gguf.tensor("token_embd.weight").type == TensorType::Q5_0);
   CHECK(gguf.tensor("blk.0.ffn_down.weight").type == TensorType::Q5_0);
   CHECK(gguf.tensor("blk.1.attn_q.weight").type == TensorType::Q5_0);
   CHECK(gguf.tensor("blk.1.ffn_down.weight").type == TensorType::Q8_0);
   CHECK(gguf.tensor("output.weight").type == TensorType::Q8_0);
-
-  // The weights dequantized to F32 (sllm's Q5_0 dequantizer equals ggml's bit for bit): the
-  // ref README's bound for F32 weights with an F16 KV cache.
-  {
-    TempFile file("q5_0_f32.gguf");
-    CopyEdits edits;
-    edits.dequantize = true;
-    write_copy(gguf, file.path, edits);
-    const Gguf f32 = Gguf::open(file.path);
-    const Transformer tf = Transformer::load(f32);
-    Runner run(tf, TensorType::F16);
-    bool same_top1 = false;
-    const double kl = mean_kl(run.logits_in_chunks(exact.tokens, {exact.tokens.size()}),
-                              exact.logits, exact.n_vocab, &same_top1);
-    MESSAGE("Q5_0/Q8_0 dequantized to F32: mean KL = " << kl);
-    CHECK(kl <= 5e-6);
-    CHECK(same_top1);
-  }
-
-  // With int8 activations per 32 values, llama.cpp's logits move from the exact ones by a mean
-  // KL of 8.4e-4 on this model (its logits are large, so it is more sensitive than the ref
-  // fixtures, where the README's bound of 3e-4 holds). sllm rounds the activations as llama.cpp
-  // does, but any float difference before a rounding moves it, so its logits carry a noise of
-  // the same size but not the same noise: they must stay as close to the exact logits as
-  // llama.cpp's (within 1.5x), within that noise of llama.cpp's own, and agree on the top-1
-  // token at >= 95% of the positions and wherever llama.cpp's top-2 gap is clear. Whole
-  // prompts run the packed kernels, single tokens the direct ones.
-  bool unused = false;
-  const double noise = mean_kl(ref.logits, exact.logits, exact.n_vocab, &unused);
-  MESSAGE("llama.cpp Q5_0/Q8_0 vs exact: mean KL = " << noise);
-  for (int threads : {1, 2}) {
-    sllm::TransformerOptions options;
-    options.n_threads = threads;
-    const Transformer tf = Transformer::load(gguf, options);
-    for (const std::vector<size_t>& chunks :
-         {std::vector<size_t>{ref.tokens.size()}, std::vector<size_t>{1}, {3, 1, 5, 2}}) {
-      CAPTURE(threads);
-      CAPTURE(chunks.size());
-      Runner run(tf, TensorType::F16);
-      const std::vector<float> got = run.logits_in_chunks(ref.tokens, chunks);
-      const double to_exact = mean_kl(got, exact.logits, exact.n_vocab, &unused);
-      const double to_llama = mean_kl(got, ref.logits, ref.n_vocab, &unused);
-      size_t agree = 0;
-      for (size_t t = 0; t < ref.tokens.size(); ++t) {
-        const float* want = ref.logits.data() + t * ref.n_vocab;
-        const size_t top = size_t(argmax(want, ref.n_vocab));
-        const bool same = size_t(argmax(got.data() + t * ref.n_vocab, ref.n_vocab)) == top;
-        agree += same;
-        float second = -INFINITY;
-        for (size_t i = 0; i < ref.n_vocab; ++i)
-          if (i != top) second = std::max(second, want[i]);
-        if (want[top] - second >= 0.05f) CHECK(same);
-      }
-      MESSAGE("Q5_0/Q8_0: mean KL to exact " << to_exact << ", to llama.cpp's " << to_llama
-                                             << ", top-1 agreement " << agree << "/"
-                                             << ref.tokens.size());
-      CHECK(to_exact <= 1.5 * noise);
-      CHECK(to_llama <= noise);
-      CHECK(double(agree) >= 0.95 * double(ref.tokens.size()));
-      // Greedy continuation fed llama.cpp's ids, where its top-2 gap is clear.
-      // Clear means more than twice the largest logit difference between the two on the prompt:
-      // two int8 roundings of the same model differ by up to ~0.2 on these large logits.
-      float differ = 0;
-      for (size_t i = 0; i < got.size(); ++i) {
-        differ = std::max(differ, std::fabs(got[i] - ref.logits[i]));
-      }
-      std::vector<float> last(got.end() - ptrdiff_t(ref.n_vocab), got.end());
-      size_t checked = 0;
-      for (size_t i = 0; i < ref.greedy.size(); ++i) {
-        if (ref.gaps[i] >= 2 * differ) {
-          CHECK(argmax(last.data(), last.size()) == ref.greedy[i]);
-          ++checked;
-        }
-        last = run.step(ref.greedy[i]);
-      }
-      CAPTURE(differ);
-      CHECK(checked >= ref.greedy.size() / 4);  // the check must not fade away
-    }
-  }
+  // With int8 activations per 32 values, llama.cpp's logits are a mean KL of 8.4e-4 from the
+  // exact ones (more than the ref fixtures' 3e-4: the logits are large). sllm rounds the
+  // activations as llama.cpp does, so it must stay within that noise of llama.cpp's own.
+  check_llama_quantized_model("q5_0/llama.Q4_K_M", 1, 0.95);
 }
 
 TEST_CASE("bad input to forward: token ids, context overflow, pool exhaustion") {
