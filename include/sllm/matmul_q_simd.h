@@ -698,6 +698,26 @@ SLLM_VNNI HWY_INLINE void StoreLanes(const T (&lanes)[kCount][16], uint8_t* out)
   }
 }
 
+// What a tile of T tokens from t0 reads of each token: its activation codes and scales and its
+// part of the starts prepared for the call (starts_per_token int32 values per token), and the
+// tile's f32 sums, zeroed.
+template <int T>
+struct TileTokens {
+  const int8_t* codes[T];
+  const float* scales[T];
+  const int32_t* starts[T];
+  __m512 acc[T][kPanelVectors];
+  SLLM_VNNI HWY_INLINE TileTokens(const sllm::detail::QuantizedActivations& x, size_t t0,
+                                  const int32_t* all_starts, size_t starts_per_token) {
+    for (int t = 0; t < T; ++t) {
+      codes[t] = x.codes(t0 + t);
+      scales[t] = x.scales(t0 + t);
+      starts[t] = all_starts + (t0 + t) * starts_per_token;
+      for (size_t v = 0; v < kPanelVectors; ++v) acc[t][v] = _mm512_setzero_ps();
+    }
+  }
+};
+
 // y of tokens t0.. and rows r0.. from a tile's sums: lane i of acc[t][v] is row r0 + 16v + i.
 template <int T>
 SLLM_VNNI HWY_INLINE void StoreTile(const __m512 (&acc)[T][kPanelVectors], float* y,
@@ -801,37 +821,27 @@ struct BlockPanel {
                              const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
                              size_t y_stride, size_t r0, size_t n_rows) {
     constexpr size_t V = kPanelVectors;
-    const int8_t* xq[T];
-    const float* xs[T];
-    const int32_t* xstart[T];
-    for (int t = 0; t < T; ++t) {
-      xq[t] = x.codes(t0 + t);
-      xs[t] = x.scales(t0 + t);
-      xstart[t] = starts + (t0 + t) * nb;
-    }
-    __m512 acc[T][V];
-    for (int t = 0; t < T; ++t) {
-      for (size_t v = 0; v < V; ++v) acc[t][v] = _mm512_setzero_ps();
-    }
+    TileTokens<T> tile(x, t0, starts, nb);
+    auto& acc = tile.acc;
     for (size_t b = 0; b < nb; ++b) {
       const uint8_t* pb = panel + b * kItems * kItemBytes;
       __m512i isum[T][V];
       for (int t = 0; t < T; ++t) {
-        const __m512i start = _mm512_set1_epi32(xstart[t][b]);
+        const __m512i start = _mm512_set1_epi32(tile.starts[t][b]);
         for (size_t v = 0; v < V; ++v) isum[t][v] = start;
       }
       for (size_t g = 0; g < 8; ++g) {
         __m512i wv[V];
         for (size_t v = 0; v < V; ++v) wv[v] = _mm512_load_si512(pb + g * kItemBytes + v * 64);
         for (int t = 0; t < T; ++t) {
-          const __m512i xb = BroadcastGroup(xq[t] + b * kQuantBlock + 4 * g);
+          const __m512i xb = BroadcastGroup(tile.codes[t] + b * kQuantBlock + 4 * g);
           for (size_t v = 0; v < V; ++v) isum[t][v] = Dpbusd(isum[t][v], wv[v], xb);
         }
       }
       __m512 dw[V];
       for (size_t v = 0; v < V; ++v) dw[v] = _mm512_load_ps(pb + 8 * kItemBytes + v * 64);
       for (int t = 0; t < T; ++t) {
-        const __m512 dx = _mm512_set1_ps(xs[t][b]);
+        const __m512 dx = _mm512_set1_ps(tile.scales[t][b]);
         for (size_t v = 0; v < V; ++v) {
           acc[t][v] =
               _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[t][v]), _mm512_mul_ps(dw[v], dx), acc[t][v]);
@@ -854,18 +864,8 @@ struct SubBlockPanel {
                              size_t y_stride, size_t r0, size_t n_rows) {
     constexpr size_t V = kPanelVectors;
     constexpr size_t kValues = kSuperBlock / Panel::kSubBlocks, kGroups = kValues / 4;
-    const int8_t* xq[T];
-    const float* xs[T];
-    const int32_t* xstarts[T];
-    for (int t = 0; t < T; ++t) {
-      xq[t] = x.codes(t0 + t);
-      xs[t] = x.scales(t0 + t);
-      xstarts[t] = starts + (t0 + t) * Panel::kStarts * nb;
-    }
-    __m512 acc[T][V];
-    for (int t = 0; t < T; ++t) {
-      for (size_t v = 0; v < V; ++v) acc[t][v] = _mm512_setzero_ps();
-    }
+    TileTokens<T> tile(x, t0, starts, Panel::kStarts * nb);
+    auto& acc = tile.acc;
     for (size_t b = 0; b < nb; ++b) {
       const uint8_t* pb = panel + b * Panel::kItems * kItemBytes;
       __m512i sum[T][V];
@@ -876,7 +876,7 @@ struct SubBlockPanel {
         __m512i isum[T][V];
         for (int t = 0; t < T; ++t) {
           const __m512i start = Panel::kSubBlockStarts
-                                    ? _mm512_set1_epi32(xstarts[t][Panel::kStarts * b + j])
+                                    ? _mm512_set1_epi32(tile.starts[t][Panel::kStarts * b + j])
                                     : _mm512_setzero_si512();
           for (size_t v = 0; v < V; ++v) isum[t][v] = start;
         }
@@ -886,7 +886,8 @@ struct SubBlockPanel {
             wv[v] = _mm512_load_si512(pb + (kGroups * j + g) * kItemBytes + v * 64);
           }
           for (int t = 0; t < T; ++t) {
-            const __m512i xb = BroadcastGroup(xq[t] + b * kSuperBlock + kValues * j + 4 * g);
+            const __m512i xb =
+                BroadcastGroup(tile.codes[t] + b * kSuperBlock + kValues * j + 4 * g);
             for (size_t v = 0; v < V; ++v) isum[t][v] = Dpbusd(isum[t][v], wv[v], xb);
           }
         }
@@ -898,8 +899,8 @@ struct SubBlockPanel {
         }
       }
       for (int t = 0; t < T; ++t) {
-        const __m512 dx = _mm512_set1_ps(xs[t][b]);
-        const int32_t* block_starts = xstarts[t] + Panel::kStarts * b;
+        const __m512 dx = _mm512_set1_ps(tile.scales[t][b]);
+        const int32_t* block_starts = tile.starts[t] + Panel::kStarts * b;
         for (size_t v = 0; v < V; ++v) {
           acc[t][v] = Panel::AddBlock(pb + v * 64, sum[t][v], dx, block_starts, acc[t][v]);
         }
