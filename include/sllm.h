@@ -1125,8 +1125,8 @@ class Transformer {
   };
   // A projection whose output is its parts' outputs side by side: one fused matrix or several.
   struct Projection {
-    std::vector<Linear> parts;
-    std::vector<detail::MatrixView> weights;  // the parts' weights, for matmul_q_parts
+    std::vector<detail::MatrixView> weights;  // the parts' weights, side by side for matmul_q_parts
+    std::vector<const float*> biases;         // and their biases (null: none)
     size_t rows = 0;                          // all parts' rows
   };
   struct Layer {
@@ -1147,11 +1147,11 @@ class Transformer {
   void embed(const int32_t* tokens, size_t n, ForwardScratch& s) const;
   void normalize(const Norm& norm, const float* x, size_t n, float* out) const;
   // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride, for
-  // n_parts linears side by side in y (weights: theirs; all quantized in one activation format,
-  // or none quantized). x_quantized says whether the thread's quantized input already holds x
-  // (set once a quantized weight has needed it; a weight whose type needs the other activation
+  // n_parts linears side by side in y (all quantized in one activation format, or none quantized;
+  // a null bias adds nothing). x_quantized says whether the thread's quantized input already holds
+  // x (set once a quantized weight has needed it; a weight whose type needs the other activation
   // format quantizes x again).
-  void multiply(const Linear* parts, const detail::MatrixView* weights, size_t n_parts,
+  void multiply(const detail::MatrixView* weights, const float* const* biases, size_t n_parts,
                 const float* x, size_t n, size_t x_stride, bool& x_quantized, float* y,
                 size_t y_stride) const;
   void linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
@@ -7678,8 +7678,9 @@ Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& option
   const auto projection = [&](const std::vector<Part>& parts, bool bias) {
     Projection p;
     for (const Part& part : parts) {
-      p.parts.push_back(linear(part.first, d, part.second, bias));
-      p.weights.push_back(p.parts.back().weight);
+      const Linear l = linear(part.first, d, part.second, bias);
+      p.weights.push_back(l.weight);
+      p.biases.push_back(l.bias);
       p.rows += part.second;
     }
     return p;
@@ -7955,9 +7956,9 @@ void Transformer::normalize(const Norm& norm, const float* x, size_t n, float* o
   }
 }
 
-void Transformer::multiply(const Linear* parts, const detail::MatrixView* weights, size_t n_parts,
-                           const float* x, size_t n, size_t x_stride, bool& x_quantized, float* y,
-                           size_t y_stride) const {
+void Transformer::multiply(const detail::MatrixView* weights, const float* const* biases,
+                           size_t n_parts, const float* x, size_t n, size_t x_stride,
+                           bool& x_quantized, float* y, size_t y_stride) const {
   if (detail::matmul_q_reads(weights[0].type)) {
     detail::QuantizedActivations& xq = detail::thread_quantized_input();
     const detail::ActivationFormat format = detail::activation_format(weights[0].type);
@@ -7972,9 +7973,9 @@ void Transformer::multiply(const Linear* parts, const detail::MatrixView* weight
     }
   }
   for (size_t i = 0, offset = 0; i < n_parts; offset += weights[i].rows, ++i) {
-    if (parts[i].bias == nullptr) continue;
+    if (biases[i] == nullptr) continue;
     for (size_t t = 0; t < n; ++t) {
-      detail::add(y + t * y_stride + offset, parts[i].bias, weights[i].rows);
+      detail::add(y + t * y_stride + offset, biases[i], weights[i].rows);
     }
   }
 }
@@ -7982,7 +7983,7 @@ void Transformer::multiply(const Linear* parts, const detail::MatrixView* weight
 void Transformer::linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
                          size_t y_stride) const {
   bool x_quantized = false;
-  multiply(&l, &l.weight, 1, x, n, x_stride, x_quantized, y, y_stride);
+  multiply(&l.weight, &l.bias, 1, x, n, x_stride, x_quantized, y, y_stride);
 }
 
 void Transformer::project(const Projection& p, const float* x, size_t n, size_t x_stride,
@@ -7994,10 +7995,10 @@ void Transformer::project(const Projection& p, const float* x, size_t n, size_t 
   };
   bool x_quantized = false;
   size_t offset = 0;
-  for (size_t i = 0, j; i < p.parts.size(); i = j) {
-    for (j = i + 1; j < p.parts.size() && format(p.weights[j]) == format(p.weights[i]); ++j) {
+  for (size_t i = 0, j; i < p.weights.size(); i = j) {
+    for (j = i + 1; j < p.weights.size() && format(p.weights[j]) == format(p.weights[i]); ++j) {
     }
-    multiply(&p.parts[i], &p.weights[i], j - i, x, n, x_stride, x_quantized, y + offset, p.rows);
+    multiply(&p.weights[i], &p.biases[i], j - i, x, n, x_stride, x_quantized, y + offset, p.rows);
     for (size_t k = i; k < j; ++k) offset += p.weights[k].rows;
   }
 }

@@ -140,8 +140,8 @@ class Transformer {
   };
   // A projection whose output is its parts' outputs side by side: one fused matrix or several.
   struct Projection {
-    std::vector<Linear> parts;
-    std::vector<detail::MatrixView> weights;  // the parts' weights, for matmul_q_parts
+    std::vector<detail::MatrixView> weights;  // the parts' weights, side by side for matmul_q_parts
+    std::vector<const float*> biases;         // and their biases (null: none)
     size_t rows = 0;                          // all parts' rows
   };
   struct Layer {
@@ -162,11 +162,11 @@ class Transformer {
   void embed(const int32_t* tokens, size_t n, ForwardScratch& s) const;
   void normalize(const Norm& norm, const float* x, size_t n, float* out) const;
   // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride, for
-  // n_parts linears side by side in y (weights: theirs; all quantized in one activation format,
-  // or none quantized). x_quantized says whether the thread's quantized input already holds x
-  // (set once a quantized weight has needed it; a weight whose type needs the other activation
+  // n_parts linears side by side in y (all quantized in one activation format, or none quantized;
+  // a null bias adds nothing). x_quantized says whether the thread's quantized input already holds
+  // x (set once a quantized weight has needed it; a weight whose type needs the other activation
   // format quantizes x again).
-  void multiply(const Linear* parts, const detail::MatrixView* weights, size_t n_parts,
+  void multiply(const detail::MatrixView* weights, const float* const* biases, size_t n_parts,
                 const float* x, size_t n, size_t x_stride, bool& x_quantized, float* y,
                 size_t y_stride) const;
   void linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,

@@ -266,8 +266,9 @@ Transformer Transformer::load(const Gguf& gguf, const TransformerOptions& option
   const auto projection = [&](const std::vector<Part>& parts, bool bias) {
     Projection p;
     for (const Part& part : parts) {
-      p.parts.push_back(linear(part.first, d, part.second, bias));
-      p.weights.push_back(p.parts.back().weight);
+      const Linear l = linear(part.first, d, part.second, bias);
+      p.weights.push_back(l.weight);
+      p.biases.push_back(l.bias);
       p.rows += part.second;
     }
     return p;
@@ -543,9 +544,9 @@ void Transformer::normalize(const Norm& norm, const float* x, size_t n, float* o
   }
 }
 
-void Transformer::multiply(const Linear* parts, const detail::MatrixView* weights, size_t n_parts,
-                           const float* x, size_t n, size_t x_stride, bool& x_quantized, float* y,
-                           size_t y_stride) const {
+void Transformer::multiply(const detail::MatrixView* weights, const float* const* biases,
+                           size_t n_parts, const float* x, size_t n, size_t x_stride,
+                           bool& x_quantized, float* y, size_t y_stride) const {
   if (detail::matmul_q_reads(weights[0].type)) {
     detail::QuantizedActivations& xq = detail::thread_quantized_input();
     const detail::ActivationFormat format = detail::activation_format(weights[0].type);
@@ -560,9 +561,9 @@ void Transformer::multiply(const Linear* parts, const detail::MatrixView* weight
     }
   }
   for (size_t i = 0, offset = 0; i < n_parts; offset += weights[i].rows, ++i) {
-    if (parts[i].bias == nullptr) continue;
+    if (biases[i] == nullptr) continue;
     for (size_t t = 0; t < n; ++t) {
-      detail::add(y + t * y_stride + offset, parts[i].bias, weights[i].rows);
+      detail::add(y + t * y_stride + offset, biases[i], weights[i].rows);
     }
   }
 }
@@ -570,7 +571,7 @@ void Transformer::multiply(const Linear* parts, const detail::MatrixView* weight
 void Transformer::linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
                          size_t y_stride) const {
   bool x_quantized = false;
-  multiply(&l, &l.weight, 1, x, n, x_stride, x_quantized, y, y_stride);
+  multiply(&l.weight, &l.bias, 1, x, n, x_stride, x_quantized, y, y_stride);
 }
 
 void Transformer::project(const Projection& p, const float* x, size_t n, size_t x_stride,
@@ -582,10 +583,10 @@ void Transformer::project(const Projection& p, const float* x, size_t n, size_t 
   };
   bool x_quantized = false;
   size_t offset = 0;
-  for (size_t i = 0, j; i < p.parts.size(); i = j) {
-    for (j = i + 1; j < p.parts.size() && format(p.weights[j]) == format(p.weights[i]); ++j) {
+  for (size_t i = 0, j; i < p.weights.size(); i = j) {
+    for (j = i + 1; j < p.weights.size() && format(p.weights[j]) == format(p.weights[i]); ++j) {
     }
-    multiply(&p.parts[i], &p.weights[i], j - i, x, n, x_stride, x_quantized, y + offset, p.rows);
+    multiply(&p.weights[i], &p.biases[i], j - i, x, n, x_stride, x_quantized, y + offset, p.rows);
     for (size_t k = i; k < j; ++k) offset += p.weights[k].rows;
   }
 }
