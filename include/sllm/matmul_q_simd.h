@@ -117,12 +117,14 @@ template <class Step>
 struct LaneTables {
   alignas(64) uint16_t scale_words[2][32] = {};  // per half of the step, the word of each lane
   alignas(64) int32_t blocks[16] = {};           // the block of each lane
+  alignas(64) int32_t offsets[16] = {};          // and its first byte in the step
   uint32_t upper = 0;                            // lanes whose block is in the second half
   constexpr LaneTables() {
     constexpr size_t kHalf = Step::kBlocks / 2;
     for (size_t i = 0; i < 16; ++i) {
       const size_t block = Step::LaneBlock(i);
       blocks[i] = int32_t(block);
+      offsets[i] = int32_t(block * Step::kBlockBytes);
       scale_words[block / kHalf][i] = uint16_t(block % kHalf * Step::kBlockBytes / 2);
       if (block >= kHalf) upper |= 1u << i;
     }
@@ -336,8 +338,7 @@ struct Q5Step : Q4Step {
   static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t bytes) {
     W w;
     LoadNibbles<kQ5Bytes, 6, kWhole>(p, bytes, w.codes);
-    const __m512i offsets =
-        _mm512_mullo_epi32(_mm512_load_si512(kLaneTables<Q5Step>.blocks), _mm512_set1_epi32(22));
+    const __m512i offsets = _mm512_load_si512(kLaneTables<Q5Step>.offsets);
     const __mmask16 live =
         kWhole ? __mmask16(0xffff)
                : _mm512_cmplt_epi32_mask(_mm512_load_si512(kLaneTables<Q5Step>.blocks),
