@@ -3631,6 +3631,12 @@ SLLM_VNNI HWY_INLINE void PrepareNibbleX(const int8_t* codes, const float* scale
   PrepareLaneTerms<Step>(scales, offset, x);
 }
 
+// The high nibble of each byte, by one affine map of its bits (bit i of the result is bit i + 4)
+// instead of a shift and a mask.
+SLLM_VNNI HWY_INLINE __m512i HighNibbles(__m512i v) {
+  return _mm512_gf2p8affine_epi64_epi8(v, _mm512_set1_epi64(0x1020408000000000ll), 0);
+}
+
 // The byte of two 64-byte loads (at +0 and +kSecond of 4 blocks of kBlockBytes) that holds code
 // byte i of block q (at kCodeOffset in its block), for _mm512_permutex2var_epi8: from the first
 // load when all of the block's 16 code bytes are in it.
@@ -3665,9 +3671,7 @@ SLLM_VNNI HWY_INLINE void LoadNibbles(const uint8_t* p, size_t bytes, __m512i (&
   const __m512i low4 = _mm512_set1_epi8(0x0f);
   for (size_t k = 0; k < 4; ++k) {
     codes[k] = _mm512_and_si512(v[k], low4);
-    // The high nibbles by one affine map of each byte's bits (bit i of the result is bit i + 4),
-    // instead of a shift and a mask.
-    codes[4 + k] = _mm512_gf2p8affine_epi64_epi8(v[k], _mm512_set1_epi64(0x1020408000000000ll), 0);
+    codes[4 + k] = HighNibbles(v[k]);
   }
 }
 
@@ -3759,10 +3763,9 @@ SLLM_VNNI HWY_INLINE void SpreadScales(__m512i all, __m512i (&out)[4]) {
   }
 }
 
-// The block's activation scale, from lane 0 of its last prepared vector.
-template <class Step>
-SLLM_VNNI HWY_INLINE float StepXScale(const __m512i* x) {
-  return reinterpret_cast<const float*>(x + Step::kXVectors - 1)[0];
+// A K-quant step's activation scale, in every lane of its last prepared vector (x[5]).
+SLLM_VNNI HWY_INLINE __m512 StepXScale(const __m512i* x) {
+  return _mm512_load_ps(reinterpret_cast<const float*>(x + 5));
 }
 
 // The 8 scales and 8 mins of a Q4_K block as bytes 0..7 and 8..15, from its 12 scale bytes (and 4
@@ -3800,7 +3803,7 @@ struct ScaleMinStep {
   // and a 64-byte load two such groups, so the activation codes are regrouped to match: vector 2h
   // holds sub-blocks 4h and 4h + 2, vector 2h + 1 sub-blocks 4h + 1 and 4h + 3. Vector 4 holds the
   // sums of the 8 sub-blocks' codes in lanes 8..15 (where the weights keep their mins), vector 5
-  // the scale in lane 0.
+  // the scale in every lane.
   static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
                                             const int32_t* sums, __m512i* x) {
     auto pair = [codes](size_t a, size_t b) SLLM_VNNI {
@@ -3823,7 +3826,7 @@ struct ScaleMinStep {
     __m512i codes[4];
     __m512i scales[4];  // of each lane's sub-block
     __m512i mins;       // lanes 8..15: the mins of sub-blocks 0..7 (lanes 0..7: their scales)
-    __m128 d;           // d, dmin
+    __m512 d, dmin;     // in every lane
   };
   template <bool kWhole>
   static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t /*bytes*/) {
@@ -3832,7 +3835,7 @@ struct ScaleMinStep {
     for (int h = 0; h < 2; ++h) {
       const __m512i v = _mm512_loadu_si512(p + Block::kQs + 64 * h);
       w.codes[2 * h] = _mm512_and_si512(v, low4);
-      w.codes[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+      w.codes[2 * h + 1] = HighNibbles(v);
     }
     if constexpr (kHighBit) {
       // Code vector k holds sub-blocks j = 4 (k / 2) + k % 2 and j + 2 in its halves, value l of
@@ -3850,7 +3853,9 @@ struct ScaleMinStep {
     SpreadScales<8>(w.mins, w.scales);
     uint32_t d;
     std::memcpy(&d, p, 4);
-    w.d = _mm_cvtph_ps(_mm_cvtsi32_si128(int(d)));
+    const __m128 d_dmin = _mm_cvtph_ps(_mm_cvtsi32_si128(int(d)));
+    w.d = _mm512_broadcastss_ps(d_dmin);
+    w.dmin = _mm512_broadcastss_ps(_mm_movehdup_ps(d_dmin));
     return w;
   }
   static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
@@ -3864,11 +3869,9 @@ struct ScaleMinStep {
     // Lanes 8..15: min times the sum of the sub-block's activation codes (both below 2^15;
     // lanes 0..7 are 0).
     const __m512i mins = Dpwssd(zero, w.mins, _mm512_load_si512(x + 4));
-    const __m128 dx = _mm_mul_ps(w.d, _mm_set1_ps(StepXScale<ScaleMinStep>(x)));  // d dx, dmin dx
-    const __m512 d = _mm512_broadcastss_ps(dx);
-    const __m512 dmin = _mm512_broadcastss_ps(_mm_movehdup_ps(dx));
-    return _mm512_add_ps(acc, _mm512_fmsub_ps(_mm512_cvtepi32_ps(sum), d,
-                                              _mm512_mul_ps(_mm512_cvtepi32_ps(mins), dmin)));
+    const __m512 block = _mm512_fmsub_ps(_mm512_cvtepi32_ps(sum), w.d,
+                                         _mm512_mul_ps(_mm512_cvtepi32_ps(mins), w.dmin));
+    return _mm512_fmadd_ps(block, StepXScale(x), acc);
   }
 };
 
@@ -3880,7 +3883,7 @@ struct Q6KStep {
   static constexpr size_t kBlockValues = kSuperBlock;
   static constexpr size_t kBlocks = 1;
   static constexpr size_t kXVectors = 6;
-  // The codes in their order, the sums of the 16 sub-blocks' codes, the scale in lane 0.
+  // The codes in their order, the sums of the 16 sub-blocks' codes, the scale in every lane.
   static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
                                             const int32_t* sums, __m512i* x) {
     for (int k = 0; k < 4; ++k) _mm512_store_si512(x + k, _mm512_loadu_si512(codes + 64 * k));
@@ -3891,7 +3894,7 @@ struct Q6KStep {
     __m512i codes[4];   // code + 32, unsigned
     __m512i scales[4];  // of each lane's sub-block
     __m512i all;        // lane j: the scale of sub-block j
-    float d;
+    __m512 d;           // in every lane
   };
   // Codes 64h..64h+63 of half h: the low nibbles of ql[64h..], and values 128h + 64.. the high
   // ones; their top 2 bits are bit pairs of qh[32h..32h+31], 0-1 and 2-3 for the first 64, 4-5
@@ -3916,7 +3919,7 @@ struct Q6KStep {
     SpreadScales<4>(w.all, w.scales);
     uint16_t d;
     std::memcpy(&d, p + 208, 2);
-    w.d = fp16_to_f32(d);
+    w.d = _mm512_set1_ps(fp16_to_f32(d));
     return w;
   }
   static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
@@ -3927,8 +3930,7 @@ struct Q6KStep {
     for (int k = 0; k < 4; ++k) {
       sum = Dpwssd(sum, Dpbusd(zero, w.codes[k], _mm512_load_si512(x + k)), w.scales[k]);
     }
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(w.d * StepXScale<Q6KStep>(x)),
-                           acc);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(w.d, StepXScale(x)), acc);
   }
 };
 
