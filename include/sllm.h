@@ -3060,12 +3060,18 @@ HWY_INLINE const KV* KvElements(const uint8_t* row, float& scale) {
   }
 }
 
-// Vectors of the attention hold at most this many lanes (RowDots is instantiated up to it).
+// Query heads whose scores are computed together, one a lane: a group of eight query heads
+// shares each KV head in the models we run, and eight-lane multiply-adds run two a cycle on the
+// cores we target (Zen 4, Intel's), as many lanes a cycle as sixteen-lane ones.
+constexpr size_t kAttentionHeads = 8;
+// Vectors of the value pass hold at most this many lanes.
 constexpr size_t kAttentionLanes = 16;
 // Tokens of a chunk of the attention: their keys and values are widened to f32 once for every
-// query head of the group, their scores are computed as whole vectors, and the softmax's running
-// maximum moves once per chunk.
-constexpr size_t kAttentionChunk = 2 * kAttentionLanes;
+// query head of the group, and the softmax's running maximum moves once per chunk.
+constexpr size_t kAttentionChunk = 32;
+// Tokens whose scores are summed at once: eight independent chains of multiply-adds hide the
+// latency of each.
+constexpr size_t kScoreTokens = 8;
 
 // Calls f(c, row) for the rows of tokens j0 + c, c < n, of a paged view, walking the block table
 // rather than dividing per row.
@@ -3081,18 +3087,25 @@ HWY_INLINE void ForEachRow(const detail::PagedRows& rows, size_t j0, size_t n, c
   }
 }
 
-// Rows [j0, j0 + n) of a paged view widened to f32 into out (n rows of stride floats: the dim
-// elements, then zeros), and their row scales (1 but for I8) into scales.
+// Rows [j0, j0 + n) of a paged view widened to f32 and multiplied by their row scales (I8) into
+// out (n rows of stride floats: the dim elements, then zeros): the scores and the weighted sums
+// then need no scales.
 template <typename KV, class D>
 HWY_INLINE void WidenRows(D d, const detail::PagedRows& rows, size_t j0, size_t n, size_t dim,
-                          size_t stride, float* HWY_RESTRICT out, float* HWY_RESTRICT scales) {
+                          size_t stride, float* HWY_RESTRICT out) {
   const size_t N = hn::Lanes(d);
+  constexpr bool kScaled = std::is_same<KV, int8_t>::value;
   ForEachRow(rows, j0, n, [&](size_t c, const uint8_t* row) {
-    const KV* e = KvElements<KV>(row, scales[c]);
+    float scale;
+    const KV* e = KvElements<KV>(row, scale);
+    const auto vscale = hn::Set(d, scale);
     float* HWY_RESTRICT o = out + c * stride;
     size_t i = 0;
-    for (; i + N <= dim; i += N) hn::StoreU(LoadAsF32(d, e + i), d, o + i);
-    for (; i < dim; ++i) o[i] = ElementAsF32(e[i]);
+    for (; i + N <= dim; i += N) {
+      const auto x = LoadAsF32(d, e + i);
+      hn::StoreU(kScaled ? hn::Mul(x, vscale) : x, d, o + i);
+    }
+    for (; i < dim; ++i) o[i] = kScaled ? ElementAsF32(e[i]) * scale : ElementAsF32(e[i]);
     for (; i < stride; ++i) o[i] = 0.0f;
   });
 }
@@ -3132,94 +3145,73 @@ class RowPrefetcher {
   size_t row_bytes_;
 };
 
-// Neighbouring lanes of a, then of b, added: a0 + a1, a2 + a3, ..., b0 + b1, b2 + b3, ...
-template <class D>
-HWY_INLINE hn::Vec<D> PairSums(D d, hn::Vec<D> a, hn::Vec<D> b) {
-#if HWY_TARGET == HWY_SCALAR
-  (void)d;
-  (void)b;
-  return a;  // vectors of one lane are never paired
-#else
-  return hn::Add(hn::ConcatEven(d, b, a), hn::ConcatOdd(d, b, a));
-#endif
-}
-
-// Lane j of the result: the dot product of q with row j of k, for kRows = Lanes(d) rows of
-// stride floats (a multiple of Lanes(d)), of which kVecs vectors (0: stride / Lanes(d), known
-// only at run time). Each row's products are summed lane by lane, then the vectors of the rows
-// are halved in a tree of pairwise sums: ConcatEven + ConcatOdd of two vectors adds neighbouring
-// lanes of each, which leaves the sum of each row in its own lane, in order, without a reduction
-// per row. With kVecs known, the loops unroll and q's vectors are loaded once for all rows.
-template <size_t kRows, size_t kVecs, class D>
-HWY_INLINE hn::Vec<D> RowDots(D d, const float* HWY_RESTRICT k, size_t stride,
-                              const float* HWY_RESTRICT q) {
-  if constexpr (kRows == 1) {
-    const size_t N = hn::Lanes(d);
-    const size_t n_vecs = kVecs != 0 ? kVecs : stride / N;
-    auto acc = hn::Mul(hn::LoadU(d, k), hn::LoadU(d, q));
-    for (size_t x = 1; x < n_vecs; ++x) {
-      acc = hn::MulAdd(hn::LoadU(d, k + x * N), hn::LoadU(d, q + x * N), acc);
+// The scores of a group of Lanes(dh) query heads, one a lane, with the chunk's n keys k (rows of
+// stride floats): row c of s (Lanes(dh) floats) is sum_i qt_i k_ci, where row i of qt holds
+// element i of the group's queries. Each key element is broadcast from memory into a
+// multiply-add with a row of qt, so that no score needs a sum across lanes, and a row of qt is
+// loaded once for kScoreTokens keys. The rows of the chunk [ahead, ahead + kAttentionChunk) are
+// asked for in pieces, one before each kScoreTokens keys.
+template <class DH>
+HWY_INLINE void GroupScores(DH dh, const float* HWY_RESTRICT k, size_t n, size_t stride, size_t dim,
+                            const float* HWY_RESTRICT qt, float* HWY_RESTRICT s, size_t ahead,
+                            size_t pieces, size_t& piece, RowPrefetcher& keys_ahead,
+                            RowPrefetcher& values_ahead) {
+  const size_t G = hn::Lanes(dh);
+  size_t c = 0;
+  for (; c < n; c += kScoreTokens) {
+    const size_t until = ahead + ++piece * kAttentionChunk / pieces;
+    keys_ahead.ask_until(until);
+    values_ahead.ask_until(until);
+    if (c + kScoreTokens > n) break;
+    const float* HWY_RESTRICT k0 = k + c * stride;
+    const float* HWY_RESTRICT k1 = k0 + stride;
+    const float* HWY_RESTRICT k2 = k0 + 2 * stride;
+    const float* HWY_RESTRICT k3 = k0 + 3 * stride;
+    const float* HWY_RESTRICT k4 = k0 + 4 * stride;
+    const float* HWY_RESTRICT k5 = k0 + 5 * stride;
+    const float* HWY_RESTRICT k6 = k0 + 6 * stride;
+    const float* HWY_RESTRICT k7 = k0 + 7 * stride;
+    auto s0 = hn::Zero(dh), s1 = hn::Zero(dh), s2 = hn::Zero(dh), s3 = hn::Zero(dh);
+    auto s4 = hn::Zero(dh), s5 = hn::Zero(dh), s6 = hn::Zero(dh), s7 = hn::Zero(dh);
+    for (size_t i = 0; i < dim; ++i) {
+      const auto q = hn::LoadU(dh, qt + i * G);
+      s0 = hn::MulAdd(q, hn::Set(dh, k0[i]), s0);
+      s1 = hn::MulAdd(q, hn::Set(dh, k1[i]), s1);
+      s2 = hn::MulAdd(q, hn::Set(dh, k2[i]), s2);
+      s3 = hn::MulAdd(q, hn::Set(dh, k3[i]), s3);
+      s4 = hn::MulAdd(q, hn::Set(dh, k4[i]), s4);
+      s5 = hn::MulAdd(q, hn::Set(dh, k5[i]), s5);
+      s6 = hn::MulAdd(q, hn::Set(dh, k6[i]), s6);
+      s7 = hn::MulAdd(q, hn::Set(dh, k7[i]), s7);
     }
-    return acc;
-  } else {
-    return PairSums(d, RowDots<kRows / 2, kVecs>(d, k, stride, q),
-                    RowDots<kRows / 2, kVecs>(d, k + kRows / 2 * stride, stride, q));
+    float* HWY_RESTRICT sc = s + c * G;
+    hn::StoreU(s0, dh, sc);
+    hn::StoreU(s1, dh, sc + G);
+    hn::StoreU(s2, dh, sc + 2 * G);
+    hn::StoreU(s3, dh, sc + 3 * G);
+    hn::StoreU(s4, dh, sc + 4 * G);
+    hn::StoreU(s5, dh, sc + 5 * G);
+    hn::StoreU(s6, dh, sc + 6 * G);
+    hn::StoreU(s7, dh, sc + 7 * G);
+  }
+  // The last keys of a short chunk (the end of the range), one at a time.
+  for (; c < n; ++c) {
+    const float* HWY_RESTRICT kc = k + c * stride;
+    auto sc = hn::Zero(dh);
+    for (size_t i = 0; i < dim; ++i)
+      sc = hn::MulAdd(hn::LoadU(dh, qt + i * G), hn::Set(dh, kc[i]), sc);
+    hn::StoreU(sc, dh, s + c * G);
   }
 }
 
-template <size_t kVecs, class D>
-HWY_INLINE hn::Vec<D> ChunkDots(D d, const float* HWY_RESTRICT k, size_t stride,
-                                const float* HWY_RESTRICT q) {
-  static_assert(kAttentionLanes == 16, "RowDots is instantiated for up to 16 lanes");
-  switch (hn::Lanes(d)) {
-    case 16:
-      return RowDots<16, kVecs>(d, k, stride, q);
-    case 8:
-      return RowDots<8, kVecs>(d, k, stride, q);
-    case 4:
-      return RowDots<4, kVecs>(d, k, stride, q);
-    case 2:
-      return RowDots<2, kVecs>(d, k, stride, q);
-    default:
-      return RowDots<1, kVecs>(d, k, stride, q);
-  }
-}
-
-// Scores of the n_q heads qs (rows of stride floats) with the chunk's n keys k, into the rows
-// of p (kAttentionChunk floats per head), N tokens at a time; lanes past the n tokens (rows of
-// an earlier chunk or zeros) are -inf, so they are left out of the maximum.
-template <size_t kVecs, class D>
-HWY_INLINE void ChunkScores(D d, const float* HWY_RESTRICT k, const float* HWY_RESTRICT k_scales,
-                            bool scaled_rows, size_t n, size_t stride, const float* HWY_RESTRICT qs,
-                            size_t n_q, float* HWY_RESTRICT p, size_t ahead,
-                            RowPrefetcher& keys_ahead, RowPrefetcher& values_ahead) {
-  const size_t N = hn::Lanes(d);
-  const auto minus_inf = hn::Set(d, -INFINITY);
-  // The rows of a chunk [ahead, ahead + kAttentionChunk) are asked for in pieces, one before each
-  // score vector.
-  const size_t pieces = (n + N - 1) / N * n_q;
-  size_t piece = 0;
-  for (size_t c = 0; c < n; c += N) {
-    const auto valid = hn::FirstN(d, n - c);
-    for (size_t h = 0; h < n_q; ++h) {
-      const size_t until = ahead + ++piece * kAttentionChunk / pieces;
-      keys_ahead.ask_until(until);
-      values_ahead.ask_until(until);
-      auto s = ChunkDots<kVecs>(d, k + c * stride, stride, qs + h * stride);
-      if (scaled_rows) s = hn::Mul(s, hn::LoadU(d, k_scales + c));
-      hn::StoreU(hn::IfThenElse(valid, s, minus_inf), d, p + h * kAttentionChunk + c);
-    }
-  }
-}
-
-// acc_h += sum_c p_hc v_c over the chunk's n tokens for four heads: rows h of acc (stride floats)
-// and of p (kAttentionChunk floats). A vector of each value row is loaded once for the four
-// heads, whose sums are four independent chains of multiply-adds.
+// acc_h += sum_c p_ch v_c over the chunk's n tokens for four heads h: rows h of acc (stride
+// floats) and lanes h of the rows of p (p_row floats). A vector of each value row is loaded once
+// for the four heads, whose sums are four independent chains of multiply-adds.
 template <class D>
-HWY_INLINE void AddWeightedRows4(D d, const float* HWY_RESTRICT p, const float* HWY_RESTRICT v,
-                                 size_t n, size_t stride, float* HWY_RESTRICT acc) {
+HWY_INLINE void AddWeightedRows4(D d, const float* HWY_RESTRICT p, size_t p_row,
+                                 const float* HWY_RESTRICT v, size_t n, size_t stride,
+                                 float* HWY_RESTRICT acc) {
   const size_t N = hn::Lanes(d);
-  constexpr size_t C = kAttentionChunk;
   float* HWY_RESTRICT acc1 = acc + stride;
   float* HWY_RESTRICT acc2 = acc + 2 * stride;
   float* HWY_RESTRICT acc3 = acc + 3 * stride;
@@ -3228,10 +3220,11 @@ HWY_INLINE void AddWeightedRows4(D d, const float* HWY_RESTRICT p, const float* 
     auto a2 = hn::LoadU(d, acc2 + i), a3 = hn::LoadU(d, acc3 + i);
     for (size_t c = 0; c < n; ++c) {
       const auto vc = hn::LoadU(d, v + c * stride + i);
-      a0 = hn::MulAdd(hn::Set(d, p[c]), vc, a0);
-      a1 = hn::MulAdd(hn::Set(d, p[C + c]), vc, a1);
-      a2 = hn::MulAdd(hn::Set(d, p[2 * C + c]), vc, a2);
-      a3 = hn::MulAdd(hn::Set(d, p[3 * C + c]), vc, a3);
+      const float* HWY_RESTRICT pc = p + c * p_row;
+      a0 = hn::MulAdd(hn::Set(d, pc[0]), vc, a0);
+      a1 = hn::MulAdd(hn::Set(d, pc[1]), vc, a1);
+      a2 = hn::MulAdd(hn::Set(d, pc[2]), vc, a2);
+      a3 = hn::MulAdd(hn::Set(d, pc[3]), vc, a3);
     }
     hn::StoreU(a0, d, acc + i);
     hn::StoreU(a1, d, acc1 + i);
@@ -3242,15 +3235,16 @@ HWY_INLINE void AddWeightedRows4(D d, const float* HWY_RESTRICT p, const float* 
 
 // The same for one head, four vectors of acc at a time (four independent chains), then one.
 template <class D>
-HWY_INLINE void AddWeightedRows1(D d, const float* HWY_RESTRICT p, const float* HWY_RESTRICT v,
-                                 size_t n, size_t stride, float* HWY_RESTRICT acc) {
+HWY_INLINE void AddWeightedRows1(D d, const float* HWY_RESTRICT p, size_t p_row,
+                                 const float* HWY_RESTRICT v, size_t n, size_t stride,
+                                 float* HWY_RESTRICT acc) {
   const size_t N = hn::Lanes(d);
   size_t i = 0;
   for (; i + 4 * N <= stride; i += 4 * N) {
     auto a0 = hn::LoadU(d, acc + i), a1 = hn::LoadU(d, acc + i + N);
     auto a2 = hn::LoadU(d, acc + i + 2 * N), a3 = hn::LoadU(d, acc + i + 3 * N);
     for (size_t c = 0; c < n; ++c) {
-      const auto pc = hn::Set(d, p[c]);
+      const auto pc = hn::Set(d, p[c * p_row]);
       const float* HWY_RESTRICT vc = v + c * stride + i;
       a0 = hn::MulAdd(pc, hn::LoadU(d, vc), a0);
       a1 = hn::MulAdd(pc, hn::LoadU(d, vc + N), a1);
@@ -3265,7 +3259,7 @@ HWY_INLINE void AddWeightedRows1(D d, const float* HWY_RESTRICT p, const float* 
   for (; i < stride; i += N) {
     auto a = hn::LoadU(d, acc + i);
     for (size_t c = 0; c < n; ++c) {
-      a = hn::MulAdd(hn::Set(d, p[c]), hn::LoadU(d, v + c * stride + i), a);
+      a = hn::MulAdd(hn::Set(d, p[c * p_row]), hn::LoadU(d, v + c * stride + i), a);
     }
     hn::StoreU(a, d, acc + i);
   }
@@ -3276,85 +3270,87 @@ void AttentionOfType(const float* HWY_RESTRICT q, size_t n_q, size_t dim,
                      const detail::PagedRows& keys, const detail::PagedRows& values, size_t begin,
                      size_t end, float scale, float* HWY_RESTRICT out) {
   const hn::CappedTag<float, kAttentionLanes> d;
-  const size_t N = hn::Lanes(d);
+  const hn::CappedTag<float, kAttentionHeads> dh;
+  const size_t N = hn::Lanes(d), G = hn::Lanes(dh);
   constexpr size_t C = kAttentionChunk;
-  constexpr bool kScaledRows = std::is_same<KV, int8_t>::value;
   const size_t stride = (dim + N - 1) / N * N;  // rows padded with zeros to whole vectors
-  // The chunk's keys and values in f32 and their row scales, the query heads times scale and
-  // their output sums (padded rows), the chunk's scores of each head (turned into weights in
-  // place), and per head the running maximum and sum.
+  const size_t groups = (n_q + G - 1) / G;      // heads padded with zeros to whole groups
+  const size_t heads = groups * G;
+  // The chunk's keys and values in f32 (times their row scales), per group the query heads times
+  // scale transposed (dim rows of G lanes), the output sums of the heads (padded rows), per
+  // group the chunk's scores (C rows of G lanes, turned into weights in place), and per head the
+  // running maximum and sum.
   static thread_local std::vector<float> buffer;
-  const size_t need = (2 * C + 2 * n_q) * stride + 2 * C + n_q * C + 2 * n_q;
+  const size_t need = 2 * C * stride + heads * (dim + stride + C + 2);
   if (buffer.size() < need) buffer.resize(need);
   float* HWY_RESTRICT k = buffer.data();
   float* HWY_RESTRICT v = k + C * stride;
-  float* HWY_RESTRICT qs = v + C * stride;
-  float* HWY_RESTRICT acc = qs + n_q * stride;
-  float* HWY_RESTRICT k_scales = acc + n_q * stride;
-  float* HWY_RESTRICT v_scales = k_scales + C;
-  float* HWY_RESTRICT p = v_scales + C;
-  float* HWY_RESTRICT max = p + n_q * C;
-  float* HWY_RESTRICT sum = max + n_q;
-  for (size_t h = 0; h < n_q; ++h) {
-    for (size_t i = 0; i < dim; ++i) qs[h * stride + i] = q[h * dim + i] * scale;
-    std::fill(qs + h * stride + dim, qs + (h + 1) * stride, 0.0f);
+  float* HWY_RESTRICT qt = v + C * stride;
+  float* HWY_RESTRICT acc = qt + heads * dim;
+  float* HWY_RESTRICT s = acc + heads * stride;
+  float* HWY_RESTRICT max = s + heads * C;
+  float* HWY_RESTRICT sum = max + heads;
+  for (size_t h = 0; h < heads; ++h) {
+    float* HWY_RESTRICT qth = qt + h / G * dim * G + h % G;
+    for (size_t i = 0; i < dim; ++i) qth[i * G] = h < n_q ? q[h * dim + i] * scale : 0.0f;
   }
-  std::fill(acc, acc + n_q * stride, 0.0f);
-  std::fill(max, max + n_q, -INFINITY);
-  std::fill(sum, sum + n_q, 0.0f);
-  const size_t row_bytes = dim * sizeof(KV) + (kScaledRows ? sizeof(float) : 0);
+  std::fill(acc, acc + heads * stride, 0.0f);
+  std::fill(max, max + heads, -INFINITY);
+  std::fill(sum, sum + heads, 0.0f);
+  const size_t row_bytes = dim * sizeof(KV) + (std::is_same<KV, int8_t>::value ? sizeof(float) : 0);
   RowPrefetcher keys_ahead(keys, begin + kPrefetchChunks * C, end, row_bytes);
   RowPrefetcher values_ahead(values, begin + kPrefetchChunks * C, end, row_bytes);
   for (size_t j0 = begin; j0 < end; j0 += C) {
     const size_t n = HWY_MIN(C, end - j0);
-    WidenRows<KV>(d, keys, j0, n, dim, stride, k, k_scales);
-    WidenRows<KV>(d, values, j0, n, dim, stride, v, v_scales);
-    // Head dimensions of whole vectors that models use get unrolled dot products.
-    const size_t ahead = j0 + kPrefetchChunks * C;
-    switch (stride / N) {
-      case 4:
-        ChunkScores<4>(d, k, k_scales, kScaledRows, n, stride, qs, n_q, p, ahead, keys_ahead,
-                       values_ahead);
-        break;
-      case 8:
-        ChunkScores<8>(d, k, k_scales, kScaledRows, n, stride, qs, n_q, p, ahead, keys_ahead,
-                       values_ahead);
-        break;
-      default:
-        ChunkScores<0>(d, k, k_scales, kScaledRows, n, stride, qs, n_q, p, ahead, keys_ahead,
-                       values_ahead);
-        break;
-    }
-    for (size_t h = 0; h < n_q; ++h) {
-      float* HWY_RESTRICT ph = p + h * C;
-      auto vmax = hn::LoadU(d, ph);
-      for (size_t c = N; c < n; c += N) vmax = hn::Max(vmax, hn::LoadU(d, ph + c));
-      const float chunk_max = hn::GetLane(hn::MaxOfLanes(d, vmax));
-      if (chunk_max > max[h]) {
-        // A new maximum: what was summed so far was weighted by exp(. - max) of the old one.
-        const float rescale = std::exp(max[h] - chunk_max);
-        sum[h] *= rescale;
+    WidenRows<KV>(d, keys, j0, n, dim, stride, k);
+    WidenRows<KV>(d, values, j0, n, dim, stride, v);
+    const size_t pieces = (n + kScoreTokens - 1) / kScoreTokens * groups;
+    size_t piece = 0;
+    for (size_t g = 0; g < groups; ++g) {
+      float* HWY_RESTRICT sg = s + g * C * G;
+      GroupScores(dh, k, n, stride, dim, qt + g * dim * G, sg, j0 + kPrefetchChunks * C, pieces,
+                  piece, keys_ahead, values_ahead);
+      float* HWY_RESTRICT max_g = max + g * G;
+      float* HWY_RESTRICT sum_g = sum + g * G;
+      auto vmax = hn::Set(dh, -INFINITY);
+      for (size_t c = 0; c < n; ++c) vmax = hn::Max(vmax, hn::LoadU(dh, sg + c * G));
+      // A head with a new maximum: what was summed so far was weighted by exp(. - max) of the
+      // old one.
+      HWY_ALIGN float chunk_max[kAttentionHeads];
+      hn::StoreU(vmax, dh, chunk_max);
+      for (size_t j = 0; j < G; ++j) {
+        if (chunk_max[j] <= max_g[j]) continue;
+        const float rescale = std::exp(max_g[j] - chunk_max[j]);
+        sum_g[j] *= rescale;
         const auto vr = hn::Set(d, rescale);
-        float* HWY_RESTRICT ah = acc + h * stride;
+        float* HWY_RESTRICT ah = acc + (g * G + j) * stride;
         for (size_t i = 0; i < stride; i += N) {
           hn::StoreU(hn::Mul(hn::LoadU(d, ah + i), vr), d, ah + i);
         }
-        max[h] = chunk_max;
+        max_g[j] = chunk_max[j];
       }
-      // The weights exp(s - max), summed; each then times its value row's scale.
-      const auto vm = hn::Set(d, max[h]);
+      // The weights exp(s - max), summed, Lanes(d) / G tokens a vector (their heads' maxima
+      // repeated): the chunk's n rows of G lanes are one array.
+      HWY_ALIGN float tiled[kAttentionLanes];
+      for (size_t x = 0; x < N; ++x) tiled[x] = max_g[x % G];
+      const auto vm = hn::LoadU(d, tiled);
       auto vsum = hn::Zero(d);
-      for (size_t c = 0; c < n; c += N) {
-        const auto e =
-            hn::IfThenElseZero(hn::FirstN(d, n - c), hn::Exp(d, hn::Sub(hn::LoadU(d, ph + c), vm)));
+      for (size_t x = 0; x < n * G; x += N) {
+        const auto e = hn::IfThenElseZero(hn::FirstN(d, n * G - x),
+                                          hn::Exp(d, hn::Sub(hn::LoadU(d, sg + x), vm)));
         vsum = hn::Add(vsum, e);
-        hn::StoreU(kScaledRows ? hn::Mul(e, hn::LoadU(d, v_scales + c)) : e, d, ph + c);
+        hn::StoreU(e, d, sg + x);
       }
-      sum[h] += ReduceSumF32(d, vsum);
+      hn::StoreU(vsum, d, tiled);
+      for (size_t x = 0; x < N; ++x) sum_g[x % G] += tiled[x];
+      const size_t group_heads = HWY_MIN(G, n_q - g * G);
+      float* HWY_RESTRICT acc_g = acc + g * G * stride;
+      size_t j = 0;
+      for (; j + 4 <= group_heads; j += 4) {
+        AddWeightedRows4(d, sg + j, G, v, n, stride, acc_g + j * stride);
+      }
+      for (; j < group_heads; ++j) AddWeightedRows1(d, sg + j, G, v, n, stride, acc_g + j * stride);
     }
-    size_t h = 0;
-    for (; h + 4 <= n_q; h += 4) AddWeightedRows4(d, p + h * C, v, n, stride, acc + h * stride);
-    for (; h < n_q; ++h) AddWeightedRows1(d, p + h * C, v, n, stride, acc + h * stride);
   }
   for (size_t h = 0; h < n_q; ++h) {
     const float inv = 1.0f / sum[h];

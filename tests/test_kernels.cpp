@@ -377,8 +377,9 @@ TEST_CASE(
                                      token_stride, type};
         sllm::detail::PagedRows vals = keys;
         vals.offset += block_tokens * token_stride;
-        // Nine query heads of one group; the kernel computes 1, 3 or all 9 at once (heads in
-        // fours, then one by one).
+        // Nine query heads of one group; the kernel computes 1, 3 or all 9 at once (scores in
+        // groups of up to eight heads, one a lane, padded with zero queries; weighted sums of
+        // values four heads at a time, then one by one).
         const size_t max_q = 9;
         const auto q = random_floats(rng, max_q * head_dim, -2.f, 2.f);
         const float scale = 1.0f / std::sqrt(float(head_dim));
