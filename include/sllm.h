@@ -5958,6 +5958,15 @@ inline float offset_codes(const float* x, int offset, int (&codes)[kQuantBlock])
   return d;
 }
 
+// The low 4 bits of a block's codes as Q4_0 and Q5_0 store them: byte j holds code j in its low
+// nibble and code j + 16 in its high one.
+inline void pack_low_nibbles(const int (&codes)[kQuantBlock], uint8_t (&qs)[kQuantBlock / 2]) {
+  constexpr size_t kHalf = kQuantBlock / 2;
+  for (size_t j = 0; j < kHalf; ++j) {
+    qs[j] = static_cast<uint8_t>((codes[j] & 0x0f) | (codes[j + kHalf] & 0x0f) << 4);
+  }
+}
+
 }  // namespace detail
 
 namespace ref {
@@ -5997,12 +6006,10 @@ void dequantize_row_q8_0(const BlockQ8_0* x, float* y, size_t n) {
 
 void quantize_row_q4_0(const float* x, BlockQ4_0* y, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q4_0, n);
-  constexpr size_t kHalf = kQuantBlock / 2;
   for (size_t b = 0; b < nb; ++b, x += kQuantBlock) {
     int q[kQuantBlock];
     y[b].d = f32_to_fp16(detail::offset_codes(x, 8, q));
-    for (size_t j = 0; j < kHalf; ++j)
-      y[b].qs[j] = static_cast<uint8_t>(q[j] | (q[j + kHalf] << 4));
+    detail::pack_low_nibbles(q, y[b].qs);
   }
 }
 
@@ -6020,14 +6027,11 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n) {
 
 void quantize_row_q5_0(const float* x, BlockQ5_0* y, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q5_0, n);
-  constexpr size_t kHalf = kQuantBlock / 2;
   for (size_t b = 0; b < nb; ++b, x += kQuantBlock) {
     int q[kQuantBlock];
     y[b].d = f32_to_fp16(detail::offset_codes(x, 16, q));
+    detail::pack_low_nibbles(q, y[b].qs);
     std::memset(y[b].qh, 0, sizeof(y[b].qh));
-    for (size_t j = 0; j < kHalf; ++j) {
-      y[b].qs[j] = static_cast<uint8_t>((q[j] & 0x0f) | ((q[j + kHalf] & 0x0f) << 4));
-    }
     for (size_t i = 0; i < kQuantBlock; ++i) {
       y[b].qh[i / 8] = static_cast<uint8_t>(y[b].qh[i / 8] | (q[i] >> 4) << (i % 8));
     }
