@@ -473,6 +473,15 @@ struct BlockQ6_K {
   int8_t scales[kSuperBlock / 16];
   uint16_t d;  // IEEE half
 };
+// Q3_K: 16 sub-blocks of 16; value = d * scale_j * (q - 4), q a 3-bit code whose low 2 bits are
+// in qs and top bit in hmask (see q3_k_code), scale_j a 6-bit code minus 32 packed into `scales`
+// (see q3_k_scale). 110 bytes.
+struct BlockQ3_K {
+  uint8_t hmask[kSuperBlock / 8];
+  uint8_t qs[kSuperBlock / 4];
+  uint8_t scales[12];
+  uint16_t d;  // IEEE half
+};
 // Q5_K: Q4_K with 5-bit codes; the top bit of value l of sub-block j is bit j of qh[l]. 176 bytes.
 struct BlockQ5_K {
   uint16_t d;     // IEEE half: scale of the sub-block scales
@@ -488,6 +497,7 @@ struct BlockQ8_K {
   int8_t qs[kSuperBlock];
   int16_t bsums[kSuperBlock / 16];
 };
+static_assert(sizeof(BlockQ3_K) == 110, "Q3_K blocks are 110 bytes in GGUF");
 static_assert(sizeof(BlockQ4_K) == 144, "Q4_K blocks are 144 bytes in GGUF");
 static_assert(sizeof(BlockQ5_K) == 176, "Q5_K blocks are 176 bytes in GGUF");
 static_assert(sizeof(BlockQ6_K) == 210, "Q6_K blocks are 210 bytes in GGUF");
@@ -535,11 +545,28 @@ inline int q6_k_code(const BlockQ6_K& b, size_t i) {
   return low | high << 4;
 }
 
+// The scale of sub-block j (0..15) of a Q3_K block, -32..31: its low 4 bits are a nibble of
+// scales[j % 8] (the low one for j < 8), its top 2 bits the bit pair j / 4 of scales[8 + j % 4].
+inline int q3_k_scale(const uint8_t* scales, size_t j) {
+  const int low = (scales[j % 8] >> (j / 8 * 4)) & 0x0f;
+  const int high = (scales[8 + j % 4] >> (j / 4 * 2)) & 3;
+  return (low | high << 4) - 32;
+}
+// The 3-bit code of value i (0..255) of a Q3_K block (value = d * scale * (code - 4)). Per half
+// of 128 values, value l (0..31) of quarter k keeps its low 2 bits in bits 2k..2k+1 of
+// qs[32 half + l] and its top bit in bit 4 half + k of hmask[l].
+inline int q3_k_code(const BlockQ3_K& b, size_t i) {
+  const size_t half = i / 128, quarter = i % 128 / 32, l = i % 32;
+  const int low = (b.qs[32 * half + l] >> (2 * quarter)) & 3;
+  const int high = (b.hmask[l] >> (4 * half + quarter)) & 1;
+  return low | high << 2;
+}
+
 // Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K,
-// Q5_K, Q6_K). F16 to Q5_0 round as ggml's reference quantizers do, so that sllm's files match
-// llama.cpp's byte for byte; the K-quants search for a smaller error than llama.cpp's.
-// dst/src hold tensor_row_bytes(type, n) bytes. Error for another type, or for a quantized type
-// when n is not a whole number of its blocks (32 values, 256 for the K-quants).
+// Q5_K, Q6_K; dequantize_row also Q3_K). F16 to Q5_0 round as ggml's reference quantizers do, so
+// that sllm's files match llama.cpp's byte for byte; the K-quants search for a smaller error than
+// llama.cpp's. dst/src hold tensor_row_bytes(type, n) bytes. Error for another type, or for a
+// quantized type when n is not a whole number of its blocks (32 values, 256 for the K-quants).
 void quantize_row(TensorType type, const float* src, void* dst, size_t n);
 void dequantize_row(TensorType type, const void* src, float* dst, size_t n);
 
@@ -561,6 +588,7 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n);
 void quantize_row_q5_0(const float* x, BlockQ5_0* y, size_t n);
 void dequantize_row_q5_0(const BlockQ5_0* x, float* y, size_t n);
 // n is a multiple of 256.
+void dequantize_row_q3_k(const BlockQ3_K* x, float* y, size_t n);
 void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n);
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n);
 // Quantizers that minimise the squared error (no importance weights), n a multiple of 256.
@@ -593,8 +621,9 @@ float dot_q5_0(const BlockQ5_0* w, const BlockQ8_0* x, size_t n);
 // Dot product of a K-quant weight row with an activation row quantized to Q8_K: per block, the
 // integer dot products of the sub-blocks times their integer scales (and for Q4_K and Q5_K the
 // sums of the activation codes times the sub-block mins) summed in int32, then sum += d_x * (d * S
-// - dmin * M) (Q4_K, Q5_K) or d_x * (d * S) (Q6_K, whose S counts the codes minus 32) in f32. n is
-// a multiple of 256.
+// - dmin * M) (Q4_K, Q5_K) or d_x * (d * S) (Q3_K and Q6_K, whose S counts the codes minus 4 and
+// 32) in f32. n is a multiple of 256.
+float dot_q3_k(const BlockQ3_K* w, const BlockQ8_K* x, size_t n);
 float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n);
 float dot_q5_k(const BlockQ5_K* w, const BlockQ8_K* x, size_t n);
 float dot_q6_k(const BlockQ6_K* w, const BlockQ8_K* x, size_t n);
@@ -735,7 +764,7 @@ void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
 }  // namespace sllm
 
 // ---- matmul_q.h ----
-// Quantized matmul, part of the kernels layer: Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K weight
+// Quantized matmul, part of the kernels layer: Q8_0, Q4_0, Q5_0, Q3_K, Q4_K, Q5_K and Q6_K weight
 // matrices, read in place, times activation rows quantized to int8 codes. Products are int8 dot
 // products accumulated in int32 per block (VNNI vpdpbusd where the CPU has it), then scaled in f32.
 #include <algorithm>
@@ -750,7 +779,8 @@ enum class ActivationFormat {
           // Q5_0
   kQ8_K,  // per 256 values, an f32 scale (ref::quantize_row_q8_k): K-quant weights
 };
-// Whether the quantized matmul reads weights of this type (Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K).
+// Whether the quantized matmul reads weights of this type (Q8_0, Q4_0, Q5_0 and the K-quants
+// Q3_K, Q4_K, Q5_K, Q6_K).
 bool matmul_q_reads(TensorType weight_type);
 // Error for a weight type that the quantized matmul does not read.
 ActivationFormat activation_format(TensorType weight_type);
@@ -788,11 +818,11 @@ void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride
 
 // y[t * y_stride + r] = sum_c w[r][c] * x[t][c] for the x.n activation rows t and the weight rows
 // r in [row_begin, row_end), so that a caller can share the rows among its threads. w is of type
-// Q8_0, Q4_0, Q5_0, Q4_K, Q5_K or Q6_K, read in place (cols a whole number of blocks, row_bytes at
-// least the blocks of a row), and x quantized in activation_format(w.type). One activation row
-// streams each weight row once (decode); many pack tiles of weights into a per-thread buffer and
-// reuse each for several tokens (prefill). Error when the shapes, the type or the format do not
-// fit.
+// Q8_0, Q4_0, Q5_0, Q3_K, Q4_K, Q5_K or Q6_K, read in place (cols a whole number of blocks,
+// row_bytes at least the blocks of a row), and x quantized in activation_format(w.type). One
+// activation row streams each weight row once (decode); many pack tiles of weights into a
+// per-thread buffer and reuse each for several tokens (prefill). Error when the shapes, the type or
+// the format do not fit.
 void matmul_q_rows(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
                    size_t row_begin, size_t row_end);
 // The same over all rows, shared among n_threads OpenMP threads (0: OpenMP's default).
@@ -3874,12 +3904,14 @@ struct ScaleMinStep {
 using Q4KStep = ScaleMinStep<false>;
 using Q5KStep = ScaleMinStep<true>;
 
-struct Q6KStep {
-  static constexpr size_t kBlockBytes = sizeof(BlockQ6_K);
+// Q3_K and Q6_K: 16 sub-blocks of 16 values, each with a signed integer scale, and codes stored
+// plus 2^kOffsetShift (unsigned). The activation codes in their order, the sums of the 16
+// sub-blocks' codes, the scale in every lane; a Step adds LoadW.
+template <int kOffsetShift>
+struct SubBlock16Step {
   static constexpr size_t kBlockValues = kSuperBlock;
   static constexpr size_t kBlocks = 1;
   static constexpr size_t kXVectors = 6;
-  // The codes in their order, the sums of the 16 sub-blocks' codes, the scale in every lane.
   static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
                                             const int32_t* sums, __m512i* x) {
     for (int k = 0; k < 4; ++k) _mm512_store_si512(x + k, _mm512_loadu_si512(codes + 64 * k));
@@ -3887,11 +3919,78 @@ struct Q6KStep {
     _mm512_store_si512(x + 5, _mm512_castps_si512(_mm512_set1_ps(scales[0])));
   }
   struct W {
-    __m512i codes[4];   // code + 32, unsigned
+    __m512i codes[4];   // values 64k.. in order, plus the offset
     __m512i scales[4];  // of each lane's sub-block
-    __m512i all;        // lane j: the scale of sub-block j
+    __m512i all;        // lane j: the scale of sub-block j (its low int16; the high one is 0)
     __m512 d;           // in every lane
   };
+  static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
+    const __m512i zero = _mm512_setzero_si512();
+    // The offset times the scaled code sums comes off.
+    const __m512i offset = Dpwssd(zero, w.all, _mm512_load_si512(x + 4));
+    __m512i sum = _mm512_sub_epi32(zero, _mm512_slli_epi32(offset, kOffsetShift));
+    for (int k = 0; k < 4; ++k) {
+      sum = Dpwssd(sum, Dpbusd(zero, w.codes[k], _mm512_load_si512(x + k)), w.scales[k]);
+    }
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(w.d, StepXScale(x)), acc);
+  }
+  // The int8 scales of the 16 sub-blocks, as W::all and W::scales.
+  static SLLM_VNNI HWY_INLINE void SetScales(__m128i scales, W& w) {
+    w.all = _mm512_cvtepu16_epi32(_mm256_cvtepi8_epi16(scales));
+    SpreadScales<4>(w.all, w.scales);
+  }
+};
+
+// The 16 scales of a Q3_K block (q3_k_scale) as int8, from the 16 bytes at its offset 94: two
+// bytes of codes, the 12 scale bytes, d.
+SLLM_VNNI HWY_INLINE __m128i UnpackQ3KScales(const uint8_t* p) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i bytes =
+      _mm_shuffle_epi8(b, _mm_setr_epi8(2, 3, 4, 5, 6, 7, 8, 9, 2, 3, 4, 5, 6, 7, 8, 9));
+  // Low 4 bits: the low nibbles of scale bytes 0-7 for scales 0-7, their high ones for 8-15.
+  const __m128i low = _mm_and_si128(_mm_mask_blend_epi8(0xff00, bytes, _mm_srli_epi16(bytes, 4)),
+                                    _mm_set1_epi8(0x0f));
+  // Top 2 bits of scale 4q + r: bit pair q of scale byte 8 + r.
+  const __m128i top = _mm_shuffle_epi8(
+      b, _mm_setr_epi8(10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13));
+  const __m128i high = _mm_slli_epi16(
+      _mm_and_si128(_mm_srlv_epi32(top, _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(3)), 4);
+  return _mm_sub_epi8(_mm_or_si128(low, high), _mm_set1_epi8(32));
+}
+
+// Q3_K: code vector k holds values 64k..64k+63, quarters 2 (k % 2) and 2 (k % 2) + 1 of half
+// k / 2 in its 256-bit halves: value l of quarter q is bit pair q of qs[32 half + l], plus 4 where
+// bit 4 half + q of hmask[l] is set.
+struct Q3KStep : SubBlock16Step<2> {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ3_K);
+  template <bool kWhole>
+  static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t /*bytes*/) {
+    W w;
+    const __m512i hmask = _mm512_broadcast_i64x4(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + offsetof(BlockQ3_K, hmask))));
+    for (int k = 0; k < 4; ++k) {
+      const int half = k / 2, quarter = 2 * (k % 2);
+      const __m512i qs = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+          reinterpret_cast<const __m256i*>(p + offsetof(BlockQ3_K, qs) + 32 * half)));
+      const __m512i shift = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * quarter)),
+                                               _mm256_set1_epi16(short(2 * quarter + 2)), 1);
+      const __m512i low = _mm512_and_si512(_mm512_srlv_epi16(qs, shift), _mm512_set1_epi8(3));
+      const __m512i bit =
+          _mm512_inserti64x4(_mm512_set1_epi8(char(1 << (4 * half + quarter))),
+                             _mm256_set1_epi8(char(1 << (4 * half + quarter + 1))), 1);
+      w.codes[k] =
+          _mm512_mask_add_epi8(low, _mm512_test_epi8_mask(hmask, bit), low, _mm512_set1_epi8(4));
+    }
+    SetScales(UnpackQ3KScales(p + offsetof(BlockQ3_K, scales) - 2), w);
+    uint16_t d;
+    std::memcpy(&d, p + offsetof(BlockQ3_K, d), 2);
+    w.d = _mm512_set1_ps(fp16_to_f32(d));
+    return w;
+  }
+};
+
+struct Q6KStep : SubBlock16Step<5> {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ6_K);
   // Codes 64h..64h+63 of half h: the low nibbles of ql[64h..], and values 128h + 64.. the high
   // ones; their top 2 bits are bit pairs of qh[32h..32h+31], 0-1 and 2-3 for the first 64, 4-5
   // and 6-7 for the next (per 32 values), shifted to bits 4-5.
@@ -3910,23 +4009,11 @@ struct Q6KStep {
       w.codes[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), low4),
                                            _mm512_and_si512(_mm512_srlv_epi16(qh, right), bits45));
     }
-    const __m128i scales = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192));
-    w.all = _mm512_cvtepu16_epi32(_mm256_cvtepi8_epi16(scales));
-    SpreadScales<4>(w.all, w.scales);
+    SetScales(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192)), w);
     uint16_t d;
     std::memcpy(&d, p + 208, 2);
     w.d = _mm512_set1_ps(fp16_to_f32(d));
     return w;
-  }
-  static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
-    const __m512i zero = _mm512_setzero_si512();
-    // The codes are stored plus 32: 32 times the scaled code sums come off.
-    const __m512i offset = Dpwssd(zero, w.all, _mm512_load_si512(x + 4));
-    __m512i sum = _mm512_sub_epi32(zero, _mm512_slli_epi32(offset, 5));
-    for (int k = 0; k < 4; ++k) {
-      sum = Dpwssd(sum, Dpbusd(zero, w.codes[k], _mm512_load_si512(x + k)), w.scales[k]);
-    }
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(w.d, StepXScale(x)), acc);
   }
 };
 
@@ -4390,11 +4477,12 @@ struct ScaleMinPanel : SubBlockPanel<ScaleMinPanel<kHighBit>> {
 using Q4KPanel = ScaleMinPanel<false>;
 using Q5KPanel = ScaleMinPanel<true>;
 
-// Q6_K: per block the 64 code groups in value order, stored plus 32 (unsigned; group 4j + g:
-// values 4g..4g+3 of sub-block j of 16), the rows' 16 sub-block scales (int32) and d (f32). Each
-// sub-block's sum starts at minus 32 times its activation codes' sum (kStarts) and is multiplied
-// by its scale.
-struct Q6KPanel : SubBlockPanel<Q6KPanel> {
+// Q3_K and Q6_K: per block the 64 code groups in value order, stored plus kOffset (unsigned;
+// group 4j + g: values 4g..4g+3 of sub-block j of 16), the rows' 16 sub-block scales (int32) and d
+// (f32). Each sub-block's sum starts at minus kOffset times its activation codes' sum (kStarts) and
+// is multiplied by its scale. Panel adds Pack.
+template <class Panel, int kOffset>
+struct SubBlock16Panel : SubBlockPanel<Panel> {
   static constexpr size_t kItems = 64 + 16 + 1;
   static constexpr size_t kStarts = 16;
   static constexpr int kTokens = 4;
@@ -4402,6 +4490,85 @@ struct Q6KPanel : SubBlockPanel<Q6KPanel> {
   static constexpr bool kSubBlockStarts = true;
   static constexpr size_t kScales = 64, kD = 80;
 
+  // The scales and d of the live rows of a panel vector, from their blocks at p.
+  template <class ScaleOf>
+  static SLLM_VNNI void PackScales(const uint8_t* p, size_t row_bytes, size_t live, size_t d_offset,
+                                   ScaleOf scale_of, uint8_t* out) {
+    alignas(64) int32_t scales[16][16] = {};
+    alignas(64) float d[1][16] = {};
+    for (size_t i = 0; i < live; ++i) {
+      const uint8_t* row = p + i * row_bytes;
+      for (size_t j = 0; j < 16; ++j) scales[j][i] = scale_of(row, j);
+      uint16_t h;
+      std::memcpy(&h, row + d_offset, 2);
+      d[0][i] = fp16_to_f32(h);
+    }
+    StoreLanes(scales, out + kScales * kItemBytes);
+    StoreLanes(d, out + kD * kItemBytes);
+  }
+
+  // Per token, block and sub-block: minus kOffset times the sum of its activation codes.
+  static void Starts(TensorType /*type*/, const sllm::detail::QuantizedActivations& x, size_t nb,
+                     int32_t* starts) {
+    for (size_t t = 0; t < x.n; ++t) {
+      const int32_t* sums = x.sums(t);
+      for (size_t j = 0; j < 16 * nb; ++j) starts[t * 16 * nb + j] = -kOffset * sums[j];
+    }
+  }
+
+  // The block's sum (with the offset taken off by the starts) times d dx.
+  static SLLM_VNNI HWY_INLINE __m512 AddBlock(const uint8_t* pv, __m512i sum, __m512 dx,
+                                              const int32_t* /*block_starts*/, __m512 acc) {
+    const __m512 d = _mm512_load_ps(pv + kD * kItemBytes);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, dx), acc);
+  }
+};
+
+// Q3_K: code 4 + value, from the bit pairs of qs and the bits of hmask (see q3_k_code).
+struct Q3KPanel : SubBlock16Panel<Q3KPanel, 4> {
+  static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
+                             size_t r0, size_t n_rows, uint8_t* panel) {
+    const __m512i low2 = _mm512_set1_epi8(3), four = _mm512_set1_epi8(4);
+    for (size_t v = 0; v < kPanelVectors; ++v) {
+      const size_t live = PanelLive(n_rows, v);
+      const uint8_t* base = w + (r0 + 16 * v) * row_bytes;
+      for (size_t b = 0; b < nb; ++b) {
+        const uint8_t* p = base + b * sizeof(BlockQ3_K);
+        uint8_t* out = panel + b * kItems * kItemBytes + v * 64;
+        // Values l..l+15 (l = 16 c) of the 4 quarters of half h: bit pairs of qs[32h + l..], top
+        // bits in hmask[l..].
+        for (size_t c = 0; c < 2; ++c) {
+          __m512i hmask[4];
+          TransposeRows(p, row_bytes, live, offsetof(BlockQ3_K, hmask) + 16 * c, hmask);
+          for (size_t h = 0; h < 2; ++h) {
+            __m512i qs[4];
+            TransposeRows(p, row_bytes, live, offsetof(BlockQ3_K, qs) + 32 * h + 16 * c, qs);
+            for (size_t g = 0; g < 4; ++g) {
+              for (size_t k = 0; k < 4; ++k) {
+                const __m512i low =
+                    _mm512_and_si512(_mm512_srli_epi32(qs[g], unsigned(2 * k)), low2);
+                const __mmask64 top =
+                    _mm512_test_epi8_mask(hmask[g], _mm512_set1_epi8(char(1 << (4 * h + k))));
+                const size_t group = 32 * h + 8 * k + 4 * c + g;  // values 4 group..
+                _mm512_store_si512(out + group * kItemBytes,
+                                   _mm512_mask_add_epi8(low, top, low, four));
+              }
+            }
+          }
+        }
+        PackScales(
+            p, row_bytes, live, offsetof(BlockQ3_K, d),
+            [](const uint8_t* row, size_t j) {
+              return q3_k_scale(row + offsetof(BlockQ3_K, scales), j);
+            },
+            out);
+      }
+    }
+  }
+};
+
+// Q6_K: code 32 + value, the low nibbles of ql and bit pairs of qh (see q6_k_code).
+struct Q6KPanel : SubBlock16Panel<Q6KPanel, 32> {
   static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
                              size_t r0, size_t n_rows, uint8_t* panel) {
     const __m512i low4 = _mm512_set1_epi8(0x0f), bits45 = _mm512_set1_epi8(0x30);
@@ -4437,35 +4604,11 @@ struct Q6KPanel : SubBlockPanel<Q6KPanel> {
             }
           }
         }
-        alignas(64) int32_t scales[16][16] = {};
-        alignas(64) float d[1][16] = {};
-        for (size_t i = 0; i < live; ++i) {
-          const uint8_t* row = p + i * row_bytes;
-          for (size_t j = 0; j < 16; ++j) scales[j][i] = int8_t(row[192 + j]);
-          uint16_t h;
-          std::memcpy(&h, row + 208, 2);
-          d[0][i] = fp16_to_f32(h);
-        }
-        StoreLanes(scales, out + kScales * kItemBytes);
-        StoreLanes(d, out + kD * kItemBytes);
+        PackScales(
+            p, row_bytes, live, 208,
+            [](const uint8_t* row, size_t j) { return int32_t(int8_t(row[192 + j])); }, out);
       }
     }
-  }
-
-  // Per token, block and sub-block: minus 32 times the sum of its activation codes.
-  static void Starts(TensorType /*type*/, const sllm::detail::QuantizedActivations& x, size_t nb,
-                     int32_t* starts) {
-    for (size_t t = 0; t < x.n; ++t) {
-      const int32_t* sums = x.sums(t);
-      for (size_t j = 0; j < 16 * nb; ++j) starts[t * 16 * nb + j] = -32 * sums[j];
-    }
-  }
-
-  // The block's sum (with the offset taken off by the starts) times d dx.
-  static SLLM_VNNI HWY_INLINE __m512 AddBlock(const uint8_t* pv, __m512i sum, __m512 dx,
-                                              const int32_t* /*block_starts*/, __m512 acc) {
-    const __m512 d = _mm512_load_ps(pv + kD * kItemBytes);
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, dx), acc);
   }
 };
 
@@ -4556,6 +4699,9 @@ SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_
                                            row_end);
     case TensorType::Q5_K:
       return MatmulType<Q5KStep, Q5KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
+                                           row_end);
+    case TensorType::Q3_K:
+      return MatmulType<Q3KStep, Q3KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
                                            row_end);
     default:
       return MatmulType<Q6KStep, Q6KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
@@ -4682,42 +4828,73 @@ HWY_INLINE float RowDotScaleMin(const uint8_t* w, size_t nb, const int8_t* xq, c
   return sum;
 }
 
-HWY_INLINE float RowDotQ6K(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs) {
+// Q3_K and Q6_K: per sub-block of 16, the codes less the offset times the activation codes,
+// times the sub-block's scale; the block's sum times d. Format has Codes (values 16j + i.. of
+// sub-block j, as int16 minus the offset), Scale (of sub-block j), kBytes and kD (where d is).
+template <class Format>
+HWY_INLINE float RowDotSubBlock16(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs) {
   const hn::CappedTag<int16_t, 16> d16;
   const hn::Rebind<int8_t, decltype(d16)> d8;
-  const hn::Rebind<uint8_t, decltype(d16)> du8;
   const hn::Repartition<int32_t, decltype(d16)> d32;
   const size_t N = hn::Lanes(d16);
-  const auto low4 = hn::Set(d16, int16_t{0x0f});
-  const auto low2 = hn::Set(d16, int16_t{3});
-  const auto offset = hn::Set(d16, int16_t{32});
   float sum = 0.0f;
-  for (size_t b = 0; b < nb; ++b, w += sizeof(BlockQ6_K), xq += kSuperBlock) {
+  for (size_t b = 0; b < nb; ++b, w += Format::kBytes, xq += kSuperBlock) {
     auto scaled = hn::Zero(d32);
-    // Sub-block j: values 16j.., in quarter k of half h (see BlockQ6_K).
     for (size_t j = 0; j < kSuperBlock / 16; ++j) {
-      const size_t h = j / 8, k = j % 8 / 2, l = j % 2 * 16;
-      const uint8_t* ql = w + 64 * h + 32 * (k % 2) + l;
-      const uint8_t* qh = w + 128 + 32 * h + l;
       auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
       for (size_t i = 0; i < 16; i += N) {
-        const auto low = hn::And(
-            hn::ShiftRightSame(hn::PromoteTo(d16, hn::LoadU(du8, ql + i)), int(k / 2 * 4)), low4);
-        const auto high = hn::And(
-            hn::ShiftRightSame(hn::PromoteTo(d16, hn::LoadU(du8, qh + i)), int(2 * k)), low2);
-        const auto codes = hn::Sub(hn::Or(low, hn::ShiftLeft<4>(high)), offset);
-        sum0 = hn::ReorderWidenMulAccumulate(
-            d32, codes, hn::PromoteTo(d16, hn::LoadU(d8, xq + 16 * j + i)), sum0, sum1);
+        sum0 = hn::ReorderWidenMulAccumulate(d32, Format::Codes(d16, w, j, i),
+                                             hn::PromoteTo(d16, hn::LoadU(d8, xq + 16 * j + i)),
+                                             sum0, sum1);
       }
-      const int32_t scale = int8_t(w[192 + j]);
-      scaled = hn::Add(scaled, hn::Mul(hn::Add(sum0, sum1), hn::Set(d32, scale)));
+      scaled = hn::Add(scaled, hn::Mul(hn::Add(sum0, sum1), hn::Set(d32, Format::Scale(w, j))));
     }
     uint16_t d;
-    std::memcpy(&d, w + 208, 2);
+    std::memcpy(&d, w + Format::kD, 2);
     sum += xs[b] * (fp16_to_f32(d) * float(hn::GetLane(hn::SumOfLanes(d32, scaled))));
   }
   return sum;
 }
+
+// Sub-block j of a Q3_K block: quarter k = j % 8 / 2 of half h = j / 8, values l.. (l = 16 (j %
+// 2)); see q3_k_code.
+struct Q3KFormat {
+  static constexpr size_t kBytes = sizeof(BlockQ3_K), kD = offsetof(BlockQ3_K, d);
+  template <class D16>
+  static HWY_INLINE hn::Vec<D16> Codes(D16 d16, const uint8_t* w, size_t j, size_t i) {
+    const hn::Rebind<uint8_t, D16> du8;
+    const size_t h = j / 8, k = j % 8 / 2, l = j % 2 * 16 + i;
+    const auto qs = hn::PromoteTo(d16, hn::LoadU(du8, w + offsetof(BlockQ3_K, qs) + 32 * h + l));
+    const auto hmask = hn::PromoteTo(d16, hn::LoadU(du8, w + offsetof(BlockQ3_K, hmask) + l));
+    const auto low = hn::And(hn::ShiftRightSame(qs, int(2 * k)), hn::Set(d16, int16_t{3}));
+    const auto high = hn::And(hn::ShiftRightSame(hmask, int(4 * h + k)), hn::Set(d16, int16_t{1}));
+    return hn::Sub(hn::Or(low, hn::ShiftLeft<2>(high)), hn::Set(d16, int16_t{4}));
+  }
+  static int32_t Scale(const uint8_t* w, size_t j) {
+    return q3_k_scale(w + offsetof(BlockQ3_K, scales), j);
+  }
+};
+
+// Sub-block j of a Q6_K block: quarter k = j % 8 / 2 of half h = j / 8, values l.. (l = 16 (j %
+// 2)); see q6_k_code.
+struct Q6KFormat {
+  static constexpr size_t kBytes = sizeof(BlockQ6_K), kD = offsetof(BlockQ6_K, d);
+  template <class D16>
+  static HWY_INLINE hn::Vec<D16> Codes(D16 d16, const uint8_t* w, size_t j, size_t i) {
+    const hn::Rebind<uint8_t, D16> du8;
+    const size_t h = j / 8, k = j % 8 / 2, l = j % 2 * 16 + i;
+    const uint8_t* ql = w + 64 * h + 32 * (k % 2) + l;
+    const uint8_t* qh = w + 128 + 32 * h + l;
+    const auto low =
+        hn::And(hn::ShiftRightSame(hn::PromoteTo(d16, hn::LoadU(du8, ql)), int(k / 2 * 4)),
+                hn::Set(d16, int16_t{0x0f}));
+    const auto high =
+        hn::And(hn::ShiftRightSame(hn::PromoteTo(d16, hn::LoadU(du8, qh)), int(2 * k)),
+                hn::Set(d16, int16_t{3}));
+    return hn::Sub(hn::Or(low, hn::ShiftLeft<4>(high)), hn::Set(d16, int16_t{32}));
+  }
+  static int32_t Scale(const uint8_t* w, size_t j) { return int8_t(w[192 + j]); }
+};
 
 void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_bytes,
                  const sllm::detail::QuantizedActivations* x, float* y, size_t y_stride,
@@ -4743,8 +4920,11 @@ void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_byte
         case TensorType::Q5_K:
           dot = RowDotScaleMin<true>(wr, cols / kSuperBlock, x->codes(t), x->scales(t), x->sums(t));
           break;
+        case TensorType::Q3_K:
+          dot = RowDotSubBlock16<Q3KFormat>(wr, cols / kSuperBlock, x->codes(t), x->scales(t));
+          break;
         default:
-          dot = RowDotQ6K(wr, cols / kSuperBlock, x->codes(t), x->scales(t));
+          dot = RowDotSubBlock16<Q6KFormat>(wr, cols / kSuperBlock, x->codes(t), x->scales(t));
       }
       y[t * y_stride + r] = dot;
     }
@@ -6085,6 +6265,15 @@ void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n) {
   }
 }
 
+void dequantize_row_q3_k(const BlockQ3_K* x, float* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q3_K, n);
+  for (size_t b = 0; b < nb; ++b) {
+    const float d = fp16_to_f32(x[b].d);
+    for (size_t i = 0; i < kSuperBlock; ++i)
+      *y++ = d * q3_k_scale(x[b].scales, i / 16) * (q3_k_code(x[b], i) - 4);
+  }
+}
+
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q6_K, n);
   for (size_t b = 0; b < nb; ++b) {
@@ -6557,6 +6746,23 @@ float dot_q5_k(const BlockQ5_K* w, const BlockQ8_K* x, size_t n) {
   return dot_scale_min(TensorType::Q5_K, w, x, n, q5_k_code);
 }
 
+float dot_q3_k(const BlockQ3_K* w, const BlockQ8_K* x, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q3_K, n);
+  float sum = 0.0f;
+  for (size_t b = 0; b < nb; ++b) {
+    int32_t scaled = 0;
+    for (size_t j = 0; j < kSuperBlock / 16; ++j) {
+      int32_t dot = 0;
+      for (size_t i = 16 * j; i < 16 * j + 16; ++i) {
+        dot += (q3_k_code(w[b], i) - 4) * int32_t(x[b].qs[i]);
+      }
+      scaled += q3_k_scale(w[b].scales, j) * dot;
+    }
+    sum += x[b].d * (fp16_to_f32(w[b].d) * float(scaled));
+  }
+  return sum;
+}
+
 float dot_q6_k(const BlockQ6_K* w, const BlockQ8_K* x, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q6_K, n);
   float sum = 0.0f;
@@ -6635,6 +6841,9 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n) {
     case TensorType::Q5_0:
       ref::dequantize_row_q5_0(static_cast<const BlockQ5_0*>(src), dst, n);
       return;
+    case TensorType::Q3_K:
+      ref::dequantize_row_q3_k(static_cast<const BlockQ3_K*>(src), dst, n);
+      return;
     case TensorType::Q4_K:
       ref::dequantize_row_q4_k(static_cast<const BlockQ4_K*>(src), dst, n);
       return;
@@ -6646,7 +6855,7 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n) {
       return;
     default:
       detail::fail("cannot dequantize tensor type " + std::to_string(uint32_t(type)) +
-                   ": sllm reads F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K");
+                   ": sllm reads F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q3_K, Q4_K, Q5_K and Q6_K");
   }
 }
 
@@ -6942,21 +7151,23 @@ inline size_t round_up(size_t n, size_t multiple) {
   return (n + multiple - 1) / multiple * multiple;
 }
 
+// The K-quants that the matmul reads, whose activations are quantized per 256 values.
+inline bool is_k_quant(TensorType weight_type) {
+  return weight_type == TensorType::Q3_K || weight_type == TensorType::Q4_K ||
+         weight_type == TensorType::Q5_K || weight_type == TensorType::Q6_K;
+}
+
 bool matmul_q_reads(TensorType weight_type) {
   return weight_type == TensorType::Q8_0 || weight_type == TensorType::Q4_0 ||
-         weight_type == TensorType::Q5_0 || weight_type == TensorType::Q4_K ||
-         weight_type == TensorType::Q5_K || weight_type == TensorType::Q6_K;
+         weight_type == TensorType::Q5_0 || is_k_quant(weight_type);
 }
 
 ActivationFormat activation_format(TensorType weight_type) {
   if (!matmul_q_reads(weight_type)) {
     fail(std::string("quantized matmul: weight type ") + tensor_type_name(weight_type) +
-         " is not Q8_0, Q4_0, Q5_0, Q4_K, Q5_K or Q6_K");
+         " is not Q8_0, Q4_0, Q5_0, Q3_K, Q4_K, Q5_K or Q6_K");
   }
-  return weight_type == TensorType::Q4_K || weight_type == TensorType::Q5_K ||
-                 weight_type == TensorType::Q6_K
-             ? ActivationFormat::kQ8_K
-             : ActivationFormat::kQ8_0;
+  return is_k_quant(weight_type) ? ActivationFormat::kQ8_K : ActivationFormat::kQ8_0;
 }
 
 void QuantizedActivations::resize(size_t n_rows, size_t n_cols, ActivationFormat row_format) {
@@ -7496,8 +7707,8 @@ inline MatrixView weight_matrix(const Gguf& gguf, const TensorInfo& t, size_t co
   if (t.type != TensorType::F32 && t.type != TensorType::F16 && t.type != TensorType::BF16 &&
       !quantized) {
     fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
-         ", which this build cannot run yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, "
-         "Q5_K, Q6_K)");
+         ", which this build cannot run yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q3_K, "
+         "Q4_K, Q5_K, Q6_K)");
   }
   if (t.n_dims != 2 || t.ne[0] != cols || t.ne[1] != rows) {
     fail("tensor " + t.name + " in " + gguf.path() + " has shape " + t.shape_string() +

@@ -1,7 +1,7 @@
-// K-quant formats (Q4_K, Q5_K, Q6_K): dequantization against llama.cpp's output, the Q8_K-style
-// activation quantization, the scalar dot products against float arithmetic, and the int8 kernels
-// exact on integer data on every target (test_quant.cpp compares them with the scalar references
-// on random data, with the other quantized types).
+// K-quant formats (Q3_K, Q4_K, Q5_K, Q6_K): dequantization against llama.cpp's output, the
+// Q8_K-style activation quantization, the scalar dot products against float arithmetic, and the
+// int8 kernels exact on integer data on every target (test_quant.cpp compares them with the scalar
+// references on random data, with the other quantized types).
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -9,6 +9,7 @@
 
 #include "test_support.h"
 
+using sllm::BlockQ3_K;
 using sllm::BlockQ4_K;
 using sllm::BlockQ5_K;
 using sllm::BlockQ6_K;
@@ -19,11 +20,11 @@ using sllm::detail::MatrixView;
 using sllm::detail::QuantizedActivations;
 using sllm_test::random_values;
 
-TEST_CASE("Q4_K and Q6_K dequantization equals llama.cpp's bit for bit") {
+TEST_CASE("Q3_K, Q4_K and Q6_K dequantization equals llama.cpp's bit for bit") {
   // Blocks of random bytes (every scale and code pattern) and blocks that ggml's reference
   // quantizer made from normal values, with ggml's dequantization of them (tests/data/README.md).
   const sllm::Gguf g = sllm::Gguf::open(sllm_test::test_data("kquants/blocks.gguf"));
-  for (const char* name : {"q4_K", "q6_K"}) {
+  for (const char* name : {"q3_K", "q4_K", "q6_K"}) {
     CAPTURE(name);
     const sllm::TensorInfo* blocks = g.find_tensor(name);
     const sllm::TensorInfo* want = g.find_tensor(std::string(name) + ".f32");
@@ -128,7 +129,7 @@ TEST_CASE("Q8_K activation quantization matches the reference quantizer on every
 TEST_CASE("K-quant reference dot products equal the dot product of the dequantized rows") {
   std::mt19937 rng(23);
   const size_t n = 256 * 9;
-  for (TensorType type : {TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K}) {
+  for (TensorType type : {TensorType::Q3_K, TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K}) {
     for (int trial = 0; trial < 4; ++trial) {
       CAPTURE(type);
       CAPTURE(trial);
@@ -164,7 +165,7 @@ TEST_CASE("K-quant matmul is exact on integer data on every target") {
   std::mt19937 rng(34);
   std::uniform_int_distribution<int> byte(0, 255), small(0, 3), act(-15, 15);
   const uint16_t one = sllm::f32_to_fp16(1.0f);
-  for (TensorType type : {TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K}) {
+  for (TensorType type : {TensorType::Q3_K, TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K}) {
     for (size_t cols : {256, 768, 1280}) {
       const size_t rows = 37, nb = cols / 256, row_bytes = sllm::tensor_row_bytes(type, cols);
       sllm_test::GuardedBuffer w(rows * row_bytes);
@@ -190,6 +191,14 @@ TEST_CASE("K-quant matmul is exact on integer data on every target") {
           small_scales(blk.scales);
           for (uint8_t& q : blk.qh) q = uint8_t(byte(rng));
           for (uint8_t& q : blk.qs) q = uint8_t(byte(rng));
+          std::memcpy(w.data() + b * sizeof blk, &blk, sizeof blk);
+        } else if (type == TensorType::Q3_K) {
+          // Any 6-bit scale (-32..31) and code (-4..3): a block's products stay below 2^19.
+          BlockQ3_K blk;
+          blk.d = one;
+          for (uint8_t& q : blk.hmask) q = uint8_t(byte(rng));
+          for (uint8_t& q : blk.qs) q = uint8_t(byte(rng));
+          for (uint8_t& sc : blk.scales) sc = uint8_t(byte(rng));
           std::memcpy(w.data() + b * sizeof blk, &blk, sizeof blk);
         } else {
           BlockQ6_K blk;

@@ -822,11 +822,24 @@ TEST_CASE("a Q5_K_M model made by llama-quantize: logits within llama.cpp's int8
   // As Q4_K_M: llama.cpp's noise here is a mean KL of 2.5e-3.
   check_llama_quantized_model("kquants/llama.Q5_K_M", 2, 0);
   // A type the matmul does not compute is refused by the tensor's name.
-  CopyEdits q3k;
-  q3k.retyped = {"blk.1.attn_k.weight", TensorType::Q3_K};
-  const std::string msg = load_error(gguf, "q3k.gguf", q3k);
+  CopyEdits q2k;
+  q2k.retyped = {"blk.1.attn_k.weight", TensorType::Q2_K};
+  const std::string msg = load_error(gguf, "q2k.gguf", q2k);
   CAPTURE(msg);
-  CHECK(contains(msg, "tensor blk.1.attn_k.weight has type Q3_K, which this build cannot run"));
+  CHECK(contains(msg, "tensor blk.1.attn_k.weight has type Q2_K, which this build cannot run"));
+}
+
+TEST_CASE("a Q3_K_M model made by llama-quantize: logits within llama.cpp's int8 noise of its") {
+  // Q3_K for Q, K, gate, up and the embeddings; Q4_K for attn_output and ffn_down, Q5_K for attn_v,
+  // Q6_K for the output: four K-quants in one forward pass.
+  const Gguf gguf = Gguf::open(sllm_test::test_data("kquants/llama.Q3_K_M.gguf"));
+  CHECK(gguf.tensor("blk.0.attn_q.weight").type == TensorType::Q3_K);
+  CHECK(gguf.tensor("blk.1.ffn_up.weight").type == TensorType::Q3_K);
+  CHECK(gguf.tensor("token_embd.weight").type == TensorType::Q3_K);
+  CHECK(gguf.tensor("blk.0.ffn_down.weight").type == TensorType::Q4_K);
+  CHECK(gguf.tensor("blk.0.attn_v.weight").type == TensorType::Q5_K);
+  CHECK(gguf.tensor("output.weight").type == TensorType::Q6_K);
+  check_llama_quantized_model("kquants/llama.Q3_K_M", 2, 0);
 }
 
 TEST_CASE("a Q4_K_M model 192 wide, Q5_0 and Q8_0 where llama-quantize falls back: llama.cpp's") {

@@ -27,9 +27,10 @@ std::vector<float> random_values(std::mt19937& rng, size_t n, float stddev) {
 }
 
 void random_k_blocks(std::mt19937& rng, sllm::TensorType type, size_t n_blocks, uint8_t* out) {
-  REQUIRE((type == sllm::TensorType::Q4_K || type == sllm::TensorType::Q5_K ||
-           type == sllm::TensorType::Q6_K));
-  const bool scale_min = type != sllm::TensorType::Q6_K;  // Q4_K, Q5_K: d and dmin first
+  REQUIRE((type == sllm::TensorType::Q3_K || type == sllm::TensorType::Q4_K ||
+           type == sllm::TensorType::Q5_K || type == sllm::TensorType::Q6_K));
+  // Q4_K, Q5_K: d and dmin first; Q3_K, Q6_K: d last
+  const bool scale_min = type == sllm::TensorType::Q4_K || type == sllm::TensorType::Q5_K;
   const size_t block_bytes = sllm::tensor_row_bytes(type, 256);
   std::uniform_int_distribution<int> byte(0, 255);
   std::uniform_real_distribution<float> magnitude(1.0f, 2.0f);
@@ -45,13 +46,15 @@ void random_k_blocks(std::mt19937& rng, sllm::TensorType type, size_t n_blocks, 
       std::memcpy(p, d, 4);
     } else {
       const uint16_t d = scale(true);
-      std::memcpy(p + 208, &d, 2);
+      std::memcpy(p + block_bytes - 2, &d, 2);
     }
   }
 }
 
 float ref_dot_k(sllm::TensorType type, const uint8_t* w, const sllm::BlockQ8_K* x, size_t n) {
   switch (type) {
+    case sllm::TensorType::Q3_K:
+      return sllm::ref::dot_q3_k(reinterpret_cast<const sllm::BlockQ3_K*>(w), x, n);
     case sllm::TensorType::Q4_K:
       return sllm::ref::dot_q4_k(reinterpret_cast<const sllm::BlockQ4_K*>(w), x, n);
     case sllm::TensorType::Q5_K:

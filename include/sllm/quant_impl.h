@@ -170,6 +170,15 @@ void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n) {
   }
 }
 
+void dequantize_row_q3_k(const BlockQ3_K* x, float* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q3_K, n);
+  for (size_t b = 0; b < nb; ++b) {
+    const float d = fp16_to_f32(x[b].d);
+    for (size_t i = 0; i < kSuperBlock; ++i)
+      *y++ = d * q3_k_scale(x[b].scales, i / 16) * (q3_k_code(x[b], i) - 4);
+  }
+}
+
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q6_K, n);
   for (size_t b = 0; b < nb; ++b) {
@@ -642,6 +651,23 @@ float dot_q5_k(const BlockQ5_K* w, const BlockQ8_K* x, size_t n) {
   return dot_scale_min(TensorType::Q5_K, w, x, n, q5_k_code);
 }
 
+float dot_q3_k(const BlockQ3_K* w, const BlockQ8_K* x, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q3_K, n);
+  float sum = 0.0f;
+  for (size_t b = 0; b < nb; ++b) {
+    int32_t scaled = 0;
+    for (size_t j = 0; j < kSuperBlock / 16; ++j) {
+      int32_t dot = 0;
+      for (size_t i = 16 * j; i < 16 * j + 16; ++i) {
+        dot += (q3_k_code(w[b], i) - 4) * int32_t(x[b].qs[i]);
+      }
+      scaled += q3_k_scale(w[b].scales, j) * dot;
+    }
+    sum += x[b].d * (fp16_to_f32(w[b].d) * float(scaled));
+  }
+  return sum;
+}
+
 float dot_q6_k(const BlockQ6_K* w, const BlockQ8_K* x, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q6_K, n);
   float sum = 0.0f;
@@ -720,6 +746,9 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n) {
     case TensorType::Q5_0:
       ref::dequantize_row_q5_0(static_cast<const BlockQ5_0*>(src), dst, n);
       return;
+    case TensorType::Q3_K:
+      ref::dequantize_row_q3_k(static_cast<const BlockQ3_K*>(src), dst, n);
+      return;
     case TensorType::Q4_K:
       ref::dequantize_row_q4_k(static_cast<const BlockQ4_K*>(src), dst, n);
       return;
@@ -731,7 +760,7 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n) {
       return;
     default:
       detail::fail("cannot dequantize tensor type " + std::to_string(uint32_t(type)) +
-                   ": sllm reads F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K");
+                   ": sllm reads F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q3_K, Q4_K, Q5_K and Q6_K");
   }
 }
 
