@@ -16,8 +16,8 @@ namespace {
 using sllm::TensorType;
 
 bool is_k_quant(TensorType type) {
-  return type == TensorType::Q3_K || type == TensorType::Q4_K || type == TensorType::Q5_K ||
-         type == TensorType::Q6_K;
+  return type == TensorType::Q2_K || type == TensorType::Q3_K || type == TensorType::Q4_K ||
+         type == TensorType::Q5_K || type == TensorType::Q6_K;
 }
 
 // Blocks of random codes and sub-block scales with fixed f16 block scales, for the K-quants
@@ -32,14 +32,18 @@ void random_blocks(TensorType type, uint64_t& state, uint8_t* data, size_t bytes
                                            : type == TensorType::Q5_K ? 0.0005f
                                            : type == TensorType::Q6_K ? 0.0005f
                                            : type == TensorType::Q3_K ? 0.002f
+                                           : type == TensorType::Q2_K ? 0.004f
                                                                       : 0.01f);
-  // Where a block keeps its scale: Q3_K and Q6_K last, the others first (Q4_K's and Q5_K's dmin
-  // after it).
-  const bool last = type == TensorType::Q3_K || type == TensorType::Q6_K;
-  const size_t at = last ? info.block_bytes - 2 : 0;
+  // Where a block keeps its scales: d first for Q4_K and Q5_K (dmin after it), last for Q3_K and
+  // Q6_K, d and dmin last for Q2_K.
+  const bool has_min =
+      type == TensorType::Q2_K || type == TensorType::Q4_K || type == TensorType::Q5_K;
+  const bool last =
+      type == TensorType::Q2_K || type == TensorType::Q3_K || type == TensorType::Q6_K;
+  const size_t at = last ? info.block_bytes - (has_min ? 4 : 2) : 0;
   for (size_t i = 0; i < bytes; i += info.block_bytes) {
     std::memcpy(data + i + at, &scale, 2);
-    if (type == TensorType::Q4_K || type == TensorType::Q5_K) std::memcpy(data + i + 2, &scale, 2);
+    if (has_min) std::memcpy(data + i + at + 2, &scale, 2);
   }
 }
 
@@ -222,6 +226,7 @@ void shapes(benchmark::internal::Benchmark* b) {
 BENCHMARK_CAPTURE(BM_matmul_q, Q8_0, sllm::TensorType::Q8_0)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_matmul_q, Q4_0, sllm::TensorType::Q4_0)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_matmul_q, Q5_0, sllm::TensorType::Q5_0)->Apply(shapes);
+BENCHMARK_CAPTURE(BM_matmul_q, Q2_K, sllm::TensorType::Q2_K)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_matmul_q, Q3_K, sllm::TensorType::Q3_K)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_matmul_q, Q4_K, sllm::TensorType::Q4_K)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_matmul_q, Q5_K, sllm::TensorType::Q5_K)->Apply(shapes);

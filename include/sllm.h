@@ -473,6 +473,14 @@ struct BlockQ6_K {
   int8_t scales[kSuperBlock / 16];
   uint16_t d;  // IEEE half
 };
+// Q2_K: 16 sub-blocks of 16; value = d * scale_j * q - dmin * min_j, q a 2-bit code (see
+// q2_k_code), scale_j and min_j the low and high nibble of scales[j]. 84 bytes.
+struct BlockQ2_K {
+  uint8_t scales[kSuperBlock / 16];
+  uint8_t qs[kSuperBlock / 4];
+  uint16_t d;     // IEEE half: scale of the sub-block scales
+  uint16_t dmin;  // IEEE half: scale of the sub-block mins
+};
 // Q3_K: 16 sub-blocks of 16; value = d * scale_j * (q - 4), q a 3-bit code whose low 2 bits are
 // in qs and top bit in hmask (see q3_k_code), scale_j a 6-bit code minus 32 packed into `scales`
 // (see q3_k_scale). 110 bytes.
@@ -497,6 +505,7 @@ struct BlockQ8_K {
   int8_t qs[kSuperBlock];
   int16_t bsums[kSuperBlock / 16];
 };
+static_assert(sizeof(BlockQ2_K) == 84, "Q2_K blocks are 84 bytes in GGUF");
 static_assert(sizeof(BlockQ3_K) == 110, "Q3_K blocks are 110 bytes in GGUF");
 static_assert(sizeof(BlockQ4_K) == 144, "Q4_K blocks are 144 bytes in GGUF");
 static_assert(sizeof(BlockQ5_K) == 176, "Q5_K blocks are 176 bytes in GGUF");
@@ -545,6 +554,15 @@ inline int q6_k_code(const BlockQ6_K& b, size_t i) {
   return low | high << 4;
 }
 
+// The 2-bit code of value i (0..255) of a Q2_K block, and the low 2 bits of a Q3_K code: per half
+// of 128 values, value l (0..31) of quarter k is bits 2k..2k+1 of qs[32 half + l].
+inline int k_bit_pair(const uint8_t* qs, size_t i) {
+  return (qs[i / 128 * 32 + i % 32] >> (i % 128 / 32 * 2)) & 3;
+}
+inline int q2_k_code(const BlockQ2_K& b, size_t i) {
+  return k_bit_pair(b.qs, i);
+}
+
 // The scale of sub-block j (0..15) of a Q3_K block, -32..31: its low 4 bits are a nibble of
 // scales[j % 8] (the low one for j < 8), its top 2 bits the bit pair j / 4 of scales[8 + j % 4].
 inline int q3_k_scale(const uint8_t* scales, size_t j) {
@@ -552,20 +570,17 @@ inline int q3_k_scale(const uint8_t* scales, size_t j) {
   const int high = (scales[8 + j % 4] >> (j / 4 * 2)) & 3;
   return (low | high << 4) - 32;
 }
-// The 3-bit code of value i (0..255) of a Q3_K block (value = d * scale * (code - 4)). Per half
-// of 128 values, value l (0..31) of quarter k keeps its low 2 bits in bits 2k..2k+1 of
-// qs[32 half + l] and its top bit in bit 4 half + k of hmask[l].
+// The 3-bit code of value i (0..255) of a Q3_K block (value = d * scale * (code - 4)): its low 2
+// bits as Q2_K's, its top bit bit 4 half + quarter of hmask[i % 32].
 inline int q3_k_code(const BlockQ3_K& b, size_t i) {
-  const size_t half = i / 128, quarter = i % 128 / 32, l = i % 32;
-  const int low = (b.qs[32 * half + l] >> (2 * quarter)) & 3;
-  const int high = (b.hmask[l] >> (4 * half + quarter)) & 1;
-  return low | high << 2;
+  const int high = (b.hmask[i % 32] >> (i / 128 * 4 + i % 128 / 32)) & 1;
+  return k_bit_pair(b.qs, i) | high << 2;
 }
 
 // Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K,
-// Q5_K, Q6_K; dequantize_row also Q3_K). F16 to Q5_0 round as ggml's reference quantizers do, so
-// that sllm's files match llama.cpp's byte for byte; the K-quants search for a smaller error than
-// llama.cpp's. dst/src hold tensor_row_bytes(type, n) bytes. Error for another type, or for a
+// Q5_K, Q6_K; dequantize_row also Q2_K and Q3_K). F16 to Q5_0 round as ggml's reference quantizers
+// do, so that sllm's files match llama.cpp's byte for byte; the K-quants search for a smaller error
+// than llama.cpp's. dst/src hold tensor_row_bytes(type, n) bytes. Error for another type, or for a
 // quantized type when n is not a whole number of its blocks (32 values, 256 for the K-quants).
 void quantize_row(TensorType type, const float* src, void* dst, size_t n);
 void dequantize_row(TensorType type, const void* src, float* dst, size_t n);
@@ -588,6 +603,7 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n);
 void quantize_row_q5_0(const float* x, BlockQ5_0* y, size_t n);
 void dequantize_row_q5_0(const BlockQ5_0* x, float* y, size_t n);
 // n is a multiple of 256.
+void dequantize_row_q2_k(const BlockQ2_K* x, float* y, size_t n);
 void dequantize_row_q3_k(const BlockQ3_K* x, float* y, size_t n);
 void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n);
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n);
@@ -621,8 +637,9 @@ float dot_q5_0(const BlockQ5_0* w, const BlockQ8_0* x, size_t n);
 // Dot product of a K-quant weight row with an activation row quantized to Q8_K: per block, the
 // integer dot products of the sub-blocks times their integer scales (and for Q4_K and Q5_K the
 // sums of the activation codes times the sub-block mins) summed in int32, then sum += d_x * (d * S
-// - dmin * M) (Q4_K, Q5_K) or d_x * (d * S) (Q3_K and Q6_K, whose S counts the codes minus 4 and
-// 32) in f32. n is a multiple of 256.
+// - dmin * M) (Q2_K, Q4_K, Q5_K) or d_x * (d * S) (Q3_K and Q6_K, whose S counts the codes minus 4
+// and 32) in f32. n is a multiple of 256.
+float dot_q2_k(const BlockQ2_K* w, const BlockQ8_K* x, size_t n);
 float dot_q3_k(const BlockQ3_K* w, const BlockQ8_K* x, size_t n);
 float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n);
 float dot_q5_k(const BlockQ5_K* w, const BlockQ8_K* x, size_t n);
@@ -764,9 +781,10 @@ void attention(const float* q, size_t head_dim, const detail::PagedRows& keys,
 }  // namespace sllm
 
 // ---- matmul_q.h ----
-// Quantized matmul, part of the kernels layer: Q8_0, Q4_0, Q5_0, Q3_K, Q4_K, Q5_K and Q6_K weight
-// matrices, read in place, times activation rows quantized to int8 codes. Products are int8 dot
-// products accumulated in int32 per block (VNNI vpdpbusd where the CPU has it), then scaled in f32.
+// Quantized matmul, part of the kernels layer: Q8_0, Q4_0, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K
+// weight matrices, read in place, times activation rows quantized to int8 codes. Products are int8
+// dot products accumulated in int32 per block (VNNI vpdpbusd where the CPU has it), then scaled in
+// f32.
 #include <algorithm>
 #include <cstring>
 
@@ -780,7 +798,7 @@ enum class ActivationFormat {
   kQ8_K,  // per 256 values, an f32 scale (ref::quantize_row_q8_k): K-quant weights
 };
 // Whether the quantized matmul reads weights of this type (Q8_0, Q4_0, Q5_0 and the K-quants
-// Q3_K, Q4_K, Q5_K, Q6_K).
+// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K).
 bool matmul_q_reads(TensorType weight_type);
 // Error for a weight type that the quantized matmul does not read.
 ActivationFormat activation_format(TensorType weight_type);
@@ -818,7 +836,7 @@ void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride
 
 // y[t * y_stride + r] = sum_c w[r][c] * x[t][c] for the x.n activation rows t and the weight rows
 // r in [row_begin, row_end), so that a caller can share the rows among its threads. w is of type
-// Q8_0, Q4_0, Q5_0, Q3_K, Q4_K, Q5_K or Q6_K, read in place (cols a whole number of blocks,
+// Q8_0, Q4_0, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K or Q6_K, read in place (cols a whole number of blocks,
 // row_bytes at least the blocks of a row), and x quantized in activation_format(w.type). One
 // activation row streams each weight row once (decode); many pack tiles of weights into a
 // per-thread buffer and reuse each for several tokens (prefill). Error when the shapes, the type or
@@ -3904,9 +3922,61 @@ struct ScaleMinStep {
 using Q4KStep = ScaleMinStep<false>;
 using Q5KStep = ScaleMinStep<true>;
 
+// The activation vectors of a block whose weights come in 16 sub-blocks of 16 (Q2_K, Q3_K, Q6_K):
+// the codes in their order, the sums of the 16 sub-blocks' codes, the scale in every lane.
+SLLM_VNNI HWY_INLINE void PrepareOrderedX(const int8_t* codes, const float* scales,
+                                          const int32_t* sums, __m512i* x) {
+  for (int k = 0; k < 4; ++k) _mm512_store_si512(x + k, _mm512_loadu_si512(codes + 64 * k));
+  _mm512_store_si512(x + 4, _mm512_loadu_si512(sums));
+  _mm512_store_si512(x + 5, _mm512_castps_si512(_mm512_set1_ps(scales[0])));
+}
+
+// Code vector k of a Q2_K block (the low 2 bits of Q3_K's codes), from its 64 bytes of qs: values
+// 64k..64k+63, quarters 2 (k % 2) and 2 (k % 2) + 1 of half k / 2 in its 256-bit halves (value l
+// of quarter q: bit pair q of qs[32 half + l]).
+SLLM_VNNI HWY_INLINE __m512i KBitPairs(const uint8_t* qs, int k) {
+  const int half = k / 2, quarter = 2 * (k % 2);
+  const __m512i bytes =
+      _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * half)));
+  const __m512i shift = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * quarter)),
+                                           _mm256_set1_epi16(short(2 * quarter + 2)), 1);
+  return _mm512_and_si512(_mm512_srlv_epi16(bytes, shift), _mm512_set1_epi8(3));
+}
+
+// Q2_K: the codes in their order (KBitPairs), and Q4_K's W and Accumulate with one scale and one
+// min per 16 codes (mins in every lane).
+struct Q2KStep {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ2_K);
+  static constexpr size_t kBlockValues = kSuperBlock;
+  static constexpr size_t kBlocks = 1;
+  static constexpr size_t kXVectors = 6;
+  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
+                                            const int32_t* sums, __m512i* x) {
+    PrepareOrderedX(codes, scales, sums, x);
+  }
+  using W = Q4KStep::W;
+  template <bool kWhole>
+  static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t /*bytes*/) {
+    W w;
+    for (int k = 0; k < 4; ++k) w.codes[k] = KBitPairs(p + offsetof(BlockQ2_K, qs), k);
+    const __m512i scale_min = _mm512_cvtepu8_epi32(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + offsetof(BlockQ2_K, scales))));
+    SpreadScales<4>(_mm512_and_si512(scale_min, _mm512_set1_epi32(0x0f)), w.scales);
+    w.mins = _mm512_srli_epi32(scale_min, 4);
+    uint32_t d;
+    std::memcpy(&d, p + offsetof(BlockQ2_K, d), 4);
+    const __m128 d_dmin = _mm_cvtph_ps(_mm_cvtsi32_si128(int(d)));
+    w.d = _mm512_broadcastss_ps(d_dmin);
+    w.dmin = _mm512_broadcastss_ps(_mm_movehdup_ps(d_dmin));
+    return w;
+  }
+  static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
+    return Q4KStep::Accumulate(w, x, acc);
+  }
+};
+
 // Q3_K and Q6_K: 16 sub-blocks of 16 values, each with a signed integer scale, and codes stored
-// plus 2^kOffsetShift (unsigned). The activation codes in their order, the sums of the 16
-// sub-blocks' codes, the scale in every lane; a Step adds LoadW.
+// plus 2^kOffsetShift (unsigned); a Step adds LoadW.
 template <int kOffsetShift>
 struct SubBlock16Step {
   static constexpr size_t kBlockValues = kSuperBlock;
@@ -3914,9 +3984,7 @@ struct SubBlock16Step {
   static constexpr size_t kXVectors = 6;
   static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
                                             const int32_t* sums, __m512i* x) {
-    for (int k = 0; k < 4; ++k) _mm512_store_si512(x + k, _mm512_loadu_si512(codes + 64 * k));
-    _mm512_store_si512(x + 4, _mm512_loadu_si512(sums));
-    _mm512_store_si512(x + 5, _mm512_castps_si512(_mm512_set1_ps(scales[0])));
+    PrepareOrderedX(codes, scales, sums, x);
   }
   struct W {
     __m512i codes[4];   // values 64k.. in order, plus the offset
@@ -3958,9 +4026,8 @@ SLLM_VNNI HWY_INLINE __m128i UnpackQ3KScales(const uint8_t* p) {
   return _mm_sub_epi8(_mm_or_si128(low, high), _mm_set1_epi8(32));
 }
 
-// Q3_K: code vector k holds values 64k..64k+63, quarters 2 (k % 2) and 2 (k % 2) + 1 of half
-// k / 2 in its 256-bit halves: value l of quarter q is bit pair q of qs[32 half + l], plus 4 where
-// bit 4 half + q of hmask[l] is set.
+// Q3_K: the low 2 bits of the codes as Q2_K's, plus 4 where bit 4 half + quarter of hmask[l] is
+// set (value l of the quarter; see KBitPairs).
 struct Q3KStep : SubBlock16Step<2> {
   static constexpr size_t kBlockBytes = sizeof(BlockQ3_K);
   template <bool kWhole>
@@ -3969,15 +4036,10 @@ struct Q3KStep : SubBlock16Step<2> {
     const __m512i hmask = _mm512_broadcast_i64x4(
         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + offsetof(BlockQ3_K, hmask))));
     for (int k = 0; k < 4; ++k) {
-      const int half = k / 2, quarter = 2 * (k % 2);
-      const __m512i qs = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-          reinterpret_cast<const __m256i*>(p + offsetof(BlockQ3_K, qs) + 32 * half)));
-      const __m512i shift = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * quarter)),
-                                               _mm256_set1_epi16(short(2 * quarter + 2)), 1);
-      const __m512i low = _mm512_and_si512(_mm512_srlv_epi16(qs, shift), _mm512_set1_epi8(3));
-      const __m512i bit =
-          _mm512_inserti64x4(_mm512_set1_epi8(char(1 << (4 * half + quarter))),
-                             _mm256_set1_epi8(char(1 << (4 * half + quarter + 1))), 1);
+      const __m512i low = KBitPairs(p + offsetof(BlockQ3_K, qs), k);
+      const int first = 4 * (k / 2) + 2 * (k % 2);  // the bit of the lower 256-bit half
+      const __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8(char(1 << first)),
+                                             _mm256_set1_epi8(char(1 << (first + 1))), 1);
       w.codes[k] =
           _mm512_mask_add_epi8(low, _mm512_test_epi8_mask(hmask, bit), low, _mm512_set1_epi8(4));
     }
@@ -4376,20 +4438,102 @@ struct SubBlockPanel {
   }
 };
 
-// Q4_K and Q5_K (kHighBit; the codes with their fifth bit): per block the 64 code groups in value
-// order (group 8j + g: values 4g..4g+3 of sub-block j), the rows' 8 sub-block scales (int32), their
-// mins as 4 pairs (sub-blocks 2k and 2k + 1 as the low and high int16 of a lane), d and dmin (f32).
-// Each sub-block's int32 sum is multiplied by its scale; the mins are multiplied by the pairs of
-// activation code sums (kStarts) with vpdpwssd.
-template <bool kHighBit>
-struct ScaleMinPanel : SubBlockPanel<ScaleMinPanel<kHighBit>> {
-  using Block = ScaleMinBlock<kHighBit>;
-  static constexpr size_t kItems = 64 + 8 + 4 + 2;
-  static constexpr size_t kStarts = 4;
+// The code groups of a block's 64 bytes of 2-bit codes (Q2_K's, and Q3_K's low bits) at qs in
+// each of the live rows: group 4j + g holds values 4g..4g+3 of sub-block j of 16 (value l of
+// quarter k of half h is bit pair k of qs[32h + l]).
+SLLM_VNNI HWY_INLINE void PackBitPairs(const uint8_t* qs, size_t row_bytes, size_t live,
+                                       uint8_t* out) {
+  for (size_t h = 0; h < 2; ++h) {
+    for (size_t c = 0; c < 2; ++c) {
+      __m512i bytes[4];
+      TransposeRows(qs, row_bytes, live, 32 * h + 16 * c, bytes);
+      for (size_t g = 0; g < 4; ++g) {
+        for (size_t k = 0; k < 4; ++k) {
+          const size_t group = 32 * h + 8 * k + 4 * c + g;  // values 4 group..
+          _mm512_store_si512(
+              out + group * kItemBytes,
+              _mm512_and_si512(_mm512_srli_epi32(bytes[g], unsigned(2 * k)), _mm512_set1_epi8(3)));
+        }
+      }
+    }
+  }
+}
+
+// Q2_K, Q4_K and Q5_K: per block the 64 code groups in value order (group 4 (V / 4) j + g: values
+// 4g..4g+3 of sub-block j of V = 256 / kSubBlocks), the rows' kSubBlocks sub-block scales (int32),
+// their mins as pairs (sub-blocks 2k and 2k + 1 as the low and high int16 of a lane), d and dmin
+// (f32). Each sub-block's int32 sum is multiplied by its scale; the mins are multiplied by the
+// pairs of activation code sums (kStarts) with vpdpwssd. Panel adds Pack.
+template <class Panel, size_t kSubBlockCount>
+struct ScaleMinPanelBase : SubBlockPanel<Panel> {
+  static constexpr size_t kSubBlocks = kSubBlockCount;
+  static constexpr size_t kStarts = kSubBlocks / 2;
+  static constexpr size_t kItems = 64 + kSubBlocks + kStarts + 2;
   static constexpr int kTokens = 4;
-  static constexpr size_t kSubBlocks = 8;
   static constexpr bool kSubBlockStarts = false;
-  static constexpr size_t kScales = 64, kMins = 72, kD = 76;
+  static constexpr size_t kScales = 64, kMins = 64 + kSubBlocks, kD = kMins + kStarts;
+
+  // The scales, mins, d and dmin of the live rows of a panel vector, from their blocks at p (d and
+  // dmin the f16 pair at d_offset; scale_min_of(row, j, scale, min) unpacks sub-block j's).
+  template <class ScaleMinOf>
+  static SLLM_VNNI void PackScaleMins(const uint8_t* p, size_t row_bytes, size_t live,
+                                      size_t d_offset, ScaleMinOf scale_min_of, uint8_t* out) {
+    alignas(64) int32_t scales[kSubBlocks][16] = {}, mins[kStarts][16] = {};
+    alignas(64) float d[2][16] = {};
+    for (size_t i = 0; i < live; ++i) {
+      const uint8_t* row = p + i * row_bytes;
+      uint8_t scale[kSubBlocks], min[kSubBlocks];
+      for (size_t j = 0; j < kSubBlocks; ++j) scale_min_of(row, j, &scale[j], &min[j]);
+      for (size_t j = 0; j < kSubBlocks; ++j) scales[j][i] = scale[j];
+      for (size_t k = 0; k < kStarts; ++k) mins[k][i] = min[2 * k] | min[2 * k + 1] << 16;
+      uint16_t h[2];
+      std::memcpy(h, row + d_offset, 4);
+      d[0][i] = fp16_to_f32(h[0]);
+      d[1][i] = fp16_to_f32(h[1]);
+    }
+    StoreLanes(scales, out + kScales * kItemBytes);
+    StoreLanes(mins, out + kMins * kItemBytes);
+    StoreLanes(d, out + kD * kItemBytes);
+  }
+
+  // Per token, block and pair k of sub-blocks: the sums of the codes of sub-blocks 2k and 2k + 1
+  // as the low and high int16.
+  static void Starts(TensorType /*type*/, const sllm::detail::QuantizedActivations& x, size_t nb,
+                     int32_t* starts) {
+    constexpr size_t kSums = kSuperBlock / kSubBlocks / 16;  // sums of 16 codes per sub-block
+    for (size_t t = 0; t < x.n; ++t) {
+      const int32_t* sums = x.sums(t);  // per 16 codes
+      for (size_t k = 0; k < kStarts * nb; ++k) {
+        int32_t pair[2] = {0, 0};
+        for (size_t i = 0; i < 2 * kSums; ++i) pair[i / kSums] += sums[2 * kSums * k + i];
+        starts[t * kStarts * nb + k] =
+            int32_t(uint32_t(uint16_t(pair[0])) | uint32_t(pair[1]) << 16);
+      }
+    }
+  }
+
+  // The block's sum times d dx, less the mins times the pairs of sub-block code sums times dmin dx
+  // (pv: the panel vector's lanes of the block).
+  static SLLM_VNNI HWY_INLINE __m512 AddBlock(const uint8_t* pv, __m512i sum, __m512 dx,
+                                              const int32_t* block_starts, __m512 acc) {
+    __m512i mins = _mm512_setzero_si512();
+    for (size_t k = 0; k < kStarts; ++k) {
+      mins = Dpwssd(mins, _mm512_load_si512(pv + (kMins + k) * kItemBytes),
+                    _mm512_set1_epi32(block_starts[k]));
+    }
+    const __m512 d = _mm512_load_ps(pv + kD * kItemBytes);
+    const __m512 dmin = _mm512_load_ps(pv + (kD + 1) * kItemBytes);
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, dx), acc);
+    return _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, dx), acc);
+  }
+};
+
+// Q4_K and Q5_K (kHighBit; the codes with their fifth bit): 8 sub-blocks of 32.
+template <bool kHighBit>
+struct ScaleMinPanel : ScaleMinPanelBase<ScaleMinPanel<kHighBit>, 8> {
+  using Base = ScaleMinPanelBase<ScaleMinPanel<kHighBit>, 8>;
+  using Block = ScaleMinBlock<kHighBit>;
+  using Base::kItems;
 
   static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
                              size_t r0, size_t n_rows, uint8_t* panel) {
@@ -4425,52 +4569,37 @@ struct ScaleMinPanel : SubBlockPanel<ScaleMinPanel<kHighBit>> {
             _mm512_store_si512(out + (first + 8 + g) * kItemBytes, high);
           }
         }
-        alignas(64) int32_t scales[8][16] = {}, mins[4][16] = {};
-        alignas(64) float d[2][16] = {};
-        for (size_t i = 0; i < live; ++i) {
-          const uint8_t* row = p + i * row_bytes;
-          uint8_t scale[8], min[8];
-          for (int j = 0; j < 8; ++j) unpack_q4_k_scales(row + 4, j, &scale[j], &min[j]);
-          for (int j = 0; j < 8; ++j) scales[j][i] = scale[j];
-          for (int k = 0; k < 4; ++k) mins[k][i] = min[2 * k] | min[2 * k + 1] << 16;
-          uint16_t h[2];
-          std::memcpy(h, row, 4);
-          d[0][i] = fp16_to_f32(h[0]);
-          d[1][i] = fp16_to_f32(h[1]);
-        }
-        StoreLanes(scales, out + kScales * kItemBytes);
-        StoreLanes(mins, out + kMins * kItemBytes);
-        StoreLanes(d, out + kD * kItemBytes);
+        Base::PackScaleMins(
+            p, row_bytes, live, 0,
+            [](const uint8_t* row, size_t j, uint8_t* scale, uint8_t* min) {
+              unpack_q4_k_scales(row + 4, int(j), scale, min);
+            },
+            out);
       }
     }
   }
+};
 
-  // Per token, block and pair k of sub-blocks: the sums of the codes of sub-blocks 2k and 2k + 1
-  // as the low and high int16.
-  static void Starts(TensorType /*type*/, const sllm::detail::QuantizedActivations& x, size_t nb,
-                     int32_t* starts) {
-    for (size_t t = 0; t < x.n; ++t) {
-      const int32_t* sums = x.sums(t);  // per 16 codes
-      for (size_t k = 0; k < 4 * nb; ++k) {
-        const int32_t low = sums[4 * k] + sums[4 * k + 1], high = sums[4 * k + 2] + sums[4 * k + 3];
-        starts[t * 4 * nb + k] = int32_t(uint32_t(uint16_t(low)) | uint32_t(high) << 16);
+// Q2_K: 16 sub-blocks of 16, codes as Q3_K's low bits (see q2_k_code).
+struct Q2KPanel : ScaleMinPanelBase<Q2KPanel, 16> {
+  static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
+                             size_t r0, size_t n_rows, uint8_t* panel) {
+    for (size_t v = 0; v < kPanelVectors; ++v) {
+      const size_t live = PanelLive(n_rows, v);
+      const uint8_t* base = w + (r0 + 16 * v) * row_bytes;
+      for (size_t b = 0; b < nb; ++b) {
+        const uint8_t* p = base + b * sizeof(BlockQ2_K);
+        uint8_t* out = panel + b * kItems * kItemBytes + v * 64;
+        PackBitPairs(p + offsetof(BlockQ2_K, qs), row_bytes, live, out);
+        PackScaleMins(
+            p, row_bytes, live, offsetof(BlockQ2_K, d),
+            [](const uint8_t* row, size_t j, uint8_t* scale, uint8_t* min) {
+              *scale = row[j] & 0x0f;
+              *min = row[j] >> 4;
+            },
+            out);
       }
     }
-  }
-
-  // The block's sum times d dx, less the mins times the pairs of sub-block code sums times dmin dx
-  // (pv: the panel vector's lanes of the block).
-  static SLLM_VNNI HWY_INLINE __m512 AddBlock(const uint8_t* pv, __m512i sum, __m512 dx,
-                                              const int32_t* block_starts, __m512 acc) {
-    __m512i mins = _mm512_setzero_si512();
-    for (size_t k = 0; k < 4; ++k) {
-      mins = Dpwssd(mins, _mm512_load_si512(pv + (kMins + k) * kItemBytes),
-                    _mm512_set1_epi32(block_starts[k]));
-    }
-    const __m512 d = _mm512_load_ps(pv + kD * kItemBytes);
-    const __m512 dmin = _mm512_load_ps(pv + (kD + 1) * kItemBytes);
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, dx), acc);
-    return _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, dx), acc);
   }
 };
 
@@ -4524,34 +4653,31 @@ struct SubBlock16Panel : SubBlockPanel<Panel> {
   }
 };
 
-// Q3_K: code 4 + value, from the bit pairs of qs and the bits of hmask (see q3_k_code).
+// Q3_K: code 4 + value, the bit pairs as Q2_K's plus 4 where the bit of hmask is set (see
+// q3_k_code).
 struct Q3KPanel : SubBlock16Panel<Q3KPanel, 4> {
   static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
                              size_t r0, size_t n_rows, uint8_t* panel) {
-    const __m512i low2 = _mm512_set1_epi8(3), four = _mm512_set1_epi8(4);
+    const __m512i four = _mm512_set1_epi8(4);
     for (size_t v = 0; v < kPanelVectors; ++v) {
       const size_t live = PanelLive(n_rows, v);
       const uint8_t* base = w + (r0 + 16 * v) * row_bytes;
       for (size_t b = 0; b < nb; ++b) {
         const uint8_t* p = base + b * sizeof(BlockQ3_K);
         uint8_t* out = panel + b * kItems * kItemBytes + v * 64;
-        // Values l..l+15 (l = 16 c) of the 4 quarters of half h: bit pairs of qs[32h + l..], top
-        // bits in hmask[l..].
+        PackBitPairs(p + offsetof(BlockQ3_K, qs), row_bytes, live, out);
+        // Values l..l+15 (l = 16 c) of quarter k of half h: top bits in hmask[l..].
         for (size_t c = 0; c < 2; ++c) {
           __m512i hmask[4];
           TransposeRows(p, row_bytes, live, offsetof(BlockQ3_K, hmask) + 16 * c, hmask);
           for (size_t h = 0; h < 2; ++h) {
-            __m512i qs[4];
-            TransposeRows(p, row_bytes, live, offsetof(BlockQ3_K, qs) + 32 * h + 16 * c, qs);
             for (size_t g = 0; g < 4; ++g) {
               for (size_t k = 0; k < 4; ++k) {
-                const __m512i low =
-                    _mm512_and_si512(_mm512_srli_epi32(qs[g], unsigned(2 * k)), low2);
+                uint8_t* group = out + (32 * h + 8 * k + 4 * c + g) * kItemBytes;
+                const __m512i low = _mm512_load_si512(group);
                 const __mmask64 top =
                     _mm512_test_epi8_mask(hmask[g], _mm512_set1_epi8(char(1 << (4 * h + k))));
-                const size_t group = 32 * h + 8 * k + 4 * c + g;  // values 4 group..
-                _mm512_store_si512(out + group * kItemBytes,
-                                   _mm512_mask_add_epi8(low, top, low, four));
+                _mm512_store_si512(group, _mm512_mask_add_epi8(low, top, low, four));
               }
             }
           }
@@ -4700,6 +4826,9 @@ SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_
     case TensorType::Q5_K:
       return MatmulType<Q5KStep, Q5KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
                                            row_end);
+    case TensorType::Q2_K:
+      return MatmulType<Q2KStep, Q2KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
+                                           row_end);
     case TensorType::Q3_K:
       return MatmulType<Q3KStep, Q3KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
                                            row_end);
@@ -4828,19 +4957,23 @@ HWY_INLINE float RowDotScaleMin(const uint8_t* w, size_t nb, const int8_t* xq, c
   return sum;
 }
 
-// Q3_K and Q6_K: per sub-block of 16, the codes less the offset times the activation codes,
-// times the sub-block's scale; the block's sum times d. Format has Codes (values 16j + i.. of
-// sub-block j, as int16 minus the offset), Scale (of sub-block j), kBytes and kD (where d is).
+// Q2_K, Q3_K and Q6_K: per sub-block of 16, the codes (less their offset) times the activation
+// codes, times the sub-block's scale; the block's sum times d, less (kHasMins: Q2_K) the mins times
+// the activation code sums times dmin. Format has Codes (values 16j + i.. of sub-block j, as
+// int16), Scale and Min (of sub-block j), kBytes, and kD (where d is, then dmin).
 template <class Format>
-HWY_INLINE float RowDotSubBlock16(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs) {
+HWY_INLINE float RowDotSubBlock16(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs,
+                                  const int32_t* xsums) {
   const hn::CappedTag<int16_t, 16> d16;
   const hn::Rebind<int8_t, decltype(d16)> d8;
   const hn::Repartition<int32_t, decltype(d16)> d32;
   const size_t N = hn::Lanes(d16);
   float sum = 0.0f;
-  for (size_t b = 0; b < nb; ++b, w += Format::kBytes, xq += kSuperBlock) {
+  for (size_t b = 0; b < nb; ++b, w += Format::kBytes, xq += kSuperBlock, xsums += 16) {
     auto scaled = hn::Zero(d32);
+    int32_t mins = 0;
     for (size_t j = 0; j < kSuperBlock / 16; ++j) {
+      if constexpr (Format::kHasMins) mins += Format::Min(w, j) * xsums[j];
       auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
       for (size_t i = 0; i < 16; i += N) {
         sum0 = hn::ReorderWidenMulAccumulate(d32, Format::Codes(d16, w, j, i),
@@ -4849,26 +4982,53 @@ HWY_INLINE float RowDotSubBlock16(const uint8_t* w, size_t nb, const int8_t* xq,
       }
       scaled = hn::Add(scaled, hn::Mul(hn::Add(sum0, sum1), hn::Set(d32, Format::Scale(w, j))));
     }
-    uint16_t d;
-    std::memcpy(&d, w + Format::kD, 2);
-    sum += xs[b] * (fp16_to_f32(d) * float(hn::GetLane(hn::SumOfLanes(d32, scaled))));
+    uint16_t d[2];
+    std::memcpy(&d[0], w + Format::kD, 2);
+    const float block = fp16_to_f32(d[0]) * float(hn::GetLane(hn::SumOfLanes(d32, scaled)));
+    if constexpr (Format::kHasMins) {
+      std::memcpy(&d[1], w + Format::kD + 2, 2);
+      sum += xs[b] * (block - fp16_to_f32(d[1]) * float(mins));
+    } else {
+      sum += xs[b] * block;
+    }
   }
   return sum;
 }
+
+// Value l.. of quarter k = j % 8 / 2 of half h = j / 8 (l = 16 (j % 2) + i): bit pair k of the
+// 2-bit codes at qs[32h + l..] (Q2_K's codes, Q3_K's low bits; see k_bit_pair).
+template <class D16>
+HWY_INLINE hn::Vec<D16> BitPairs(D16 d16, const uint8_t* qs, size_t j, size_t i) {
+  const hn::Rebind<uint8_t, D16> du8;
+  const size_t h = j / 8, k = j % 8 / 2, l = j % 2 * 16 + i;
+  const auto bytes = hn::PromoteTo(d16, hn::LoadU(du8, qs + 32 * h + l));
+  return hn::And(hn::ShiftRightSame(bytes, int(2 * k)), hn::Set(d16, int16_t{3}));
+}
+
+struct Q2KFormat {
+  static constexpr size_t kBytes = sizeof(BlockQ2_K), kD = offsetof(BlockQ2_K, d);
+  static constexpr bool kHasMins = true;
+  template <class D16>
+  static HWY_INLINE hn::Vec<D16> Codes(D16 d16, const uint8_t* w, size_t j, size_t i) {
+    return BitPairs(d16, w + offsetof(BlockQ2_K, qs), j, i);
+  }
+  static int32_t Scale(const uint8_t* w, size_t j) { return w[j] & 0x0f; }
+  static int32_t Min(const uint8_t* w, size_t j) { return w[j] >> 4; }
+};
 
 // Sub-block j of a Q3_K block: quarter k = j % 8 / 2 of half h = j / 8, values l.. (l = 16 (j %
 // 2)); see q3_k_code.
 struct Q3KFormat {
   static constexpr size_t kBytes = sizeof(BlockQ3_K), kD = offsetof(BlockQ3_K, d);
+  static constexpr bool kHasMins = false;
   template <class D16>
   static HWY_INLINE hn::Vec<D16> Codes(D16 d16, const uint8_t* w, size_t j, size_t i) {
     const hn::Rebind<uint8_t, D16> du8;
     const size_t h = j / 8, k = j % 8 / 2, l = j % 2 * 16 + i;
-    const auto qs = hn::PromoteTo(d16, hn::LoadU(du8, w + offsetof(BlockQ3_K, qs) + 32 * h + l));
     const auto hmask = hn::PromoteTo(d16, hn::LoadU(du8, w + offsetof(BlockQ3_K, hmask) + l));
-    const auto low = hn::And(hn::ShiftRightSame(qs, int(2 * k)), hn::Set(d16, int16_t{3}));
     const auto high = hn::And(hn::ShiftRightSame(hmask, int(4 * h + k)), hn::Set(d16, int16_t{1}));
-    return hn::Sub(hn::Or(low, hn::ShiftLeft<2>(high)), hn::Set(d16, int16_t{4}));
+    return hn::Sub(hn::Or(BitPairs(d16, w + offsetof(BlockQ3_K, qs), j, i), hn::ShiftLeft<2>(high)),
+                   hn::Set(d16, int16_t{4}));
   }
   static int32_t Scale(const uint8_t* w, size_t j) {
     return q3_k_scale(w + offsetof(BlockQ3_K, scales), j);
@@ -4879,6 +5039,7 @@ struct Q3KFormat {
 // 2)); see q6_k_code.
 struct Q6KFormat {
   static constexpr size_t kBytes = sizeof(BlockQ6_K), kD = offsetof(BlockQ6_K, d);
+  static constexpr bool kHasMins = false;
   template <class D16>
   static HWY_INLINE hn::Vec<D16> Codes(D16 d16, const uint8_t* w, size_t j, size_t i) {
     const hn::Rebind<uint8_t, D16> du8;
@@ -4920,11 +5081,17 @@ void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_byte
         case TensorType::Q5_K:
           dot = RowDotScaleMin<true>(wr, cols / kSuperBlock, x->codes(t), x->scales(t), x->sums(t));
           break;
+        case TensorType::Q2_K:
+          dot = RowDotSubBlock16<Q2KFormat>(wr, cols / kSuperBlock, x->codes(t), x->scales(t),
+                                            x->sums(t));
+          break;
         case TensorType::Q3_K:
-          dot = RowDotSubBlock16<Q3KFormat>(wr, cols / kSuperBlock, x->codes(t), x->scales(t));
+          dot = RowDotSubBlock16<Q3KFormat>(wr, cols / kSuperBlock, x->codes(t), x->scales(t),
+                                            x->sums(t));
           break;
         default:
-          dot = RowDotSubBlock16<Q6KFormat>(wr, cols / kSuperBlock, x->codes(t), x->scales(t));
+          dot = RowDotSubBlock16<Q6KFormat>(wr, cols / kSuperBlock, x->codes(t), x->scales(t),
+                                            x->sums(t));
       }
       y[t * y_stride + r] = dot;
     }
@@ -6265,6 +6432,17 @@ void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n) {
   }
 }
 
+void dequantize_row_q2_k(const BlockQ2_K* x, float* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q2_K, n);
+  for (size_t b = 0; b < nb; ++b) {
+    const float d = fp16_to_f32(x[b].d), dmin = fp16_to_f32(x[b].dmin);
+    for (size_t i = 0; i < kSuperBlock; ++i) {
+      const int scale = x[b].scales[i / 16] & 0x0f, min = x[b].scales[i / 16] >> 4;
+      *y++ = d * scale * q2_k_code(x[b], i) - dmin * min;
+    }
+  }
+}
+
 void dequantize_row_q3_k(const BlockQ3_K* x, float* y, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q3_K, n);
   for (size_t b = 0; b < nb; ++b) {
@@ -6746,6 +6924,25 @@ float dot_q5_k(const BlockQ5_K* w, const BlockQ8_K* x, size_t n) {
   return dot_scale_min(TensorType::Q5_K, w, x, n, q5_k_code);
 }
 
+float dot_q2_k(const BlockQ2_K* w, const BlockQ8_K* x, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q2_K, n);
+  float sum = 0.0f;
+  for (size_t b = 0; b < nb; ++b) {
+    int32_t scaled = 0, mins = 0;
+    for (size_t j = 0; j < kSuperBlock / 16; ++j) {
+      int32_t dot = 0, codes = 0;
+      for (size_t i = 16 * j; i < 16 * j + 16; ++i) {
+        dot += q2_k_code(w[b], i) * int32_t(x[b].qs[i]);
+        codes += x[b].qs[i];
+      }
+      scaled += (w[b].scales[j] & 0x0f) * dot;
+      mins += (w[b].scales[j] >> 4) * codes;
+    }
+    sum += x[b].d * (fp16_to_f32(w[b].d) * float(scaled) - fp16_to_f32(w[b].dmin) * float(mins));
+  }
+  return sum;
+}
+
 float dot_q3_k(const BlockQ3_K* w, const BlockQ8_K* x, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q3_K, n);
   float sum = 0.0f;
@@ -6841,6 +7038,9 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n) {
     case TensorType::Q5_0:
       ref::dequantize_row_q5_0(static_cast<const BlockQ5_0*>(src), dst, n);
       return;
+    case TensorType::Q2_K:
+      ref::dequantize_row_q2_k(static_cast<const BlockQ2_K*>(src), dst, n);
+      return;
     case TensorType::Q3_K:
       ref::dequantize_row_q3_k(static_cast<const BlockQ3_K*>(src), dst, n);
       return;
@@ -6854,8 +7054,9 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n) {
       ref::dequantize_row_q6_k(static_cast<const BlockQ6_K*>(src), dst, n);
       return;
     default:
-      detail::fail("cannot dequantize tensor type " + std::to_string(uint32_t(type)) +
-                   ": sllm reads F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q3_K, Q4_K, Q5_K and Q6_K");
+      detail::fail(
+          "cannot dequantize tensor type " + std::to_string(uint32_t(type)) +
+          ": sllm reads F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K");
   }
 }
 
@@ -7153,8 +7354,9 @@ inline size_t round_up(size_t n, size_t multiple) {
 
 // The K-quants that the matmul reads, whose activations are quantized per 256 values.
 inline bool is_k_quant(TensorType weight_type) {
-  return weight_type == TensorType::Q3_K || weight_type == TensorType::Q4_K ||
-         weight_type == TensorType::Q5_K || weight_type == TensorType::Q6_K;
+  return weight_type == TensorType::Q2_K || weight_type == TensorType::Q3_K ||
+         weight_type == TensorType::Q4_K || weight_type == TensorType::Q5_K ||
+         weight_type == TensorType::Q6_K;
 }
 
 bool matmul_q_reads(TensorType weight_type) {
@@ -7165,7 +7367,7 @@ bool matmul_q_reads(TensorType weight_type) {
 ActivationFormat activation_format(TensorType weight_type) {
   if (!matmul_q_reads(weight_type)) {
     fail(std::string("quantized matmul: weight type ") + tensor_type_name(weight_type) +
-         " is not Q8_0, Q4_0, Q5_0, Q3_K, Q4_K, Q5_K or Q6_K");
+         " is not Q8_0, Q4_0, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K or Q6_K");
   }
   return is_k_quant(weight_type) ? ActivationFormat::kQ8_K : ActivationFormat::kQ8_0;
 }
@@ -7707,8 +7909,8 @@ inline MatrixView weight_matrix(const Gguf& gguf, const TensorInfo& t, size_t co
   if (t.type != TensorType::F32 && t.type != TensorType::F16 && t.type != TensorType::BF16 &&
       !quantized) {
     fail("tensor " + t.name + " has type " + tensor_type_name(t.type) +
-         ", which this build cannot run yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q3_K, "
-         "Q4_K, Q5_K, Q6_K)");
+         ", which this build cannot run yet (supported: F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q2_K, "
+         "Q3_K, Q4_K, Q5_K, Q6_K)");
   }
   if (t.n_dims != 2 || t.ne[0] != cols || t.ne[1] != rows) {
     fail("tensor " + t.name + " in " + gguf.path() + " has shape " + t.shape_string() +

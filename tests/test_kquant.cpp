@@ -1,4 +1,4 @@
-// K-quant formats (Q3_K, Q4_K, Q5_K, Q6_K): dequantization against llama.cpp's output, the
+// K-quant formats (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K): dequantization against llama.cpp's output, the
 // Q8_K-style activation quantization, the scalar dot products against float arithmetic, and the
 // int8 kernels exact on integer data on every target (test_quant.cpp compares them with the scalar
 // references on random data, with the other quantized types).
@@ -9,6 +9,7 @@
 
 #include "test_support.h"
 
+using sllm::BlockQ2_K;
 using sllm::BlockQ3_K;
 using sllm::BlockQ4_K;
 using sllm::BlockQ5_K;
@@ -20,11 +21,11 @@ using sllm::detail::MatrixView;
 using sllm::detail::QuantizedActivations;
 using sllm_test::random_values;
 
-TEST_CASE("Q3_K, Q4_K and Q6_K dequantization equals llama.cpp's bit for bit") {
+TEST_CASE("Q2_K, Q3_K, Q4_K and Q6_K dequantization equals llama.cpp's bit for bit") {
   // Blocks of random bytes (every scale and code pattern) and blocks that ggml's reference
   // quantizer made from normal values, with ggml's dequantization of them (tests/data/README.md).
   const sllm::Gguf g = sllm::Gguf::open(sllm_test::test_data("kquants/blocks.gguf"));
-  for (const char* name : {"q3_K", "q4_K", "q6_K"}) {
+  for (const char* name : {"q2_K", "q3_K", "q4_K", "q6_K"}) {
     CAPTURE(name);
     const sllm::TensorInfo* blocks = g.find_tensor(name);
     const sllm::TensorInfo* want = g.find_tensor(std::string(name) + ".f32");
@@ -129,7 +130,8 @@ TEST_CASE("Q8_K activation quantization matches the reference quantizer on every
 TEST_CASE("K-quant reference dot products equal the dot product of the dequantized rows") {
   std::mt19937 rng(23);
   const size_t n = 256 * 9;
-  for (TensorType type : {TensorType::Q3_K, TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K}) {
+  for (TensorType type :
+       {TensorType::Q2_K, TensorType::Q3_K, TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K}) {
     for (int trial = 0; trial < 4; ++trial) {
       CAPTURE(type);
       CAPTURE(trial);
@@ -165,7 +167,8 @@ TEST_CASE("K-quant matmul is exact on integer data on every target") {
   std::mt19937 rng(34);
   std::uniform_int_distribution<int> byte(0, 255), small(0, 3), act(-15, 15);
   const uint16_t one = sllm::f32_to_fp16(1.0f);
-  for (TensorType type : {TensorType::Q3_K, TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K}) {
+  for (TensorType type :
+       {TensorType::Q2_K, TensorType::Q3_K, TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K}) {
     for (size_t cols : {256, 768, 1280}) {
       const size_t rows = 37, nb = cols / 256, row_bytes = sllm::tensor_row_bytes(type, cols);
       sllm_test::GuardedBuffer w(rows * row_bytes);
@@ -190,6 +193,13 @@ TEST_CASE("K-quant matmul is exact on integer data on every target") {
           blk.d = blk.dmin = one;
           small_scales(blk.scales);
           for (uint8_t& q : blk.qh) q = uint8_t(byte(rng));
+          for (uint8_t& q : blk.qs) q = uint8_t(byte(rng));
+          std::memcpy(w.data() + b * sizeof blk, &blk, sizeof blk);
+        } else if (type == TensorType::Q2_K) {
+          // Scales and mins of 4 bits, codes of 2: a block's products stay below 2^18.
+          BlockQ2_K blk;
+          blk.d = blk.dmin = one;
+          for (uint8_t& q : blk.scales) q = uint8_t(byte(rng));
           for (uint8_t& q : blk.qs) q = uint8_t(byte(rng));
           std::memcpy(w.data() + b * sizeof blk, &blk, sizeof blk);
         } else if (type == TensorType::Q3_K) {

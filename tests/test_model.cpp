@@ -822,11 +822,11 @@ TEST_CASE("a Q5_K_M model made by llama-quantize: logits within llama.cpp's int8
   // As Q4_K_M: llama.cpp's noise here is a mean KL of 2.5e-3.
   check_llama_quantized_model("kquants/llama.Q5_K_M", 2, 0);
   // A type the matmul does not compute is refused by the tensor's name.
-  CopyEdits q2k;
-  q2k.retyped = {"blk.1.attn_k.weight", TensorType::Q2_K};
-  const std::string msg = load_error(gguf, "q2k.gguf", q2k);
+  CopyEdits q4_1;
+  q4_1.retyped = {"blk.1.attn_k.weight", TensorType::Q4_1};
+  const std::string msg = load_error(gguf, "q4_1.gguf", q4_1);
   CAPTURE(msg);
-  CHECK(contains(msg, "tensor blk.1.attn_k.weight has type Q2_K, which this build cannot run"));
+  CHECK(contains(msg, "tensor blk.1.attn_k.weight has type Q4_1, which this build cannot run"));
 }
 
 TEST_CASE("a Q3_K_M model made by llama-quantize: logits within llama.cpp's int8 noise of its") {
@@ -840,6 +840,17 @@ TEST_CASE("a Q3_K_M model made by llama-quantize: logits within llama.cpp's int8
   CHECK(gguf.tensor("blk.0.attn_v.weight").type == TensorType::Q5_K);
   CHECK(gguf.tensor("output.weight").type == TensorType::Q6_K);
   check_llama_quantized_model("kquants/llama.Q3_K_M", 2, 0);
+}
+
+TEST_CASE("a Q2_K model made by llama-quantize: logits within llama.cpp's int8 noise of its") {
+  // Q2_K for Q, K, gate, up and the embeddings; Q3_K for attn_output, attn_v and ffn_down, Q6_K
+  // for the output.
+  const Gguf gguf = Gguf::open(sllm_test::test_data("kquants/llama.Q2_K.gguf"));
+  CHECK(gguf.tensor("blk.0.attn_q.weight").type == TensorType::Q2_K);
+  CHECK(gguf.tensor("token_embd.weight").type == TensorType::Q2_K);
+  CHECK(gguf.tensor("blk.1.ffn_down.weight").type == TensorType::Q3_K);
+  CHECK(gguf.tensor("output.weight").type == TensorType::Q6_K);
+  check_llama_quantized_model("kquants/llama.Q2_K", 2, 0);
 }
 
 TEST_CASE("a Q4_K_M model 192 wide, Q5_0 and Q8_0 where llama-quantize falls back: llama.cpp's") {

@@ -1,6 +1,6 @@
-// Quantized block formats (Q8_0, Q4_0, Q5_0, Q3_K, Q4_K, Q5_K, Q6_K) and the int8 matmul kernels,
-// against hand-computed blocks, independent error bounds, llama.cpp's quantizers' error and the
-// scalar references, on every SIMD target.
+// Quantized block formats (Q8_0, Q4_0, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K) and the int8 matmul
+// kernels, against hand-computed blocks, independent error bounds, llama.cpp's quantizers' error
+// and the scalar references, on every SIMD target.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -33,8 +33,8 @@ size_t block_bytes(TensorType type) {
 }
 
 bool is_k_quant(TensorType type) {
-  return type == TensorType::Q3_K || type == TensorType::Q4_K || type == TensorType::Q5_K ||
-         type == TensorType::Q6_K;
+  return type == TensorType::Q2_K || type == TensorType::Q3_K || type == TensorType::Q4_K ||
+         type == TensorType::Q5_K || type == TensorType::Q6_K;
 }
 size_t block_values(TensorType type) {
   return is_k_quant(type) ? sllm::kSuperBlock : 32;
@@ -59,8 +59,8 @@ void quantize_for(TensorType type, const float* x, size_t n, size_t cols, size_t
 // the activation row quantized by the reference quantizer of the type's activation format, and
 // a bound on the float rounding of any summation order (kernels sum parts of blocks in separate
 // lanes): a few ulps of the sum of the magnitudes of all the products that the integer sums are
-// made of. For Q4_K and Q5_K these are the scaled codes and the mins apart, for Q3_K and Q6_K the
-// codes before their offset of 4 and 32 is taken off.
+// made of. For Q2_K, Q4_K and Q5_K these are the scaled codes and the mins apart, for Q3_K and Q6_K
+// the codes before their offset of 4 and 32 is taken off.
 struct Expected {
   float value;
   float tolerance;
@@ -85,6 +85,11 @@ Expected expected_dot(TensorType type, const uint8_t* w_row, const float* x_row,
           uint8_t scale, min;
           sllm::unpack_q4_k_scales(w.scales, int(i / 32), &scale, &min);
           magnitude += x * (sllm::fp16_to_f32(w.d) * scale * sllm::q5_k_code(w, i) +
+                            sllm::fp16_to_f32(w.dmin) * min);
+        } else if (type == TensorType::Q2_K) {
+          const auto& w = reinterpret_cast<const sllm::BlockQ2_K*>(w_row)[b];
+          const uint8_t scale = w.scales[i / 16] & 15, min = w.scales[i / 16] >> 4;
+          magnitude += x * (sllm::fp16_to_f32(w.d) * scale * sllm::q2_k_code(w, i) +
                             sllm::fp16_to_f32(w.dmin) * min);
         } else if (type == TensorType::Q3_K) {
           const auto& w = reinterpret_cast<const sllm::BlockQ3_K*>(w_row)[b];
@@ -175,8 +180,8 @@ void fill_weights(std::mt19937& rng, TensorType type, size_t rows, size_t cols, 
 }
 
 const TensorType kKernelTypes[] = {TensorType::Q8_0, TensorType::Q4_0, TensorType::Q5_0,
-                                   TensorType::Q3_K, TensorType::Q4_K, TensorType::Q5_K,
-                                   TensorType::Q6_K};
+                                   TensorType::Q2_K, TensorType::Q3_K, TensorType::Q4_K,
+                                   TensorType::Q5_K, TensorType::Q6_K};
 
 }  // namespace
 
@@ -854,7 +859,10 @@ TEST_CASE("several matrices in one call land side by side and match the scalar r
   // Parts of one activation format each: row counts that split into uneven chunks.
   const std::vector<std::vector<Part>> groups = {
       {{TensorType::Q4_0, 33}, {TensorType::Q8_0, 5}, {TensorType::Q4_0, 70}},
-      {{TensorType::Q4_K, 3}, {TensorType::Q6_K, 40}, {TensorType::Q3_K, 17}}};
+      {{TensorType::Q4_K, 3},
+       {TensorType::Q6_K, 40},
+       {TensorType::Q3_K, 17},
+       {TensorType::Q2_K, 9}}};
   for (const auto& group : groups) {
     const size_t cols = 256, max_tokens = 8;
     std::deque<GuardedBuffer> weights;  // not movable: a deque keeps them in place
@@ -987,6 +995,6 @@ TEST_CASE("quantized matmul refuses shapes and types it cannot compute") {
   CHECK_NOTHROW(sllm::detail::matmul_q(q6k, q256, y.data(), 2, 1));
   CHECK(sllm::detail::activation_format(TensorType::Q5_K) == sllm::detail::ActivationFormat::kQ8_K);
   CHECK(sllm_test::error_message([&] {
-          sllm::detail::activation_format(TensorType::Q2_K);
-        }).find("weight type Q2_K is not") != std::string::npos);
+          sllm::detail::activation_format(TensorType::Q4_1);
+        }).find("weight type Q4_1 is not") != std::string::npos);
 }

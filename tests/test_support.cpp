@@ -27,10 +27,12 @@ std::vector<float> random_values(std::mt19937& rng, size_t n, float stddev) {
 }
 
 void random_k_blocks(std::mt19937& rng, sllm::TensorType type, size_t n_blocks, uint8_t* out) {
-  REQUIRE((type == sllm::TensorType::Q3_K || type == sllm::TensorType::Q4_K ||
-           type == sllm::TensorType::Q5_K || type == sllm::TensorType::Q6_K));
-  // Q4_K, Q5_K: d and dmin first; Q3_K, Q6_K: d last
-  const bool scale_min = type == sllm::TensorType::Q4_K || type == sllm::TensorType::Q5_K;
+  REQUIRE((type == sllm::TensorType::Q2_K || type == sllm::TensorType::Q3_K ||
+           type == sllm::TensorType::Q4_K || type == sllm::TensorType::Q5_K ||
+           type == sllm::TensorType::Q6_K));
+  // Q4_K, Q5_K: d and dmin first; Q2_K: d and dmin last; Q3_K, Q6_K: d last
+  const bool scale_min = type == sllm::TensorType::Q2_K || type == sllm::TensorType::Q4_K ||
+                         type == sllm::TensorType::Q5_K;
   const size_t block_bytes = sllm::tensor_row_bytes(type, 256);
   std::uniform_int_distribution<int> byte(0, 255);
   std::uniform_real_distribution<float> magnitude(1.0f, 2.0f);
@@ -43,7 +45,7 @@ void random_k_blocks(std::mt19937& rng, sllm::TensorType type, size_t n_blocks, 
     for (size_t i = 0; i < block_bytes; ++i) p[i] = uint8_t(byte(rng));
     if (scale_min) {
       const uint16_t d[2] = {scale(false), scale(false)};
-      std::memcpy(p, d, 4);
+      std::memcpy(p + (type == sllm::TensorType::Q2_K ? block_bytes - 4 : 0), d, 4);
     } else {
       const uint16_t d = scale(true);
       std::memcpy(p + block_bytes - 2, &d, 2);
@@ -53,6 +55,8 @@ void random_k_blocks(std::mt19937& rng, sllm::TensorType type, size_t n_blocks, 
 
 float ref_dot_k(sllm::TensorType type, const uint8_t* w, const sllm::BlockQ8_K* x, size_t n) {
   switch (type) {
+    case sllm::TensorType::Q2_K:
+      return sllm::ref::dot_q2_k(reinterpret_cast<const sllm::BlockQ2_K*>(w), x, n);
     case sllm::TensorType::Q3_K:
       return sllm::ref::dot_q3_k(reinterpret_cast<const sllm::BlockQ3_K*>(w), x, n);
     case sllm::TensorType::Q4_K:

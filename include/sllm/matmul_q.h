@@ -1,6 +1,7 @@
-// Quantized matmul, part of the kernels layer: Q8_0, Q4_0, Q5_0, Q3_K, Q4_K, Q5_K and Q6_K weight
-// matrices, read in place, times activation rows quantized to int8 codes. Products are int8 dot
-// products accumulated in int32 per block (VNNI vpdpbusd where the CPU has it), then scaled in f32.
+// Quantized matmul, part of the kernels layer: Q8_0, Q4_0, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K
+// weight matrices, read in place, times activation rows quantized to int8 codes. Products are int8
+// dot products accumulated in int32 per block (VNNI vpdpbusd where the CPU has it), then scaled in
+// f32.
 #include <algorithm>
 #include <cstring>
 
@@ -14,7 +15,7 @@ enum class ActivationFormat {
   kQ8_K,  // per 256 values, an f32 scale (ref::quantize_row_q8_k): K-quant weights
 };
 // Whether the quantized matmul reads weights of this type (Q8_0, Q4_0, Q5_0 and the K-quants
-// Q3_K, Q4_K, Q5_K, Q6_K).
+// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K).
 bool matmul_q_reads(TensorType weight_type);
 // Error for a weight type that the quantized matmul does not read.
 ActivationFormat activation_format(TensorType weight_type);
@@ -52,7 +53,7 @@ void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride
 
 // y[t * y_stride + r] = sum_c w[r][c] * x[t][c] for the x.n activation rows t and the weight rows
 // r in [row_begin, row_end), so that a caller can share the rows among its threads. w is of type
-// Q8_0, Q4_0, Q5_0, Q3_K, Q4_K, Q5_K or Q6_K, read in place (cols a whole number of blocks,
+// Q8_0, Q4_0, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K or Q6_K, read in place (cols a whole number of blocks,
 // row_bytes at least the blocks of a row), and x quantized in activation_format(w.type). One
 // activation row streams each weight row once (decode); many pack tiles of weights into a
 // per-thread buffer and reuse each for several tokens (prefill). Error when the shapes, the type or

@@ -12,8 +12,9 @@ inline size_t round_up(size_t n, size_t multiple) {
 
 // The K-quants that the matmul reads, whose activations are quantized per 256 values.
 inline bool is_k_quant(TensorType weight_type) {
-  return weight_type == TensorType::Q3_K || weight_type == TensorType::Q4_K ||
-         weight_type == TensorType::Q5_K || weight_type == TensorType::Q6_K;
+  return weight_type == TensorType::Q2_K || weight_type == TensorType::Q3_K ||
+         weight_type == TensorType::Q4_K || weight_type == TensorType::Q5_K ||
+         weight_type == TensorType::Q6_K;
 }
 
 bool matmul_q_reads(TensorType weight_type) {
@@ -24,7 +25,7 @@ bool matmul_q_reads(TensorType weight_type) {
 ActivationFormat activation_format(TensorType weight_type) {
   if (!matmul_q_reads(weight_type)) {
     fail(std::string("quantized matmul: weight type ") + tensor_type_name(weight_type) +
-         " is not Q8_0, Q4_0, Q5_0, Q3_K, Q4_K, Q5_K or Q6_K");
+         " is not Q8_0, Q4_0, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K or Q6_K");
   }
   return is_k_quant(weight_type) ? ActivationFormat::kQ8_K : ActivationFormat::kQ8_0;
 }

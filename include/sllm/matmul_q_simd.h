@@ -498,9 +498,61 @@ struct ScaleMinStep {
 using Q4KStep = ScaleMinStep<false>;
 using Q5KStep = ScaleMinStep<true>;
 
+// The activation vectors of a block whose weights come in 16 sub-blocks of 16 (Q2_K, Q3_K, Q6_K):
+// the codes in their order, the sums of the 16 sub-blocks' codes, the scale in every lane.
+SLLM_VNNI HWY_INLINE void PrepareOrderedX(const int8_t* codes, const float* scales,
+                                          const int32_t* sums, __m512i* x) {
+  for (int k = 0; k < 4; ++k) _mm512_store_si512(x + k, _mm512_loadu_si512(codes + 64 * k));
+  _mm512_store_si512(x + 4, _mm512_loadu_si512(sums));
+  _mm512_store_si512(x + 5, _mm512_castps_si512(_mm512_set1_ps(scales[0])));
+}
+
+// Code vector k of a Q2_K block (the low 2 bits of Q3_K's codes), from its 64 bytes of qs: values
+// 64k..64k+63, quarters 2 (k % 2) and 2 (k % 2) + 1 of half k / 2 in its 256-bit halves (value l
+// of quarter q: bit pair q of qs[32 half + l]).
+SLLM_VNNI HWY_INLINE __m512i KBitPairs(const uint8_t* qs, int k) {
+  const int half = k / 2, quarter = 2 * (k % 2);
+  const __m512i bytes =
+      _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * half)));
+  const __m512i shift = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * quarter)),
+                                           _mm256_set1_epi16(short(2 * quarter + 2)), 1);
+  return _mm512_and_si512(_mm512_srlv_epi16(bytes, shift), _mm512_set1_epi8(3));
+}
+
+// Q2_K: the codes in their order (KBitPairs), and Q4_K's W and Accumulate with one scale and one
+// min per 16 codes (mins in every lane).
+struct Q2KStep {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ2_K);
+  static constexpr size_t kBlockValues = kSuperBlock;
+  static constexpr size_t kBlocks = 1;
+  static constexpr size_t kXVectors = 6;
+  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
+                                            const int32_t* sums, __m512i* x) {
+    PrepareOrderedX(codes, scales, sums, x);
+  }
+  using W = Q4KStep::W;
+  template <bool kWhole>
+  static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t /*bytes*/) {
+    W w;
+    for (int k = 0; k < 4; ++k) w.codes[k] = KBitPairs(p + offsetof(BlockQ2_K, qs), k);
+    const __m512i scale_min = _mm512_cvtepu8_epi32(
+        _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + offsetof(BlockQ2_K, scales))));
+    SpreadScales<4>(_mm512_and_si512(scale_min, _mm512_set1_epi32(0x0f)), w.scales);
+    w.mins = _mm512_srli_epi32(scale_min, 4);
+    uint32_t d;
+    std::memcpy(&d, p + offsetof(BlockQ2_K, d), 4);
+    const __m128 d_dmin = _mm_cvtph_ps(_mm_cvtsi32_si128(int(d)));
+    w.d = _mm512_broadcastss_ps(d_dmin);
+    w.dmin = _mm512_broadcastss_ps(_mm_movehdup_ps(d_dmin));
+    return w;
+  }
+  static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
+    return Q4KStep::Accumulate(w, x, acc);
+  }
+};
+
 // Q3_K and Q6_K: 16 sub-blocks of 16 values, each with a signed integer scale, and codes stored
-// plus 2^kOffsetShift (unsigned). The activation codes in their order, the sums of the 16
-// sub-blocks' codes, the scale in every lane; a Step adds LoadW.
+// plus 2^kOffsetShift (unsigned); a Step adds LoadW.
 template <int kOffsetShift>
 struct SubBlock16Step {
   static constexpr size_t kBlockValues = kSuperBlock;
@@ -508,9 +560,7 @@ struct SubBlock16Step {
   static constexpr size_t kXVectors = 6;
   static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
                                             const int32_t* sums, __m512i* x) {
-    for (int k = 0; k < 4; ++k) _mm512_store_si512(x + k, _mm512_loadu_si512(codes + 64 * k));
-    _mm512_store_si512(x + 4, _mm512_loadu_si512(sums));
-    _mm512_store_si512(x + 5, _mm512_castps_si512(_mm512_set1_ps(scales[0])));
+    PrepareOrderedX(codes, scales, sums, x);
   }
   struct W {
     __m512i codes[4];   // values 64k.. in order, plus the offset
@@ -552,9 +602,8 @@ SLLM_VNNI HWY_INLINE __m128i UnpackQ3KScales(const uint8_t* p) {
   return _mm_sub_epi8(_mm_or_si128(low, high), _mm_set1_epi8(32));
 }
 
-// Q3_K: code vector k holds values 64k..64k+63, quarters 2 (k % 2) and 2 (k % 2) + 1 of half
-// k / 2 in its 256-bit halves: value l of quarter q is bit pair q of qs[32 half + l], plus 4 where
-// bit 4 half + q of hmask[l] is set.
+// Q3_K: the low 2 bits of the codes as Q2_K's, plus 4 where bit 4 half + quarter of hmask[l] is
+// set (value l of the quarter; see KBitPairs).
 struct Q3KStep : SubBlock16Step<2> {
   static constexpr size_t kBlockBytes = sizeof(BlockQ3_K);
   template <bool kWhole>
@@ -563,15 +612,10 @@ struct Q3KStep : SubBlock16Step<2> {
     const __m512i hmask = _mm512_broadcast_i64x4(
         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + offsetof(BlockQ3_K, hmask))));
     for (int k = 0; k < 4; ++k) {
-      const int half = k / 2, quarter = 2 * (k % 2);
-      const __m512i qs = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-          reinterpret_cast<const __m256i*>(p + offsetof(BlockQ3_K, qs) + 32 * half)));
-      const __m512i shift = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * quarter)),
-                                               _mm256_set1_epi16(short(2 * quarter + 2)), 1);
-      const __m512i low = _mm512_and_si512(_mm512_srlv_epi16(qs, shift), _mm512_set1_epi8(3));
-      const __m512i bit =
-          _mm512_inserti64x4(_mm512_set1_epi8(char(1 << (4 * half + quarter))),
-                             _mm256_set1_epi8(char(1 << (4 * half + quarter + 1))), 1);
+      const __m512i low = KBitPairs(p + offsetof(BlockQ3_K, qs), k);
+      const int first = 4 * (k / 2) + 2 * (k % 2);  // the bit of the lower 256-bit half
+      const __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8(char(1 << first)),
+                                             _mm256_set1_epi8(char(1 << (first + 1))), 1);
       w.codes[k] =
           _mm512_mask_add_epi8(low, _mm512_test_epi8_mask(hmask, bit), low, _mm512_set1_epi8(4));
     }
@@ -970,20 +1014,102 @@ struct SubBlockPanel {
   }
 };
 
-// Q4_K and Q5_K (kHighBit; the codes with their fifth bit): per block the 64 code groups in value
-// order (group 8j + g: values 4g..4g+3 of sub-block j), the rows' 8 sub-block scales (int32), their
-// mins as 4 pairs (sub-blocks 2k and 2k + 1 as the low and high int16 of a lane), d and dmin (f32).
-// Each sub-block's int32 sum is multiplied by its scale; the mins are multiplied by the pairs of
-// activation code sums (kStarts) with vpdpwssd.
-template <bool kHighBit>
-struct ScaleMinPanel : SubBlockPanel<ScaleMinPanel<kHighBit>> {
-  using Block = ScaleMinBlock<kHighBit>;
-  static constexpr size_t kItems = 64 + 8 + 4 + 2;
-  static constexpr size_t kStarts = 4;
+// The code groups of a block's 64 bytes of 2-bit codes (Q2_K's, and Q3_K's low bits) at qs in
+// each of the live rows: group 4j + g holds values 4g..4g+3 of sub-block j of 16 (value l of
+// quarter k of half h is bit pair k of qs[32h + l]).
+SLLM_VNNI HWY_INLINE void PackBitPairs(const uint8_t* qs, size_t row_bytes, size_t live,
+                                       uint8_t* out) {
+  for (size_t h = 0; h < 2; ++h) {
+    for (size_t c = 0; c < 2; ++c) {
+      __m512i bytes[4];
+      TransposeRows(qs, row_bytes, live, 32 * h + 16 * c, bytes);
+      for (size_t g = 0; g < 4; ++g) {
+        for (size_t k = 0; k < 4; ++k) {
+          const size_t group = 32 * h + 8 * k + 4 * c + g;  // values 4 group..
+          _mm512_store_si512(
+              out + group * kItemBytes,
+              _mm512_and_si512(_mm512_srli_epi32(bytes[g], unsigned(2 * k)), _mm512_set1_epi8(3)));
+        }
+      }
+    }
+  }
+}
+
+// Q2_K, Q4_K and Q5_K: per block the 64 code groups in value order (group 4 (V / 4) j + g: values
+// 4g..4g+3 of sub-block j of V = 256 / kSubBlocks), the rows' kSubBlocks sub-block scales (int32),
+// their mins as pairs (sub-blocks 2k and 2k + 1 as the low and high int16 of a lane), d and dmin
+// (f32). Each sub-block's int32 sum is multiplied by its scale; the mins are multiplied by the
+// pairs of activation code sums (kStarts) with vpdpwssd. Panel adds Pack.
+template <class Panel, size_t kSubBlockCount>
+struct ScaleMinPanelBase : SubBlockPanel<Panel> {
+  static constexpr size_t kSubBlocks = kSubBlockCount;
+  static constexpr size_t kStarts = kSubBlocks / 2;
+  static constexpr size_t kItems = 64 + kSubBlocks + kStarts + 2;
   static constexpr int kTokens = 4;
-  static constexpr size_t kSubBlocks = 8;
   static constexpr bool kSubBlockStarts = false;
-  static constexpr size_t kScales = 64, kMins = 72, kD = 76;
+  static constexpr size_t kScales = 64, kMins = 64 + kSubBlocks, kD = kMins + kStarts;
+
+  // The scales, mins, d and dmin of the live rows of a panel vector, from their blocks at p (d and
+  // dmin the f16 pair at d_offset; scale_min_of(row, j, scale, min) unpacks sub-block j's).
+  template <class ScaleMinOf>
+  static SLLM_VNNI void PackScaleMins(const uint8_t* p, size_t row_bytes, size_t live,
+                                      size_t d_offset, ScaleMinOf scale_min_of, uint8_t* out) {
+    alignas(64) int32_t scales[kSubBlocks][16] = {}, mins[kStarts][16] = {};
+    alignas(64) float d[2][16] = {};
+    for (size_t i = 0; i < live; ++i) {
+      const uint8_t* row = p + i * row_bytes;
+      uint8_t scale[kSubBlocks], min[kSubBlocks];
+      for (size_t j = 0; j < kSubBlocks; ++j) scale_min_of(row, j, &scale[j], &min[j]);
+      for (size_t j = 0; j < kSubBlocks; ++j) scales[j][i] = scale[j];
+      for (size_t k = 0; k < kStarts; ++k) mins[k][i] = min[2 * k] | min[2 * k + 1] << 16;
+      uint16_t h[2];
+      std::memcpy(h, row + d_offset, 4);
+      d[0][i] = fp16_to_f32(h[0]);
+      d[1][i] = fp16_to_f32(h[1]);
+    }
+    StoreLanes(scales, out + kScales * kItemBytes);
+    StoreLanes(mins, out + kMins * kItemBytes);
+    StoreLanes(d, out + kD * kItemBytes);
+  }
+
+  // Per token, block and pair k of sub-blocks: the sums of the codes of sub-blocks 2k and 2k + 1
+  // as the low and high int16.
+  static void Starts(TensorType /*type*/, const sllm::detail::QuantizedActivations& x, size_t nb,
+                     int32_t* starts) {
+    constexpr size_t kSums = kSuperBlock / kSubBlocks / 16;  // sums of 16 codes per sub-block
+    for (size_t t = 0; t < x.n; ++t) {
+      const int32_t* sums = x.sums(t);  // per 16 codes
+      for (size_t k = 0; k < kStarts * nb; ++k) {
+        int32_t pair[2] = {0, 0};
+        for (size_t i = 0; i < 2 * kSums; ++i) pair[i / kSums] += sums[2 * kSums * k + i];
+        starts[t * kStarts * nb + k] =
+            int32_t(uint32_t(uint16_t(pair[0])) | uint32_t(pair[1]) << 16);
+      }
+    }
+  }
+
+  // The block's sum times d dx, less the mins times the pairs of sub-block code sums times dmin dx
+  // (pv: the panel vector's lanes of the block).
+  static SLLM_VNNI HWY_INLINE __m512 AddBlock(const uint8_t* pv, __m512i sum, __m512 dx,
+                                              const int32_t* block_starts, __m512 acc) {
+    __m512i mins = _mm512_setzero_si512();
+    for (size_t k = 0; k < kStarts; ++k) {
+      mins = Dpwssd(mins, _mm512_load_si512(pv + (kMins + k) * kItemBytes),
+                    _mm512_set1_epi32(block_starts[k]));
+    }
+    const __m512 d = _mm512_load_ps(pv + kD * kItemBytes);
+    const __m512 dmin = _mm512_load_ps(pv + (kD + 1) * kItemBytes);
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, dx), acc);
+    return _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, dx), acc);
+  }
+};
+
+// Q4_K and Q5_K (kHighBit; the codes with their fifth bit): 8 sub-blocks of 32.
+template <bool kHighBit>
+struct ScaleMinPanel : ScaleMinPanelBase<ScaleMinPanel<kHighBit>, 8> {
+  using Base = ScaleMinPanelBase<ScaleMinPanel<kHighBit>, 8>;
+  using Block = ScaleMinBlock<kHighBit>;
+  using Base::kItems;
 
   static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
                              size_t r0, size_t n_rows, uint8_t* panel) {
@@ -1019,52 +1145,37 @@ struct ScaleMinPanel : SubBlockPanel<ScaleMinPanel<kHighBit>> {
             _mm512_store_si512(out + (first + 8 + g) * kItemBytes, high);
           }
         }
-        alignas(64) int32_t scales[8][16] = {}, mins[4][16] = {};
-        alignas(64) float d[2][16] = {};
-        for (size_t i = 0; i < live; ++i) {
-          const uint8_t* row = p + i * row_bytes;
-          uint8_t scale[8], min[8];
-          for (int j = 0; j < 8; ++j) unpack_q4_k_scales(row + 4, j, &scale[j], &min[j]);
-          for (int j = 0; j < 8; ++j) scales[j][i] = scale[j];
-          for (int k = 0; k < 4; ++k) mins[k][i] = min[2 * k] | min[2 * k + 1] << 16;
-          uint16_t h[2];
-          std::memcpy(h, row, 4);
-          d[0][i] = fp16_to_f32(h[0]);
-          d[1][i] = fp16_to_f32(h[1]);
-        }
-        StoreLanes(scales, out + kScales * kItemBytes);
-        StoreLanes(mins, out + kMins * kItemBytes);
-        StoreLanes(d, out + kD * kItemBytes);
+        Base::PackScaleMins(
+            p, row_bytes, live, 0,
+            [](const uint8_t* row, size_t j, uint8_t* scale, uint8_t* min) {
+              unpack_q4_k_scales(row + 4, int(j), scale, min);
+            },
+            out);
       }
     }
   }
+};
 
-  // Per token, block and pair k of sub-blocks: the sums of the codes of sub-blocks 2k and 2k + 1
-  // as the low and high int16.
-  static void Starts(TensorType /*type*/, const sllm::detail::QuantizedActivations& x, size_t nb,
-                     int32_t* starts) {
-    for (size_t t = 0; t < x.n; ++t) {
-      const int32_t* sums = x.sums(t);  // per 16 codes
-      for (size_t k = 0; k < 4 * nb; ++k) {
-        const int32_t low = sums[4 * k] + sums[4 * k + 1], high = sums[4 * k + 2] + sums[4 * k + 3];
-        starts[t * 4 * nb + k] = int32_t(uint32_t(uint16_t(low)) | uint32_t(high) << 16);
+// Q2_K: 16 sub-blocks of 16, codes as Q3_K's low bits (see q2_k_code).
+struct Q2KPanel : ScaleMinPanelBase<Q2KPanel, 16> {
+  static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
+                             size_t r0, size_t n_rows, uint8_t* panel) {
+    for (size_t v = 0; v < kPanelVectors; ++v) {
+      const size_t live = PanelLive(n_rows, v);
+      const uint8_t* base = w + (r0 + 16 * v) * row_bytes;
+      for (size_t b = 0; b < nb; ++b) {
+        const uint8_t* p = base + b * sizeof(BlockQ2_K);
+        uint8_t* out = panel + b * kItems * kItemBytes + v * 64;
+        PackBitPairs(p + offsetof(BlockQ2_K, qs), row_bytes, live, out);
+        PackScaleMins(
+            p, row_bytes, live, offsetof(BlockQ2_K, d),
+            [](const uint8_t* row, size_t j, uint8_t* scale, uint8_t* min) {
+              *scale = row[j] & 0x0f;
+              *min = row[j] >> 4;
+            },
+            out);
       }
     }
-  }
-
-  // The block's sum times d dx, less the mins times the pairs of sub-block code sums times dmin dx
-  // (pv: the panel vector's lanes of the block).
-  static SLLM_VNNI HWY_INLINE __m512 AddBlock(const uint8_t* pv, __m512i sum, __m512 dx,
-                                              const int32_t* block_starts, __m512 acc) {
-    __m512i mins = _mm512_setzero_si512();
-    for (size_t k = 0; k < 4; ++k) {
-      mins = Dpwssd(mins, _mm512_load_si512(pv + (kMins + k) * kItemBytes),
-                    _mm512_set1_epi32(block_starts[k]));
-    }
-    const __m512 d = _mm512_load_ps(pv + kD * kItemBytes);
-    const __m512 dmin = _mm512_load_ps(pv + (kD + 1) * kItemBytes);
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(d, dx), acc);
-    return _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(dmin, dx), acc);
   }
 };
 
@@ -1118,34 +1229,31 @@ struct SubBlock16Panel : SubBlockPanel<Panel> {
   }
 };
 
-// Q3_K: code 4 + value, from the bit pairs of qs and the bits of hmask (see q3_k_code).
+// Q3_K: code 4 + value, the bit pairs as Q2_K's plus 4 where the bit of hmask is set (see
+// q3_k_code).
 struct Q3KPanel : SubBlock16Panel<Q3KPanel, 4> {
   static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
                              size_t r0, size_t n_rows, uint8_t* panel) {
-    const __m512i low2 = _mm512_set1_epi8(3), four = _mm512_set1_epi8(4);
+    const __m512i four = _mm512_set1_epi8(4);
     for (size_t v = 0; v < kPanelVectors; ++v) {
       const size_t live = PanelLive(n_rows, v);
       const uint8_t* base = w + (r0 + 16 * v) * row_bytes;
       for (size_t b = 0; b < nb; ++b) {
         const uint8_t* p = base + b * sizeof(BlockQ3_K);
         uint8_t* out = panel + b * kItems * kItemBytes + v * 64;
-        // Values l..l+15 (l = 16 c) of the 4 quarters of half h: bit pairs of qs[32h + l..], top
-        // bits in hmask[l..].
+        PackBitPairs(p + offsetof(BlockQ3_K, qs), row_bytes, live, out);
+        // Values l..l+15 (l = 16 c) of quarter k of half h: top bits in hmask[l..].
         for (size_t c = 0; c < 2; ++c) {
           __m512i hmask[4];
           TransposeRows(p, row_bytes, live, offsetof(BlockQ3_K, hmask) + 16 * c, hmask);
           for (size_t h = 0; h < 2; ++h) {
-            __m512i qs[4];
-            TransposeRows(p, row_bytes, live, offsetof(BlockQ3_K, qs) + 32 * h + 16 * c, qs);
             for (size_t g = 0; g < 4; ++g) {
               for (size_t k = 0; k < 4; ++k) {
-                const __m512i low =
-                    _mm512_and_si512(_mm512_srli_epi32(qs[g], unsigned(2 * k)), low2);
+                uint8_t* group = out + (32 * h + 8 * k + 4 * c + g) * kItemBytes;
+                const __m512i low = _mm512_load_si512(group);
                 const __mmask64 top =
                     _mm512_test_epi8_mask(hmask[g], _mm512_set1_epi8(char(1 << (4 * h + k))));
-                const size_t group = 32 * h + 8 * k + 4 * c + g;  // values 4 group..
-                _mm512_store_si512(out + group * kItemBytes,
-                                   _mm512_mask_add_epi8(low, top, low, four));
+                _mm512_store_si512(group, _mm512_mask_add_epi8(low, top, low, four));
               }
             }
           }
@@ -1294,6 +1402,9 @@ SLLM_VNNI void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_
     case TensorType::Q5_K:
       return MatmulType<Q5KStep, Q5KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
                                            row_end);
+    case TensorType::Q2_K:
+      return MatmulType<Q2KStep, Q2KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
+                                           row_end);
     case TensorType::Q3_K:
       return MatmulType<Q3KStep, Q3KPanel>(type, w, cols, row_bytes, *x, y, y_stride, row_begin,
                                            row_end);
@@ -1422,19 +1533,23 @@ HWY_INLINE float RowDotScaleMin(const uint8_t* w, size_t nb, const int8_t* xq, c
   return sum;
 }
 
-// Q3_K and Q6_K: per sub-block of 16, the codes less the offset times the activation codes,
-// times the sub-block's scale; the block's sum times d. Format has Codes (values 16j + i.. of
-// sub-block j, as int16 minus the offset), Scale (of sub-block j), kBytes and kD (where d is).
+// Q2_K, Q3_K and Q6_K: per sub-block of 16, the codes (less their offset) times the activation
+// codes, times the sub-block's scale; the block's sum times d, less (kHasMins: Q2_K) the mins times
+// the activation code sums times dmin. Format has Codes (values 16j + i.. of sub-block j, as
+// int16), Scale and Min (of sub-block j), kBytes, and kD (where d is, then dmin).
 template <class Format>
-HWY_INLINE float RowDotSubBlock16(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs) {
+HWY_INLINE float RowDotSubBlock16(const uint8_t* w, size_t nb, const int8_t* xq, const float* xs,
+                                  const int32_t* xsums) {
   const hn::CappedTag<int16_t, 16> d16;
   const hn::Rebind<int8_t, decltype(d16)> d8;
   const hn::Repartition<int32_t, decltype(d16)> d32;
   const size_t N = hn::Lanes(d16);
   float sum = 0.0f;
-  for (size_t b = 0; b < nb; ++b, w += Format::kBytes, xq += kSuperBlock) {
+  for (size_t b = 0; b < nb; ++b, w += Format::kBytes, xq += kSuperBlock, xsums += 16) {
     auto scaled = hn::Zero(d32);
+    int32_t mins = 0;
     for (size_t j = 0; j < kSuperBlock / 16; ++j) {
+      if constexpr (Format::kHasMins) mins += Format::Min(w, j) * xsums[j];
       auto sum0 = hn::Zero(d32), sum1 = hn::Zero(d32);
       for (size_t i = 0; i < 16; i += N) {
         sum0 = hn::ReorderWidenMulAccumulate(d32, Format::Codes(d16, w, j, i),
@@ -1443,26 +1558,53 @@ HWY_INLINE float RowDotSubBlock16(const uint8_t* w, size_t nb, const int8_t* xq,
       }
       scaled = hn::Add(scaled, hn::Mul(hn::Add(sum0, sum1), hn::Set(d32, Format::Scale(w, j))));
     }
-    uint16_t d;
-    std::memcpy(&d, w + Format::kD, 2);
-    sum += xs[b] * (fp16_to_f32(d) * float(hn::GetLane(hn::SumOfLanes(d32, scaled))));
+    uint16_t d[2];
+    std::memcpy(&d[0], w + Format::kD, 2);
+    const float block = fp16_to_f32(d[0]) * float(hn::GetLane(hn::SumOfLanes(d32, scaled)));
+    if constexpr (Format::kHasMins) {
+      std::memcpy(&d[1], w + Format::kD + 2, 2);
+      sum += xs[b] * (block - fp16_to_f32(d[1]) * float(mins));
+    } else {
+      sum += xs[b] * block;
+    }
   }
   return sum;
 }
+
+// Value l.. of quarter k = j % 8 / 2 of half h = j / 8 (l = 16 (j % 2) + i): bit pair k of the
+// 2-bit codes at qs[32h + l..] (Q2_K's codes, Q3_K's low bits; see k_bit_pair).
+template <class D16>
+HWY_INLINE hn::Vec<D16> BitPairs(D16 d16, const uint8_t* qs, size_t j, size_t i) {
+  const hn::Rebind<uint8_t, D16> du8;
+  const size_t h = j / 8, k = j % 8 / 2, l = j % 2 * 16 + i;
+  const auto bytes = hn::PromoteTo(d16, hn::LoadU(du8, qs + 32 * h + l));
+  return hn::And(hn::ShiftRightSame(bytes, int(2 * k)), hn::Set(d16, int16_t{3}));
+}
+
+struct Q2KFormat {
+  static constexpr size_t kBytes = sizeof(BlockQ2_K), kD = offsetof(BlockQ2_K, d);
+  static constexpr bool kHasMins = true;
+  template <class D16>
+  static HWY_INLINE hn::Vec<D16> Codes(D16 d16, const uint8_t* w, size_t j, size_t i) {
+    return BitPairs(d16, w + offsetof(BlockQ2_K, qs), j, i);
+  }
+  static int32_t Scale(const uint8_t* w, size_t j) { return w[j] & 0x0f; }
+  static int32_t Min(const uint8_t* w, size_t j) { return w[j] >> 4; }
+};
 
 // Sub-block j of a Q3_K block: quarter k = j % 8 / 2 of half h = j / 8, values l.. (l = 16 (j %
 // 2)); see q3_k_code.
 struct Q3KFormat {
   static constexpr size_t kBytes = sizeof(BlockQ3_K), kD = offsetof(BlockQ3_K, d);
+  static constexpr bool kHasMins = false;
   template <class D16>
   static HWY_INLINE hn::Vec<D16> Codes(D16 d16, const uint8_t* w, size_t j, size_t i) {
     const hn::Rebind<uint8_t, D16> du8;
     const size_t h = j / 8, k = j % 8 / 2, l = j % 2 * 16 + i;
-    const auto qs = hn::PromoteTo(d16, hn::LoadU(du8, w + offsetof(BlockQ3_K, qs) + 32 * h + l));
     const auto hmask = hn::PromoteTo(d16, hn::LoadU(du8, w + offsetof(BlockQ3_K, hmask) + l));
-    const auto low = hn::And(hn::ShiftRightSame(qs, int(2 * k)), hn::Set(d16, int16_t{3}));
     const auto high = hn::And(hn::ShiftRightSame(hmask, int(4 * h + k)), hn::Set(d16, int16_t{1}));
-    return hn::Sub(hn::Or(low, hn::ShiftLeft<2>(high)), hn::Set(d16, int16_t{4}));
+    return hn::Sub(hn::Or(BitPairs(d16, w + offsetof(BlockQ3_K, qs), j, i), hn::ShiftLeft<2>(high)),
+                   hn::Set(d16, int16_t{4}));
   }
   static int32_t Scale(const uint8_t* w, size_t j) {
     return q3_k_scale(w + offsetof(BlockQ3_K, scales), j);
@@ -1473,6 +1615,7 @@ struct Q3KFormat {
 // 2)); see q6_k_code.
 struct Q6KFormat {
   static constexpr size_t kBytes = sizeof(BlockQ6_K), kD = offsetof(BlockQ6_K, d);
+  static constexpr bool kHasMins = false;
   template <class D16>
   static HWY_INLINE hn::Vec<D16> Codes(D16 d16, const uint8_t* w, size_t j, size_t i) {
     const hn::Rebind<uint8_t, D16> du8;
@@ -1514,11 +1657,17 @@ void MatmulQRows(TensorType type, const uint8_t* w, size_t cols, size_t row_byte
         case TensorType::Q5_K:
           dot = RowDotScaleMin<true>(wr, cols / kSuperBlock, x->codes(t), x->scales(t), x->sums(t));
           break;
+        case TensorType::Q2_K:
+          dot = RowDotSubBlock16<Q2KFormat>(wr, cols / kSuperBlock, x->codes(t), x->scales(t),
+                                            x->sums(t));
+          break;
         case TensorType::Q3_K:
-          dot = RowDotSubBlock16<Q3KFormat>(wr, cols / kSuperBlock, x->codes(t), x->scales(t));
+          dot = RowDotSubBlock16<Q3KFormat>(wr, cols / kSuperBlock, x->codes(t), x->scales(t),
+                                            x->sums(t));
           break;
         default:
-          dot = RowDotSubBlock16<Q6KFormat>(wr, cols / kSuperBlock, x->codes(t), x->scales(t));
+          dot = RowDotSubBlock16<Q6KFormat>(wr, cols / kSuperBlock, x->codes(t), x->scales(t),
+                                            x->sums(t));
       }
       y[t * y_stride + r] = dot;
     }

@@ -56,6 +56,14 @@ struct BlockQ6_K {
   int8_t scales[kSuperBlock / 16];
   uint16_t d;  // IEEE half
 };
+// Q2_K: 16 sub-blocks of 16; value = d * scale_j * q - dmin * min_j, q a 2-bit code (see
+// q2_k_code), scale_j and min_j the low and high nibble of scales[j]. 84 bytes.
+struct BlockQ2_K {
+  uint8_t scales[kSuperBlock / 16];
+  uint8_t qs[kSuperBlock / 4];
+  uint16_t d;     // IEEE half: scale of the sub-block scales
+  uint16_t dmin;  // IEEE half: scale of the sub-block mins
+};
 // Q3_K: 16 sub-blocks of 16; value = d * scale_j * (q - 4), q a 3-bit code whose low 2 bits are
 // in qs and top bit in hmask (see q3_k_code), scale_j a 6-bit code minus 32 packed into `scales`
 // (see q3_k_scale). 110 bytes.
@@ -80,6 +88,7 @@ struct BlockQ8_K {
   int8_t qs[kSuperBlock];
   int16_t bsums[kSuperBlock / 16];
 };
+static_assert(sizeof(BlockQ2_K) == 84, "Q2_K blocks are 84 bytes in GGUF");
 static_assert(sizeof(BlockQ3_K) == 110, "Q3_K blocks are 110 bytes in GGUF");
 static_assert(sizeof(BlockQ4_K) == 144, "Q4_K blocks are 144 bytes in GGUF");
 static_assert(sizeof(BlockQ5_K) == 176, "Q5_K blocks are 176 bytes in GGUF");
@@ -128,6 +137,15 @@ inline int q6_k_code(const BlockQ6_K& b, size_t i) {
   return low | high << 4;
 }
 
+// The 2-bit code of value i (0..255) of a Q2_K block, and the low 2 bits of a Q3_K code: per half
+// of 128 values, value l (0..31) of quarter k is bits 2k..2k+1 of qs[32 half + l].
+inline int k_bit_pair(const uint8_t* qs, size_t i) {
+  return (qs[i / 128 * 32 + i % 32] >> (i % 128 / 32 * 2)) & 3;
+}
+inline int q2_k_code(const BlockQ2_K& b, size_t i) {
+  return k_bit_pair(b.qs, i);
+}
+
 // The scale of sub-block j (0..15) of a Q3_K block, -32..31: its low 4 bits are a nibble of
 // scales[j % 8] (the low one for j < 8), its top 2 bits the bit pair j / 4 of scales[8 + j % 4].
 inline int q3_k_scale(const uint8_t* scales, size_t j) {
@@ -135,20 +153,17 @@ inline int q3_k_scale(const uint8_t* scales, size_t j) {
   const int high = (scales[8 + j % 4] >> (j / 4 * 2)) & 3;
   return (low | high << 4) - 32;
 }
-// The 3-bit code of value i (0..255) of a Q3_K block (value = d * scale * (code - 4)). Per half
-// of 128 values, value l (0..31) of quarter k keeps its low 2 bits in bits 2k..2k+1 of
-// qs[32 half + l] and its top bit in bit 4 half + k of hmask[l].
+// The 3-bit code of value i (0..255) of a Q3_K block (value = d * scale * (code - 4)): its low 2
+// bits as Q2_K's, its top bit bit 4 half + quarter of hmask[i % 32].
 inline int q3_k_code(const BlockQ3_K& b, size_t i) {
-  const size_t half = i / 128, quarter = i % 128 / 32, l = i % 32;
-  const int low = (b.qs[32 * half + l] >> (2 * quarter)) & 3;
-  const int high = (b.hmask[l] >> (4 * half + quarter)) & 1;
-  return low | high << 2;
+  const int high = (b.hmask[i % 32] >> (i / 128 * 4 + i % 128 / 32)) & 1;
+  return k_bit_pair(b.qs, i) | high << 2;
 }
 
 // Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K,
-// Q5_K, Q6_K; dequantize_row also Q3_K). F16 to Q5_0 round as ggml's reference quantizers do, so
-// that sllm's files match llama.cpp's byte for byte; the K-quants search for a smaller error than
-// llama.cpp's. dst/src hold tensor_row_bytes(type, n) bytes. Error for another type, or for a
+// Q5_K, Q6_K; dequantize_row also Q2_K and Q3_K). F16 to Q5_0 round as ggml's reference quantizers
+// do, so that sllm's files match llama.cpp's byte for byte; the K-quants search for a smaller error
+// than llama.cpp's. dst/src hold tensor_row_bytes(type, n) bytes. Error for another type, or for a
 // quantized type when n is not a whole number of its blocks (32 values, 256 for the K-quants).
 void quantize_row(TensorType type, const float* src, void* dst, size_t n);
 void dequantize_row(TensorType type, const void* src, float* dst, size_t n);
@@ -171,6 +186,7 @@ void dequantize_row_q4_0(const BlockQ4_0* x, float* y, size_t n);
 void quantize_row_q5_0(const float* x, BlockQ5_0* y, size_t n);
 void dequantize_row_q5_0(const BlockQ5_0* x, float* y, size_t n);
 // n is a multiple of 256.
+void dequantize_row_q2_k(const BlockQ2_K* x, float* y, size_t n);
 void dequantize_row_q3_k(const BlockQ3_K* x, float* y, size_t n);
 void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n);
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n);
@@ -204,8 +220,9 @@ float dot_q5_0(const BlockQ5_0* w, const BlockQ8_0* x, size_t n);
 // Dot product of a K-quant weight row with an activation row quantized to Q8_K: per block, the
 // integer dot products of the sub-blocks times their integer scales (and for Q4_K and Q5_K the
 // sums of the activation codes times the sub-block mins) summed in int32, then sum += d_x * (d * S
-// - dmin * M) (Q4_K, Q5_K) or d_x * (d * S) (Q3_K and Q6_K, whose S counts the codes minus 4 and
-// 32) in f32. n is a multiple of 256.
+// - dmin * M) (Q2_K, Q4_K, Q5_K) or d_x * (d * S) (Q3_K and Q6_K, whose S counts the codes minus 4
+// and 32) in f32. n is a multiple of 256.
+float dot_q2_k(const BlockQ2_K* w, const BlockQ8_K* x, size_t n);
 float dot_q3_k(const BlockQ3_K* w, const BlockQ8_K* x, size_t n);
 float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n);
 float dot_q5_k(const BlockQ5_K* w, const BlockQ8_K* x, size_t n);

@@ -170,6 +170,17 @@ void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n) {
   }
 }
 
+void dequantize_row_q2_k(const BlockQ2_K* x, float* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q2_K, n);
+  for (size_t b = 0; b < nb; ++b) {
+    const float d = fp16_to_f32(x[b].d), dmin = fp16_to_f32(x[b].dmin);
+    for (size_t i = 0; i < kSuperBlock; ++i) {
+      const int scale = x[b].scales[i / 16] & 0x0f, min = x[b].scales[i / 16] >> 4;
+      *y++ = d * scale * q2_k_code(x[b], i) - dmin * min;
+    }
+  }
+}
+
 void dequantize_row_q3_k(const BlockQ3_K* x, float* y, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q3_K, n);
   for (size_t b = 0; b < nb; ++b) {
@@ -651,6 +662,25 @@ float dot_q5_k(const BlockQ5_K* w, const BlockQ8_K* x, size_t n) {
   return dot_scale_min(TensorType::Q5_K, w, x, n, q5_k_code);
 }
 
+float dot_q2_k(const BlockQ2_K* w, const BlockQ8_K* x, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q2_K, n);
+  float sum = 0.0f;
+  for (size_t b = 0; b < nb; ++b) {
+    int32_t scaled = 0, mins = 0;
+    for (size_t j = 0; j < kSuperBlock / 16; ++j) {
+      int32_t dot = 0, codes = 0;
+      for (size_t i = 16 * j; i < 16 * j + 16; ++i) {
+        dot += q2_k_code(w[b], i) * int32_t(x[b].qs[i]);
+        codes += x[b].qs[i];
+      }
+      scaled += (w[b].scales[j] & 0x0f) * dot;
+      mins += (w[b].scales[j] >> 4) * codes;
+    }
+    sum += x[b].d * (fp16_to_f32(w[b].d) * float(scaled) - fp16_to_f32(w[b].dmin) * float(mins));
+  }
+  return sum;
+}
+
 float dot_q3_k(const BlockQ3_K* w, const BlockQ8_K* x, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q3_K, n);
   float sum = 0.0f;
@@ -746,6 +776,9 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n) {
     case TensorType::Q5_0:
       ref::dequantize_row_q5_0(static_cast<const BlockQ5_0*>(src), dst, n);
       return;
+    case TensorType::Q2_K:
+      ref::dequantize_row_q2_k(static_cast<const BlockQ2_K*>(src), dst, n);
+      return;
     case TensorType::Q3_K:
       ref::dequantize_row_q3_k(static_cast<const BlockQ3_K*>(src), dst, n);
       return;
@@ -759,8 +792,9 @@ void dequantize_row(TensorType type, const void* src, float* dst, size_t n) {
       ref::dequantize_row_q6_k(static_cast<const BlockQ6_K*>(src), dst, n);
       return;
     default:
-      detail::fail("cannot dequantize tensor type " + std::to_string(uint32_t(type)) +
-                   ": sllm reads F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q3_K, Q4_K, Q5_K and Q6_K");
+      detail::fail(
+          "cannot dequantize tensor type " + std::to_string(uint32_t(type)) +
+          ": sllm reads F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K");
   }
 }
 
