@@ -962,6 +962,20 @@ struct BlockPanel {
 // starts at zero, or where Panel::kSubBlockStarts at the token's starts entry of the sub-block.
 template <class Panel>
 struct SubBlockPanel {
+  // Panel::PackBlock packs one block of the live rows of a panel vector (row i at p + i *
+  // row_bytes) into its items at out.
+  static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
+                             size_t r0, size_t n_rows, uint8_t* panel) {
+    for (size_t v = 0; v < kPanelVectors; ++v) {
+      const size_t live = PanelLive(n_rows, v);
+      const uint8_t* base = w + (r0 + 16 * v) * row_bytes;
+      for (size_t b = 0; b < nb; ++b) {
+        Panel::PackBlock(base + b * Panel::kBlockBytes, row_bytes, live,
+                         panel + b * Panel::kItems * kItemBytes + v * 64);
+      }
+    }
+  }
+
   template <int T>
   static SLLM_VNNI void Tile(const uint8_t* panel, size_t nb, const int32_t* starts,
                              const sllm::detail::QuantizedActivations& x, size_t t0, float* y,
@@ -1039,7 +1053,7 @@ SLLM_VNNI HWY_INLINE void PackBitPairs(const uint8_t* qs, size_t row_bytes, size
 // 4g..4g+3 of sub-block j of V = 256 / kSubBlocks), the rows' kSubBlocks sub-block scales (int32),
 // their mins as pairs (sub-blocks 2k and 2k + 1 as the low and high int16 of a lane), d and dmin
 // (f32). Each sub-block's int32 sum is multiplied by its scale; the mins are multiplied by the
-// pairs of activation code sums (kStarts) with vpdpwssd. Panel adds Pack.
+// pairs of activation code sums (kStarts) with vpdpwssd. Panel adds kBlockBytes and PackBlock.
 template <class Panel, size_t kSubBlockCount>
 struct ScaleMinPanelBase : SubBlockPanel<Panel> {
   static constexpr size_t kSubBlocks = kSubBlockCount;
@@ -1109,73 +1123,55 @@ template <bool kHighBit>
 struct ScaleMinPanel : ScaleMinPanelBase<ScaleMinPanel<kHighBit>, 8> {
   using Base = ScaleMinPanelBase<ScaleMinPanel<kHighBit>, 8>;
   using Block = ScaleMinBlock<kHighBit>;
-  using Base::kItems;
-
-  static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
-                             size_t r0, size_t n_rows, uint8_t* panel) {
+  static constexpr size_t kBlockBytes = Block::kBytes;
+  static SLLM_VNNI void PackBlock(const uint8_t* p, size_t row_bytes, size_t live, uint8_t* out) {
     const __m512i low4 = _mm512_set1_epi8(0x0f);
-    for (size_t v = 0; v < kPanelVectors; ++v) {
-      const size_t live = PanelLive(n_rows, v);
-      const uint8_t* base = w + (r0 + 16 * v) * row_bytes;
-      for (size_t b = 0; b < nb; ++b) {
-        const uint8_t* p = base + b * Block::kBytes;
-        uint8_t* out = panel + b * kItems * kItemBytes + v * 64;
-        // Q5_K: the top bits of values 16 half.. (bit j of qh[l] for value l of sub-block j).
-        __m512i qh[2][4] = {};
-        if constexpr (kHighBit) {
-          for (size_t half = 0; half < 2; ++half) {
-            TransposeRows(p, row_bytes, live, Block::kQh + 16 * half, qh[half]);
-          }
-        }
-        // Bytes 16c..16c+15 of the codes: values 16 (c % 2).. of sub-blocks 2 (c / 2) (low
-        // nibbles) and 2 (c / 2) + 1 (high nibbles).
-        for (size_t c = 0; c < 8; ++c) {
-          __m512i groups[4];
-          TransposeRows(p, row_bytes, live, Block::kQs + 16 * c, groups);
-          const size_t first = 16 * (c / 2) + 4 * (c % 2);
-          for (size_t g = 0; g < 4; ++g) {
-            __m512i low = _mm512_and_si512(groups[g], low4);
-            __m512i high = _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4);
-            if constexpr (kHighBit) {
-              const int j = int(2 * (c / 2));
-              low = WithTopBit(low, qh[c % 2][g], _mm512_set1_epi8(char(1 << j)));
-              high = WithTopBit(high, qh[c % 2][g], _mm512_set1_epi8(char(1 << (j + 1))));
-            }
-            _mm512_store_si512(out + (first + g) * kItemBytes, low);
-            _mm512_store_si512(out + (first + 8 + g) * kItemBytes, high);
-          }
-        }
-        Base::PackScaleMins(
-            p, row_bytes, live, 0,
-            [](const uint8_t* row, size_t j, uint8_t* scale, uint8_t* min) {
-              unpack_q4_k_scales(row + 4, int(j), scale, min);
-            },
-            out);
+    // Q5_K: the top bits of values 16 half.. (bit j of qh[l] for value l of sub-block j).
+    __m512i qh[2][4] = {};
+    if constexpr (kHighBit) {
+      for (size_t half = 0; half < 2; ++half) {
+        TransposeRows(p, row_bytes, live, Block::kQh + 16 * half, qh[half]);
       }
     }
+    // Bytes 16c..16c+15 of the codes: values 16 (c % 2).. of sub-blocks 2 (c / 2) (low
+    // nibbles) and 2 (c / 2) + 1 (high nibbles).
+    for (size_t c = 0; c < 8; ++c) {
+      __m512i groups[4];
+      TransposeRows(p, row_bytes, live, Block::kQs + 16 * c, groups);
+      const size_t first = 16 * (c / 2) + 4 * (c % 2);
+      for (size_t g = 0; g < 4; ++g) {
+        __m512i low = _mm512_and_si512(groups[g], low4);
+        __m512i high = _mm512_and_si512(_mm512_srli_epi32(groups[g], 4), low4);
+        if constexpr (kHighBit) {
+          const int j = int(2 * (c / 2));
+          low = WithTopBit(low, qh[c % 2][g], _mm512_set1_epi8(char(1 << j)));
+          high = WithTopBit(high, qh[c % 2][g], _mm512_set1_epi8(char(1 << (j + 1))));
+        }
+        _mm512_store_si512(out + (first + g) * kItemBytes, low);
+        _mm512_store_si512(out + (first + 8 + g) * kItemBytes, high);
+      }
+    }
+    Base::PackScaleMins(
+        p, row_bytes, live, 0,
+        [](const uint8_t* row, size_t j, uint8_t* scale, uint8_t* min) {
+          unpack_q4_k_scales(row + 4, int(j), scale, min);
+        },
+        out);
   }
 };
 
 // Q2_K: 16 sub-blocks of 16, codes as Q3_K's low bits (see q2_k_code).
 struct Q2KPanel : ScaleMinPanelBase<Q2KPanel, 16> {
-  static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
-                             size_t r0, size_t n_rows, uint8_t* panel) {
-    for (size_t v = 0; v < kPanelVectors; ++v) {
-      const size_t live = PanelLive(n_rows, v);
-      const uint8_t* base = w + (r0 + 16 * v) * row_bytes;
-      for (size_t b = 0; b < nb; ++b) {
-        const uint8_t* p = base + b * sizeof(BlockQ2_K);
-        uint8_t* out = panel + b * kItems * kItemBytes + v * 64;
-        PackBitPairs(p + offsetof(BlockQ2_K, qs), row_bytes, live, out);
-        PackScaleMins(
-            p, row_bytes, live, offsetof(BlockQ2_K, d),
-            [](const uint8_t* row, size_t j, uint8_t* scale, uint8_t* min) {
-              *scale = row[j] & 0x0f;
-              *min = row[j] >> 4;
-            },
-            out);
-      }
-    }
+  static constexpr size_t kBlockBytes = sizeof(BlockQ2_K);
+  static SLLM_VNNI void PackBlock(const uint8_t* p, size_t row_bytes, size_t live, uint8_t* out) {
+    PackBitPairs(p + offsetof(BlockQ2_K, qs), row_bytes, live, out);
+    PackScaleMins(
+        p, row_bytes, live, offsetof(BlockQ2_K, d),
+        [](const uint8_t* row, size_t j, uint8_t* scale, uint8_t* min) {
+          *scale = row[j] & 0x0f;
+          *min = row[j] >> 4;
+        },
+        out);
   }
 };
 
@@ -1185,7 +1181,7 @@ using Q5KPanel = ScaleMinPanel<true>;
 // Q3_K and Q6_K: per block the 64 code groups in value order, stored plus kOffset (unsigned;
 // group 4j + g: values 4g..4g+3 of sub-block j of 16), the rows' 16 sub-block scales (int32) and d
 // (f32). Each sub-block's sum starts at minus kOffset times its activation codes' sum (kStarts) and
-// is multiplied by its scale. Panel adds Pack.
+// is multiplied by its scale. Panel adds kBlockBytes and PackBlock.
 template <class Panel, int kOffset>
 struct SubBlock16Panel : SubBlockPanel<Panel> {
   static constexpr size_t kItems = 64 + 16 + 1;
@@ -1232,85 +1228,69 @@ struct SubBlock16Panel : SubBlockPanel<Panel> {
 // Q3_K: code 4 + value, the bit pairs as Q2_K's plus 4 where the bit of hmask is set (see
 // q3_k_code).
 struct Q3KPanel : SubBlock16Panel<Q3KPanel, 4> {
-  static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
-                             size_t r0, size_t n_rows, uint8_t* panel) {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ3_K);
+  static SLLM_VNNI void PackBlock(const uint8_t* p, size_t row_bytes, size_t live, uint8_t* out) {
     const __m512i four = _mm512_set1_epi8(4);
-    for (size_t v = 0; v < kPanelVectors; ++v) {
-      const size_t live = PanelLive(n_rows, v);
-      const uint8_t* base = w + (r0 + 16 * v) * row_bytes;
-      for (size_t b = 0; b < nb; ++b) {
-        const uint8_t* p = base + b * sizeof(BlockQ3_K);
-        uint8_t* out = panel + b * kItems * kItemBytes + v * 64;
-        PackBitPairs(p + offsetof(BlockQ3_K, qs), row_bytes, live, out);
-        // Values l..l+15 (l = 16 c) of quarter k of half h: top bits in hmask[l..].
-        for (size_t c = 0; c < 2; ++c) {
-          __m512i hmask[4];
-          TransposeRows(p, row_bytes, live, offsetof(BlockQ3_K, hmask) + 16 * c, hmask);
-          for (size_t h = 0; h < 2; ++h) {
-            for (size_t g = 0; g < 4; ++g) {
-              for (size_t k = 0; k < 4; ++k) {
-                uint8_t* group = out + (32 * h + 8 * k + 4 * c + g) * kItemBytes;
-                const __m512i low = _mm512_load_si512(group);
-                const __mmask64 top =
-                    _mm512_test_epi8_mask(hmask[g], _mm512_set1_epi8(char(1 << (4 * h + k))));
-                _mm512_store_si512(group, _mm512_mask_add_epi8(low, top, low, four));
-              }
-            }
+    PackBitPairs(p + offsetof(BlockQ3_K, qs), row_bytes, live, out);
+    // Values l..l+15 (l = 16 c) of quarter k of half h: top bits in hmask[l..].
+    for (size_t c = 0; c < 2; ++c) {
+      __m512i hmask[4];
+      TransposeRows(p, row_bytes, live, offsetof(BlockQ3_K, hmask) + 16 * c, hmask);
+      for (size_t h = 0; h < 2; ++h) {
+        for (size_t g = 0; g < 4; ++g) {
+          for (size_t k = 0; k < 4; ++k) {
+            uint8_t* group = out + (32 * h + 8 * k + 4 * c + g) * kItemBytes;
+            const __m512i low = _mm512_load_si512(group);
+            const __mmask64 top =
+                _mm512_test_epi8_mask(hmask[g], _mm512_set1_epi8(char(1 << (4 * h + k))));
+            _mm512_store_si512(group, _mm512_mask_add_epi8(low, top, low, four));
           }
         }
-        PackScales(
-            p, row_bytes, live, offsetof(BlockQ3_K, d),
-            [](const uint8_t* row, size_t j) {
-              return q3_k_scale(row + offsetof(BlockQ3_K, scales), j);
-            },
-            out);
       }
     }
+    PackScales(
+        p, row_bytes, live, offsetof(BlockQ3_K, d),
+        [](const uint8_t* row, size_t j) {
+          return q3_k_scale(row + offsetof(BlockQ3_K, scales), j);
+        },
+        out);
   }
 };
 
 // Q6_K: code 32 + value, the low nibbles of ql and bit pairs of qh (see q6_k_code).
 struct Q6KPanel : SubBlock16Panel<Q6KPanel, 32> {
-  static SLLM_VNNI void Pack(TensorType /*type*/, const uint8_t* w, size_t row_bytes, size_t nb,
-                             size_t r0, size_t n_rows, uint8_t* panel) {
+  static constexpr size_t kBlockBytes = sizeof(BlockQ6_K);
+  static SLLM_VNNI void PackBlock(const uint8_t* p, size_t row_bytes, size_t live, uint8_t* out) {
     const __m512i low4 = _mm512_set1_epi8(0x0f), bits45 = _mm512_set1_epi8(0x30);
-    for (size_t v = 0; v < kPanelVectors; ++v) {
-      const size_t live = PanelLive(n_rows, v);
-      const uint8_t* base = w + (r0 + 16 * v) * row_bytes;
-      for (size_t b = 0; b < nb; ++b) {
-        const uint8_t* p = base + b * sizeof(BlockQ6_K);
-        uint8_t* out = panel + b * kItems * kItemBytes + v * 64;
-        // Values l..l+15 (l = 16 c) of the 4 quarters of half h: the low nibbles of ql[64h + l..]
-        // and ql[64h + 32 + l..], then their high nibbles; the top bits are bit pairs of
-        // qh[32h + l..].
-        for (size_t h = 0; h < 2; ++h) {
-          for (size_t c = 0; c < 2; ++c) {
-            __m512i ql0[4], ql1[4], qh[4];
-            TransposeRows(p, row_bytes, live, 64 * h + 16 * c, ql0);
-            TransposeRows(p, row_bytes, live, 64 * h + 32 + 16 * c, ql1);
-            TransposeRows(p, row_bytes, live, 128 + 32 * h + 16 * c, qh);
-            for (size_t g = 0; g < 4; ++g) {
-              const __m512i quarters[4] = {
-                  _mm512_or_si512(_mm512_and_si512(ql0[g], low4),
-                                  _mm512_and_si512(_mm512_slli_epi32(qh[g], 4), bits45)),
-                  _mm512_or_si512(_mm512_and_si512(ql1[g], low4),
-                                  _mm512_and_si512(_mm512_slli_epi32(qh[g], 2), bits45)),
-                  _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(ql0[g], 4), low4),
-                                  _mm512_and_si512(qh[g], bits45)),
-                  _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(ql1[g], 4), low4),
-                                  _mm512_and_si512(_mm512_srli_epi32(qh[g], 2), bits45))};
-              for (size_t k = 0; k < 4; ++k) {
-                const size_t group = 32 * h + 8 * k + 4 * c + g;  // values 4 group..
-                _mm512_store_si512(out + group * kItemBytes, quarters[k]);
-              }
-            }
+    // Values l..l+15 (l = 16 c) of the 4 quarters of half h: the low nibbles of ql[64h + l..]
+    // and ql[64h + 32 + l..], then their high nibbles; the top bits are bit pairs of
+    // qh[32h + l..].
+    for (size_t h = 0; h < 2; ++h) {
+      for (size_t c = 0; c < 2; ++c) {
+        __m512i ql0[4], ql1[4], qh[4];
+        TransposeRows(p, row_bytes, live, 64 * h + 16 * c, ql0);
+        TransposeRows(p, row_bytes, live, 64 * h + 32 + 16 * c, ql1);
+        TransposeRows(p, row_bytes, live, 128 + 32 * h + 16 * c, qh);
+        for (size_t g = 0; g < 4; ++g) {
+          const __m512i quarters[4] = {
+              _mm512_or_si512(_mm512_and_si512(ql0[g], low4),
+                              _mm512_and_si512(_mm512_slli_epi32(qh[g], 4), bits45)),
+              _mm512_or_si512(_mm512_and_si512(ql1[g], low4),
+                              _mm512_and_si512(_mm512_slli_epi32(qh[g], 2), bits45)),
+              _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(ql0[g], 4), low4),
+                              _mm512_and_si512(qh[g], bits45)),
+              _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32(ql1[g], 4), low4),
+                              _mm512_and_si512(_mm512_srli_epi32(qh[g], 2), bits45))};
+          for (size_t k = 0; k < 4; ++k) {
+            const size_t group = 32 * h + 8 * k + 4 * c + g;  // values 4 group..
+            _mm512_store_si512(out + group * kItemBytes, quarters[k]);
           }
         }
-        PackScales(
-            p, row_bytes, live, 208,
-            [](const uint8_t* row, size_t j) { return int32_t(int8_t(row[192 + j])); }, out);
       }
     }
+    PackScales(
+        p, row_bytes, live, 208,
+        [](const uint8_t* row, size_t j) { return int32_t(int8_t(row[192 + j])); }, out);
   }
 };
 

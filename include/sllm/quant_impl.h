@@ -630,19 +630,21 @@ float dot_q5_0(const BlockQ5_0* w, const BlockQ8_0* x, size_t n) {
   return dot_blocks(TensorType::Q5_0, w, x, n);
 }
 
-// Q4_K and Q5_K differ only in their codes.
-template <typename Block>
+// Q2_K, Q4_K and Q5_K: per sub-block of kSubBlock values, its scale times the dot product of the
+// codes and the activation codes, and its min times the sum of the activation codes.
+// scale_min(block, j, &scale, &min) unpacks sub-block j's.
+template <size_t kSubBlock, typename Block, typename ScaleMin>
 float dot_scale_min(TensorType type, const Block* w, const BlockQ8_K* x, size_t n,
-                    int (*code)(const Block&, size_t)) {
+                    int (*code)(const Block&, size_t), ScaleMin scale_min) {
   const size_t nb = detail::quant_blocks(type, n);
   float sum = 0.0f;
   for (size_t b = 0; b < nb; ++b) {
     int32_t scaled = 0, mins = 0;
-    for (int j = 0; j < 8; ++j) {
+    for (size_t j = 0; j < kSuperBlock / kSubBlock; ++j) {
       uint8_t scale, min;
-      unpack_q4_k_scales(w[b].scales, j, &scale, &min);
+      scale_min(w[b], j, &scale, &min);
       int32_t dot = 0, codes = 0;
-      for (size_t i = 32 * size_t(j); i < 32 * size_t(j) + 32; ++i) {
+      for (size_t i = kSubBlock * j; i < kSubBlock * j + kSubBlock; ++i) {
         dot += code(w[b], i) * int32_t(x[b].qs[i]);
         codes += x[b].qs[i];
       }
@@ -654,65 +656,57 @@ float dot_scale_min(TensorType type, const Block* w, const BlockQ8_K* x, size_t 
   return sum;
 }
 
+// Q4_K's and Q5_K's packed 6-bit scales and mins.
+template <typename Block>
+void q4_k_scale_min(const Block& b, size_t j, uint8_t* scale, uint8_t* min) {
+  unpack_q4_k_scales(b.scales, int(j), scale, min);
+}
+
 float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n) {
-  return dot_scale_min(TensorType::Q4_K, w, x, n, q4_k_code);
+  return dot_scale_min<32>(TensorType::Q4_K, w, x, n, q4_k_code, q4_k_scale_min<BlockQ4_K>);
 }
 
 float dot_q5_k(const BlockQ5_K* w, const BlockQ8_K* x, size_t n) {
-  return dot_scale_min(TensorType::Q5_K, w, x, n, q5_k_code);
+  return dot_scale_min<32>(TensorType::Q5_K, w, x, n, q5_k_code, q4_k_scale_min<BlockQ5_K>);
 }
 
 float dot_q2_k(const BlockQ2_K* w, const BlockQ8_K* x, size_t n) {
-  const size_t nb = detail::quant_blocks(TensorType::Q2_K, n);
+  return dot_scale_min<16>(TensorType::Q2_K, w, x, n, q2_k_code,
+                           [](const BlockQ2_K& b, size_t j, uint8_t* scale, uint8_t* min) {
+                             *scale = b.scales[j] & 0x0f;
+                             *min = b.scales[j] >> 4;
+                           });
+}
+
+// Q3_K and Q6_K: per sub-block of 16 the dot product of the values (codes less their offset) and
+// the activation codes times the sub-block's signed scale.
+template <typename Block, typename Value, typename Scale>
+float dot_signed_scales(TensorType type, const Block* w, const BlockQ8_K* x, size_t n, Value value,
+                        Scale scale) {
+  const size_t nb = detail::quant_blocks(type, n);
   float sum = 0.0f;
   for (size_t b = 0; b < nb; ++b) {
-    int32_t scaled = 0, mins = 0;
+    int32_t scaled = 0;
     for (size_t j = 0; j < kSuperBlock / 16; ++j) {
-      int32_t dot = 0, codes = 0;
-      for (size_t i = 16 * j; i < 16 * j + 16; ++i) {
-        dot += q2_k_code(w[b], i) * int32_t(x[b].qs[i]);
-        codes += x[b].qs[i];
-      }
-      scaled += (w[b].scales[j] & 0x0f) * dot;
-      mins += (w[b].scales[j] >> 4) * codes;
+      int32_t dot = 0;
+      for (size_t i = 16 * j; i < 16 * j + 16; ++i) dot += value(w[b], i) * int32_t(x[b].qs[i]);
+      scaled += scale(w[b], j) * dot;
     }
-    sum += x[b].d * (fp16_to_f32(w[b].d) * float(scaled) - fp16_to_f32(w[b].dmin) * float(mins));
+    sum += x[b].d * (fp16_to_f32(w[b].d) * float(scaled));
   }
   return sum;
 }
 
 float dot_q3_k(const BlockQ3_K* w, const BlockQ8_K* x, size_t n) {
-  const size_t nb = detail::quant_blocks(TensorType::Q3_K, n);
-  float sum = 0.0f;
-  for (size_t b = 0; b < nb; ++b) {
-    int32_t scaled = 0;
-    for (size_t j = 0; j < kSuperBlock / 16; ++j) {
-      int32_t dot = 0;
-      for (size_t i = 16 * j; i < 16 * j + 16; ++i) {
-        dot += (q3_k_code(w[b], i) - 4) * int32_t(x[b].qs[i]);
-      }
-      scaled += q3_k_scale(w[b].scales, j) * dot;
-    }
-    sum += x[b].d * (fp16_to_f32(w[b].d) * float(scaled));
-  }
-  return sum;
+  return dot_signed_scales(
+      TensorType::Q3_K, w, x, n, [](const BlockQ3_K& b, size_t i) { return q3_k_code(b, i) - 4; },
+      [](const BlockQ3_K& b, size_t j) { return q3_k_scale(b.scales, j); });
 }
 
 float dot_q6_k(const BlockQ6_K* w, const BlockQ8_K* x, size_t n) {
-  const size_t nb = detail::quant_blocks(TensorType::Q6_K, n);
-  float sum = 0.0f;
-  for (size_t b = 0; b < nb; ++b) {
-    int32_t scaled = 0;
-    for (size_t j = 0; j < kSuperBlock / 16; ++j) {
-      int32_t dot = 0;
-      for (size_t i = 16 * j; i < 16 * j + 16; ++i) {
-        dot += (q6_k_code(w[b], i) - 32) * int32_t(x[b].qs[i]);
-      }
-      scaled += w[b].scales[j] * dot;
-    }
-    sum += x[b].d * (fp16_to_f32(w[b].d) * float(scaled));
-  }
-  return sum;
+  return dot_signed_scales(
+      TensorType::Q6_K, w, x, n, [](const BlockQ6_K& b, size_t i) { return q6_k_code(b, i) - 32; },
+      [](const BlockQ6_K& b, size_t j) { return int(b.scales[j]); });
 }
 
 }  // namespace ref
