@@ -3975,6 +3975,13 @@ struct Q2KStep {
   }
 };
 
+// The f16 at p in every lane (by vcvtph2ps: no call per block).
+SLLM_VNNI HWY_INLINE __m512 BroadcastHalf(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+}
+
 // Q3_K and Q6_K: 16 sub-blocks of 16 values, each with a signed integer scale, and codes stored
 // plus 2^kOffsetShift (unsigned); a Step adds LoadW.
 template <int kOffsetShift>
@@ -4044,9 +4051,7 @@ struct Q3KStep : SubBlock16Step<2> {
           _mm512_mask_add_epi8(low, _mm512_test_epi8_mask(hmask, bit), low, _mm512_set1_epi8(4));
     }
     SetScales(UnpackQ3KScales(p + offsetof(BlockQ3_K, scales) - 2), w);
-    uint16_t d;
-    std::memcpy(&d, p + offsetof(BlockQ3_K, d), 2);
-    w.d = _mm512_set1_ps(fp16_to_f32(d));
+    w.d = BroadcastHalf(p + offsetof(BlockQ3_K, d));
     return w;
   }
 };
@@ -4072,9 +4077,7 @@ struct Q6KStep : SubBlock16Step<5> {
                                            _mm512_and_si512(_mm512_srlv_epi16(qh, right), bits45));
     }
     SetScales(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192)), w);
-    uint16_t d;
-    std::memcpy(&d, p + 208, 2);
-    w.d = _mm512_set1_ps(fp16_to_f32(d));
+    w.d = BroadcastHalf(p + offsetof(BlockQ6_K, d));
     return w;
   }
 };
