@@ -3931,6 +3931,18 @@ SLLM_VNNI HWY_INLINE void PrepareOrderedX(const int8_t* codes, const float* scal
   _mm512_store_si512(x + 5, _mm512_castps_si512(_mm512_set1_ps(scales[0])));
 }
 
+// The affine bit map (vgf2p8affineqb) that moves bits first..first + n - 1 of each byte to bits
+// to..to + n - 1 and clears the others: output bit i takes the input bits of matrix byte 7 - i.
+constexpr int64_t BitsTo(int to, int first, int n) {
+  uint64_t map = 0;
+  for (int i = 0; i < n; ++i) map |= uint64_t(1) << (first + i) << 8 * (7 - (to + i));
+  return int64_t(map);
+}
+// One bit map for the lower 256-bit half of a vector, another for the upper.
+SLLM_VNNI HWY_INLINE __m512i HalvesMap(int64_t lower, int64_t upper) {
+  return _mm512_inserti64x4(_mm512_set1_epi64(lower), _mm256_set1_epi64x(upper), 1);
+}
+
 // Code vector k of a Q2_K block (the low 2 bits of Q3_K's codes), from its 64 bytes of qs: values
 // 64k..64k+63, quarters 2 (k % 2) and 2 (k % 2) + 1 of half k / 2 in its 256-bit halves (value l
 // of quarter q: bit pair q of qs[32 half + l]).
@@ -3938,9 +3950,8 @@ SLLM_VNNI HWY_INLINE __m512i KBitPairs(const uint8_t* qs, int k) {
   const int half = k / 2, quarter = 2 * (k % 2);
   const __m512i bytes =
       _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs + 32 * half)));
-  const __m512i shift = _mm512_inserti64x4(_mm512_set1_epi16(short(2 * quarter)),
-                                           _mm256_set1_epi16(short(2 * quarter + 2)), 1);
-  return _mm512_and_si512(_mm512_srlv_epi16(bytes, shift), _mm512_set1_epi8(3));
+  return _mm512_gf2p8affine_epi64_epi8(
+      bytes, HalvesMap(BitsTo(0, 2 * quarter, 2), BitsTo(0, 2 * quarter + 2, 2)), 0);
 }
 
 // Q2_K: the codes in their order (KBitPairs), and Q4_K's W and Accumulate with one scale and one
@@ -4043,12 +4054,10 @@ struct Q3KStep : SubBlock16Step<2> {
     const __m512i hmask = _mm512_broadcast_i64x4(
         _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + offsetof(BlockQ3_K, hmask))));
     for (int k = 0; k < 4; ++k) {
-      const __m512i low = KBitPairs(p + offsetof(BlockQ3_K, qs), k);
-      const int first = 4 * (k / 2) + 2 * (k % 2);  // the bit of the lower 256-bit half
-      const __m512i bit = _mm512_inserti64x4(_mm512_set1_epi8(char(1 << first)),
-                                             _mm256_set1_epi8(char(1 << (first + 1))), 1);
-      w.codes[k] =
-          _mm512_mask_add_epi8(low, _mm512_test_epi8_mask(hmask, bit), low, _mm512_set1_epi8(4));
+      const int first = 4 * (k / 2) + 2 * (k % 2);  // the hmask bit of the lower 256-bit half
+      const __m512i top = _mm512_gf2p8affine_epi64_epi8(
+          hmask, HalvesMap(BitsTo(2, first, 1), BitsTo(2, first + 1, 1)), 0);
+      w.codes[k] = _mm512_or_si512(KBitPairs(p + offsetof(BlockQ3_K, qs), k), top);
     }
     SetScales(UnpackQ3KScales(p + offsetof(BlockQ3_K, scales) - 2), w);
     w.d = BroadcastHalf(p + offsetof(BlockQ3_K, d));
@@ -4060,21 +4069,21 @@ struct Q6KStep : SubBlock16Step<5> {
   static constexpr size_t kBlockBytes = sizeof(BlockQ6_K);
   // Codes 64h..64h+63 of half h: the low nibbles of ql[64h..], and values 128h + 64.. the high
   // ones; their top 2 bits are bit pairs of qh[32h..32h+31], 0-1 and 2-3 for the first 64, 4-5
-  // and 6-7 for the next (per 32 values), shifted to bits 4-5.
+  // and 6-7 for the next (per 32 values), mapped to bits 4-5.
   template <bool kWhole>
   static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t /*bytes*/) {
     W w;
-    const __m512i low4 = _mm512_set1_epi8(0x0f), bits45 = _mm512_set1_epi8(0x30);
-    const __m512i left = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
-    const __m512i right = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
     for (int h = 0; h < 2; ++h) {
       const __m512i ql = _mm512_loadu_si512(p + 64 * h);
       const __m512i qh = _mm512_broadcast_i64x4(
           _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 128 + 32 * h)));
-      w.codes[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, low4),
-                                       _mm512_and_si512(_mm512_sllv_epi16(qh, left), bits45));
-      w.codes[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), low4),
-                                           _mm512_and_si512(_mm512_srlv_epi16(qh, right), bits45));
+      w.codes[2 * h] = _mm512_or_si512(
+          _mm512_and_si512(ql, low4),
+          _mm512_gf2p8affine_epi64_epi8(qh, HalvesMap(BitsTo(4, 0, 2), BitsTo(4, 2, 2)), 0));
+      w.codes[2 * h + 1] = _mm512_or_si512(
+          HighNibbles(ql),
+          _mm512_gf2p8affine_epi64_epi8(qh, HalvesMap(BitsTo(4, 4, 2), BitsTo(4, 6, 2)), 0));
     }
     SetScales(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192)), w);
     w.d = BroadcastHalf(p + offsetof(BlockQ6_K, d));
