@@ -4027,21 +4027,42 @@ struct SubBlock16Step {
   }
 };
 
-// The 16 scales of a Q3_K block (q3_k_scale) as int8, from the 16 bytes at its offset 94: two
-// bytes of codes, the 12 scale bytes, d.
-SLLM_VNNI HWY_INLINE __m128i UnpackQ3KScales(const uint8_t* p) {
-  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  const __m128i bytes =
-      _mm_shuffle_epi8(b, _mm_setr_epi8(2, 3, 4, 5, 6, 7, 8, 9, 2, 3, 4, 5, 6, 7, 8, 9));
-  // Low 4 bits: the low nibbles of scale bytes 0-7 for scales 0-7, their high ones for 8-15.
-  const __m128i low = _mm_and_si128(_mm_mask_blend_epi8(0xff00, bytes, _mm_srli_epi16(bytes, 4)),
-                                    _mm_set1_epi8(0x0f));
-  // Top 2 bits of scale 4q + r: bit pair q of scale byte 8 + r.
-  const __m128i top = _mm_shuffle_epi8(
-      b, _mm_setr_epi8(10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13, 10, 11, 12, 13));
-  const __m128i high = _mm_slli_epi16(
-      _mm_and_si128(_mm_srlv_epi32(top, _mm_setr_epi32(0, 2, 4, 6)), _mm_set1_epi8(3)), 4);
-  return _mm_sub_epi8(_mm_or_si128(low, high), _mm_set1_epi8(32));
+// vpermb indexes into the 16 bytes at a Q3_K block's offset 94 (two bytes of codes, the 12 scale
+// bytes, d): the first byte of lane j gets the scale byte that holds the low 4 bits of scale j
+// (byte j % 8), or with kHigh its top 2 bits (byte 8 + j % 4).
+template <bool kHigh>
+struct Q3KScaleBytes {
+  alignas(64) uint8_t index[64] = {};
+  constexpr Q3KScaleBytes() {
+    for (size_t lane = 0; lane < 16; ++lane) {
+      index[4 * lane] = uint8_t(2 + (kHigh ? 8 + lane % 4 : lane % 8));
+    }
+  }
+};
+
+// The 16 scales of a Q3_K block (q3_k_scale) in int32 lanes (the low int16 signed, the high one
+// 0, for vpdpwssd), from the 16 bytes at its offset 94: each lane's two source bytes picked by
+// vpermb, then one bit map per qword takes the nibble (lanes 8-15 the high one) and the bit pair
+// (lane / 4) of them.
+SLLM_VNNI HWY_INLINE __m512i UnpackQ3KScales(const uint8_t* p) {
+  static constexpr Q3KScaleBytes<false> kLow{};
+  static constexpr Q3KScaleBytes<true> kHigh{};
+  const __m512i b = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  constexpr __mmask64 kFirstBytes = 0x1111111111111111ull;
+  const __m512i low = _mm512_maskz_permutexvar_epi8(kFirstBytes, _mm512_load_si512(kLow.index), b);
+  const __m512i high =
+      _mm512_maskz_permutexvar_epi8(kFirstBytes, _mm512_load_si512(kHigh.index), b);
+  // Qword m holds lanes 2m and 2m + 1: nibble m / 4, bit pair m / 2.
+  const __m512i low_map =
+      _mm512_set_epi64(BitsTo(0, 4, 4), BitsTo(0, 4, 4), BitsTo(0, 4, 4), BitsTo(0, 4, 4),
+                       BitsTo(0, 0, 4), BitsTo(0, 0, 4), BitsTo(0, 0, 4), BitsTo(0, 0, 4));
+  const __m512i high_map =
+      _mm512_set_epi64(BitsTo(4, 6, 2), BitsTo(4, 6, 2), BitsTo(4, 4, 2), BitsTo(4, 4, 2),
+                       BitsTo(4, 2, 2), BitsTo(4, 2, 2), BitsTo(4, 0, 2), BitsTo(4, 0, 2));
+  const __m512i codes = _mm512_or_si512(_mm512_gf2p8affine_epi64_epi8(low, low_map, 0),
+                                        _mm512_gf2p8affine_epi64_epi8(high, high_map, 0));
+  return _mm512_and_si512(_mm512_sub_epi32(codes, _mm512_set1_epi32(32)),
+                          _mm512_set1_epi32(0xffff));
 }
 
 // Q3_K: the low 2 bits of the codes as Q2_K's, plus 4 where bit 4 half + quarter of hmask[l] is
@@ -4059,7 +4080,8 @@ struct Q3KStep : SubBlock16Step<2> {
           hmask, HalvesMap(BitsTo(2, first, 1), BitsTo(2, first + 1, 1)), 0);
       w.codes[k] = _mm512_or_si512(KBitPairs(p + offsetof(BlockQ3_K, qs), k), top);
     }
-    SetScales(UnpackQ3KScales(p + offsetof(BlockQ3_K, scales) - 2), w);
+    w.all = UnpackQ3KScales(p + offsetof(BlockQ3_K, scales) - 2);
+    SpreadScales<4>(w.all, w.scales);
     w.d = BroadcastHalf(p + offsetof(BlockQ3_K, d));
     return w;
   }
