@@ -562,6 +562,12 @@ inline int k_bit_pair(const uint8_t* qs, size_t i) {
 inline int q2_k_code(const BlockQ2_K& b, size_t i) {
   return k_bit_pair(b.qs, i);
 }
+// The 4-bit scale and min of sub-block j (0..15) of a Q2_K block: the low and high nibble of
+// scales[j].
+inline void unpack_q2_k_scales(const uint8_t* scales, size_t j, uint8_t* scale, uint8_t* min) {
+  *scale = scales[j] & 0x0f;
+  *min = scales[j] >> 4;
+}
 
 // The scale of sub-block j (0..15) of a Q3_K block, -32..31: its low 4 bits are a nibble of
 // scales[j % 8] (the low one for j < 8), its top 2 bits the bit pair j / 4 of scales[8 + j % 4].
@@ -3835,6 +3841,22 @@ SLLM_VNNI HWY_INLINE __m512i WithTopBit(__m512i codes, __m512i qh, __m512i bit) 
   return _mm512_mask_add_epi8(codes, _mm512_test_epi8_mask(qh, bit), codes, _mm512_set1_epi8(16));
 }
 
+// The f16 at p in every lane (by vcvtph2ps: no call per block).
+SLLM_VNNI HWY_INLINE __m512 BroadcastHalf(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+}
+
+// The f16 pair at p (a K-quant block's d and dmin) in every lane of first and second.
+SLLM_VNNI HWY_INLINE void BroadcastHalves(const uint8_t* p, __m512& first, __m512& second) {
+  uint32_t pair;
+  std::memcpy(&pair, p, 4);
+  const __m128 both = _mm_cvtph_ps(_mm_cvtsi32_si128(int(pair)));
+  first = _mm512_broadcastss_ps(both);
+  second = _mm512_broadcastss_ps(_mm_movehdup_ps(both));
+}
+
 // Q4_K and Q5_K (kHighBit: its codes, below 32, are the only difference).
 template <bool kHighBit>
 struct ScaleMinStep {
@@ -3895,11 +3917,7 @@ struct ScaleMinStep {
     }
     w.mins = _mm512_cvtepu8_epi32(UnpackQ4KScales(p + 4));
     SpreadScales<8>(w.mins, w.scales);
-    uint32_t d;
-    std::memcpy(&d, p, 4);
-    const __m128 d_dmin = _mm_cvtph_ps(_mm_cvtsi32_si128(int(d)));
-    w.d = _mm512_broadcastss_ps(d_dmin);
-    w.dmin = _mm512_broadcastss_ps(_mm_movehdup_ps(d_dmin));
+    BroadcastHalves(p, w.d, w.dmin);
     return w;
   }
   static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
@@ -3974,24 +3992,13 @@ struct Q2KStep {
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + offsetof(BlockQ2_K, scales))));
     SpreadScales<4>(_mm512_and_si512(scale_min, _mm512_set1_epi32(0x0f)), w.scales);
     w.mins = _mm512_srli_epi32(scale_min, 4);
-    uint32_t d;
-    std::memcpy(&d, p + offsetof(BlockQ2_K, d), 4);
-    const __m128 d_dmin = _mm_cvtph_ps(_mm_cvtsi32_si128(int(d)));
-    w.d = _mm512_broadcastss_ps(d_dmin);
-    w.dmin = _mm512_broadcastss_ps(_mm_movehdup_ps(d_dmin));
+    BroadcastHalves(p + offsetof(BlockQ2_K, d), w.d, w.dmin);
     return w;
   }
   static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
     return Q4KStep::Accumulate(w, x, acc);
   }
 };
-
-// The f16 at p in every lane (by vcvtph2ps: no call per block).
-SLLM_VNNI HWY_INLINE __m512 BroadcastHalf(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
-}
 
 // Q3_K and Q6_K: 16 sub-blocks of 16 values, each with a signed integer scale, and codes stored
 // plus 2^kOffsetShift (unsigned); a Step adds LoadW.
@@ -4019,11 +4026,6 @@ struct SubBlock16Step {
       sum = Dpwssd(sum, Dpbusd(zero, w.codes[k], _mm512_load_si512(x + k)), w.scales[k]);
     }
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(w.d, StepXScale(x)), acc);
-  }
-  // The int8 scales of the 16 sub-blocks, as W::all and W::scales.
-  static SLLM_VNNI HWY_INLINE void SetScales(__m128i scales, W& w) {
-    w.all = _mm512_cvtepu16_epi32(_mm256_cvtepi8_epi16(scales));
-    SpreadScales<4>(w.all, w.scales);
   }
 };
 
@@ -4107,7 +4109,9 @@ struct Q6KStep : SubBlock16Step<5> {
           HighNibbles(ql),
           _mm512_gf2p8affine_epi64_epi8(qh, HalvesMap(BitsTo(4, 4, 2), BitsTo(4, 6, 2)), 0));
     }
-    SetScales(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192)), w);
+    w.all = _mm512_cvtepu16_epi32(
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192))));
+    SpreadScales<4>(w.all, w.scales);
     w.d = BroadcastHalf(p + offsetof(BlockQ6_K, d));
     return w;
   }
@@ -4486,21 +4490,26 @@ struct SubBlockPanel {
   }
 };
 
-// The code groups of a block's 64 bytes of 2-bit codes (Q2_K's, and Q3_K's low bits) at qs in
-// each of the live rows: group 4j + g holds values 4g..4g+3 of sub-block j of 16 (value l of
-// quarter k of half h is bit pair k of qs[32h + l]).
-SLLM_VNNI HWY_INLINE void PackBitPairs(const uint8_t* qs, size_t row_bytes, size_t live,
-                                       uint8_t* out) {
-  for (size_t h = 0; h < 2; ++h) {
-    for (size_t c = 0; c < 2; ++c) {
+// The code groups of a block's 64 bytes of 2-bit codes at qs in each of the live rows: group
+// 4j + g holds values 4g..4g+3 of sub-block j of 16 (value l of quarter k of half h is bit pair k
+// of qs[32h + l]). With hmask (Q3_K), plus 4 where bit 4h + k of hmask[l] is set.
+SLLM_VNNI HWY_INLINE void PackBitPairs(const uint8_t* qs, const uint8_t* hmask, size_t row_bytes,
+                                       size_t live, uint8_t* out) {
+  for (size_t c = 0; c < 2; ++c) {
+    __m512i top[4] = {};
+    if (hmask != nullptr) TransposeRows(hmask, row_bytes, live, 16 * c, top);
+    for (size_t h = 0; h < 2; ++h) {
       __m512i bytes[4];
       TransposeRows(qs, row_bytes, live, 32 * h + 16 * c, bytes);
       for (size_t g = 0; g < 4; ++g) {
         for (size_t k = 0; k < 4; ++k) {
           const size_t group = 32 * h + 8 * k + 4 * c + g;  // values 4 group..
-          _mm512_store_si512(
-              out + group * kItemBytes,
-              _mm512_and_si512(_mm512_srli_epi32(bytes[g], unsigned(2 * k)), _mm512_set1_epi8(3)));
+          const __m512i low =
+              _mm512_and_si512(_mm512_srli_epi32(bytes[g], unsigned(2 * k)), _mm512_set1_epi8(3));
+          const __mmask64 set =
+              _mm512_test_epi8_mask(top[g], _mm512_set1_epi8(char(1 << (4 * h + k))));
+          _mm512_store_si512(out + group * kItemBytes,
+                             _mm512_mask_add_epi8(low, set, low, _mm512_set1_epi8(4)));
         }
       }
     }
@@ -4622,12 +4631,11 @@ struct ScaleMinPanel : ScaleMinPanelBase<ScaleMinPanel<kHighBit>, 8> {
 struct Q2KPanel : ScaleMinPanelBase<Q2KPanel, 16> {
   static constexpr size_t kBlockBytes = sizeof(BlockQ2_K);
   static SLLM_VNNI void PackBlock(const uint8_t* p, size_t row_bytes, size_t live, uint8_t* out) {
-    PackBitPairs(p + offsetof(BlockQ2_K, qs), row_bytes, live, out);
+    PackBitPairs(p + offsetof(BlockQ2_K, qs), nullptr, row_bytes, live, out);
     PackScaleMins(
         p, row_bytes, live, offsetof(BlockQ2_K, d),
         [](const uint8_t* row, size_t j, uint8_t* scale, uint8_t* min) {
-          *scale = row[j] & 0x0f;
-          *min = row[j] >> 4;
+          unpack_q2_k_scales(row + offsetof(BlockQ2_K, scales), j, scale, min);
         },
         out);
   }
@@ -4683,29 +4691,11 @@ struct SubBlock16Panel : SubBlockPanel<Panel> {
   }
 };
 
-// Q3_K: code 4 + value, the bit pairs as Q2_K's plus 4 where the bit of hmask is set (see
-// q3_k_code).
+// Q3_K: code 4 + value, the bit pairs and hmask bits (see q3_k_code).
 struct Q3KPanel : SubBlock16Panel<Q3KPanel, 4> {
   static constexpr size_t kBlockBytes = sizeof(BlockQ3_K);
   static SLLM_VNNI void PackBlock(const uint8_t* p, size_t row_bytes, size_t live, uint8_t* out) {
-    const __m512i four = _mm512_set1_epi8(4);
-    PackBitPairs(p + offsetof(BlockQ3_K, qs), row_bytes, live, out);
-    // Values l..l+15 (l = 16 c) of quarter k of half h: top bits in hmask[l..].
-    for (size_t c = 0; c < 2; ++c) {
-      __m512i hmask[4];
-      TransposeRows(p, row_bytes, live, offsetof(BlockQ3_K, hmask) + 16 * c, hmask);
-      for (size_t h = 0; h < 2; ++h) {
-        for (size_t g = 0; g < 4; ++g) {
-          for (size_t k = 0; k < 4; ++k) {
-            uint8_t* group = out + (32 * h + 8 * k + 4 * c + g) * kItemBytes;
-            const __m512i low = _mm512_load_si512(group);
-            const __mmask64 top =
-                _mm512_test_epi8_mask(hmask[g], _mm512_set1_epi8(char(1 << (4 * h + k))));
-            _mm512_store_si512(group, _mm512_mask_add_epi8(low, top, low, four));
-          }
-        }
-      }
-    }
+    PackBitPairs(p + offsetof(BlockQ3_K, qs), p + offsetof(BlockQ3_K, hmask), row_bytes, live, out);
     PackScales(
         p, row_bytes, live, offsetof(BlockQ3_K, d),
         [](const uint8_t* row, size_t j) {
@@ -6328,6 +6318,28 @@ inline void pack_low_nibbles(const int (&codes)[kQuantBlock], uint8_t (&qs)[kQua
   }
 }
 
+// What the reference code reads of a K-quant block: sub-block j's scale and min (Q2_K, Q4_K,
+// Q5_K), or the value of code i and sub-block j's signed scale (Q3_K, Q6_K).
+inline void block_scale_min(const BlockQ2_K& b, size_t j, uint8_t* scale, uint8_t* min) {
+  unpack_q2_k_scales(b.scales, j, scale, min);
+}
+template <typename Block>  // Q4_K, Q5_K
+void block_scale_min(const Block& b, size_t j, uint8_t* scale, uint8_t* min) {
+  unpack_q4_k_scales(b.scales, int(j), scale, min);
+}
+inline int block_value(const BlockQ3_K& b, size_t i) {
+  return q3_k_code(b, i) - 4;
+}
+inline int block_value(const BlockQ6_K& b, size_t i) {
+  return q6_k_code(b, i) - 32;
+}
+inline int block_scale(const BlockQ3_K& b, size_t j) {
+  return q3_k_scale(b.scales, j);
+}
+inline int block_scale(const BlockQ6_K& b, size_t j) {
+  return b.scales[j];
+}
+
 }  // namespace detail
 
 namespace ref {
@@ -6407,25 +6419,37 @@ void dequantize_row_q5_0(const BlockQ5_0* x, float* y, size_t n) {
   }
 }
 
-// Q4_K and Q5_K differ only in their codes.
-template <typename Block>
+// Q2_K, Q4_K and Q5_K: value = d * scale * code - dmin * min per sub-block of kSubBlock values.
+template <size_t kSubBlock, typename Block>
 void dequantize_scale_min(TensorType type, const Block* x, float* y, size_t n,
                           int (*code)(const Block&, size_t)) {
   const size_t nb = detail::quant_blocks(type, n);
   for (size_t b = 0; b < nb; ++b) {
     const float d = fp16_to_f32(x[b].d), dmin = fp16_to_f32(x[b].dmin);
-    for (int j = 0; j < 8; ++j) {
+    for (size_t j = 0; j < kSuperBlock / kSubBlock; ++j) {
       uint8_t scale, min;
-      unpack_q4_k_scales(x[b].scales, j, &scale, &min);
-      for (size_t i = 32 * size_t(j); i < 32 * size_t(j) + 32; ++i) {
+      detail::block_scale_min(x[b], j, &scale, &min);
+      for (size_t i = kSubBlock * j; i < kSubBlock * j + kSubBlock; ++i) {
         *y++ = d * scale * code(x[b], i) - dmin * min;
       }
     }
   }
 }
 
+// Q3_K and Q6_K: value = d * scale * (code - offset) per sub-block of 16 values.
+template <typename Block>
+void dequantize_signed_scales(TensorType type, const Block* x, float* y, size_t n) {
+  const size_t nb = detail::quant_blocks(type, n);
+  for (size_t b = 0; b < nb; ++b) {
+    const float d = fp16_to_f32(x[b].d);
+    for (size_t i = 0; i < kSuperBlock; ++i) {
+      *y++ = d * detail::block_scale(x[b], i / 16) * detail::block_value(x[b], i);
+    }
+  }
+}
+
 void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n) {
-  dequantize_scale_min(TensorType::Q4_K, x, y, n, q4_k_code);
+  dequantize_scale_min<32>(TensorType::Q4_K, x, y, n, q4_k_code);
 }
 
 void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n) {
@@ -6447,32 +6471,15 @@ void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n) {
 }
 
 void dequantize_row_q2_k(const BlockQ2_K* x, float* y, size_t n) {
-  const size_t nb = detail::quant_blocks(TensorType::Q2_K, n);
-  for (size_t b = 0; b < nb; ++b) {
-    const float d = fp16_to_f32(x[b].d), dmin = fp16_to_f32(x[b].dmin);
-    for (size_t i = 0; i < kSuperBlock; ++i) {
-      const int scale = x[b].scales[i / 16] & 0x0f, min = x[b].scales[i / 16] >> 4;
-      *y++ = d * scale * q2_k_code(x[b], i) - dmin * min;
-    }
-  }
+  dequantize_scale_min<16>(TensorType::Q2_K, x, y, n, q2_k_code);
 }
 
 void dequantize_row_q3_k(const BlockQ3_K* x, float* y, size_t n) {
-  const size_t nb = detail::quant_blocks(TensorType::Q3_K, n);
-  for (size_t b = 0; b < nb; ++b) {
-    const float d = fp16_to_f32(x[b].d);
-    for (size_t i = 0; i < kSuperBlock; ++i)
-      *y++ = d * q3_k_scale(x[b].scales, i / 16) * (q3_k_code(x[b], i) - 4);
-  }
+  dequantize_signed_scales(TensorType::Q3_K, x, y, n);
 }
 
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n) {
-  const size_t nb = detail::quant_blocks(TensorType::Q6_K, n);
-  for (size_t b = 0; b < nb; ++b) {
-    const float d = fp16_to_f32(x[b].d);
-    for (size_t i = 0; i < kSuperBlock; ++i)
-      *y++ = d * x[b].scales[i / 16] * (q6_k_code(x[b], i) - 32);
-  }
+  dequantize_signed_scales(TensorType::Q6_K, x, y, n);
 }
 
 }  // namespace ref
@@ -6815,7 +6822,7 @@ void quantize_row_q5_k(const float* x, BlockQ5_K* y, size_t n) {
 }
 
 void dequantize_row_q5_k(const BlockQ5_K* x, float* y, size_t n) {
-  dequantize_scale_min(TensorType::Q5_K, x, y, n, q5_k_code);
+  dequantize_scale_min<32>(TensorType::Q5_K, x, y, n, q5_k_code);
 }
 
 void quantize_row_q6_k(const float* x, BlockQ6_K* y, size_t n) {
@@ -6908,17 +6915,16 @@ float dot_q5_0(const BlockQ5_0* w, const BlockQ8_0* x, size_t n) {
 
 // Q2_K, Q4_K and Q5_K: per sub-block of kSubBlock values, its scale times the dot product of the
 // codes and the activation codes, and its min times the sum of the activation codes.
-// scale_min(block, j, &scale, &min) unpacks sub-block j's.
-template <size_t kSubBlock, typename Block, typename ScaleMin>
+template <size_t kSubBlock, typename Block>
 float dot_scale_min(TensorType type, const Block* w, const BlockQ8_K* x, size_t n,
-                    int (*code)(const Block&, size_t), ScaleMin scale_min) {
+                    int (*code)(const Block&, size_t)) {
   const size_t nb = detail::quant_blocks(type, n);
   float sum = 0.0f;
   for (size_t b = 0; b < nb; ++b) {
     int32_t scaled = 0, mins = 0;
     for (size_t j = 0; j < kSuperBlock / kSubBlock; ++j) {
       uint8_t scale, min;
-      scale_min(w[b], j, &scale, &min);
+      detail::block_scale_min(w[b], j, &scale, &min);
       int32_t dot = 0, codes = 0;
       for (size_t i = kSubBlock * j; i < kSubBlock * j + kSubBlock; ++i) {
         dot += code(w[b], i) * int32_t(x[b].qs[i]);
@@ -6932,41 +6938,32 @@ float dot_scale_min(TensorType type, const Block* w, const BlockQ8_K* x, size_t 
   return sum;
 }
 
-// Q4_K's and Q5_K's packed 6-bit scales and mins.
-template <typename Block>
-void q4_k_scale_min(const Block& b, size_t j, uint8_t* scale, uint8_t* min) {
-  unpack_q4_k_scales(b.scales, int(j), scale, min);
-}
-
 float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n) {
-  return dot_scale_min<32>(TensorType::Q4_K, w, x, n, q4_k_code, q4_k_scale_min<BlockQ4_K>);
+  return dot_scale_min<32>(TensorType::Q4_K, w, x, n, q4_k_code);
 }
 
 float dot_q5_k(const BlockQ5_K* w, const BlockQ8_K* x, size_t n) {
-  return dot_scale_min<32>(TensorType::Q5_K, w, x, n, q5_k_code, q4_k_scale_min<BlockQ5_K>);
+  return dot_scale_min<32>(TensorType::Q5_K, w, x, n, q5_k_code);
 }
 
 float dot_q2_k(const BlockQ2_K* w, const BlockQ8_K* x, size_t n) {
-  return dot_scale_min<16>(TensorType::Q2_K, w, x, n, q2_k_code,
-                           [](const BlockQ2_K& b, size_t j, uint8_t* scale, uint8_t* min) {
-                             *scale = b.scales[j] & 0x0f;
-                             *min = b.scales[j] >> 4;
-                           });
+  return dot_scale_min<16>(TensorType::Q2_K, w, x, n, q2_k_code);
 }
 
 // Q3_K and Q6_K: per sub-block of 16 the dot product of the values (codes less their offset) and
 // the activation codes times the sub-block's signed scale.
-template <typename Block, typename Value, typename Scale>
-float dot_signed_scales(TensorType type, const Block* w, const BlockQ8_K* x, size_t n, Value value,
-                        Scale scale) {
+template <typename Block>
+float dot_signed_scales(TensorType type, const Block* w, const BlockQ8_K* x, size_t n) {
   const size_t nb = detail::quant_blocks(type, n);
   float sum = 0.0f;
   for (size_t b = 0; b < nb; ++b) {
     int32_t scaled = 0;
     for (size_t j = 0; j < kSuperBlock / 16; ++j) {
       int32_t dot = 0;
-      for (size_t i = 16 * j; i < 16 * j + 16; ++i) dot += value(w[b], i) * int32_t(x[b].qs[i]);
-      scaled += scale(w[b], j) * dot;
+      for (size_t i = 16 * j; i < 16 * j + 16; ++i) {
+        dot += detail::block_value(w[b], i) * int32_t(x[b].qs[i]);
+      }
+      scaled += detail::block_scale(w[b], j) * dot;
     }
     sum += x[b].d * (fp16_to_f32(w[b].d) * float(scaled));
   }
@@ -6974,15 +6971,11 @@ float dot_signed_scales(TensorType type, const Block* w, const BlockQ8_K* x, siz
 }
 
 float dot_q3_k(const BlockQ3_K* w, const BlockQ8_K* x, size_t n) {
-  return dot_signed_scales(
-      TensorType::Q3_K, w, x, n, [](const BlockQ3_K& b, size_t i) { return q3_k_code(b, i) - 4; },
-      [](const BlockQ3_K& b, size_t j) { return q3_k_scale(b.scales, j); });
+  return dot_signed_scales(TensorType::Q3_K, w, x, n);
 }
 
 float dot_q6_k(const BlockQ6_K* w, const BlockQ8_K* x, size_t n) {
-  return dot_signed_scales(
-      TensorType::Q6_K, w, x, n, [](const BlockQ6_K& b, size_t i) { return q6_k_code(b, i) - 32; },
-      [](const BlockQ6_K& b, size_t j) { return int(b.scales[j]); });
+  return dot_signed_scales(TensorType::Q6_K, w, x, n);
 }
 
 }  // namespace ref

@@ -411,6 +411,22 @@ SLLM_VNNI HWY_INLINE __m512i WithTopBit(__m512i codes, __m512i qh, __m512i bit) 
   return _mm512_mask_add_epi8(codes, _mm512_test_epi8_mask(qh, bit), codes, _mm512_set1_epi8(16));
 }
 
+// The f16 at p in every lane (by vcvtph2ps: no call per block).
+SLLM_VNNI HWY_INLINE __m512 BroadcastHalf(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
+}
+
+// The f16 pair at p (a K-quant block's d and dmin) in every lane of first and second.
+SLLM_VNNI HWY_INLINE void BroadcastHalves(const uint8_t* p, __m512& first, __m512& second) {
+  uint32_t pair;
+  std::memcpy(&pair, p, 4);
+  const __m128 both = _mm_cvtph_ps(_mm_cvtsi32_si128(int(pair)));
+  first = _mm512_broadcastss_ps(both);
+  second = _mm512_broadcastss_ps(_mm_movehdup_ps(both));
+}
+
 // Q4_K and Q5_K (kHighBit: its codes, below 32, are the only difference).
 template <bool kHighBit>
 struct ScaleMinStep {
@@ -471,11 +487,7 @@ struct ScaleMinStep {
     }
     w.mins = _mm512_cvtepu8_epi32(UnpackQ4KScales(p + 4));
     SpreadScales<8>(w.mins, w.scales);
-    uint32_t d;
-    std::memcpy(&d, p, 4);
-    const __m128 d_dmin = _mm_cvtph_ps(_mm_cvtsi32_si128(int(d)));
-    w.d = _mm512_broadcastss_ps(d_dmin);
-    w.dmin = _mm512_broadcastss_ps(_mm_movehdup_ps(d_dmin));
+    BroadcastHalves(p, w.d, w.dmin);
     return w;
   }
   static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
@@ -550,24 +562,13 @@ struct Q2KStep {
         _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + offsetof(BlockQ2_K, scales))));
     SpreadScales<4>(_mm512_and_si512(scale_min, _mm512_set1_epi32(0x0f)), w.scales);
     w.mins = _mm512_srli_epi32(scale_min, 4);
-    uint32_t d;
-    std::memcpy(&d, p + offsetof(BlockQ2_K, d), 4);
-    const __m128 d_dmin = _mm_cvtph_ps(_mm_cvtsi32_si128(int(d)));
-    w.d = _mm512_broadcastss_ps(d_dmin);
-    w.dmin = _mm512_broadcastss_ps(_mm_movehdup_ps(d_dmin));
+    BroadcastHalves(p + offsetof(BlockQ2_K, d), w.d, w.dmin);
     return w;
   }
   static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
     return Q4KStep::Accumulate(w, x, acc);
   }
 };
-
-// The f16 at p in every lane (by vcvtph2ps: no call per block).
-SLLM_VNNI HWY_INLINE __m512 BroadcastHalf(const uint8_t* p) {
-  uint16_t h;
-  std::memcpy(&h, p, 2);
-  return _mm512_broadcastss_ps(_mm_cvtph_ps(_mm_cvtsi32_si128(h)));
-}
 
 // Q3_K and Q6_K: 16 sub-blocks of 16 values, each with a signed integer scale, and codes stored
 // plus 2^kOffsetShift (unsigned); a Step adds LoadW.
@@ -595,11 +596,6 @@ struct SubBlock16Step {
       sum = Dpwssd(sum, Dpbusd(zero, w.codes[k], _mm512_load_si512(x + k)), w.scales[k]);
     }
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(w.d, StepXScale(x)), acc);
-  }
-  // The int8 scales of the 16 sub-blocks, as W::all and W::scales.
-  static SLLM_VNNI HWY_INLINE void SetScales(__m128i scales, W& w) {
-    w.all = _mm512_cvtepu16_epi32(_mm256_cvtepi8_epi16(scales));
-    SpreadScales<4>(w.all, w.scales);
   }
 };
 
@@ -683,7 +679,9 @@ struct Q6KStep : SubBlock16Step<5> {
           HighNibbles(ql),
           _mm512_gf2p8affine_epi64_epi8(qh, HalvesMap(BitsTo(4, 4, 2), BitsTo(4, 6, 2)), 0));
     }
-    SetScales(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192)), w);
+    w.all = _mm512_cvtepu16_epi32(
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 192))));
+    SpreadScales<4>(w.all, w.scales);
     w.d = BroadcastHalf(p + offsetof(BlockQ6_K, d));
     return w;
   }
@@ -1062,21 +1060,26 @@ struct SubBlockPanel {
   }
 };
 
-// The code groups of a block's 64 bytes of 2-bit codes (Q2_K's, and Q3_K's low bits) at qs in
-// each of the live rows: group 4j + g holds values 4g..4g+3 of sub-block j of 16 (value l of
-// quarter k of half h is bit pair k of qs[32h + l]).
-SLLM_VNNI HWY_INLINE void PackBitPairs(const uint8_t* qs, size_t row_bytes, size_t live,
-                                       uint8_t* out) {
-  for (size_t h = 0; h < 2; ++h) {
-    for (size_t c = 0; c < 2; ++c) {
+// The code groups of a block's 64 bytes of 2-bit codes at qs in each of the live rows: group
+// 4j + g holds values 4g..4g+3 of sub-block j of 16 (value l of quarter k of half h is bit pair k
+// of qs[32h + l]). With hmask (Q3_K), plus 4 where bit 4h + k of hmask[l] is set.
+SLLM_VNNI HWY_INLINE void PackBitPairs(const uint8_t* qs, const uint8_t* hmask, size_t row_bytes,
+                                       size_t live, uint8_t* out) {
+  for (size_t c = 0; c < 2; ++c) {
+    __m512i top[4] = {};
+    if (hmask != nullptr) TransposeRows(hmask, row_bytes, live, 16 * c, top);
+    for (size_t h = 0; h < 2; ++h) {
       __m512i bytes[4];
       TransposeRows(qs, row_bytes, live, 32 * h + 16 * c, bytes);
       for (size_t g = 0; g < 4; ++g) {
         for (size_t k = 0; k < 4; ++k) {
           const size_t group = 32 * h + 8 * k + 4 * c + g;  // values 4 group..
-          _mm512_store_si512(
-              out + group * kItemBytes,
-              _mm512_and_si512(_mm512_srli_epi32(bytes[g], unsigned(2 * k)), _mm512_set1_epi8(3)));
+          const __m512i low =
+              _mm512_and_si512(_mm512_srli_epi32(bytes[g], unsigned(2 * k)), _mm512_set1_epi8(3));
+          const __mmask64 set =
+              _mm512_test_epi8_mask(top[g], _mm512_set1_epi8(char(1 << (4 * h + k))));
+          _mm512_store_si512(out + group * kItemBytes,
+                             _mm512_mask_add_epi8(low, set, low, _mm512_set1_epi8(4)));
         }
       }
     }
@@ -1198,12 +1201,11 @@ struct ScaleMinPanel : ScaleMinPanelBase<ScaleMinPanel<kHighBit>, 8> {
 struct Q2KPanel : ScaleMinPanelBase<Q2KPanel, 16> {
   static constexpr size_t kBlockBytes = sizeof(BlockQ2_K);
   static SLLM_VNNI void PackBlock(const uint8_t* p, size_t row_bytes, size_t live, uint8_t* out) {
-    PackBitPairs(p + offsetof(BlockQ2_K, qs), row_bytes, live, out);
+    PackBitPairs(p + offsetof(BlockQ2_K, qs), nullptr, row_bytes, live, out);
     PackScaleMins(
         p, row_bytes, live, offsetof(BlockQ2_K, d),
         [](const uint8_t* row, size_t j, uint8_t* scale, uint8_t* min) {
-          *scale = row[j] & 0x0f;
-          *min = row[j] >> 4;
+          unpack_q2_k_scales(row + offsetof(BlockQ2_K, scales), j, scale, min);
         },
         out);
   }
@@ -1259,29 +1261,11 @@ struct SubBlock16Panel : SubBlockPanel<Panel> {
   }
 };
 
-// Q3_K: code 4 + value, the bit pairs as Q2_K's plus 4 where the bit of hmask is set (see
-// q3_k_code).
+// Q3_K: code 4 + value, the bit pairs and hmask bits (see q3_k_code).
 struct Q3KPanel : SubBlock16Panel<Q3KPanel, 4> {
   static constexpr size_t kBlockBytes = sizeof(BlockQ3_K);
   static SLLM_VNNI void PackBlock(const uint8_t* p, size_t row_bytes, size_t live, uint8_t* out) {
-    const __m512i four = _mm512_set1_epi8(4);
-    PackBitPairs(p + offsetof(BlockQ3_K, qs), row_bytes, live, out);
-    // Values l..l+15 (l = 16 c) of quarter k of half h: top bits in hmask[l..].
-    for (size_t c = 0; c < 2; ++c) {
-      __m512i hmask[4];
-      TransposeRows(p, row_bytes, live, offsetof(BlockQ3_K, hmask) + 16 * c, hmask);
-      for (size_t h = 0; h < 2; ++h) {
-        for (size_t g = 0; g < 4; ++g) {
-          for (size_t k = 0; k < 4; ++k) {
-            uint8_t* group = out + (32 * h + 8 * k + 4 * c + g) * kItemBytes;
-            const __m512i low = _mm512_load_si512(group);
-            const __mmask64 top =
-                _mm512_test_epi8_mask(hmask[g], _mm512_set1_epi8(char(1 << (4 * h + k))));
-            _mm512_store_si512(group, _mm512_mask_add_epi8(low, top, low, four));
-          }
-        }
-      }
-    }
+    PackBitPairs(p + offsetof(BlockQ3_K, qs), p + offsetof(BlockQ3_K, hmask), row_bytes, live, out);
     PackScales(
         p, row_bytes, live, offsetof(BlockQ3_K, d),
         [](const uint8_t* row, size_t j) {

@@ -145,6 +145,12 @@ inline int k_bit_pair(const uint8_t* qs, size_t i) {
 inline int q2_k_code(const BlockQ2_K& b, size_t i) {
   return k_bit_pair(b.qs, i);
 }
+// The 4-bit scale and min of sub-block j (0..15) of a Q2_K block: the low and high nibble of
+// scales[j].
+inline void unpack_q2_k_scales(const uint8_t* scales, size_t j, uint8_t* scale, uint8_t* min) {
+  *scale = scales[j] & 0x0f;
+  *min = scales[j] >> 4;
+}
 
 // The scale of sub-block j (0..15) of a Q3_K block, -32..31: its low 4 bits are a nibble of
 // scales[j % 8] (the low one for j < 8), its top 2 bits the bit pair j / 4 of scales[8 + j % 4].

@@ -52,6 +52,28 @@ inline void pack_low_nibbles(const int (&codes)[kQuantBlock], uint8_t (&qs)[kQua
   }
 }
 
+// What the reference code reads of a K-quant block: sub-block j's scale and min (Q2_K, Q4_K,
+// Q5_K), or the value of code i and sub-block j's signed scale (Q3_K, Q6_K).
+inline void block_scale_min(const BlockQ2_K& b, size_t j, uint8_t* scale, uint8_t* min) {
+  unpack_q2_k_scales(b.scales, j, scale, min);
+}
+template <typename Block>  // Q4_K, Q5_K
+void block_scale_min(const Block& b, size_t j, uint8_t* scale, uint8_t* min) {
+  unpack_q4_k_scales(b.scales, int(j), scale, min);
+}
+inline int block_value(const BlockQ3_K& b, size_t i) {
+  return q3_k_code(b, i) - 4;
+}
+inline int block_value(const BlockQ6_K& b, size_t i) {
+  return q6_k_code(b, i) - 32;
+}
+inline int block_scale(const BlockQ3_K& b, size_t j) {
+  return q3_k_scale(b.scales, j);
+}
+inline int block_scale(const BlockQ6_K& b, size_t j) {
+  return b.scales[j];
+}
+
 }  // namespace detail
 
 namespace ref {
@@ -131,25 +153,37 @@ void dequantize_row_q5_0(const BlockQ5_0* x, float* y, size_t n) {
   }
 }
 
-// Q4_K and Q5_K differ only in their codes.
-template <typename Block>
+// Q2_K, Q4_K and Q5_K: value = d * scale * code - dmin * min per sub-block of kSubBlock values.
+template <size_t kSubBlock, typename Block>
 void dequantize_scale_min(TensorType type, const Block* x, float* y, size_t n,
                           int (*code)(const Block&, size_t)) {
   const size_t nb = detail::quant_blocks(type, n);
   for (size_t b = 0; b < nb; ++b) {
     const float d = fp16_to_f32(x[b].d), dmin = fp16_to_f32(x[b].dmin);
-    for (int j = 0; j < 8; ++j) {
+    for (size_t j = 0; j < kSuperBlock / kSubBlock; ++j) {
       uint8_t scale, min;
-      unpack_q4_k_scales(x[b].scales, j, &scale, &min);
-      for (size_t i = 32 * size_t(j); i < 32 * size_t(j) + 32; ++i) {
+      detail::block_scale_min(x[b], j, &scale, &min);
+      for (size_t i = kSubBlock * j; i < kSubBlock * j + kSubBlock; ++i) {
         *y++ = d * scale * code(x[b], i) - dmin * min;
       }
     }
   }
 }
 
+// Q3_K and Q6_K: value = d * scale * (code - offset) per sub-block of 16 values.
+template <typename Block>
+void dequantize_signed_scales(TensorType type, const Block* x, float* y, size_t n) {
+  const size_t nb = detail::quant_blocks(type, n);
+  for (size_t b = 0; b < nb; ++b) {
+    const float d = fp16_to_f32(x[b].d);
+    for (size_t i = 0; i < kSuperBlock; ++i) {
+      *y++ = d * detail::block_scale(x[b], i / 16) * detail::block_value(x[b], i);
+    }
+  }
+}
+
 void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n) {
-  dequantize_scale_min(TensorType::Q4_K, x, y, n, q4_k_code);
+  dequantize_scale_min<32>(TensorType::Q4_K, x, y, n, q4_k_code);
 }
 
 void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n) {
@@ -171,32 +205,15 @@ void quantize_row_q8_k(const float* x, BlockQ8_K* y, size_t n) {
 }
 
 void dequantize_row_q2_k(const BlockQ2_K* x, float* y, size_t n) {
-  const size_t nb = detail::quant_blocks(TensorType::Q2_K, n);
-  for (size_t b = 0; b < nb; ++b) {
-    const float d = fp16_to_f32(x[b].d), dmin = fp16_to_f32(x[b].dmin);
-    for (size_t i = 0; i < kSuperBlock; ++i) {
-      const int scale = x[b].scales[i / 16] & 0x0f, min = x[b].scales[i / 16] >> 4;
-      *y++ = d * scale * q2_k_code(x[b], i) - dmin * min;
-    }
-  }
+  dequantize_scale_min<16>(TensorType::Q2_K, x, y, n, q2_k_code);
 }
 
 void dequantize_row_q3_k(const BlockQ3_K* x, float* y, size_t n) {
-  const size_t nb = detail::quant_blocks(TensorType::Q3_K, n);
-  for (size_t b = 0; b < nb; ++b) {
-    const float d = fp16_to_f32(x[b].d);
-    for (size_t i = 0; i < kSuperBlock; ++i)
-      *y++ = d * q3_k_scale(x[b].scales, i / 16) * (q3_k_code(x[b], i) - 4);
-  }
+  dequantize_signed_scales(TensorType::Q3_K, x, y, n);
 }
 
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n) {
-  const size_t nb = detail::quant_blocks(TensorType::Q6_K, n);
-  for (size_t b = 0; b < nb; ++b) {
-    const float d = fp16_to_f32(x[b].d);
-    for (size_t i = 0; i < kSuperBlock; ++i)
-      *y++ = d * x[b].scales[i / 16] * (q6_k_code(x[b], i) - 32);
-  }
+  dequantize_signed_scales(TensorType::Q6_K, x, y, n);
 }
 
 }  // namespace ref
@@ -539,7 +556,7 @@ void quantize_row_q5_k(const float* x, BlockQ5_K* y, size_t n) {
 }
 
 void dequantize_row_q5_k(const BlockQ5_K* x, float* y, size_t n) {
-  dequantize_scale_min(TensorType::Q5_K, x, y, n, q5_k_code);
+  dequantize_scale_min<32>(TensorType::Q5_K, x, y, n, q5_k_code);
 }
 
 void quantize_row_q6_k(const float* x, BlockQ6_K* y, size_t n) {
@@ -632,17 +649,16 @@ float dot_q5_0(const BlockQ5_0* w, const BlockQ8_0* x, size_t n) {
 
 // Q2_K, Q4_K and Q5_K: per sub-block of kSubBlock values, its scale times the dot product of the
 // codes and the activation codes, and its min times the sum of the activation codes.
-// scale_min(block, j, &scale, &min) unpacks sub-block j's.
-template <size_t kSubBlock, typename Block, typename ScaleMin>
+template <size_t kSubBlock, typename Block>
 float dot_scale_min(TensorType type, const Block* w, const BlockQ8_K* x, size_t n,
-                    int (*code)(const Block&, size_t), ScaleMin scale_min) {
+                    int (*code)(const Block&, size_t)) {
   const size_t nb = detail::quant_blocks(type, n);
   float sum = 0.0f;
   for (size_t b = 0; b < nb; ++b) {
     int32_t scaled = 0, mins = 0;
     for (size_t j = 0; j < kSuperBlock / kSubBlock; ++j) {
       uint8_t scale, min;
-      scale_min(w[b], j, &scale, &min);
+      detail::block_scale_min(w[b], j, &scale, &min);
       int32_t dot = 0, codes = 0;
       for (size_t i = kSubBlock * j; i < kSubBlock * j + kSubBlock; ++i) {
         dot += code(w[b], i) * int32_t(x[b].qs[i]);
@@ -656,41 +672,32 @@ float dot_scale_min(TensorType type, const Block* w, const BlockQ8_K* x, size_t 
   return sum;
 }
 
-// Q4_K's and Q5_K's packed 6-bit scales and mins.
-template <typename Block>
-void q4_k_scale_min(const Block& b, size_t j, uint8_t* scale, uint8_t* min) {
-  unpack_q4_k_scales(b.scales, int(j), scale, min);
-}
-
 float dot_q4_k(const BlockQ4_K* w, const BlockQ8_K* x, size_t n) {
-  return dot_scale_min<32>(TensorType::Q4_K, w, x, n, q4_k_code, q4_k_scale_min<BlockQ4_K>);
+  return dot_scale_min<32>(TensorType::Q4_K, w, x, n, q4_k_code);
 }
 
 float dot_q5_k(const BlockQ5_K* w, const BlockQ8_K* x, size_t n) {
-  return dot_scale_min<32>(TensorType::Q5_K, w, x, n, q5_k_code, q4_k_scale_min<BlockQ5_K>);
+  return dot_scale_min<32>(TensorType::Q5_K, w, x, n, q5_k_code);
 }
 
 float dot_q2_k(const BlockQ2_K* w, const BlockQ8_K* x, size_t n) {
-  return dot_scale_min<16>(TensorType::Q2_K, w, x, n, q2_k_code,
-                           [](const BlockQ2_K& b, size_t j, uint8_t* scale, uint8_t* min) {
-                             *scale = b.scales[j] & 0x0f;
-                             *min = b.scales[j] >> 4;
-                           });
+  return dot_scale_min<16>(TensorType::Q2_K, w, x, n, q2_k_code);
 }
 
 // Q3_K and Q6_K: per sub-block of 16 the dot product of the values (codes less their offset) and
 // the activation codes times the sub-block's signed scale.
-template <typename Block, typename Value, typename Scale>
-float dot_signed_scales(TensorType type, const Block* w, const BlockQ8_K* x, size_t n, Value value,
-                        Scale scale) {
+template <typename Block>
+float dot_signed_scales(TensorType type, const Block* w, const BlockQ8_K* x, size_t n) {
   const size_t nb = detail::quant_blocks(type, n);
   float sum = 0.0f;
   for (size_t b = 0; b < nb; ++b) {
     int32_t scaled = 0;
     for (size_t j = 0; j < kSuperBlock / 16; ++j) {
       int32_t dot = 0;
-      for (size_t i = 16 * j; i < 16 * j + 16; ++i) dot += value(w[b], i) * int32_t(x[b].qs[i]);
-      scaled += scale(w[b], j) * dot;
+      for (size_t i = 16 * j; i < 16 * j + 16; ++i) {
+        dot += detail::block_value(w[b], i) * int32_t(x[b].qs[i]);
+      }
+      scaled += detail::block_scale(w[b], j) * dot;
     }
     sum += x[b].d * (fp16_to_f32(w[b].d) * float(scaled));
   }
@@ -698,15 +705,11 @@ float dot_signed_scales(TensorType type, const Block* w, const BlockQ8_K* x, siz
 }
 
 float dot_q3_k(const BlockQ3_K* w, const BlockQ8_K* x, size_t n) {
-  return dot_signed_scales(
-      TensorType::Q3_K, w, x, n, [](const BlockQ3_K& b, size_t i) { return q3_k_code(b, i) - 4; },
-      [](const BlockQ3_K& b, size_t j) { return q3_k_scale(b.scales, j); });
+  return dot_signed_scales(TensorType::Q3_K, w, x, n);
 }
 
 float dot_q6_k(const BlockQ6_K* w, const BlockQ8_K* x, size_t n) {
-  return dot_signed_scales(
-      TensorType::Q6_K, w, x, n, [](const BlockQ6_K& b, size_t i) { return q6_k_code(b, i) - 32; },
-      [](const BlockQ6_K& b, size_t j) { return int(b.scales[j]); });
+  return dot_signed_scales(TensorType::Q6_K, w, x, n);
 }
 
 }  // namespace ref
