@@ -4117,27 +4117,18 @@ struct Q6KStep : SubBlock16Step<5> {
   }
 };
 
-// The prepared activation vectors of n tokens from t0: token t, step s at
+// The prepared activation vectors of x's tokens: token t, step s at
 // out + (t * steps + s) * Step::kXVectors.
 template <class Step>
-SLLM_VNNI void PrepareTokens(const sllm::detail::QuantizedActivations& x, size_t t0, size_t n,
-                             size_t steps, __m512i* out) {
+SLLM_VNNI void PrepareTokens(const sllm::detail::QuantizedActivations& x, size_t steps,
+                             __m512i* out) {
   constexpr size_t kStepValues = Step::kBlocks * Step::kBlockValues;
-  for (size_t t = 0; t < n; ++t) {
+  for (size_t t = 0; t < x.n; ++t) {
     for (size_t s = 0; s < steps; ++s) {
-      Step::PrepareX(x.codes(t0 + t) + s * kStepValues, x.scales(t0 + t) + s * Step::kBlocks,
-                     x.sums(t0 + t) + s * kStepValues / 16,
-                     out + (t * steps + s) * Step::kXVectors);
+      Step::PrepareX(x.codes(t) + s * kStepValues, x.scales(t) + s * Step::kBlocks,
+                     x.sums(t) + s * kStepValues / 16, out + (t * steps + s) * Step::kXVectors);
     }
   }
-}
-
-// One step of one row for T tokens: `bytes` of the row from p, added to acc.
-template <class Step, int T, bool kWhole>
-SLLM_VNNI HWY_INLINE void DirectStep(const uint8_t* p, size_t bytes, const __m512i* const (&xp)[T],
-                                     size_t s, __m512 (&acc)[T]) {
-  const typename Step::W wv = Step::template LoadW<kWhole>(p, bytes);
-  for (int t = 0; t < T; ++t) acc[t] = Step::Accumulate(wv, xp[t] + s * Step::kXVectors, acc[t]);
 }
 
 // The sums of the lanes of a, b, c and d, in lanes 0..3: one reduction for all four costs
@@ -4154,70 +4145,95 @@ SLLM_VNNI HWY_INLINE __m128 SumLanes4(__m512 a, __m512 b, __m512 c, __m512 d) {
   return _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
 }
 
-// Row r of the weights times T prepared tokens from t0. Even and odd steps add to separate
-// accumulators, which halves the chain of dependent additions.
-template <class Step, int T>
-SLLM_VNNI void DirectRow(const uint8_t* row, size_t nb, const __m512i* prepared, size_t steps,
-                         size_t t0, float* y, size_t y_stride, size_t r) {
+// From this many activation rows on, packing panels is faster than streaming the weights.
+constexpr size_t kPackedMinTokens = 5;
+
+// How far ahead of the bytes being read the direct kernel asks for weights, into L2 (vprefetch1;
+// a prefetch past the end of the mapping is dropped, never a fault). With only the hardware
+// prefetchers, four tokens per step cost 1.5-1.8 times one; asking 8 KiB ahead (4-12 KiB
+// measured alike, 16 KiB slower; into L1 slower) brings that to 1.2-1.4.
+constexpr size_t kDirectPrefetchBytes = 8192;
+
+// kRows consecutive rows from r (kRows * row_bytes bytes from rows) times T prepared tokens. Two
+// rows at a time keep twice the independent chains of sums in flight, and the prefetches walk the
+// pair's bytes in order, as the rows advance.
+template <class Step, int T, int kRows>
+SLLM_VNNI void DirectRows(const uint8_t* rows, size_t row_bytes, size_t nb, const __m512i* prepared,
+                          size_t steps, float* y, size_t y_stride, size_t r) {
   constexpr size_t kStepBytes = Step::kBlocks * Step::kBlockBytes;
-  const __m512i* xp[T];
-  for (int t = 0; t < T; ++t) xp[t] = prepared + size_t(t) * steps * Step::kXVectors;
-  __m512 even[T], odd[T];
-  for (int t = 0; t < T; ++t) even[t] = odd[t] = _mm512_setzero_ps();
+  __m512 acc[kRows][T];
+  for (int i = 0; i < kRows; ++i) {
+    for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
+  }
+  auto step = [&](auto whole_step, size_t s, size_t bytes) SLLM_VNNI {
+    for (int i = 0; i < kRows; ++i) {
+      const typename Step::W w = Step::template LoadW<decltype(whole_step)::value>(
+          rows + i * row_bytes + s * kStepBytes, bytes);
+      for (int t = 0; t < T; ++t) {
+        const __m512i* x = prepared + (size_t(t) * steps + s) * Step::kXVectors;
+        acc[i][t] = Step::Accumulate(w, x, acc[i][t]);
+      }
+    }
+  };
+  const uint8_t* ahead = rows + kDirectPrefetchBytes;
   const size_t whole = nb / Step::kBlocks;
   size_t s = 0;
-  for (; s + 2 <= whole; s += 2) {
-    DirectStep<Step, T, true>(row + s * kStepBytes, kStepBytes, xp, s, even);
-    DirectStep<Step, T, true>(row + (s + 1) * kStepBytes, kStepBytes, xp, s + 1, odd);
+  for (; s < whole; ++s) {
+    for (size_t b = 0; b < kRows * kStepBytes; b += 64) {
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + kRows * s * kStepBytes + b), _MM_HINT_T1);
+    }
+    step(std::true_type(), s, kStepBytes);
   }
-  if (s < whole) {
-    DirectStep<Step, T, true>(row + s * kStepBytes, kStepBytes, xp, s, even);
-    ++s;
+  if (s < steps) step(std::false_type(), s, (nb - s * Step::kBlocks) * Step::kBlockBytes);
+  for (int i = 0; i < kRows; ++i) {
+    __m512 sum[4];
+    for (int t = 0; t < 4; ++t) sum[t] = t < T ? acc[i][t] : _mm512_setzero_ps();
+    alignas(16) float dots[4];
+    _mm_store_ps(dots, SumLanes4(sum[0], sum[1], sum[2], sum[3]));
+    for (int t = 0; t < T; ++t) y[t * y_stride + r + i] = dots[t];
   }
-  if (s < steps) {
-    DirectStep<Step, T, false>(row + s * kStepBytes, (nb - s * Step::kBlocks) * Step::kBlockBytes,
-                               xp, s, odd);
-  }
-  __m512 sum[4];
-  for (int t = 0; t < 4; ++t) sum[t] = t < T ? _mm512_add_ps(even[t], odd[t]) : _mm512_setzero_ps();
-  alignas(16) float dots[4];
-  _mm_store_ps(dots, SumLanes4(sum[0], sum[1], sum[2], sum[3]));
-  for (int t = 0; t < T; ++t) y[(t0 + t) * y_stride + r] = dots[t];
 }
 
-// Rows [row_begin, row_end) for x's tokens, up to four at a time: each weight row is read from
-// memory once for all the tokens (its bytes stay in L1 from one group of tokens to the next),
-// which is what a batch of sequences decoding together needs.
+// Rows [row_begin, row_end) times T prepared tokens, two rows at a time.
+template <class Step, int T>
+SLLM_VNNI void DirectTokens(const uint8_t* w, size_t row_bytes, size_t nb, const __m512i* prepared,
+                            size_t steps, float* y, size_t y_stride, size_t row_begin,
+                            size_t row_end) {
+  size_t r = row_begin;
+  for (; r + 2 <= row_end; r += 2) {
+    DirectRows<Step, T, 2>(w + r * row_bytes, row_bytes, nb, prepared, steps, y, y_stride, r);
+  }
+  if (r < row_end) {
+    DirectRows<Step, T, 1>(w + r * row_bytes, row_bytes, nb, prepared, steps, y, y_stride, r);
+  }
+}
+
+// Rows [row_begin, row_end) for x's tokens, fewer than kPackedMinTokens: each weight row is read
+// from memory once for all the tokens, which is what a batch of sequences decoding together needs.
 template <class Step>
 SLLM_VNNI void DirectMatmul(const uint8_t* w, size_t row_bytes, size_t nb,
                             const sllm::detail::QuantizedActivations& x, float* y, size_t y_stride,
                             size_t row_begin, size_t row_end) {
+  static_assert(kPackedMinTokens == 5, "DirectMatmul takes 1 to 4 tokens");
   const size_t steps = (nb + Step::kBlocks - 1) / Step::kBlocks;
-  const size_t token_vectors = steps * Step::kXVectors;
   static thread_local sllm::detail::AlignedBuffer<uint8_t> buffer;
-  const size_t bytes = x.n * token_vectors * sizeof(__m512i);
+  const size_t bytes = x.n * steps * Step::kXVectors * sizeof(__m512i);
   if (buffer.size() < bytes) buffer.resize(bytes);
   __m512i* prepared = reinterpret_cast<__m512i*>(buffer.data());
-  PrepareTokens<Step>(x, 0, x.n, steps, prepared);
-  for (size_t r = row_begin; r < row_end; ++r) {
-    const uint8_t* row = w + r * row_bytes;
-    for (size_t t0 = 0; t0 < x.n; t0 += 4) {
-      const __m512i* xp = prepared + t0 * token_vectors;
-      switch (std::min<size_t>(4, x.n - t0)) {
-        case 4:
-          DirectRow<Step, 4>(row, nb, xp, steps, t0, y, y_stride, r);
-          break;
-        case 3:
-          DirectRow<Step, 3>(row, nb, xp, steps, t0, y, y_stride, r);
-          break;
-        case 2:
-          DirectRow<Step, 2>(row, nb, xp, steps, t0, y, y_stride, r);
-          break;
-        default:
-          DirectRow<Step, 1>(row, nb, xp, steps, t0, y, y_stride, r);
-          break;
-      }
-    }
+  PrepareTokens<Step>(x, steps, prepared);
+  switch (x.n) {
+    case 1:
+      return DirectTokens<Step, 1>(w, row_bytes, nb, prepared, steps, y, y_stride, row_begin,
+                                   row_end);
+    case 2:
+      return DirectTokens<Step, 2>(w, row_bytes, nb, prepared, steps, y, y_stride, row_begin,
+                                   row_end);
+    case 3:
+      return DirectTokens<Step, 3>(w, row_bytes, nb, prepared, steps, y, y_stride, row_begin,
+                                   row_end);
+    default:
+      return DirectTokens<Step, 4>(w, row_bytes, nb, prepared, steps, y, y_stride, row_begin,
+                                   row_end);
   }
 }
 
@@ -4795,9 +4811,6 @@ SLLM_VNNI void PackedMatmul(TensorType type, const uint8_t* w, size_t row_bytes,
     PanelTokens<Panel>(buf.panel.data(), nb, buf.starts.data(), x, y, y_stride, r, n_rows);
   }
 }
-
-// From this many activation rows on, packing panels is faster than streaming the weights.
-constexpr size_t kPackedMinTokens = 5;
 
 template <class Step, class Panel>
 SLLM_VNNI void MatmulType(TensorType type, const uint8_t* w, size_t cols, size_t row_bytes,
