@@ -3505,6 +3505,17 @@ SLLM_VNNI HWY_INLINE __m512i Dpwssd(__m512i acc, __m512i a, __m512i b) {
   return _mm512_dpwssd_epi32(acc, a, b);
 }
 
+// v, kept in a register: an activation vector that several weight rows multiply is loaded once,
+// where GCC would fold its load into each instruction that reads it and so load it once per row.
+SLLM_VNNI HWY_INLINE __m512i InRegister(__m512i v) {
+  asm("" : "+v"(v));
+  return v;
+}
+SLLM_VNNI HWY_INLINE __m512 InRegister(__m512 v) {
+  asm("" : "+v"(v));
+  return v;
+}
+
 // Transposes the 4x4 matrices of 32-bit lanes in each 128-bit chunk of a, b, c, d.
 SLLM_VNNI HWY_INLINE void Transpose4x4(__m512i& a, __m512i& b, __m512i& c, __m512i& d) {
   const __m512i ab_lo = _mm512_unpacklo_epi32(a, b);
@@ -3526,12 +3537,14 @@ SLLM_VNNI HWY_INLINE __m512i LoadStepBytes(const uint8_t* p, size_t offset, size
   return _mm512_maskz_loadu_epi8(_bzhi_u64(~0ull, unsigned(n)), p + offset);
 }
 
-// The direct kernel (decode and small batches) streams the weight rows in their GGUF layout, one
-// row after another so that the hardware prefetcher sees one sequential stream, and takes a step
-// of kBlocks blocks of kBlockValues values at a time: 256 activation codes (8 Q8_0 blocks), 512
-// (16 Q4_0 blocks) or 256 (1 K-quant block). What depends only on the activations is prepared once
-// per call, kXVectors vectors per step and token (PrepareX), and Accumulate adds a step of one
-// weight row times one token to a vector of f32 partial sums.
+// The direct kernel (decode and small batches) streams the weight rows in their GGUF layout, two
+// rows at a time, and takes a step of kBlocks blocks of kBlockValues values at a time: 256
+// activation codes (8 Q8_0 blocks), 512 (16 Q4_0 blocks) or 256 (1 K-quant block). What depends
+// only on the activations is prepared once per call, kXVectors vectors per step and token
+// (PrepareX), and Accumulate adds a step of the weight rows times one token to a vector of f32
+// partial sums per row. Where kRowsShareActivations, Accumulate takes both rows and loads each
+// activation vector once for them; otherwise (K-quants, whose weights of two rows fill the
+// registers: sharing spilled and measured slower) it takes one row.
 //
 // Q8_0 and Q4_0: the weights of a step are transposed so that every int32 lane of vpdpbusd adds
 // the products of one block only, over all the step's code vectors: lane i of a Q4_0 step sums
@@ -3599,22 +3612,29 @@ struct LaneBlockW {
   __m512 scales;  // the weight scale of each lane's block
 };
 
-template <class Step>
-SLLM_VNNI HWY_INLINE __m512 AccumulateLanes(const typename Step::W& w, const __m512i* x,
-                                            __m512 acc) {
-  __m512i sum = _mm512_load_si512(x + Step::kCodeVectors);
+template <class Step, int kRows>
+SLLM_VNNI HWY_INLINE void AccumulateLanes(const typename Step::W (&w)[kRows], const __m512i* x,
+                                          __m512 (&acc)[kRows]) {
+  const __m512i start = InRegister(_mm512_load_si512(x + Step::kCodeVectors));
+  __m512i sum[kRows];
+  for (int i = 0; i < kRows; ++i) sum[i] = start;
   for (size_t k = 0; k < Step::kCodeVectors; ++k) {
-    sum = Dpbusd(sum, w.codes[k], _mm512_load_si512(x + k));
+    const __m512i xk = InRegister(_mm512_load_si512(x + k));
+    for (int i = 0; i < kRows; ++i) sum[i] = Dpbusd(sum[i], w[i].codes[k], xk);
   }
-  const __m512 scale = _mm512_mul_ps(
-      w.scales, _mm512_load_ps(reinterpret_cast<const float*>(x + Step::kXVectors - 1)));
-  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, acc);
+  const __m512 x_scales =
+      InRegister(_mm512_load_ps(reinterpret_cast<const float*>(x + Step::kXVectors - 1)));
+  for (int i = 0; i < kRows; ++i) {
+    acc[i] =
+        _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum[i]), _mm512_mul_ps(w[i].scales, x_scales), acc[i]);
+  }
 }
 
 // Q8_0: 8 blocks. Code vector j of a pair of blocks (2j, 2j + 1) holds their 64 codes in order;
 // transposing the 4x4 int32 lanes of each 128-bit chunk of the 4 vectors gives lane 4c + m of
 // vector k codes 4(c % 2) + k.. of block 2m + c / 2: each lane keeps to half of one block.
 struct Q8Step {
+  static constexpr bool kRowsShareActivations = true;
   static constexpr size_t kBlockBytes = kQ8Bytes;
   static constexpr size_t kBlockValues = kQuantBlock;
   static constexpr size_t kBlocks = 8;
@@ -3654,8 +3674,10 @@ struct Q8Step {
     w.scales = LaneWeightScales<Q8Step, kWhole>(p, bytes);
     return w;
   }
-  static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
-    return AccumulateLanes<Q8Step>(w, x, acc);
+  template <int kRows>
+  static SLLM_VNNI HWY_INLINE void Accumulate(const W (&w)[kRows], const __m512i* x,
+                                              __m512 (&acc)[kRows]) {
+    AccumulateLanes<Q8Step, kRows>(w, x, acc);
   }
 };
 
@@ -3732,6 +3754,7 @@ SLLM_VNNI HWY_INLINE void LoadNibbles(const uint8_t* p, size_t bytes, __m512i (&
 // 4k.. and 16 + 4k.. of the lane's block). The correction is 8 times the sum of each lane's codes
 // (the weight codes are value + 8).
 struct Q4Step {
+  static constexpr bool kRowsShareActivations = true;
   static constexpr size_t kBlockBytes = kQ4Bytes;
   static constexpr size_t kBlockValues = kQuantBlock;
   static constexpr size_t kBlocks = 16;
@@ -3751,8 +3774,10 @@ struct Q4Step {
     w.scales = LaneWeightScales<Q4Step, kWhole>(p, bytes);
     return w;
   }
-  static SLLM_VNNI HWY_INLINE __m512 Accumulate(const W& w, const __m512i* x, __m512 acc) {
-    return AccumulateLanes<Q4Step>(w, x, acc);
+  template <int kRows>
+  static SLLM_VNNI HWY_INLINE void Accumulate(const W (&w)[kRows], const __m512i* x,
+                                              __m512 (&acc)[kRows]) {
+    AccumulateLanes<Q4Step, kRows>(w, x, acc);
   }
 };
 
@@ -3861,6 +3886,7 @@ SLLM_VNNI HWY_INLINE void BroadcastHalves(const uint8_t* p, __m512& first, __m51
 template <bool kHighBit>
 struct ScaleMinStep {
   using Block = ScaleMinBlock<kHighBit>;
+  static constexpr bool kRowsShareActivations = false;
   static constexpr size_t kBlockBytes = Block::kBytes;
   static constexpr size_t kBlockValues = kSuperBlock;
   static constexpr size_t kBlocks = 1;
@@ -3975,6 +4001,7 @@ SLLM_VNNI HWY_INLINE __m512i KBitPairs(const uint8_t* qs, int k) {
 // Q2_K: the codes in their order (KBitPairs), and Q4_K's W and Accumulate with one scale and one
 // min per 16 codes (mins in every lane).
 struct Q2KStep {
+  static constexpr bool kRowsShareActivations = false;
   static constexpr size_t kBlockBytes = sizeof(BlockQ2_K);
   static constexpr size_t kBlockValues = kSuperBlock;
   static constexpr size_t kBlocks = 1;
@@ -4004,6 +4031,7 @@ struct Q2KStep {
 // plus 2^kOffsetShift (unsigned); a Step adds LoadW.
 template <int kOffsetShift>
 struct SubBlock16Step {
+  static constexpr bool kRowsShareActivations = false;
   static constexpr size_t kBlockValues = kSuperBlock;
   static constexpr size_t kBlocks = 1;
   static constexpr size_t kXVectors = 6;
@@ -4161,17 +4189,24 @@ template <class Step, int T, int kRows>
 SLLM_VNNI void DirectRows(const uint8_t* rows, size_t row_bytes, size_t nb, const __m512i* prepared,
                           size_t steps, float* y, size_t y_stride, size_t r) {
   constexpr size_t kStepBytes = Step::kBlocks * Step::kBlockBytes;
-  __m512 acc[kRows][T];
-  for (int i = 0; i < kRows; ++i) {
-    for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
+  __m512 acc[T][kRows];
+  for (int t = 0; t < T; ++t) {
+    for (int i = 0; i < kRows; ++i) acc[t][i] = _mm512_setzero_ps();
   }
   auto step = [&](auto whole_step, size_t s, size_t bytes) SLLM_VNNI {
-    for (int i = 0; i < kRows; ++i) {
-      const typename Step::W w = Step::template LoadW<decltype(whole_step)::value>(
-          rows + i * row_bytes + s * kStepBytes, bytes);
-      for (int t = 0; t < T; ++t) {
-        const __m512i* x = prepared + (size_t(t) * steps + s) * Step::kXVectors;
-        acc[i][t] = Step::Accumulate(w, x, acc[i][t]);
+    constexpr bool kWhole = decltype(whole_step)::value;
+    const uint8_t* p = rows + s * kStepBytes;
+    const __m512i* x = prepared + s * Step::kXVectors;  // token t's at x + t * token_vectors
+    const size_t token_vectors = steps * Step::kXVectors;
+    if constexpr (Step::kRowsShareActivations) {
+      typename Step::W w[kRows];
+      for (int i = 0; i < kRows; ++i) w[i] = Step::template LoadW<kWhole>(p + i * row_bytes, bytes);
+      for (int t = 0; t < T; ++t) Step::Accumulate(w, x + t * token_vectors, acc[t]);
+    } else {
+      for (int i = 0; i < kRows; ++i) {
+        const typename Step::W w = Step::template LoadW<kWhole>(p + i * row_bytes, bytes);
+        for (int t = 0; t < T; ++t)
+          acc[t][i] = Step::Accumulate(w, x + t * token_vectors, acc[t][i]);
       }
     }
   };
@@ -4187,7 +4222,7 @@ SLLM_VNNI void DirectRows(const uint8_t* rows, size_t row_bytes, size_t nb, cons
   if (s < steps) step(std::false_type(), s, (nb - s * Step::kBlocks) * Step::kBlockBytes);
   for (int i = 0; i < kRows; ++i) {
     __m512 sum[4];
-    for (int t = 0; t < 4; ++t) sum[t] = t < T ? acc[i][t] : _mm512_setzero_ps();
+    for (int t = 0; t < 4; ++t) sum[t] = t < T ? acc[t][i] : _mm512_setzero_ps();
     alignas(16) float dots[4];
     _mm_store_ps(dots, SumLanes4(sum[0], sum[1], sum[2], sum[3]));
     for (int t = 0; t < T; ++t) y[t * y_stride + r + i] = dots[t];
