@@ -3507,11 +3507,8 @@ SLLM_VNNI HWY_INLINE __m512i Dpwssd(__m512i acc, __m512i a, __m512i b) {
 
 // v, kept in a register: an activation vector that several weight rows multiply is loaded once,
 // where GCC would fold its load into each instruction that reads it and so load it once per row.
-SLLM_VNNI HWY_INLINE __m512i InRegister(__m512i v) {
-  asm("" : "+v"(v));
-  return v;
-}
-SLLM_VNNI HWY_INLINE __m512 InRegister(__m512 v) {
+template <class V>
+SLLM_VNNI HWY_INLINE V InRegister(V v) {
   asm("" : "+v"(v));
   return v;
 }
@@ -3882,15 +3879,20 @@ SLLM_VNNI HWY_INLINE void BroadcastHalves(const uint8_t* p, __m512& first, __m51
   second = _mm512_broadcastss_ps(_mm_movehdup_ps(both));
 }
 
-// Q4_K and Q5_K (kHighBit: its codes, below 32, are the only difference).
-template <bool kHighBit>
-struct ScaleMinStep {
-  using Block = ScaleMinBlock<kHighBit>;
+// What every K-quant step is: one 256-value block per step, 6 prepared activation vectors per
+// step and token, and the rows accumulated one at a time.
+struct KQuantStep {
   static constexpr bool kRowsShareActivations = false;
-  static constexpr size_t kBlockBytes = Block::kBytes;
   static constexpr size_t kBlockValues = kSuperBlock;
   static constexpr size_t kBlocks = 1;
   static constexpr size_t kXVectors = 6;
+};
+
+// Q4_K and Q5_K (kHighBit: its codes, below 32, are the only difference).
+template <bool kHighBit>
+struct ScaleMinStep : KQuantStep {
+  using Block = ScaleMinBlock<kHighBit>;
+  static constexpr size_t kBlockBytes = Block::kBytes;
   // Each 32 bytes of codes hold sub-block 2k in their low nibbles and 2k + 1 in their high ones,
   // and a 64-byte load two such groups, so the activation codes are regrouped to match: vector 2h
   // holds sub-blocks 4h and 4h + 2, vector 2h + 1 sub-blocks 4h + 1 and 4h + 3. Vector 4 holds the
@@ -3966,14 +3968,17 @@ struct ScaleMinStep {
 using Q4KStep = ScaleMinStep<false>;
 using Q5KStep = ScaleMinStep<true>;
 
-// The activation vectors of a block whose weights come in 16 sub-blocks of 16 (Q2_K, Q3_K, Q6_K):
-// the codes in their order, the sums of the 16 sub-blocks' codes, the scale in every lane.
-SLLM_VNNI HWY_INLINE void PrepareOrderedX(const int8_t* codes, const float* scales,
-                                          const int32_t* sums, __m512i* x) {
-  for (int k = 0; k < 4; ++k) _mm512_store_si512(x + k, _mm512_loadu_si512(codes + 64 * k));
-  _mm512_store_si512(x + 4, _mm512_loadu_si512(sums));
-  _mm512_store_si512(x + 5, _mm512_castps_si512(_mm512_set1_ps(scales[0])));
-}
+// The K-quant steps whose weights come in 16 sub-blocks of 16 (Q2_K, Q3_K, Q6_K), with their
+// activation vectors: the codes in their order, the sums of the 16 sub-blocks' codes, the scale in
+// every lane.
+struct OrderedKQuantStep : KQuantStep {
+  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
+                                            const int32_t* sums, __m512i* x) {
+    for (int k = 0; k < 4; ++k) _mm512_store_si512(x + k, _mm512_loadu_si512(codes + 64 * k));
+    _mm512_store_si512(x + 4, _mm512_loadu_si512(sums));
+    _mm512_store_si512(x + 5, _mm512_castps_si512(_mm512_set1_ps(scales[0])));
+  }
+};
 
 // The affine bit map (vgf2p8affineqb) that moves bits first..first + n - 1 of each byte to bits
 // to..to + n - 1 and clears the others: output bit i takes the input bits of matrix byte 7 - i.
@@ -4000,16 +4005,8 @@ SLLM_VNNI HWY_INLINE __m512i KBitPairs(const uint8_t* qs, int k) {
 
 // Q2_K: the codes in their order (KBitPairs), and Q4_K's W and Accumulate with one scale and one
 // min per 16 codes (mins in every lane).
-struct Q2KStep {
-  static constexpr bool kRowsShareActivations = false;
+struct Q2KStep : OrderedKQuantStep {
   static constexpr size_t kBlockBytes = sizeof(BlockQ2_K);
-  static constexpr size_t kBlockValues = kSuperBlock;
-  static constexpr size_t kBlocks = 1;
-  static constexpr size_t kXVectors = 6;
-  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
-                                            const int32_t* sums, __m512i* x) {
-    PrepareOrderedX(codes, scales, sums, x);
-  }
   using W = Q4KStep::W;
   template <bool kWhole>
   static SLLM_VNNI HWY_INLINE W LoadW(const uint8_t* p, size_t /*bytes*/) {
@@ -4030,15 +4027,7 @@ struct Q2KStep {
 // Q3_K and Q6_K: 16 sub-blocks of 16 values, each with a signed integer scale, and codes stored
 // plus 2^kOffsetShift (unsigned); a Step adds LoadW.
 template <int kOffsetShift>
-struct SubBlock16Step {
-  static constexpr bool kRowsShareActivations = false;
-  static constexpr size_t kBlockValues = kSuperBlock;
-  static constexpr size_t kBlocks = 1;
-  static constexpr size_t kXVectors = 6;
-  static SLLM_VNNI HWY_INLINE void PrepareX(const int8_t* codes, const float* scales,
-                                            const int32_t* sums, __m512i* x) {
-    PrepareOrderedX(codes, scales, sums, x);
-  }
+struct SubBlock16Step : OrderedKQuantStep {
   struct W {
     __m512i codes[4];   // values 64k.. in order, plus the offset
     __m512i scales[4];  // of each lane's sub-block
