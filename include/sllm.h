@@ -859,6 +859,16 @@ void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size
 void matmul_q_parts(const MatrixView* parts, size_t n_parts, const QuantizedActivations& x,
                     float* y, size_t y_stride, int n_threads);
 
+// Up to this many activation rows, every thread of matmul_q_parts_f32 quantizes them for itself,
+// a few microseconds (a decode step of 1-4 sequences), where one thread quantizing them for all
+// kept the others waiting and then made them read what another core had just written: 4-8% of a
+// 4-sequence step of tinyllama.
+constexpr size_t kThreadQuantizedRows = 4;
+// matmul_q_parts of n float activation rows (row t at x + t * x_stride), quantized here in the
+// parts' activation format (Error unless all parts need the same one).
+void matmul_q_parts_f32(const MatrixView* parts, size_t n_parts, const float* x, size_t n,
+                        size_t x_stride, float* y, size_t y_stride, int n_threads);
+
 }  // namespace detail
 }  // namespace sllm
 
@@ -1202,12 +1212,9 @@ class Transformer {
   void normalize(const Norm& norm, const float* x, size_t n, float* out) const;
   // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride, for
   // n_parts linears side by side in y (all quantized in one activation format, or none quantized;
-  // a null bias adds nothing). x_quantized says whether the thread's quantized input already holds
-  // x (set once a quantized weight has needed it; a weight whose type needs the other activation
-  // format quantizes x again).
+  // a null bias adds nothing).
   void multiply(const detail::MatrixView* weights, const float* const* biases, size_t n_parts,
-                const float* x, size_t n, size_t x_stride, bool& x_quantized, float* y,
-                size_t y_stride) const;
+                const float* x, size_t n, size_t x_stride, float* y, size_t y_stride) const;
   void linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
               size_t y_stride) const;
   // The same for every part, side by side in rows of p.rows floats.
@@ -7453,7 +7460,9 @@ void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride
 }
 
 namespace {
-void check_matmul_q(const MatrixView& w, const QuantizedActivations& x, size_t row_begin,
+// Error unless w's rows [row_begin, row_end) can be multiplied by activation rows of cols values
+// quantized in x_format.
+void check_matmul_q(const MatrixView& w, size_t cols, ActivationFormat x_format, size_t row_begin,
                     size_t row_end) {
   const ActivationFormat format = activation_format(w.type);
   const TensorTypeInfo& info = *tensor_type_info(uint32_t(w.type));
@@ -7463,11 +7472,11 @@ void check_matmul_q(const MatrixView& w, const QuantizedActivations& x, size_t r
          "of " +
          std::to_string(info.block_elems) + "-value " + info.name + " blocks");
   }
-  if (x.cols != w.cols) {
-    fail("quantized matmul: activation rows have " + std::to_string(x.cols) +
+  if (cols != w.cols) {
+    fail("quantized matmul: activation rows have " + std::to_string(cols) +
          " values but weight rows have " + std::to_string(w.cols));
   }
-  if (x.format != format) {
+  if (x_format != format) {
     fail(std::string("quantized matmul: ") + info.name + " weights need activations quantized " +
          (format == ActivationFormat::kQ8_0 ? "per 32 values (Q8_0)" : "per 256 values (Q8_K)"));
   }
@@ -7482,11 +7491,56 @@ void check_matmul_q(const MatrixView& w, const QuantizedActivations& x, size_t r
          " bytes apart");
   }
 }
+
+// Multiplies all rows of the parts, shared among up to n_threads OpenMP threads; each thread
+// first gets the quantized activations it reads from activations(). The parts have been checked.
+template <class Activations>
+void run_parts(const MatrixView* parts, size_t n_parts, int n_threads, float* y, size_t y_stride,
+               Activations activations) {
+  size_t rows = 0;
+  for (size_t i = 0; i < n_parts; ++i) rows += parts[i].rows;
+  if (rows == 0) return;
+  const auto kernel = HWY_DYNAMIC_DISPATCH(MatmulQRows);
+  const auto run = [&](const QuantizedActivations& x, size_t i, size_t begin, size_t end,
+                       float* out) {
+    const MatrixView& w = parts[i];
+    kernel(w.type, w.data, w.cols, w.row_bytes, &x, out, y_stride, begin, end);
+  };
+  const int threads = std::min<int>(omp_threads(n_threads), int((rows + 31) / 32));
+  if (threads == 1) {
+    const QuantizedActivations& x = activations();
+    for (size_t i = 0, offset = 0; i < n_parts; offset += parts[i].rows, ++i) {
+      run(x, i, 0, parts[i].rows, y + offset);
+    }
+    return;
+  }
+  // Threads take chunks of rows (multiples of 32, a packed panel of the prefill kernel), about
+  // four each, as they finish: a thread slowed down by another process on its core then holds
+  // the others up for one chunk at most. Each chunk is a contiguous part of one matrix, which
+  // the hardware prefetcher streams well.
+  const size_t chunk = round_up(std::max<size_t>(1, rows / (4 * size_t(threads))), 32);
+  size_t chunks = 0;
+  for (size_t i = 0; i < n_parts; ++i) chunks += (parts[i].rows + chunk - 1) / chunk;
+#pragma omp parallel num_threads(threads)
+  {
+    const QuantizedActivations& x = activations();
+#pragma omp for schedule(dynamic, 1)
+    for (size_t c = 0; c < chunks; ++c) {
+      size_t i = 0, first = c, offset = 0;  // chunk c is chunk `first` of part i
+      for (size_t n_chunks; first >= (n_chunks = (parts[i].rows + chunk - 1) / chunk); ++i) {
+        first -= n_chunks;
+        offset += parts[i].rows;
+      }
+      const size_t begin = first * chunk, end = std::min(parts[i].rows, begin + chunk);
+      run(x, i, begin, end, y + offset);
+    }
+  }
+}
 }  // namespace
 
 void matmul_q_rows(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
                    size_t row_begin, size_t row_end) {
-  check_matmul_q(w, x, row_begin, row_end);
+  check_matmul_q(w, x.cols, x.format, row_begin, row_end);
   if (x.n == 0 || row_begin == row_end) return;
   HWY_DYNAMIC_DISPATCH(MatmulQRows)
   (w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, row_begin, row_end);
@@ -7499,41 +7553,30 @@ void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size
 
 void matmul_q_parts(const MatrixView* parts, size_t n_parts, const QuantizedActivations& x,
                     float* y, size_t y_stride, int n_threads) {
-  size_t rows = 0;
-  for (size_t i = 0; i < n_parts; ++i) {
-    check_matmul_q(parts[i], x, 0, parts[i].rows);
-    rows += parts[i].rows;
-  }
-  if (x.n == 0 || rows == 0) return;
-  const auto kernel = HWY_DYNAMIC_DISPATCH(MatmulQRows);
-  const auto run = [&](size_t i, size_t begin, size_t end, float* out) {
-    const MatrixView& w = parts[i];
-    kernel(w.type, w.data, w.cols, w.row_bytes, &x, out, y_stride, begin, end);
-  };
-  const int threads = std::min<int>(omp_threads(n_threads), int((rows + 31) / 32));
-  if (threads == 1) {
-    for (size_t i = 0, offset = 0; i < n_parts; offset += parts[i].rows, ++i) {
-      run(i, 0, parts[i].rows, y + offset);
-    }
+  for (size_t i = 0; i < n_parts; ++i) check_matmul_q(parts[i], x.cols, x.format, 0, parts[i].rows);
+  if (x.n == 0) return;
+  run_parts(parts, n_parts, n_threads, y, y_stride,
+            [&x]() -> const QuantizedActivations& { return x; });
+}
+
+void matmul_q_parts_f32(const MatrixView* parts, size_t n_parts, const float* x, size_t n,
+                        size_t x_stride, float* y, size_t y_stride, int n_threads) {
+  if (n_parts == 0) return;
+  const size_t cols = parts[0].cols;
+  const ActivationFormat format = activation_format(parts[0].type);
+  for (size_t i = 0; i < n_parts; ++i) check_matmul_q(parts[i], cols, format, 0, parts[i].rows);
+  if (n == 0) return;
+  // Per thread, so that decoding allocates nothing and sessions on other threads share nothing.
+  thread_local QuantizedActivations quantized;
+  if (n > kThreadQuantizedRows) {
+    quantize_activations(x, n, cols, x_stride, quantized, n_threads, format);
+    matmul_q_parts(parts, n_parts, quantized, y, y_stride, n_threads);
     return;
   }
-  // Threads take chunks of rows (multiples of 32, a packed panel of the prefill kernel), about
-  // four each, as they finish: a thread slowed down by another process on its core then holds
-  // the others up for one chunk at most. Each chunk is a contiguous part of one matrix, which
-  // the hardware prefetcher streams well.
-  const size_t chunk = round_up(std::max<size_t>(1, rows / (4 * size_t(threads))), 32);
-  size_t chunks = 0;
-  for (size_t i = 0; i < n_parts; ++i) chunks += (parts[i].rows + chunk - 1) / chunk;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (size_t c = 0; c < chunks; ++c) {
-    size_t i = 0, first = c, offset = 0;  // chunk c is chunk `first` of part i
-    for (size_t n_chunks; first >= (n_chunks = (parts[i].rows + chunk - 1) / chunk); ++i) {
-      first -= n_chunks;
-      offset += parts[i].rows;
-    }
-    const size_t begin = first * chunk, end = std::min(parts[i].rows, begin + chunk);
-    run(i, begin, end, y + offset);
-  }
+  run_parts(parts, n_parts, n_threads, y, y_stride, [&]() -> const QuantizedActivations& {
+    quantize_activations(x, n, cols, x_stride, quantized, 1, format);
+    return quantized;
+  });
 }
 
 }  // namespace detail
@@ -7967,14 +8010,6 @@ inline MatrixView weight_matrix(const Gguf& gguf, const TensorInfo& t, size_t co
     fail("tensor " + t.name + " in " + gguf.path() + " is not aligned to its element size");
   }
   return MatrixView{t.type, t.data, rows, cols, size_t(tensor_row_bytes(t.type, cols))};
-}
-
-// The input of a projection quantized to int8 blocks for quantized weights, once for all the
-// matrices that read it. Per thread, so that decoding allocates nothing and sessions running on
-// other threads do not share it.
-inline QuantizedActivations& thread_quantized_input() {
-  thread_local QuantizedActivations q;
-  return q;
 }
 
 inline MatrixView weight_matrix(const Gguf& gguf, const std::string& name, size_t cols,
@@ -8412,16 +8447,10 @@ void Transformer::normalize(const Norm& norm, const float* x, size_t n, float* o
 }
 
 void Transformer::multiply(const detail::MatrixView* weights, const float* const* biases,
-                           size_t n_parts, const float* x, size_t n, size_t x_stride,
-                           bool& x_quantized, float* y, size_t y_stride) const {
+                           size_t n_parts, const float* x, size_t n, size_t x_stride, float* y,
+                           size_t y_stride) const {
   if (detail::matmul_q_reads(weights[0].type)) {
-    detail::QuantizedActivations& xq = detail::thread_quantized_input();
-    const detail::ActivationFormat format = detail::activation_format(weights[0].type);
-    if (!x_quantized || xq.format != format) {
-      detail::quantize_activations(x, n, weights[0].cols, x_stride, xq, n_threads_, format);
-      x_quantized = true;
-    }
-    detail::matmul_q_parts(weights, n_parts, xq, y, y_stride, n_threads_);
+    detail::matmul_q_parts_f32(weights, n_parts, x, n, x_stride, y, y_stride, n_threads_);
   } else {
     for (size_t i = 0, offset = 0; i < n_parts; offset += weights[i].rows, ++i) {
       detail::matmul(weights[i], x, n, x_stride, y + offset, y_stride, n_threads_);
@@ -8437,8 +8466,7 @@ void Transformer::multiply(const detail::MatrixView* weights, const float* const
 
 void Transformer::linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
                          size_t y_stride) const {
-  bool x_quantized = false;
-  multiply(&l.weight, &l.bias, 1, x, n, x_stride, x_quantized, y, y_stride);
+  multiply(&l.weight, &l.bias, 1, x, n, x_stride, y, y_stride);
 }
 
 void Transformer::project(const Projection& p, const float* x, size_t n, size_t x_stride,
@@ -8448,12 +8476,11 @@ void Transformer::project(const Projection& p, const float* x, size_t n, size_t 
   const auto format = [](const detail::MatrixView& w) {
     return detail::matmul_q_reads(w.type) ? int(detail::activation_format(w.type)) : -1;
   };
-  bool x_quantized = false;
   size_t offset = 0;
   for (size_t i = 0, j; i < p.weights.size(); i = j) {
     for (j = i + 1; j < p.weights.size() && format(p.weights[j]) == format(p.weights[i]); ++j) {
     }
-    multiply(&p.weights[i], &p.biases[i], j - i, x, n, x_stride, x_quantized, y + offset, p.rows);
+    multiply(&p.weights[i], &p.biases[i], j - i, x, n, x_stride, y + offset, p.rows);
     for (size_t k = i; k < j; ++k) offset += p.weights[k].rows;
   }
 }

@@ -895,6 +895,12 @@ TEST_CASE("several matrices in one call land side by side and match the scalar r
           const size_t y_stride = total + 3;
           std::vector<float> y(tokens * y_stride, NAN);
           sllm::detail::matmul_q_parts(views.data(), views.size(), q, y.data(), y_stride, threads);
+          // From the float rows, quantized per thread (up to kThreadQuantizedRows tokens) or once:
+          // the same quantization, so the same bits.
+          std::vector<float> y_f32(tokens * y_stride, NAN);
+          sllm::detail::matmul_q_parts_f32(views.data(), views.size(), x.data(), tokens, cols,
+                                           y_f32.data(), y_stride, threads);
+          CHECK(std::memcmp(y.data(), y_f32.data(), y.size() * sizeof(float)) == 0);
           int bad = 0;
           for (size_t t = 0; t < tokens; ++t) {
             for (size_t r = 0; r < y_stride; ++r) {
@@ -924,6 +930,8 @@ TEST_CASE("several matrices in one call land side by side and match the scalar r
   quantize_for(TensorType::Q4_0, x.data(), 1, 256, 256, q);
   std::vector<float> y(2);
   CHECK_THROWS_AS(sllm::detail::matmul_q_parts(mixed, 2, q, y.data(), 2, 1), sllm::Error);
+  CHECK_THROWS_AS(sllm::detail::matmul_q_parts_f32(mixed, 2, x.data(), 1, 256, y.data(), 2, 1),
+                  sllm::Error);
 }
 
 TEST_CASE("rows may lie further apart than their blocks") {

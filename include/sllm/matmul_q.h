@@ -70,5 +70,15 @@ void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size
 void matmul_q_parts(const MatrixView* parts, size_t n_parts, const QuantizedActivations& x,
                     float* y, size_t y_stride, int n_threads);
 
+// Up to this many activation rows, every thread of matmul_q_parts_f32 quantizes them for itself,
+// a few microseconds (a decode step of 1-4 sequences), where one thread quantizing them for all
+// kept the others waiting and then made them read what another core had just written: 4-8% of a
+// 4-sequence step of tinyllama.
+constexpr size_t kThreadQuantizedRows = 4;
+// matmul_q_parts of n float activation rows (row t at x + t * x_stride), quantized here in the
+// parts' activation format (Error unless all parts need the same one).
+void matmul_q_parts_f32(const MatrixView* parts, size_t n_parts, const float* x, size_t n,
+                        size_t x_stride, float* y, size_t y_stride, int n_threads);
+
 }  // namespace detail
 }  // namespace sllm

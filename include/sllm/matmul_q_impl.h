@@ -72,7 +72,9 @@ void quantize_activations(const float* x, size_t n, size_t cols, size_t x_stride
 }
 
 namespace {
-void check_matmul_q(const MatrixView& w, const QuantizedActivations& x, size_t row_begin,
+// Error unless w's rows [row_begin, row_end) can be multiplied by activation rows of cols values
+// quantized in x_format.
+void check_matmul_q(const MatrixView& w, size_t cols, ActivationFormat x_format, size_t row_begin,
                     size_t row_end) {
   const ActivationFormat format = activation_format(w.type);
   const TensorTypeInfo& info = *tensor_type_info(uint32_t(w.type));
@@ -82,11 +84,11 @@ void check_matmul_q(const MatrixView& w, const QuantizedActivations& x, size_t r
          "of " +
          std::to_string(info.block_elems) + "-value " + info.name + " blocks");
   }
-  if (x.cols != w.cols) {
-    fail("quantized matmul: activation rows have " + std::to_string(x.cols) +
+  if (cols != w.cols) {
+    fail("quantized matmul: activation rows have " + std::to_string(cols) +
          " values but weight rows have " + std::to_string(w.cols));
   }
-  if (x.format != format) {
+  if (x_format != format) {
     fail(std::string("quantized matmul: ") + info.name + " weights need activations quantized " +
          (format == ActivationFormat::kQ8_0 ? "per 32 values (Q8_0)" : "per 256 values (Q8_K)"));
   }
@@ -101,11 +103,56 @@ void check_matmul_q(const MatrixView& w, const QuantizedActivations& x, size_t r
          " bytes apart");
   }
 }
+
+// Multiplies all rows of the parts, shared among up to n_threads OpenMP threads; each thread
+// first gets the quantized activations it reads from activations(). The parts have been checked.
+template <class Activations>
+void run_parts(const MatrixView* parts, size_t n_parts, int n_threads, float* y, size_t y_stride,
+               Activations activations) {
+  size_t rows = 0;
+  for (size_t i = 0; i < n_parts; ++i) rows += parts[i].rows;
+  if (rows == 0) return;
+  const auto kernel = HWY_DYNAMIC_DISPATCH(MatmulQRows);
+  const auto run = [&](const QuantizedActivations& x, size_t i, size_t begin, size_t end,
+                       float* out) {
+    const MatrixView& w = parts[i];
+    kernel(w.type, w.data, w.cols, w.row_bytes, &x, out, y_stride, begin, end);
+  };
+  const int threads = std::min<int>(omp_threads(n_threads), int((rows + 31) / 32));
+  if (threads == 1) {
+    const QuantizedActivations& x = activations();
+    for (size_t i = 0, offset = 0; i < n_parts; offset += parts[i].rows, ++i) {
+      run(x, i, 0, parts[i].rows, y + offset);
+    }
+    return;
+  }
+  // Threads take chunks of rows (multiples of 32, a packed panel of the prefill kernel), about
+  // four each, as they finish: a thread slowed down by another process on its core then holds
+  // the others up for one chunk at most. Each chunk is a contiguous part of one matrix, which
+  // the hardware prefetcher streams well.
+  const size_t chunk = round_up(std::max<size_t>(1, rows / (4 * size_t(threads))), 32);
+  size_t chunks = 0;
+  for (size_t i = 0; i < n_parts; ++i) chunks += (parts[i].rows + chunk - 1) / chunk;
+#pragma omp parallel num_threads(threads)
+  {
+    const QuantizedActivations& x = activations();
+#pragma omp for schedule(dynamic, 1)
+    for (size_t c = 0; c < chunks; ++c) {
+      size_t i = 0, first = c, offset = 0;  // chunk c is chunk `first` of part i
+      for (size_t n_chunks; first >= (n_chunks = (parts[i].rows + chunk - 1) / chunk); ++i) {
+        first -= n_chunks;
+        offset += parts[i].rows;
+      }
+      const size_t begin = first * chunk, end = std::min(parts[i].rows, begin + chunk);
+      run(x, i, begin, end, y + offset);
+    }
+  }
+}
 }  // namespace
 
 void matmul_q_rows(const MatrixView& w, const QuantizedActivations& x, float* y, size_t y_stride,
                    size_t row_begin, size_t row_end) {
-  check_matmul_q(w, x, row_begin, row_end);
+  check_matmul_q(w, x.cols, x.format, row_begin, row_end);
   if (x.n == 0 || row_begin == row_end) return;
   HWY_DYNAMIC_DISPATCH(MatmulQRows)
   (w.type, w.data, w.cols, w.row_bytes, &x, y, y_stride, row_begin, row_end);
@@ -118,41 +165,30 @@ void matmul_q(const MatrixView& w, const QuantizedActivations& x, float* y, size
 
 void matmul_q_parts(const MatrixView* parts, size_t n_parts, const QuantizedActivations& x,
                     float* y, size_t y_stride, int n_threads) {
-  size_t rows = 0;
-  for (size_t i = 0; i < n_parts; ++i) {
-    check_matmul_q(parts[i], x, 0, parts[i].rows);
-    rows += parts[i].rows;
-  }
-  if (x.n == 0 || rows == 0) return;
-  const auto kernel = HWY_DYNAMIC_DISPATCH(MatmulQRows);
-  const auto run = [&](size_t i, size_t begin, size_t end, float* out) {
-    const MatrixView& w = parts[i];
-    kernel(w.type, w.data, w.cols, w.row_bytes, &x, out, y_stride, begin, end);
-  };
-  const int threads = std::min<int>(omp_threads(n_threads), int((rows + 31) / 32));
-  if (threads == 1) {
-    for (size_t i = 0, offset = 0; i < n_parts; offset += parts[i].rows, ++i) {
-      run(i, 0, parts[i].rows, y + offset);
-    }
+  for (size_t i = 0; i < n_parts; ++i) check_matmul_q(parts[i], x.cols, x.format, 0, parts[i].rows);
+  if (x.n == 0) return;
+  run_parts(parts, n_parts, n_threads, y, y_stride,
+            [&x]() -> const QuantizedActivations& { return x; });
+}
+
+void matmul_q_parts_f32(const MatrixView* parts, size_t n_parts, const float* x, size_t n,
+                        size_t x_stride, float* y, size_t y_stride, int n_threads) {
+  if (n_parts == 0) return;
+  const size_t cols = parts[0].cols;
+  const ActivationFormat format = activation_format(parts[0].type);
+  for (size_t i = 0; i < n_parts; ++i) check_matmul_q(parts[i], cols, format, 0, parts[i].rows);
+  if (n == 0) return;
+  // Per thread, so that decoding allocates nothing and sessions on other threads share nothing.
+  thread_local QuantizedActivations quantized;
+  if (n > kThreadQuantizedRows) {
+    quantize_activations(x, n, cols, x_stride, quantized, n_threads, format);
+    matmul_q_parts(parts, n_parts, quantized, y, y_stride, n_threads);
     return;
   }
-  // Threads take chunks of rows (multiples of 32, a packed panel of the prefill kernel), about
-  // four each, as they finish: a thread slowed down by another process on its core then holds
-  // the others up for one chunk at most. Each chunk is a contiguous part of one matrix, which
-  // the hardware prefetcher streams well.
-  const size_t chunk = round_up(std::max<size_t>(1, rows / (4 * size_t(threads))), 32);
-  size_t chunks = 0;
-  for (size_t i = 0; i < n_parts; ++i) chunks += (parts[i].rows + chunk - 1) / chunk;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-  for (size_t c = 0; c < chunks; ++c) {
-    size_t i = 0, first = c, offset = 0;  // chunk c is chunk `first` of part i
-    for (size_t n_chunks; first >= (n_chunks = (parts[i].rows + chunk - 1) / chunk); ++i) {
-      first -= n_chunks;
-      offset += parts[i].rows;
-    }
-    const size_t begin = first * chunk, end = std::min(parts[i].rows, begin + chunk);
-    run(i, begin, end, y + offset);
-  }
+  run_parts(parts, n_parts, n_threads, y, y_stride, [&]() -> const QuantizedActivations& {
+    quantize_activations(x, n, cols, x_stride, quantized, 1, format);
+    return quantized;
+  });
 }
 
 }  // namespace detail

@@ -163,12 +163,9 @@ class Transformer {
   void normalize(const Norm& norm, const float* x, size_t n, float* out) const;
   // y[t * y_stride + r] = (weight x_t)[r] + bias[r] for the n rows x_t = x + t * x_stride, for
   // n_parts linears side by side in y (all quantized in one activation format, or none quantized;
-  // a null bias adds nothing). x_quantized says whether the thread's quantized input already holds
-  // x (set once a quantized weight has needed it; a weight whose type needs the other activation
-  // format quantizes x again).
+  // a null bias adds nothing).
   void multiply(const detail::MatrixView* weights, const float* const* biases, size_t n_parts,
-                const float* x, size_t n, size_t x_stride, bool& x_quantized, float* y,
-                size_t y_stride) const;
+                const float* x, size_t n, size_t x_stride, float* y, size_t y_stride) const;
   void linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
               size_t y_stride) const;
   // The same for every part, side by side in rows of p.rows floats.

@@ -102,14 +102,6 @@ inline MatrixView weight_matrix(const Gguf& gguf, const TensorInfo& t, size_t co
   return MatrixView{t.type, t.data, rows, cols, size_t(tensor_row_bytes(t.type, cols))};
 }
 
-// The input of a projection quantized to int8 blocks for quantized weights, once for all the
-// matrices that read it. Per thread, so that decoding allocates nothing and sessions running on
-// other threads do not share it.
-inline QuantizedActivations& thread_quantized_input() {
-  thread_local QuantizedActivations q;
-  return q;
-}
-
 inline MatrixView weight_matrix(const Gguf& gguf, const std::string& name, size_t cols,
                                 size_t rows) {
   return weight_matrix(gguf, required_tensor(gguf, name), cols, rows);
@@ -545,16 +537,10 @@ void Transformer::normalize(const Norm& norm, const float* x, size_t n, float* o
 }
 
 void Transformer::multiply(const detail::MatrixView* weights, const float* const* biases,
-                           size_t n_parts, const float* x, size_t n, size_t x_stride,
-                           bool& x_quantized, float* y, size_t y_stride) const {
+                           size_t n_parts, const float* x, size_t n, size_t x_stride, float* y,
+                           size_t y_stride) const {
   if (detail::matmul_q_reads(weights[0].type)) {
-    detail::QuantizedActivations& xq = detail::thread_quantized_input();
-    const detail::ActivationFormat format = detail::activation_format(weights[0].type);
-    if (!x_quantized || xq.format != format) {
-      detail::quantize_activations(x, n, weights[0].cols, x_stride, xq, n_threads_, format);
-      x_quantized = true;
-    }
-    detail::matmul_q_parts(weights, n_parts, xq, y, y_stride, n_threads_);
+    detail::matmul_q_parts_f32(weights, n_parts, x, n, x_stride, y, y_stride, n_threads_);
   } else {
     for (size_t i = 0, offset = 0; i < n_parts; offset += weights[i].rows, ++i) {
       detail::matmul(weights[i], x, n, x_stride, y + offset, y_stride, n_threads_);
@@ -570,8 +556,7 @@ void Transformer::multiply(const detail::MatrixView* weights, const float* const
 
 void Transformer::linear(const Linear& l, const float* x, size_t n, size_t x_stride, float* y,
                          size_t y_stride) const {
-  bool x_quantized = false;
-  multiply(&l.weight, &l.bias, 1, x, n, x_stride, x_quantized, y, y_stride);
+  multiply(&l.weight, &l.bias, 1, x, n, x_stride, y, y_stride);
 }
 
 void Transformer::project(const Projection& p, const float* x, size_t n, size_t x_stride,
@@ -581,12 +566,11 @@ void Transformer::project(const Projection& p, const float* x, size_t n, size_t 
   const auto format = [](const detail::MatrixView& w) {
     return detail::matmul_q_reads(w.type) ? int(detail::activation_format(w.type)) : -1;
   };
-  bool x_quantized = false;
   size_t offset = 0;
   for (size_t i = 0, j; i < p.weights.size(); i = j) {
     for (j = i + 1; j < p.weights.size() && format(p.weights[j]) == format(p.weights[i]); ++j) {
     }
-    multiply(&p.weights[i], &p.biases[i], j - i, x, n, x_stride, x_quantized, y + offset, p.rows);
+    multiply(&p.weights[i], &p.biases[i], j - i, x, n, x_stride, y + offset, p.rows);
     for (size_t k = i; k < j; ++k) offset += p.weights[k].rows;
   }
 }
