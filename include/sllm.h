@@ -7566,16 +7566,22 @@ void matmul_q_parts_f32(const MatrixView* parts, size_t n_parts, const float* x,
   const ActivationFormat format = activation_format(parts[0].type);
   for (size_t i = 0; i < n_parts; ++i) check_matmul_q(parts[i], cols, format, 0, parts[i].rows);
   if (n == 0) return;
-  // Per thread, so that decoding allocates nothing and sessions on other threads share nothing.
-  thread_local QuantizedActivations quantized;
+  // Per calling thread, so that decoding allocates nothing and sessions on other threads share
+  // nothing: one buffer for each OpenMP thread of its team, which quantizes into its own. (Owned
+  // here, not by the team's threads, which outlive the program's exit without freeing theirs.)
+  thread_local std::vector<QuantizedActivations> per_caller;
+  std::vector<QuantizedActivations>& quantized = per_caller;  // the team's threads use this one
+  const size_t team = size_t(omp_threads(n_threads));
+  if (quantized.size() < team) quantized.resize(team);
   if (n > kThreadQuantizedRows) {
-    quantize_activations(x, n, cols, x_stride, quantized, n_threads, format);
-    matmul_q_parts(parts, n_parts, quantized, y, y_stride, n_threads);
+    quantize_activations(x, n, cols, x_stride, quantized[0], n_threads, format);
+    matmul_q_parts(parts, n_parts, quantized[0], y, y_stride, n_threads);
     return;
   }
   run_parts(parts, n_parts, n_threads, y, y_stride, [&]() -> const QuantizedActivations& {
-    quantize_activations(x, n, cols, x_stride, quantized, 1, format);
-    return quantized;
+    QuantizedActivations& mine = quantized[size_t(omp_get_thread_num())];
+    quantize_activations(x, n, cols, x_stride, mine, 1, format);
+    return mine;
   });
 }
 
