@@ -7574,8 +7574,10 @@ void matmul_q_parts_f32(const MatrixView* parts, size_t n_parts, const float* x,
   const size_t team = size_t(omp_threads(n_threads));
   if (quantized.size() < team) quantized.resize(team);
   if (n > kThreadQuantizedRows) {
+    const QuantizedActivations& shared = quantized[0];
     quantize_activations(x, n, cols, x_stride, quantized[0], n_threads, format);
-    matmul_q_parts(parts, n_parts, quantized[0], y, y_stride, n_threads);
+    run_parts(parts, n_parts, n_threads, y, y_stride,
+              [&shared]() -> const QuantizedActivations& { return shared; });
     return;
   }
   run_parts(parts, n_parts, n_threads, y, y_stride, [&]() -> const QuantizedActivations& {
