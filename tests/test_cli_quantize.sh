@@ -56,7 +56,7 @@ done
 # Bad input.
 expect_status 2 "unknown type" "$sllm" quantize "$model" "$tmp/x.gguf" q3_x
 [ ! -e "$tmp/x.gguf" ] || fail "an unknown type left an output file"
-grep -q "unknown quantization type 'q3_x' (known: q8_0, q4_0, q5_0, q4_k_m, q4_k, q4_k_s, q6_k)" "$tmp/err" ||
+grep -q "unknown quantization type 'q3_x' (known: q8_0, q4_0, q5_0, q2_k, q3_k_s, q3_k_m, q3_k, q3_k_l, q4_k_m, q4_k, q4_k_s, q5_k_m, q5_k, q5_k_s, q6_k)" "$tmp/err" ||
   fail "unknown type: the message does not list the known types ($(cat "$tmp/err"))"
 cp "$model" "$tmp/in.gguf"
 expect_status 1 "OUT equal to IN" "$sllm" quantize "$tmp/in.gguf" "$tmp/in.gguf" q8_0

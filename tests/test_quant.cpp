@@ -416,22 +416,24 @@ TEST_CASE("quantize_row and dequantize_row by tensor type") {
 }
 
 TEST_CASE("K-quant quantizers: smaller error than llama.cpp's reference quantizers") {
-  // Relative RMSE of llama.cpp's quantize_row_q{4,5,6}_K_ref (commit c392e50, no importance
+  // Relative RMSE of llama.cpp's quantize_row_q{2,3,4,5,6}_K_ref (commit c392e50, no importance
   // matrix) on the same values (256 * 512 of each distribution, seed 7 + index), dequantized by
   // ggml: the quantizers here must do at least as well.
   struct Case {
     Distribution kind;
-    double q4_k, q5_k, q6_k;
+    double q2_k, q3_k, q4_k, q5_k, q6_k;
   };
   const Case cases[] = {
-      {Distribution::kUniform, 0.05469, 0.02759, 0.01326},
-      {Distribution::kGaussian, 0.07140, 0.03613, 0.01773},
-      {Distribution::kLaplace, 0.08455, 0.04279, 0.02167},
-      {Distribution::kPositive, 0.02211, 0.01107, 0.00986},
+      {Distribution::kUniform, 0.23312, 0.12510, 0.05469, 0.02759, 0.01326},
+      {Distribution::kGaussian, 0.29575, 0.15071, 0.07140, 0.03613, 0.01773},
+      {Distribution::kLaplace, 0.34394, 0.17682, 0.08455, 0.04279, 0.02167},
+      {Distribution::kPositive, 0.09594, 0.08562, 0.02211, 0.01107, 0.00986},
   };
   for (const Case& c : cases) {
     const auto x = sample_values(c.kind, 256 * 512, 7 + uint64_t(c.kind));
     CAPTURE(int(c.kind));
+    CHECK(relative_rmse(x, round_trip(TensorType::Q2_K, x)) <= c.q2_k);
+    CHECK(relative_rmse(x, round_trip(TensorType::Q3_K, x)) <= c.q3_k);
     CHECK(relative_rmse(x, round_trip(TensorType::Q4_K, x)) <= c.q4_k);
     CHECK(relative_rmse(x, round_trip(TensorType::Q5_K, x)) <= c.q5_k);
     CHECK(relative_rmse(x, round_trip(TensorType::Q6_K, x)) <= c.q6_k);
@@ -579,8 +581,69 @@ TEST_CASE("Q6_K: values on the format's grid come back exactly, bits where the f
   CHECK(std::vector<float>(back, back + 256) == x);
 }
 
+TEST_CASE("Q3_K: values on the format's grid come back exactly, bits where the format puts them") {
+  // Sub-block j (16 values): scale code -32 + 3 j of d = 1/32; value 0 has code -4 (the largest
+  // magnitude), value i > 0 code (3 i + j) mod 8 - 4.
+  const float d = 1.0f / 32;
+  auto code = [](int j, int i) { return i == 0 ? -4 : (3 * i + j) % 8 - 4; };
+  std::vector<float> x(256);
+  for (int j = 0; j < 16; ++j) {
+    for (int i = 0; i < 16; ++i) x[16 * j + i] = d * float(-32 + 3 * j) * float(code(j, i));
+  }
+  sllm::BlockQ3_K b;
+  sllm::ref::quantize_row_q3_k(x.data(), &b, 256);
+  CHECK(b.d == 0x2800);
+  for (int j = 0; j < 16; ++j) CHECK(sllm::q3_k_scale(b.scales, size_t(j)) == -32 + 3 * j);
+  // Scale codes + 32 (u = 3 j): low 4 bits in nibble j / 8 of scales[j % 8], top 2 bits in bit
+  // pair j / 4 of scales[8 + j % 4]. Sub-blocks 1 and 9: u = 3 and 27 = 01|1011b; sub-blocks 1,
+  // 5, 9 and 13: top bits 0, 0, 1 and 2 (39 = 10|0111b).
+  CHECK(b.scales[1] == (3 | 11 << 4));
+  CHECK(b.scales[9] == (0 | 0 << 2 | 1 << 4 | 2 << 6));
+  // Value l of quarter k of half h (u = code + 4): its low 2 bits are bits 2k..2k+1 of
+  // qs[32 h + l], its top bit bit 4 h + k of hmask[l]. Values 1, 33, 65, 97 (sub-blocks 0, 2, 4,
+  // 6 at i = 1): codes -1, 1, 3, -3, u = 3, 5, 7, 1; values 129, 161, 193, 225 (sub-blocks 8,
+  // 10, 12, 14): u = 3, 5, 7, 1.
+  CHECK(b.qs[1] == (3 | 1 << 2 | 3 << 4 | 1 << 6));
+  CHECK(b.qs[33] == (3 | 1 << 2 | 3 << 4 | 1 << 6));
+  CHECK(b.hmask[1] == (0 | 1 << 1 | 1 << 2 | 0 << 3 | 0 << 4 | 1 << 5 | 1 << 6 | 0 << 7));
+  float back[256];
+  sllm::ref::dequantize_row_q3_k(&b, back, 256);
+  CHECK(std::vector<float>(back, back + 256) == x);
+}
+
+TEST_CASE("Q2_K: values on the format's grid come back exactly, bits where the format puts them") {
+  // Sub-block j (16 values): scale code 1 + 7 j mod 15 of d = 1/64, min code 5 j mod 16 of
+  // dmin = 1/128; value 0 has code 0, value 1 code 3 (so the grid spans the sub-block), value
+  // i > 1 code (i + j) mod 4.
+  const float d = 1.0f / 64, dmin = 1.0f / 128;
+  auto scale = [](int j) { return 1 + 7 * j % 15; };
+  auto min = [](int j) { return 5 * j % 16; };
+  auto code = [](int j, int i) { return i == 0 ? 0 : i == 1 ? 3 : (i + j) % 4; };
+  std::vector<float> x(256);
+  for (int j = 0; j < 16; ++j) {
+    for (int i = 0; i < 16; ++i) {
+      x[16 * j + i] = d * float(scale(j)) * float(code(j, i)) - dmin * float(min(j));
+    }
+  }
+  sllm::BlockQ2_K b;
+  sllm::ref::quantize_row_q2_k(x.data(), &b, 256);
+  CHECK(b.d == 0x2400);
+  CHECK(b.dmin == 0x2000);
+  // The scale code in the low nibble of scales[j], the min code in the high one.
+  for (int j = 0; j < 16; ++j) CHECK(b.scales[j] == (scale(j) | min(j) << 4));
+  // Value l of quarter k of half h: bits 2k..2k+1 of qs[32 h + l]. Values 2, 34, 66, 98
+  // (sub-blocks 0, 2, 4, 6 at i = 2): codes 2, 0, 2, 0; values 146, 178, 210, 242 (sub-blocks 9,
+  // 11, 13, 15 at i = 2, l = 18): codes 3, 1, 3, 1.
+  CHECK(b.qs[2] == (2 | 0 << 2 | 2 << 4 | 0 << 6));
+  CHECK(b.qs[32 + 18] == (3 | 1 << 2 | 3 << 4 | 1 << 6));
+  float back[256];
+  sllm::dequantize_row(TensorType::Q2_K, &b, back, 256);
+  CHECK(std::vector<float>(back, back + 256) == x);
+}
+
 TEST_CASE("K-quant quantizers on zeros and on values that are not finite") {
-  for (TensorType type : {TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K}) {
+  for (TensorType type :
+       {TensorType::Q2_K, TensorType::Q3_K, TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K}) {
     CAPTURE(sllm::tensor_type_name(type));
     const std::vector<float> zeros(512, 0.0f);
     CHECK(round_trip(type, zeros) == zeros);

@@ -28,6 +28,8 @@ void write_model(const std::string& path, const Shape& s) {
   sllm::GgufWriter w;
   w.set("general.architecture", GgufValue::string("llama"));
   w.set("llama.block_count", GgufValue::u32(s.layers));
+  w.set("llama.attention.head_count", GgufValue::u32(uint32_t(s.dim / 64)));
+  w.set("llama.attention.head_count_kv", GgufValue::u32(uint32_t(s.kv_dim / 64)));
   w.set("test.kept", GgufValue::string("kept"));
   struct Tensor {
     std::string name;
@@ -77,6 +79,10 @@ int quantize(std::vector<std::string> args) {
 // ggml's bytes per row of `cols` values.
 uint64_t ggml_row_bytes(TensorType type, uint64_t cols) {
   switch (type) {
+    case TensorType::Q2_K:
+      return cols / 256 * 84;
+    case TensorType::Q3_K:
+      return cols / 256 * 110;
     case TensorType::Q4_K:
       return cols / 256 * 144;
     case TensorType::Q5_K:
@@ -125,55 +131,89 @@ void check_quantized(const Gguf& in, const Gguf& out, const std::map<std::string
   }
 }
 
-// The tensors of tinyllama-1.1b (22 layers) that llama-quantize does not store in Q4_K.
+// The tensors of tinyllama-1.1b (22 layers, 8 query heads per KV head) that llama-quantize
+// does not store in the type's base type (checked against its q2_k, q3_k_m and q4_k_m files).
 std::map<std::string, TensorType> llama_quantize_choices(const std::string& type) {
   std::map<std::string, TensorType> want = {{"output.weight", TensorType::Q6_K}};
-  if (type == "q4_k_m") {
-    for (int l : {0, 1, 4, 7, 10, 13, 16, 19, 20, 21}) {
-      want["blk." + std::to_string(l) + ".attn_v.weight"] = TensorType::Q6_K;
-      want["blk." + std::to_string(l) + ".ffn_down.weight"] = TensorType::Q6_K;
+  auto set = [&](int l, const char* tensor, TensorType t) {
+    want["blk." + std::to_string(l) + "." + tensor] = t;
+  };
+  for (int l = 0; l < 22; ++l) {
+    // The first and last eighth of the layers and every third between.
+    const bool more_bits = l < 2 || l >= 19 || (l - 2) % 3 == 2;
+    if (type == "q2_k") {
+      set(l, "attn_v.weight", TensorType::Q4_K);
+      set(l, "ffn_down.weight", TensorType::Q3_K);
+      set(l, "attn_output.weight", TensorType::Q3_K);
+    } else if (type == "q3_k_m") {
+      set(l, "attn_v.weight", l < 2 ? TensorType::Q5_K : TensorType::Q4_K);
+      set(l, "ffn_down.weight", l < 1 ? TensorType::Q5_K : TensorType::Q4_K);
+      set(l, "attn_output.weight", TensorType::Q4_K);
+    } else if (type == "q3_k_l") {
+      for (const char* tensor : {"attn_v.weight", "ffn_down.weight", "attn_output.weight"})
+        set(l, tensor, TensorType::Q5_K);
+    } else if ((type == "q4_k_m" || type == "q5_k_m") && more_bits) {
+      set(l, "attn_v.weight", TensorType::Q6_K);
+      set(l, "ffn_down.weight", TensorType::Q6_K);
+    } else if (type == "q4_k_s") {
+      if (l < 4) set(l, "attn_v.weight", TensorType::Q5_K);
+      if (l < 2) set(l, "ffn_down.weight", TensorType::Q5_K);
     }
-  } else if (type == "q4_k_s") {
-    for (int l : {0, 1, 2, 3})
-      want["blk." + std::to_string(l) + ".attn_v.weight"] = TensorType::Q5_K;
-    for (int l : {0, 1}) want["blk." + std::to_string(l) + ".ffn_down.weight"] = TensorType::Q5_K;
   }
   return want;
 }
 
 }  // namespace
 
-TEST_CASE(
-    "q4_0, q5_0, q4_k_m, q4_k_s and q6_k store tinyllama's tensors in llama-quantize's types") {
+TEST_CASE("every type stores tinyllama's tensors in llama-quantize's types") {
   TempDir dir;
   const Shape tinyllama{2048, 256, 5632, 32000, 22, false};
   write_model(dir.path("in.gguf"), tinyllama);
   const Gguf in = Gguf::open(dir.path("in.gguf"));
   struct Case {
     const char* type;
-    uint32_t file_type;  // llama.cpp's LLAMA_FTYPE_MOSTLY_*
+    const char* same_as;  // the type whose choices an alias makes
+    uint32_t file_type;   // llama.cpp's LLAMA_FTYPE_MOSTLY_*
+    TensorType base;
+    bool check_data;  // the data too (costs time)
   };
-  for (const Case& c : {Case{"q4_0", 2}, Case{"q5_0", 8}, Case{"q4_k_m", 15}, Case{"Q4_K", 15},
-                        Case{"q4_k_s", 14}, Case{"q6_k", 18}}) {
+  const Case cases[] = {
+      {"q8_0", "q8_0", 7, TensorType::Q8_0, false},
+      {"q4_0", "q4_0", 2, TensorType::Q4_0, true},
+      {"q5_0", "q5_0", 8, TensorType::Q5_0, false},
+      {"q2_k", "q2_k", 10, TensorType::Q2_K, true},
+      {"q3_k_s", "q3_k_s", 11, TensorType::Q3_K, false},
+      {"q3_k_m", "q3_k_m", 12, TensorType::Q3_K, true},
+      {"Q3_K", "q3_k_m", 12, TensorType::Q3_K, false},
+      {"q3_k_l", "q3_k_l", 13, TensorType::Q3_K, false},
+      {"q4_k_m", "q4_k_m", 15, TensorType::Q4_K, true},
+      {"Q4_K", "q4_k_m", 15, TensorType::Q4_K, false},
+      {"q4_k_s", "q4_k_s", 14, TensorType::Q4_K, false},
+      {"q5_k_m", "q5_k_m", 17, TensorType::Q5_K, false},
+      {"q5_k", "q5_k_m", 17, TensorType::Q5_K, false},
+      {"q5_k_s", "q5_k_s", 16, TensorType::Q5_K, false},
+      {"q6_k", "q6_k", 18, TensorType::Q6_K, false},
+  };
+  for (const Case& c : cases) {
     CAPTURE(c.type);
     const std::string out_path = dir.path(std::string(c.type) + ".gguf");
     REQUIRE(quantize({"-q", "-t", "2", dir.path("in.gguf"), out_path, c.type}) == 0);
     const Gguf out = Gguf::open(out_path);
     CHECK(out.get<uint32_t>("general.file_type") == c.file_type);
     CHECK(out.get<std::string>("test.kept") == "kept");
-    std::map<std::string, TensorType> want;
-    if (std::string(c.type) == "q6_k") {
-      for (const TensorInfo& t : in.tensors()) want[t.name] = TensorType::Q6_K;
-    } else if (c.file_type == 2 || c.file_type == 8) {
-      want["output.weight"] = TensorType::Q6_K;
-    } else {
-      want = llama_quantize_choices(std::string(c.type) == "Q4_K" ? "q4_k_m" : c.type);
-    }
-    const TensorType rest = c.file_type == 2   ? TensorType::Q4_0
-                            : c.file_type == 8 ? TensorType::Q5_0
-                                               : TensorType::Q4_K;
-    check_quantized(in, out, want, rest, c.file_type == 15 || c.file_type == 2);
+    std::map<std::string, TensorType> want = llama_quantize_choices(c.same_as);
+    if (c.base == TensorType::Q8_0 || c.base == TensorType::Q6_K) want.clear();
+    check_quantized(in, out, want, c.base, c.check_data);
   }
+}
+
+TEST_CASE("q2_k: attn_v gets Q3_K where fewer than 4 query heads share a KV head") {
+  TempDir dir;
+  write_model(dir.path("in.gguf"), Shape{256, 128, 256, 256, 2, false});  // 4 heads, 2 KV heads
+  REQUIRE(quantize({"-q", dir.path("in.gguf"), dir.path("out.gguf"), "q2_k"}) == 0);
+  const Gguf out = Gguf::open(dir.path("out.gguf"));
+  CHECK(out.tensor("blk.1.attn_v.weight").type == TensorType::Q3_K);
+  CHECK(out.tensor("blk.1.attn_q.weight").type == TensorType::Q2_K);
 }
 
 TEST_CASE("a tied token embedding gets the output matrix's type") {
@@ -188,7 +228,7 @@ TEST_CASE("a tied token embedding gets the output matrix's type") {
   CHECK(out.tensor("blk.4.attn_v.weight").type == TensorType::Q4_K);
 }
 
-TEST_CASE("a fused attn_qkv matrix gets Q5_K in q4_k_m, as llama-quantize gives it") {
+TEST_CASE("a fused attn_qkv matrix gets llama-quantize's type: Q4_K, Q5_K or Q6_K") {
   TempDir dir;
   sllm::GgufWriter w;
   w.set("general.architecture", GgufValue::string("phi3"));
@@ -197,13 +237,25 @@ TEST_CASE("a fused attn_qkv matrix gets Q5_K in q4_k_m, as llama-quantize gives 
   w.add_tensor("blk.0.attn_qkv.weight", TensorType::F32, {256, 3}, values.data(), 4 * 768);
   w.add_tensor("blk.0.attn_output.weight", TensorType::F32, {256, 3}, values.data(), 4 * 768);
   w.write(dir.path("in.gguf"));
-  REQUIRE(quantize({"-q", dir.path("in.gguf"), dir.path("out.gguf"), "q4_k_m"}) == 0);
-  const Gguf out = Gguf::open(dir.path("out.gguf"));
-  CHECK(out.tensor("blk.0.attn_qkv.weight").type == TensorType::Q5_K);
-  CHECK(out.tensor("blk.0.attn_output.weight").type == TensorType::Q4_K);
+  struct Case {
+    const char* type;
+    TensorType qkv, output;
+  };
+  for (const Case& c : {Case{"q3_k_m", TensorType::Q4_K, TensorType::Q4_K},
+                        Case{"q3_k_l", TensorType::Q4_K, TensorType::Q5_K},
+                        Case{"q4_k_m", TensorType::Q5_K, TensorType::Q4_K},
+                        Case{"q5_k_m", TensorType::Q6_K, TensorType::Q5_K}}) {
+    CAPTURE(c.type);
+    const std::string out_path = dir.path(std::string(c.type) + ".gguf");
+    REQUIRE(quantize({"-q", dir.path("in.gguf"), out_path, c.type}) == 0);
+    const Gguf out = Gguf::open(out_path);
+    CHECK(out.tensor("blk.0.attn_qkv.weight").type == c.qkv);
+    CHECK(out.tensor("blk.0.attn_output.weight").type == c.output);
+  }
 }
 
-TEST_CASE("rows that are not whole blocks fall back: Q5_0 or Q8_0 for rows of 32s, else F16") {
+TEST_CASE(
+    "rows that are not whole blocks fall back: Q4_0, Q5_0 or Q8_0 for rows of 32s, else F16") {
   TempDir dir;
   // Rows of 288 (9 blocks of 32, not whole super-blocks) and ffn_down rows of 100.
   write_model(dir.path("in.gguf"), Shape{288, 288, 100, 512, 8, false});
@@ -224,17 +276,26 @@ TEST_CASE("rows that are not whole blocks fall back: Q5_0 or Q8_0 for rows of 32
     if (type != TensorType::F16) type = TensorType::Q8_0;
   }
   check_quantized(in, Gguf::open(dir.path("q6.gguf")), want);
+
+  // Q2_K and Q3_K wishes become Q4_0 (llama-quantize's IQ4_NL has as many bits).
+  REQUIRE(quantize({"-q", dir.path("in.gguf"), dir.path("q2.gguf"), "q2_k"}) == 0);
+  const Gguf q2 = Gguf::open(dir.path("q2.gguf"));
+  CHECK(q2.tensor("blk.0.attn_q.weight").type == TensorType::Q4_0);
+  CHECK(q2.tensor("blk.0.attn_output.weight").type == TensorType::Q4_0);
+  CHECK(q2.tensor("blk.0.ffn_down.weight").type == TensorType::F16);
 }
 
 TEST_CASE("an unknown type is a usage error that lists the known ones, and writes nothing") {
   TempDir dir;
   write_model(dir.path("in.gguf"), Shape{256, 256, 256, 256, 1, false});
   try {
-    quantize({dir.path("in.gguf"), dir.path("out.gguf"), "q3_k"});
+    quantize({dir.path("in.gguf"), dir.path("out.gguf"), "q3_x"});
     FAIL("no error");
   } catch (const sllm::cli::UsageError& e) {
     CHECK(std::string(e.what()) ==
-          "unknown quantization type 'q3_k' (known: q8_0, q4_0, q5_0, q4_k_m, q4_k, q4_k_s, q6_k)");
+          "unknown quantization type 'q3_x' (known: "
+          "q8_0, q4_0, q5_0, q2_k, q3_k_s, q3_k_m, q3_k, q3_k_l, q4_k_m, q4_k, q4_k_s, q5_k_m, "
+          "q5_k, q5_k_s, q6_k)");
   }
   CHECK(dir.files() == std::vector<std::string>{"in.gguf"});
 }

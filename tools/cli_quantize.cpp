@@ -26,15 +26,30 @@ const char kQuantizeUsage[] =
     "  q8_0    Q8_0\n"
     "  q4_0    Q4_0; the output matrix (or the tied token embedding that serves as it) Q6_K\n"
     "  q5_0    Q5_0; the output matrix Q6_K\n"
+    "  q2_k    Q2_K; Q6_K for the output matrix, Q3_K for ffn_down and attn_output, and for\n"
+    "          attn_v Q4_K (Q3_K where fewer than 4 query heads share a KV head)\n"
+    "  q3_k_s  Q3_K; the output matrix Q6_K\n"
+    "  q3_k_m  Q3_K; Q6_K for the output matrix, Q4_K for attn_output, fused attn_qkv, attn_v\n"
+    "          (Q5_K in the first 2 layers) and ffn_down (Q5_K in the first sixteenth)\n"
+    "  q3_k    the same as q3_k_m\n"
+    "  q3_k_l  Q3_K; Q6_K for the output matrix, Q5_K for attn_v, ffn_down and attn_output,\n"
+    "          Q4_K for fused attn_qkv\n"
     "  q4_k_m  Q4_K; Q6_K for the output matrix and for attn_v and ffn_down in the first and\n"
     "          last eighth of the layers and every third layer between; Q5_K for fused\n"
     "          attn_qkv\n"
     "  q4_k    the same as q4_k_m\n"
     "  q4_k_s  Q4_K; Q6_K for the output matrix, Q5_K for attn_v in the first 4 layers and\n"
     "          for ffn_down in the first eighth of the layers\n"
+    "  q5_k_m  Q5_K; Q6_K for the output matrix, for fused attn_qkv, and for attn_v and\n"
+    "          ffn_down in the layers where q4_k_m gives them Q6_K\n"
+    "  q5_k    the same as q5_k_m\n"
+    "  q5_k_s  Q5_K; the output matrix Q6_K\n"
     "  q6_k    Q6_K\n"
-    "A matrix whose rows are not whole blocks of its type falls back: Q4_K to Q5_0, Q5_K and\n"
-    "Q6_K to Q8_0 (rows of 32s), else F16; each tensor's type and any fallback is printed.\n"
+    "These are llama-quantize's choices without an importance matrix, for models with one\n"
+    "expert per layer and under 70B parameters.\n"
+    "A matrix whose rows are not whole blocks of its type falls back: Q2_K and Q3_K to Q4_0,\n"
+    "Q4_K to Q5_0, Q5_K and Q6_K to Q8_0 (rows of 32s), else F16; each tensor's type and any\n"
+    "fallback is printed.\n"
     "The output is written under a temporary name and renamed when complete; OUT may not be\n"
     "IN.\n"
     "\n"
@@ -44,7 +59,7 @@ const char kQuantizeUsage[] =
     "  -h, --help        show this help\n";
 
 // Which tensors of a mix get more bits than its base type.
-enum class Rule { kUniform, kKM, kKS };
+enum class Rule { kUniform, kQ2K, kQ3KM, kQ3KL, kQ4KS, kKM };
 
 // A quantization type of the command line.
 struct Mix {
@@ -59,9 +74,17 @@ const Mix kMixes[] = {
     {"q8_0", TensorType::Q8_0, TensorType::Q8_0, 7, Rule::kUniform},
     {"q4_0", TensorType::Q4_0, TensorType::Q6_K, 2, Rule::kUniform},
     {"q5_0", TensorType::Q5_0, TensorType::Q6_K, 8, Rule::kUniform},
+    {"q2_k", TensorType::Q2_K, TensorType::Q6_K, 10, Rule::kQ2K},
+    {"q3_k_s", TensorType::Q3_K, TensorType::Q6_K, 11, Rule::kUniform},
+    {"q3_k_m", TensorType::Q3_K, TensorType::Q6_K, 12, Rule::kQ3KM},
+    {"q3_k", TensorType::Q3_K, TensorType::Q6_K, 12, Rule::kQ3KM},
+    {"q3_k_l", TensorType::Q3_K, TensorType::Q6_K, 13, Rule::kQ3KL},
     {"q4_k_m", TensorType::Q4_K, TensorType::Q6_K, 15, Rule::kKM},
     {"q4_k", TensorType::Q4_K, TensorType::Q6_K, 15, Rule::kKM},
-    {"q4_k_s", TensorType::Q4_K, TensorType::Q6_K, 14, Rule::kKS},
+    {"q4_k_s", TensorType::Q4_K, TensorType::Q6_K, 14, Rule::kQ4KS},
+    {"q5_k_m", TensorType::Q5_K, TensorType::Q6_K, 17, Rule::kKM},
+    {"q5_k", TensorType::Q5_K, TensorType::Q6_K, 17, Rule::kKM},
+    {"q5_k_s", TensorType::Q5_K, TensorType::Q6_K, 16, Rule::kUniform},
     {"q6_k", TensorType::Q6_K, TensorType::Q6_K, 18, Rule::kUniform},
 };
 
@@ -116,17 +139,44 @@ bool more_bits_layer(int layer, int n_layers) {
   return layer < n_layers / 8 || layer >= 7 * n_layers / 8 || (layer - n_layers / 8) % 3 == 2;
 }
 
+// What the per-layer rules need to know of the model.
+struct ModelShape {
+  int n_layers = 0;
+  int n_gqa = 1;  // query heads per KV head
+};
+
 // The type the mix wants for a weight matrix.
-TensorType wished_type(const Mix& mix, const std::string& name, bool is_output, int n_layers) {
+TensorType wished_type(const Mix& mix, const std::string& name, bool is_output,
+                       const ModelShape& shape) {
   if (is_output) return mix.output;
-  const int layer = layer_of(name);
+  const int layer = layer_of(name), n_layers = shape.n_layers;
   const bool attn_v = contains(name, "attn_v.weight"), ffn_down = contains(name, "ffn_down");
-  if (mix.rule == Rule::kKM) {
-    if ((attn_v || ffn_down) && more_bits_layer(layer, n_layers)) return TensorType::Q6_K;
-    if (contains(name, "attn_qkv.weight")) return TensorType::Q5_K;
-  } else if (mix.rule == Rule::kKS) {
-    if (attn_v && layer < 4) return TensorType::Q5_K;
-    if (ffn_down && layer < n_layers / 8) return TensorType::Q5_K;
+  const bool attn_qkv = contains(name, "attn_qkv.weight");
+  const bool attn_output = contains(name, "attn_output.weight");
+  switch (mix.rule) {
+    case Rule::kUniform:
+      break;
+    case Rule::kQ2K:
+      if (attn_v) return shape.n_gqa >= 4 ? TensorType::Q4_K : TensorType::Q3_K;
+      if (ffn_down || attn_output) return TensorType::Q3_K;
+      break;
+    case Rule::kQ3KM:
+      if (attn_v) return layer < 2 ? TensorType::Q5_K : TensorType::Q4_K;
+      if (ffn_down) return layer < n_layers / 16 ? TensorType::Q5_K : TensorType::Q4_K;
+      if (attn_output || attn_qkv) return TensorType::Q4_K;
+      break;
+    case Rule::kQ3KL:
+      if (attn_v || ffn_down || attn_output) return TensorType::Q5_K;
+      if (attn_qkv) return TensorType::Q4_K;
+      break;
+    case Rule::kQ4KS:
+      if (attn_v && layer < 4) return TensorType::Q5_K;
+      if (ffn_down && layer < n_layers / 8) return TensorType::Q5_K;
+      break;
+    case Rule::kKM:  // q4_k_m and q5_k_m
+      if ((attn_v || ffn_down) && more_bits_layer(layer, n_layers)) return TensorType::Q6_K;
+      if (attn_qkv) return mix.base == TensorType::Q4_K ? TensorType::Q5_K : TensorType::Q6_K;
+      break;
   }
   return mix.base;
 }
@@ -144,15 +194,18 @@ struct Choice {
 // Weight matrices in a float type get the mix's type; other tensors, and matrices already
 // quantized, are copied. Rows that are not whole blocks of the wished type fall back to a type
 // of 32-value blocks with at least as many bits, as llama-quantize's: Q4_K to Q5_0, Q6_K to
-// Q8_0, and Q5_K to Q8_0 (llama-quantize's Q5_1 is not computed by sllm); then to F16.
-Choice choose_type(const TensorInfo& t, const Mix& mix, bool is_output, int n_layers) {
+// Q8_0; Q2_K and Q3_K to Q4_0 and Q5_K to Q8_0 (llama-quantize's IQ4_NL and Q5_1 are not
+// computed by sllm); then to F16.
+Choice choose_type(const TensorInfo& t, const Mix& mix, bool is_output, const ModelShape& shape) {
   const bool float_type =
       t.type == TensorType::F32 || t.type == TensorType::F16 || t.type == TensorType::BF16;
   if (!is_weight_matrix(t) || !float_type) return {t.type, ""};
-  const TensorType wish = wished_type(mix, t.name, is_output, n_layers);
+  const TensorType wish = wished_type(mix, t.name, is_output, shape);
   const uint64_t cols = t.ne[0];
   if (cols % block_elems(wish) == 0) return {wish, ""};
-  TensorType type = wish == TensorType::Q4_K ? TensorType::Q5_0 : TensorType::Q8_0;
+  TensorType type = wish == TensorType::Q4_K                               ? TensorType::Q5_0
+                    : wish == TensorType::Q2_K || wish == TensorType::Q3_K ? TensorType::Q4_0
+                                                                           : TensorType::Q8_0;
   const bool super_block = block_elems(wish) == kSuperBlock;
   if (cols % kQuantBlock != 0) type = t.type == TensorType::F32 ? TensorType::F16 : t.type;
   std::string why =
@@ -161,15 +214,26 @@ Choice choose_type(const TensorInfo& t, const Mix& mix, bool is_output, int n_la
   return {type, why + ": " + tensor_type_name(type) + " for " + tensor_type_name(wish)};
 }
 
-// The number of layers, for the per-layer rules: {arch}.block_count, else the tensor names.
-int count_layers(const Gguf& src) {
+// The number of layers ({arch}.block_count, else the tensor names) and the query heads per KV
+// head ({arch}.attention.head_count over head_count_kv, where both are single numbers).
+ModelShape model_shape(const Gguf& src) {
+  ModelShape shape;
   const std::string arch = src.get_or<std::string>("general.architecture", "");
   if (!arch.empty() && src.has(arch + ".block_count")) {
-    return int(src.get<uint32_t>(arch + ".block_count"));
+    shape.n_layers = int(src.get<uint32_t>(arch + ".block_count"));
+  } else {
+    for (const TensorInfo& t : src.tensors())
+      shape.n_layers = std::max(shape.n_layers, layer_of(t.name) + 1);
   }
-  int n = 0;
-  for (const TensorInfo& t : src.tensors()) n = std::max(n, layer_of(t.name) + 1);
-  return n;
+  int64_t heads = 0, kv_heads = 0;
+  for (const auto& [key, value] : src.metadata()) {
+    if (!value.is_integer()) continue;
+    if (key == arch + ".attention.head_count") heads = value.as_i64();
+    if (key == arch + ".attention.head_count_kv") kv_heads = value.as_i64();
+  }
+  if (kv_heads <= 0) kv_heads = heads;
+  if (heads > 0 && kv_heads > 0) shape.n_gqa = int(heads / kv_heads);
+  return shape;
 }
 
 }  // namespace
@@ -202,7 +266,7 @@ int cmd_quantize(int argc, char** argv) {
 
   const Gguf src = Gguf::open(in);
   const bool tied = src.find_tensor("output.weight") == nullptr;
-  const int n_layers = count_layers(src);
+  const ModelShape shape = model_shape(src);
   GgufWriter w(src.alignment());
   for (const auto& [key, value] : src.metadata()) {
     if (key != "general.alignment") w.set(key, value);
@@ -218,7 +282,7 @@ int cmd_quantize(int argc, char** argv) {
   int n_matrices = 0, n_fallbacks = 0;
   for (const TensorInfo& t : src.tensors()) {
     const bool is_output = t.name == "output.weight" || (tied && t.name == "token_embd.weight");
-    const Choice choice = choose_type(t, mix, is_output, n_layers);
+    const Choice choice = choose_type(t, mix, is_output, shape);
     const TensorType type = choice.type;
     n_matrices += is_weight_matrix(t);
     n_fallbacks += !choice.fallback.empty();

@@ -26,7 +26,7 @@ const Command kCommands[] = {
     {"embed", sllm::cli::cmd_embed, "embed lines of text as vectors (BERT and other models)"},
     {"bench", sllm::cli::cmd_bench, "measure prompt and generation speed (tokens/s)"},
     {"quantize", sllm::cli::cmd_quantize,
-     "quantize a GGUF file's weights (q8_0, q4_0, q4_k_m, q4_k_s, q6_k)"},
+     "quantize a GGUF file's weights (q8_0, q4_0, q5_0, q2_k to q6_k)"},
     {"info", sllm::cli::cmd_info, "show a GGUF file's metadata, tensors and sizes"},
     {"convert", sllm::cli::cmd_convert, "convert a Hugging Face checkpoint folder to GGUF"},
 };

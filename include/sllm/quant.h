@@ -166,8 +166,8 @@ inline int q3_k_code(const BlockQ3_K& b, size_t i) {
   return k_bit_pair(b.qs, i) | high << 2;
 }
 
-// Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K,
-// Q5_K, Q6_K; dequantize_row also Q2_K and Q3_K). F16 to Q5_0 round as ggml's reference quantizers
+// Converts n values between f32 and a GGUF tensor type (F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q2_K,
+// Q3_K, Q4_K, Q5_K, Q6_K). F16 to Q5_0 round as ggml's reference quantizers
 // do, so that sllm's files match llama.cpp's byte for byte; the K-quants search for a smaller error
 // than llama.cpp's. dst/src hold tensor_row_bytes(type, n) bytes. Error for another type, or for a
 // quantized type when n is not a whole number of its blocks (32 values, 256 for the K-quants).
@@ -197,17 +197,20 @@ void dequantize_row_q3_k(const BlockQ3_K* x, float* y, size_t n);
 void dequantize_row_q4_k(const BlockQ4_K* x, float* y, size_t n);
 void dequantize_row_q6_k(const BlockQ6_K* x, float* y, size_t n);
 // Quantizers that minimise the squared error (no importance weights), n a multiple of 256.
-// Q4_K, Q5_K: per sub-block of 32, the scale and min with the smallest error among the
-// least-squares fits of the codes of candidate grids, refined; d and dmin give the largest scale
-// and min a 6-bit code near 63 (the step with the smallest rounding error of all eight), and
-// each sub-block keeps the neighbouring pair of 6-bit codes that gives it the smallest error,
-// with its codes rounded to that pair.
+// Q2_K, Q4_K, Q5_K: per sub-block (16 values for Q2_K, 32 for the others), the scale and min
+// with the smallest error among the least-squares fits of the codes of candidate grids, refined;
+// d and dmin give the largest scale and min a code near the top of their range (15 or 63: the
+// step with the smallest rounding error of all the sub-blocks'), and each sub-block keeps the
+// neighbouring pair of codes that gives it the smallest error, with its codes rounded to that
+// pair.
+void quantize_row_q2_k(const float* x, BlockQ2_K* y, size_t n);
 void quantize_row_q4_k(const float* x, BlockQ4_K* y, size_t n);
 void quantize_row_q5_k(const float* x, BlockQ5_K* y, size_t n);
 void dequantize_row_q5_k(const BlockQ5_K* x, float* y, size_t n);
-// Q6_K: per sub-block of 16, the scale with the smallest error among the least-squares scales
-// of candidate grids; d gives the scale of largest magnitude a code near -128, and each
-// sub-block keeps the neighbouring 8-bit code that gives it the smallest error.
+// Q3_K, Q6_K: per sub-block of 16, the scale with the smallest error among the least-squares
+// scales of candidate grids; d gives the scale of largest magnitude a code near -32 or -128, and
+// each sub-block keeps the neighbouring code that gives it the smallest error.
+void quantize_row_q3_k(const float* x, BlockQ3_K* y, size_t n);
 void quantize_row_q6_k(const float* x, BlockQ6_K* y, size_t n);
 // Activations for K-quant weights, as ggml's x86 code quantizes them: per block d = amax / 127
 // kept in f32, q = round(x * (127 / amax)) with halves to even (as quantize_activations_q8_0

@@ -348,13 +348,11 @@ inline ScaleMin fit_scale_min(const CodeSums& c, const ValueSums& v) {
   return f;
 }
 
-constexpr size_t kScaleMinSubBlock = 32;
-constexpr float kScaleMinCodeTop = 63;  // largest 6-bit code of a sub-block's scale or min
-
-// The codes round(clamp((x_i + min) / scale, 0, top)) of a sub-block.
-inline CodeSums scale_min_codes(const float* x, float scale, float min, float top, float* q) {
+// The codes round(clamp((x_i + min) / scale, 0, top)) of a sub-block of N values.
+template <size_t N>
+CodeSums scale_min_codes(const float* x, float scale, float min, float top, float* q) {
   const float inv = scale > 0 ? 1.0f / scale : 0.0f;
-  return code_block<kScaleMinSubBlock>(
+  return code_block<N>(
       x, [=](float xi) { return (xi + min) * inv; }, top, 0, q);
 }
 
@@ -362,9 +360,10 @@ inline CodeSums scale_min_codes(const float* x, float scale, float min, float to
 // [min(x, 0), max(x)] in top - 2 to top + 4 steps, each followed by the least-squares scale and
 // min of its codes; then the codes nearest to the best fit and a refit, while that lowers the
 // error.
-inline ScaleMin search_scale_min(const float* x, const ValueSums& v, float top) {
+template <size_t N>
+ScaleMin search_scale_min(const float* x, const ValueSums& v, float top) {
   float lo = 0, hi = x[0];
-  for (size_t i = 0; i < kScaleMinSubBlock; ++i) {
+  for (size_t i = 0; i < N; ++i) {
     lo = x[i] < lo ? x[i] : lo;
     hi = x[i] > hi ? x[i] : hi;
   }
@@ -373,34 +372,35 @@ inline ScaleMin search_scale_min(const float* x, const ValueSums& v, float top) 
     best.min = -lo;
     return best;
   }
-  float q[kScaleMinSubBlock];
+  float q[N];
   for (int step = -10; step <= 20; ++step) {
     const float range = top + 0.2f * float(step);
-    const CodeSums c = scale_min_codes(x, (hi - lo) / range, -lo, top, q);
+    const CodeSums c = scale_min_codes<N>(x, (hi - lo) / range, -lo, top, q);
     const ScaleMin f = fit_scale_min(c, v);
     if (f.err < best.err) best = f;
   }
   for (int pass = 0; pass < 2 && best.scale > 0; ++pass) {
-    const ScaleMin f = fit_scale_min(scale_min_codes(x, best.scale, best.min, top, q), v);
+    const ScaleMin f = fit_scale_min(scale_min_codes<N>(x, best.scale, best.min, top, q), v);
     if (!(f.err < best.err)) break;
     best = f;
   }
   return best;
 }
 
-// The 6-bit scale and min codes of a sub-block once the block's d and dmin are fixed, and its
-// codes q (see kSettlePasses; the neighbours are the four pairs around the fit).
-inline void settle_scale_min(const float* x, const ValueSums& v, const ScaleMin& fit, float d,
-                             float dmin, float top, uint8_t* ls, uint8_t* lm, float* q) {
-  auto nearest = [](float value, float step) {
-    return step > 0 ? nearest_in(value / step, 0, kScaleMinCodeTop) : 0.0f;
+// The scale and min codes (in [0, code_top]) of a sub-block once the block's d and dmin are
+// fixed, and its codes q (see kSettlePasses; the neighbours are the four pairs around the fit).
+template <size_t N>
+void settle_scale_min(const float* x, const ValueSums& v, const ScaleMin& fit, float d, float dmin,
+                      float top, float code_top, uint8_t* ls, uint8_t* lm, float* q) {
+  auto nearest = [=](float value, float step) {
+    return step > 0 ? nearest_in(value / step, 0, code_top) : 0.0f;
   };
-  auto below = [](float value, float step) {
-    return step > 0 ? floor_in(value / step, 0, kScaleMinCodeTop - 1) : 0.0f;
+  auto below = [=](float value, float step) {
+    return step > 0 ? floor_in(value / step, 0, code_top - 1) : 0.0f;
   };
   float s = nearest(fit.scale, d), m = nearest(fit.min, dmin);
   for (int pass = 0;; ++pass) {
-    const CodeSums c = scale_min_codes(x, d * s, dmin * m, top, q);
+    const CodeSums c = scale_min_codes<N>(x, d * s, dmin * m, top, q);
     if (pass == kSettlePasses) break;
     const ScaleMin f = fit_scale_min(c, v);
     float best_s = s, best_m = m, best_err = scale_min_error(c, v, d * s, dmin * m);
@@ -423,56 +423,67 @@ inline void settle_scale_min(const float* x, const ValueSums& v, const ScaleMin&
   *lm = uint8_t(m);
 }
 
-// One super-block of Q4_K or Q5_K (codes in [0, top]): d, dmin, the packed 6-bit scales and
-// mins, and the codes q of its 256 values.
-inline void quantize_scale_min_block(const float* x, float top, uint16_t* d16, uint16_t* dmin16,
-                                     uint8_t* scales, float* q) {
-  constexpr size_t kSubBlocks = kSuperBlock / kScaleMinSubBlock;
+// One super-block of sub-blocks of N values with a scale and a min (Q2_K: N = 16, codes in
+// [0, 3], 4-bit scale and min codes; Q4_K, Q5_K: N = 32, codes in [0, 15] or [0, 31], 6-bit
+// scale and min codes in [0, code_top]): d, dmin, the scale and min codes ls and lm of the
+// sub-blocks, and the codes q of the 256 values.
+template <size_t N>
+void quantize_scale_min_block(const float* x, float top, float code_top, uint16_t* d16,
+                              uint16_t* dmin16, uint8_t* ls, uint8_t* lm, float* q) {
+  constexpr size_t kSubBlocks = kSuperBlock / N;
   ValueSums sums[kSubBlocks];
   ScaleMin fits[kSubBlocks];
   float scale[kSubBlocks], min[kSubBlocks], scale_weight[kSubBlocks], min_weight[kSubBlocks];
   float max_scale = 0, max_min = 0;
   for (size_t j = 0; j < kSubBlocks; ++j) {
-    sums[j] = value_sums<kScaleMinSubBlock>(x + j * kScaleMinSubBlock);
-    fits[j] = search_scale_min(x + j * kScaleMinSubBlock, sums[j], top);
+    sums[j] = value_sums<N>(x + j * N);
+    fits[j] = search_scale_min<N>(x + j * N, sums[j], top);
     scale[j] = fits[j].scale;
     min[j] = fits[j].min;
     scale_weight[j] = fits[j].qq;
-    min_weight[j] = float(kScaleMinSubBlock);
+    min_weight[j] = float(N);
     max_scale = std::max(max_scale, scale[j]);
     max_min = std::max(max_min, min[j]);
   }
-  constexpr float kTop = kScaleMinCodeTop;
-  *d16 = pick_step(scale, scale_weight, kSubBlocks, max_scale, kTop, 0, kTop);
-  *dmin16 = pick_step(min, min_weight, kSubBlocks, max_min, kTop, 0, kTop);
+  *d16 = pick_step(scale, scale_weight, kSubBlocks, max_scale, code_top, 0, code_top);
+  *dmin16 = pick_step(min, min_weight, kSubBlocks, max_min, code_top, 0, code_top);
   const float d = fp16_to_f32(*d16), dmin = fp16_to_f32(*dmin16);
-  uint8_t ls[kSubBlocks], lm[kSubBlocks];
   for (size_t j = 0; j < kSubBlocks; ++j) {
-    settle_scale_min(x + j * kScaleMinSubBlock, sums[j], fits[j], d, dmin, top, &ls[j], &lm[j],
-                     q + j * kScaleMinSubBlock);
+    settle_scale_min<N>(x + j * N, sums[j], fits[j], d, dmin, top, code_top, &ls[j], &lm[j],
+                        q + j * N);
   }
-  sllm::pack_q4_k_scales(ls, lm, scales);
 }
 
-constexpr size_t kQ6KSubBlock = 16;
+// Q3_K and Q6_K: 16 sub-blocks of 16 values x_i ~ d * scale_j * q_i with signed codes q_i in
+// [-half, half - 1] and signed scale codes scale_j in [scale_lo, -scale_lo - 1].
+constexpr size_t kSignedSubBlock = 16;
 
-// Q6_K codes q in [-32, 31] from x_i * inv: round(clamp(x_i * inv + 32, 0, 63)) - 32.
-inline CodeSums q6_k_codes(const float* x, float inv, float* q) {
-  return code_block<kQ6KSubBlock>(
-      x, [=](float xi) { return xi * inv + 32; }, 63, 32, q);
+struct SignedFormat {
+  float half;      // 32 (Q6_K) or 4 (Q3_K)
+  float scale_lo;  // -128 (Q6_K) or -32 (Q3_K)
+  float spread;    // the distance between the candidate grids of search_signed_sub_block
+};
+constexpr SignedFormat kQ6KFormat{32, -128, 0.6f};
+constexpr SignedFormat kQ3KFormat{4, -32, 0.25f};
+
+// Codes q in [-half, half - 1] from x_i * inv: round(clamp(x_i * inv + half, 0, 2 half - 1)) -
+// half.
+inline CodeSums signed_codes(const float* x, float inv, float half, float* q) {
+  return code_block<kSignedSubBlock>(
+      x, [=](float xi) { return xi * inv + half; }, 2 * half - 1, half, q);
 }
 
-// A Q6_K sub-block: x_i ~ scale * q_i, and the sum of the squared codes.
+// A sub-block with a signed scale: x_i ~ scale * q_i, and the sum of the squared codes.
 struct ScaleFit {
   float scale = 0, qq = 0;
 };
 
 // The scale that minimises the squared error among the least-squares scales of candidate grids
-// that map the value of largest magnitude to -32 +- 1.8 (the long end of the range) or to
-// 31 +- 1.8.
-inline ScaleFit search_q6_k_sub_block(const float* x) {
+// that map the value of largest magnitude to -half +- 3 spreads (the long end of the range) or
+// to half - 1 +- 3 spreads.
+inline ScaleFit search_signed_sub_block(const float* x, const SignedFormat& f) {
   float amax = 0, max = 0;
-  for (size_t i = 0; i < kQ6KSubBlock; ++i) {
+  for (size_t i = 0; i < kSignedSubBlock; ++i) {
     if (std::fabs(x[i]) > amax) {
       amax = std::fabs(x[i]);
       max = x[i];
@@ -480,11 +491,11 @@ inline ScaleFit search_q6_k_sub_block(const float* x) {
   }
   ScaleFit best;
   if (!(amax > 0 && amax < std::numeric_limits<float>::infinity())) return best;
-  float q[kQ6KSubBlock];
+  float q[kSignedSubBlock];
   float best_gain = 0;  // (sum q x)^2 / sum q^2: the error that the fit removes
   for (int step = -3; step <= 3; ++step) {
-    for (const float end : {-32.0f, 31.0f}) {
-      const CodeSums c = q6_k_codes(x, (end + 0.6f * float(step)) / max, q);
+    for (const float end : {-f.half, f.half - 1}) {
+      const CodeSums c = signed_codes(x, (end + f.spread * float(step)) / max, f.half, q);
       if (c.qq > 0 && c.qx * c.qx > best_gain * c.qq) {
         best_gain = c.qx * c.qx / c.qq;
         best.scale = c.qx / c.qq;
@@ -495,18 +506,19 @@ inline ScaleFit search_q6_k_sub_block(const float* x) {
   return best;
 }
 
-// The 8-bit scale code of a Q6_K sub-block once the block's d is fixed, and its codes q (see
+// The scale code of a sub-block once the block's d is fixed, and its codes q (see
 // kSettlePasses).
-inline int8_t settle_q6_k_sub_block(const float* x, const ValueSums& v, float scale, float d,
-                                    float* q) {
-  float code = d != 0 ? nearest_in(scale / d, -128, 127) : 0.0f;
+inline float settle_signed_sub_block(const float* x, const ValueSums& v, float scale, float d,
+                                     const SignedFormat& f, float* q) {
+  const float lo = f.scale_lo, hi = -f.scale_lo - 1;
+  float code = d != 0 ? nearest_in(scale / d, lo, hi) : 0.0f;
   for (int pass = 0;; ++pass) {
     const float step = d * code;
-    const CodeSums c = q6_k_codes(x, step != 0 ? 1.0f / step : 0.0f, q);
+    const CodeSums c = signed_codes(x, step != 0 ? 1.0f / step : 0.0f, f.half, q);
     if (pass == kSettlePasses || d == 0 || !(c.qq > 0)) break;
     auto error = [&](float s) { return v.xx - 2 * s * c.qx + s * s * c.qq; };
     float best = code, best_err = error(step);
-    const float below = floor_in(c.qx / c.qq / d, -128, 126);
+    const float below = floor_in(c.qx / c.qq / d, lo, hi - 1);
     for (float cand = below; cand <= below + 1; ++cand) {
       const float err = error(d * cand);
       if (err < best_err) {
@@ -517,18 +529,89 @@ inline int8_t settle_q6_k_sub_block(const float* x, const ValueSums& v, float sc
     if (best == code) break;
     code = best;
   }
-  return int8_t(code);
+  return code;
+}
+
+// One super-block of Q3_K or Q6_K: d, the scale codes of the sub-blocks and the codes q of the
+// 256 values.
+inline uint16_t quantize_signed_block(const float* x, const SignedFormat& f, int* scale_codes,
+                                      float* q) {
+  constexpr size_t kSubBlocks = kSuperBlock / kSignedSubBlock;
+  float scales[kSubBlocks], weights[kSubBlocks];
+  float max_scale = 0;
+  for (size_t j = 0; j < kSubBlocks; ++j) {
+    const ScaleFit fit = search_signed_sub_block(x + j * kSignedSubBlock, f);
+    scales[j] = fit.scale;
+    weights[j] = fit.qq;
+    if (std::fabs(scales[j]) > std::fabs(max_scale)) max_scale = scales[j];
+  }
+  // The scale of largest magnitude gets code scale_lo (or nearly), the long end of the range.
+  const uint16_t d16 =
+      pick_step(scales, weights, kSubBlocks, max_scale, f.scale_lo, f.scale_lo, -f.scale_lo - 1);
+  const float d = fp16_to_f32(d16);
+  for (size_t j = 0; j < kSubBlocks; ++j) {
+    const float* xj = x + j * kSignedSubBlock;
+    scale_codes[j] = int(settle_signed_sub_block(xj, value_sums<kSignedSubBlock>(xj), scales[j], d,
+                                                 f, q + j * kSignedSubBlock));
+  }
+  return d16;
+}
+
+// Per half of 128 values, value l (0..31) of quarter k: bits 2k..2k+1 of qs[32 half + l]
+// (Q2_K's codes and the low 2 bits of Q3_K's; see k_bit_pair).
+inline void pack_bit_pairs(const float* q, int offset, uint8_t* qs) {
+  std::memset(qs, 0, kSuperBlock / 4);
+  for (size_t i = 0; i < kSuperBlock; ++i) {
+    qs[i / 128 * 32 + i % 32] |= uint8_t(((int(q[i]) + offset) & 3) << (i % 128 / 32 * 2));
+  }
 }
 
 }  // namespace detail
 
 namespace ref {
 
+void quantize_row_q2_k(const float* x, BlockQ2_K* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q2_K, n);
+  for (size_t b = 0; b < nb; ++b, x += kSuperBlock) {
+    float q[kSuperBlock];
+    uint8_t ls[16], lm[16];
+    detail::quantize_scale_min_block<16>(x, 3, 15, &y[b].d, &y[b].dmin, ls, lm, q);
+    for (size_t j = 0; j < 16; ++j) y[b].scales[j] = uint8_t(ls[j] | lm[j] << 4);
+    detail::pack_bit_pairs(q, 0, y[b].qs);
+  }
+}
+
+void quantize_row_q3_k(const float* x, BlockQ3_K* y, size_t n) {
+  const size_t nb = detail::quant_blocks(TensorType::Q3_K, n);
+  for (size_t b = 0; b < nb; ++b, x += kSuperBlock) {
+    float q[kSuperBlock];
+    int scales[16];
+    y[b].d = detail::quantize_signed_block(x, detail::kQ3KFormat, scales, q);
+    // Scale code + 32: its low 4 bits in a nibble of scales[j % 8] (the low one for j < 8), its
+    // top 2 bits in bit pair j / 4 of scales[8 + j % 4] (see q3_k_scale).
+    std::memset(y[b].scales, 0, sizeof y[b].scales);
+    for (size_t j = 0; j < 16; ++j) {
+      const int u = scales[j] + 32;
+      y[b].scales[j % 8] |= uint8_t((u & 15) << (j / 8 * 4));
+      y[b].scales[8 + j % 4] |= uint8_t((u >> 4) << (j / 4 * 2));
+    }
+    // Code + 4: the low 2 bits as Q2_K's, the top bit in bit 4 half + quarter of hmask[i % 32].
+    detail::pack_bit_pairs(q, 4, y[b].qs);
+    std::memset(y[b].hmask, 0, sizeof y[b].hmask);
+    for (size_t i = 0; i < kSuperBlock; ++i) {
+      const int u = int(q[i]) + 4;
+      y[b].hmask[i % 32] |= uint8_t((u >> 2) << (i / 128 * 4 + i % 128 / 32));
+    }
+  }
+}
+
 void quantize_row_q4_k(const float* x, BlockQ4_K* y, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q4_K, n);
   for (size_t b = 0; b < nb; ++b, x += kSuperBlock) {
     float q[kSuperBlock];
-    detail::quantize_scale_min_block(x, 15, &y[b].d, &y[b].dmin, y[b].scales, q);
+    uint8_t ls[8], lm[8];
+    detail::quantize_scale_min_block<32>(x, 15, 63, &y[b].d, &y[b].dmin, ls, lm, q);
+    sllm::pack_q4_k_scales(ls, lm, y[b].scales);
     // Sub-block 2i in the low nibbles of the i-th 32 bytes, sub-block 2i + 1 in the high ones.
     for (size_t g = 0; g < kSuperBlock / 64; ++g) {
       for (size_t l = 0; l < 32; ++l) {
@@ -542,7 +625,9 @@ void quantize_row_q5_k(const float* x, BlockQ5_K* y, size_t n) {
   const size_t nb = detail::quant_blocks(TensorType::Q5_K, n);
   for (size_t b = 0; b < nb; ++b, x += kSuperBlock) {
     float q[kSuperBlock];
-    detail::quantize_scale_min_block(x, 31, &y[b].d, &y[b].dmin, y[b].scales, q);
+    uint8_t ls[8], lm[8];
+    detail::quantize_scale_min_block<32>(x, 31, 63, &y[b].d, &y[b].dmin, ls, lm, q);
+    sllm::pack_q4_k_scales(ls, lm, y[b].scales);
     // The low 4 bits as in Q4_K; the top bit of value l of sub-block j in bit j of qh[l].
     std::memset(y[b].qh, 0, sizeof y[b].qh);
     for (size_t g = 0; g < kSuperBlock / 64; ++g) {
@@ -560,27 +645,12 @@ void dequantize_row_q5_k(const BlockQ5_K* x, float* y, size_t n) {
 }
 
 void quantize_row_q6_k(const float* x, BlockQ6_K* y, size_t n) {
-  using detail::kQ6KSubBlock;
   const size_t nb = detail::quant_blocks(TensorType::Q6_K, n);
-  constexpr size_t kSubBlocks = kSuperBlock / kQ6KSubBlock;
   for (size_t b = 0; b < nb; ++b, x += kSuperBlock) {
-    float scales[kSubBlocks], weights[kSubBlocks];
-    float max_scale = 0;
-    for (size_t j = 0; j < kSubBlocks; ++j) {
-      const detail::ScaleFit fit = detail::search_q6_k_sub_block(x + j * kQ6KSubBlock);
-      scales[j] = fit.scale;
-      weights[j] = fit.qq;
-      if (std::fabs(scales[j]) > std::fabs(max_scale)) max_scale = scales[j];
-    }
-    // The scale of largest magnitude gets code -128 (or nearly), the long end of the int8 range.
-    y[b].d = detail::pick_step(scales, weights, kSubBlocks, max_scale, -128, -128, 127);
-    const float d = fp16_to_f32(y[b].d);
     float q[kSuperBlock];
-    for (size_t j = 0; j < kSubBlocks; ++j) {
-      const float* xj = x + j * kQ6KSubBlock;
-      y[b].scales[j] = detail::settle_q6_k_sub_block(xj, detail::value_sums<kQ6KSubBlock>(xj),
-                                                     scales[j], d, q + j * kQ6KSubBlock);
-    }
+    int scales[16];
+    y[b].d = detail::quantize_signed_block(x, detail::kQ6KFormat, scales, q);
+    for (size_t j = 0; j < 16; ++j) y[b].scales[j] = int8_t(scales[j]);
     // Per half of 128 values, value l of quarter k: low 4 bits in the low (k < 2) or high nibble
     // of ql[l + 32 * (k % 2)], top 2 bits in bits 2k, 2k + 1 of qh[l].
     for (size_t half = 0; half < 2; ++half) {
@@ -736,6 +806,12 @@ void quantize_row(TensorType type, const float* src, void* dst, size_t n) {
     case TensorType::Q5_0:
       ref::quantize_row_q5_0(src, static_cast<BlockQ5_0*>(dst), n);
       return;
+    case TensorType::Q2_K:
+      ref::quantize_row_q2_k(src, static_cast<BlockQ2_K*>(dst), n);
+      return;
+    case TensorType::Q3_K:
+      ref::quantize_row_q3_k(src, static_cast<BlockQ3_K*>(dst), n);
+      return;
     case TensorType::Q4_K:
       ref::quantize_row_q4_k(src, static_cast<BlockQ4_K*>(dst), n);
       return;
@@ -746,8 +822,9 @@ void quantize_row(TensorType type, const float* src, void* dst, size_t n) {
       ref::quantize_row_q6_k(src, static_cast<BlockQ6_K*>(dst), n);
       return;
     default:
-      detail::fail("cannot quantize to tensor type " + std::to_string(uint32_t(type)) +
-                   ": sllm writes F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K and Q6_K");
+      detail::fail(
+          "cannot quantize to tensor type " + std::to_string(uint32_t(type)) +
+          ": sllm writes F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K and Q6_K");
   }
 }
 
