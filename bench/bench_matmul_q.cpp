@@ -210,7 +210,7 @@ void BM_tinyllama_matmuls(benchmark::State& state, const std::string& file_type)
 }
 
 void shapes(benchmark::internal::Benchmark* b) {
-  for (int64_t tokens : {1, 512}) {
+  for (int64_t tokens : {1, 4, 512}) {
     for (int64_t threads : {1, 2}) {
       for (auto shape :
            {std::pair<int64_t, int64_t>{2048, 2048}, {5632, 2048}, {2048, 5632}, {32000, 2048}}) {
@@ -232,7 +232,7 @@ BENCHMARK_CAPTURE(BM_matmul_q, Q4_K, sllm::TensorType::Q4_K)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_matmul_q, Q5_K, sllm::TensorType::Q5_K)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_matmul_q, Q6_K, sllm::TensorType::Q6_K)->Apply(shapes);
 BENCHMARK_CAPTURE(BM_tinyllama_matmuls, Q8_0, std::string("Q8_0"))
-    ->ArgsProduct({{1, 2}, {1, 512}})
+    ->ArgsProduct({{1, 2}, {1, 4, 512}})
     ->ArgNames({"threads", "tokens"})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
