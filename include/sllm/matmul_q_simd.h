@@ -741,7 +741,7 @@ constexpr size_t kPackedMinTokens = 5;
 // streams in one page). Into L1 rather than L2: a Q4_0 step loads its 18-byte blocks in 12
 // overlapping pieces, each of which would miss L1; whole-model Q4_0 decode on 2 threads ran
 // 1.1-1.5 times as fast (six alternations), the other formats alike or slightly faster.
-// 4-16 KiB ahead measured alike.
+// 4-16 KiB ahead measured alike; 32 KiB, most of L1, slower.
 constexpr size_t kDirectPrefetchBytes = 8192;
 
 // kRows consecutive rows from r (kRows * row_bytes bytes from rows) times T prepared tokens. Two
@@ -785,6 +785,7 @@ SLLM_VNNI void DirectRows(const uint8_t* rows, size_t row_bytes, size_t nb, cons
       // columns: 10 KiB) and each reload waits behind the weight misses, so the arithmetic no
       // longer overlaps the stream: 4 Q4_0 tokens took 1.6 times as long per row as from L3, with
       // this as long as one token (memory speed). Their vectors are read again every row pair.
+      // After a row's last step this asks for bytes past the buffer: a prefetch never faults.
       const __m512i* next = prepared + (s + 1) * Step::kXVectors;
       for (int t = 0; t < T; ++t) {
         for (size_t v = 0; v < Step::kXVectors; ++v) {
