@@ -755,11 +755,11 @@ SLLM_VNNI void DirectRows(const uint8_t* rows, size_t row_bytes, size_t nb, cons
   for (int t = 0; t < T; ++t) {
     for (int i = 0; i < kRows; ++i) acc[t][i] = _mm512_setzero_ps();
   }
+  const size_t token_vectors = steps * Step::kXVectors;  // token t's from prepared + t * this
   auto step = [&](auto whole_step, size_t s, size_t bytes) SLLM_VNNI {
     constexpr bool kWhole = decltype(whole_step)::value;
     const uint8_t* p = rows + s * kStepBytes;
-    const __m512i* x = prepared + s * Step::kXVectors;  // token t's at x + t * token_vectors
-    const size_t token_vectors = steps * Step::kXVectors;
+    const __m512i* x = prepared + s * Step::kXVectors;
     if constexpr (Step::kRowsShareActivations) {
       typename Step::W w[kRows];
       for (int i = 0; i < kRows; ++i) w[i] = Step::template LoadW<kWhole>(p + i * row_bytes, bytes);
@@ -785,12 +785,11 @@ SLLM_VNNI void DirectRows(const uint8_t* rows, size_t row_bytes, size_t nb, cons
       // columns: 10 KiB) and each reload waits behind the weight misses, so the arithmetic no
       // longer overlaps the stream: 4 Q4_0 tokens took 1.6 times as long per row as from L3, with
       // this as long as one token (memory speed). Their vectors are read again every row pair.
-      // After a row's last step this asks for bytes past the buffer: a prefetch never faults.
+      // After a row's last step the last token's are past the buffer: a prefetch never faults.
       const __m512i* next = prepared + (s + 1) * Step::kXVectors;
       for (int t = 0; t < T; ++t) {
         for (size_t v = 0; v < Step::kXVectors; ++v) {
-          _mm_prefetch(reinterpret_cast<const char*>(next + t * steps * Step::kXVectors + v),
-                       _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(next + t * token_vectors + v), _MM_HINT_T0);
         }
       }
     }
