@@ -4190,8 +4190,10 @@ constexpr size_t kDirectPrefetchBytes = 8192;
 // each step's vectors together, and the direct kernel prefetches every other line of them: their
 // 40 prefetches a step cost more than the misses they would save. Larger ones keep each token's
 // steps together, all prefetched. Measured with matmul_q alone (Q4_0, 4 tokens, 2 threads, ns
-// per 512 weights): 2048 columns (10 KiB) 4.9-5.2 side by side against 5.7-5.9, from L3 and out
-// of cache; 5632 columns (28 KiB) 5.6-5.9 side by side, 5.3-5.5 the other way.
+// per 512 weights): 2048 columns (10 KiB) 4.9-5.2 side by side against 5.7-5.9, from L3 and from
+// a 37.7 MB matrix; 5632 columns (28 KiB) 5.6-5.9 side by side, 5.3-5.5 the other way. The layout
+// is written in PrepareTokens and read in DirectRows; one shared stride helper in its place
+// changed the generated code and measured 5-10% slower for four sequences (bench_paged).
 constexpr size_t kSideBySideBytes = size_t{12} << 10;
 
 // kRows consecutive rows from r (kRows * row_bytes bytes from rows) times T prepared tokens. Two
